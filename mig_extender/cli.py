@@ -1,0 +1,98 @@
+"""The ``mig-extender`` command: one subcommand per component or tool.
+
+Parses flags into Settings (validated once, here) and hands over; no logic of its own. Exit codes:
+0 success, 2 bad usage or settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+
+from . import __version__
+from .settings import Settings, SettingsError
+
+
+def _add_cluster_flags(p: argparse.ArgumentParser, snapshot: bool = True) -> None:
+    src = p.add_mutually_exclusive_group()
+    if snapshot:
+        src.add_argument("--snapshot", metavar="FILE", default="",
+                         help="cluster state from `kubectl get nodes,pods -A -o json` (no cluster needed)")
+    src.add_argument("--kubeconfig", metavar="PATH", default="", help="kubeconfig of the cluster to watch")
+    src.add_argument("--in-cluster", action="store_true", help="use the pod's service account")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="mig-extender", description=__doc__.splitlines()[0])
+    ap.add_argument("--version", action="version", version=f"mig-extender {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("serve", help="run the scheduler extender (gunicorn, one threaded worker)")
+    s.add_argument("--bind", default=Settings.bind, metavar="HOST:PORT")
+    _add_cluster_flags(s)
+    s.add_argument("--rule-store", choices=("memory", "kube"), default="",
+                   help="where rules live (default: kube with a cluster, memory without)")
+    s.add_argument("--rule-ttl", type=float, default=Settings.rule_ttl, metavar="SECONDS")
+    s.add_argument("--policy", choices=("pack", "spread"), default=Settings.policy)
+    s.add_argument("--no-substitution", action="store_true", help="exact MIG type only (stock behaviour)")
+    s.add_argument("--no-debug-endpoints", action="store_true", help="do not serve /debug/*")
+    s.add_argument("--threads", type=int, default=Settings.threads)
+    s.add_argument("--log-level", default=Settings.log_level)
+
+    p = sub.add_parser("profiles", help="print the MIG catalog and what each profile may be substituted by")
+    p.add_argument("--gpu", metavar="MODEL", help="one model, e.g. A100-40GB (default: all)")
+
+    c = sub.add_parser("scheduler-config", help="write the KubeSchedulerConfiguration for the extender")
+    c.add_argument("--url", default="http://127.0.0.1:8888", help="extender URL as the scheduler reaches it")
+    c.add_argument("--variant", choices=("second", "default"), default="second",
+                   help="second: a separate mig-scheduler; default: extend the default scheduler")
+    c.add_argument("--kubeconfig", default="", help="clientConnection.kubeconfig (empty: in-cluster)")
+    c.add_argument("--no-leader-elect", action="store_true", help="single scheduler without a Lease")
+    c.add_argument("--namespace", default=Settings.namespace, help="namespace of the leader-election Lease")
+    c.add_argument("--qps", type=int, default=200, help="scheduler client qps (burst is twice this)")
+    c.add_argument("--out", default="-", help="file to write (default stdout)")
+    return ap
+
+
+def _serve_settings(args: argparse.Namespace) -> Settings:
+    base = Settings().with_env()
+    return replace(
+        base, bind=args.bind, snapshot=args.snapshot, kubeconfig=args.kubeconfig, in_cluster=args.in_cluster,
+        rule_store=args.rule_store or base.rule_store, rule_ttl=args.rule_ttl, policy=args.policy,
+        substitution=base.substitution and not args.no_substitution,
+        debug_endpoints=base.debug_endpoints and not args.no_debug_endpoints,
+        threads=args.threads, log_level=args.log_level,
+    ).validate()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            from .server import ExtenderApplication
+
+            ExtenderApplication(_serve_settings(args)).run()
+        elif args.command == "profiles":
+            from .catalogtable import render_catalog
+
+            sys.stdout.write(render_catalog(args.gpu))
+        elif args.command == "scheduler-config":
+            from .schedconfig import render
+
+            text = render(args.url, args.variant, args.kubeconfig, not args.no_leader_elect, args.namespace,
+                          args.qps)
+            if args.out == "-":
+                sys.stdout.write(text)
+            else:
+                with open(args.out, "w", encoding="utf-8") as fh:
+                    fh.write(text)
+    except (SettingsError, ValueError) as exc:
+        print(f"mig-extender {args.command}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

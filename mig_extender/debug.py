@@ -1,0 +1,70 @@
+"""Operations endpoints: /healthz, /readyz, /metrics and (unless disabled) /debug/rules, /debug/inventory.
+
+/readyz is 503 until the node, pod and rule caches have synced: a scheduler that asked before then
+would get decisions from an empty inventory. /debug/* return JSON for humans and tests; they show pod
+names and node usage, so they can be turned off (``--no-debug-endpoints``) where the port is exposed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from .service import ExtenderService
+
+ops = Blueprint("ops", __name__)
+debug = Blueprint("debug", __name__)
+
+
+def _service() -> ExtenderService:
+    return current_app.extensions["mig_extender"]
+
+
+@ops.get("/healthz")
+def healthz() -> Response:
+    return Response("ok\n", mimetype="text/plain")
+
+
+@ops.get("/readyz")
+def readyz() -> Response:
+    problems = _service().readiness_problems()
+    if problems:
+        return Response("not ready: " + "; ".join(problems) + "\n", status=503, mimetype="text/plain")
+    return Response("ok\n", mimetype="text/plain")
+
+
+@ops.get("/metrics")
+def metrics() -> Response:
+    return Response(_service().metrics.render(), mimetype="text/plain; version=0.0.4")
+
+
+@debug.get("/debug/rules")
+def rules() -> Response:
+    snap = _service().snapshot()
+    body = [r.to_dict(snap.now) for r in sorted(snap.rules, key=lambda r: (r.created, r.name))]
+    return jsonify(body)
+
+
+@debug.get("/debug/inventory")
+def inventory() -> Response:
+    """Per node: GPU model and, per MIG resource, allocatable/used/reserved/free. ``?node=NAME`` filters."""
+    snap = _service().snapshot()
+    only = request.args.get("node")
+    out: list[dict[str, Any]] = []
+    for name in sorted(snap.nodes):
+        if only and name != only:
+            continue
+        info = snap.nodes[name]
+        reserved = snap.reserved.get(name, {})
+        out.append({
+            "node": name,
+            "gpu": info.gpu.name if info.gpu else None,
+            "schedulable": info.schedulable,
+            "resources": {
+                r: {"allocatable": a, "used": info.used.get(r, 0), "reserved": reserved.get(r, 0),
+                    "free": snap.free(name, r)}
+                for r, a in sorted(info.allocatable.items())
+            },
+        })
+    return jsonify({"synced": snap.synced, "nodes": out})

@@ -1,0 +1,159 @@
+"""The scheduler-extender HTTP verbs: POST /filter, /prioritize, /bind. Thin adapters.
+
+Each handler decodes kube-scheduler's wire format (ExtenderArgs, ExtenderBindingArgs), calls the
+ExtenderService once, and encodes the answer (ExtenderFilterResult, HostPriorityList,
+ExtenderBindingResult). Both shapes of ExtenderArgs are spoken: ``NodeNames`` (nodeCacheCapable: true)
+and full ``Nodes`` (a v1 NodeList, echoed back for the nodes that pass). Malformed input is a 400 whose
+body is still a well-formed result with ``Error`` set; a node that was not in the input is never
+returned (the scheduler fails the cycle if one is).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from functools import wraps
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from .planner import FilterDecision
+from .resources import DemandError
+from .service import BindError, ExtenderService
+
+log = logging.getLogger(__name__)
+bp = Blueprint("extender", __name__)
+
+
+class WireError(ValueError):
+    """The request body is not the extender wire format; the message says what is wrong."""
+
+
+def _service() -> ExtenderService:
+    return current_app.extensions["mig_extender"]
+
+
+def _empty_result(verb: str, message: str) -> Any:
+    if verb == "filter":
+        return {"Nodes": None, "NodeNames": None, "FailedNodes": {}, "FailedAndUnresolvableNodes": {},
+                "Error": message}
+    return {"Error": message}
+
+
+def verb(name: str) -> Callable[[Callable[[Mapping[str, Any]], Any]], Callable[[], Response]]:
+    """Decode the JSON body, time the call, and turn every failure into a result with ``Error``."""
+
+    def wrap(handler: Callable[[Mapping[str, Any]], Any]) -> Callable[[], Response]:
+        @wraps(handler)
+        def view() -> Response:
+            service = _service()
+            start = time.perf_counter()
+            status, outcome = 200, "ok"
+            try:
+                body = request.get_json(force=True, silent=False)
+                if not isinstance(body, Mapping):
+                    raise WireError("request body must be a JSON object")
+                result = handler(body)
+            except HTTPException as exc:  # malformed JSON (400), body too large (413)
+                status, outcome = exc.code or 400, "bad_request"
+                result = _empty_result(name, f"{exc.name}: {exc.description}")
+            except (WireError, DemandError, BindError) as exc:
+                status, outcome = (500 if isinstance(exc, BindError) else 400), "error"
+                result = _empty_result(name, str(exc))
+            except Exception as exc:  # a bug: answer cleanly, keep the worker, log the trace
+                log.exception("%s failed", name)
+                status, outcome = 500, "internal_error"
+                result = _empty_result(name, f"internal error: {type(exc).__name__}")
+            service.metrics.requests.labels(name, outcome).inc()
+            service.metrics.latency.labels(name).observe(time.perf_counter() - start)
+            response = jsonify(result)
+            response.status_code = status
+            return response
+
+        return view
+
+    return wrap
+
+
+def _pod(body: Mapping[str, Any]) -> Mapping[str, Any]:
+    pod = body.get("Pod")
+    if not isinstance(pod, Mapping):
+        raise WireError("ExtenderArgs.Pod must be a Pod object")
+    if not isinstance(pod.get("metadata"), Mapping) or not isinstance(pod.get("spec"), Mapping):
+        raise WireError("ExtenderArgs.Pod needs metadata and spec objects")
+    return pod
+
+
+def _nodes(body: Mapping[str, Any]) -> tuple[list[str], list[Mapping[str, Any]] | None]:
+    """Candidate names, plus the full Node objects when the scheduler sent them (cache not capable)."""
+    names = body.get("NodeNames")
+    if names is not None:
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise WireError("ExtenderArgs.NodeNames must be a list of strings")
+        return names, None
+    nodes = body.get("Nodes")
+    if nodes is None:
+        return [], None
+    items = nodes.get("items") if isinstance(nodes, Mapping) else None
+    if items is None and isinstance(nodes, Mapping):
+        items = []
+    if not isinstance(items, list):
+        raise WireError("ExtenderArgs.Nodes must be a NodeList with an items array")
+    out = []
+    for item in items:
+        meta = item.get("metadata") if isinstance(item, Mapping) else None
+        if not isinstance(meta, Mapping) or not isinstance(meta.get("name"), str):
+            raise WireError("every item of ExtenderArgs.Nodes needs metadata.name")
+        out.append(meta["name"])
+    return out, items
+
+
+def _reasons(reasons: Mapping[str, object], note: str) -> dict[str, str]:
+    suffix = f"; {note}" if note else ""
+    return {node: f"{reason}{suffix}" for node, reason in reasons.items()}
+
+
+def encode_filter(decision: FilterDecision, objects: list[Mapping[str, Any]] | None) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "FailedNodes": _reasons(decision.failed, decision.note),
+        "FailedAndUnresolvableNodes": _reasons(decision.unresolvable, decision.note),
+        "Error": decision.error,
+    }
+    if objects is None:
+        result["Nodes"], result["NodeNames"] = None, list(decision.passed)
+    else:
+        keep = set(decision.passed)
+        result["Nodes"] = {"metadata": {}, "items": [o for o in objects if o["metadata"]["name"] in keep]}
+        result["NodeNames"] = None
+    return result
+
+
+@bp.post("/filter")
+@verb("filter")
+def filter_(body: Mapping[str, Any]) -> dict[str, Any]:
+    pod = _pod(body)
+    names, objects = _nodes(body)
+    return encode_filter(_service().filter(pod, names), objects)
+
+
+@bp.post("/prioritize")
+@verb("prioritize")
+def prioritize(body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    pod = _pod(body)
+    names, _ = _nodes(body)
+    return [{"Host": n, "Score": s} for n, s in _service().prioritize(pod, names)]
+
+
+@bp.post("/bind")
+@verb("bind")
+def bind(body: Mapping[str, Any]) -> dict[str, Any]:
+    fields = {}
+    for key in ("PodName", "PodNamespace", "PodUID", "Node"):
+        value = body.get(key)
+        if not isinstance(value, str) or not value:
+            raise WireError(f"ExtenderBindingArgs.{key} must be a non-empty string")
+        fields[key] = value
+    _service().bind(fields["PodNamespace"], fields["PodName"], fields["PodUID"], fields["Node"])
+    return {"Error": ""}

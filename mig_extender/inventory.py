@@ -1,0 +1,232 @@
+"""The live MIG accounting: nodes and pods kept current by watch events, handing out snapshots.
+
+Like kube-scheduler's cache, usage is maintained incrementally (a pod event touches one node) and a
+bind is *assumed* before the API confirms it::
+
+    pod event (bound)      assume(pod, node) on /bind       watch shows it bound
+    ----------------> used  ------------------> assumed ----------------------> used (confirmed)
+                                                   |  bind failed: forget(uid)
+                                                   +  or ASSUME_TTL passed   --> dropped
+
+so a pod placed by the extender counts the moment it is placed, before any watch event. Only pods
+that request MIG slices are kept (their PodInfo, not the object): memory is O(MIG pods), and other pods
+cost one dict lookup. ``snapshot()`` returns an immutable ClusterSnapshot, cached until something
+changes, so the hot path pays nothing when nothing happened. Pure Python; thread-safe with one lock.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
+from types import MappingProxyType
+from typing import Any
+
+from .resources import DemandError, PodInfo, mig_allocatable, pod_info
+from .rules import Rule
+from .snapshot import LABEL_COUNT, ClusterSnapshot, NodeInfo, detect_gpu
+
+ASSUME_TTL = 30.0  # seconds an assumed bind may wait for the watch to confirm it
+
+
+def node_info(obj: Mapping[str, Any], used: Mapping[str, int] | None = None) -> NodeInfo:
+    meta = obj.get("metadata") if isinstance(obj.get("metadata"), Mapping) else {}
+    spec = obj.get("spec") if isinstance(obj.get("spec"), Mapping) else {}
+    status = obj.get("status") if isinstance(obj.get("status"), Mapping) else {}
+    labels = meta.get("labels") if isinstance(meta.get("labels"), Mapping) else {}
+    alloc = mig_allocatable(status)
+    try:
+        count = int(labels.get(LABEL_COUNT, 0))
+    except (TypeError, ValueError):
+        count = 0
+    return NodeInfo(
+        name=str(meta.get("name", "")),
+        gpu=detect_gpu(labels, alloc),
+        allocatable=MappingProxyType(alloc),
+        used=MappingProxyType(dict(used or {})),
+        gpu_count=count,
+        schedulable=not spec.get("unschedulable", False),
+    )
+
+
+class ClusterInventory:
+    """Mutable, thread-safe accounting of MIG slices per node; see the module docstring."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._nodes: dict[str, NodeInfo] = {}
+        self._pods: dict[str, PodInfo] = {}          # uid -> MIG pod
+        self._assumed: dict[str, tuple[PodInfo, float]] = {}
+        self._used: dict[str, dict[str, int]] = {}   # node -> resource -> slices held by pods
+        self._index: dict[str, set[str]] = {}
+        self._frozen: tuple[Mapping[str, NodeInfo], Mapping[str, frozenset[str]]] | None = None
+        self.synced = False
+        self.generation = 0
+
+    # -- nodes ------------------------------------------------------------------------------------
+
+    def upsert_node(self, obj: Mapping[str, Any]) -> None:
+        with self._lock:
+            info = node_info(obj)
+            self._set_node(info.name, info)
+
+    def delete_node(self, name: str) -> None:
+        with self._lock:
+            old = self._nodes.pop(name, None)
+            if old is not None:
+                for r in old.allocatable:
+                    self._index.get(r, set()).discard(name)
+                self._changed()
+
+    def _set_node(self, name: str, info: NodeInfo) -> None:
+        info = NodeInfo(info.name, info.gpu, info.allocatable,
+                        MappingProxyType(dict(self._used.get(name, {}))), info.gpu_count, info.schedulable)
+        old = self._nodes.get(name)
+        self._nodes[name] = info
+        for r in set(info.allocatable) | set(old.allocatable if old else ()):
+            members = self._index.setdefault(r, set())
+            if info.schedulable and info.free(r) > 0:
+                members.add(name)
+            else:
+                members.discard(name)
+        self._changed()
+
+    # -- pods -------------------------------------------------------------------------------------
+
+    def upsert_pod(self, obj: Mapping[str, Any]) -> PodInfo | None:
+        try:
+            info = pod_info(obj)
+        except DemandError:
+            return None
+        with self._lock:
+            old = self._pods.get(info.uid)
+            if not info.wants_mig:
+                if old is not None:
+                    self._remove_pod(old)
+                return None
+            if old is not None:
+                self._remove_pod(old)
+            assumed = self._assumed.pop(info.uid, None)
+            if assumed is not None and not info.node:
+                # the watch is older than our bind: keep the assumption until it catches up
+                self._assumed[info.uid] = assumed
+                info = replace(info, node=assumed[0].node)
+            self._add_pod(info)
+            return info
+
+    def delete_pod(self, uid: str) -> None:
+        with self._lock:
+            self._assumed.pop(uid, None)
+            old = self._pods.get(uid)
+            if old is not None:
+                self._remove_pod(old)
+
+    def replace_pods(self, objs: Iterable[Mapping[str, Any]]) -> None:
+        """Relist: forget every pod not in ``objs`` (its delete event may have been missed)."""
+        with self._lock:
+            seen = set()
+            for obj in objs:
+                info = self.upsert_pod(obj)
+                if info is not None:
+                    seen.add(info.uid)
+            for uid in [u for u in self._pods if u not in seen and u not in self._assumed]:
+                self._remove_pod(self._pods[uid])
+
+    def replace_nodes(self, objs: Iterable[Mapping[str, Any]]) -> None:
+        with self._lock:
+            names = set()
+            for obj in objs:
+                self.upsert_node(obj)
+                names.add(node_info(obj).name)
+            for name in [n for n in self._nodes if n not in names]:
+                self.delete_node(name)
+
+    def assume(self, pod: PodInfo, node: str) -> PodInfo:
+        """Count ``pod`` on ``node`` now, before the API confirms the bind."""
+        with self._lock:
+            old = self._pods.get(pod.uid)
+            if old is not None:
+                self._remove_pod(old)
+            placed = replace(pod, node=node)
+            self._assumed[pod.uid] = (placed, self._clock() + ASSUME_TTL)
+            self._add_pod(placed)
+            return placed
+
+    def forget(self, uid: str) -> None:
+        """Undo an assume whose bind failed."""
+        with self._lock:
+            if self._assumed.pop(uid, None) is not None and uid in self._pods:
+                self._remove_pod(self._pods[uid])
+
+    def expire_assumed(self) -> int:
+        now = self._clock()
+        with self._lock:
+            stale = [uid for uid, (_, deadline) in self._assumed.items() if deadline < now]
+            for uid in stale:
+                self.forget(uid)
+            return len(stale)
+
+    def _add_pod(self, info: PodInfo) -> None:
+        self._pods[info.uid] = info
+        if info.holds_slices:
+            self._account(info.node, info.demand, +1)
+
+    def _remove_pod(self, info: PodInfo) -> None:
+        self._pods.pop(info.uid, None)
+        if info.holds_slices:
+            self._account(info.node, info.demand, -1)
+
+    def _account(self, node: str, demand: Mapping[str, int], sign: int) -> None:
+        used = self._used.setdefault(node, {})
+        for r, n in demand.items():
+            used[r] = used.get(r, 0) + sign * n
+            if used[r] == 0:
+                del used[r]
+        if node in self._nodes:
+            self._set_node(node, self._nodes[node])
+        else:
+            self._changed()
+
+    def _changed(self) -> None:
+        self._frozen = None
+        self.generation += 1
+
+    # -- reads ------------------------------------------------------------------------------------
+
+    def pod(self, uid: str) -> PodInfo | None:
+        with self._lock:
+            return self._pods.get(uid)
+
+    def pods(self) -> list[PodInfo]:
+        with self._lock:
+            return list(self._pods.values())
+
+    def find_pod(self, namespace: str, name: str) -> PodInfo | None:
+        with self._lock:
+            return next((p for p in self._pods.values() if p.namespace == namespace and p.name == name), None)
+
+    def snapshot(self, rules: Iterable[Rule] = (), now: float | None = None) -> ClusterSnapshot:
+        with self._lock:
+            if self._frozen is None:
+                self._frozen = (
+                    MappingProxyType(dict(self._nodes)),
+                    MappingProxyType({r: frozenset(s) for r, s in self._index.items() if s}),
+                )
+            nodes, index = self._frozen
+            synced = self.synced
+        return ClusterSnapshot.build(nodes, index, rules, self._clock() if now is None else now, synced)
+
+
+def load_list(inventory: ClusterInventory, doc: Mapping[str, Any]) -> int:
+    """Fill ``inventory`` from a ``kubectl get nodes,pods -A -o json`` v1 List; returns objects read."""
+    items = doc.get("items")
+    if not isinstance(items, list):
+        raise ValueError("snapshot file must be a v1 List with an 'items' array (kubectl get nodes,pods -A -o json)")
+    nodes = [o for o in items if isinstance(o, Mapping) and o.get("kind") == "Node"]
+    pods = [o for o in items if isinstance(o, Mapping) and o.get("kind") == "Pod"]
+    inventory.replace_nodes(nodes)
+    inventory.replace_pods(pods)
+    inventory.synced = True
+    return len(nodes) + len(pods)

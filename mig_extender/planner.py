@@ -1,0 +1,343 @@
+"""Every decision mig-extender makes, as pure functions over a ClusterSnapshot.
+
+filter -> which candidate nodes fit a pod, why the others do not, and which substitution to record;
+score  -> 0..10 per node (pack or spread); upgrades -> which recorded rules need their pod restarted;
+restores -> which upgraded pods go back to their own size, biggest waster first.
+
+The HTTP extender, the webhook, the reconciler and the simulator all call these functions, so there is
+one implementation of fit, substitution and restore. Decisions return reasons (values), not text or
+booleans; only the edges format them. No flask, kubernetes or cachetools here, and time is a parameter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+
+from .profiles import ProfileError, ProfileShape, can_substitute, canonical_shape, waste
+from .resources import PodInfo, ResourceCount
+from .rules import Phase, Rule, new_rule
+from .snapshot import ClusterSnapshot
+
+MAX_SCORE = 10  # kube-scheduler's extender MaxExtenderPriority
+
+
+class Policy(str, Enum):
+    PACK = "pack"
+    SPREAD = "spread"
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    """Knobs of the decisions. Times in seconds."""
+
+    rule_ttl: float = 300.0          # a recorded substitution unused this long is dropped
+    restore_ttl: float = 120.0       # a restore reservation unused this long is dropped
+    policy: Policy = Policy.PACK
+    substitution: bool = True        # False: exact type only (the stock scheduler's behaviour)
+    restores_per_pass: int = 1       # rate limit of restarts a restore pass may start
+    loop_window: float = 900.0       # a workload restored this recently and upgraded again is left alone
+
+
+# --------------------------------------------------------------------------------------------------
+# Filter
+
+
+@dataclass(frozen=True)
+class Insufficient:
+    """Why one node cannot take a pod: like kube-scheduler's InsufficientResource."""
+
+    resource: str
+    requested: int
+    free: int
+    allocatable: int
+    reserved: int = 0
+
+    @property
+    def unresolvable(self) -> bool:
+        """No such slices on the node at all: evicting pods (preemption) cannot help."""
+        return self.allocatable == 0
+
+    def __str__(self) -> str:
+        if self.unresolvable:
+            return f"{self.resource}: none on this node"
+        held = f", {self.reserved} reserved for substitutions" if self.reserved else ""
+        return f"{self.resource}: {max(self.free, 0)} free of {self.allocatable}{held}, {self.requested} requested"
+
+
+@dataclass(frozen=True)
+class UnknownNode:
+    def __str__(self) -> str:
+        return "node not (yet) in mig-extender's inventory"
+
+
+@dataclass(frozen=True)
+class FilterDecision:
+    passed: tuple[str, ...]
+    failed: Mapping[str, object] = field(default_factory=dict)        # node -> reason (preemption may help)
+    unresolvable: Mapping[str, object] = field(default_factory=dict)  # node -> reason
+    record: Rule | None = None       # a new substitution to store
+    cancel: Rule | None = None       # a rule made moot: the pod fits as it is now
+    note: str = ""                   # appended to every failure reason ("substitute ... recorded")
+    error: str = ""                  # the request could not be evaluated
+
+
+def _node_reason(snap: ClusterSnapshot, pod: PodInfo, node: str) -> object | None:
+    """None when ``node`` fits ``pod``; else the first resource that does not fit."""
+    info = snap.nodes.get(node)
+    if info is None:
+        return UnknownNode()
+    for resource, n in pod.demand.items():
+        free = snap.free(node, resource, pod)
+        if free < n:
+            return Insufficient(resource, n, free, info.allocatable.get(resource, 0),
+                                snap.reserved.get(node, {}).get(resource, 0))
+    return None
+
+
+def filter_pod(pod: PodInfo, candidates: Sequence[str], snap: ClusterSnapshot,
+               settings: PlanSettings = PlanSettings()) -> FilterDecision:
+    """Which of ``candidates`` can run ``pod`` now; if none, the best substitution to record."""
+    if pod.problems:
+        return FilterDecision(passed=(), error="; ".join(pod.problems))
+    if not pod.wants_mig:
+        return FilterDecision(passed=tuple(candidates))
+    passed: list[str] = []
+    failed: dict[str, object] = {}
+    unresolvable: dict[str, object] = {}
+    for node in candidates:
+        reason = _node_reason(snap, pod, node)
+        if reason is None:
+            passed.append(node)
+        elif isinstance(reason, Insufficient) and reason.unresolvable:
+            unresolvable[node] = reason
+        else:
+            failed[node] = reason
+    existing = snap.rule_for(pod)
+    waiting = existing is not None and existing.phase is Phase.RECORDED and existing.pod_uid == pod.uid
+    if passed:
+        return FilterDecision(tuple(passed), failed, unresolvable, cancel=existing if waiting else None)
+    if waiting:
+        note = f"substitute {existing.substitute} recorded on {existing.node}; waiting for the pod to be recreated"
+        return FilterDecision((), failed, unresolvable, note=note)
+    rule = choose_substitute(pod, candidates, snap, settings)
+    if rule is None:
+        return FilterDecision((), failed, unresolvable)
+    note = f"substitute {rule.substitute.resource} recorded on {rule.node}"
+    return FilterDecision((), failed, unresolvable, record=rule, note=note)
+
+
+def substitution_blocker(pod: PodInfo, settings: PlanSettings) -> str:
+    """Why ``pod`` may not be substituted at all ('' when it may)."""
+    if not settings.substitution:
+        return "substitution disabled"
+    if not pod.may_substitute:
+        return "pod opted out of substitution"
+    if pod.single_demand is None:
+        return "pod asks for more than one MIG type"
+    if pod.rule_name or pod.original_demand is not None:
+        return "pod is already a substitute"
+    if not pod.uid:
+        return "pod has no uid"
+    return ""
+
+
+def choose_substitute(pod: PodInfo, candidates: Iterable[str], snap: ClusterSnapshot,
+                      settings: PlanSettings = PlanSettings()) -> Rule | None:
+    """The least-waste compatible free slice among ``candidates``, as a new rule; None if there is none.
+
+    Cost order: waste (extra compute slices, extra GB, unneeded media engines), then the fewest slices
+    of that type left free on the node (take from the node where that type is scarcest, keeping other
+    nodes' large slices whole), then the least free compute left on the node (packing), then the name.
+    """
+    if substitution_blocker(pod, settings):
+        return None
+    want = pod.single_demand
+    assert want is not None
+    candidate_set = candidates if isinstance(candidates, (set, frozenset)) else set(candidates)
+    best: tuple[tuple, str, str] | None = None
+    for resource, holders in snap.free_index.items():
+        if resource == want.resource:
+            continue
+        nodes = holders & candidate_set if len(holders) < len(candidate_set) else candidate_set & holders
+        for node in nodes:
+            info = snap.nodes[node]
+            offered = info.shapes.get(resource)
+            if offered is None:
+                continue
+            try:
+                requested = canonical_shape(want.resource, info.gpu)
+            except ProfileError:
+                return None
+            if not can_substitute(requested, offered):
+                continue
+            free = snap.free(node, resource)
+            if free < want.count:
+                continue
+            left_compute = info.total_compute - info.used_compute() - offered.compute_slices * want.count
+            cost = (waste(requested, offered), free - want.count, left_compute, node)
+            if best is None or cost < best[0]:
+                best = (cost, node, resource)
+    if best is None:
+        return None
+    _, node, resource = best
+    return new_rule(pod, want, ResourceCount(resource, want.count), node, snap.now, settings.rule_ttl)
+
+
+# --------------------------------------------------------------------------------------------------
+# Scores
+
+
+def score_nodes(pod: PodInfo, nodes: Sequence[str], snap: ClusterSnapshot,
+                policy: Policy = Policy.PACK) -> list[tuple[str, int]]:
+    """0..10 per node. PACK prefers nodes whose MIG slices are already in use and on which this
+    type becomes scarce (best fit), so whole nodes and large slices stay free elsewhere; SPREAD is
+    its mirror image. Pods without MIG demand score 0 everywhere (we have no opinion)."""
+    if not pod.wants_mig:
+        return [(n, 0) for n in nodes]
+    out = []
+    for node in nodes:
+        info = snap.nodes.get(node)
+        if info is None or info.total_compute == 0:
+            out.append((node, 0))
+            continue
+        reserved = snap.reserved.get(node, {})
+        busy = info.used_compute(reserved) + sum(
+            info.shapes[r].compute_slices * n for r, n in pod.demand.items() if r in info.shapes)
+        utilisation = min(busy / info.total_compute, 1.0)
+        fit = []
+        for r, n in pod.demand.items():
+            alloc = info.allocatable.get(r, 0)
+            if alloc:
+                fit.append(1.0 - max(snap.free(node, r, pod) - n, 0) / alloc)
+        best_fit = sum(fit) / len(fit) if fit else 0.0
+        score = round(MAX_SCORE * (0.7 * utilisation + 0.3 * best_fit))
+        if policy is Policy.SPREAD:
+            score = MAX_SCORE - score
+        out.append((node, max(0, min(MAX_SCORE, score))))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Reconciler decisions
+
+
+@dataclass(frozen=True)
+class Upgrade:
+    """Restart ``pod`` so the webhook rewrites its replacement per ``rule``."""
+
+    rule: Rule
+    pod: PodInfo
+
+
+def plan_upgrades(snap: ClusterSnapshot, pods: Mapping[str, PodInfo]) -> tuple[list[Upgrade], list[Rule]]:
+    """Recorded rules whose pod still waits unbound -> restart it; rules whose pod was placed as it
+    is (or vanished before its controller replaced it) -> drop. Returns (upgrades, rules to cancel)."""
+    upgrades, cancel = [], []
+    for rule in snap.rules:
+        if rule.phase is not Phase.RECORDED or rule.is_expired(snap.now):
+            continue
+        pod = pods.get(rule.pod_uid)
+        if pod is None:
+            continue  # already restarted: the webhook will apply the rule to its replacement
+        if pod.node:
+            cancel.append(rule)
+        elif not pod.terminating:
+            upgrades.append(Upgrade(rule, pod))
+    return upgrades, cancel
+
+
+@dataclass(frozen=True)
+class Restore:
+    """Restart upgraded ``pod`` so it comes back on its original type, reserved on ``node``."""
+
+    rule: Rule
+    pod: PodInfo
+    node: str
+    waste: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class Skip:
+    """An upgraded pod left on its substitute, and why (reported as an Event)."""
+
+    rule: Rule
+    pod: PodInfo
+    reason: str
+
+
+def _shape(resource: str, snap: ClusterSnapshot, node: str) -> ProfileShape | None:
+    info = snap.nodes.get(node)
+    try:
+        return canonical_shape(resource, info.gpu if info else None)
+    except ProfileError:
+        return None
+
+
+def _recently_restored(rule: Rule, snap: ClusterSnapshot, window: float) -> Rule | None:
+    """A Restored rule of the same workload within ``window``: restoring again would loop."""
+    for other in snap.rules:
+        if (other.phase is Phase.RESTORED and other.name != rule.name and other.namespace == rule.namespace
+                and snap.now - other.updated < window
+                and ((rule.owner and other.owner and other.owner.uid == rule.owner.uid)
+                     or (not rule.owner and other.pod_name == rule.pod_name))):
+            return other
+    return None
+
+
+def plan_restores(snap: ClusterSnapshot, pods: Mapping[str, PodInfo],
+                  settings: PlanSettings = PlanSettings()) -> tuple[list[Restore], list[Skip]]:
+    """Upgraded pods whose original type is free again, biggest waster first, at most
+    ``settings.restores_per_pass``; each gets a node whose free original slice is set aside for it.
+    Skips (opt-out, loop guard) are returned so the caller can say why on the pod."""
+    if any(r.phase is Phase.RESTORING and r.reservation(snap.now) for r in snap.rules):
+        return [], []  # one restore in flight at a time: the rate limit, and no double restarts
+    candidates: list[tuple[tuple[int, int, int], Rule, PodInfo]] = []
+    skips: list[Skip] = []
+    for rule in snap.rules:
+        if rule.phase is not Phase.APPLIED or not rule.bound_pod:
+            continue
+        pod = pods.get(rule.bound_pod)
+        if pod is None or not pod.holds_slices or pod.terminating or pod.phase != "Running":
+            continue
+        if not pod.may_restore:
+            skips.append(Skip(rule, pod, "pod opted out of restore (mig-extender.io/restore=false)"))
+            continue
+        loop = _recently_restored(rule, snap, settings.loop_window)
+        if loop is not None:
+            skips.append(Skip(rule, pod, f"workload was restored by {loop.name} less than "
+                                         f"{int(settings.loop_window)}s ago and upgraded again; "
+                                         "left alone to avoid a loop"))
+            continue
+        orig, sub = _shape(rule.original.resource, snap, pod.node), _shape(rule.substitute.resource, snap, pod.node)
+        if orig is None or sub is None:
+            continue
+        candidates.append((waste(orig, sub), rule, pod))
+    candidates.sort(key=lambda c: (c[0], c[1].created), reverse=True)
+    taken: dict[tuple[str, str], int] = {}
+    plans: list[Restore] = []
+    for cost, rule, pod in candidates:
+        if len(plans) >= settings.restores_per_pass:
+            break
+        want = rule.original
+        # prefer the pod's own node (its substitute frees there too), then the fullest node
+        holders = sorted(snap.nodes_with_free(want.resource),
+                         key=lambda n: (n != pod.node, -snap.nodes[n].used_compute(), n))
+        for node in holders:
+            if snap.free(node, want.resource) - taken.get((node, want.resource), 0) >= want.count:
+                taken[(node, want.resource)] = taken.get((node, want.resource), 0) + want.count
+                plans.append(Restore(rule, pod, node, cost))
+                break
+    return plans, skips
+
+
+def expired_rules(snap: ClusterSnapshot) -> list[Rule]:
+    """Active rules past their expiry: their reservations are already void; mark them Expired."""
+    return [r for r in snap.rules if r.is_expired(snap.now)]
+
+
+def finished_rules(snap: ClusterSnapshot, retention: float) -> list[Rule]:
+    """Rules done (Expired, Restored) for longer than ``retention``: delete them."""
+    return [r for r in snap.rules
+            if r.phase in (Phase.EXPIRED, Phase.RESTORED) and snap.now - r.updated > retention]

@@ -1,0 +1,279 @@
+"""Pods as the decisions see them: MIG demand, identity, owner and our annotations. Pure.
+
+Reads plain dicts shaped like the Kubernetes JSON (what the scheduler posts, what the API returns as
+raw JSON); never imports the kubernetes client. Every name our components write on objects lives at
+the top of this module so there is one place to look them up.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from .profiles import ProfileError, is_mig_resource, resource_profile_name
+
+# Annotations and labels (the one place they are spelled).
+GROUP = "mig-extender.io"
+ANN_SUBSTITUTE = f"{GROUP}/substitute"          # "false": never substitute this pod
+ANN_RESTORE = f"{GROUP}/restore"                # "false": never restore this pod to its original type
+ANN_ORIGINAL = f"{GROUP}/original-demand"       # "nvidia.com/mig-1g.5gb=1" on an upgraded pod
+ANN_SUBSTITUTED = f"{GROUP}/substituted-demand"  # "nvidia.com/mig-2g.10gb=1" on an upgraded pod
+ANN_RULE = f"{GROUP}/rule"                      # name of the MigSubstitution rule applied to the pod
+ANN_RESTORED_AT = f"{GROUP}/restored-at"        # RFC 3339 time of the last restore (loop guard)
+LABEL_SCHEDULER_OPT_IN = f"{GROUP}/inject-scheduler"  # namespace label: "true" sets schedulerName
+
+# Controllers that recreate a deleted pod under a *new* name (match rules by owner uid);
+# StatefulSets and bare pods come back under the same name (match by name).
+RENAMING_OWNERS = frozenset({"ReplicaSet", "Job", "ReplicationController", "DaemonSet"})
+
+_QUANTITY_RE = re.compile(r"^(?P<num>[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?)(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|[mkMGTPE])?$")
+_SUFFIX = {
+    None: Decimal(1), "m": Decimal("0.001"), "k": Decimal(10) ** 3, "M": Decimal(10) ** 6,
+    "G": Decimal(10) ** 9, "T": Decimal(10) ** 12, "P": Decimal(10) ** 15, "E": Decimal(10) ** 18,
+    "Ki": Decimal(2) ** 10, "Mi": Decimal(2) ** 20, "Gi": Decimal(2) ** 30, "Ti": Decimal(2) ** 40,
+    "Pi": Decimal(2) ** 50, "Ei": Decimal(2) ** 60,
+}
+# More MIG slices than any node could ever hold (8 GPUs x 7): a count above this is a typo or an attack,
+# and keeping numbers small keeps every sum exact and cheap.
+MAX_MIG_COUNT = 1024
+
+
+class DemandError(ValueError):
+    """A pod's MIG request that cannot be evaluated (bad quantity, malformed resource name)."""
+
+
+def parse_count(value: Any, resource: str = "") -> int:
+    """A Kubernetes quantity for an extended resource as an int: ``"2"``, ``2``, ``"1k"``.
+
+    Extended resources are whole numbers >= 0; anything else (``"-1"``, ``"abc"``, ``"500m"``,
+    ``"1e9"`` beyond MAX_MIG_COUNT) raises DemandError naming the resource and the value.
+    """
+    where = f"{resource}: " if resource else ""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise DemandError(f"{where}quantity must be a string or integer, got {type(value).__name__}")
+    text = str(value).strip()
+    match = _QUANTITY_RE.match(text)
+    if not match:
+        raise DemandError(f"{where}{text!r} is not a quantity")
+    try:
+        number = Decimal(match["num"]) * _SUFFIX[match["suffix"]]
+    except InvalidOperation as exc:  # pragma: no cover - the regex admits only valid decimals
+        raise DemandError(f"{where}{text!r} is not a quantity") from exc
+    if number < 0:
+        raise DemandError(f"{where}{text!r} is negative")
+    if number != number.to_integral_value():
+        raise DemandError(f"{where}{text!r} is not a whole number (extended resources are integers)")
+    if number > MAX_MIG_COUNT:
+        raise DemandError(f"{where}{text!r} exceeds {MAX_MIG_COUNT}")
+    return int(number)
+
+
+@dataclass(frozen=True, order=True)
+class ResourceCount:
+    """``count`` slices of one MIG resource; the unit of a substitution."""
+
+    resource: str
+    count: int
+
+    def __str__(self) -> str:
+        return f"{self.resource}={self.count}"
+
+    @classmethod
+    def parse(cls, text: str) -> ResourceCount:
+        """Inverse of ``str()``: ``nvidia.com/mig-1g.5gb=1``."""
+        resource, sep, count = text.partition("=")
+        if not sep:
+            raise DemandError(f"{text!r} is not RESOURCE=COUNT")
+        resource_profile_name(resource)  # raises ProfileError on a non-MIG or malformed name
+        return cls(resource, parse_count(count, resource))
+
+
+def _container_mig(container: Mapping[str, Any]) -> dict[str, int]:
+    resources = container.get("resources") or {}
+    if not isinstance(resources, Mapping):
+        raise DemandError(f"container {container.get('name')!r}: resources is not an object")
+    out: dict[str, int] = {}
+    # Limits default the requests of extended resources, and both must be equal for them.
+    for section in ("limits", "requests"):
+        values = resources.get(section) or {}
+        if not isinstance(values, Mapping):
+            raise DemandError(f"container {container.get('name')!r}: {section} is not an object")
+        for name, qty in values.items():
+            if isinstance(name, str) and is_mig_resource(name):
+                out[name] = parse_count(qty, name)
+    return out
+
+
+def _add(total: dict[str, int], part: Mapping[str, int]) -> None:
+    for name, n in part.items():
+        total[name] = total.get(name, 0) + n
+
+
+def effective_mig_demand(spec: Mapping[str, Any]) -> dict[str, int]:
+    """MIG slices a pod holds, computed as the kubelet and scheduler do.
+
+    max(sum of app containers + restartable (sidecar) init containers, each regular init container +
+    the sidecars started before it). Zero counts are dropped.
+    """
+    containers = spec.get("containers") or []
+    inits = spec.get("initContainers") or []
+    if not isinstance(containers, list) or not isinstance(inits, list):
+        raise DemandError("spec.containers and spec.initContainers must be lists")
+    total: dict[str, int] = {}
+    for c in containers:
+        if not isinstance(c, Mapping):
+            raise DemandError("a container is not an object")
+        _add(total, _container_mig(c))
+    sidecars: dict[str, int] = {}
+    peak: dict[str, int] = {}
+    for c in inits:
+        if not isinstance(c, Mapping):
+            raise DemandError("an init container is not an object")
+        own = _container_mig(c)
+        if c.get("restartPolicy") == "Always":
+            _add(sidecars, own)
+            continue
+        during = dict(sidecars)
+        _add(during, own)
+        for name, n in during.items():
+            peak[name] = max(peak.get(name, 0), n)
+    _add(total, sidecars)
+    for name, n in peak.items():
+        total[name] = max(total.get(name, 0), n)
+    return {k: v for k, v in total.items() if v > 0}
+
+
+@dataclass(frozen=True)
+class Owner:
+    kind: str
+    name: str
+    uid: str
+    api_version: str = ""
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    """The facts about a pod that any decision needs, read once from its JSON."""
+
+    namespace: str
+    name: str
+    uid: str
+    demand: Mapping[str, int] = field(default_factory=dict)
+    owner: Owner | None = None
+    node: str = ""
+    phase: str = "Pending"
+    terminating: bool = False
+    scheduler: str = "default-scheduler"
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    created: str = ""
+    problems: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def wants_mig(self) -> bool:
+        return bool(self.demand)
+
+    @property
+    def single_demand(self) -> ResourceCount | None:
+        """The one MIG resource the pod asks for; None if it asks for none or for several kinds."""
+        if len(self.demand) != 1:
+            return None
+        ((resource, count),) = self.demand.items()
+        return ResourceCount(resource, count)
+
+    @property
+    def holds_slices(self) -> bool:
+        """Bound and not finished: a terminating pod still holds its slices until it is gone."""
+        return bool(self.node) and self.phase not in ("Succeeded", "Failed")
+
+    @property
+    def may_substitute(self) -> bool:
+        return self.annotations.get(ANN_SUBSTITUTE, "").lower() != "false"
+
+    @property
+    def may_restore(self) -> bool:
+        return self.annotations.get(ANN_RESTORE, "").lower() != "false"
+
+    @property
+    def rule_name(self) -> str:
+        return self.annotations.get(ANN_RULE, "")
+
+    @property
+    def original_demand(self) -> ResourceCount | None:
+        """What an upgraded pod asked for before the webhook rewrote it (None for other pods)."""
+        text = self.annotations.get(ANN_ORIGINAL)
+        if not text:
+            return None
+        try:
+            return ResourceCount.parse(text)
+        except (DemandError, ProfileError):
+            return None
+
+
+def controller_owner(meta: Mapping[str, Any]) -> Owner | None:
+    for ref in meta.get("ownerReferences") or []:
+        if isinstance(ref, Mapping) and ref.get("controller"):
+            return Owner(str(ref.get("kind", "")), str(ref.get("name", "")), str(ref.get("uid", "")),
+                         str(ref.get("apiVersion", "")))
+    return None
+
+
+_OUR_ANNOTATIONS = (ANN_SUBSTITUTE, ANN_RESTORE, ANN_ORIGINAL, ANN_SUBSTITUTED, ANN_RULE, ANN_RESTORED_AT)
+
+
+def pod_info(pod: Mapping[str, Any]) -> PodInfo:
+    """Read a pod's JSON; a malformed MIG request becomes ``problems`` (never an exception).
+
+    Raises DemandError only when the object is not a pod at all (no metadata/spec objects).
+    """
+    meta, spec = pod.get("metadata"), pod.get("spec")
+    if not isinstance(meta, Mapping) or not isinstance(spec, Mapping):
+        raise DemandError("Pod must have metadata and spec objects")
+    status = pod.get("status") if isinstance(pod.get("status"), Mapping) else {}
+    annotations = meta.get("annotations") if isinstance(meta.get("annotations"), Mapping) else {}
+    problems: list[str] = []
+    try:
+        # Any nvidia.com/mig-* name is counted exactly; only substitution needs a shape we can parse.
+        demand = effective_mig_demand(spec)
+    except DemandError as exc:
+        demand, problems = {}, [str(exc)]
+    return PodInfo(
+        namespace=str(meta.get("namespace") or "default"),
+        name=str(meta.get("name") or meta.get("generateName") or ""),
+        uid=str(meta.get("uid") or ""),
+        demand=demand,
+        owner=controller_owner(meta),
+        node=str(spec.get("nodeName") or ""),
+        phase=str(status.get("phase") or "Pending"),
+        terminating=bool(meta.get("deletionTimestamp")),
+        scheduler=str(spec.get("schedulerName") or "default-scheduler"),
+        annotations={k: str(v) for k, v in annotations.items() if k in _OUR_ANNOTATIONS},
+        created=str(meta.get("creationTimestamp") or ""),
+        problems=tuple(problems),
+    )
+
+
+def mig_allocatable(status: Mapping[str, Any]) -> dict[str, int]:
+    """A node's allocatable MIG resources; malformed entries are skipped (reported by the caller)."""
+    out: dict[str, int] = {}
+    alloc = status.get("allocatable") or {}
+    if not isinstance(alloc, Mapping):
+        return out
+    for name, qty in alloc.items():
+        if isinstance(name, str) and is_mig_resource(name):
+            try:
+                out[name] = parse_count(qty, name)
+            except DemandError:
+                continue
+    return {k: v for k, v in out.items() if v > 0}
+
+
+def format_demand(demand: Mapping[str, int] | Iterable[ResourceCount]) -> str:
+    items = demand.items() if isinstance(demand, Mapping) else ((rc.resource, rc.count) for rc in demand)
+    return ",".join(f"{r}={n}" for r, n in sorted(items))

@@ -1,0 +1,166 @@
+"""Substitution rules: the pure Rule value, its life cycle and which pods it applies to.
+
+One rule carries one substitution through its whole life::
+
+    Recorded --webhook rewrites the replacement pod--> Applied --pod bound--> Applied(bound)
+        |                                                 |                        |
+        +--------- expiry (reservation released) -------> Expired                  | original type frees up
+                                                                                   v
+                           Restored <--replacement bound-- Restoring (original reserved on restore_node)
+
+While Recorded or Applied-but-unbound the rule reserves its substitute slice on ``node`` so no other
+pending pod is promised it; while Restoring it reserves the original slice on ``restore_node`` so the
+restarted pod never comes back to a full node. This module holds no storage (see rulestore.py) and
+imports neither flask, kubernetes nor cachetools.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any
+
+from .resources import RENAMING_OWNERS, Owner, PodInfo, ResourceCount
+
+
+class Phase(str, Enum):
+    RECORDED = "Recorded"
+    APPLIED = "Applied"
+    EXPIRED = "Expired"
+    RESTORING = "Restoring"
+    RESTORED = "Restored"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+ACTIVE_PHASES = frozenset({Phase.RECORDED, Phase.APPLIED, Phase.RESTORING})
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A recorded substitution of ``original`` by ``substitute`` for one pod (or its replacement)."""
+
+    name: str
+    namespace: str
+    pod_name: str
+    pod_uid: str
+    owner: Owner | None
+    original: ResourceCount
+    substitute: ResourceCount
+    node: str
+    created: float
+    expires: float
+    phase: Phase = Phase.RECORDED
+    applied_pod: str = ""    # name of the replacement pod the webhook rewrote
+    bound_pod: str = ""      # uid of the upgraded pod once bound (its reservation is then used up)
+    restore_node: str = ""   # where the original type is reserved while Restoring
+    restored_pod: str = ""   # uid of the pod whose restart began the restore
+    updated: float = 0.0
+    message: str = ""
+    resource_version: str = ""
+
+    # -- reservations -------------------------------------------------------------------------------
+
+    def reservation(self, now: float) -> tuple[str, ResourceCount] | None:
+        """(node, slices) this rule keeps from other pods at ``now``, or None."""
+        if now >= self.expires:
+            return None
+        if self.phase in (Phase.RECORDED, Phase.APPLIED) and not self.bound_pod:
+            return self.node, self.substitute
+        if self.phase is Phase.RESTORING and self.restore_node:
+            return self.restore_node, self.original
+        return None
+
+    def is_expired(self, now: float) -> bool:
+        return self.phase in ACTIVE_PHASES and now >= self.expires and not (
+            self.phase is Phase.APPLIED and self.bound_pod)
+
+    # -- matching -----------------------------------------------------------------------------------
+
+    def _same_workload(self, pod: PodInfo, name: str) -> bool:
+        """Is ``pod`` the one its controller (or our reconciler) made to replace pod ``name``?"""
+        if self.owner and self.owner.kind in RENAMING_OWNERS:
+            return pod.owner is not None and pod.owner.uid == self.owner.uid
+        return pod.name == name
+
+    def awaits_upgrade(self, pod: PodInfo) -> bool:
+        """A Recorded rule waits for the replacement of the pending pod to rewrite it (webhook)."""
+        return (self.phase is Phase.RECORDED and pod.namespace == self.namespace
+                and pod.uid != self.pod_uid and self._same_workload(pod, self.pod_name)
+                and pod.demand.get(self.original.resource) == self.original.count)
+
+    def awaits_restore(self, pod: PodInfo) -> bool:
+        """A Restoring rule waits for the upgraded pod's replacement, which asks for the original type."""
+        return (self.phase is Phase.RESTORING and pod.namespace == self.namespace
+                and pod.uid != self.bound_pod and self._same_workload(pod, self.applied_pod or self.pod_name)
+                and pod.demand.get(self.original.resource) == self.original.count)
+
+    def reserved_for(self, pod: PodInfo) -> bool:
+        """May ``pod`` use this rule's reservation?"""
+        if self.phase is Phase.APPLIED and not self.bound_pod:
+            return pod.rule_name == self.name
+        return self.awaits_restore(pod)
+
+    # -- transitions (pure: each returns a new Rule) --------------------------------------------------
+
+    def applied(self, pod_name: str, now: float, ttl: float) -> Rule:
+        return replace(self, phase=Phase.APPLIED, applied_pod=pod_name, updated=now, expires=now + ttl,
+                       message=f"replacement pod {pod_name} rewritten to {self.substitute}")
+
+    def bound(self, pod_uid: str, pod_name: str, node: str, now: float) -> Rule:
+        if self.phase is Phase.RESTORING:
+            return replace(self, phase=Phase.RESTORED, updated=now, restored_pod=pod_uid,
+                           message=f"pod {pod_name} back on {self.original} on {node}")
+        return replace(self, bound_pod=pod_uid, applied_pod=pod_name or self.applied_pod, node=node,
+                       updated=now, message=f"pod {pod_name} running on {self.substitute} on {node}")
+
+    def restoring(self, node: str, now: float, ttl: float) -> Rule:
+        return replace(self, phase=Phase.RESTORING, restore_node=node, updated=now, expires=now + ttl,
+                       message=f"restoring to {self.original}: reserved on {node}")
+
+    def expired(self, now: float) -> Rule:
+        return replace(self, phase=Phase.EXPIRED, updated=now,
+                       message=f"expired in phase {self.phase} without being used")
+
+    # -- presentation -------------------------------------------------------------------------------
+
+    def to_dict(self, now: float | None = None) -> dict[str, Any]:
+        """JSON for /debug/rules and the simulator; stable keys."""
+        out = asdict(self)
+        out["phase"] = str(self.phase)
+        for key in ("created", "expires", "updated"):
+            out[key] = _rfc3339(out[key])
+        out["pod"] = {"namespace": self.namespace, "name": self.pod_name, "uid": self.pod_uid}
+        out["original"] = {"resource": self.original.resource, "count": self.original.count}
+        out["substitute"] = {"resource": self.substitute.resource, "count": self.substitute.count}
+        if now is not None:
+            held = self.reservation(now)
+            out["reserved"] = {"node": held[0], "resource": held[1].resource, "count": held[1].count} if held else None
+        return out
+
+
+def _rfc3339(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if epoch else ""
+
+
+_DNS_UNSAFE = re.compile(r"[^a-z0-9-]+")
+
+
+def rule_name(pod: PodInfo) -> str:
+    """A stable, DNS-1123 name for the rule of ``pod``: retrying the same pod records the same rule."""
+    digest = hashlib.sha256(f"{pod.namespace}/{pod.name}/{pod.uid}".encode()).hexdigest()[:10]
+    base = _DNS_UNSAFE.sub("-", pod.name.lower()).strip("-")[:40] or "pod"
+    return f"{base}-{digest}"
+
+
+def new_rule(pod: PodInfo, original: ResourceCount, substitute: ResourceCount, node: str,
+             now: float, ttl: float) -> Rule:
+    return Rule(
+        name=rule_name(pod), namespace=pod.namespace, pod_name=pod.name, pod_uid=pod.uid, owner=pod.owner,
+        original=original, substitute=substitute, node=node, created=now, expires=now + ttl, updated=now,
+        message=f"{original.resource} sold out on every candidate; {substitute} reserved on {node}",
+    )

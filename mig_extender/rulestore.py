@@ -1,0 +1,95 @@
+"""Where rules live: the RuleStore interface and its in-memory implementation.
+
+The extender records rules, the webhook applies them and the reconciler drives them on; all three
+talk to a RuleStore. ``MemoryRuleStore`` keeps rules in a cachetools TTL cache (one process only:
+``serve --snapshot`` and unit tests); ``kuberules.KubeRuleStore`` keeps them as MigSubstitution
+objects in the API so every replica and a restarted process see the same rules.
+cachetools caches are not thread-safe, so every access holds the store's lock.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Protocol
+
+from cachetools import TTLCache
+
+from .rules import Rule
+
+
+class ConflictError(RuntimeError):
+    """The rule changed since it was read; re-read and decide again."""
+
+
+class RuleStore(Protocol):
+    """The operations every component needs. Implementations are thread-safe."""
+
+    @property
+    def synced(self) -> bool: ...
+
+    def list(self) -> list[Rule]: ...
+
+    def get(self, namespace: str, name: str) -> Rule | None: ...
+
+    def record(self, rule: Rule) -> Rule:
+        """Create ``rule``; if one of that name exists already, return it unchanged (idempotent)."""
+        ...
+
+    def update(self, rule: Rule) -> Rule:
+        """Replace the stored rule; ConflictError if it changed since ``rule`` was read."""
+        ...
+
+    def delete(self, rule: Rule) -> None: ...
+
+
+class MemoryRuleStore:
+    """Rules in process memory; finished rules fall out after ``retention`` seconds without change."""
+
+    def __init__(self, retention: float = 3600.0, clock: Callable[[], float] = time.time,
+                 maxsize: int = 100_000) -> None:
+        self._lock = threading.Lock()
+        self._rules: TTLCache[tuple[str, str], Rule] = TTLCache(maxsize=maxsize, ttl=retention, timer=clock)
+        self._version = 0
+
+    @property
+    def synced(self) -> bool:
+        return True
+
+    def list(self) -> list[Rule]:
+        with self._lock:
+            return list(self._rules.values())
+
+    def get(self, namespace: str, name: str) -> Rule | None:
+        with self._lock:
+            return self._rules.get((namespace, name))
+
+    def record(self, rule: Rule) -> Rule:
+        with self._lock:
+            key = (rule.namespace, rule.name)
+            existing = self._rules.get(key)
+            if existing is not None:
+                return existing
+            return self._put(rule)
+
+    def update(self, rule: Rule) -> Rule:
+        with self._lock:
+            key = (rule.namespace, rule.name)
+            current = self._rules.get(key)
+            if current is None:
+                raise ConflictError(f"rule {rule.namespace}/{rule.name} no longer exists")
+            if rule.resource_version and current.resource_version != rule.resource_version:
+                raise ConflictError(f"rule {rule.namespace}/{rule.name} changed since it was read")
+            return self._put(rule)
+
+    def delete(self, rule: Rule) -> None:
+        with self._lock:
+            self._rules.pop((rule.namespace, rule.name), None)
+
+    def _put(self, rule: Rule) -> Rule:
+        self._version += 1
+        stored = replace(rule, resource_version=str(self._version))
+        self._rules[(rule.namespace, rule.name)] = stored
+        return stored

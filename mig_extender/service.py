@@ -1,0 +1,127 @@
+"""The extender's use cases, free of HTTP: take one snapshot, ask the planner, keep the books.
+
+``ExtenderService`` is what the Flask blueprint calls (and what a benchmark or test can call
+directly): filter records the rule the planner chose, bind assumes the pod in the inventory before
+the API confirms it and marks the rule it used. Talking to the API goes through an injected
+``Binder`` and ``RuleStore``; nothing here imports flask or kubernetes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+from .inventory import ClusterInventory
+from .metrics import Metrics
+from .planner import FilterDecision, PlanSettings, expired_rules, filter_pod, score_nodes
+from .resources import PodInfo, pod_info
+from .rules import Phase, Rule
+from .rulestore import ConflictError, RuleStore
+from .snapshot import ClusterSnapshot
+
+log = logging.getLogger(__name__)
+
+
+class Binder(Protocol):
+    def bind(self, namespace: str, name: str, uid: str, node: str) -> None:
+        """Create the pod's Binding; raise on failure."""
+        ...
+
+
+class BindError(RuntimeError):
+    pass
+
+
+class ExtenderService:
+    def __init__(self, inventory: ClusterInventory, store: RuleStore, plan: PlanSettings,
+                 metrics: Metrics | None = None, binder: Binder | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.inventory = inventory
+        self.store = store
+        self.plan = plan
+        self.metrics = metrics or Metrics()
+        self.binder = binder
+        self.clock = clock
+        # extra readiness checks from the edges (e.g. "watch stale for 45 s"); each returns "" when fine
+        self.checks: list[Callable[[], str]] = []
+
+    def snapshot(self) -> ClusterSnapshot:
+        return self.inventory.snapshot(self.store.list(), self.clock())
+
+    def readiness_problems(self) -> list[str]:
+        problems = [] if self.inventory.synced else ["node/pod inventory not synced"]
+        if not self.store.synced:
+            problems.append("rule store not synced")
+        problems.extend(p for p in (check() for check in self.checks) if p)
+        return problems
+
+    def filter(self, pod_obj: Mapping[str, Any], candidates: Sequence[str]) -> FilterDecision:
+        pod = pod_info(pod_obj)
+        if not pod.wants_mig and not pod.problems:
+            return FilterDecision(passed=tuple(candidates))  # zero work for pods without MIG
+        snap = self.snapshot()
+        decision = filter_pod(pod, candidates, snap, self.plan)
+        if decision.record is not None:
+            stored = self.store.record(decision.record)
+            self.metrics.rules.labels("recorded").inc()
+            log.info("rule %s/%s: %s for pod %s -> %s on %s", stored.namespace, stored.name, stored.original,
+                     pod.key, stored.substitute, stored.node)
+        if decision.cancel is not None:
+            self._finish(decision.cancel, "cancelled")
+        return decision
+
+    def housekeeping(self) -> None:
+        """Forget binds the API never confirmed; mark rules past their expiry Expired."""
+        self.inventory.expire_assumed()
+        for rule in expired_rules(self.snapshot()):
+            self._finish(rule, "expired")
+
+    def prioritize(self, pod_obj: Mapping[str, Any], nodes: Sequence[str]) -> list[tuple[str, int]]:
+        pod = pod_info(pod_obj)
+        if not pod.wants_mig:
+            return [(n, 0) for n in nodes]
+        return score_nodes(pod, nodes, self.snapshot(), self.plan.policy)
+
+    def bind(self, namespace: str, name: str, uid: str, node: str) -> None:
+        """Assume the pod on ``node``, create the Binding, then mark the rule whose slice it used.
+
+        The pod's facts come from the inventory (the scheduler sends only names); a pod unknown there
+        is still bound, it just is not assumed (the watch will count it).
+        """
+        pod = self.inventory.pod(uid) or PodInfo(namespace=namespace, name=name, uid=uid)
+        snap = self.snapshot()
+        rule = snap.rule_for(pod)
+        assumed = pod.wants_mig
+        if assumed:
+            self.inventory.assume(pod, node)
+        try:
+            if self.binder is not None:
+                self.binder.bind(namespace, name, uid, node)
+        except Exception as exc:
+            if assumed:
+                self.inventory.forget(uid)
+            raise BindError(f"binding {namespace}/{name} to {node}: {exc}") from exc
+        if rule is not None and rule.reserved_for(pod):
+            held = rule.reservation(snap.now)
+            if held is not None and held[0] == node:
+                event = "restored" if rule.phase is Phase.RESTORING else "bound"
+                self._transition(rule, lambda r: r.bound(uid, name, node, self.clock()), event)
+
+    def _finish(self, rule: Rule, event: str) -> None:
+        self._transition(rule, lambda r: r.expired(self.clock()), event)
+
+    def _transition(self, rule: Rule, change: Callable[[Rule], Rule], event: str) -> None:
+        """Apply ``change`` to the stored rule, re-reading once on a conflict."""
+        for _ in range(3):
+            try:
+                self.store.update(change(rule))
+                self.metrics.rules.labels(event).inc()
+                return
+            except ConflictError:
+                fresh = self.store.get(rule.namespace, rule.name)
+                if fresh is None:
+                    return
+                rule = fresh
+        log.warning("rule %s/%s: gave up after repeated conflicts (%s)", rule.namespace, rule.name, event)

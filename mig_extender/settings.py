@@ -1,0 +1,104 @@
+"""One frozen Settings for a process, read from flags and environment once and validated at start.
+
+Every knob has its unit and the reason for its default next to it. Components receive Settings; none
+reads the environment on its own.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+
+from .planner import PlanSettings, Policy
+
+ENV_PREFIX = "MIG_EXTENDER_"
+
+
+class SettingsError(ValueError):
+    """A setting that cannot work; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    # where the extender listens; loopback by default: it sits beside kube-scheduler in the same pod
+    bind: str = "127.0.0.1:8888"
+    # cluster source: exactly one of snapshot file, kubeconfig, in-cluster service account
+    snapshot: str = ""
+    kubeconfig: str = ""
+    in_cluster: bool = False
+    # rules: "memory" (one process; the default without a cluster) or "kube" (MigSubstitution objects)
+    rule_store: str = ""
+    # seconds a recorded substitution waits to be used before its reservation is released: long
+    # enough for a controller to recreate a pod and the scheduler to retry (seconds), short enough that
+    # a lost pod does not pin a slice for long
+    rule_ttl: float = 300.0
+    # seconds a restore reservation waits for the restarted pod
+    restore_ttl: float = 120.0
+    # seconds finished rules (Expired, Restored) are kept for /debug/rules and the restore loop guard
+    retention: float = 3600.0
+    policy: str = Policy.PACK.value
+    substitution: bool = True
+    # /debug/* serve rule and inventory details; turn off where the port is reachable by others
+    debug_endpoints: bool = True
+    # largest request body accepted (bytes): 5,000 full Node objects (nodeCacheCapable: false) are ~25 MB
+    max_body_bytes: int = 32 * 1024 * 1024
+    # gunicorn threads of the single worker (state lives in that one process; see README "Scaling")
+    threads: int = 8
+    # the namespace our own objects (Leases, Events source) live in
+    namespace: str = "mig-extender"
+    log_level: str = "info"
+
+    def validate(self) -> Settings:
+        sources = [bool(self.snapshot), bool(self.kubeconfig), self.in_cluster]
+        if sum(sources) > 1:
+            raise SettingsError("give at most one of --snapshot, --kubeconfig, --in-cluster")
+        host, sep, port = self.bind.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise SettingsError(f"--bind must be HOST:PORT, got {self.bind!r}")
+        if self.rule_store not in ("", "memory", "kube"):
+            raise SettingsError(f"--rule-store must be memory or kube, got {self.rule_store!r}")
+        if self.rule_store == "kube" and self.snapshot:
+            raise SettingsError("--rule-store kube needs a cluster, not --snapshot")
+        if self.policy not in {p.value for p in Policy}:
+            raise SettingsError(f"--policy must be one of {[p.value for p in Policy]}, got {self.policy!r}")
+        for name in ("rule_ttl", "restore_ttl", "retention"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name} must be > 0 seconds")
+        if self.threads < 1 or self.max_body_bytes < 1024:
+            raise SettingsError("threads must be >= 1 and max_body_bytes >= 1024")
+        return self
+
+    @property
+    def has_cluster(self) -> bool:
+        return bool(self.kubeconfig) or self.in_cluster
+
+    @property
+    def store_kind(self) -> str:
+        return self.rule_store or ("kube" if self.has_cluster else "memory")
+
+    @property
+    def plan(self) -> PlanSettings:
+        return PlanSettings(rule_ttl=self.rule_ttl, restore_ttl=self.restore_ttl, policy=Policy(self.policy),
+                            substitution=self.substitution)
+
+    def with_env(self, environ: dict[str, str] | None = None) -> Settings:
+        """Overlay ``MIG_EXTENDER_<FIELD>`` environment variables (flags given explicitly win later)."""
+        environ = dict(os.environ if environ is None else environ)
+        changes: dict[str, object] = {}
+        for f in fields(self):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is None:
+                continue
+            current = getattr(self, f.name)
+            try:
+                if isinstance(current, bool):
+                    changes[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
+                elif isinstance(current, int):
+                    changes[f.name] = int(raw)
+                elif isinstance(current, float):
+                    changes[f.name] = float(raw)
+                else:
+                    changes[f.name] = raw
+            except ValueError as exc:
+                raise SettingsError(f"{ENV_PREFIX}{f.name.upper()}={raw!r}: {exc}") from exc
+        return replace(self, **changes)

@@ -1,0 +1,186 @@
+"""An immutable view of the cluster's MIG capacity: what every decision reads. Pure.
+
+A snapshot holds, per node, allocatable and used slices of each ``nvidia.com/mig-*`` resource, the
+reservations of active substitution rules, and an index from resource to the nodes that still have
+some free, so a filter call costs O(candidate nodes), never O(pods). It is built by
+``inventory.ClusterInventory`` (live cluster) or from a ``kubectl get nodes,pods -o json`` file, and
+never changes once built: one request reads one snapshot from start to end.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from types import MappingProxyType
+from typing import Any
+
+from .profiles import MODELS, GpuModel, ProfileError, canonical_shape, resource_profile_name
+from .resources import PodInfo, ResourceCount
+from .rules import Phase, Rule
+
+LABEL_PRODUCT = "nvidia.com/gpu.product"
+LABEL_MEMORY = "nvidia.com/gpu.memory"  # MiB, per GPU
+LABEL_COUNT = "nvidia.com/gpu.count"
+
+_FAMILY_RE = re.compile(r"(?:^|[^A-Z0-9])(A100|A30|H100|H200|B200)(?:$|[^0-9])")
+_GB_RE = re.compile(r"(\d{2,3})\s*GB")
+# Products whose label carries no memory size: the memory is implied by the product.
+_IMPLIED_GB = {"H100 NVL": 94, "H100-NVL": 94, "H200": 141, "B200": 180, "A30": 24}
+EMPTY: Mapping[str, int] = MappingProxyType({})
+
+
+def detect_gpu(labels: Mapping[str, str], mig_resources: Iterable[str] = ()) -> GpuModel | None:
+    """The GPU model of a node, from GPU feature discovery labels, else from its MIG resource names.
+
+    ``nvidia.com/gpu.product`` (e.g. ``NVIDIA-A100-SXM4-40GB``, ``NVIDIA-H100-NVL``) names the family
+    and usually the memory; ``nvidia.com/gpu.memory`` (MiB) settles it when the name does not. Without
+    labels, the first catalog model that offers every MIG resource the node advertises is taken; when
+    nothing matches the result is None and decisions fall back to the shapes in the resource names.
+    """
+    product = str(labels.get(LABEL_PRODUCT, "")).upper().replace("_", "-")
+    family_match = _FAMILY_RE.search(product)
+    if family_match:
+        family = family_match.group(1)
+        gb: int | None = None
+        size = _GB_RE.search(product)
+        if size:
+            gb = int(size.group(1))
+        else:
+            try:
+                gb = round(int(str(labels.get(LABEL_MEMORY, ""))) / 1024)
+            except ValueError:
+                gb = next((v for k, v in _IMPLIED_GB.items() if k in product), None)
+        candidates = [m for m in MODELS if m.family == family]
+        if candidates:
+            if gb is None:
+                return candidates[0]
+            return min(candidates, key=lambda m: abs(m.memory_gb - gb))
+    names = []
+    for r in mig_resources:
+        try:
+            names.append(resource_profile_name(r))
+        except ProfileError:
+            continue
+    if names:
+        for m in MODELS:
+            if all(m.find(n) is not None for n in names):
+                return m
+    return None
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """One node's MIG capacity and usage. Immutable: an update builds a new NodeInfo."""
+
+    name: str
+    gpu: GpuModel | None
+    allocatable: Mapping[str, int] = field(default_factory=dict)
+    used: Mapping[str, int] = field(default_factory=dict)
+    gpu_count: int = 0
+    schedulable: bool = True
+    problems: tuple[str, ...] = ()
+
+    def free(self, resource: str) -> int:
+        """Free slices ignoring reservations (the snapshot adds those)."""
+        return self.allocatable.get(resource, 0) - self.used.get(resource, 0)
+
+    @cached_property
+    def shapes(self) -> Mapping[str, Any]:
+        """Resource -> canonical ProfileShape for this node's GPU (aliases resolved), parsed once."""
+        out = {}
+        for r in self.allocatable:
+            try:
+                out[r] = canonical_shape(r, self.gpu)
+            except ProfileError:
+                continue
+        return MappingProxyType(out)
+
+    @cached_property
+    def total_compute(self) -> int:
+        return sum(self.shapes[r].compute_slices * n for r, n in self.allocatable.items() if r in self.shapes)
+
+    def used_compute(self, extra: Mapping[str, int] = EMPTY) -> int:
+        return sum(self.shapes[r].compute_slices * (self.used.get(r, 0) + extra.get(r, 0))
+                   for r in self.allocatable if r in self.shapes)
+
+
+@dataclass(frozen=True)
+class ClusterSnapshot:
+    """Nodes, rules and reservations at one instant. Build with ``ClusterSnapshot.build``."""
+
+    nodes: Mapping[str, NodeInfo]
+    free_index: Mapping[str, frozenset[str]]
+    rules: tuple[Rule, ...] = ()
+    now: float = 0.0
+    synced: bool = True
+    reserved: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    rules_by_name: Mapping[str, Rule] = field(default_factory=dict)
+    rules_by_pod_uid: Mapping[str, Rule] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, nodes: Mapping[str, NodeInfo], free_index: Mapping[str, frozenset[str]] | None = None,
+              rules: Iterable[Rule] = (), now: float = 0.0, synced: bool = True) -> ClusterSnapshot:
+        if free_index is None:
+            free_index = build_free_index(nodes.values())
+        rules = tuple(rules)
+        reserved: dict[str, dict[str, int]] = {}
+        for rule in rules:
+            held = rule.reservation(now)
+            if held is not None:
+                node, rc = held
+                per_node = reserved.setdefault(node, {})
+                per_node[rc.resource] = per_node.get(rc.resource, 0) + rc.count
+        return cls(
+            nodes=nodes, free_index=free_index, rules=rules, now=now, synced=synced, reserved=reserved,
+            rules_by_name={r.name: r for r in rules},
+            rules_by_pod_uid={r.pod_uid: r for r in rules if r.pod_uid},
+        )
+
+    def free(self, node: str, resource: str, pod: PodInfo | None = None) -> int:
+        """Free slices of ``resource`` on ``node`` for ``pod``: reservations of other pods subtracted."""
+        info = self.nodes.get(node)
+        if info is None:
+            return 0
+        free = info.free(resource) - self.reserved.get(node, EMPTY).get(resource, 0)
+        if pod is not None:
+            own = self.own_reservation(pod)
+            if own is not None and own[0] == node and own[1].resource == resource:
+                free += own[1].count
+        return free
+
+    def own_reservation(self, pod: PodInfo) -> tuple[str, ResourceCount] | None:
+        """The reservation made for ``pod`` (its applied upgrade, or the restore waiting for it)."""
+        rule = self.rule_for(pod)
+        if rule is not None and rule.reserved_for(pod):
+            return rule.reservation(self.now)
+        return None
+
+    def rule_for(self, pod: PodInfo) -> Rule | None:
+        """The rule about ``pod``: by its rule annotation, its uid, or a restore awaiting it."""
+        if pod.rule_name and pod.rule_name in self.rules_by_name:
+            rule = self.rules_by_name[pod.rule_name]
+            if rule.namespace == pod.namespace:
+                return rule
+        if pod.uid in self.rules_by_pod_uid:
+            return self.rules_by_pod_uid[pod.uid]
+        return next((r for r in self.restoring if r.awaits_restore(pod)), None)
+
+    @cached_property
+    def restoring(self) -> tuple[Rule, ...]:
+        return tuple(r for r in self.rules if r.phase is Phase.RESTORING and r.reservation(self.now))
+
+    def nodes_with_free(self, resource: str) -> frozenset[str]:
+        return self.free_index.get(resource, frozenset())
+
+
+def build_free_index(nodes: Iterable[NodeInfo]) -> dict[str, frozenset[str]]:
+    index: dict[str, set[str]] = {}
+    for info in nodes:
+        if not info.schedulable:
+            continue
+        for r in info.allocatable:
+            if info.free(r) > 0:
+                index.setdefault(r, set()).add(info.name)
+    return {r: frozenset(s) for r, s in index.items()}
