@@ -110,7 +110,10 @@ class GpuModel:
             raise ProfileError(f"{self.name} has no MIG profile {name!r}")
         return min(near, key=lambda p: abs(p.memory_gb - shape.memory_gb))
 
-    def find(self, name: str) -> Profile | None:
+    def find(self, name: str, strict: bool = False) -> Profile | None:
+        """Like ``profile`` but None when absent; ``strict`` accepts only names and known aliases."""
+        if strict:
+            return _profile_index(self).get(name)
         try:
             return self.profile(name)
         except ProfileError:

@@ -65,7 +65,7 @@ def detect_gpu(labels: Mapping[str, str], mig_resources: Iterable[str] = ()) -> 
             continue
     if names:
         for m in MODELS:
-            if all(m.find(n) is not None for n in names):
+            if all(m.find(n, strict=True) is not None for n in names):
                 return m
     return None
 

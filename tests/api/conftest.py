@@ -1,0 +1,65 @@
+"""Fixtures for driving the real Flask app: ``app`` / ``client`` over a small in-memory cluster."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mig_extender.app import create_app
+from mig_extender.metrics import Metrics
+from mig_extender.rulestore import MemoryRuleStore
+from mig_extender.service import ExtenderService
+from mig_extender.settings import Settings
+from tests.builders import inventory_of, make_node, make_pod
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+
+
+def fixture(name: str) -> dict:
+    return json.loads((FIXTURES / name).read_text())
+
+
+class RecordingBinder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str, str]] = []
+        self.fail = False
+
+    def bind(self, namespace: str, name: str, uid: str, node: str) -> None:
+        if self.fail:
+            raise RuntimeError("pods \"x\" not found")
+        self.calls.append((namespace, name, uid, node))
+
+
+@pytest.fixture
+def cluster_objects() -> list[dict]:
+    """Like the recorded cluster: gpu-a (A100-80GB) 2 x 1g.10gb + 1 x 2g.20gb, gpu-b 1g.10gb + 3 x 2g.20gb."""
+    return [
+        make_node("gpu-a", "A100-80GB", {"1g.10gb": 2, "2g.20gb": 1}),
+        make_node("gpu-b", "A100-80GB", {"1g.10gb": 1, "2g.20gb": 3}),
+        make_node("cpu-c", None),
+    ]
+
+
+@pytest.fixture
+def service(cluster_objects: list[dict]) -> ExtenderService:
+    metrics = Metrics()
+    svc = ExtenderService(inventory_of(*cluster_objects), MemoryRuleStore(), Settings().plan, metrics,
+                          RecordingBinder())
+    metrics.watch(svc.snapshot)
+    return svc
+
+
+@pytest.fixture
+def app(service: ExtenderService):
+    return create_app(Settings(max_body_bytes=256 * 1024), service)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def pending(mig: dict, **kw) -> dict:
+    return make_pod(mig=mig, **kw)

@@ -1,0 +1,172 @@
+"""The extender verbs over HTTP, fed the payloads a real kube-scheduler (v1.36) sent."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mig_extender.resources import ANN_RULE
+from tests.api.conftest import FIXTURES, fixture, pending
+from tests.builders import make_pod
+
+
+def test_recorded_filter_request_with_node_names(client) -> None:
+    body = fixture("filter-request.json")  # a 1g.5gb pod; our fixture cluster is A100-80GB (no 1g.5gb)
+    resp = client.post("/filter", json=body)
+    assert resp.status_code == 200
+    out = resp.get_json()
+    assert set(out) == {"Nodes", "NodeNames", "FailedNodes", "FailedAndUnresolvableNodes", "Error"}
+    assert out["Error"] == "" and out["Nodes"] is None and out["NodeNames"] == []
+    # 1g.10gb is the least-waste stand-in for 1g.5gb on an 80GB A100; gpu-a has more slices used elsewhere
+    assert "substitute nvidia.com/mig-1g.10gb recorded on" in out["FailedAndUnresolvableNodes"]["gpu-a"]
+    rules = client.get("/debug/rules").get_json()
+    assert len(rules) == 1 and rules[0]["pod"]["uid"] == body["Pod"]["metadata"]["uid"]
+    assert rules[0]["original"] == {"resource": "nvidia.com/mig-1g.5gb", "count": 1}
+    assert rules[0]["phase"] == "Recorded" and rules[0]["reserved"]["resource"] == "nvidia.com/mig-1g.10gb"
+
+
+def test_recorded_full_nodes_request_echoes_passing_node_objects(client) -> None:
+    body = fixture("filter-full-nodes.json")  # 1g.10gb pod, all 3 nodes as full objects
+    out = client.post("/filter", json=body).get_json()
+    names = [n["metadata"]["name"] for n in out["Nodes"]["items"]]
+    assert sorted(names) == ["gpu-a", "gpu-b"] and out["NodeNames"] is None
+    assert out["Nodes"]["items"][0] in body["Nodes"]["items"]  # echoed unchanged
+    assert "cpu-c" in out["FailedAndUnresolvableNodes"]
+
+
+def test_prioritize_recorded_request_scores_each_candidate(client) -> None:
+    body = fixture("prioritize-request-full-nodes.json")
+    out = client.post("/prioritize", json=body).get_json()
+    assert {h["Host"] for h in out} == {n["metadata"]["name"] for n in body["Nodes"]["items"]}
+    assert all(0 <= h["Score"] <= 10 and isinstance(h["Score"], int) for h in out)
+
+
+def test_bind_assumes_the_pod_before_the_watch(client, service) -> None:
+    pod = pending({"1g.10gb": 1})
+    service.inventory.upsert_pod(pod)
+    meta = pod["metadata"]
+    resp = client.post("/bind", json={"PodName": meta["name"], "PodNamespace": "default", "PodUID": meta["uid"],
+                                      "Node": "gpu-b"})
+    assert resp.status_code == 200 and resp.get_json() == {"Error": ""}
+    assert service.binder.calls == [("default", meta["name"], meta["uid"], "gpu-b")]
+    assert service.snapshot().free("gpu-b", "nvidia.com/mig-1g.10gb") == 0
+
+
+def test_failed_bind_is_forgotten_and_reported(client, service) -> None:
+    pod = pending({"1g.10gb": 1})
+    service.inventory.upsert_pod(pod)
+    service.binder.fail = True
+    meta = pod["metadata"]
+    resp = client.post("/bind", json={"PodName": meta["name"], "PodNamespace": "default", "PodUID": meta["uid"],
+                                      "Node": "gpu-b"})
+    assert resp.status_code == 500 and "not found" in resp.get_json()["Error"]
+    assert service.snapshot().free("gpu-b", "nvidia.com/mig-1g.10gb") == 1
+
+
+def test_upgraded_pod_binds_on_its_reservation_and_the_rule_records_it(client, service) -> None:
+    for _ in range(3):  # sell out 1g.10gb
+        service.inventory.upsert_pod(make_pod(mig={"1g.10gb": 1}, node="gpu-a" if _ < 2 else "gpu-b"))
+    first = pending({"1g.10gb": 1}, owner=("ReplicaSet", "web", "rs-1"))
+    client.post("/filter", json={"Pod": first, "NodeNames": ["gpu-a", "gpu-b"]})
+    (rule,) = service.store.list()
+    service.store.update(rule.applied("web-2", service.clock(), 300))
+    replacement = pending({"2g.20gb": 1}, owner=("ReplicaSet", "web", "rs-1"), annotations={ANN_RULE: rule.name})
+    service.inventory.upsert_pod(replacement)
+    out = client.post("/filter", json={"Pod": replacement, "NodeNames": ["gpu-a", "gpu-b"]}).get_json()
+    assert rule.node in out["NodeNames"]
+    meta = replacement["metadata"]
+    client.post("/bind", json={"PodName": meta["name"], "PodNamespace": "default", "PodUID": meta["uid"],
+                               "Node": rule.node})
+    (bound,) = service.store.list()
+    assert bound.bound_pod == meta["uid"] and bound.reservation(service.clock()) is None
+
+
+@pytest.mark.parametrize("path, body, status, message", [
+    pytest.param("/filter", b"{not json", 400, "Bad Request", id="filter-not-json"),
+    pytest.param("/filter", b"[]", 400, "JSON object", id="filter-not-object"),
+    pytest.param("/filter", b'{"Pod": 5}', 400, "Pod must be a Pod", id="filter-pod-wrong-type"),
+    pytest.param("/filter", b'{"Pod": {"metadata": {}, "spec": {}}, "NodeNames": "a"}', 400, "list of strings",
+                 id="filter-names-wrong-type"),
+    pytest.param("/filter", b'{"Pod": {"metadata": {}, "spec": {}}, "Nodes": {"items": [{}]}}', 400, "metadata.name",
+                 id="filter-node-without-name"),
+    pytest.param("/prioritize", b"null", 400, "JSON object", id="prioritize-null"),
+    pytest.param("/bind", b'{"PodName": "a"}', 400, "PodNamespace", id="bind-missing-fields"),
+])
+def test_bad_input_gets_4xx_with_error_field(client, path: str, body: bytes, status: int, message: str) -> None:
+    resp = client.post(path, data=body, content_type="application/json")
+    assert resp.status_code == status
+    assert message in resp.get_json()["Error"]
+
+
+def test_filter_error_result_is_well_formed(client) -> None:
+    out = client.post("/filter", data=b"{bad").get_json()
+    assert out["NodeNames"] is None and out["FailedNodes"] == {} and out["Error"]
+
+
+def test_bad_quantity_is_an_error_result_not_a_crash(client) -> None:
+    pod = pending({"1g.10gb": "abc"})
+    out = client.post("/filter", json={"Pod": pod, "NodeNames": ["gpu-a"]}).get_json()
+    assert out["Error"] and "not a quantity" in out["Error"] and out["NodeNames"] == []
+
+
+def test_oversized_body_is_413(client) -> None:
+    resp = client.post("/filter", data=b"{" + b" " * (300 * 1024) + b"}", content_type="application/json")
+    assert resp.status_code == 413 and resp.get_json()["Error"]
+
+
+def test_unknown_verb_and_method_are_json_errors(client) -> None:
+    assert client.post("/preempt", json={}).status_code == 404
+    assert client.get("/filter").status_code == 405
+    assert "Error" in client.get("/filter").get_json()
+
+
+def test_never_returns_a_node_that_was_not_asked_about(client) -> None:
+    out = client.post("/filter", json={"Pod": pending({"1g.10gb": 1}), "NodeNames": ["gpu-b"]}).get_json()
+    assert out["NodeNames"] == ["gpu-b"]
+
+
+def test_health_ready_metrics_and_inventory(client, service) -> None:
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").status_code == 200
+    service.inventory.synced = False
+    resp = client.get("/readyz")
+    assert resp.status_code == 503 and b"not synced" in resp.data
+    client.post("/filter", json={"Pod": pending({"1g.10gb": 1}), "NodeNames": ["gpu-a"]})
+    text = client.get("/metrics").data.decode()
+    assert 'mig_extender_requests_total{outcome="ok",verb="filter"} 1.0' in text
+    assert 'mig_extender_slices{resource="nvidia.com/mig-2g.20gb",state="allocatable"} 4.0' in text
+    inv = client.get("/debug/inventory?node=gpu-a").get_json()
+    assert inv["nodes"][0]["gpu"] == "A100-80GB"
+    assert inv["nodes"][0]["resources"]["nvidia.com/mig-1g.10gb"] == {"allocatable": 2, "used": 0, "reserved": 0,
+                                                                      "free": 2}
+
+
+def test_debug_endpoints_can_be_disabled(service) -> None:
+    from mig_extender.app import create_app
+    from mig_extender.settings import Settings
+
+    client = create_app(Settings(debug_endpoints=False), service).test_client()
+    assert client.get("/debug/rules").status_code == 404
+    assert client.get("/healthz").status_code == 200
+
+
+def test_every_recorded_request_of_a_real_scheduler_is_answered(client) -> None:
+    """Replay a real scheduler's session (filter and prioritize for several pods), in order."""
+    seen = set()
+    for line in (FIXTURES / "extender-requests-k8s-1.36.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        resp = client.post(rec["path"], json=rec["body"])
+        assert resp.status_code == 200, (rec["path"], resp.get_json())
+        assert resp.get_json() is not None
+        if rec["path"] == "/filter":
+            assert resp.get_json()["Error"] == ""
+        seen.add(rec["path"])
+    assert seen == {"/filter", "/prioritize"}
+
+
+def test_recorded_bind_request_for_a_pod_not_in_the_inventory_still_binds(client, service) -> None:
+    body = fixture("bind-request.json")  # the scheduler sends names only; the pod is unknown to this inventory
+    resp = client.post("/bind", json=body)
+    assert resp.status_code == 200 and resp.get_json() == {"Error": ""}
+    assert service.binder.calls == [(body["PodNamespace"], body["PodName"], body["PodUID"], body["Node"])]

@@ -1,0 +1,72 @@
+"""The real ``mig-extender serve`` process: gunicorn, one threaded worker, the README's curl session."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served():
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mig_extender.cli", "serve", "--snapshot", str(ROOT / "examples/cluster-snapshot.json"),
+         "--bind", f"127.0.0.1:{port}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        try:
+            if requests.get(url + "/readyz", timeout=1).status_code == 200:
+                break
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("mig-extender serve did not become ready: " + proc.stdout.read().decode()[-2000:])
+    yield url, proc
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=15)
+
+
+def test_readme_curl_session(served) -> None:
+    url, _ = served
+    body = json.loads((ROOT / "examples/filter-1g.json").read_text())
+    out = requests.post(url + "/filter", json=body, timeout=5).json()
+    assert out["NodeNames"] == [] and out["Error"] == ""
+    assert "substitute nvidia.com/mig-2g.10gb recorded on gpu-a" in out["FailedNodes"]["gpu-a"]
+    rules = requests.get(url + "/debug/rules", timeout=5).json()
+    assert [r["phase"] for r in rules] == ["Recorded"]
+    assert rules[0]["substitute"]["resource"] == "nvidia.com/mig-2g.10gb"
+
+
+def test_served_by_gunicorn_with_one_worker(served) -> None:
+    _, proc = served
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert len(children) == 1  # master + exactly one worker
+    cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+    assert b"serve" in cmdline
+
+
+def test_garbage_does_not_kill_the_worker(served) -> None:
+    url, _ = served
+    for payload in (b"\x00\xff", b"{" * 5000, b'{"Pod": {"metadata": [], "spec": 1}}'):
+        resp = requests.post(url + "/filter", data=payload, headers={"Content-Type": "application/json"}, timeout=5)
+        assert 400 <= resp.status_code < 500 and resp.json()["Error"]
+    assert requests.get(url + "/healthz", timeout=5).status_code == 200

@@ -1,0 +1,96 @@
+"""Builders for pods, nodes and snapshots in unit and HTTP tests: ``make_pod(mig={"1g.10gb": 1})``."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from typing import Any
+
+from mig_extender.inventory import ClusterInventory
+from mig_extender.profiles import model, profile_resource
+from mig_extender.resources import pod_info
+from mig_extender.rules import Rule
+from mig_extender.snapshot import ClusterSnapshot
+
+_uids = itertools.count(1)
+
+PRODUCTS = {
+    "A100-40GB": ("NVIDIA-A100-SXM4-40GB", 40960),
+    "A100-80GB": ("NVIDIA-A100-SXM4-80GB", 81920),
+    "H100-80GB": ("NVIDIA-H100-80GB-HBM3", 81559),
+    "H100-94GB": ("NVIDIA-H100-NVL", 95830),
+    "H200-141GB": ("NVIDIA-H200", 143771),
+    "B200-180GB": ("NVIDIA-B200", 183359),
+    "A30-24GB": ("NVIDIA-A30", 24576),
+}
+
+
+def res(name: str) -> str:
+    """``1g.10gb`` -> ``nvidia.com/mig-1g.10gb``; full resource names pass through."""
+    return name if name.startswith("nvidia.com/") else profile_resource(name)
+
+
+def make_node(name: str, gpu: str | None = "A100-40GB", mig: Mapping[str, int] | None = None,
+              labels: Mapping[str, str] | None = None, unschedulable: bool = False) -> dict[str, Any]:
+    lab = {"kubernetes.io/hostname": name}
+    if gpu:
+        product, mem = PRODUCTS[gpu]
+        lab.update({"nvidia.com/gpu.product": product, "nvidia.com/gpu.memory": str(mem),
+                    "nvidia.com/gpu.count": "1", "nvidia.com/mig.strategy": "mixed"})
+    lab.update(labels or {})
+    alloc = {"cpu": "32", "memory": "256Gi", "pods": "110", **{res(k): str(v) for k, v in (mig or {}).items()}}
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": lab},
+            "spec": {"unschedulable": True} if unschedulable else {},
+            "status": {"capacity": dict(alloc), "allocatable": alloc}}
+
+
+def make_pod(name: str = "", namespace: str = "default", mig: Mapping[str, Any] | None = None,
+             node: str = "", phase: str = "", owner: tuple[str, str, str] | None = None,
+             annotations: Mapping[str, str] | None = None, init_mig: Mapping[str, Any] | None = None,
+             uid: str | None = None, terminating: bool = False, containers: int = 1) -> dict[str, Any]:
+    """A pod JSON; ``owner`` is (kind, name, uid) of its controller."""
+    n = next(_uids)
+    meta: dict[str, Any] = {"name": name or f"pod-{n}", "namespace": namespace,
+                            "uid": uid if uid is not None else f"uid-{n:04d}"}
+    if owner:
+        meta["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": owner[0], "name": owner[1], "uid": owner[2],
+                                    "controller": True}]
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    if terminating:
+        meta["deletionTimestamp"] = "2026-11-23T00:00:00Z"
+    limits = {res(k): str(v) for k, v in (mig or {}).items()}
+    spec: dict[str, Any] = {"containers": [{"name": f"c{i}", "image": "busybox",
+                                            "resources": {"limits": dict(limits), "requests": dict(limits)}}
+                                           for i in range(containers)]}
+    if init_mig:
+        spec["initContainers"] = [{"name": "init", "image": "busybox",
+                                   "resources": {"limits": {res(k): str(v) for k, v in init_mig.items()}}}]
+    if node:
+        spec["nodeName"] = node
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec,
+            "status": {"phase": phase or ("Running" if node else "Pending")}}
+
+
+def inventory_of(*objects: Mapping[str, Any]) -> ClusterInventory:
+    inv = ClusterInventory(clock=lambda: 1000.0)
+    for obj in objects:
+        if obj["kind"] == "Node":
+            inv.upsert_node(obj)
+    for obj in objects:
+        if obj["kind"] == "Pod":
+            inv.upsert_pod(obj)
+    inv.synced = True
+    return inv
+
+
+def snapshot_of(*objects: Mapping[str, Any], rules: tuple[Rule, ...] = (), now: float = 1000.0) -> ClusterSnapshot:
+    return inventory_of(*objects).snapshot(rules, now)
+
+
+def info(pod: Mapping[str, Any]):
+    return pod_info(pod)
+
+
+def gpu(name: str):
+    return model(name)

@@ -1,0 +1,106 @@
+"""Per-node MIG accounting: incremental updates, assume/forget, index and GPU detection."""
+
+from __future__ import annotations
+
+import pytest
+
+from mig_extender.inventory import ClusterInventory, load_list
+from mig_extender.snapshot import detect_gpu
+from tests.builders import inventory_of, make_node, make_pod, res
+
+
+def test_usage_follows_pod_events() -> None:
+    inv = inventory_of(make_node("n1", mig={"1g.5gb": 3}))
+    pod = make_pod(mig={"1g.5gb": 2}, node="n1")
+    inv.upsert_pod(pod)
+    assert inv.snapshot().free("n1", res("1g.5gb")) == 1
+    pod["status"]["phase"] = "Succeeded"
+    inv.upsert_pod(pod)
+    assert inv.snapshot().free("n1", res("1g.5gb")) == 3
+    pod["status"]["phase"] = "Running"
+    inv.upsert_pod(pod)
+    inv.delete_pod(pod["metadata"]["uid"])
+    assert inv.snapshot().free("n1", res("1g.5gb")) == 3
+
+
+def test_terminating_pod_still_holds_its_slices() -> None:
+    inv = inventory_of(make_node("n1", mig={"1g.5gb": 1}), make_pod(mig={"1g.5gb": 1}, node="n1", terminating=True))
+    assert inv.snapshot().free("n1", res("1g.5gb")) == 0
+
+
+def test_free_index_lists_only_nodes_with_free_slices() -> None:
+    inv = inventory_of(make_node("n1", mig={"1g.5gb": 1}), make_node("n2", mig={"1g.5gb": 1, "2g.10gb": 1}),
+                       make_node("n3", mig={"1g.5gb": 1}, unschedulable=True),
+                       make_pod(mig={"1g.5gb": 1}, node="n1"))
+    snap = inv.snapshot()
+    assert snap.nodes_with_free(res("1g.5gb")) == {"n2"}
+    assert snap.nodes_with_free(res("2g.10gb")) == {"n2"}
+
+
+def test_assume_counts_before_the_watch_and_forget_undoes() -> None:
+    inv = inventory_of(make_node("n1", mig={"1g.5gb": 1}))
+    pod = make_pod(mig={"1g.5gb": 1})
+    placed = inv.assume(inv.upsert_pod(pod), "n1")
+    assert placed.node == "n1" and inv.snapshot().free("n1", res("1g.5gb")) == 0
+    inv.upsert_pod(pod)  # a stale watch event (still unbound) does not undo the assumption
+    assert inv.snapshot().free("n1", res("1g.5gb")) == 0
+    inv.forget(pod["metadata"]["uid"])
+    assert inv.snapshot().free("n1", res("1g.5gb")) == 1
+
+
+def test_assumption_expires_when_never_confirmed() -> None:
+    now = [0.0]
+    inv = ClusterInventory(clock=lambda: now[0])
+    inv.upsert_node(make_node("n1", mig={"1g.5gb": 1}))
+    inv.assume(inv.upsert_pod(make_pod(mig={"1g.5gb": 1})), "n1")
+    now[0] = 31.0
+    assert inv.expire_assumed() == 1
+    assert inv.snapshot().free("n1", res("1g.5gb")) == 1
+
+
+def test_relist_drops_pods_whose_delete_was_missed() -> None:
+    inv = inventory_of(make_node("n1", mig={"1g.5gb": 2}), make_pod(mig={"1g.5gb": 1}, node="n1"))
+    kept = make_pod(mig={"1g.5gb": 1}, node="n1")
+    inv.replace_pods([kept])
+    assert inv.snapshot().free("n1", res("1g.5gb")) == 1
+
+
+def test_snapshot_is_cached_until_a_change_and_immutable() -> None:
+    inv = inventory_of(make_node("n1", mig={"1g.5gb": 1}))
+    a, b = inv.snapshot(), inv.snapshot()
+    assert a.nodes is b.nodes
+    inv.upsert_pod(make_pod(mig={"1g.5gb": 1}, node="n1"))
+    c = inv.snapshot()
+    assert c.nodes is not a.nodes and a.free("n1", res("1g.5gb")) == 1 and c.free("n1", res("1g.5gb")) == 0
+    with pytest.raises(TypeError):
+        c.nodes["x"] = None  # type: ignore[index]
+
+
+def test_load_list_reads_kubectl_output_and_rejects_other_json() -> None:
+    inv = ClusterInventory()
+    n = load_list(inv, {"kind": "List", "items": [make_node("n1", mig={"1g.5gb": 1}), make_pod(mig={"1g.5gb": 1})]})
+    assert n == 2 and inv.synced
+    with pytest.raises(ValueError, match="v1 List"):
+        load_list(inv, {"kind": "Pod"})
+
+
+@pytest.mark.parametrize("labels, resources, model", [
+    pytest.param({"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-40GB"}, [], "A100-40GB", id="a100-40-sxm"),
+    pytest.param({"nvidia.com/gpu.product": "NVIDIA-A100-80GB-PCIe"}, [], "A100-80GB", id="a100-80-pcie"),
+    pytest.param({"nvidia.com/gpu.product": "NVIDIA-A100-PCIE", "nvidia.com/gpu.memory": "40960"}, [], "A100-40GB",
+                 id="a100-memory-label"),
+    pytest.param({"nvidia.com/gpu.product": "NVIDIA-H100-NVL"}, [], "H100-94GB", id="h100-nvl"),
+    pytest.param({"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}, [], "H100-80GB", id="h100-sxm"),
+    pytest.param({"nvidia.com/gpu.product": "NVIDIA-H200"}, [], "H200-141GB", id="h200"),
+    pytest.param({"nvidia.com/gpu.product": "NVIDIA-A30"}, [], "A30-24GB", id="a30"),
+    pytest.param({"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-40GB-MIG-1g.5gb"}, [], "A100-40GB", id="single-suffix"),
+    pytest.param({}, [res("1g.5gb"), res("3g.20gb")], "A100-40GB", id="no-labels-from-resources"),
+    pytest.param({}, [res("1g.18gb")], "H200-141GB", id="no-labels-h200-resources"),
+])
+def test_gpu_model_detection(labels: dict, resources: list, model: str) -> None:
+    found = detect_gpu(labels, resources)
+    assert found is not None and found.name == model
+
+
+def test_gpu_model_unknown_is_none() -> None:
+    assert detect_gpu({"nvidia.com/gpu.product": "Tesla-T4"}, []) is None

@@ -1,0 +1,237 @@
+"""Decisions over snapshots: filter reasons, substitution choice, reservations, scores, upgrades, restores."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from mig_extender.planner import (
+    Insufficient,
+    PlanSettings,
+    Policy,
+    choose_substitute,
+    expired_rules,
+    filter_pod,
+    plan_restores,
+    plan_upgrades,
+    score_nodes,
+)
+from mig_extender.resources import ANN_ORIGINAL, ANN_RESTORE, ANN_RULE, ANN_SUBSTITUTE, ResourceCount, pod_info
+from mig_extender.rules import Phase, new_rule
+from tests.builders import make_node, make_pod, res, snapshot_of
+
+A40 = "A100-40GB"
+
+
+def walkthrough_node() -> dict:
+    """The issue's node: one A100-40GB with 2 x 1g.5gb, 1 x 2g.10gb, 1 x 3g.20gb."""
+    return make_node("gpu-a", A40, {"1g.5gb": 2, "2g.10gb": 1, "3g.20gb": 1})
+
+
+def test_pod_without_mig_passes_every_node_untouched() -> None:
+    d = filter_pod(pod_info(make_pod()), ["a", "b", "unknown"], snapshot_of())
+    assert d.passed == ("a", "b", "unknown") and not d.failed and d.record is None
+
+
+def test_nodes_with_the_profile_free_pass_others_say_why() -> None:
+    snap = snapshot_of(walkthrough_node(), make_node("gpu-b", A40, {"3g.20gb": 2}), make_node("cpu", None),
+                       make_pod(mig={"1g.5gb": 1}, node="gpu-a"))
+    d = filter_pod(pod_info(make_pod(mig={"1g.5gb": 1})), ["gpu-a", "gpu-b", "cpu", "ghost"], snap)
+    assert d.passed == ("gpu-a",)
+    assert str(d.unresolvable["gpu-b"]) == "nvidia.com/mig-1g.5gb: none on this node"
+    assert "cpu" in d.unresolvable and "ghost" in d.failed
+    assert d.record is None
+
+
+def test_sold_out_profile_records_least_waste_substitute() -> None:
+    snap = snapshot_of(walkthrough_node(), make_pod(mig={"1g.5gb": 2}, node="gpu-a"))
+    pod = pod_info(make_pod("infer-b-x", mig={"1g.5gb": 1}, owner=("ReplicaSet", "infer-b", "rs-b")))
+    d = filter_pod(pod, ["gpu-a"], snap)
+    assert d.passed == ()
+    assert isinstance(d.failed["gpu-a"], Insufficient) and d.failed["gpu-a"].free == 0
+    assert d.record is not None
+    assert d.record.substitute == ResourceCount(res("2g.10gb"), 1) and d.record.node == "gpu-a"
+    assert d.record.owner.uid == "rs-b" and d.record.phase is Phase.RECORDED
+    assert d.note == "substitute nvidia.com/mig-2g.10gb recorded on gpu-a"
+
+
+def test_reservation_keeps_two_pending_pods_from_one_slice() -> None:
+    snap = snapshot_of(walkthrough_node(), make_pod(mig={"1g.5gb": 2}, node="gpu-a"))
+    first = filter_pod(pod_info(make_pod(mig={"1g.5gb": 1})), ["gpu-a"], snap).record
+    snap2 = snapshot_of(walkthrough_node(), make_pod(mig={"1g.5gb": 2}, node="gpu-a"), rules=(first,))
+    second = filter_pod(pod_info(make_pod(mig={"1g.5gb": 1})), ["gpu-a"], snap2).record
+    assert first.substitute.resource == res("2g.10gb")
+    assert second.substitute.resource == res("3g.20gb")  # the 2g is promised; next least waste
+    snap3 = snapshot_of(walkthrough_node(), make_pod(mig={"1g.5gb": 2}, node="gpu-a"), rules=(first, second))
+    third = filter_pod(pod_info(make_pod(mig={"1g.5gb": 1})), ["gpu-a"], snap3)
+    assert third.record is None and third.passed == ()  # nothing compatible left unpromised
+
+
+def test_reserved_slices_do_not_pass_other_pods_exact_requests() -> None:
+    base = (walkthrough_node(), make_pod(mig={"1g.5gb": 2}, node="gpu-a"))
+    rule = filter_pod(pod_info(make_pod(mig={"1g.5gb": 1})), ["gpu-a"], snapshot_of(*base)).record
+    d = filter_pod(pod_info(make_pod(mig={"2g.10gb": 1})), ["gpu-a"], snapshot_of(*base, rules=(rule,)))
+    assert d.passed == () and "1 reserved for substitutions" in str(d.failed["gpu-a"])
+
+
+def test_the_upgraded_replacement_may_use_its_own_reservation() -> None:
+    base = (walkthrough_node(), make_pod(mig={"1g.5gb": 2}, node="gpu-a"))
+    rule = filter_pod(pod_info(make_pod("p", mig={"1g.5gb": 1})), ["gpu-a"], snapshot_of(*base)).record
+    applied = rule.applied("p-2", 1000.0, 300)
+    replacement = pod_info(make_pod("p-2", mig={"2g.10gb": 1}, annotations={ANN_RULE: rule.name}))
+    d = filter_pod(replacement, ["gpu-a"], snapshot_of(*base, rules=(applied,)))
+    assert d.passed == ("gpu-a",)
+
+
+@pytest.mark.parametrize("pod, why", [
+    pytest.param(make_pod(mig={"1g.5gb": 1}, annotations={ANN_SUBSTITUTE: "false"}), "opted out", id="opt-out"),
+    pytest.param(make_pod(mig={"1g.5gb": 1, "2g.10gb": 1}), "more than one", id="two-types"),
+    pytest.param(make_pod(mig={"1g.5gb": 1}, annotations={ANN_ORIGINAL: "nvidia.com/mig-1g.5gb=1"}),
+                 "already", id="already-upgraded"),
+])
+def test_pods_that_are_never_substituted(pod: dict, why: str) -> None:
+    from mig_extender.planner import substitution_blocker
+
+    snap = snapshot_of(walkthrough_node(), make_pod(mig={"1g.5gb": 2}, node="gpu-a"))
+    info = pod_info(pod)
+    assert why in substitution_blocker(info, PlanSettings())
+    assert filter_pod(info, ["gpu-a"], snap).record is None
+
+
+def test_stock_policy_never_substitutes() -> None:
+    snap = snapshot_of(walkthrough_node(), make_pod(mig={"1g.5gb": 2}, node="gpu-a"))
+    d = filter_pod(pod_info(make_pod(mig={"1g.5gb": 1})), ["gpu-a"], snap, PlanSettings(substitution=False))
+    assert d.record is None
+
+
+def test_me_request_only_takes_media_capable_slices() -> None:
+    snap = snapshot_of(make_node("n", A40, {"1g.5gb+me": 1, "2g.10gb": 1, "7g.40gb": 0}),
+                       make_node("w", A40, {"7g.40gb": 1}),
+                       make_pod(mig={"1g.5gb+me": 1}, node="n"))
+    rule = choose_substitute(pod_info(make_pod(mig={"1g.5gb+me": 1})), {"n", "w"}, snap)
+    assert rule.substitute.resource == res("7g.40gb") and rule.node == "w"
+
+
+def test_substitute_prefers_less_waste_then_scarcity_then_packing() -> None:
+    snap = snapshot_of(
+        make_node("big", A40, {"1g.5gb": 1, "3g.20gb": 2}),
+        make_node("two-2g", A40, {"1g.5gb": 1, "2g.10gb": 2, "3g.20gb": 1}),
+        make_node("one-2g", A40, {"1g.5gb": 1, "2g.10gb": 1}),
+        make_pod(mig={"1g.5gb": 1}, node="big"), make_pod(mig={"1g.5gb": 1}, node="two-2g"),
+        make_pod(mig={"1g.5gb": 1}, node="one-2g"),
+    )
+    rule = choose_substitute(pod_info(make_pod(mig={"1g.5gb": 1})), {"big", "two-2g", "one-2g"}, snap)
+    assert (rule.node, rule.substitute.resource) == ("one-2g", res("2g.10gb"))
+
+
+def test_substitution_respects_candidates() -> None:
+    snap = snapshot_of(make_node("a", A40, {"1g.5gb": 1}), make_node("b", A40, {"2g.10gb": 1}),
+                       make_pod(mig={"1g.5gb": 1}, node="a"))
+    assert choose_substitute(pod_info(make_pod(mig={"1g.5gb": 1})), {"a"}, snap) is None
+
+
+def test_cross_model_substitute_compares_real_sizes() -> None:
+    snap = snapshot_of(make_node("h200", "H200-141GB", {"1g.18gb": 1}), make_node("a", A40, {"1g.5gb": 1}),
+                       make_pod(mig={"1g.5gb": 1}, node="a"))
+    rule = choose_substitute(pod_info(make_pod(mig={"1g.5gb": 1})), {"a", "h200"}, snap)
+    assert rule.substitute.resource == res("1g.18gb")
+
+
+def test_driver_alias_is_a_zero_waste_substitute() -> None:
+    snap = snapshot_of(make_node("n", "A100-80GB", {"7g.79gb": 1}))
+    rule = choose_substitute(pod_info(make_pod(mig={"7g.80gb": 1})), {"n"}, snap)
+    assert rule.substitute.resource == res("7g.79gb")
+
+
+def test_waiting_pod_sees_its_rule_and_a_freed_slice_cancels_it() -> None:
+    node = walkthrough_node()
+    holder = make_pod(mig={"1g.5gb": 2}, node="gpu-a")
+    pod = make_pod(mig={"1g.5gb": 1})
+    rule = filter_pod(pod_info(pod), ["gpu-a"], snapshot_of(node, holder)).record
+    again = filter_pod(pod_info(pod), ["gpu-a"], snapshot_of(node, holder, rules=(rule,)))
+    assert again.record is None and "waiting for the pod to be recreated" in again.note
+    holder["status"]["phase"] = "Succeeded"
+    freed = filter_pod(pod_info(pod), ["gpu-a"], snapshot_of(node, holder, rules=(rule,)))
+    assert freed.passed == ("gpu-a",) and freed.cancel == rule
+
+
+def test_rules_expire_and_release_their_reservation() -> None:
+    node, holder = walkthrough_node(), make_pod(mig={"1g.5gb": 2}, node="gpu-a")
+    rule = filter_pod(pod_info(make_pod(mig={"1g.5gb": 1})), ["gpu-a"], snapshot_of(node, holder)).record
+    late = snapshot_of(node, holder, rules=(rule,), now=rule.expires + 1)
+    assert late.free("gpu-a", res("2g.10gb")) == 1
+    assert expired_rules(late) == [rule]
+
+
+def test_pack_prefers_busy_nodes_and_spread_mirrors_it() -> None:
+    snap = snapshot_of(make_node("busy", A40, {"1g.5gb": 7}), make_node("idle", A40, {"1g.5gb": 7}),
+                       make_pod(mig={"1g.5gb": 5}, node="busy"))
+    pod = pod_info(make_pod(mig={"1g.5gb": 1}))
+    pack = dict(score_nodes(pod, ["busy", "idle"], snap))
+    spread = dict(score_nodes(pod, ["busy", "idle"], snap, Policy.SPREAD))
+    assert pack["busy"] > pack["idle"] and spread["idle"] > spread["busy"]
+    assert all(0 <= s <= 10 for s in (*pack.values(), *spread.values()))
+
+
+def _upgraded(name: str, original: str, substitute: str, node: str, owner: tuple | None = None,
+              annotations: dict | None = None) -> tuple[dict, object]:
+    """A pod running on ``substitute`` after an upgrade, and its Applied+bound rule."""
+    pending = pod_info(make_pod(name, mig={original: 1}, owner=owner))
+    rule = new_rule(pending, ResourceCount(res(original), 1), ResourceCount(res(substitute), 1), node, 900.0, 300.0)
+    running = make_pod(name + "-r", mig={substitute: 1}, node=node, owner=owner,
+                       annotations={ANN_RULE: rule.name, ANN_ORIGINAL: f"{res(original)}=1", **(annotations or {})})
+    rule = rule.applied(name + "-r", 900.0, 300.0).bound(running["metadata"]["uid"], name + "-r", node, 950.0)
+    return running, rule
+
+
+def _pods(*objs: dict) -> dict:
+    return {o["metadata"]["uid"]: pod_info(o) for o in objs}
+
+
+def test_restore_picks_the_biggest_waster_and_reserves_the_original() -> None:
+    small, r_small = _upgraded("small", "1g.5gb", "2g.10gb", "gpu-a")
+    big, r_big = _upgraded("big", "1g.5gb", "3g.20gb", "gpu-a")
+    node = walkthrough_node()
+    snap = snapshot_of(node, small, big, make_pod(mig={"1g.5gb": 1}, node="gpu-a"), rules=(r_small, r_big))
+    plans, skips = plan_restores(snap, _pods(small, big))
+    assert [p.rule.name for p in plans] == [r_big.name] and plans[0].node == "gpu-a" and not skips
+    restoring = plans[0].rule.restoring("gpu-a", 1000.0, 120.0)
+    snap2 = snapshot_of(node, small, big, make_pod(mig={"1g.5gb": 1}, node="gpu-a"), rules=(r_small, restoring))
+    assert snap2.free("gpu-a", res("1g.5gb")) == 0  # set aside for the restarted pod
+    assert plan_restores(snap2, _pods(small, big)) == ([], [])  # one restore in flight at a time
+
+
+def test_restore_needs_the_original_free() -> None:
+    pod, rule = _upgraded("p", "1g.5gb", "2g.10gb", "gpu-a")
+    snap = snapshot_of(walkthrough_node(), pod, make_pod(mig={"1g.5gb": 2}, node="gpu-a"), rules=(rule,))
+    assert plan_restores(snap, _pods(pod)) == ([], [])
+
+
+def test_opted_out_pods_are_never_restored() -> None:
+    pod, rule = _upgraded("p", "1g.5gb", "2g.10gb", "gpu-a", annotations={ANN_RESTORE: "false"})
+    snap = snapshot_of(walkthrough_node(), pod, rules=(rule,))
+    plans, skips = plan_restores(snap, _pods(pod))
+    assert plans == [] and "opted out" in skips[0].reason
+
+
+def test_restore_loop_guard() -> None:
+    owner = ("ReplicaSet", "web", "rs-1")
+    pod, rule = _upgraded("p", "1g.5gb", "2g.10gb", "gpu-a", owner=owner)
+    earlier = replace(rule, name="earlier", phase=Phase.RESTORED, updated=990.0)
+    snap = snapshot_of(walkthrough_node(), pod, rules=(rule, earlier))
+    plans, skips = plan_restores(snap, _pods(pod), PlanSettings(loop_window=900))
+    assert plans == [] and "avoid a loop" in skips[0].reason
+    later = snapshot_of(walkthrough_node(), pod, rules=(rule, earlier), now=990.0 + 901)
+    assert len(plan_restores(later, _pods(pod), PlanSettings(loop_window=900))[0]) == 1
+
+
+def test_plan_upgrades_restarts_waiting_pods_and_cancels_placed_ones() -> None:
+    node, holder = walkthrough_node(), make_pod(mig={"1g.5gb": 2}, node="gpu-a")
+    waiting = make_pod("w", mig={"1g.5gb": 1})
+    rule = filter_pod(pod_info(waiting), ["gpu-a"], snapshot_of(node, holder)).record
+    ups, cancel = plan_upgrades(snapshot_of(node, holder, rules=(rule,)), _pods(waiting))
+    assert [u.pod.name for u in ups] == ["w"] and cancel == []
+    placed = make_pod("w", mig={"1g.5gb": 1}, node="gpu-a", uid=waiting["metadata"]["uid"])
+    ups, cancel = plan_upgrades(snapshot_of(node, holder, rules=(rule,)), _pods(placed))
+    assert ups == [] and cancel == [rule]

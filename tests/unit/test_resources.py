@@ -1,0 +1,85 @@
+"""Quantities and effective pod requests, computed as the kubelet does."""
+
+from __future__ import annotations
+
+import pytest
+
+from mig_extender.resources import (
+    ANN_ORIGINAL,
+    DemandError,
+    ResourceCount,
+    effective_mig_demand,
+    parse_count,
+    pod_info,
+)
+from tests.builders import make_pod, res
+
+
+@pytest.mark.parametrize("value, count", [("1", 1), (2, 2), ("0", 0), ("1k", 1000), ("1e2", 100), ("2.0", 2)])
+def test_quantities(value: object, count: int) -> None:
+    assert parse_count(value) == count
+
+
+@pytest.mark.parametrize("value, message", [
+    ("-1", "negative"), ("abc", "not a quantity"), ("500m", "not a whole number"), ("1e9", "exceeds"),
+    (1.5, "string or integer"), (None, "string or integer"), (True, "string or integer"), ("", "not a quantity"),
+])
+def test_bad_quantities_say_why(value: object, message: str) -> None:
+    with pytest.raises(DemandError, match=message):
+        parse_count(value, "nvidia.com/mig-1g.5gb")
+
+
+def _spec(containers: list[dict], inits: list[dict] | None = None) -> dict:
+    def c(r: dict, **kw: str) -> dict:
+        return {"name": "x", "resources": {"limits": {res(k): str(v) for k, v in r.items()}}, **kw}
+    return {"containers": [c(r) for r in containers],
+            "initContainers": [c(r, **({"restartPolicy": "Always"} if side else {})) for r, side in (inits or [])]}
+
+
+@pytest.mark.parametrize("spec, demand", [
+    pytest.param(_spec([{"1g.5gb": 1}, {"1g.5gb": 2}]), {"1g.5gb": 3}, id="sum-of-containers"),
+    pytest.param(_spec([{"1g.5gb": 1}], [({"1g.5gb": 3}, False)]), {"1g.5gb": 3}, id="init-bigger-wins"),
+    pytest.param(_spec([{"1g.5gb": 2}], [({"1g.5gb": 1}, False)]), {"1g.5gb": 2}, id="containers-bigger-win"),
+    pytest.param(_spec([{"1g.5gb": 1}], [({"2g.10gb": 1}, False)]), {"1g.5gb": 1, "2g.10gb": 1}, id="per-resource"),
+    pytest.param(_spec([{"1g.5gb": 1}], [({"1g.5gb": 1}, True)]), {"1g.5gb": 2}, id="sidecar-adds"),
+    pytest.param(_spec([{"1g.5gb": 1}], [({"1g.5gb": 1}, True), ({"1g.5gb": 2}, False)]), {"1g.5gb": 3},
+                 id="init-after-sidecar-counts-sidecar"),
+    pytest.param(_spec([{}]), {}, id="no-mig"),
+])
+def test_effective_demand(spec: dict, demand: dict) -> None:
+    assert effective_mig_demand(spec) == {res(k): v for k, v in demand.items()}
+
+
+def test_requests_only_and_limits_only_both_count() -> None:
+    spec = {"containers": [{"name": "a", "resources": {"requests": {res("1g.5gb"): "1"}}},
+                           {"name": "b", "resources": {"limits": {res("1g.5gb"): "1"}}}]}
+    assert effective_mig_demand(spec) == {res("1g.5gb"): 2}
+
+
+def test_pod_info_reads_identity_owner_and_our_annotations() -> None:
+    pod = make_pod("web-1", mig={"1g.5gb": 1}, owner=("ReplicaSet", "web", "rs-1"),
+                   annotations={ANN_ORIGINAL: "nvidia.com/mig-1g.5gb=1", "other": "x"})
+    info = pod_info(pod)
+    assert (info.namespace, info.name, info.owner.kind, info.owner.uid) == ("default", "web-1", "ReplicaSet", "rs-1")
+    assert info.single_demand == ResourceCount(res("1g.5gb"), 1)
+    assert info.original_demand == ResourceCount(res("1g.5gb"), 1)
+    assert "other" not in info.annotations
+
+
+def test_malformed_mig_quantity_becomes_a_problem_not_an_exception() -> None:
+    info = pod_info(make_pod(mig={"1g.5gb": "abc"}))
+    assert not info.wants_mig and "not a quantity" in info.problems[0]
+
+
+@pytest.mark.parametrize("phase, node, terminating, holds", [
+    ("Running", "n1", False, True), ("Pending", "", False, False), ("Succeeded", "n1", False, False),
+    ("Failed", "n1", False, False), ("Running", "n1", True, True),
+])
+def test_which_pods_hold_slices(phase: str, node: str, terminating: bool, holds: bool) -> None:
+    info = pod_info(make_pod(mig={"1g.5gb": 1}, node=node, phase=phase, terminating=terminating))
+    assert info.holds_slices is holds
+
+
+def test_not_a_pod_is_an_error() -> None:
+    with pytest.raises(DemandError):
+        pod_info({"metadata": "nope"})
