@@ -6,6 +6,8 @@ drive with Flask's test client. One JSON error shape for every non-verb path (40
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
@@ -13,6 +15,7 @@ from .debug import debug, ops
 from .extender import bp as extender_bp
 from .service import ExtenderService
 from .settings import Settings
+from .webhook import WebhookService, webhook_bp
 
 
 def error_response(exc: HTTPException) -> Response:
@@ -21,14 +24,34 @@ def error_response(exc: HTTPException) -> Response:
     return response
 
 
-def create_app(settings: Settings, service: ExtenderService) -> Flask:
+def _base(settings: Settings, component: Any) -> Flask:
     app = Flask("mig_extender")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions["mig_extender"] = service
-    app.register_blueprint(extender_bp)
+    app.extensions["mig_extender_ops"] = component
     app.register_blueprint(ops)
-    if settings.debug_endpoints:
-        app.register_blueprint(debug)
     app.register_error_handler(HTTPException, error_response)
     return app
+
+
+def create_app(settings: Settings, service: ExtenderService) -> Flask:
+    """The extender: scheduler verbs, ops endpoints and (unless disabled) /debug/*."""
+    app = _base(settings, service)
+    app.extensions["mig_extender"] = service
+    app.register_blueprint(extender_bp)
+    if settings.debug_endpoints:
+        app.register_blueprint(debug)
+    return app
+
+
+def create_webhook_app(settings: Settings, service: WebhookService) -> Flask:
+    """The admission webhook: POST /mutate plus ops endpoints."""
+    app = _base(settings, service)
+    app.extensions["mig_extender_webhook"] = service
+    app.register_blueprint(webhook_bp)
+    return app
+
+
+def create_ops_app(settings: Settings, component: Any) -> Flask:
+    """Only /healthz, /readyz and /metrics (the reconciler)."""
+    return _base(settings, component)

@@ -41,6 +41,33 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=Settings.threads)
     s.add_argument("--log-level", default=Settings.log_level)
 
+    w = sub.add_parser("webhook", help="run the mutating admission webhook (HTTPS)")
+    w.add_argument("--bind", default="0.0.0.0:8443", metavar="HOST:PORT")
+    _add_cluster_flags(w, snapshot=False)
+    w.add_argument("--tls-cert", default="", help="serving certificate (reloaded when the file changes)")
+    w.add_argument("--tls-key", default="", help="its private key")
+    w.add_argument("--plain-http", action="store_true", help="serve without TLS (local experiments only)")
+    w.add_argument("--threads", type=int, default=Settings.threads)
+    w.add_argument("--log-level", default=Settings.log_level)
+
+    r = sub.add_parser("reconcile", help="run the reconciler (leader-elected): upgrade and restore pods")
+    _add_cluster_flags(r, snapshot=False)
+    r.add_argument("--metrics-bind", default="0.0.0.0:9090", metavar="HOST:PORT",
+                   help="where /healthz, /readyz and /metrics are served")
+    r.add_argument("--namespace", default=Settings.namespace, help="namespace of the leader-election Lease")
+    r.add_argument("--lease-name", default="mig-extender-reconciler")
+    r.add_argument("--identity", default="", help="leader-election identity (default: hostname_pid)")
+    r.add_argument("--rule-ttl", type=float, default=Settings.rule_ttl, metavar="SECONDS")
+    r.add_argument("--restore-ttl", type=float, default=Settings.restore_ttl, metavar="SECONDS")
+    r.add_argument("--dry-run", action="store_true", help="log restarts and events instead of doing them")
+    r.add_argument("--log-level", default=Settings.log_level)
+
+    k = sub.add_parser("certs", help="make a CA and a webhook serving certificate; print the caBundle")
+    k.add_argument("--out", default="certs", help="directory for ca.crt, tls.crt, tls.key")
+    k.add_argument("--service", default="mig-extender-webhook")
+    k.add_argument("--namespace", default=Settings.namespace)
+    k.add_argument("--days", type=int, default=365)
+
     p = sub.add_parser("profiles", help="print the MIG catalog and what each profile may be substituted by")
     p.add_argument("--gpu", metavar="MODEL", help="one model, e.g. A100-40GB (default: all)")
 
@@ -71,9 +98,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "serve":
-            from .server import ExtenderApplication
+            from .app import create_app
+            from .server import Application, build_service
 
-            ExtenderApplication(_serve_settings(args)).run()
+            settings = _serve_settings(args)
+            Application(settings, lambda: create_app(settings, build_service(settings))).run()
+        elif args.command == "webhook":
+            from .app import create_webhook_app
+            from .server import Application, build_webhook
+
+            settings = replace(Settings().with_env(), bind=args.bind, kubeconfig=args.kubeconfig,
+                               in_cluster=args.in_cluster, threads=args.threads, log_level=args.log_level).validate()
+            if not args.plain_http and not (args.tls_cert and args.tls_key):
+                raise SettingsError("webhook needs --tls-cert and --tls-key (the API server only calls HTTPS)")
+            tls = None if args.plain_http else (args.tls_cert, args.tls_key)
+            Application(settings, lambda: create_webhook_app(settings, build_webhook(settings)), tls).run()
+        elif args.command == "reconcile":
+            from .app import create_ops_app
+            from .server import Application, build_reconciler, default_identity
+
+            settings = replace(Settings().with_env(), bind=args.metrics_bind, kubeconfig=args.kubeconfig,
+                               in_cluster=args.in_cluster, namespace=args.namespace, rule_ttl=args.rule_ttl,
+                               restore_ttl=args.restore_ttl, threads=2, log_level=args.log_level).validate()
+            if not settings.has_cluster:
+                raise SettingsError("reconcile needs --kubeconfig or --in-cluster")
+            identity = args.identity or default_identity()
+            Application(settings, lambda: create_ops_app(
+                settings, build_reconciler(settings, args.lease_name, identity, args.dry_run))).run()
+        elif args.command == "certs":
+            from pathlib import Path
+
+            from .certs import generate
+
+            bundle = generate(Path(args.out), args.service, args.namespace, args.days)
+            print(f"# wrote {args.out}/ca.crt, tls.crt, tls.key (key mode 0600); caBundle:", file=sys.stderr)
+            print(bundle)
         elif args.command == "profiles":
             from .catalogtable import render_catalog
 

@@ -1,5 +1,7 @@
 """Operations endpoints: /healthz, /readyz, /metrics and (unless disabled) /debug/rules, /debug/inventory.
 
+They serve every component (extender, webhook, reconciler): each registers itself as
+``app.extensions["mig_extender_ops"]`` with ``readiness_problems()`` and ``metrics``.
 /readyz is 503 until the node, pod and rule caches have synced: a scheduler that asked before then
 would get decisions from an empty inventory. /debug/* return JSON for humans and tests; they show pod
 names and node usage, so they can be turned off (``--no-debug-endpoints``) where the port is exposed.
@@ -21,6 +23,11 @@ def _service() -> ExtenderService:
     return current_app.extensions["mig_extender"]
 
 
+def _component():
+    """Whatever this process runs (extender, webhook or reconciler): it has readiness and metrics."""
+    return current_app.extensions["mig_extender_ops"]
+
+
 @ops.get("/healthz")
 def healthz() -> Response:
     return Response("ok\n", mimetype="text/plain")
@@ -28,7 +35,7 @@ def healthz() -> Response:
 
 @ops.get("/readyz")
 def readyz() -> Response:
-    problems = _service().readiness_problems()
+    problems = _component().readiness_problems()
     if problems:
         return Response("not ready: " + "; ".join(problems) + "\n", status=503, mimetype="text/plain")
     return Response("ok\n", mimetype="text/plain")
@@ -36,7 +43,7 @@ def readyz() -> Response:
 
 @ops.get("/metrics")
 def metrics() -> Response:
-    return Response(_service().metrics.render(), mimetype="text/plain; version=0.0.4")
+    return Response(_component().metrics.render(), mimetype="text/plain; version=0.0.4")
 
 
 @debug.get("/debug/rules")

@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timezone
 from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from kubernetes.watch.watch import iter_resp_lines
+
+from .podspec import selector_matches
+from .rules import ANN_RECREATE
 
 log = logging.getLogger(__name__)
 
@@ -186,3 +191,247 @@ class KubeBinder:
                 "target": {"apiVersion": "v1", "kind": "Node", "name": node}}
         # _preload_content=False: the generated client fails to deserialize the (empty) Binding reply
         self._core.create_namespaced_binding(namespace, body, _preload_content=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# Leader election (coordination.k8s.io Lease), as client-go's leaderelection does it
+
+
+def _micro(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse_micro(text: str | None) -> float:
+    if not text:
+        return 0.0
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+class LeaseElector:
+    """Holds a Lease while alive. ``is_leader()`` is true only while the last renewal is younger than
+    ``renew_deadline``, so a partitioned leader stops acting before anyone else may take over
+    (``lease_duration`` > ``renew_deadline``)."""
+
+    def __init__(self, api: client.ApiClient, namespace: str, name: str, identity: str,
+                 lease_duration: float = 15.0, renew_deadline: float = 10.0, retry_period: float = 2.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._coord = client.CoordinationV1Api(api)
+        self.namespace, self.name, self.identity = namespace, name, identity
+        self.lease_duration, self.renew_deadline, self.retry_period = lease_duration, renew_deadline, retry_period
+        self._clock = clock
+        self._renewed = 0.0
+        self.transitions = 0
+        self._stop = threading.Event()
+
+    def is_leader(self) -> bool:
+        return self._renewed > 0 and self._clock() - self._renewed < self.renew_deadline
+
+    def try_acquire_or_renew(self) -> bool:
+        now = self._clock()
+        try:
+            lease = raw(self._coord.read_namespaced_lease, self.name, self.namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            body = {"metadata": {"name": self.name, "namespace": self.namespace},
+                    "spec": {"holderIdentity": self.identity, "leaseDurationSeconds": int(self.lease_duration),
+                             "acquireTime": _micro(now), "renewTime": _micro(now), "leaseTransitions": 0}}
+            try:
+                self._coord.create_namespaced_lease(self.namespace, body, _preload_content=False)
+            except ApiException as exc2:
+                if exc2.status == 409:
+                    return False
+                raise
+            self._renewed = now
+            return True
+        spec = lease.get("spec") or {}
+        holder = spec.get("holderIdentity")
+        expires = _parse_micro(spec.get("renewTime")) + float(spec.get("leaseDurationSeconds") or self.lease_duration)
+        if holder != self.identity and holder and now < expires:
+            self._renewed = 0.0
+            return False
+        if holder != self.identity:
+            spec["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + 1
+            spec["acquireTime"] = _micro(now)
+            self.transitions += 1
+        spec.update(holderIdentity=self.identity, renewTime=_micro(now),
+                    leaseDurationSeconds=int(self.lease_duration))
+        lease["spec"] = spec
+        try:  # the resourceVersion we read makes this a compare-and-swap
+            self._coord.replace_namespaced_lease(self.name, self.namespace, lease, _preload_content=False)
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+        self._renewed = now
+        return True
+
+    def run(self) -> LeaseElector:
+        def loop() -> None:
+            while not self._stop.is_set():
+                try:
+                    self.try_acquire_or_renew()
+                except Exception as exc:
+                    log.warning("lease %s/%s: %s", self.namespace, self.name, exc)
+                self._stop.wait(self.retry_period)
+
+        threading.Thread(target=loop, name="leader-election", daemon=True).start()
+        return self
+
+    def stop(self, release: bool = True) -> None:
+        self._stop.set()
+        if release and self.is_leader():
+            try:  # hand over at once rather than after lease_duration
+                lease = raw(self._coord.read_namespaced_lease, self.name, self.namespace)
+                lease["spec"]["holderIdentity"] = ""
+                self._coord.replace_namespaced_lease(self.name, self.namespace, lease, _preload_content=False)
+            except Exception as exc:
+                log.warning("releasing lease: %s", exc)
+        self._renewed = 0.0
+
+
+# --------------------------------------------------------------------------------------------------
+# The reconciler's side effects: restarts, bare-pod recreation, events, rule annotations
+
+
+
+
+class KubeActions:
+    """Every change the reconciler makes to the cluster. ``dry_run`` logs instead of acting."""
+
+    def __init__(self, api: client.ApiClient, component: str = "mig-extender-reconciler",
+                 dry_run: bool = False) -> None:
+        self._core = client.CoreV1Api(api)
+        self._policy = client.PolicyV1Api(api)
+        self._custom = client.CustomObjectsApi(api)
+        self._events = client.EventsV1Api(api)
+        self.component = component
+        self.dry_run = dry_run
+        self.host = os.environ.get("HOSTNAME", "")
+
+    def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return raw(self._core.read_namespaced_pod, name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def pdb_covers(self, pod: JSON) -> bool:
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        pdbs = raw(self._policy.list_namespaced_pod_disruption_budget, pod["metadata"]["namespace"])
+        return any(selector_matches((p.get("spec") or {}).get("selector"), labels) for p in pdbs.get("items") or [])
+
+    def evict_or_delete(self, pod: JSON) -> str:
+        """Restart a controller-owned pod: the Eviction API when a PDB covers it, else a delete. The uid
+        precondition makes a repeated call (another leader, a retry) a no-op instead of a second restart."""
+        meta = pod["metadata"]
+        ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
+        use_eviction = self.pdb_covers(pod)
+        if self.dry_run:
+            log.info("dry-run: would %s pod %s/%s", "evict" if use_eviction else "delete", ns, name)
+            return "dry-run"
+        options = {"preconditions": {"uid": uid}}
+        try:
+            if use_eviction:
+                body = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name, "namespace": ns},
+                        "deleteOptions": options}
+                self._core.create_namespaced_pod_eviction(name, ns, body, _preload_content=False)
+                return "evicted"
+            self._core.delete_namespaced_pod(name, ns, body=options, _preload_content=False)
+            return "deleted"
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                return "gone"
+            raise
+
+    def stash_and_delete_bare_pod(self, rule_ns: str, rule_name: str, pod: JSON, replacement: JSON) -> str:
+        """Write the replacement manifest onto the rule first, then delete the pod: if we die in between,
+        whoever leads next finds the manifest and creates the pod (``finish_recreate``)."""
+        meta = pod["metadata"]
+        if self.dry_run:
+            log.info("dry-run: would recreate bare pod %s/%s", meta["namespace"], meta["name"])
+            return "dry-run"
+        patch = {"metadata": {"annotations": {ANN_RECREATE: json.dumps(replacement, separators=(",", ":"))}}}
+        self._custom.patch_namespaced_custom_object(
+            "mig-extender.io", "v1alpha1", rule_ns, "migsubstitutions", rule_name, patch,
+            _content_type=MERGE_PATCH, _preload_content=False)
+        try:
+            self._core.delete_namespaced_pod(meta["name"], meta["namespace"],
+                                             body={"preconditions": {"uid": meta["uid"]}}, _preload_content=False)
+        except ApiException as exc:
+            if exc.status not in (404, 409):
+                raise
+        return "deleted"
+
+    def finish_recreate(self, rule_ns: str, rule_name: str, manifest_json: str) -> str:
+        """Create the stashed bare pod once its predecessor is gone, then clear the stash. Idempotent."""
+        manifest = json.loads(manifest_json)
+        ns, name = manifest["metadata"].get("namespace", rule_ns), manifest["metadata"]["name"]
+        current = self.get_pod(ns, name)
+        if current is not None and (current.get("metadata") or {}).get("deletionTimestamp"):
+            return "waiting"  # the old pod is still terminating
+        outcome = "exists"
+        if current is None:
+            if self.dry_run:
+                return "dry-run"
+            try:
+                self._core.create_namespaced_pod(ns, manifest, _preload_content=False)
+                outcome = "created"
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+        patch = {"metadata": {"annotations": {ANN_RECREATE: None}}}
+        self._custom.patch_namespaced_custom_object(
+            "mig-extender.io", "v1alpha1", rule_ns, "migsubstitutions", rule_name, patch,
+            _content_type=MERGE_PATCH, _preload_content=False)
+        return outcome
+
+    def event(self, namespace: str, pod_name: str, pod_uid: str, reason: str, message: str,
+              warning: bool = False, action: str = "Reconcile") -> None:
+        """An events.k8s.io/v1 Event on the pod (``kubectl describe pod`` shows it). Never raises."""
+        if self.dry_run:
+            log.info("dry-run: event %s on %s/%s: %s", reason, namespace, pod_name, message)
+            return
+        now = datetime.now(timezone.utc)
+        instance = self.host or self.component
+        body = {
+            "apiVersion": "events.k8s.io/v1", "kind": "Event",
+            "metadata": {"generateName": f"{pod_name}.", "namespace": namespace},
+            "eventTime": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "reportingController": f"mig-extender.io/{self.component}", "reportingInstance": instance,
+            "action": action, "reason": reason, "note": message[:1024], "type": "Warning" if warning else "Normal",
+            "regarding": {"apiVersion": "v1", "kind": "Pod", "namespace": namespace, "name": pod_name, "uid": pod_uid},
+        }
+        try:
+            self._events.create_namespaced_event(namespace, body, _preload_content=False)
+        except Exception as exc:
+            log.warning("event %s on %s/%s not recorded: %s", reason, namespace, pod_name, exc)
+
+
+def start_label_informer(api: client.ApiClient, kind: str = "namespaces") -> tuple[Informer, Callable[[str], dict]]:
+    """Namespace labels kept current (the webhook's scheduler opt-in); returns (informer, lookup)."""
+    core = client.CoreV1Api(api)
+    labels: dict[str, dict[str, str]] = {}
+    lock = threading.Lock()
+
+    def on_event(kind_: str, obj: JSON) -> None:
+        name = obj["metadata"]["name"]
+        with lock:
+            if kind_ == "DELETED":
+                labels.pop(name, None)
+            else:
+                labels[name] = dict(obj["metadata"].get("labels") or {})
+
+    def on_relist(items: list[JSON]) -> None:
+        with lock:
+            labels.clear()
+            labels.update({o["metadata"]["name"]: dict(o["metadata"].get("labels") or {}) for o in items})
+
+    informer = Informer(kind, core.list_namespace, on_event, on_relist).start()
+
+    def lookup(name: str) -> dict[str, str]:
+        with lock:
+            return dict(labels.get(name, {}))
+
+    return informer, lookup

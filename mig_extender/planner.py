@@ -79,6 +79,7 @@ class FilterDecision:
     unresolvable: Mapping[str, object] = field(default_factory=dict)  # node -> reason
     record: Rule | None = None       # a new substitution to store
     cancel: Rule | None = None       # a rule made moot: the pod fits as it is now
+    apply: Rule | None = None        # a Recorded rule whose rewritten replacement pod has arrived
     note: str = ""                   # appended to every failure reason ("substitute ... recorded")
     error: str = ""                  # the request could not be evaluated
 
@@ -116,6 +117,9 @@ def filter_pod(pod: PodInfo, candidates: Sequence[str], snap: ClusterSnapshot,
             failed[node] = reason
     existing = snap.rule_for(pod)
     waiting = existing is not None and existing.phase is Phase.RECORDED and existing.pod_uid == pod.uid
+    arrived = existing is not None and existing.phase is Phase.RECORDED and existing.reserved_for(pod)
+    if arrived:
+        return FilterDecision(tuple(passed), failed, unresolvable, apply=existing)
     if passed:
         return FilterDecision(tuple(passed), failed, unresolvable, cancel=existing if waiting else None)
     if waiting:

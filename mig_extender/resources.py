@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -168,7 +169,7 @@ class PodInfo:
     terminating: bool = False
     scheduler: str = "default-scheduler"
     annotations: Mapping[str, str] = field(default_factory=dict)
-    created: str = ""
+    created: float = 0.0     # creationTimestamp as epoch seconds (0: not set, e.g. during admission)
     problems: tuple[str, ...] = ()
 
     @property
@@ -216,6 +217,15 @@ class PodInfo:
             return None
 
 
+def _epoch(text: Any) -> float:
+    if not isinstance(text, str) or not text:
+        return 0.0
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
 def controller_owner(meta: Mapping[str, Any]) -> Owner | None:
     for ref in meta.get("ownerReferences") or []:
         if isinstance(ref, Mapping) and ref.get("controller"):
@@ -254,7 +264,7 @@ def pod_info(pod: Mapping[str, Any]) -> PodInfo:
         terminating=bool(meta.get("deletionTimestamp")),
         scheduler=str(spec.get("schedulerName") or "default-scheduler"),
         annotations={k: str(v) for k, v in annotations.items() if k in _OUR_ANNOTATIONS},
-        created=str(meta.get("creationTimestamp") or ""),
+        created=_epoch(meta.get("creationTimestamp")),
         problems=tuple(problems),
     )
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from enum import Enum
@@ -36,6 +37,9 @@ class Phase(str, Enum):
     def __str__(self) -> str:
         return self.value
 
+
+# Seconds of clock difference tolerated between the API server (creationTimestamp) and this process.
+CLOCK_SKEW = 5.0
 
 ACTIVE_PHASES = frozenset({Phase.RECORDED, Phase.APPLIED, Phase.RESTORING})
 
@@ -62,6 +66,7 @@ class Rule:
     updated: float = 0.0
     message: str = ""
     resource_version: str = ""
+    stash: str = ""          # a bare pod's manifest waiting to be created again (JSON), see kube.KubeActions
 
     # -- reservations -------------------------------------------------------------------------------
 
@@ -94,15 +99,21 @@ class Rule:
                 and pod.demand.get(self.original.resource) == self.original.count)
 
     def awaits_restore(self, pod: PodInfo) -> bool:
-        """A Restoring rule waits for the upgraded pod's replacement, which asks for the original type."""
+        """A Restoring rule waits for the upgraded pod's replacement, which asks for the original type.
+
+        Only a pod created after the restore began qualifies (a sibling replica that was already running
+        is not the replacement); CLOCK_SKEW allows for the API server's clock against ours.
+        """
         return (self.phase is Phase.RESTORING and pod.namespace == self.namespace
                 and pod.uid != self.bound_pod and self._same_workload(pod, self.applied_pod or self.pod_name)
-                and pod.demand.get(self.original.resource) == self.original.count)
+                and pod.demand.get(self.original.resource) == self.original.count
+                and (not pod.created or pod.created >= self.updated - CLOCK_SKEW))
 
     def reserved_for(self, pod: PodInfo) -> bool:
-        """May ``pod`` use this rule's reservation?"""
-        if self.phase is Phase.APPLIED and not self.bound_pod:
-            return pod.rule_name == self.name
+        """May ``pod`` use this rule's reservation? The rewritten replacement carries the rule's name
+        (the webhook stamps it; the rule may still read Recorded until someone marks it Applied)."""
+        if self.phase in (Phase.RECORDED, Phase.APPLIED) and not self.bound_pod:
+            return pod.rule_name == self.name and pod.namespace == self.namespace
         return self.awaits_restore(pod)
 
     # -- transitions (pure: each returns a new Rule) --------------------------------------------------
@@ -115,7 +126,7 @@ class Rule:
         if self.phase is Phase.RESTORING:
             return replace(self, phase=Phase.RESTORED, updated=now, restored_pod=pod_uid,
                            message=f"pod {pod_name} back on {self.original} on {node}")
-        return replace(self, bound_pod=pod_uid, applied_pod=pod_name or self.applied_pod, node=node,
+        return replace(self, phase=Phase.APPLIED, bound_pod=pod_uid, applied_pod=pod_name or self.applied_pod,
                        updated=now, message=f"pod {pod_name} running on {self.substitute} on {node}")
 
     def restoring(self, node: str, now: float, ttl: float) -> Rule:
@@ -164,3 +175,89 @@ def new_rule(pod: PodInfo, original: ResourceCount, substitute: ResourceCount, n
         original=original, substitute=substitute, node=node, created=now, expires=now + ttl, updated=now,
         message=f"{original.resource} sold out on every candidate; {substitute} reserved on {node}",
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# The MigSubstitution object (group mig-extender.io): spec is written once at creation, every later
+# transition is one write of the status subresource.
+
+API_GROUP = "mig-extender.io"
+API_VERSION = "v1alpha1"
+KIND = "MigSubstitution"
+PLURAL = "migsubstitutions"
+LABEL_POD_UID = f"{API_GROUP}/pod-uid"
+ANN_RECREATE = f"{API_GROUP}/recreate"  # on a MigSubstitution: the bare pod to create again, as JSON
+
+
+def _time_text(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ") if epoch else ""
+
+
+def _parse_time(text: Any) -> float:
+    if not isinstance(text, str) or not text:
+        return 0.0
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def rule_to_object(rule: Rule) -> dict[str, Any]:
+    """The MigSubstitution for ``rule``. Its controller owner (a ReplicaSet, Job, StatefulSet...) owns the
+    rule too, so deleting the workload deletes its rules; a bare pod's rule is not owned (the pod is
+    deleted and recreated during the upgrade) and expires instead."""
+    meta: dict[str, Any] = {"name": rule.name, "namespace": rule.namespace,
+                            "labels": {LABEL_POD_UID: rule.pod_uid} if rule.pod_uid else {}}
+    if rule.resource_version:
+        meta["resourceVersion"] = rule.resource_version
+    spec: dict[str, Any] = {
+        "podName": rule.pod_name, "podUID": rule.pod_uid,
+        "original": {"resource": rule.original.resource, "count": rule.original.count},
+        "substitute": {"resource": rule.substitute.resource, "count": rule.substitute.count},
+        "nodeName": rule.node, "expiresAt": _time_text(rule.created and rule.expires),
+    }
+    if rule.owner is not None:
+        spec["owner"] = {"kind": rule.owner.kind, "name": rule.owner.name, "uid": rule.owner.uid,
+                         "apiVersion": rule.owner.api_version}
+        if rule.owner.api_version and rule.owner.uid:
+            meta["ownerReferences"] = [{"apiVersion": rule.owner.api_version, "kind": rule.owner.kind,
+                                        "name": rule.owner.name, "uid": rule.owner.uid,
+                                        "blockOwnerDeletion": False}]
+    return {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": KIND, "metadata": meta, "spec": spec,
+            "status": rule_status(rule)}
+
+
+def rule_status(rule: Rule) -> dict[str, Any]:
+    status = {"phase": str(rule.phase), "appliedPod": rule.applied_pod, "boundPod": rule.bound_pod,
+              "restoreNode": rule.restore_node, "restoredPod": rule.restored_pod, "message": rule.message,
+              "createdAt": _time_text(rule.created), "updatedAt": _time_text(rule.updated or rule.created),
+              "expiresAt": _time_text(rule.expires)}
+    return {k: v for k, v in status.items() if v != ""}
+
+
+def rule_from_object(obj: Mapping[str, Any]) -> Rule:
+    """Read a MigSubstitution; ValueError when it is not one we can use (reported, never a crash)."""
+    meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
+    status = obj.get("status") or {}
+    try:
+        owner_spec = spec.get("owner")
+        owner = (Owner(str(owner_spec.get("kind", "")), str(owner_spec.get("name", "")),
+                       str(owner_spec.get("uid", "")), str(owner_spec.get("apiVersion", "")))
+                 if isinstance(owner_spec, Mapping) and owner_spec.get("uid") else None)
+        original = ResourceCount(str(spec["original"]["resource"]), int(spec["original"]["count"]))
+        substitute = ResourceCount(str(spec["substitute"]["resource"]), int(spec["substitute"]["count"]))
+        created = _parse_time(status.get("createdAt")) or _parse_time(meta.get("creationTimestamp"))
+        return Rule(
+            name=str(meta["name"]), namespace=str(meta["namespace"]), pod_name=str(spec.get("podName", "")),
+            pod_uid=str(spec.get("podUID", "")), owner=owner, original=original, substitute=substitute,
+            node=str(spec.get("nodeName", "")), created=created,
+            expires=_parse_time(status.get("expiresAt")) or _parse_time(spec.get("expiresAt")),
+            phase=Phase(status.get("phase") or Phase.RECORDED.value),
+            applied_pod=str(status.get("appliedPod", "")), bound_pod=str(status.get("boundPod", "")),
+            restore_node=str(status.get("restoreNode", "")), restored_pod=str(status.get("restoredPod", "")),
+            updated=_parse_time(status.get("updatedAt")) or created, message=str(status.get("message", "")),
+            resource_version=str(meta.get("resourceVersion", "")),
+            stash=str((meta.get("annotations") or {}).get(ANN_RECREATE, "")),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"MigSubstitution {meta.get('namespace')}/{meta.get('name')} is malformed: {exc}") from exc

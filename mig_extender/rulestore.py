@@ -34,6 +34,10 @@ class RuleStore(Protocol):
 
     def get(self, namespace: str, name: str) -> Rule | None: ...
 
+    def fetch(self, namespace: str, name: str) -> Rule | None:
+        """The current rule from the source of truth (after a conflict), bypassing any cache."""
+        ...
+
     def record(self, rule: Rule) -> Rule:
         """Create ``rule``; if one of that name exists already, return it unchanged (idempotent)."""
         ...
@@ -65,6 +69,9 @@ class MemoryRuleStore:
     def get(self, namespace: str, name: str) -> Rule | None:
         with self._lock:
             return self._rules.get((namespace, name))
+
+    def fetch(self, namespace: str, name: str) -> Rule | None:
+        return self.get(namespace, name)
 
     def record(self, rule: Rule) -> Rule:
         with self._lock:

@@ -1,17 +1,20 @@
-"""Running the extender under gunicorn, and building its parts from Settings.
+"""Running the components under gunicorn, and building each one's parts from Settings.
 
-gunicorn runs ONE worker process with threads (``gthread``): the inventory, the reservations and the
-rule cache live in that process, and gunicorn workers share no memory, so more workers would each keep
-their own books and promise the same slice twice. Scale by running one extender beside each scheduler
-replica (only the leader is called), not by adding workers. The app is built in the worker (not the
-master, ``preload_app`` is off), so the informer threads run where requests are served.
+gunicorn runs ONE worker process with threads (``gthread``) for every component: the extender's
+inventory and reservations live in that process and gunicorn workers share no memory, so more workers
+would keep separate books and promise the same slice twice. Scale by running one extender beside each
+scheduler replica (only the leader is called), not by adding workers. Apps are built in the worker
+(``preload_app`` off), so informer, lease and reconcile threads run where requests are served.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -27,6 +30,12 @@ HOUSEKEEPING_SECONDS = 5.0
 STALE_AFTER_SECONDS = 120.0
 
 
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("urllib3", "kubernetes"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 def build_store(settings: Settings, api: Any = None) -> RuleStore:
     if settings.store_kind == "kube":
         from .kuberules import KubeRuleStore
@@ -35,60 +44,127 @@ def build_store(settings: Settings, api: Any = None) -> RuleStore:
     return MemoryRuleStore(retention=settings.retention)
 
 
-def build_service(settings: Settings) -> ExtenderService:
-    """Inventory (from a snapshot file or live informers), rule store and binder, per ``settings``."""
-    inventory = ClusterInventory()
-    api = binder = None
-    informers: list[Any] = []
+def _cluster(settings: Settings, inventory: ClusterInventory) -> tuple[Any, list[Any]]:
+    """Fill ``inventory`` from the snapshot file or live informers; returns (api client or None, informers)."""
     if settings.snapshot:
         with open(settings.snapshot, encoding="utf-8") as fh:
             count = load_list(inventory, json.load(fh))
         log.info("loaded %d objects from %s (no cluster: binds are recorded, not sent)", count, settings.snapshot)
-    elif settings.has_cluster:
+        return None, []
+    if settings.has_cluster:
         from . import kube
 
         api = kube.api_client(settings.kubeconfig, settings.in_cluster)
-        informers = kube.start_inventory_informers(api, inventory)
-        binder = kube.KubeBinder(api)
-    else:
-        inventory.synced = True  # empty cluster: ready, every MIG pod fails with a clear reason
+        return api, kube.start_inventory_informers(api, inventory)
+    inventory.synced = True  # no cluster at all: ready, and every MIG pod fails with a clear reason
+    return None, []
+
+
+def _staleness(informers: list[Any]) -> Callable[[], str] | None:
+    if not informers:
+        return None
+    from .kube import staleness_check
+
+    return staleness_check(informers, STALE_AFTER_SECONDS)
+
+
+def build_service(settings: Settings) -> ExtenderService:
+    """The extender: inventory, rule store, binder."""
+    inventory = ClusterInventory()
+    api, informers = _cluster(settings, inventory)
+    binder = None
+    if api is not None:
+        from .kube import KubeBinder
+
+        binder = KubeBinder(api)
     metrics = Metrics()
     service = ExtenderService(inventory, build_store(settings, api), settings.plan, metrics, binder)
     metrics.watch(service.snapshot)
-    if informers:
-        from .kube import staleness_check
-
-        service.checks.append(staleness_check(informers, STALE_AFTER_SECONDS))
-    _start_housekeeping(service)
+    if (check := _staleness(informers)) is not None:
+        service.checks.append(check)
+    _every(HOUSEKEEPING_SECONDS, service.housekeeping, "housekeeping")
     return service
 
 
-def _start_housekeeping(service: ExtenderService) -> None:
-    """Drop binds the API never confirmed, and close expired rules (releasing their reservation)."""
+def build_webhook(settings: Settings) -> Any:
+    from .webhook import WebhookService
 
+    if not settings.has_cluster:
+        return WebhookService(MemoryRuleStore(retention=settings.retention))
+    from . import kube
+
+    api = kube.api_client(settings.kubeconfig, settings.in_cluster)
+    namespaces, lookup = kube.start_label_informer(api)
+    service = WebhookService(build_store(settings, api), lookup)
+    service.checks.append(lambda: "" if namespaces.synced.is_set() else "namespace labels not synced")
+    return service
+
+
+def build_reconciler(settings: Settings, lease_name: str, identity: str, dry_run: bool) -> Any:
+    from . import kube
+    from .reconciler import Reconciler
+
+    if not settings.has_cluster:
+        raise ValueError("reconcile needs a cluster (--kubeconfig or --in-cluster)")
+    inventory = ClusterInventory()
+    api, informers = _cluster(settings, inventory)
+    elector = kube.LeaseElector(api, settings.namespace, lease_name, identity).run()
+    metrics = Metrics()
+    reconciler = Reconciler(inventory, build_store(settings, api), kube.KubeActions(api, dry_run=dry_run),
+                            settings.plan, metrics, is_leader=elector.is_leader, retention=settings.retention)
+    metrics.watch(lambda: inventory.snapshot(reconciler.store.list()))
+    if (check := _staleness(informers)) is not None:
+        reconciler.checks.append(check)
+    threading.Thread(target=reconciler.run, args=(threading.Event(),), name="reconcile", daemon=True).start()
+    log.info("reconciler %s started; acting only while holding Lease %s/%s", identity, settings.namespace, lease_name)
+    return reconciler
+
+
+def _every(seconds: float, task: Callable[[], None], name: str) -> None:
     def loop() -> None:
         stop = threading.Event()
-        while not stop.wait(HOUSEKEEPING_SECONDS):
+        while not stop.wait(seconds):
             try:
-                service.housekeeping()
+                task()
             except Exception:
-                log.exception("housekeeping failed")
+                log.exception("%s failed", name)
 
-    threading.Thread(target=loop, name="housekeeping", daemon=True).start()
+    threading.Thread(target=loop, name=name, daemon=True).start()
 
 
-class ExtenderApplication(BaseApplication):
-    """A gunicorn application serving ``create_app`` with one threaded worker."""
+def default_identity() -> str:
+    return f"{socket.gethostname()}_{os.getpid()}"
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+
+# --------------------------------------------------------------------------------------------------
+# gunicorn
+
+
+_TLS: dict[tuple[str, str], Any] = {}
+
+
+def _tls_context(conf: Any, default_factory: Callable[[], Any]) -> Any:
+    """gunicorn asks for a context per connection: hand out one per process that reloads its files."""
+    from .tlsreload import ReloadingContext
+
+    key = (conf.certfile, conf.keyfile)
+    if key not in _TLS:
+        _TLS[key] = ReloadingContext(conf.certfile, conf.keyfile).start()
+    return _TLS[key].context
+
+
+class Application(BaseApplication):
+    """A gunicorn application serving ``build()`` (a Flask app) with one threaded worker."""
+
+    def __init__(self, settings: Settings, build: Callable[[], Any], tls: tuple[str, str] | None = None) -> None:
+        self.settings, self.build, self.tls = settings, build, tls
         super().__init__()
 
     def load_config(self) -> None:
         s = self.settings
         for key, value in {
             "bind": s.bind, "workers": 1, "worker_class": "gthread", "threads": s.threads,
-            # a verb answers in milliseconds; a worker silent this long is stuck and is replaced
+            # a request answers in milliseconds; a worker silent this long is stuck and is replaced
             "timeout": 30, "graceful_timeout": 10, "keepalive": 75,
             "loglevel": s.log_level, "accesslog": None, "errorlog": "-", "preload_app": False,
         }.items():
@@ -97,10 +173,11 @@ class ExtenderApplication(BaseApplication):
             # gunicorn >= 25 opens a control socket under $HOME: nothing here uses it, and the
             # container runs non-root with a read-only root filesystem
             self.cfg.set("control_socket_disable", True)
+        if self.tls:
+            self.cfg.set("certfile", self.tls[0])
+            self.cfg.set("keyfile", self.tls[1])
+            self.cfg.set("ssl_context", _tls_context)
 
     def load(self) -> Any:
-        from .app import create_app
-
-        logging.basicConfig(level=self.settings.log_level.upper(),
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        return create_app(self.settings, build_service(self.settings))
+        _logging(self.settings)
+        return self.build()

@@ -68,6 +68,8 @@ class ExtenderService:
             self.metrics.rules.labels("recorded").inc()
             log.info("rule %s/%s: %s for pod %s -> %s on %s", stored.namespace, stored.name, stored.original,
                      pod.key, stored.substitute, stored.node)
+        if decision.apply is not None:
+            self._transition(decision.apply, lambda r: r.applied(pod.name, self.clock(), self.plan.rule_ttl), "applied")
         if decision.cancel is not None:
             self._finish(decision.cancel, "cancelled")
         return decision
@@ -120,7 +122,7 @@ class ExtenderService:
                 self.metrics.rules.labels(event).inc()
                 return
             except ConflictError:
-                fresh = self.store.get(rule.namespace, rule.name)
+                fresh = self.store.fetch(rule.namespace, rule.name)
                 if fresh is None:
                     return
                 rule = fresh

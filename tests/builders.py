@@ -47,7 +47,8 @@ def make_node(name: str, gpu: str | None = "A100-40GB", mig: Mapping[str, int] |
 def make_pod(name: str = "", namespace: str = "default", mig: Mapping[str, Any] | None = None,
              node: str = "", phase: str = "", owner: tuple[str, str, str] | None = None,
              annotations: Mapping[str, str] | None = None, init_mig: Mapping[str, Any] | None = None,
-             uid: str | None = None, terminating: bool = False, containers: int = 1) -> dict[str, Any]:
+             uid: str | None = None, terminating: bool = False, containers: int = 1,
+             created: str = "") -> dict[str, Any]:
     """A pod JSON; ``owner`` is (kind, name, uid) of its controller."""
     n = next(_uids)
     meta: dict[str, Any] = {"name": name or f"pod-{n}", "namespace": namespace,
@@ -57,6 +58,8 @@ def make_pod(name: str = "", namespace: str = "default", mig: Mapping[str, Any] 
                                     "controller": True}]
     if annotations:
         meta["annotations"] = dict(annotations)
+    if created:
+        meta["creationTimestamp"] = created
     if terminating:
         meta["deletionTimestamp"] = "2026-11-23T00:00:00Z"
     limits = {res(k): str(v) for k, v in (mig or {}).items()}

@@ -1,0 +1,177 @@
+"""Rules as MigSubstitution objects in the Kubernetes API: every replica and every restart sees the same.
+
+Reads come from an informer cache (list+watch of all MigSubstitutions), never from a request per read.
+Our own writes are also kept for a short while in a cachetools TTL overlay, so the writer sees its write
+at once, before its watch event arrives (the newer resourceVersion wins when both know a rule). Writes use
+optimistic concurrency: an update carries the resourceVersion it was read at, and a 409 becomes
+ConflictError so the caller re-reads and decides again.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+from cachetools import TTLCache
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from .kube import Informer, raw
+from .rules import API_GROUP, API_VERSION, PLURAL, Rule, rule_from_object, rule_status, rule_to_object
+from .rulestore import ConflictError
+
+log = logging.getLogger(__name__)
+_GONE = object()  # tombstone in the overlay: deleted by us, the watch may not know yet
+
+
+def _rv(rule: Rule) -> int:
+    try:
+        return int(rule.resource_version)
+    except ValueError:
+        return -1
+
+
+class KubeRuleStore:
+    def __init__(self, api: client.ApiClient, retention: float = 3600.0, overlay_ttl: float = 60.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._api = client.CustomObjectsApi(api)
+        self._lock = threading.Lock()
+        self._informed: dict[tuple[str, str], Rule] = {}
+        self._overlay: TTLCache[tuple[str, str], Any] = TTLCache(maxsize=10_000, ttl=overlay_ttl, timer=clock)
+        self._informer: Informer | None = None
+        self.retention = retention
+        self.malformed = 0
+
+    # -- informer ---------------------------------------------------------------------------------
+
+    def start(self) -> KubeRuleStore:
+        listing = functools.partial(self._api.list_cluster_custom_object, API_GROUP, API_VERSION, PLURAL)
+        self._informer = Informer("migsubstitutions", listing, self._on_event, self._on_relist).start()
+        return self
+
+    def stop(self) -> None:
+        if self._informer is not None:
+            self._informer.stop()
+
+    @property
+    def synced(self) -> bool:
+        return self._informer is not None and self._informer.synced.is_set()
+
+    def wait_synced(self, timeout: float = 30.0) -> bool:
+        return self._informer is not None and self._informer.synced.wait(timeout)
+
+    def _read(self, obj: Mapping[str, Any]) -> Rule | None:
+        try:
+            return rule_from_object(obj)
+        except ValueError as exc:
+            self.malformed += 1
+            log.warning("%s", exc)
+            return None
+
+    def _on_event(self, kind: str, obj: Mapping[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
+        with self._lock:
+            if kind == "DELETED":
+                self._informed.pop(key, None)
+                return
+            rule = self._read(obj)
+            if rule is not None:
+                self._informed[key] = rule
+
+    def _on_relist(self, items: list[Mapping[str, Any]]) -> None:
+        fresh = {}
+        for obj in items:
+            rule = self._read(obj)
+            if rule is not None:
+                fresh[(rule.namespace, rule.name)] = rule
+        with self._lock:
+            self._informed = fresh
+
+    # -- reads ------------------------------------------------------------------------------------
+
+    def _merged(self) -> dict[tuple[str, str], Rule]:
+        merged = dict(self._informed)
+        for key, value in list(self._overlay.items()):
+            if value is _GONE:
+                merged.pop(key, None)
+            elif key not in merged or _rv(value) > _rv(merged[key]):
+                merged[key] = value
+        return merged
+
+    def list(self) -> list[Rule]:
+        with self._lock:
+            return list(self._merged().values())
+
+    def get(self, namespace: str, name: str) -> Rule | None:
+        with self._lock:
+            return self._merged().get((namespace, name))
+
+    def fetch(self, namespace: str, name: str) -> Rule | None:
+        """A fresh read from the API (after a conflict), bypassing the cache."""
+        try:
+            obj = raw(self._api.get_namespaced_custom_object, API_GROUP, API_VERSION, namespace, PLURAL, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        rule = self._read(obj)
+        if rule is not None:
+            self._remember(rule)
+        return rule
+
+    def _remember(self, rule: Rule) -> Rule:
+        with self._lock:
+            self._overlay[(rule.namespace, rule.name)] = rule
+        return rule
+
+    # -- writes -----------------------------------------------------------------------------------
+
+    def record(self, rule: Rule) -> Rule:
+        body = rule_to_object(rule)
+        body["metadata"].pop("resourceVersion", None)
+        try:
+            obj = raw(self._api.create_namespaced_custom_object, API_GROUP, API_VERSION, rule.namespace, PLURAL, body)
+        except ApiException as exc:
+            if exc.status == 409:  # recorded already (another replica, or a retry): keep theirs
+                return self.fetch(rule.namespace, rule.name) or rule
+            raise
+        created = self._read(obj)
+        if created is None:
+            return rule
+        # the status subresource ignores status on create; write it so every reader sees the same fields
+        try:
+            return self.update(replace(rule, resource_version=created.resource_version))
+        except ConflictError:
+            return self.fetch(rule.namespace, rule.name) or created
+
+    def update(self, rule: Rule) -> Rule:
+        body = {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "MigSubstitution",
+                "metadata": {"name": rule.name, "namespace": rule.namespace,
+                             "resourceVersion": rule.resource_version},
+                "status": rule_status(rule)}
+        if not rule.resource_version:
+            body["metadata"].pop("resourceVersion")
+        try:
+            obj = raw(self._api.replace_namespaced_custom_object_status, API_GROUP, API_VERSION, rule.namespace,
+                      PLURAL, rule.name, body)
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                raise ConflictError(f"rule {rule.namespace}/{rule.name}: {exc.reason}") from exc
+            raise
+        stored = self._read(obj)
+        return self._remember(stored) if stored is not None else rule
+
+    def delete(self, rule: Rule) -> None:
+        try:
+            self._api.delete_namespaced_custom_object(API_GROUP, API_VERSION, rule.namespace, PLURAL, rule.name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+        with self._lock:
+            self._overlay[(rule.namespace, rule.name)] = _GONE

@@ -1,0 +1,238 @@
+"""The reconciler: drive recorded substitutions to completion and undo them when capacity frees.
+
+Each pass: take one snapshot (inventory + rules), ask the planner, act through ``Actions``, count. Only
+the Lease holder acts. A pass runs when the inventory changes (a pod ends, a node is added...) and at
+least every ``period`` seconds; a failing step is logged and retried next pass, never kills the loop.
+
+    observe:  rewritten pod seen -> rule Applied; it is bound -> bound (Event MigSubstituted);
+              restore's replacement bound -> Restored (Event MigRestored); stashed bare pod -> create it
+    expire:   rules past their expiry -> Expired; finished rules past retention -> deleted
+    upgrade:  Recorded rule, its pod still Pending -> restart it (Event MigUpgrading)
+    restore:  original type free again -> biggest waster first: reserve the original (rule Restoring),
+              then restart the pod (Event MigRestoring); opted-out or looping pods: Event MigRestoreSkipped
+
+Restarts are idempotent (uid preconditions, rule phases), so a new leader after a crash resumes, it does
+not repeat. Nothing here imports the kubernetes client: side effects go through ``Actions``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+from cachetools import TTLCache
+
+from .inventory import ClusterInventory
+from .metrics import Metrics
+from .planner import PlanSettings, expired_rules, finished_rules, plan_restores, plan_upgrades
+from .podspec import replacement_pod
+from .resources import RENAMING_OWNERS, PodInfo
+from .rules import Phase, Rule
+from .rulestore import ConflictError, RuleStore
+
+log = logging.getLogger(__name__)
+
+
+class Actions(Protocol):
+    def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    def evict_or_delete(self, pod: Mapping[str, Any]) -> str: ...
+    def stash_and_delete_bare_pod(self, rule_ns: str, rule_name: str, pod: Mapping[str, Any],
+                                  replacement: Mapping[str, Any]) -> str: ...
+    def finish_recreate(self, rule_ns: str, rule_name: str, manifest_json: str) -> str: ...
+    def event(self, namespace: str, pod_name: str, pod_uid: str, reason: str, message: str,
+              warning: bool = False, action: str = "Reconcile") -> None: ...
+
+
+class Reconciler:
+    def __init__(self, inventory: ClusterInventory, store: RuleStore, actions: Actions,
+                 plan: PlanSettings | None = None, metrics: Metrics | None = None,
+                 clock: Callable[[], float] = time.time, is_leader: Callable[[], bool] = lambda: True,
+                 retention: float = 3600.0) -> None:
+        self.inventory, self.store, self.actions, self.plan = inventory, store, actions, plan or PlanSettings()
+        self.metrics = metrics or Metrics()
+        self.clock, self.is_leader, self.retention = clock, is_leader, retention
+        # (rule, what) already announced or started recently: no event spam, no second restart while the
+        # watch has not yet shown the first one's effect
+        self._done: TTLCache[tuple[str, str], bool] = TTLCache(maxsize=50_000, ttl=60.0, timer=clock)
+        self.passes = 0
+        self.last_pass = 0.0
+        self.last_error = ""
+        self.checks: list[Callable[[], str]] = []  # extra readiness checks (watch staleness)
+
+    # -- one pass ---------------------------------------------------------------------------------
+
+    def run_once(self) -> Counter[str]:
+        counts: Counter[str] = Counter()
+        if not self.is_leader():
+            return counts
+        for step in (self._observe, self._expire, self._upgrade, self._restore):
+            try:
+                step(counts)
+            except Exception as exc:
+                counts["errors"] += 1
+                self.last_error = f"{step.__name__}: {exc}"
+                log.exception("reconcile step %s failed; retrying next pass", step.__name__)
+        self.passes += 1
+        self.last_pass = self.clock()
+        if any(v for k, v in counts.items()):
+            log.info("reconcile pass: %s", ", ".join(f"{k}={v}" for k, v in sorted(counts.items()) if v))
+        for action, n in counts.items():
+            self.metrics.actions.labels(action, "ok" if action != "errors" else "error").inc(n)
+        return counts
+
+    def _snapshot(self) -> tuple[Any, dict[str, PodInfo]]:
+        return self.inventory.snapshot(self.store.list(), self.clock()), {p.uid: p for p in self.inventory.pods()}
+
+    def _once(self, rule: Rule, what: str) -> bool:
+        """True the first time (per TTL) ``what`` happens to ``rule``."""
+        key = (f"{rule.namespace}/{rule.name}", what)
+        if key in self._done:
+            return False
+        self._done[key] = True
+        return True
+
+    def _transition(self, rule: Rule, change: Callable[[Rule], Rule], counts: Counter[str], event: str) -> Rule | None:
+        for _ in range(3):
+            try:
+                stored = self.store.update(change(rule))
+                counts[event] += 1
+                self.metrics.rules.labels(event).inc()
+                return stored
+            except ConflictError:
+                fresh = self.store.fetch(rule.namespace, rule.name)
+                if fresh is None:
+                    return None
+                rule = fresh
+        return None
+
+    def _event(self, pod: PodInfo, reason: str, message: str, warning: bool = False) -> None:
+        self.actions.event(pod.namespace, pod.name, pod.uid, reason, message, warning)
+
+    # -- steps ------------------------------------------------------------------------------------
+
+    def _observe(self, counts: Counter[str]) -> None:
+        snap, pods = self._snapshot()
+        by_rule: dict[str, list[PodInfo]] = {}
+        for pod in pods.values():
+            if pod.rule_name:
+                by_rule.setdefault(f"{pod.namespace}/{pod.rule_name}", []).append(pod)
+        now = self.clock()
+        for rule in snap.rules:
+            if rule.stash:
+                outcome = self.actions.finish_recreate(rule.namespace, rule.name, rule.stash)
+                counts[f"recreate_{outcome}"] += 1
+            carriers = by_rule.get(f"{rule.namespace}/{rule.name}", [])
+            if rule.phase is Phase.RECORDED and carriers:
+                rule = self._transition(rule, lambda r, p=carriers[0]: r.applied(p.name, now, self.plan.rule_ttl),
+                                        counts, "applied") or rule
+            if rule.phase is Phase.APPLIED:
+                bound = next((p for p in carriers if p.node and p.uid != rule.bound_pod), None)
+                if bound is not None and not rule.bound_pod:
+                    rule = self._transition(rule, lambda r, p=bound: r.bound(p.uid, p.name, p.node, now),
+                                            counts, "bound") or rule
+                if rule.bound_pod and (pod := pods.get(rule.bound_pod)) is not None and self._once(rule, "substituted"):
+                    self._event(pod, "MigSubstituted",
+                                f"running on {rule.substitute.resource} instead of {rule.original.resource} "
+                                f"(sold out when it was scheduled; rule {rule.name}); it will be restored when "
+                                f"{rule.original.resource} frees up")
+            if rule.phase is Phase.RESTORING:
+                self._observe_restore(rule, pods, counts, now)
+
+    def _observe_restore(self, rule: Rule, pods: Mapping[str, PodInfo], counts: Counter[str], now: float) -> None:
+        arrived = next((p for p in pods.values() if p.node and rule.awaits_restore(p)), None)
+        if arrived is not None:
+            done = self._transition(rule, lambda r: r.bound(arrived.uid, arrived.name, arrived.node, now),
+                                    counts, "restored")
+            if done is not None:
+                self._event(arrived, "MigRestored", f"back on its requested {rule.original.resource} on {arrived.node} "
+                                                    f"(was {rule.substitute.resource}; rule {rule.name})")
+            return
+        old = pods.get(rule.bound_pod)
+        if old is not None and not old.terminating and self._once(rule, "restore-restart"):
+            self._restart(rule, old, counts, restore=True)  # resumes a restore whose restart never happened
+
+    def _expire(self, counts: Counter[str]) -> None:
+        snap, pods = self._snapshot()
+        for rule in expired_rules(snap):
+            if self._transition(rule, lambda r: r.expired(snap.now), counts, "expired") is not None:
+                pod = pods.get(rule.pod_uid)
+                if pod is not None:
+                    self._event(pod, "MigSubstitutionExpired", f"{rule.substitute} was reserved on {rule.node} but "
+                                                               f"not used in time; reservation released", warning=True)
+        for rule in finished_rules(snap, self.retention):
+            self.store.delete(rule)
+            counts["deleted"] += 1
+
+    def _upgrade(self, counts: Counter[str]) -> None:
+        snap, pods = self._snapshot()
+        upgrades, cancel = plan_upgrades(snap, pods)
+        for rule in cancel:
+            self._transition(rule, lambda r: r.expired(snap.now), counts, "cancelled")
+        for up in upgrades:
+            if not self._once(up.rule, "upgrade-restart"):
+                continue
+            self._event(up.pod, "MigUpgrading", f"{up.rule.original.resource} is sold out on every node that fits; "
+                                                f"restarting so it runs on {up.rule.substitute.resource}, reserved on "
+                                                f"{up.rule.node} (rule {up.rule.name})")
+            self._restart(up.rule, up.pod, counts, restore=False)
+
+    def _restore(self, counts: Counter[str]) -> None:
+        snap, pods = self._snapshot()
+        plans, skips = plan_restores(snap, pods, self.plan)
+        for skip in skips:
+            if self._once(skip.rule, "skip:" + skip.reason):
+                self._event(skip.pod, "MigRestoreSkipped", skip.reason, warning=True)
+                counts["restore_skipped"] += 1
+        for plan in plans:
+            rule = self._transition(plan.rule, lambda r, n=plan.node: self._reserve_original(r, n), counts,
+                                    "restoring")
+            if rule is None:
+                continue
+            self._event(plan.pod, "MigRestoring", f"{rule.original.resource} is free again on {plan.node} and reserved "
+                                                  f"for this workload; restarting to move it back from "
+                                                  f"{rule.substitute.resource} (rule {rule.name})")
+            self._once(rule, "restore-restart")
+            self._restart(rule, plan.pod, counts, restore=True)
+
+    def _reserve_original(self, rule: Rule, node: str) -> Rule:
+        return rule.restoring(node, self.clock(), self.plan.restore_ttl)
+
+    def _restart(self, rule: Rule, pod: PodInfo, counts: Counter[str], restore: bool) -> None:
+        """Controller-owned pods (ReplicaSet, Job, StatefulSet...) are evicted or deleted and their
+        controller recreates them; bare pods are recreated by us from a manifest stashed on the rule."""
+        obj = self.actions.get_pod(pod.namespace, pod.name)
+        if obj is None or obj["metadata"].get("uid") != pod.uid:
+            return
+        kind = "restore" if restore else "upgrade"
+        if pod.owner is not None and (pod.owner.kind in RENAMING_OWNERS or pod.owner.kind == "StatefulSet"):
+            outcome = self.actions.evict_or_delete(obj)
+        else:
+            stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            manifest = replacement_pod(obj, rule if restore else None, stamp if restore else "")
+            outcome = self.actions.stash_and_delete_bare_pod(rule.namespace, rule.name, obj, manifest)
+        counts[f"{kind}_{outcome}"] += 1
+
+    # -- loop -------------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, period: float = 5.0, poll: float = 0.5) -> None:
+        """Pass on every inventory change (checked every ``poll`` s) and at least every ``period`` s."""
+        seen = -1
+        last = 0.0
+        while not stop.wait(poll):
+            changed = self.inventory.generation != seen
+            if changed or self.clock() - last >= period:
+                seen = self.inventory.generation
+                last = self.clock()
+                self.run_once()
+
+    def readiness_problems(self) -> list[str]:
+        problems = [] if self.inventory.synced else ["node/pod inventory not synced"]
+        if not self.store.synced:
+            problems.append("rule store not synced")
+        problems.extend(p for p in (check() for check in self.checks) if p)
+        return problems

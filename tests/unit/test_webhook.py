@@ -1,0 +1,189 @@
+"""The admission webhook: pure mutate() decisions and the /mutate endpoint, from a recorded AdmissionReview."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import jsonpatch
+import pytest
+
+from mig_extender.app import create_webhook_app
+from mig_extender.resources import (
+    ANN_ORIGINAL,
+    ANN_RULE,
+    ANN_SUBSTITUTE,
+    LABEL_SCHEDULER_OPT_IN,
+    ResourceCount,
+    pod_info,
+)
+from mig_extender.rules import new_rule
+from mig_extender.rulestore import MemoryRuleStore
+from mig_extender.settings import Settings
+from mig_extender.webhook import ReviewError, WebhookService, escape, mutate
+from tests.builders import make_pod, res
+
+RECORDED = json.loads((Path(__file__).resolve().parents[1] / "fixtures/admission-review-pod-create.json").read_text())
+NOW = 1000.0
+
+
+def review(pod: dict, operation: str = "CREATE", dry_run: bool = False) -> dict:
+    body = copy.deepcopy(RECORDED)
+    body["request"].update(object=pod, operation=operation, dryRun=dry_run, namespace=pod["metadata"]["namespace"])
+    return body
+
+
+def rs_rule(original: str = "1g.10gb", substitute: str = "2g.20gb", uid: str = "rs-1", pod_uid: str = "old"):
+    pending = pod_info(make_pod("web-old", mig={original: 1}, owner=("ReplicaSet", "web", uid), uid=pod_uid))
+    return new_rule(pending, ResourceCount(res(original), 1), ResourceCount(res(substitute), 1), "gpu-a", 900.0, 300.0)
+
+
+def apply_patch(pod: dict, response: dict) -> dict:
+    ops = json.loads(base64.b64decode(response["response"]["patch"]))
+    return jsonpatch.apply_patch(pod, ops)
+
+
+def test_recorded_review_without_a_rule_is_admitted_untouched() -> None:
+    m = mutate(RECORDED, [], now=NOW)
+    assert m.response() == {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                            "response": {"uid": RECORDED["request"]["uid"], "allowed": True}}
+
+
+def test_replacement_pod_of_the_workload_is_rewritten_everywhere() -> None:
+    rule = rs_rule()
+    pod = make_pod(mig={"1g.10gb": 1}, owner=("ReplicaSet", "web", "rs-1"), uid="", init_mig={"1g.10gb": 1})
+    pod["metadata"].pop("name")
+    m = mutate(review(pod), [rule], now=NOW)
+    assert m.rule == rule and m.result == "substituted"
+    patched = apply_patch(pod, m.response())
+    for c in patched["spec"]["containers"] + patched["spec"]["initContainers"]:
+        for kind in ("limits",):
+            assert res("2g.20gb") in c["resources"][kind] and res("1g.10gb") not in c["resources"][kind]
+    assert patched["spec"]["containers"][0]["resources"]["requests"] == {res("2g.20gb"): "1"}
+    ann = patched["metadata"]["annotations"]
+    assert ann[ANN_RULE] == rule.name and ann[ANN_ORIGINAL] == "nvidia.com/mig-1g.10gb=1"
+    # every path escapes the "/" in the resource name (RFC 6901)
+    ops = json.loads(base64.b64decode(m.response()["response"]["patch"]))
+    assert all("nvidia.com~1mig" in op["path"] for op in ops if "resources" in op["path"])
+
+
+def test_existing_annotations_are_added_to_not_replaced() -> None:
+    pod = make_pod(mig={"1g.10gb": 1}, owner=("ReplicaSet", "web", "rs-1"), annotations={"keep": "me"})
+    patched = apply_patch(pod, mutate(review(pod), [rs_rule()], now=NOW).response())
+    assert patched["metadata"]["annotations"]["keep"] == "me" and ANN_RULE in patched["metadata"]["annotations"]
+
+
+@pytest.mark.parametrize("pod, why", [
+    pytest.param(make_pod(owner=("ReplicaSet", "web", "rs-1")), "no MIG", id="no-mig"),
+    pytest.param(make_pod(mig={"1g.10gb": 1}, owner=("ReplicaSet", "web", "rs-1"),
+                          annotations={ANN_SUBSTITUTE: "false"}), "opt-out", id="opt-out"),
+    pytest.param(make_pod(mig={"1g.10gb": 1}, owner=("ReplicaSet", "other", "rs-2")), "other workload", id="other"),
+    pytest.param(make_pod(mig={"1g.10gb": 2}, owner=("ReplicaSet", "web", "rs-1")), "other demand", id="count"),
+    pytest.param(make_pod(mig={"1g.10gb": 1}, owner=("ReplicaSet", "web", "rs-1"), uid="old"), "same pod", id="self"),
+])
+def test_pods_the_rule_is_not_for_pass_untouched(pod: dict, why: str) -> None:
+    m = mutate(review(pod), [rs_rule()], now=NOW)
+    assert m.patch == [] and m.rule is None, why
+
+
+def test_expired_claimed_and_non_create_requests_are_untouched() -> None:
+    pod = make_pod(mig={"1g.10gb": 1}, owner=("ReplicaSet", "web", "rs-1"))
+    rule = rs_rule()
+    assert mutate(review(pod), [rule], now=rule.expires + 1).rule is None
+    assert mutate(review(pod), [rule], claimed={rule.name}, now=NOW).rule is None
+    assert mutate(review(pod, operation="UPDATE"), [rule], now=NOW).rule is None
+
+
+def test_bare_pod_is_matched_by_name() -> None:
+    pending = pod_info(make_pod("solo", mig={"1g.10gb": 1}, uid="u-old"))
+    rule = new_rule(pending, ResourceCount(res("1g.10gb"), 1), ResourceCount(res("2g.20gb"), 1), "n", 900.0, 300.0)
+    assert mutate(review(make_pod("solo", mig={"1g.10gb": 1}, uid="")), [rule], now=NOW).rule == rule
+    assert mutate(review(make_pod("other", mig={"1g.10gb": 1}, uid="")), [rule], now=NOW).rule is None
+
+
+def test_oldest_rule_of_the_workload_is_used_first() -> None:
+    older, newer = rs_rule(pod_uid="a"), rs_rule(pod_uid="b")
+    newer = replace(newer, created=950.0, name="zzz")
+    older = replace(older, created=910.0, name="aaa-later-name")
+    pod = make_pod(mig={"1g.10gb": 1}, owner=("ReplicaSet", "web", "rs-1"))
+    assert mutate(review(pod), [newer, older], now=NOW).rule.name == "aaa-later-name"
+
+
+def test_scheduler_injection_only_for_opted_in_namespaces() -> None:
+    pod = make_pod(mig={"1g.10gb": 1})
+    m = mutate(review(pod), [], namespace_labels={LABEL_SCHEDULER_OPT_IN: "true"}, now=NOW)
+    assert apply_patch(pod, m.response())["spec"]["schedulerName"] == "mig-scheduler"
+    assert mutate(review(pod), [], namespace_labels={}, now=NOW).patch == []
+    plain = make_pod()  # no MIG: never touched, even when opted in
+    assert mutate(review(plain), [], namespace_labels={LABEL_SCHEDULER_OPT_IN: "true"}, now=NOW).patch == []
+
+
+@pytest.mark.parametrize("body", [None, [], {}, {"request": {}}, {"request": {"uid": 5}}])
+def test_reviews_without_uid_are_review_errors(body: object) -> None:
+    with pytest.raises(ReviewError):
+        mutate(body, [])  # type: ignore[arg-type]
+
+
+def test_escape() -> None:
+    assert escape("nvidia.com/mig-1g.5gb") == "nvidia.com~1mig-1g.5gb" and escape("a~b/c") == "a~0b~1c"
+
+
+# -- HTTP -------------------------------------------------------------------------------------------
+
+
+class ExplodingStore(MemoryRuleStore):
+    def list(self):
+        raise RuntimeError("API unreachable")
+
+
+@pytest.fixture
+def store() -> MemoryRuleStore:
+    return MemoryRuleStore()
+
+
+def client_for(store: MemoryRuleStore):
+    return create_webhook_app(Settings(max_body_bytes=64 * 1024), WebhookService(store)).test_client()
+
+
+def test_mutate_endpoint_claims_a_rule_once(store: MemoryRuleStore) -> None:
+    rule = store.record(replace(rs_rule(), expires=4e9))
+    client = client_for(store)
+    pod = make_pod(mig={"1g.10gb": 1}, owner=("ReplicaSet", "web", "rs-1"))
+    first = client.post("/mutate", json=review(pod)).get_json()
+    second = client.post("/mutate", json=review(make_pod(mig={"1g.10gb": 1}, owner=("ReplicaSet", "web", "rs-1"))))
+    assert first["response"]["patchType"] == "JSONPatch" and apply_patch(pod, first)["metadata"]["annotations"][
+        ANN_RULE] == rule.name
+    assert "patch" not in second.get_json()["response"]  # the one rule went to the first pod
+
+
+def test_dry_run_does_not_claim(store: MemoryRuleStore) -> None:
+    store.record(replace(rs_rule(), expires=4e9))
+    client = client_for(store)
+    pod = make_pod(mig={"1g.10gb": 1}, owner=("ReplicaSet", "web", "rs-1"))
+    assert "patch" in client.post("/mutate", json=review(pod, dry_run=True)).get_json()["response"]
+    assert "patch" in client.post("/mutate", json=review(pod)).get_json()["response"]
+
+
+def test_internal_failure_admits_the_pod_unchanged() -> None:
+    client = client_for(ExplodingStore())
+    pod = make_pod(mig={"1g.10gb": 1})
+    out = client.post("/mutate", json=review(pod))
+    assert out.status_code == 200
+    answer = out.get_json()["response"]
+    assert answer["allowed"] is True and "patch" not in answer and "webhook error" in answer["warnings"][0]
+
+
+@pytest.mark.parametrize("data", [b"not json", b"[]", b'{"request": {}}'])
+def test_malformed_review_is_400(store: MemoryRuleStore, data: bytes) -> None:
+    resp = client_for(store).post("/mutate", data=data, content_type="application/json")
+    assert resp.status_code == 400 and resp.get_json()["error"]
+
+
+def test_webhook_metrics_and_health(store: MemoryRuleStore) -> None:
+    client = client_for(store)
+    client.post("/mutate", json=RECORDED)
+    assert client.get("/healthz").status_code == 200 and client.get("/readyz").status_code == 200
+    assert 'mig_extender_webhook_mutations_total{result="untouched"} 1.0' in client.get("/metrics").data.decode()
