@@ -161,6 +161,7 @@ def choose_substitute(pod: PodInfo, candidates: Iterable[str], snap: ClusterSnap
     assert want is not None
     candidate_set = candidates if isinstance(candidates, (set, frozenset)) else set(candidates)
     best: tuple[tuple, str, str] | None = None
+    requested_on: dict[object, ProfileShape] = {}  # per GPU model: canonical_shape costs ~5 us a call
     for resource, holders in snap.free_index.items():
         if resource == want.resource:
             continue
@@ -170,10 +171,12 @@ def choose_substitute(pod: PodInfo, candidates: Iterable[str], snap: ClusterSnap
             offered = info.shapes.get(resource)
             if offered is None:
                 continue
-            try:
-                requested = canonical_shape(want.resource, info.gpu)
-            except ProfileError:
-                return None
+            requested = requested_on.get(info.gpu)
+            if requested is None:
+                try:
+                    requested = requested_on[info.gpu] = canonical_shape(want.resource, info.gpu)
+                except ProfileError:
+                    return None
             if not can_substitute(requested, offered):
                 continue
             free = snap.free(node, resource)
@@ -279,9 +282,11 @@ def _shape(resource: str, snap: ClusterSnapshot, node: str) -> ProfileShape | No
         return None
 
 
-def _recently_restored(rule: Rule, snap: ClusterSnapshot, window: float) -> Rule | None:
-    """A Restored rule of the same workload within ``window``: restoring again would loop."""
-    for other in snap.rules:
+def _recently_restored(rule: Rule, snap: ClusterSnapshot, window: float,
+                       restored: Iterable[Rule] | None = None) -> Rule | None:
+    """A Restored rule of the same workload within ``window``: restoring again would loop.
+    ``restored``: the snapshot's Restored rules, when the caller has them at hand (else all rules)."""
+    for other in snap.rules if restored is None else restored:
         if (other.phase is Phase.RESTORED and other.name != rule.name and other.namespace == rule.namespace
                 and snap.now - other.updated < window
                 and ((rule.owner and other.owner and other.owner.uid == rule.owner.uid)
@@ -299,6 +304,8 @@ def plan_restores(snap: ClusterSnapshot, pods: Mapping[str, PodInfo],
         return [], []  # one restore in flight at a time: the rate limit, and no double restarts
     candidates: list[tuple[tuple[int, int, int], Rule, PodInfo]] = []
     skips: list[Skip] = []
+    # once per call, not once per candidate: with thousands of upgraded pods that was O(rules^2)
+    restored = [r for r in snap.rules if r.phase is Phase.RESTORED]
     for rule in snap.rules:
         if rule.phase is not Phase.APPLIED or not rule.bound_pod:
             continue
@@ -308,7 +315,7 @@ def plan_restores(snap: ClusterSnapshot, pods: Mapping[str, PodInfo],
         if not pod.may_restore:
             skips.append(Skip(rule, pod, "pod opted out of restore (mig-extender.io/restore=false)"))
             continue
-        loop = _recently_restored(rule, snap, settings.loop_window)
+        loop = _recently_restored(rule, snap, settings.loop_window, restored) if restored else None
         if loop is not None:
             skips.append(Skip(rule, pod, f"workload was restored by {loop.name} less than "
                                          f"{int(settings.loop_window)}s ago and upgraded again; "

@@ -94,6 +94,11 @@ class GpuModel:
     profiles: tuple[Profile, ...]
     exclusive_pairs: frozenset[frozenset[int]] = field(default=frozenset())
 
+    def __hash__(self) -> int:
+        # Every profile lookup hashes the model (the @cache of _profile_index); the generated hash walks
+        # all its Profiles (~2 us). The name identifies a model, so this agrees with the generated ==.
+        return hash(self.name)
+
     def profile(self, name: str) -> Profile:
         """The profile called ``name`` (canonical name, alias, or drifted memory); ProfileError if none."""
         found = _profile_index(self).get(name)

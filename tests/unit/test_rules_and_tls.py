@@ -17,7 +17,6 @@ from mig_extender.resources import Owner, PodInfo, ResourceCount
 from mig_extender.rules import Phase, new_rule, rule_from_object, rule_to_object
 from mig_extender.tlsreload import ReloadingContext
 
-
 RS_OWNER = Owner("ReplicaSet", "web", "rs-1", "apps/v1")
 
 
