@@ -38,6 +38,8 @@ class PlanSettings:
     substitution: bool = True        # False: exact type only (the stock scheduler's behaviour)
     restores_per_pass: int = 1       # rate limit of restarts a restore pass may start
     loop_window: float = 900.0       # a workload restored this recently and upgraded again is left alone
+    settle: float = 1.0              # a rule this young is not acted on yet: every webhook replica's watch must
+                                     # have delivered it before the pod's replacement is created
 
 
 # --------------------------------------------------------------------------------------------------
@@ -238,7 +240,8 @@ class Upgrade:
     pod: PodInfo
 
 
-def plan_upgrades(snap: ClusterSnapshot, pods: Mapping[str, PodInfo]) -> tuple[list[Upgrade], list[Rule]]:
+def plan_upgrades(snap: ClusterSnapshot, pods: Mapping[str, PodInfo],
+                  settings: PlanSettings = PlanSettings()) -> tuple[list[Upgrade], list[Rule]]:
     """Recorded rules whose pod still waits unbound -> restart it; rules whose pod was placed as it
     is (or vanished before its controller replaced it) -> drop. Returns (upgrades, rules to cancel)."""
     upgrades, cancel = [], []
@@ -250,7 +253,7 @@ def plan_upgrades(snap: ClusterSnapshot, pods: Mapping[str, PodInfo]) -> tuple[l
             continue  # already restarted: the webhook will apply the rule to its replacement
         if pod.node:
             cancel.append(rule)
-        elif not pod.terminating:
+        elif not pod.terminating and snap.now - rule.created >= settings.settle:
             upgrades.append(Upgrade(rule, pod))
     return upgrades, cancel
 

@@ -170,7 +170,7 @@ class Reconciler:
 
     def _upgrade(self, counts: Counter[str]) -> None:
         snap, pods = self._snapshot()
-        upgrades, cancel = plan_upgrades(snap, pods)
+        upgrades, cancel = plan_upgrades(snap, pods, self.plan)
         for rule in cancel:
             self._transition(rule, lambda r: r.expired(snap.now), counts, "cancelled")
         for up in upgrades:

@@ -230,8 +230,10 @@ def test_plan_upgrades_restarts_waiting_pods_and_cancels_placed_ones() -> None:
     node, holder = walkthrough_node(), make_pod(mig={"1g.5gb": 2}, node="gpu-a")
     waiting = make_pod("w", mig={"1g.5gb": 1})
     rule = filter_pod(pod_info(waiting), ["gpu-a"], snapshot_of(node, holder)).record
-    ups, cancel = plan_upgrades(snapshot_of(node, holder, rules=(rule,)), _pods(waiting))
+    ups, cancel = plan_upgrades(snapshot_of(node, holder, rules=(rule,), now=rule.created + 2), _pods(waiting))
     assert [u.pod.name for u in ups] == ["w"] and cancel == []
+    young, _ = plan_upgrades(snapshot_of(node, holder, rules=(rule,), now=rule.created), _pods(waiting))
+    assert young == []  # not before every watch has delivered the rule
     placed = make_pod("w", mig={"1g.5gb": 1}, node="gpu-a", uid=waiting["metadata"]["uid"])
     ups, cancel = plan_upgrades(snapshot_of(node, holder, rules=(rule,)), _pods(placed))
     assert ups == [] and cancel == [rule]

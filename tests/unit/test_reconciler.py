@@ -80,7 +80,9 @@ def test_walkthrough_upgrade_then_restore() -> None:
     pending = w.add(make_pod("infer-b-2", mig={"1g.5gb": 1}, owner=OWNER))
     rule = w.record_for(pending)
     assert rule.substitute.resource == res("2g.10gb")
+    assert w.reconciler.run_once()["upgrade_deleted"] == 0  # too young: webhooks may not have seen it yet
 
+    w.now += 1.5
     counts = w.reconciler.run_once()  # upgrade: restart the pending pod
     assert counts["upgrade_deleted"] == 1 and ("restart", "infer-b-2") in w.actions.calls
     assert ("infer-b-2", "MigUpgrading") in w.actions.events
@@ -118,6 +120,7 @@ def test_bare_pod_upgrade_and_restore_go_through_a_stashed_manifest() -> None:
     blocker = w.add(make_pod("blocker", mig={"1g.5gb": 2}, node="gpu-a"))
     pending = w.add(make_pod("solo", mig={"1g.5gb": 1}))
     rule = w.record_for(pending)
+    w.now += 1.5
     w.reconciler.run_once()
     (stash,) = [c for c in w.actions.calls if c[0] == "stash"]
     assert stash[1] == "solo" and "uid" not in stash[2]["metadata"] and "nodeName" not in stash[2]["spec"]
@@ -201,6 +204,7 @@ def test_a_failing_step_is_counted_and_the_pass_goes_on() -> None:
     w.actions.get_pod = boom  # type: ignore[method-assign]
     w.add(make_pod("a1", mig={"1g.5gb": 2}, node="gpu-a"))
     w.record_for(w.add(make_pod("p", mig={"1g.5gb": 1}, owner=OWNER)))
+    w.now += 1.5
     counts = w.reconciler.run_once()
     assert counts["errors"] == 1 and "API down" in w.reconciler.last_error
 
