@@ -79,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--no-leader-elect", action="store_true", help="single scheduler without a Lease")
     c.add_argument("--namespace", default=Settings.namespace, help="namespace of the leader-election Lease")
     c.add_argument("--qps", type=int, default=200, help="scheduler client qps (burst is twice this)")
+    c.add_argument("--scheduler-name", default="", help="profile name (default: mig-scheduler, or "
+                   "default-scheduler for --variant default)")
     c.add_argument("--out", default="-", help="file to write (default stdout)")
     return ap
 
@@ -141,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .schedconfig import render
 
             text = render(args.url, args.variant, args.kubeconfig, not args.no_leader_elect, args.namespace,
-                          args.qps)
+                          args.qps, scheduler_name=args.scheduler_name)
             if args.out == "-":
                 sys.stdout.write(text)
             else:

@@ -30,7 +30,9 @@ LABEL_SCHEDULER_OPT_IN = f"{GROUP}/inject-scheduler"  # namespace label: "true" 
 # StatefulSets and bare pods come back under the same name (match by name).
 RENAMING_OWNERS = frozenset({"ReplicaSet", "Job", "ReplicationController", "DaemonSet"})
 
-_QUANTITY_RE = re.compile(r"^(?P<num>[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?)(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|[mkMGTPE])?$")
+# ASCII digits only, as the API server's quantity grammar (\d would also take e.g. Arabic-Indic digits)
+_QUANTITY_RE = re.compile(
+    r"^(?P<num>[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?)(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|[mkMGTPE])?$")
 _SUFFIX = {
     None: Decimal(1), "m": Decimal("0.001"), "k": Decimal(10) ** 3, "M": Decimal(10) ** 6,
     "G": Decimal(10) ** 9, "T": Decimal(10) ** 12, "P": Decimal(10) ** 15, "E": Decimal(10) ** 18,
@@ -227,7 +229,8 @@ def _epoch(text: Any) -> float:
 
 
 def controller_owner(meta: Mapping[str, Any]) -> Owner | None:
-    for ref in meta.get("ownerReferences") or []:
+    refs = meta.get("ownerReferences")
+    for ref in refs if isinstance(refs, list) else []:
         if isinstance(ref, Mapping) and ref.get("controller"):
             return Owner(str(ref.get("kind", "")), str(ref.get("name", "")), str(ref.get("uid", "")),
                          str(ref.get("apiVersion", "")))

@@ -61,5 +61,14 @@ def client(app):
     return app.test_client()
 
 
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Say how many hostile inputs were tried (docs/reliability.md quotes this line)."""
+    from tests.api.test_hostile_input import CASES
+
+    if CASES:
+        detail = ", ".join(f"{k} {v}" for k, v in sorted(CASES.items()))
+        terminalreporter.write_line(f"[hostile input] {sum(CASES.values())} cases tried: {detail}")
+
+
 def pending(mig: dict, **kw) -> dict:
     return make_pod(mig=mig, **kw)

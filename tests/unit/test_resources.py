@@ -23,6 +23,7 @@ def test_quantities(value: object, count: int) -> None:
 @pytest.mark.parametrize("value, message", [
     ("-1", "negative"), ("abc", "not a quantity"), ("500m", "not a whole number"), ("1e9", "exceeds"),
     (1.5, "string or integer"), (None, "string or integer"), (True, "string or integer"), ("", "not a quantity"),
+    ("\u0661", "not a quantity"),
 ])
 def test_bad_quantities_say_why(value: object, message: str) -> None:
     with pytest.raises(DemandError, match=message):
