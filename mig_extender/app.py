@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from .debug import debug, ops
@@ -34,9 +34,30 @@ def _base(settings: Settings, component: Any) -> Flask:
     return app
 
 
+OPS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def _ops_only(settings: Settings, app: Flask) -> None:
+    """On the ``ops_bind`` address serve only OPS_PATHS: the verbs and /debug stay on loopback.
+
+    gunicorn sets SERVER_PORT from the listening socket (not from the Host header), so a caller cannot
+    reach a verb through the ops port by lying about the port."""
+    ops_port = settings.ops_bind.rpartition(":")[2]
+
+    @app.before_request
+    def guard() -> Response | None:
+        if request.environ.get("SERVER_PORT") == ops_port and request.path not in OPS_PATHS:
+            response = jsonify({"Error": f"{request.path} is not served on the metrics address"})
+            response.status_code = 404
+            return response
+        return None
+
+
 def create_app(settings: Settings, service: ExtenderService) -> Flask:
     """The extender: scheduler verbs, ops endpoints and (unless disabled) /debug/*."""
     app = _base(settings, service)
+    if settings.ops_bind:
+        _ops_only(settings, app)
     app.extensions["mig_extender"] = service
     app.register_blueprint(extender_bp)
     if settings.debug_endpoints:

@@ -30,7 +30,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("serve", help="run the scheduler extender (gunicorn, one threaded worker)")
-    s.add_argument("--bind", default=Settings.bind, metavar="HOST:PORT")
+    s.add_argument("--bind", default=Settings.bind, metavar="HOST:PORT",
+                   help="scheduler verbs, /debug/* and ops endpoints (keep it on loopback)")
+    s.add_argument("--metrics-bind", default="", metavar="HOST:PORT",
+                   help="a second address serving only /healthz, /readyz and /metrics (probes, Prometheus)")
     _add_cluster_flags(s)
     s.add_argument("--rule-store", choices=("memory", "kube"), default="",
                    help="where rules live (default: kube with a cluster, memory without)")
@@ -88,7 +91,8 @@ def _parser() -> argparse.ArgumentParser:
 def _serve_settings(args: argparse.Namespace) -> Settings:
     base = Settings().with_env()
     return replace(
-        base, bind=args.bind, snapshot=args.snapshot, kubeconfig=args.kubeconfig, in_cluster=args.in_cluster,
+        base, bind=args.bind, ops_bind=args.metrics_bind, snapshot=args.snapshot, kubeconfig=args.kubeconfig,
+        in_cluster=args.in_cluster,
         rule_store=args.rule_store or base.rule_store, rule_ttl=args.rule_ttl, policy=args.policy,
         substitution=base.substitution and not args.no_substitution,
         debug_endpoints=base.debug_endpoints and not args.no_debug_endpoints,

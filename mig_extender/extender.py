@@ -21,7 +21,7 @@ from werkzeug.exceptions import HTTPException
 
 from .planner import FilterDecision
 from .resources import DemandError
-from .service import BindError, ExtenderService
+from .service import BindConflict, BindError, ExtenderService
 
 log = logging.getLogger(__name__)
 bp = Blueprint("extender", __name__)
@@ -59,8 +59,14 @@ def verb(name: str) -> Callable[[Callable[[Mapping[str, Any]], Any]], Callable[[
             except HTTPException as exc:  # malformed JSON (400), body too large (413)
                 status, outcome = exc.code or 400, "bad_request"
                 result = _empty_result(name, f"{exc.name}: {exc.description}")
-            except (WireError, DemandError, BindError) as exc:
-                status, outcome = (500 if isinstance(exc, BindError) else 400), "error"
+            except (WireError, DemandError) as exc:
+                status, outcome = 400, "bad_request"
+                result = _empty_result(name, str(exc))
+            except BindConflict as exc:  # lost the last slice to a concurrent bind: the scheduler retries
+                status, outcome = 409, "conflict"
+                result = _empty_result(name, str(exc))
+            except BindError as exc:  # the API server refused or could not be reached
+                status, outcome = 502, "error"
                 result = _empty_result(name, str(exc))
             except Exception as exc:  # a bug: answer cleanly, keep the worker, log the trace
                 log.exception("%s failed", name)

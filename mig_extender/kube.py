@@ -397,7 +397,8 @@ class KubeActions:
         instance = self.host or self.component
         body = {
             "apiVersion": "events.k8s.io/v1", "kind": "Event",
-            "metadata": {"generateName": f"{pod_name}.", "namespace": namespace},
+            # named like client-go's recorder; a generateName ending in "." is invalid since 1.36
+            "metadata": {"name": f"{pod_name}.{time.time_ns():x}", "namespace": namespace},
             "eventTime": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
             "reportingController": f"mig-extender.io/{self.component}", "reportingInstance": instance,
             "action": action, "reason": reason, "note": message[:1024], "type": "Warning" if warning else "Normal",

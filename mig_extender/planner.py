@@ -32,7 +32,7 @@ class Policy(str, Enum):
 class PlanSettings:
     """Knobs of the decisions. Times in seconds."""
 
-    rule_ttl: float = 300.0          # a recorded substitution unused this long is dropped
+    rule_ttl: float = 120.0          # a recorded substitution unused this long is dropped (see Settings)
     restore_ttl: float = 120.0       # a restore reservation unused this long is dropped
     policy: Policy = Policy.PACK
     substitution: bool = True        # False: exact type only (the stock scheduler's behaviour)
@@ -181,11 +181,14 @@ def choose_substitute(pod: PodInfo, candidates: Iterable[str], snap: ClusterSnap
                     return None
             if not can_substitute(requested, offered):
                 continue
+            extra = waste(requested, offered)
+            if best is not None and extra > best[0][0]:
+                continue  # cannot win: skip the costlier terms below
             free = snap.free(node, resource)
-            if free < want.count:
+            if free < want.count or (best is not None and (extra, free - want.count) > best[0][:2]):
                 continue
             left_compute = info.total_compute - info.used_compute() - offered.compute_slices * want.count
-            cost = (waste(requested, offered), free - want.count, left_compute, node)
+            cost = (extra, free - want.count, left_compute, node)
             if best is None or cost < best[0]:
                 best = (cost, node, resource)
     if best is None:
@@ -279,6 +282,8 @@ class Skip:
 
 def _shape(resource: str, snap: ClusterSnapshot, node: str) -> ProfileShape | None:
     info = snap.nodes.get(node)
+    if info is not None and resource in info.shapes:
+        return info.shapes[resource]  # the same canonical_shape, parsed once per node
     try:
         return canonical_shape(resource, info.gpu if info else None)
     except ProfileError:

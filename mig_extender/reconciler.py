@@ -49,6 +49,7 @@ class Actions(Protocol):
 
 
 class Reconciler:
+    ANNOUNCE_WINDOW = 60.0  # seconds after a transition during which its Event may still be emitted
     def __init__(self, inventory: ClusterInventory, store: RuleStore, actions: Actions,
                  plan: PlanSettings | None = None, metrics: Metrics | None = None,
                  clock: Callable[[], float] = time.time, is_leader: Callable[[], bool] = lambda: True,
@@ -135,26 +136,31 @@ class Reconciler:
                 if bound is not None and not rule.bound_pod:
                     rule = self._transition(rule, lambda r, p=bound: r.bound(p.uid, p.name, p.node, now),
                                             counts, "bound") or rule
-                if rule.bound_pod and (pod := pods.get(rule.bound_pod)) is not None and self._once(rule, "substituted"):
+                if (rule.bound_pod and now - rule.updated < self.ANNOUNCE_WINDOW
+                        and (pod := pods.get(rule.bound_pod)) is not None and self._once(rule, "substituted")):
                     self._event(pod, "MigSubstituted",
                                 f"running on {rule.substitute.resource} instead of {rule.original.resource} "
                                 f"(sold out when it was scheduled; rule {rule.name}); it will be restored when "
                                 f"{rule.original.resource} frees up")
             if rule.phase is Phase.RESTORING:
-                self._observe_restore(rule, pods, counts, now)
+                rule = self._observe_restore(rule, pods, counts, now)
+            # announced however it got there (the extender's bind usually makes the transition), once, and
+            # only while fresh, so a new leader does not repeat old news
+            if (rule.phase is Phase.RESTORED and now - rule.updated < self.ANNOUNCE_WINDOW
+                    and (pod := pods.get(rule.restored_pod)) is not None and self._once(rule, "restored")):
+                self._event(pod, "MigRestored", f"back on its requested {rule.original.resource} on {pod.node} "
+                                                f"(was {rule.substitute.resource}; rule {rule.name})")
 
-    def _observe_restore(self, rule: Rule, pods: Mapping[str, PodInfo], counts: Counter[str], now: float) -> None:
+    def _observe_restore(self, rule: Rule, pods: Mapping[str, PodInfo], counts: Counter[str], now: float) -> Rule:
         arrived = next((p for p in pods.values() if p.node and rule.awaits_restore(p)), None)
         if arrived is not None:
             done = self._transition(rule, lambda r: r.bound(arrived.uid, arrived.name, arrived.node, now),
                                     counts, "restored")
-            if done is not None:
-                self._event(arrived, "MigRestored", f"back on its requested {rule.original.resource} on {arrived.node} "
-                                                    f"(was {rule.substitute.resource}; rule {rule.name})")
-            return
+            return done or rule
         old = pods.get(rule.bound_pod)
         if old is not None and not old.terminating and self._once(rule, "restore-restart"):
             self._restart(rule, old, counts, restore=True)  # resumes a restore whose restart never happened
+        return rule
 
     def _expire(self, counts: Counter[str]) -> None:
         snap, pods = self._snapshot()

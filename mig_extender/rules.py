@@ -214,8 +214,10 @@ def rule_to_object(rule: Rule) -> dict[str, Any]:
         "podName": rule.pod_name, "podUID": rule.pod_uid,
         "original": {"resource": rule.original.resource, "count": rule.original.count},
         "substitute": {"resource": rule.substitute.resource, "count": rule.substitute.count},
-        "nodeName": rule.node, "expiresAt": _time_text(rule.created and rule.expires),
+        "nodeName": rule.node,
     }
+    if rule.expires:
+        spec["expiresAt"] = _time_text(rule.expires)  # an empty string is not a valid date-time: omit
     if rule.owner is not None:
         spec["owner"] = {"kind": rule.owner.kind, "name": rule.owner.name, "uid": rule.owner.uid,
                          "apiVersion": rule.owner.api_version}

@@ -38,12 +38,18 @@ def render(url: str = "http://127.0.0.1:8888", variant: str = "second", kubeconf
         f"  burst: {qps * 2}",
         "leaderElection:",
     ]
-    if leader_elect:
+    if leader_elect and variant == "second":
         lines += [
             "  # only the leader schedules, so only the leader's extender sidecar is called and keeps books",
             "  leaderElect: true",
             f"  resourceNamespace: {namespace}",
             f"  resourceName: {name}",
+        ]
+    elif leader_elect:
+        lines += [
+            "  # the control plane's own Lease (kube-system/kube-scheduler): system:kube-scheduler may renew",
+            "  # only that one, and every replica of the default scheduler must agree on it",
+            "  leaderElect: true",
         ]
     else:
         lines += ["  # a single scheduler (tests, one replica): no lease needed", "  leaderElect: false"]

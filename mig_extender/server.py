@@ -163,7 +163,8 @@ class Application(BaseApplication):
     def load_config(self) -> None:
         s = self.settings
         for key, value in {
-            "bind": s.bind, "workers": 1, "worker_class": "gthread", "threads": s.threads,
+            "bind": [s.bind, *([s.ops_bind] if s.ops_bind else [])],
+            "workers": 1, "worker_class": "gthread", "threads": s.threads,
             # a request answers in milliseconds; a worker silent this long is stuck and is replaced
             "timeout": 30, "graceful_timeout": 10, "keepalive": 75,
             "loglevel": s.log_level, "accesslog": None, "errorlog": "-", "preload_app": False,

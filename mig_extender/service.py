@@ -9,6 +9,7 @@ the API confirms it and marks the rule it used. Talking to the API goes through 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
@@ -31,7 +32,11 @@ class Binder(Protocol):
 
 
 class BindError(RuntimeError):
-    pass
+    """The Binding could not be created."""
+
+
+class BindConflict(BindError):
+    """The node no longer has room for the pod (another bind won the last slice)."""
 
 
 class ExtenderService:
@@ -46,6 +51,7 @@ class ExtenderService:
         self.clock = clock
         # extra readiness checks from the edges (e.g. "watch stale for 45 s"); each returns "" when fine
         self.checks: list[Callable[[], str]] = []
+        self._commit = threading.Lock()  # check-and-assume of binds
 
     def snapshot(self) -> ClusterSnapshot:
         return self.inventory.snapshot(self.store.list(), self.clock())
@@ -87,24 +93,33 @@ class ExtenderService:
         return score_nodes(pod, nodes, self.snapshot(), self.plan.policy)
 
     def bind(self, namespace: str, name: str, uid: str, node: str) -> None:
-        """Assume the pod on ``node``, create the Binding, then mark the rule whose slice it used.
+        """The commit point: check the node still has room, assume the pod, then create the Binding.
 
-        The pod's facts come from the inventory (the scheduler sends only names); a pod unknown there
-        is still bound, it just is not assumed (the watch will count it).
+        kube-scheduler binds asynchronously, so /filter for the next pod may run before this pod's
+        /bind: both can have been told the same last slice fits. Check-and-assume is atomic under a
+        lock, so the second bind finds the slice taken and fails; the scheduler then retries that pod
+        against books that include the first. The API call runs outside the lock. A pod unknown to the
+        inventory (the scheduler sends only names) is bound without assuming; the watch counts it.
         """
         pod = self.inventory.pod(uid) or PodInfo(namespace=namespace, name=name, uid=uid)
-        snap = self.snapshot()
-        rule = snap.rule_for(pod)
-        assumed = pod.wants_mig
-        if assumed:
-            self.inventory.assume(pod, node)
+        with self._commit:
+            snap = self.snapshot()
+            if pod.wants_mig and pod.node != node:
+                for resource, n in pod.demand.items():
+                    free = snap.free(node, resource, pod)
+                    if free < n:
+                        self.metrics.requests.labels("bind", "conflict").inc()
+                        raise BindConflict(f"{resource}: {max(free, 0)} free on {node}, {n} needed (taken by a pod "
+                                           "bound since this one was filtered); the scheduler will retry")
+                self.inventory.assume(pod, node)
         try:
             if self.binder is not None:
                 self.binder.bind(namespace, name, uid, node)
         except Exception as exc:
-            if assumed:
+            if pod.wants_mig:
                 self.inventory.forget(uid)
             raise BindError(f"binding {namespace}/{name} to {node}: {exc}") from exc
+        rule = snap.rule_for(pod)
         if rule is not None and rule.reserved_for(pod):
             held = rule.reservation(snap.now)
             if held is not None and held[0] == node:

@@ -20,18 +20,22 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class Settings:
-    # where the extender listens; loopback by default: it sits beside kube-scheduler in the same pod
+    # where the extender listens; loopback by default: it sits beside kube-scheduler in the same pod, and
+    # /bind would bind any pod for whoever can reach it
     bind: str = "127.0.0.1:8888"
+    # optional second address serving only /healthz, /readyz and /metrics (kubelet probes, Prometheus)
+    ops_bind: str = ""
     # cluster source: exactly one of snapshot file, kubeconfig, in-cluster service account
     snapshot: str = ""
     kubeconfig: str = ""
     in_cluster: bool = False
     # rules: "memory" (one process; the default without a cluster) or "kube" (MigSubstitution objects)
     rule_store: str = ""
-    # seconds a recorded substitution waits to be used before its reservation is released: long
-    # enough for a controller to recreate a pod and the scheduler to retry (seconds), short enough that
-    # a lost pod does not pin a slice for long
-    rule_ttl: float = 300.0
+    # seconds a recorded substitution waits to be used before its reservation is released: the
+    # reconciler restarts the pod within seconds and the replacement is scheduled seconds later, so 2
+    # minutes covers a slow pod termination; longer would let an unexecuted rule pin a slice that pods
+    # asking exactly for it need
+    rule_ttl: float = 120.0
     # seconds a restore reservation waits for the restarted pod
     restore_ttl: float = 120.0
     # seconds finished rules (Expired, Restored) are kept for /debug/rules and the restore loop guard
@@ -52,9 +56,12 @@ class Settings:
         sources = [bool(self.snapshot), bool(self.kubeconfig), self.in_cluster]
         if sum(sources) > 1:
             raise SettingsError("give at most one of --snapshot, --kubeconfig, --in-cluster")
-        host, sep, port = self.bind.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise SettingsError(f"--bind must be HOST:PORT, got {self.bind!r}")
+        for flag, value in (("--bind", self.bind), ("--metrics-bind", self.ops_bind)):
+            host, sep, port = value.rpartition(":")
+            if (value or flag == "--bind") and (not sep or not host or not port.isdigit() or not 0 < int(port) < 65536):
+                raise SettingsError(f"{flag} must be HOST:PORT, got {value!r}")
+        if self.ops_bind and self.ops_bind.rpartition(":")[2] == self.bind.rpartition(":")[2]:
+            raise SettingsError("--metrics-bind needs a port of its own")
         if self.rule_store not in ("", "memory", "kube"):
             raise SettingsError(f"--rule-store must be memory or kube, got {self.rule_store!r}")
         if self.rule_store == "kube" and self.snapshot:

@@ -144,7 +144,7 @@ class ClusterSnapshot:
         if info is None:
             return 0
         free = info.free(resource) - self.reserved.get(node, EMPTY).get(resource, 0)
-        if pod is not None:
+        if pod is not None and self.rules:  # no rules, no reservation of its own (skip rule_for per node)
             own = self.own_reservation(pod)
             if own is not None and own[0] == node and own[1].resource == resource:
                 free += own[1].count

@@ -60,8 +60,26 @@ def test_failed_bind_is_forgotten_and_reported(client, service) -> None:
     meta = pod["metadata"]
     resp = client.post("/bind", json={"PodName": meta["name"], "PodNamespace": "default", "PodUID": meta["uid"],
                                       "Node": "gpu-b"})
-    assert resp.status_code == 500 and "not found" in resp.get_json()["Error"]
+    assert resp.status_code == 502 and "not found" in resp.get_json()["Error"]
     assert service.snapshot().free("gpu-b", "nvidia.com/mig-1g.10gb") == 1
+
+
+def test_concurrent_binds_never_overcommit_the_last_slice(client, service) -> None:
+    """Both pods were filtered before either was bound (the scheduler binds asynchronously)."""
+    first, second = pending({"2g.20gb": 1}), pending({"2g.20gb": 1})
+    for pod in (first, second):
+        service.inventory.upsert_pod(pod)
+        out = client.post("/filter", json={"Pod": pod, "NodeNames": ["gpu-a"]}).get_json()
+        assert out["NodeNames"] == ["gpu-a"]  # each alone fits: gpu-a has one 2g.20gb
+    binds = [client.post("/bind", json={"PodName": p["metadata"]["name"], "PodNamespace": "default",
+                                        "PodUID": p["metadata"]["uid"], "Node": "gpu-a"}) for p in (first, second)]
+    assert [b.status_code for b in binds] == [200, 409]
+    assert "scheduler will retry" in binds[1].get_json()["Error"]
+    assert service.snapshot().nodes["gpu-a"].used == {"nvidia.com/mig-2g.20gb": 1}
+    assert len(service.binder.calls) == 1
+    again = client.post("/bind", json={"PodName": first["metadata"]["name"], "PodNamespace": "default",
+                                       "PodUID": first["metadata"]["uid"], "Node": "gpu-a"})
+    assert again.status_code == 200  # a repeated bind of the same pod is not a conflict with itself
 
 
 def test_upgraded_pod_binds_on_its_reservation_and_the_rule_records_it(client, service) -> None:

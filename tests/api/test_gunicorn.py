@@ -25,10 +25,11 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def served():
-    port = free_port()
+    port, ops = free_port(), free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "mig_extender.cli", "serve", "--snapshot", str(ROOT / "examples/cluster-snapshot.json"),
-         "--bind", f"127.0.0.1:{port}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+         "--bind", f"127.0.0.1:{port}", "--metrics-bind", f"127.0.0.1:{ops}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 20
     while time.time() < deadline:
@@ -40,13 +41,13 @@ def served():
     else:
         os.killpg(proc.pid, signal.SIGKILL)
         pytest.fail("mig-extender serve did not become ready: " + proc.stdout.read().decode()[-2000:])
-    yield url, proc
+    yield url, proc, f"http://127.0.0.1:{ops}"
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=15)
 
 
 def test_readme_curl_session(served) -> None:
-    url, _ = served
+    url, _, _ = served
     body = json.loads((ROOT / "examples/filter-1g.json").read_text())
     out = requests.post(url + "/filter", json=body, timeout=5).json()
     assert out["NodeNames"] == [] and out["Error"] == ""
@@ -57,7 +58,7 @@ def test_readme_curl_session(served) -> None:
 
 
 def test_served_by_gunicorn_with_one_worker(served) -> None:
-    _, proc = served
+    _, proc, _ = served
     children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
     assert len(children) == 1  # master + exactly one worker
     cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
@@ -65,8 +66,18 @@ def test_served_by_gunicorn_with_one_worker(served) -> None:
 
 
 def test_garbage_does_not_kill_the_worker(served) -> None:
-    url, _ = served
+    url, _, _ = served
     for payload in (b"\x00\xff", b"{" * 5000, b'{"Pod": {"metadata": [], "spec": 1}}'):
         resp = requests.post(url + "/filter", data=payload, headers={"Content-Type": "application/json"}, timeout=5)
         assert 400 <= resp.status_code < 500 and resp.json()["Error"]
     assert requests.get(url + "/healthz", timeout=5).status_code == 200
+
+
+def test_metrics_address_serves_only_probes_and_metrics(served) -> None:
+    _, _, ops = served
+    assert requests.get(ops + "/healthz", timeout=5).status_code == 200
+    assert requests.get(ops + "/readyz", timeout=5).status_code == 200
+    assert b"mig_extender_requests_total" in requests.get(ops + "/metrics", timeout=5).content
+    for method, path in (("post", "/filter"), ("post", "/bind"), ("get", "/debug/rules"), ("get", "/debug/inventory")):
+        resp = getattr(requests, method)(ops + path, json={}, timeout=5)
+        assert resp.status_code == 404 and "not served on the metrics address" in resp.json()["Error"]
