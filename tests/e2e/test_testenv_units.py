@@ -1,0 +1,145 @@
+"""The harness's own logic, without a cluster: watch resume and relist, and kubelet admission arithmetic.
+A fake kubelet that miscounted would make every over-commit assertion in e2e meaningless."""
+
+from __future__ import annotations
+
+import json
+import threading
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from .testenv.podresources import effective_requests, first_shortfall
+from .testenv.reflector import Reflector
+
+
+class FakeResponse:
+    def __init__(self, body: Any = None, events: list[dict[str, Any]] | None = None) -> None:
+        self.data = json.dumps(body).encode() if body is not None else b""
+        self._lines = [json.dumps(e).encode() + b"\n" for e in events or []]
+
+    def stream(self, amt: Any = None, decode_content: bool = False) -> Any:
+        yield from self._lines
+
+    def release_conn(self) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass
+
+
+def _obj(name: str, rv: str) -> dict[str, Any]:
+    return {"metadata": {"name": name, "resourceVersion": rv}}
+
+
+def test_reflector_resumes_from_the_last_resource_version_and_relists_on_410() -> None:
+    stop = threading.Event()
+    calls: list[dict[str, Any]] = []
+    lists: list[list[str]] = []
+    events: list[tuple[str, str]] = []
+    script = [
+        FakeResponse({"metadata": {"resourceVersion": "10"}, "items": [_obj("a", "9")]}),
+        FakeResponse(
+            events=[{"type": "ADDED", "object": _obj("b", "11")}, {"type": "BOOKMARK", "object": _obj("", "15")}]
+        ),
+        FakeResponse(events=[{"type": "ERROR", "object": {"code": 410, "message": "too old"}}]),
+        FakeResponse({"metadata": {"resourceVersion": "20"}, "items": [_obj("b", "11"), _obj("c", "19")]}),
+    ]
+
+    def list_call(**kwargs: Any) -> FakeResponse:
+        calls.append(kwargs)
+        if len(calls) > len(script):
+            stop.set()
+            return FakeResponse(events=[])
+        return script[len(calls) - 1]
+
+    reflector = Reflector(
+        "test",
+        list_call,
+        lambda items: lists.append([i["metadata"]["name"] for i in items]),
+        lambda kind, obj: events.append((kind, obj["metadata"]["name"])),
+        stop,
+    )
+    reflector.start()
+    reflector.thread.join(timeout=10)
+
+    assert lists == [["a"], ["b", "c"]]
+    assert events == [("ADDED", "b")]
+    watch_versions = [c.get("resource_version") for c in calls if c.get("watch")]
+    # resumes from the list's RV, then from the bookmark's; after the 410 relists and resumes from "20"
+    assert watch_versions[:3] == ["10", "15", "20"]
+    assert reflector.relists == 2
+
+
+@pytest.mark.parametrize(
+    ("case", "request_", "used", "allocatable", "reason"),
+    [
+        (
+            "fits-exactly",
+            {"nvidia.com/mig-1g.5gb": 1},
+            {"nvidia.com/mig-1g.5gb": 1},
+            {"nvidia.com/mig-1g.5gb": 2},
+            None,
+        ),
+        (
+            "one-too-many",
+            {"nvidia.com/mig-1g.5gb": 1},
+            {"nvidia.com/mig-1g.5gb": 2},
+            {"nvidia.com/mig-1g.5gb": 2},
+            "OutOfnvidia.com/mig-1g.5gb",
+        ),
+        (
+            "resource-absent",
+            {"nvidia.com/mig-2g.10gb": 1},
+            {},
+            {"nvidia.com/mig-1g.5gb": 7},
+            "OutOfnvidia.com/mig-2g.10gb",
+        ),
+        ("zero-request-ignored", {"nvidia.com/mig-2g.10gb": 0}, {}, {}, None),
+        ("pods-count", {"pods": 1}, {"pods": 110}, {"pods": 110}, "OutOfpods"),
+    ],
+)
+def test_first_shortfall(
+    case: str, request_: dict[str, int], used: dict[str, int], allocatable: dict[str, int], reason: str | None
+) -> None:
+    def dec(values: dict[str, int]) -> dict[str, Decimal]:
+        return {k: Decimal(v) for k, v in values.items()}
+
+    shortfall = first_shortfall(dec(request_), dec(used), dec(allocatable))
+    assert (shortfall[0] if shortfall else None) == reason, case
+
+
+def test_effective_request_is_max_of_containers_and_init_containers() -> None:
+    pod = {
+        "spec": {
+            "initContainers": [{"name": "i", "resources": {"requests": {"nvidia.com/mig-1g.5gb": "3"}}}],
+            "containers": [
+                {"name": "a", "resources": {"requests": {"nvidia.com/mig-1g.5gb": "1"}}},
+                {"name": "b", "resources": {"requests": {"nvidia.com/mig-1g.5gb": "1"}}},
+            ],
+        }
+    }
+    assert effective_requests(pod)["nvidia.com/mig-1g.5gb"] == 3
+
+
+def test_effective_requests_follow_the_kubelet_rules() -> None:
+    """Pure: sidecars add to the total and to later init containers; overhead is added."""
+    pod = {
+        "spec": {
+            "initContainers": [
+                {"name": "sidecar", "restartPolicy": "Always", "resources": {"requests": {"cpu": "1"}}},
+                {"name": "setup", "resources": {"requests": {"cpu": "4"}}},
+            ],
+            "containers": [
+                {"name": "a", "resources": {"requests": {"cpu": "1", "nvidia.com/mig-1g.5gb": "1"}}},
+                {"name": "b", "resources": {"requests": {"cpu": "500m"}}},
+            ],
+            "overhead": {"cpu": "100m"},
+        }
+    }
+    requests = effective_requests(pod)
+    # max(1 + 0.5 + 1 sidecar, 4 + 1 sidecar) + 0.1 overhead
+    assert requests["cpu"] == Decimal("5.1")
+    assert requests["nvidia.com/mig-1g.5gb"] == 1
+    assert requests["pods"] == 1

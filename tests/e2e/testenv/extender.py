@@ -1,0 +1,110 @@
+"""Run `mig-extender serve` as a subprocess against the test cluster and read what it exposes.
+
+A subprocess, not an in-process Flask app: the e2e suite tests the shipped entry point (gunicorn,
+its worker, the real flags), and stopping its process group kills master and worker together.
+
+Must not: decide anything about scheduling; it only starts, probes and reads the extender.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from . import procs
+from .binaries import REPO_ROOT
+
+NO_PROXY = {"http": "", "https": ""}
+
+
+def cli_argv(*args: str) -> list[str]:
+    """`mig-extender ARGS` from this checkout, installed (`pip install -e .`) or not."""
+    return [sys.executable, "-m", "mig_extender.cli", *args]
+
+
+class ExtenderProcess:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        log: Path,
+        *,
+        args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+        die_with_parent: bool = True,
+    ) -> None:
+        self.kubeconfig = kubeconfig
+        self.log = log
+        self.args = tuple(args)
+        self.env = env
+        self.die_with_parent = die_with_parent
+        self.port = 0
+        self.process: procs.ManagedProcess | None = None
+        self._http = requests.Session()
+        self._http.trust_env = False  # never through a proxy: everything is on loopback
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0, attempts: int = 3) -> None:
+        """Start and wait for /readyz (its caches synced); retry on a port taken meanwhile."""
+        for attempt in range(attempts):
+            self.port = procs.free_port()
+            argv = cli_argv(
+                "serve", "--bind", f"127.0.0.1:{self.port}", "--kubeconfig", str(self.kubeconfig), *self.args
+            )
+            self.process = procs.start(
+                "mig-extender", argv, self.log, env=self.env, cwd=REPO_ROOT, die_with_parent=self.die_with_parent
+            )
+            try:
+                procs.wait_ready(self.process, self.ready, timeout)
+                return
+            except procs.StartupError as exc:
+                self.process.stop()
+                if not exc.port_clash or attempt == attempts - 1:
+                    raise
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+        self._http.close()
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.alive()
+
+    def ready(self) -> bool:
+        try:
+            return self._http.get(f"{self.url}/readyz", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def get(self, path: str, **params: str) -> Any:
+        response = self._http.get(f"{self.url}{path}", params=params, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def rules(self) -> list[dict[str, Any]]:
+        """GET /debug/rules."""
+        return self.get("/debug/rules")
+
+    def inventory(self, node: str | None = None) -> dict[str, Any]:
+        """GET /debug/inventory[?node=NAME]."""
+        return self.get("/debug/inventory", **({"node": node} if node else {}))
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples of `name` whose labels include `labels` (0 when there are none).
+
+        `name` is the sample name as exposed, e.g. `mig_extender_requests_total`.
+        """
+        text = self._http.get(f"{self.url}/metrics", timeout=10).text
+        total = 0.0
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    total += sample.value
+        return total
