@@ -68,6 +68,7 @@ class Informer:
         self.synced = threading.Event()
         self.resource_version = ""
         self.last_contact = 0.0
+        self.disconnected_since: float | None = None  # set while list/watch fail, cleared on reconnect
         self.relists = 0
         self._thread: threading.Thread | None = None
 
@@ -90,6 +91,7 @@ class Informer:
                 self.resource_version = (page.get("metadata") or {}).get("resourceVersion", "")
                 break
         self.last_contact = time.time()
+        self.disconnected_since = None
         self.relists += 1
         self._on_relist(items)
         self.synced.set()
@@ -99,6 +101,7 @@ class Informer:
                               timeout_seconds=self._watch_timeout, _preload_content=False, **self._kwargs)
         try:
             self.last_contact = time.time()
+            self.disconnected_since = None
             for line in iter_resp_lines(response):
                 if self._stop.is_set():
                     return
@@ -118,6 +121,10 @@ class Informer:
         finally:
             response.release_conn()
 
+    def _lost(self) -> None:
+        if self.disconnected_since is None:
+            self.disconnected_since = time.time()
+
     def _run(self) -> None:
         backoff = 0.5
         while not self._stop.is_set():
@@ -129,8 +136,11 @@ class Informer:
             except ApiException as exc:
                 if exc.status == 410:
                     self.resource_version = ""
+                else:
+                    self._lost()
                 log.warning("%s: %s; retrying in %.1fs", self.name, exc.reason, backoff)
             except Exception as exc:
+                self._lost()
                 log.warning("%s: %s; retrying in %.1fs", self.name, exc, backoff)
             self._stop.wait(backoff)
             backoff = min(backoff * 2, 10.0)
@@ -168,13 +178,18 @@ def start_inventory_informers(api: client.ApiClient, inventory: Any) -> list[Inf
 
 
 def staleness_check(informers: Iterable[Informer], limit: float) -> Callable[[], str]:
-    """A readiness check: '' while every informer heard from the API within ``limit`` seconds."""
+    """A readiness check: '' unless some informer has been cut off from the API for over ``limit`` s.
+
+    A quiet but connected watch is fresh (no events simply means no changes); what makes the cache
+    stale is a watch that keeps failing. The extender keeps answering from its cache meanwhile.
+    """
     informers = list(informers)
 
     def check() -> str:
         now = time.time()
-        stale = [f"{i.name} watch silent for {now - i.last_contact:.0f}s" for i in informers
-                 if i.synced.is_set() and now - i.last_contact > limit]
+        stale = [f"{i.name}: API unreachable for {now - i.disconnected_since:.0f}s, answers come from a cache "
+                 f"last updated {now - i.last_contact:.0f}s ago" for i in informers
+                 if i.disconnected_since is not None and now - i.disconnected_since > limit]
         return "; ".join(stale)
 
     return check

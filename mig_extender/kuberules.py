@@ -59,6 +59,10 @@ class KubeRuleStore:
             self._informer.stop()
 
     @property
+    def informer(self) -> Informer | None:
+        return self._informer
+
+    @property
     def synced(self) -> bool:
         return self._informer is not None and self._informer.synced.is_set()
 

@@ -27,7 +27,6 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 HOUSEKEEPING_SECONDS = 5.0
-STALE_AFTER_SECONDS = 120.0
 
 
 def _logging(settings: Settings) -> None:
@@ -60,12 +59,12 @@ def _cluster(settings: Settings, inventory: ClusterInventory) -> tuple[Any, list
     return None, []
 
 
-def _staleness(informers: list[Any]) -> Callable[[], str] | None:
+def _staleness(informers: list[Any], settings: Settings) -> Callable[[], str] | None:
     if not informers:
         return None
     from .kube import staleness_check
 
-    return staleness_check(informers, STALE_AFTER_SECONDS)
+    return staleness_check(informers, settings.stale_after)
 
 
 def build_service(settings: Settings) -> ExtenderService:
@@ -80,7 +79,8 @@ def build_service(settings: Settings) -> ExtenderService:
     metrics = Metrics()
     service = ExtenderService(inventory, build_store(settings, api), settings.plan, metrics, binder)
     metrics.watch(service.snapshot)
-    if (check := _staleness(informers)) is not None:
+    informers = [*informers, *([service.store.informer] if getattr(service.store, "informer", None) else [])]
+    if (check := _staleness(informers, settings)) is not None:
         service.checks.append(check)
     _every(HOUSEKEEPING_SECONDS, service.housekeeping, "housekeeping")
     return service
@@ -113,7 +113,7 @@ def build_reconciler(settings: Settings, lease_name: str, identity: str, dry_run
     reconciler = Reconciler(inventory, build_store(settings, api), kube.KubeActions(api, dry_run=dry_run),
                             settings.plan, metrics, is_leader=elector.is_leader, retention=settings.retention)
     metrics.watch(lambda: inventory.snapshot(reconciler.store.list()))
-    if (check := _staleness(informers)) is not None:
+    if (check := _staleness(informers, settings)) is not None:
         reconciler.checks.append(check)
     threading.Thread(target=reconciler.run, args=(threading.Event(),), name="reconcile", daemon=True).start()
     log.info("reconciler %s started; acting only while holding Lease %s/%s", identity, settings.namespace, lease_name)

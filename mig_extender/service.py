@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Protocol
 
 from .inventory import ClusterInventory
@@ -70,7 +71,15 @@ class ExtenderService:
         snap = self.snapshot()
         decision = filter_pod(pod, candidates, snap, self.plan)
         if decision.record is not None:
-            stored = self.store.record(decision.record)
+            try:
+                stored = self.store.record(decision.record)
+            except Exception as exc:  # API unreachable: still answer from the cache, promise nothing
+                log.warning("rule for pod %s not recorded (%s); the pod waits for the next scheduling attempt",
+                            pod.key, exc)
+                self.metrics.rules.labels("record_failed").inc()
+                return replace(decision, record=None,
+                               note=f"substitute {decision.record.substitute.resource} available, but the rule "
+                                    "could not be stored (API unreachable); will retry")
             self.metrics.rules.labels("recorded").inc()
             log.info("rule %s/%s: %s for pod %s -> %s on %s", stored.namespace, stored.name, stored.original,
                      pod.key, stored.substitute, stored.node)

@@ -48,6 +48,9 @@ class Settings:
     max_body_bytes: int = 32 * 1024 * 1024
     # gunicorn threads of the single worker (state lives in that one process; see README "Scaling")
     threads: int = 8
+    # seconds the API may be unreachable before /readyz reports the cache stale (answers continue from
+    # the cache meanwhile): longer than an API server restart, short enough to alert on a lost API
+    stale_after: float = 60.0
     # the namespace our own objects (Leases, Events source) live in
     namespace: str = "mig-extender"
     log_level: str = "info"
@@ -68,7 +71,7 @@ class Settings:
             raise SettingsError("--rule-store kube needs a cluster, not --snapshot")
         if self.policy not in {p.value for p in Policy}:
             raise SettingsError(f"--policy must be one of {[p.value for p in Policy]}, got {self.policy!r}")
-        for name in ("rule_ttl", "restore_ttl", "retention"):
+        for name in ("rule_ttl", "restore_ttl", "retention", "stale_after"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be > 0 seconds")
         if self.threads < 1 or self.max_body_bytes < 1024:

@@ -188,3 +188,17 @@ def test_recorded_bind_request_for_a_pod_not_in_the_inventory_still_binds(client
     resp = client.post("/bind", json=body)
     assert resp.status_code == 200 and resp.get_json() == {"Error": ""}
     assert service.binder.calls == [(body["PodNamespace"], body["PodName"], body["PodUID"], body["Node"])]
+
+
+def test_rule_store_outage_still_answers_and_promises_nothing(client, service) -> None:
+    class Down(type(service.store)):
+        def record(self, rule):
+            raise ConnectionError("connection refused")
+
+    service.store.__class__ = Down
+    for i in range(3):
+        service.inventory.upsert_pod(make_pod(mig={"1g.10gb": 1}, node="gpu-a" if i < 2 else "gpu-b"))
+    out = client.post("/filter", json={"Pod": pending({"1g.10gb": 1}), "NodeNames": ["gpu-a", "gpu-b"]})
+    assert out.status_code == 200 and out.get_json()["NodeNames"] == []
+    assert "could not be stored" in out.get_json()["FailedNodes"]["gpu-a"]
+    assert service.snapshot().reserved == {}

@@ -1,212 +1,29 @@
 """The substitution life cycle on the real control plane: rule store, webhook, reconciler, restore.
 
-This module runs its own complete stack, isolated from the other e2e modules: the rule CRD, an
-extender keeping rules as MigSubstitution objects, a kube-scheduler with its own profile name (so it
-never competes with the session's mig-scheduler), the webhook over HTTPS behind a real
-MutatingWebhookConfiguration (failurePolicy Ignore), and the leader-elected reconciler. Pods opt in
-through the namespace label the webhook configuration selects.
+Runs the full stack of testenv/stack.py (isolated from the other e2e modules: its own scheduler
+profile name, webhook selected by a namespace label).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
-import yaml
 from kubernetes import client
-from kubernetes.client.rest import ApiException
 
 from mig_extender.resources import ANN_ORIGINAL, ANN_RULE, ANN_SUBSTITUTE
 
 from .testenv import procs
-from .testenv.binaries import REPO_ROOT
 from .testenv.cluster import E2ECluster
-from .testenv.extender import ExtenderProcess, cli_argv
+from .testenv.stack import NS_LABEL, SCHEDULER, Stack
 from .testenv.wait import stays, wait_for
 from .testenv.workloads import make_pod
 
-SCHEDULER = "mig-lifecycle"
-NS_LABEL = "mig-e2e/lifecycle"
 MIG_5 = "nvidia.com/mig-1g.5gb"
 MIG_10 = "nvidia.com/mig-2g.10gb"
 WALKTHROUGH_NODE = {MIG_5: 2, MIG_10: 1, "nvidia.com/mig-3g.20gb": 1}
-GROUP, VERSION, PLURAL = "mig-extender.io", "v1alpha1", "migsubstitutions"
-NO_PROXY = {"http": "", "https": ""}
-
-
-class Stack:
-    """Starts and stops the components one by one, so tests can kill and restart them."""
-
-    def __init__(self, cluster: E2ECluster, workdir: Path) -> None:
-        self.cluster = cluster
-        self.workdir = workdir
-        self.api = cluster.api_client()
-        self.custom = client.CustomObjectsApi(self.api)
-        self.core = client.CoreV1Api(self.api)
-        self.apps = client.AppsV1Api(self.api)
-        self.extender: ExtenderProcess | None = None
-        self.procs: dict[str, procs.ManagedProcess] = {}
-        self.webhook_port = 0
-
-    # -- components -----------------------------------------------------------------------------
-
-    def apply_crd(self) -> None:
-        crd = yaml.safe_load((REPO_ROOT / "manifests/crd.yaml").read_text())
-        ext = client.ApiextensionsV1Api(self.api)
-        with contextlib.suppress(ApiException):
-            ext.create_custom_resource_definition(crd)
-
-        def established() -> bool:
-            got = ext.read_custom_resource_definition(crd["metadata"]["name"])
-            return any(c.type == "Established" and c.status == "True" for c in got.status.conditions or [])
-
-        wait_for(established, timeout=30, what="MigSubstitution CRD established")
-        with contextlib.suppress(ApiException):
-            self.core.create_namespace({"metadata": {"name": "mig-extender"}})
-
-    def start_extender(self) -> None:
-        self.extender = ExtenderProcess(
-            self.cluster.kubeconfig,
-            self.cluster.log_path("lifecycle-extender"),
-            args=("--rule-store", "kube", "--log-level", "debug"),
-        )
-        self.extender.start()
-
-    def stop_extender(self) -> None:
-        if self.extender is not None:
-            self.extender.stop()
-
-    def start_scheduler(self) -> None:
-        """(Re)start the scheduler, its extender entry pointing at the current extender."""
-        config = self.workdir / "scheduler.yaml"
-        self._run(cli_argv("scheduler-config", "--url", self.extender.url, "--no-leader-elect", "--scheduler-name",
-                           SCHEDULER, "--out", str(config)))
-        self.cluster.start_scheduler("lifecycle-scheduler", config)
-
-    def start_webhook(self) -> None:
-        certs = self.workdir / "certs"
-        bundle = self._run(cli_argv("certs", "--out", str(certs))).strip()
-        self.webhook_port = port = procs.free_port()
-        argv = cli_argv(
-            "webhook",
-            "--kubeconfig",
-            str(self.cluster.kubeconfig),
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--tls-cert",
-            str(certs / "tls.crt"),
-            "--tls-key",
-            str(certs / "tls.key"),
-        )
-        self._start(
-            "lifecycle-webhook", argv, lambda: self._get(f"https://127.0.0.1:{port}/readyz", str(certs / "ca.crt"))
-        )
-        self.register_webhook("mig-lifecycle", f"https://127.0.0.1:{port}/mutate", bundle, NS_LABEL)
-
-    def register_webhook(self, name: str, url: str, bundle: str, label: str) -> None:
-        adm = client.AdmissionregistrationV1Api(self.api)
-        body = {
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": "MutatingWebhookConfiguration",
-            "metadata": {"name": name},
-            "webhooks": [
-                {
-                    "name": f"{name}.mig-extender.io",
-                    "clientConfig": {"url": url, "caBundle": bundle},
-                    "rules": [
-                        {"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}
-                    ],
-                    "failurePolicy": "Ignore",
-                    "sideEffects": "None",
-                    "timeoutSeconds": 3,
-                    "admissionReviewVersions": ["v1"],
-                    "reinvocationPolicy": "Never",
-                    "namespaceSelector": {"matchLabels": {label: "true"}},
-                }
-            ],
-        }
-        with contextlib.suppress(ApiException):
-            adm.delete_mutating_webhook_configuration(name)
-        adm.create_mutating_webhook_configuration(body)
-
-    def stop_webhook(self) -> None:
-        self._stop("lifecycle-webhook")
-
-    def start_reconciler(self, identity: str = "reconciler-1") -> None:
-        port = procs.free_port()
-        argv = cli_argv(
-            "reconcile",
-            "--kubeconfig",
-            str(self.cluster.kubeconfig),
-            "--metrics-bind",
-            f"127.0.0.1:{port}",
-            "--identity",
-            identity,
-            "--log-level",
-            "debug",
-        )
-        self._start(f"lifecycle-{identity}", argv, lambda: self._get(f"http://127.0.0.1:{port}/readyz", False))
-
-    def stop_reconciler(self, identity: str = "reconciler-1") -> None:
-        self._stop(f"lifecycle-{identity}")
-        with contextlib.suppress(ApiException):  # hand the Lease over at once (a crash would wait 15 s)
-            client.CoordinationV1Api(self.api).delete_namespaced_lease("mig-extender-reconciler", "mig-extender")
-
-    def stop_all(self) -> None:
-        self.cluster.stop_scheduler("lifecycle-scheduler")
-        for name in list(self.procs):
-            self._stop(name)
-        self.stop_extender()
-        with contextlib.suppress(ApiException):
-            client.AdmissionregistrationV1Api(self.api).delete_mutating_webhook_configuration("mig-lifecycle")
-        self.api.close()
-
-    def _run(self, argv: list[str]) -> str:
-        import subprocess
-
-        done = subprocess.run(argv, capture_output=True, text=True, cwd=REPO_ROOT, check=False)
-        assert done.returncode == 0, f"{argv}: {done.stderr}"
-        return done.stdout
-
-    def _start(self, name: str, argv: list[str], ready: Any) -> None:
-        proc = procs.start(name, argv, self.cluster.log_path(name), cwd=REPO_ROOT, die_with_parent=True)
-        self.procs[name] = proc
-        procs.wait_ready(proc, ready, 60)
-
-    def _stop(self, name: str) -> None:
-        proc = self.procs.pop(name, None)
-        if proc is not None:
-            proc.stop()
-
-    @staticmethod
-    def _get(url: str, verify: Any) -> bool:
-        try:
-            return requests.get(url, verify=verify, timeout=2, proxies=NO_PROXY).status_code == 200
-        except requests.RequestException:
-            return False
-
-    # -- reads ----------------------------------------------------------------------------------
-
-    def rules(self, namespace: str) -> list[dict[str, Any]]:
-        return self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["items"]
-
-    def pods(self, namespace: str, selector: str = "") -> list[Any]:
-        return [
-            p
-            for p in self.core.list_namespaced_pod(namespace, label_selector=selector).items
-            if not p.metadata.deletion_timestamp
-        ]
-
-    def events(self, namespace: str) -> list[tuple[str, str]]:
-        # raw JSON: the client's models reject events written through core/v1 (no eventTime)
-        resp = client.EventsV1Api(self.api).list_namespaced_event(namespace, _preload_content=False)
-        return [(e["regarding"]["name"], e.get("reason", "")) for e in json.loads(resp.data)["items"]]
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,18 @@ class E2ECluster:
 
     def stop_scheduler(self, name: str) -> None:
         self.control_plane.stop_scheduler(name)
+
+    def restart_apiserver(self, down: float) -> None:
+        """Take kube-apiserver away for ``down`` seconds, then bring it back on the same address."""
+        self.control_plane.stop_apiserver()
+        time.sleep(down)
+        self.control_plane.start_apiserver()
+
+    def stop_apiserver(self) -> None:
+        self.control_plane.stop_apiserver()
+
+    def start_apiserver(self) -> None:
+        self.control_plane.start_apiserver()
 
     def log_path(self, component: str) -> Path:
         return self.control_plane.logs_dir / f"{component}.log"

@@ -346,6 +346,22 @@ class ControlPlane:
         """start_scheduler("mig-scheduler", ...): the second scheduler, whose profile the config names."""
         return self.start_scheduler(MIG_SCHEDULER, config_path, timeout)
 
+    def stop_apiserver(self) -> None:
+        """Stop kube-apiserver only (fault tests): clients see connection refused until start_apiserver."""
+        proc = self.processes.pop("kube-apiserver", None)
+        if proc is not None:
+            proc.stop()
+
+    def start_apiserver(self, timeout: float = READY_TIMEOUT_S) -> None:
+        """Start kube-apiserver again on the same port (every kubeconfig points there), state kept in etcd."""
+        self._launch(
+            "kube-apiserver",
+            self._apiserver_argv,
+            lambda: probes.https_ok(f"{self.server}/readyz", self.ca_file, self._tokens["admin"], body="ok"),
+            timeout,
+        )
+        self.save_state()
+
     def stop_mig_scheduler(self) -> None:
         self.stop_scheduler(MIG_SCHEDULER)
 

@@ -136,6 +136,13 @@ class ManagedProcess:
                 break
         self._reap()
 
+    def kill(self) -> None:
+        """SIGKILL the process group at once: a crash, for fault tests (nothing gets to clean up)."""
+        if self.record.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.record.pid, signal.SIGKILL)
+        self._reap()
+
     def _reap(self) -> None:
         if self.popen is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):

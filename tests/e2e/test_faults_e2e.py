@@ -1,0 +1,186 @@
+"""Faults on the real control plane: the API server goes away, a reconciler leader dies, the webhook
+process dies, two writers race on one rule, and no component leaks a credential into its logs.
+
+Uses the full stack of testenv/stack.py. Each test says what it tried and how long recovery took
+(the [e2e] lines of the session summary, quoted in docs/reliability.md).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+import requests
+import yaml
+
+from mig_extender.kuberules import KubeRuleStore
+from mig_extender.resources import PodInfo, ResourceCount
+from mig_extender.rules import new_rule
+from mig_extender.rulestore import ConflictError
+
+from .testenv.cluster import E2ECluster
+from .testenv.stack import NS_LABEL, SCHEDULER, Stack
+from .testenv.wait import wait_for
+from .testenv.workloads import make_pod
+
+MIG_5, MIG_10, MIG_20 = "nvidia.com/mig-1g.5gb", "nvidia.com/mig-2g.10gb", "nvidia.com/mig-3g.20gb"
+STALE_AFTER = "2"  # seconds of unreachable API before /readyz says the cache is stale
+
+
+@pytest.fixture(scope="module")
+def stack(cluster: E2ECluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    s = Stack(cluster, tmp_path_factory.mktemp("faults"))
+    try:
+        s.apply_crd()
+        s.start_extender(env={**os.environ, "MIG_EXTENDER_STALE_AFTER": STALE_AFTER})
+        s.start_scheduler()
+        s.start_webhook()
+        s.start_reconciler("reconciler-1")
+        yield s
+    finally:
+        s.stop_all()
+
+
+@pytest.fixture
+def ns(cluster: E2ECluster, stack: Stack) -> Iterator[str]:
+    name = cluster.create_namespace(prefix="faults", labels={NS_LABEL: "true"})
+    yield name
+    cluster.delete_namespace(name)
+
+
+def pod_json(ns: str, name: str, resource: str, uid: str) -> dict[str, Any]:
+    pod = make_pod(name, resources={resource: "1"}, scheduler_name=SCHEDULER)
+    pod["metadata"].update(namespace=ns, uid=uid)
+    return pod
+
+
+def readyz(stack: Stack) -> tuple[int, str]:
+    resp = requests.get(f"{stack.extender.url}/readyz", timeout=2, proxies={"http": "", "https": ""})
+    return resp.status_code, resp.text
+
+
+def test_api_server_restart_extender_answers_from_cache_and_recovers(
+        stack: Stack, ns: str, fleet: Any, cluster: E2ECluster, e2e_report: Any) -> None:
+    node = fleet.add("f", "A100-40GB", {MIG_5: 1, MIG_10: 1, MIG_20: 1})
+    stack.core.create_namespaced_pod(ns, make_pod("holder", resources={MIG_5: "1"}, node_name=node))
+    wait_for(lambda: stack.extender.inventory(node)["nodes"][0]["resources"][MIG_5]["used"] == 1, timeout=30,
+             what="the extender sees the holder")
+    filt = f"{stack.extender.url}/filter"
+    recorded = requests.post(filt, json={"Pod": pod_json(ns, "want-1g", MIG_5, "uid-want-1g"), "NodeNames": [node]},
+                             timeout=5).json()
+    assert "substitute nvidia.com/mig-2g.10gb recorded" in recorded["FailedNodes"][node]
+    rules_before = {r["name"] for r in stack.extender.rules()}
+
+    cluster.stop_apiserver()
+    down_at = time.monotonic()
+    answered = 0
+    try:
+        # decisions keep coming from the cache: a 3g pod fits, the reserved 2g is still held
+        while time.monotonic() - down_at < 4:
+            out = requests.post(filt, json={"Pod": pod_json(ns, "p3g", MIG_20, "uid-p3g"), "NodeNames": [node]},
+                                timeout=5).json()
+            assert out["NodeNames"] == [node] and out["Error"] == ""
+            out = requests.post(filt, json={"Pod": pod_json(ns, "p2g", MIG_10, "uid-p2g"), "NodeNames": [node]},
+                                timeout=5).json()
+            assert out["NodeNames"] == [] and "reserved" in out["FailedNodes"][node]
+            answered += 2
+            time.sleep(0.1)
+        _, text = wait_for(lambda: (r := readyz(stack))[0] == 503 and r, timeout=10,
+                           what="/readyz 503 while the API is unreachable")
+        stale_seen = time.monotonic() - down_at
+        assert "unreachable" in text
+    finally:
+        cluster.start_apiserver()
+    back_at = time.monotonic()
+    wait_for(lambda: readyz(stack)[0] == 200, timeout=30, what="/readyz 200 after the API server is back")
+    recovered = time.monotonic() - back_at
+    assert {r["name"] for r in stack.extender.rules()} == rules_before  # nothing lost
+    stack.core.create_namespaced_pod(ns, make_pod("after", resources={MIG_20: "1"}, node_name=node))
+    wait_for(lambda: stack.extender.inventory(node)["nodes"][0]["resources"][MIG_20]["used"] == 1, timeout=30,
+             what="the watch resumed and sees a pod created after the restart")
+    e2e_report(f"API server down {back_at - down_at:.1f} s: {answered} filters answered from cache, no error; "
+               f"/readyz 503 after {stale_seen:.1f} s, ready again {recovered:.1f} s after the API returned; "
+               "rules kept")
+
+
+def test_reconciler_leader_killed_another_takes_over_without_double_restarts(
+        stack: Stack, ns: str, fleet: Any, e2e_report: Any) -> None:
+    stack.start_reconciler("reconciler-2")
+    try:
+        wait_for(lambda: stack.lease_holder().startswith("reconciler-"), timeout=20, what="a Lease holder")
+        leader = stack.lease_holder()
+        standby = "reconciler-2" if leader == "reconciler-1" else "reconciler-1"
+        stack.kill_reconciler(leader)
+        killed_at = time.monotonic()
+        fleet.add("g", "A100-40GB", {MIG_5: 1, MIG_10: 1})
+        stack.core.create_namespaced_pod(ns, make_pod("holder", resources={MIG_5: "1"}, scheduler_name=SCHEDULER))
+        wait_for(lambda: stack.core.read_namespaced_pod("holder", ns).status.phase == "Running", timeout=60,
+                 what="holder Running")
+        stack.core.create_namespaced_pod(ns, make_pod("late", resources={MIG_5: "1"}, scheduler_name=SCHEDULER))
+
+        def upgraded() -> bool:
+            pod = stack.core.read_namespaced_pod("late", ns)
+            return pod.status.phase == "Running" and MIG_10 in (pod.spec.containers[0].resources.limits or {})
+
+        wait_for(upgraded, timeout=90, what="the pending pod upgraded by the new leader")
+        took_over = time.monotonic() - killed_at
+        assert stack.lease_holder() == standby
+        restarts = [e for e in stack.events(ns) if e[1] == "MigUpgrading"]
+        assert len(restarts) == 1, restarts  # one restart, by one leader
+    finally:
+        stack.stop_reconciler("reconciler-2")
+        if not any(n.startswith("lifecycle-reconciler-1") for n in stack.procs):
+            stack.start_reconciler("reconciler-1")
+    e2e_report(f"reconciler leader SIGKILLed: standby took the Lease and upgraded the pending pod "
+               f"{took_over:.1f} s later (Lease 15 s), 1 restart")
+
+
+def test_webhook_process_killed_pods_are_still_created(stack: Stack, ns: str) -> None:
+    stack.stop_webhook()
+    try:
+        started = time.monotonic()
+        created = stack.core.create_namespaced_pod(ns, make_pod("while-down", resources={MIG_5: "1"}))
+        assert created.metadata.uid and time.monotonic() - started < 10
+    finally:
+        stack.start_webhook()
+
+
+def test_conflicting_rule_updates_retry_on_fresh_reads(stack: Stack, ns: str) -> None:
+    """Two writers read the same version; the second write is refused (409) and wins after a re-read."""
+    a, b = KubeRuleStore(stack.api).start(), KubeRuleStore(stack.api).start()
+    try:
+        pod = PodInfo(namespace=ns, name="race", uid="uid-race")
+        rule = a.record(new_rule(pod, ResourceCount(MIG_5, 1), ResourceCount(MIG_10, 1), "n", time.time(), 60))
+        first = a.update(rule.applied("race-2", time.time(), 60))
+        with pytest.raises(ConflictError):
+            b.update(replace(rule, message="stale writer"))  # still carries the old resourceVersion
+        fresh = b.fetch(ns, rule.name)
+        assert fresh.resource_version == first.resource_version
+        assert b.update(replace(fresh, message="second writer, after re-reading")).message.startswith("second")
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_no_credential_reaches_any_log(stack: Stack, cluster: E2ECluster) -> None:
+    secrets = []
+    for kubeconfig in cluster.control_plane.state_dir.rglob("*.kubeconfig"):
+        for user in yaml.safe_load(kubeconfig.read_text())["users"] or []:
+            token = (user.get("user") or {}).get("token")
+            if token:
+                secrets.append(token)
+    keys = [p.read_text() for p in stack.workdir.rglob("tls.key")]
+    assert secrets and keys
+    logs = list(cluster.control_plane.logs_dir.glob("lifecycle-*.log"))
+    assert logs
+    for log in logs:
+        text = log.read_text(errors="replace")
+        for secret in secrets:
+            assert secret not in text, f"a bearer token appears in {log}"
+        for key in keys:
+            body = "".join(key.splitlines()[1:-1])[:40]
+            assert body not in text, f"a private key appears in {log}"
