@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--policy", choices=("pack", "spread"), default=Settings.policy)
     s.add_argument("--no-substitution", action="store_true", help="exact MIG type only (stock behaviour)")
     s.add_argument("--no-debug-endpoints", action="store_true", help="do not serve /debug/*")
+    s.add_argument("--tls-cert", default="", help="serve HTTPS with this certificate (reloaded on change); set "
+                   "enableHTTPS and tlsConfig in the scheduler's extender entry to match")
+    s.add_argument("--tls-key", default="", help="its private key")
     s.add_argument("--threads", type=int, default=Settings.threads)
     s.add_argument("--log-level", default=Settings.log_level)
 
@@ -108,7 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .server import Application, build_service
 
             settings = _serve_settings(args)
-            Application(settings, lambda: create_app(settings, build_service(settings))).run()
+            if bool(args.tls_cert) != bool(args.tls_key):
+                raise SettingsError("give both --tls-cert and --tls-key, or neither")
+            tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
+            Application(settings, lambda: create_app(settings, build_service(settings)), tls).run()
         elif args.command == "webhook":
             from .app import create_webhook_app
             from .server import Application, build_webhook

@@ -109,6 +109,7 @@ def build_reconciler(settings: Settings, lease_name: str, identity: str, dry_run
     inventory = ClusterInventory()
     api, informers = _cluster(settings, inventory)
     elector = kube.LeaseElector(api, settings.namespace, lease_name, identity).run()
+    _ON_EXIT.append(elector.stop)  # release the Lease on a graceful stop: the standby takes over at once
     metrics = Metrics()
     reconciler = Reconciler(inventory, build_store(settings, api), kube.KubeActions(api, dry_run=dry_run),
                             settings.plan, metrics, is_leader=elector.is_leader, retention=settings.retention)
@@ -118,6 +119,18 @@ def build_reconciler(settings: Settings, lease_name: str, identity: str, dry_run
     threading.Thread(target=reconciler.run, args=(threading.Event(),), name="reconcile", daemon=True).start()
     log.info("reconciler %s started; acting only while holding Lease %s/%s", identity, settings.namespace, lease_name)
     return reconciler
+
+
+_ON_EXIT: list[Callable[[], None]] = []
+
+
+def _worker_exit(server: Any, worker: Any) -> None:
+    """gunicorn's worker_exit hook: runs the components' shutdown steps (e.g. hand the Lease over)."""
+    for step in _ON_EXIT:
+        try:
+            step()
+        except Exception:
+            log.exception("shutdown step failed")
 
 
 def _every(seconds: float, task: Callable[[], None], name: str) -> None:
@@ -174,6 +187,7 @@ class Application(BaseApplication):
             # gunicorn >= 25 opens a control socket under $HOME: nothing here uses it, and the
             # container runs non-root with a read-only root filesystem
             self.cfg.set("control_socket_disable", True)
+        self.cfg.set("worker_exit", _worker_exit)
         if self.tls:
             self.cfg.set("certfile", self.tls[0])
             self.cfg.set("keyfile", self.tls[1])

@@ -81,3 +81,30 @@ def test_metrics_address_serves_only_probes_and_metrics(served) -> None:
     for method, path in (("post", "/filter"), ("post", "/bind"), ("get", "/debug/rules"), ("get", "/debug/inventory")):
         resp = getattr(requests, method)(ops + path, json={}, timeout=5)
         assert resp.status_code == 404 and "not served on the metrics address" in resp.json()["Error"]
+
+
+def test_serve_over_tls(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-m", "mig_extender.cli", "certs", "--out", str(tmp_path)], check=True,
+                   capture_output=True)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mig_extender.cli", "serve", "--snapshot", str(ROOT / "examples/cluster-snapshot.json"),
+         "--bind", f"127.0.0.1:{port}", "--tls-cert", str(tmp_path / "tls.crt"),
+         "--tls-key", str(tmp_path / "tls.key")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        url, ca = f"https://127.0.0.1:{port}", str(tmp_path / "ca.crt")
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            try:
+                if requests.get(url + "/readyz", verify=ca, timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        body = json.loads((ROOT / "examples/filter-1g.json").read_text())
+        assert requests.post(url + "/filter", json=body, verify=ca, timeout=5).json()["Error"] == ""
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2)  # plain HTTP is not served
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=15)

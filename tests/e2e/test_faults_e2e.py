@@ -139,6 +139,24 @@ def test_reconciler_leader_killed_another_takes_over_without_double_restarts(
                f"{took_over:.1f} s later (Lease 15 s), 1 restart")
 
 
+def test_reconciler_graceful_stop_hands_the_lease_over_at_once(stack: Stack, e2e_report: Any) -> None:
+    stack.start_reconciler("reconciler-3")
+    try:
+        wait_for(lambda: stack.lease_holder().startswith("reconciler-"), timeout=20, what="a Lease holder")
+        leader = stack.lease_holder()
+        stack.stop_reconciler(leader)
+        stopped = time.monotonic()
+        others = {"reconciler-1", "reconciler-3"} - {leader}
+        wait_for(lambda: stack.lease_holder() in others, timeout=10, what="the standby holding the Lease")
+        handover = time.monotonic() - stopped
+    finally:
+        for identity in ("reconciler-1", "reconciler-3"):
+            stack.stop_reconciler(identity)
+        stack.start_reconciler("reconciler-1")
+    assert handover < 5  # not the 15 s a crashed leader's Lease needs to expire
+    e2e_report(f"reconciler leader stopped gracefully: Lease handed over in {handover:.1f} s")
+
+
 def test_webhook_process_killed_pods_are_still_created(stack: Stack, ns: str) -> None:
     stack.stop_webhook()
     try:

@@ -148,9 +148,8 @@ class Stack:
         self._start(f"lifecycle-{identity}", argv, lambda: self._get(f"http://127.0.0.1:{port}/readyz", False))
 
     def stop_reconciler(self, identity: str = "reconciler-1") -> None:
+        """A graceful stop (SIGTERM): the reconciler releases its Lease on the way out."""
         self._stop(f"lifecycle-{identity}")
-        with contextlib.suppress(ApiException):  # hand the Lease over at once (a crash would wait 15 s)
-            client.CoordinationV1Api(self.api).delete_namespaced_lease("mig-extender-reconciler", "mig-extender")
 
     def kill_reconciler(self, identity: str) -> None:
         """A crash: SIGKILL, the Lease is left to expire."""
