@@ -33,7 +33,8 @@ from .planner import PlanSettings, expired_rules, finished_rules, plan_restores,
 from .podspec import replacement_pod
 from .resources import RENAMING_OWNERS, PodInfo
 from .rules import Phase, Rule
-from .rulestore import ConflictError, RuleStore
+from .rulestore import RuleStore, update_with_retry
+from .service import readiness_problems
 
 log = logging.getLogger(__name__)
 
@@ -98,18 +99,11 @@ class Reconciler:
         return True
 
     def _transition(self, rule: Rule, change: Callable[[Rule], Rule], counts: Counter[str], event: str) -> Rule | None:
-        for _ in range(3):
-            try:
-                stored = self.store.update(change(rule))
-                counts[event] += 1
-                self.metrics.rules.labels(event).inc()
-                return stored
-            except ConflictError:
-                fresh = self.store.fetch(rule.namespace, rule.name)
-                if fresh is None:
-                    return None
-                rule = fresh
-        return None
+        stored = update_with_retry(self.store, rule, change)
+        if stored is not None:
+            counts[event] += 1
+            self.metrics.rules.labels(event).inc()
+        return stored
 
     def _event(self, pod: PodInfo, reason: str, message: str, warning: bool = False) -> None:
         self.actions.event(pod.namespace, pod.name, pod.uid, reason, message, warning)
@@ -237,8 +231,4 @@ class Reconciler:
                 self.run_once()
 
     def readiness_problems(self) -> list[str]:
-        problems = [] if self.inventory.synced else ["node/pod inventory not synced"]
-        if not self.store.synced:
-            problems.append("rule store not synced")
-        problems.extend(p for p in (check() for check in self.checks) if p)
-        return problems
+        return readiness_problems(self.inventory, self.store, self.checks)

@@ -219,7 +219,8 @@ class PodInfo:
             return None
 
 
-def _epoch(text: Any) -> float:
+def parse_time(text: Any) -> float:
+    """An RFC 3339 timestamp as epoch seconds; 0.0 when absent or malformed (never raises)."""
     if not isinstance(text, str) or not text:
         return 0.0
     try:
@@ -267,7 +268,7 @@ def pod_info(pod: Mapping[str, Any]) -> PodInfo:
         terminating=bool(meta.get("deletionTimestamp")),
         scheduler=str(spec.get("schedulerName") or "default-scheduler"),
         annotations={k: str(v) for k, v in annotations.items() if k in _OUR_ANNOTATIONS},
-        created=_epoch(meta.get("creationTimestamp")),
+        created=parse_time(meta.get("creationTimestamp")),
         problems=tuple(problems),
     )
 

@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
-from .resources import RENAMING_OWNERS, Owner, PodInfo, ResourceCount
+from .resources import RENAMING_OWNERS, Owner, PodInfo, ResourceCount, parse_time
 
 
 class Phase(str, Enum):
@@ -193,15 +193,6 @@ def _time_text(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ") if epoch else ""
 
 
-def _parse_time(text: Any) -> float:
-    if not isinstance(text, str) or not text:
-        return 0.0
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return 0.0
-
-
 def rule_to_object(rule: Rule) -> dict[str, Any]:
     """The MigSubstitution for ``rule``. Its controller owner (a ReplicaSet, Job, StatefulSet...) owns the
     rule too, so deleting the workload deletes its rules; a bare pod's rule is not owned (the pod is
@@ -248,16 +239,16 @@ def rule_from_object(obj: Mapping[str, Any]) -> Rule:
                  if isinstance(owner_spec, Mapping) and owner_spec.get("uid") else None)
         original = ResourceCount(str(spec["original"]["resource"]), int(spec["original"]["count"]))
         substitute = ResourceCount(str(spec["substitute"]["resource"]), int(spec["substitute"]["count"]))
-        created = _parse_time(status.get("createdAt")) or _parse_time(meta.get("creationTimestamp"))
+        created = parse_time(status.get("createdAt")) or parse_time(meta.get("creationTimestamp"))
         return Rule(
             name=str(meta["name"]), namespace=str(meta["namespace"]), pod_name=str(spec.get("podName", "")),
             pod_uid=str(spec.get("podUID", "")), owner=owner, original=original, substitute=substitute,
             node=str(spec.get("nodeName", "")), created=created,
-            expires=_parse_time(status.get("expiresAt")) or _parse_time(spec.get("expiresAt")),
+            expires=parse_time(status.get("expiresAt")) or parse_time(spec.get("expiresAt")),
             phase=Phase(status.get("phase") or Phase.RECORDED.value),
             applied_pod=str(status.get("appliedPod", "")), bound_pod=str(status.get("boundPod", "")),
             restore_node=str(status.get("restoreNode", "")), restored_pod=str(status.get("restoredPod", "")),
-            updated=_parse_time(status.get("updatedAt")) or created, message=str(status.get("message", "")),
+            updated=parse_time(status.get("updatedAt")) or created, message=str(status.get("message", "")),
             resource_version=str(meta.get("resourceVersion", "")),
             stash=str((meta.get("annotations") or {}).get(ANN_RECREATE, "")),
         )

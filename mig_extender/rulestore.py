@@ -49,6 +49,20 @@ class RuleStore(Protocol):
     def delete(self, rule: Rule) -> None: ...
 
 
+def update_with_retry(store: RuleStore, rule: Rule, change: Callable[[Rule], Rule], attempts: int = 3) -> Rule | None:
+    """Store ``change(rule)``; on a conflict re-read the rule from the source of truth and apply ``change``
+    to that, so a transition is decided on fresh state. None when the rule is gone or keeps conflicting."""
+    for _ in range(attempts):
+        try:
+            return store.update(change(rule))
+        except ConflictError:
+            fresh = store.fetch(rule.namespace, rule.name)
+            if fresh is None:
+                return None
+            rule = fresh
+    return None
+
+
 class MemoryRuleStore:
     """Rules in process memory; finished rules fall out after ``retention`` seconds without change."""
 

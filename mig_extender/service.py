@@ -20,10 +20,20 @@ from .metrics import Metrics
 from .planner import FilterDecision, PlanSettings, expired_rules, filter_pod, score_nodes
 from .resources import PodInfo, pod_info
 from .rules import Phase, Rule
-from .rulestore import ConflictError, RuleStore
+from .rulestore import RuleStore, update_with_retry
 from .snapshot import ClusterSnapshot
 
 log = logging.getLogger(__name__)
+
+
+def readiness_problems(inventory: ClusterInventory | None, store: RuleStore,
+                       checks: list[Callable[[], str]]) -> list[str]:
+    """What keeps a component from answering correctly: caches not synced, or a failing extra check."""
+    problems = [] if inventory is None or inventory.synced else ["node/pod inventory not synced"]
+    if not store.synced:
+        problems.append("rule store not synced")
+    problems.extend(p for p in (check() for check in checks) if p)
+    return problems
 
 
 class Binder(Protocol):
@@ -58,11 +68,7 @@ class ExtenderService:
         return self.inventory.snapshot(self.store.list(), self.clock())
 
     def readiness_problems(self) -> list[str]:
-        problems = [] if self.inventory.synced else ["node/pod inventory not synced"]
-        if not self.store.synced:
-            problems.append("rule store not synced")
-        problems.extend(p for p in (check() for check in self.checks) if p)
-        return problems
+        return readiness_problems(self.inventory, self.store, self.checks)
 
     def filter(self, pod_obj: Mapping[str, Any], candidates: Sequence[str]) -> FilterDecision:
         pod = pod_info(pod_obj)
@@ -139,15 +145,7 @@ class ExtenderService:
         self._transition(rule, lambda r: r.expired(self.clock()), event)
 
     def _transition(self, rule: Rule, change: Callable[[Rule], Rule], event: str) -> None:
-        """Apply ``change`` to the stored rule, re-reading once on a conflict."""
-        for _ in range(3):
-            try:
-                self.store.update(change(rule))
-                self.metrics.rules.labels(event).inc()
-                return
-            except ConflictError:
-                fresh = self.store.fetch(rule.namespace, rule.name)
-                if fresh is None:
-                    return
-                rule = fresh
-        log.warning("rule %s/%s: gave up after repeated conflicts (%s)", rule.namespace, rule.name, event)
+        if update_with_retry(self.store, rule, change) is not None:
+            self.metrics.rules.labels(event).inc()
+        else:
+            log.warning("rule %s/%s: %s not stored (gone, or repeated conflicts)", rule.namespace, rule.name, event)

@@ -36,6 +36,7 @@ from .resources import (
 from .rules import Rule
 from .rulestore import RuleStore
 from .schedconfig import SCHEDULER_NAME
+from .service import readiness_problems
 
 log = logging.getLogger(__name__)
 
@@ -151,9 +152,7 @@ class WebhookService:
         self.checks: list[Callable[[], str]] = []
 
     def readiness_problems(self) -> list[str]:
-        problems = [] if self.store.synced else ["rule store not synced"]
-        problems.extend(p for p in (check() for check in self.checks) if p)
-        return problems
+        return readiness_problems(None, self.store, self.checks)
 
     def review(self, body: Any) -> dict[str, Any]:
         uid = review_uid(body)

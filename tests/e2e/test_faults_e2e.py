@@ -33,16 +33,9 @@ STALE_AFTER = "2"  # seconds of unreachable API before /readyz says the cache is
 
 @pytest.fixture(scope="module")
 def stack(cluster: E2ECluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    s = Stack(cluster, tmp_path_factory.mktemp("faults"))
-    try:
-        s.apply_crd()
-        s.start_extender(env={**os.environ, "MIG_EXTENDER_STALE_AFTER": STALE_AFTER})
-        s.start_scheduler()
-        s.start_webhook()
-        s.start_reconciler("reconciler-1")
-        yield s
-    finally:
-        s.stop_all()
+    s = Stack(cluster, tmp_path_factory.mktemp("faults")).start({**os.environ, "MIG_EXTENDER_STALE_AFTER": STALE_AFTER})
+    yield s
+    s.stop_all()
 
 
 @pytest.fixture
@@ -117,9 +110,7 @@ def test_reconciler_leader_killed_another_takes_over_without_double_restarts(
         stack.kill_reconciler(leader)
         killed_at = time.monotonic()
         fleet.add("g", "A100-40GB", {MIG_5: 1, MIG_10: 1})
-        stack.core.create_namespaced_pod(ns, make_pod("holder", resources={MIG_5: "1"}, scheduler_name=SCHEDULER))
-        wait_for(lambda: stack.core.read_namespaced_pod("holder", ns).status.phase == "Running", timeout=60,
-                 what="holder Running")
+        stack.run_holder(ns, MIG_5)
         stack.core.create_namespaced_pod(ns, make_pod("late", resources={MIG_5: "1"}, scheduler_name=SCHEDULER))
 
         def upgraded() -> bool:

@@ -28,16 +28,9 @@ WALKTHROUGH_NODE = {MIG_5: 2, MIG_10: 1, "nvidia.com/mig-3g.20gb": 1}
 
 @pytest.fixture(scope="module")
 def stack(cluster: E2ECluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    s = Stack(cluster, tmp_path_factory.mktemp("lifecycle"))
-    try:
-        s.apply_crd()
-        s.start_extender()
-        s.start_scheduler()
-        s.start_webhook()
-        s.start_reconciler()
-        yield s
-    finally:
-        s.stop_all()
+    s = Stack(cluster, tmp_path_factory.mktemp("lifecycle")).start()
+    yield s
+    s.stop_all()
 
 
 @pytest.fixture
@@ -114,12 +107,7 @@ def test_walkthrough_scale_up_is_upgraded_and_restored_when_capacity_frees(
 
 def test_bare_pod_is_upgraded_under_its_own_name(stack: Stack, ns: str, fleet: Any) -> None:
     fleet.add("b", "A100-40GB", {MIG_5: 1, MIG_10: 1})
-    stack.core.create_namespaced_pod(ns, make_pod("holder", resources={MIG_5: "1"}, scheduler_name=SCHEDULER))
-    wait_for(
-        lambda: stack.core.read_namespaced_pod("holder", ns).status.phase == "Running",
-        timeout=60,
-        what="holder Running",
-    )
+    stack.run_holder(ns, MIG_5)
     stack.core.create_namespaced_pod(ns, make_pod("solo", resources={MIG_5: "1"}, scheduler_name=SCHEDULER))
     first_uid = stack.core.read_namespaced_pod("solo", ns).metadata.uid
 
@@ -138,12 +126,7 @@ def test_bare_pod_is_upgraded_under_its_own_name(stack: Stack, ns: str, fleet: A
 
 def test_opted_out_pod_is_never_touched(stack: Stack, ns: str, fleet: Any) -> None:
     fleet.add("c", "A100-40GB", {MIG_5: 1, MIG_10: 1})
-    stack.core.create_namespaced_pod(ns, make_pod("holder", resources={MIG_5: "1"}, scheduler_name=SCHEDULER))
-    wait_for(
-        lambda: stack.core.read_namespaced_pod("holder", ns).status.phase == "Running",
-        timeout=60,
-        what="holder Running",
-    )
+    stack.run_holder(ns, MIG_5)
     pod = make_pod("shy", resources={MIG_5: "1"}, scheduler_name=SCHEDULER)
     pod["metadata"]["annotations"] = {ANN_SUBSTITUTE: "false"}
     uid = stack.core.create_namespaced_pod(ns, pod).metadata.uid

@@ -26,6 +26,7 @@ from .binaries import REPO_ROOT
 from .cluster import E2ECluster
 from .extender import ExtenderProcess, cli_argv
 from .wait import wait_for
+from .workloads import make_pod
 
 SCHEDULER = "mig-lifecycle"
 NS_LABEL = "mig-e2e/lifecycle"
@@ -46,6 +47,25 @@ class Stack:
         self.extender: ExtenderProcess | None = None
         self.procs: dict[str, procs.ManagedProcess] = {}
         self.webhook_port = 0
+
+    def start(self, extender_env: dict[str, str] | None = None) -> Stack:
+        """Everything, in dependency order; stop_all() undoes it (also after a failed start)."""
+        try:
+            self.apply_crd()
+            self.start_extender(extender_env)
+            self.start_scheduler()
+            self.start_webhook()
+            self.start_reconciler()
+        except BaseException:
+            self.stop_all()
+            raise
+        return self
+
+    def run_holder(self, namespace: str, resource: str, name: str = "holder") -> None:
+        """A pod on the stack's scheduler taking one ``resource`` slice, Running."""
+        self.core.create_namespaced_pod(namespace, make_pod(name, resources={resource: "1"}, scheduler_name=SCHEDULER))
+        wait_for(lambda: self.core.read_namespaced_pod(name, namespace).status.phase == "Running", timeout=60,
+                 what=f"{name} Running")
 
     # -- components -----------------------------------------------------------------------------
 
