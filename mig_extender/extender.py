@@ -96,7 +96,7 @@ def _nodes(body: Mapping[str, Any]) -> tuple[list[str], list[Mapping[str, Any]] 
     """Candidate names, plus the full Node objects when the scheduler sent them (cache not capable)."""
     names = body.get("NodeNames")
     if names is not None:
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        if not isinstance(names, list) or not set(map(type, names)) <= {str}:  # C-speed check of 5,000 names
             raise WireError("ExtenderArgs.NodeNames must be a list of strings")
         return names, None
     nodes = body.get("Nodes")

@@ -20,7 +20,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
-from types import MappingProxyType
 from typing import Any
 
 from .resources import DemandError, PodInfo, mig_allocatable, pod_info
@@ -43,8 +42,8 @@ def node_info(obj: Mapping[str, Any], used: Mapping[str, int] | None = None) -> 
     return NodeInfo(
         name=str(meta.get("name", "")),
         gpu=detect_gpu(labels, alloc),
-        allocatable=MappingProxyType(alloc),
-        used=MappingProxyType(dict(used or {})),
+        allocatable=alloc,
+        used=dict(used or {}),
         gpu_count=count,
         schedulable=not spec.get("unschedulable", False),
     )
@@ -82,7 +81,7 @@ class ClusterInventory:
 
     def _set_node(self, name: str, info: NodeInfo) -> None:
         info = NodeInfo(info.name, info.gpu, info.allocatable,
-                        MappingProxyType(dict(self._used.get(name, {}))), info.gpu_count, info.schedulable)
+                        dict(self._used.get(name, {})), info.gpu_count, info.schedulable)
         old = self._nodes.get(name)
         self._nodes[name] = info
         for r in set(info.allocatable) | set(old.allocatable if old else ()):
@@ -211,8 +210,8 @@ class ClusterInventory:
         with self._lock:
             if self._frozen is None:
                 self._frozen = (
-                    MappingProxyType(dict(self._nodes)),
-                    MappingProxyType({r: frozenset(s) for r, s in self._index.items() if s}),
+                    dict(self._nodes),
+                    {r: frozenset(s) for r, s in self._index.items() if s},
                 )
             nodes, index = self._frozen
             synced = self.synced

@@ -1,0 +1,62 @@
+"""The filter's fast paths decide exactly what the plain per-node computation decides (property test)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mig_extender.planner import filter_pod
+from mig_extender.resources import ANN_RULE, ResourceCount, pod_info
+from mig_extender.rules import new_rule
+from tests.builders import make_node, make_pod, res, snapshot_of
+
+TYPES = ["1g.5gb", "2g.10gb", "3g.20gb"]
+
+
+def reference(pod, candidates, snap):
+    """Plain arithmetic through snap.free() for every node and resource: the definition of fitting."""
+    passed, failed, unresolvable = set(), set(), set()
+    for node in candidates:
+        info = snap.nodes.get(node)
+        if info is None:
+            failed.add(node)
+            continue
+        short = [r for r, n in pod.demand.items() if snap.free(node, r, pod) < n]
+        if not short:
+            passed.add(node)
+        elif info.allocatable.get(short[0], 0) == 0:
+            unresolvable.add(node)
+        else:
+            failed.add(node)
+    return passed, failed, unresolvable
+
+
+node_spec = st.fixed_dictionaries({t: st.integers(0, 3) for t in TYPES})
+
+
+@settings(max_examples=300, deadline=None)
+@given(nodes=st.lists(node_spec, min_size=1, max_size=8),
+       used=st.lists(st.tuples(st.integers(0, 7), st.sampled_from(TYPES), st.integers(1, 2)), max_size=10),
+       reserve=st.lists(st.tuples(st.integers(0, 7), st.sampled_from(TYPES)), max_size=4),
+       demand=st.dictionaries(st.sampled_from(TYPES), st.integers(1, 2), min_size=1, max_size=2),
+       own=st.booleans(), extra=st.booleans())
+def test_fast_paths_agree_with_the_definition(nodes, used, reserve, demand, own, extra) -> None:
+    objects = [make_node(f"n{i}", "A100-40GB", spec) for i, spec in enumerate(nodes)]
+    objects += [make_pod(mig={t: k}, node=f"n{i % len(nodes)}") for i, t, k in used]
+    rules = []
+    for j, (i, t) in enumerate(reserve):
+        holder = pod_info(make_pod(f"r{j}", mig={"1g.5gb": 1}))
+        rules.append(new_rule(holder, ResourceCount(res("1g.5gb"), 1), ResourceCount(res(t), 1),
+                              f"n{i % len(nodes)}", 900.0, 300.0))
+    annotations = {ANN_RULE: rules[0].name} if own and rules else {}
+    pod = pod_info(make_pod("p", mig=demand, annotations=annotations))
+    if own and rules:  # the pod is the rewritten replacement that may use rules[0]'s reservation
+        rules[0] = replace(rules[0], namespace=pod.namespace)
+    snap = snapshot_of(*objects, rules=tuple(rules))
+    candidates = [f"n{i}" for i in range(len(nodes))] + (["ghost"] if extra else [])
+    d = filter_pod(pod, candidates, snap)
+    got = (set(d.passed), set(d.failed), set(d.unresolvable))
+    assert got == reference(pod, candidates, snap)
+    assert len(d.passed) + len(d.failed) + len(d.unresolvable) == len(candidates)
