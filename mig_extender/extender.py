@@ -117,8 +117,16 @@ def _nodes(body: Mapping[str, Any]) -> tuple[list[str], list[Mapping[str, Any]] 
 
 
 def _reasons(reasons: Mapping[str, object], note: str) -> dict[str, str]:
+    """Node -> text; nodes share reason objects, so each distinct reason is formatted once."""
     suffix = f"; {note}" if note else ""
-    return {node: f"{reason}{suffix}" for node, reason in reasons.items()}
+    texts: dict[int, str] = {}
+    out = {}
+    for node, reason in reasons.items():
+        text = texts.get(id(reason))
+        if text is None:
+            text = texts[id(reason)] = f"{reason}{suffix}"
+        out[node] = text
+    return out
 
 
 def encode_filter(decision: FilterDecision, objects: list[Mapping[str, Any]] | None) -> dict[str, Any]:

@@ -110,9 +110,7 @@ def _fit(snap: ClusterSnapshot, pod: PodInfo, candidates: Sequence[str]) -> tupl
         # from free slices); only its allocatable is read, for the reason text.
         (resource, n), = demand
         holders = snap.free_index.get(resource, frozenset())
-        for node in candidates:
-            if node in holders:
-                continue
+        for node in [node for node in candidates if node not in holders]:
             info = nodes.get(node)
             if info is None:
                 failed[node] = _UNKNOWN_NODE
