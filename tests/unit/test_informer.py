@@ -1,0 +1,92 @@
+"""kube.Informer against a scripted fake API: list, watch from the list's resourceVersion, resume after a
+dropped connection from the last version seen, relist on 410 Gone, and report how long it was cut off."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+from mig_extender.kube import Informer, staleness_check
+
+
+class FakeResponse:
+    def __init__(self, data: bytes = b"", lines: list[dict] | None = None, fail: Exception | None = None) -> None:
+        self.data, self.lines, self.fail = data, lines or [], fail
+
+    def stream(self, amt: Any = None, decode_content: bool = False):
+        for line in self.lines:
+            yield (json.dumps(line) + "\n").encode()
+        if self.fail:
+            raise self.fail
+
+    def release_conn(self) -> None:
+        pass
+
+
+def obj(name: str, rv: str) -> dict:
+    return {"metadata": {"name": name, "resourceVersion": rv}}
+
+
+class FakeApi:
+    """Plays a script: each call pops the next answer; records what each call asked for."""
+
+    def __init__(self, script: list[Any]) -> None:
+        self.script, self.calls = script, []
+        self.done = threading.Event()
+
+    def __call__(self, **kwargs: Any) -> FakeResponse:
+        self.calls.append({k: v for k, v in kwargs.items() if k in ("watch", "resource_version", "_continue")})
+        if not self.script:
+            self.done.set()
+            time.sleep(0.05)
+            return FakeResponse(lines=[], fail=ConnectionError("script over"))
+        step = self.script.pop(0)
+        if isinstance(step, Exception):
+            raise step
+        return step
+
+
+def page(items: list[dict], rv: str, cont: str = "") -> FakeResponse:
+    return FakeResponse(json.dumps({"items": items, "metadata": {"resourceVersion": rv, "continue": cont}}).encode())
+
+
+def test_list_watch_resume_and_relist_on_410() -> None:
+    api = FakeApi([
+        page([obj("a", "5")], "9", cont="next"),            # paginated list
+        page([obj("b", "8")], "10"),
+        FakeResponse(lines=[{"type": "ADDED", "object": obj("c", "11")},
+                            {"type": "BOOKMARK", "object": obj("", "12")}],
+                     fail=ConnectionError("connection reset")),  # dropped mid-watch
+        FakeResponse(lines=[{"type": "ERROR", "object": {"code": 410, "message": "too old resource version"}}]),
+        page([obj("a", "20"), obj("d", "21")], "22"),        # relist after 410
+        FakeResponse(lines=[{"type": "DELETED", "object": obj("a", "23")}]),
+    ])
+    events, relists = [], []
+    informer = Informer("things", api, lambda kind, o: events.append((kind, o["metadata"]["name"])),
+                        lambda items: relists.append(sorted(i["metadata"]["name"] for i in items)))
+    informer.start()
+    assert api.done.wait(20)
+    informer.stop()
+    assert relists == [["a", "b"], ["a", "d"]]
+    assert events == [("ADDED", "c"), ("DELETED", "a")]
+    watches = [c for c in api.calls if c.get("watch")]
+    assert watches[0]["resource_version"] == "10"   # from the list
+    assert watches[1]["resource_version"] == "12"   # resumed from the last version seen (a bookmark)
+    assert watches[2]["resource_version"] == "22"   # after the relist
+    assert [c.get("_continue") for c in api.calls if not c.get("watch")][:2] == [None, "next"]
+
+
+def test_staleness_counts_time_cut_off_not_quiet_time() -> None:
+    api = FakeApi([page([], "1")] + [ConnectionError("refused")] * 50)
+    informer = Informer("things", api, lambda *a: None, lambda items: None).start()
+    check = staleness_check([informer], limit=0.3)
+    assert informer.synced.wait(5)
+    time.sleep(1.0)
+    problem = check()
+    informer.stop()
+    assert "API unreachable" in problem
+    quiet = Informer("quiet", FakeApi([]), lambda *a: None, lambda items: None)
+    quiet.last_contact = time.time() - 3600  # an hour without events, but never cut off
+    assert staleness_check([quiet], limit=0.3)() == ""
