@@ -88,6 +88,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--scheduler-name", default="", help="profile name (default: mig-scheduler, or "
                    "default-scheduler for --variant default)")
     c.add_argument("--out", default="-", help="file to write (default stdout)")
+
+    from .sim.runner import add_arguments as simulate_arguments  # its flags live beside the simulator
+
+    simulate_arguments(sub.add_parser("simulate", help="compare placement policies on a simulated MIG cluster "
+                                                       "(synthetic or Alibaba trace workload)"))
     return ap
 
 
@@ -159,6 +164,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 with open(args.out, "w", encoding="utf-8") as fh:
                     fh.write(text)
+        elif args.command == "simulate":
+            from .sim.runner import main as simulate
+
+            return simulate(args)
     except (SettingsError, ValueError) as exc:
         print(f"mig-extender {args.command}: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,171 @@
+"""Pods/s scheduled by a real kube-scheduler with mig-extender vs the same scheduler without it.
+
+One run on the e2e control plane of tests/e2e (etcd, kube-apiserver, controllers, a fake kubelet):
+N fake nodes of 8 x A100-40GB (per GPU 2 x 1g.5gb, 1 x 2g.10gb, 1 x 3g.20gb), and the same MIG
+workload (--pods pods of one slice each, 1g/2g/3g in 2:1:1, all of which fit) for each scheduler:
+
+* stock: a kube-scheduler whose profile only counts the MIG resources in-tree (what a cluster without
+  mig-extender runs; client qps as ours);
+* mig-extender: a kube-scheduler with the configuration ``mig-extender scheduler-config`` writes
+  (extender filter, prioritize and bind over HTTP, nodeCacheCapable), and ``mig-extender serve`` beside it.
+
+The pods are created first, for a scheduler that is not running yet; then the scheduler starts and a
+watch records when each pod is bound. Throughput = (pods - 1) / (last bind - first bind), so pod
+creation and scheduler start-up are not in it. Prints both rates and their ratio.
+
+    python bench/e2e_throughput.py [--pods 300] [--nodes 20] [--json]
+
+Needs the e2e binaries (see tests/e2e/README.md; a first build takes minutes). A benchmark, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout and its tests/ package, not an installed copy
+
+import yaml  # noqa: E402
+from kubernetes import watch  # noqa: E402
+
+from tests.e2e.testenv.binaries import BinariesUnavailable, find_binaries  # noqa: E402
+from tests.e2e.testenv.cluster import E2ECluster  # noqa: E402
+from tests.e2e.testenv.extender import ExtenderProcess, cli_argv  # noqa: E402
+from tests.e2e.testenv.workloads import make_pod  # noqa: E402
+
+PER_GPU = {"nvidia.com/mig-1g.5gb": 2, "nvidia.com/mig-2g.10gb": 1, "nvidia.com/mig-3g.20gb": 1}
+MIX = ["nvidia.com/mig-1g.5gb", "nvidia.com/mig-1g.5gb", "nvidia.com/mig-2g.10gb", "nvidia.com/mig-3g.20gb"]
+QPS = 200  # both schedulers: mig-extender's generated config raises the client's 50 qps default to this
+
+
+def stock_config(path: Path, name: str) -> Path:
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "kubescheduler.config.k8s.io/v1", "kind": "KubeSchedulerConfiguration",
+        "clientConnection": {"kubeconfig": "@KUBECONFIG@", "qps": QPS, "burst": 2 * QPS},
+        "leaderElection": {"leaderElect": False}, "profiles": [{"schedulerName": name}],
+    }, sort_keys=False))
+    return path
+
+
+def mig_config(path: Path, name: str, extender_url: str, kubeconfig: Path) -> Path:
+    subprocess.run(cli_argv("scheduler-config", "--url", extender_url, "--kubeconfig", str(kubeconfig),
+                            "--no-leader-elect", "--qps", str(QPS), "--scheduler-name", name, "--out", str(path)),
+                   cwd=REPO, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    return path
+
+
+def run_one(cluster: E2ECluster, label: str, scheduler: str, config: Path, pods: int, timeout: float) -> dict:
+    namespace = cluster.create_namespace(prefix=f"bench-{label}")
+    bound: dict[str, float] = {}
+    done = threading.Event()
+
+    def record() -> None:
+        """Note when each pod is first seen bound. One watch can end early (the server closes it); then
+        a list catches anything missed and a new watch resumes from the list's resourceVersion."""
+        deadline = time.monotonic() + timeout
+        while len(bound) < pods and time.monotonic() < deadline:
+            listed = cluster.core.list_namespaced_pod(namespace)
+            for pod in listed.items:
+                if pod.spec.node_name and pod.metadata.name not in bound:
+                    bound[pod.metadata.name] = time.monotonic()
+            w = watch.Watch()
+            for event in w.stream(cluster.core.list_namespaced_pod, namespace, timeout_seconds=30,
+                                  resource_version=listed.metadata.resource_version):
+                pod = event["object"]
+                if pod.spec.node_name and pod.metadata.name not in bound:
+                    bound[pod.metadata.name] = time.monotonic()
+                if len(bound) >= pods:
+                    w.stop()
+                    break
+        done.set()
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda i: cluster.core.create_namespaced_pod(
+                namespace, make_pod(f"p{i:05d}", resources={MIX[i % len(MIX)]: "1"}, scheduler_name=scheduler)),
+                range(pods)))
+        watcher = threading.Thread(target=record, daemon=True)
+        watcher.start()
+        started = time.monotonic()
+        cluster.start_scheduler(scheduler, config)
+        done.wait(timeout)
+        cluster.stop_scheduler(scheduler)
+        times = sorted(bound.values())
+        if len(times) < 2:
+            raise RuntimeError(f"{label}: only {len(times)} of {pods} pods bound in {timeout:.0f} s; "
+                               f"see {cluster.log_path(scheduler)}")
+        span = times[-1] - times[0]
+        return {"scheduler": label, "pods": pods, "bound": len(times), "bind_span_s": round(span, 3),
+                "pods_per_s": round((len(times) - 1) / span, 1) if span > 0 else None,
+                "from_scheduler_start_s": round(times[-1] - started, 3)}
+    finally:
+        cluster.delete_namespace(namespace)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pods", type=int, default=300)
+    ap.add_argument("--nodes", type=int, default=20)
+    ap.add_argument("--timeout", type=float, default=300.0, help="seconds each scheduler may take")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    if args.pods > args.nodes * 8 * sum(PER_GPU.values()) // 2:
+        sys.exit("--pods must leave room: at most half the slices of --nodes")
+    try:
+        binaries = find_binaries()
+    except BinariesUnavailable as exc:
+        sys.exit(f"e2e control plane unavailable: {exc}")
+    cluster = E2ECluster.start(binaries=binaries, verbosity=1)
+    extender: ExtenderProcess | None = None
+    try:
+        for i in range(args.nodes):
+            cluster.fake_kubelet.add_node(f"bench-{i:03d}", "A100-40GB", {r: n * 8 for r, n in PER_GPU.items()},
+                                          gpu_count=8, pods=500)
+        extender = ExtenderProcess(cluster.kubeconfig, cluster.log_path("mig-extender"),
+                                   args=("--rule-store", "memory", "--log-level", "warning"))
+        extender.start()
+        state = cluster.state_dir
+        runs = [
+            run_one(cluster, "stock", "bench-stock", stock_config(state / "bench-stock.yaml", "bench-stock"),
+                    args.pods, args.timeout),
+            run_one(cluster, "mig-extender", "bench-mig",
+                    mig_config(state / "bench-mig.yaml", "bench-mig", extender.url, cluster.scheduler_kubeconfig),
+                    args.pods, args.timeout),
+        ]
+        # where the extender's share goes: its own mean time per verb (server side, from /metrics)
+        seconds = "mig_extender_request_duration_seconds"
+        calls = {v: int(extender.metric(f"{seconds}_count", verb=v)) for v in ("filter", "prioritize", "bind")}
+        runs[1]["extender_calls"] = calls
+        runs[1]["extender_mean_ms"] = {v: round(1000 * extender.metric(f"{seconds}_sum", verb=v) / max(n, 1), 2)
+                                       for v, n in calls.items()}
+    finally:
+        if extender is not None:
+            extender.stop()
+        cluster.stop(remove_state=True)
+    stock, ours = runs
+    ratio = round(ours["pods_per_s"] / stock["pods_per_s"], 3) if stock["pods_per_s"] and ours["pods_per_s"] else None
+    result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d"),
+              "nodes": args.nodes, "runs": runs, "ratio_mig_extender_to_stock": ratio}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for r in runs:
+            print(f"{r['scheduler']:>13}: {r['bound']}/{r['pods']} pods bound, {r['pods_per_s']} pods/s "
+                  f"(first to last bind {r['bind_span_s']} s; last bind {r['from_scheduler_start_s']} s after start)")
+        print(f"extender time per call (server side, mean ms): {ours['extender_mean_ms']}, "
+              f"calls: {ours['extender_calls']}")
+        print(f"ratio mig-extender / stock: {ratio}  ({result['machine']}, {result['date']}, {args.nodes} nodes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""The ``bound`` reference: the same job stream on one fluid pool, with no MIG geometry at all.
+
+How it is computed: the cluster becomes two pools, all physical compute slices (7 per A100/H100) and
+all memory slices (8 per GPU), ignoring GPU and node boundaries, profile types and static layouts. A
+job takes exactly what it asked for (no substitute, no waste) the moment both pools have it, with no
+scheduler retry delay and no restarts; waiting jobs start in FIFO order, a smaller job may pass a
+larger one that does not fit (like the per-type queues of the real policies). Jobs that no node of the
+cluster could host at all (say 7g on an all-1g layout) are never started, as for every other policy.
+
+This removes every loss a placement policy is responsible for (fragmentation, layouts that do not
+match the mix, retry latency, restart downtime), so it is the ceiling the others are measured against.
+It is a reference, not a proof of optimality: a clairvoyant scheduler could hold a big job back to run
+several small ones; on our streams no policy beats it (the unit tests check that on a skewed workload).
+
+Must not: import the planner; this is the one model that deliberately ignores MIG.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from .cluster import SimCluster
+from .stats import RunResult, Tally
+from .workload import Job
+
+
+def run_bound(cluster: SimCluster, jobs: Sequence[Job], duration: float, samples: int = 200,
+              progress: Callable[[float], None] | None = None) -> RunResult:
+    tally = Tally(cluster.compute_capacity, duration, samples)
+    free_compute, free_memory = cluster.compute_capacity, cluster.memory_capacity
+    hostable: dict[tuple[str, int], bool] = {}
+    # per (compute, memory) size, FIFO: a size whose oldest job does not fit blocks only its own size
+    queues: dict[tuple[int, int], deque[Job]] = {}
+    heap: list[tuple[float, int, int, Job | None]] = []  # (time, kind 0=depart 1=arrive, seq, job)
+    for job in jobs:
+        if job.arrival < duration:
+            heap.append((job.arrival, 1, job.seq, job))
+    heapq.heapify(heap)
+    count = 0
+
+    def start(job: Job, now: float) -> None:
+        nonlocal free_compute, free_memory
+        free_compute -= job.compute * job.count
+        free_memory -= job.memory * job.count
+        tally.started(job, job.compute_demand, now, first=True)
+        heapq.heappush(heap, (now + job.lifetime, 0, job.seq, job))
+
+    def fits(job: Job) -> bool:
+        return job.compute * job.count <= free_compute and job.memory * job.count <= free_memory
+
+    while heap and heap[0][0] <= duration:
+        now, kind, _, job = heapq.heappop(heap)
+        tally.advance(now)
+        count += 1
+        if progress is not None and count % 4096 == 0:
+            progress(now / duration)
+        if kind == 1:
+            tally.arrived(job)
+            key = (job.resource, job.count)
+            if key not in hostable:
+                hostable[key] = cluster.hosts(job.resource, job.count)
+            if not hostable[key]:
+                continue
+            size = (job.compute * job.count, job.memory * job.count)
+            queue = queues.setdefault(size, deque())
+            if not queue and fits(job):
+                start(job, now)
+            else:
+                queue.append(job)
+            continue
+        free_compute += job.compute * job.count
+        free_memory += job.memory * job.count
+        tally.stopped(job, job.compute_demand)
+        heads = [(q[0].seq, size) for size, q in queues.items() if q]
+        heapq.heapify(heads)
+        while heads:
+            _, size = heapq.heappop(heads)
+            queue = queues[size]
+            if fits(queue[0]):
+                start(queue.popleft(), now)
+                if queue:
+                    heapq.heappush(heads, (queue[0].seq, size))
+    tally.advance(duration)
+    tally.events = count
+    if progress is not None:
+        progress(1.0)
+    return tally.result("bound", free_compute)

@@ -1,0 +1,92 @@
+"""Presenting a simulation: the side-by-side table, the JSON object and the optional PNG plot.
+
+Must not: compute metrics (stats.py does) or need matplotlib unless a plot is asked for (it is the
+optional extra ``mig-extender[plot]``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .stats import RunResult
+
+# (metric, row label, format); the table shows these, --json shows every metric
+ROWS: tuple[tuple[str, str, str], ...] = (
+    ("placed_fraction", "pods placed", "pct"),
+    ("pending_pod_seconds", "pending pod-seconds", "int"),
+    ("time_to_run_p50", "time to run p50 (s)", "f1"),
+    ("time_to_run_p99", "time to run p99 (s)", "f1"),
+    ("requested_utilisation", "requested / capacity", "pct"),
+    ("utilisation", "allocated / capacity", "pct"),
+    ("waste_slice_fraction", "allocated beyond request", "pct"),
+    ("restarts", "restarts (upgrades+restores)", "int"),
+    ("upgrades", "  upgrades", "int"),
+    ("restores", "  restores", "int"),
+    ("restore_delay_p50", "restore delay p50 (s)", "f1"),
+    ("stranded_slices", "stranded free slices at end", "int"),
+    ("sim_seconds", "simulation run time (s)", "f1"),
+)
+
+
+class PlotUnavailable(RuntimeError):
+    """--plot without matplotlib installed."""
+
+
+def _fmt(value: Any, kind: str) -> str:
+    if value is None:
+        return "-"
+    if kind == "pct":
+        return f"{100 * value:.1f}%"
+    if kind == "int":
+        return f"{round(value):,}"
+    return f"{value:,.1f}"
+
+
+def table(results: Mapping[str, RunResult], header: Sequence[str] = ()) -> str:
+    policies = list(results)
+    width = max(len(label) for _, label, _ in ROWS)
+    cols = [max(12, len(p)) for p in policies]
+    lines = list(header)
+    lines.append("")
+    lines.append(" " * width + "  " + "  ".join(p.rjust(c) for p, c in zip(policies, cols, strict=True)))
+    for metric, label, kind in ROWS:
+        cells = [_fmt(results[p].metrics.get(metric), kind).rjust(c) for p, c in zip(policies, cols, strict=True)]
+        lines.append(label.ljust(width) + "  " + "  ".join(cells))
+    return "\n".join(lines) + "\n"
+
+
+def as_json(results: Mapping[str, RunResult]) -> str:
+    return json.dumps({p: r.metrics for p, r in results.items()}, indent=2, sort_keys=False) + "\n"
+
+
+def plot(results: Mapping[str, RunResult], path: str, title: str = "") -> None:
+    """Running pods and utilisation over time, one line per policy, as a PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise PlotUnavailable("--plot needs matplotlib: pip install 'mig-extender[plot]'") from exc
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+    end = max((r.timeline[-1][0] for r in results.values() if r.timeline), default=0.0)
+    unit, scale = ("h", 3600.0) if end > 7200 else ("min", 60.0)
+    for policy, result in results.items():
+        if not result.timeline:
+            continue
+        t = [p[0] / scale for p in result.timeline]
+        top.plot(t, [p[1] for p in result.timeline], label=policy)
+        bottom.plot(t, [100 * p[2] for p in result.timeline], label=policy)
+    top.set_ylabel("pods running")
+    bottom.set_ylabel("compute slices allocated (%)")
+    bottom.set_xlabel(f"time ({unit})")
+    top.legend(loc="lower right")
+    top.grid(alpha=0.3)
+    bottom.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,140 @@
+"""What a run measures, and the metric names the JSON output and the table share.
+
+Integrals are exact (piecewise constant between events). Definitions:
+
+* ``placed_fraction``: jobs that started running (at least once) / jobs that arrived in the run.
+* ``pending_pod_seconds``: integral of jobs that exist but do not run: waiting to be placed, or
+  between a delete and the replacement running (upgrade and restore restarts count).
+* ``time_to_run_p50/p99``: arrival -> first running; jobs never placed count with the time they
+  waited until the end (a lower bound), so placing fewer pods cannot improve the percentiles.
+* ``waste_slice_fraction``: (allocated - requested) / allocated compute slice-seconds; a pod on a
+  larger substitute is allocated the substitute's slices.
+* ``utilisation``: allocated compute slice-seconds / (physical compute slices x duration);
+  ``requested_utilisation`` counts what the running pods asked for instead (useful work).
+* ``restarts`` = ``upgrades`` + ``restores``: pods deleted and recreated by the policy.
+* ``restore_delay_p50``: seconds from the first reconciler pass that saw a free slice of an upgraded
+  pod's own type to the pod running on it again (restored pods only; null when none).
+* ``stranded_slices``: free compute slices (allocatable, unreserved) at the end while pods still wait.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .workload import Job
+
+METRICS = (
+    "placed_fraction", "pending_pod_seconds", "time_to_run_p50", "time_to_run_p99", "waste_slice_fraction",
+    "utilisation", "requested_utilisation", "restarts", "upgrades", "restores", "restore_delay_p50", "stranded_slices",
+)
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100) of ``values``; None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+@dataclass
+class RunResult:
+    policy: str
+    metrics: dict[str, Any]
+    timeline: list[tuple[float, int, float, int]] = field(default_factory=list)  # t, running, util, waiting
+
+
+class Tally:
+    """Running counters of one policy's run; ``advance(t)`` before every state change at ``t``."""
+
+    def __init__(self, capacity: int, duration: float, samples: int = 200) -> None:
+        self.capacity = capacity
+        self.duration = duration
+        self.t = 0.0
+        self.waiting_now = 0
+        self.running = 0
+        self.allocated = 0   # compute slices held by running pods
+        self.requested = 0   # compute slices those pods asked for
+        self.pending_ps = 0.0
+        self.alloc_cs = 0.0
+        self.req_cs = 0.0
+        self.arrivals = 0
+        self.ttr: list[float] = []
+        self.unstarted: dict[int, float] = {}
+        self.restore_delays: list[float] = []
+        self.upgrades = self.restores = self.expired = self.off_reservation = 0
+        self.events = 0
+        self.timeline: list[tuple[float, int, float, int]] = []
+        self._step = duration / max(samples, 1)
+        self._next_sample = 0.0
+
+    def advance(self, t: float) -> None:
+        while self._next_sample <= t and self._next_sample <= self.duration:
+            self.timeline.append((round(self._next_sample, 3), self.running,
+                                  round(self.allocated / self.capacity, 4), self.waiting_now))
+            self._next_sample += self._step
+        dt = t - self.t
+        if dt > 0:
+            self.pending_ps += self.waiting_now * dt
+            self.alloc_cs += self.allocated * dt
+            self.req_cs += self.requested * dt
+            self.t = t
+
+    def waiting(self, delta: int) -> None:
+        self.waiting_now += delta
+
+    def arrived(self, job: Job) -> None:
+        self.arrivals += 1
+        self.waiting_now += 1
+        self.unstarted[job.seq] = job.arrival
+
+    def started(self, job: Job, allocated: int, now: float, first: bool) -> None:
+        self.waiting_now -= 1
+        self.running += 1
+        self.allocated += allocated
+        self.requested += job.compute_demand
+        if first:
+            self.ttr.append(now - self.unstarted.pop(job.seq))
+
+    def stopped(self, job: Job, allocated: int) -> None:
+        self.running -= 1
+        self.allocated -= allocated
+        self.requested -= job.compute_demand
+
+    def restored(self, delay: float) -> None:
+        self.restore_delays.append(delay)
+
+    def result(self, policy: str, stranded: int, extra: Mapping[str, Any] | None = None) -> RunResult:
+        censored = [self.duration - a for a in self.unstarted.values()]
+        ttr = self.ttr + censored
+        placed = len(self.ttr)
+        metrics: dict[str, Any] = {
+            "placed_fraction": round(placed / self.arrivals, 6) if self.arrivals else None,
+            "pending_pod_seconds": round(self.pending_ps, 1),
+            "time_to_run_p50": _round(percentile(ttr, 50)),
+            "time_to_run_p99": _round(percentile(ttr, 99)),
+            "waste_slice_fraction": round((self.alloc_cs - self.req_cs) / self.alloc_cs, 6) if self.alloc_cs else 0.0,
+            "utilisation": round(self.alloc_cs / (self.capacity * self.duration), 6),
+            "requested_utilisation": round(self.req_cs / (self.capacity * self.duration), 6),
+            "restarts": self.upgrades + self.restores,
+            "upgrades": self.upgrades,
+            "restores": self.restores,
+            "restore_delay_p50": _round(percentile(self.restore_delays, 50)),
+            "stranded_slices": stranded if self.waiting_now > 0 else 0,
+            "arrivals": self.arrivals,
+            "placed": placed,
+            "waiting_at_end": self.waiting_now,
+            "reservations_expired": self.expired,
+            "bound_off_reservation": self.off_reservation,
+            "events": self.events,
+        }
+        metrics.update(extra or {})
+        return RunResult(policy, metrics, self.timeline)
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 3)
