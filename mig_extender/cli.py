@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from . import __version__
+from .planner import PlanSettings
 from .settings import Settings, SettingsError
 
 
@@ -65,6 +66,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--identity", default="", help="leader-election identity (default: hostname_pid)")
     r.add_argument("--rule-ttl", type=float, default=Settings.rule_ttl, metavar="SECONDS")
     r.add_argument("--restore-ttl", type=float, default=Settings.restore_ttl, metavar="SECONDS")
+    r.add_argument("--restores-per-pass", type=int, default=PlanSettings.restores_per_pass,
+                   help="restores one pass may start (each restarts a pod)")
+    r.add_argument("--restores-in-flight", type=int, default=PlanSettings.restores_in_flight,
+                   help="restores under way at once")
     r.add_argument("--dry-run", action="store_true", help="log restarts and events instead of doing them")
     r.add_argument("--log-level", default=Settings.log_level)
 
@@ -140,6 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not settings.has_cluster:
                 raise SettingsError("reconcile needs --kubeconfig or --in-cluster")
             identity = args.identity or default_identity()
+            settings = replace(settings, restores_per_pass=args.restores_per_pass,
+                               restores_in_flight=args.restores_in_flight).validate()
             Application(settings, lambda: create_ops_app(
                 settings, build_reconciler(settings, args.lease_name, identity, args.dry_run))).run()
         elif args.command == "certs":

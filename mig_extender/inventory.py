@@ -29,6 +29,11 @@ from .snapshot import LABEL_COUNT, ClusterSnapshot, NodeInfo, detect_gpu
 ASSUME_TTL = 30.0  # seconds an assumed bind may wait for the watch to confirm it
 
 
+def _waiting(info: PodInfo) -> bool:
+    """Unbound and alive: the pod waits for its slices."""
+    return not info.node and not info.terminating and info.phase == "Pending"
+
+
 def node_info(obj: Mapping[str, Any], used: Mapping[str, int] | None = None) -> NodeInfo:
     meta = obj.get("metadata") if isinstance(obj.get("metadata"), Mapping) else {}
     spec = obj.get("spec") if isinstance(obj.get("spec"), Mapping) else {}
@@ -59,6 +64,7 @@ class ClusterInventory:
         self._pods: dict[str, PodInfo] = {}          # uid -> MIG pod
         self._assumed: dict[str, tuple[PodInfo, float]] = {}
         self._used: dict[str, dict[str, int]] = {}   # node -> resource -> slices held by pods
+        self._pending: dict[str, int] = {}           # resource -> slices wanted by unbound, live pods
         self._index: dict[str, set[str]] = {}
         self._frozen: tuple[Mapping[str, NodeInfo], Mapping[str, frozenset[str]]] | None = None
         self.synced = False
@@ -171,11 +177,22 @@ class ClusterInventory:
         self._pods[info.uid] = info
         if info.holds_slices:
             self._account(info.node, info.demand, +1)
+        elif _waiting(info):
+            self._wait(info.demand, +1)
 
     def _remove_pod(self, info: PodInfo) -> None:
         self._pods.pop(info.uid, None)
         if info.holds_slices:
             self._account(info.node, info.demand, -1)
+        elif _waiting(info):
+            self._wait(info.demand, -1)
+
+    def _wait(self, demand: Mapping[str, int], sign: int) -> None:
+        for r, n in demand.items():
+            self._pending[r] = self._pending.get(r, 0) + sign * n
+            if self._pending[r] <= 0:
+                del self._pending[r]
+        self._changed()
 
     def _account(self, node: str, demand: Mapping[str, int], sign: int) -> None:
         used = self._used.setdefault(node, {})
@@ -214,8 +231,8 @@ class ClusterInventory:
                     {r: frozenset(s) for r, s in self._index.items() if s},
                 )
             nodes, index = self._frozen
-            synced = self.synced
-        return ClusterSnapshot.build(nodes, index, rules, self._clock() if now is None else now, synced)
+            synced, pending = self.synced, dict(self._pending)
+        return ClusterSnapshot.build(nodes, index, rules, self._clock() if now is None else now, synced, pending)
 
 
 def load_list(inventory: ClusterInventory, doc: Mapping[str, Any]) -> int:

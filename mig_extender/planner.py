@@ -36,7 +36,8 @@ class PlanSettings:
     restore_ttl: float = 120.0       # a restore reservation unused this long is dropped
     policy: Policy = Policy.PACK
     substitution: bool = True        # False: exact type only (the stock scheduler's behaviour)
-    restores_per_pass: int = 1       # rate limit of restarts a restore pass may start
+    restores_per_pass: int = 2       # rate limit: restores a pass may start...
+    restores_in_flight: int = 4      # ...and restores under way at once (each holds a reserved slice)
     loop_window: float = 900.0       # a workload restored this recently and upgraded again is left alone
     settle: float = 1.0              # a rule this young is not acted on yet: every webhook replica's watch must
                                      # have delivered it before the pod's replacement is created
@@ -87,6 +88,15 @@ class FilterDecision:
 
 
 _UNKNOWN_NODE = UnknownNode()
+
+
+@dataclass(frozen=True)
+class ReservedElsewhere:
+    def __str__(self) -> str:
+        return "fits, but this pod's slice is reserved on another node"
+
+
+_ELSEWHERE = ReservedElsewhere()
 
 
 def _fit(snap: ClusterSnapshot, pod: PodInfo, candidates: Sequence[str]) -> tuple[list[str], dict, dict]:
@@ -158,6 +168,14 @@ def filter_pod(pod: PodInfo, candidates: Sequence[str], snap: ClusterSnapshot,
     if not pod.wants_mig:
         return FilterDecision(passed=tuple(candidates))
     passed, failed, unresolvable = _fit(snap, pod, candidates)
+    own = snap.own_reservation(pod) if snap.rules and len(passed) > 1 else None
+    if own is not None and own[0] in passed:
+        # the slice set aside for this pod: placing it elsewhere would strand the reservation and take a
+        # slice somebody else may be promised
+        for node in passed:
+            if node != own[0]:
+                failed[node] = _ELSEWHERE
+        passed = [own[0]]
     existing = snap.rule_for(pod)
     waiting = existing is not None and existing.phase is Phase.RECORDED and existing.pod_uid == pod.uid
     arrived = existing is not None and existing.phase is Phase.RECORDED and existing.reserved_for(pod)
@@ -208,6 +226,8 @@ def choose_substitute(pod: PodInfo, candidates: Iterable[str], snap: ClusterSnap
     for resource, holders in snap.free_index.items():
         if resource == want.resource:
             continue
+        if snap.pending.get(resource) and snap.spare(resource) < want.count:
+            continue  # pods wait for exactly this type: its free slices are theirs first
         nodes = holders & candidate_set if len(holders) < len(candidate_set) else candidate_set & holders
         for node in nodes:
             info = snap.nodes[node]
@@ -364,9 +384,14 @@ def plan_restores(snap: ClusterSnapshot, pods: Mapping[str, PodInfo],
                   settings: PlanSettings = PlanSettings()) -> tuple[list[Restore], list[Skip]]:
     """Upgraded pods whose original type is free again, biggest waster first, at most
     ``settings.restores_per_pass``; each gets a node whose free original slice is set aside for it.
+    A restore takes a freed slice that pods waiting for exactly that type would otherwise get, so it is
+    made only when none wait for it, or when pods wait for the larger type the upgraded pod occupies
+    (then freeing that slice is what the queue needs).
     Skips (opt-out, loop guard) are returned so the caller can say why on the pod."""
-    if any(r.phase is Phase.RESTORING and r.reservation(snap.now) for r in snap.rules):
-        return [], []  # one restore in flight at a time: the rate limit, and no double restarts
+    in_flight = sum(1 for r in snap.rules if r.phase is Phase.RESTORING and r.reservation(snap.now))
+    budget = min(settings.restores_per_pass, settings.restores_in_flight - in_flight)
+    if budget <= 0:
+        return [], []  # enough restores under way: the rate limit
     candidates: list[tuple[tuple[int, int, int], Rule, PodInfo]] = []
     skips: list[Skip] = []
     # once per call, not once per candidate: with thousands of upgraded pods that was O(rules^2)
@@ -392,11 +417,19 @@ def plan_restores(snap: ClusterSnapshot, pods: Mapping[str, PodInfo],
         candidates.append((waste(orig, sub), rule, pod))
     candidates.sort(key=lambda c: (c[0], c[1].created), reverse=True)
     taken: dict[tuple[str, str], int] = {}
+    spare: dict[str, int] = {}
     plans: list[Restore] = []
     for cost, rule, pod in candidates:
-        if len(plans) >= settings.restores_per_pass:
+        if len(plans) >= budget:
             break
         want = rule.original
+        if want.resource not in spare:
+            spare[want.resource] = snap.spare(want.resource)
+        if spare[want.resource] < want.count and not snap.pending.get(rule.substitute.resource):
+            # pods wait for exactly the freed type, and nobody waits for the larger slice this pod
+            # holds: the queue gets the freed slice, a restart would gain nothing
+            continue
+        spare[want.resource] -= want.count
         # prefer the pod's own node (its substitute frees there too), then the fullest node
         holders = sorted(snap.nodes_with_free(want.resource),
                          key=lambda n: (n != pod.node, -snap.nodes[n].used_compute(), n))

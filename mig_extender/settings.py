@@ -40,6 +40,10 @@ class Settings:
     restore_ttl: float = 120.0
     # seconds finished rules (Expired, Restored) are kept for /debug/rules and the restore loop guard
     retention: float = 3600.0
+    # restores (each restarts a pod) one reconciler pass may start, and that may be under way at once:
+    # the simulator shows diminishing returns above these (bench/README.md), and every restart costs work
+    restores_per_pass: int = 2
+    restores_in_flight: int = 4
     policy: str = Policy.PACK.value
     substitution: bool = True
     # /debug/* serve rule and inventory details; turn off where the port is reachable by others
@@ -74,6 +78,8 @@ class Settings:
         for name in ("rule_ttl", "restore_ttl", "retention", "stale_after"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be > 0 seconds")
+        if self.restores_per_pass < 0 or self.restores_in_flight < 0:
+            raise SettingsError("restores_per_pass and restores_in_flight must be >= 0 (0 turns restores off)")
         if self.threads < 1 or self.max_body_bytes < 1024:
             raise SettingsError("threads must be >= 1 and max_body_bytes >= 1024")
         return self
@@ -89,7 +95,8 @@ class Settings:
     @property
     def plan(self) -> PlanSettings:
         return PlanSettings(rule_ttl=self.rule_ttl, restore_ttl=self.restore_ttl, policy=Policy(self.policy),
-                            substitution=self.substitution)
+                            substitution=self.substitution, restores_per_pass=self.restores_per_pass,
+                            restores_in_flight=self.restores_in_flight)
 
     def with_env(self, environ: dict[str, str] | None = None) -> Settings:
         """Overlay ``MIG_EXTENDER_<FIELD>`` environment variables (flags given explicitly win later)."""

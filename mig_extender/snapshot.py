@@ -123,10 +123,14 @@ class ClusterSnapshot:
     reserved: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     rules_by_name: Mapping[str, Rule] = field(default_factory=dict)
     rules_by_pod_uid: Mapping[str, Rule] = field(default_factory=dict)
+    # resource -> slices wanted by pods that wait unbound for exactly that type: they have the first claim
+    # on a freed slice, before a substitution or a restore takes it
+    pending: Mapping[str, int] = field(default_factory=dict)
 
     @classmethod
     def build(cls, nodes: Mapping[str, NodeInfo], free_index: Mapping[str, frozenset[str]] | None = None,
-              rules: Iterable[Rule] = (), now: float = 0.0, synced: bool = True) -> ClusterSnapshot:
+              rules: Iterable[Rule] = (), now: float = 0.0, synced: bool = True,
+              pending: Mapping[str, int] | None = None) -> ClusterSnapshot:
         if free_index is None:
             free_index = build_free_index(nodes.values())
         rules = tuple(rules)
@@ -140,7 +144,7 @@ class ClusterSnapshot:
         return cls(
             nodes=nodes, free_index=free_index, rules=rules, now=now, synced=synced, reserved=reserved,
             rules_by_name={r.name: r for r in rules},
-            rules_by_pod_uid={r.pod_uid: r for r in rules if r.pod_uid},
+            rules_by_pod_uid={r.pod_uid: r for r in rules if r.pod_uid}, pending=pending or {},
         )
 
     def free(self, node: str, resource: str, pod: PodInfo | None = None) -> int:
@@ -178,6 +182,13 @@ class ClusterSnapshot:
 
     def nodes_with_free(self, resource: str) -> frozenset[str]:
         return self.free_index.get(resource, frozenset())
+
+    def spare(self, resource: str) -> int:
+        """Free slices of ``resource`` cluster-wide (after reservations) beyond what pending pods wait for.
+
+        O(nodes with a free slice of it): for the reconciler and the sold-out path, not per candidate."""
+        free = sum(max(self.free(node, resource), 0) for node in self.nodes_with_free(resource))
+        return free - self.pending.get(resource, 0)
 
 
 def build_free_index(nodes: Iterable[NodeInfo]) -> dict[str, frozenset[str]]:

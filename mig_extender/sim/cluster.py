@@ -218,8 +218,9 @@ class SimCluster:
         """Nodes with at least one free slice of ``resource`` (reservations not subtracted), oldest first."""
         return self._free.get(resource, {})
 
-    def snapshot(self, rules: Iterable[Rule], now: float) -> ClusterSnapshot:
-        return ClusterSnapshot.build(self.nodes, self.free_index, rules, now)  # type: ignore[arg-type]
+    def snapshot(self, rules: Iterable[Rule], now: float, pending: Mapping[str, int] | None = None) -> ClusterSnapshot:
+        return ClusterSnapshot.build(self.nodes, self.free_index, rules, now,  # type: ignore[arg-type]
+                                     pending=pending)
 
     # -- catalog facts about this cluster -------------------------------------------------------
 

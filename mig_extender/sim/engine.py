@@ -34,7 +34,7 @@ import bisect
 import heapq
 import math
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import islice
 from types import MappingProxyType
@@ -68,23 +68,24 @@ class PolicySpec:
     it is restored) and the snapshot shows them; without, a rewritten pod competes for its new type
     like any other pod. ``first_fit``: the substitute is taken on the first node (node order) with any
     compatible free slice instead of the planner's least-waste choice over all nodes.
-    ``serial_restores``: plan_restores starts nothing while a restore is in flight (its rate limit);
-    without reservations nothing is "in flight": the peer strategy restores one pod every pass (with no
-    limit at all it restarted ~5 pods per arrival in an overloaded run: a restored pod loses its free
-    slice to a pending pod, is upgraded again, restored again...).
+    ``queue_aware``: the snapshot tells the planner what the scheduling queue waits for (its
+    ``pending``), so no substitution or restore takes a slice a queued pod asks for exactly. Without
+    reservations nothing is "in flight": the peer strategy restores one pod every pass (with no limit
+    at all it restarted ~5 pods per arrival in an overloaded run: a restored pod loses its free slice
+    to a pending pod, is upgraded again, restored again...).
     """
 
     name: str
     plan: PlanSettings
     reservations: bool = True
     first_fit: bool = False
-    serial_restores: bool = True
+    queue_aware: bool = False
 
 
 POLICIES: dict[str, PolicySpec] = {
     "stock": PolicySpec("stock", PlanSettings(substitution=False), reservations=False),
-    "upgrade": PolicySpec("upgrade", PlanSettings(), reservations=False, first_fit=True, serial_restores=False),
-    "mig-extender": PolicySpec("mig-extender", PlanSettings()),
+    "upgrade": PolicySpec("upgrade", PlanSettings(restores_per_pass=1), reservations=False, first_fit=True),
+    "mig-extender": PolicySpec("mig-extender", PlanSettings(), queue_aware=True),
 }
 
 
@@ -158,6 +159,7 @@ class Engine:
         self.restored: deque[Rule] = deque()                 # Restored within loop_window (the loop guard)
         self.works: dict[str, _Work] = {}                    # rule name -> workload
         self.queues: dict[Key, deque[_Work]] = {}
+        self.waiting_for: dict[str, int] = {}  # resource -> slices the queue asks for (the snapshots' pending)
         self.dirty: set[Key] = set()
         self.triggers: dict[str, set[Key]] = {}
         self._pass_at = -1.0
@@ -244,6 +246,7 @@ class Engine:
                 for r in (resource, *(self._compatible_with(resource) if may_substitute else ())):
                     self.triggers.setdefault(r, set()).add(key)
             queue.append(w)
+            self.waiting_for[key[0]] = self.waiting_for.get(key[0], 0) + key[1]
 
     def _compatible_with(self, resource: str) -> frozenset[str]:
         found = self._compatible.get(resource)
@@ -271,10 +274,15 @@ class Engine:
             queue = self.queues[key]
             if self._attempt(queue[0]):
                 queue.popleft()
+                self.waiting_for[key[0]] -= key[1]
                 if queue:
                     heapq.heappush(heads, (queue[0].job.seq, key))
 
     # -- one scheduling cycle: /filter, /prioritize, /bind ----------------------------------------
+
+    def _pending(self) -> Mapping[str, int] | None:
+        """The live queue demand (read by the planner through the snapshot), for a queue-aware policy."""
+        return self.waiting_for if self.policy.queue_aware else None
 
     def _snapshot(self) -> ClusterSnapshot:
         """The snapshot the scheduler would see now. Nodes are read live; only the reservations and the
@@ -282,7 +290,7 @@ class Engine:
         new time (``replace`` keeps its reservation maps, the planner stamps new rules with ``now``)."""
         if self._snap is None or self._snap_gen != self.rules_gen or self.now >= self._snap_until:
             rules = list(self.pending_rules.values()) if self.policy.reservations else []
-            self._snap = self.cluster.snapshot(rules, self.now)
+            self._snap = self.cluster.snapshot(rules, self.now, self._pending())
             self._snap_gen = self.rules_gen
             self._snap_until = min((r.expires for r in rules), default=math.inf)
         elif self._snap.now != self.now:
@@ -494,7 +502,7 @@ class Engine:
         if self.pending_rules:
             self._observe()
         if self.pending_rules:
-            snap = self.cluster.snapshot(self.pending_rules.values(), self.now)
+            snap = self.cluster.snapshot(self.pending_rules.values(), self.now, self._pending())
             for rule in expired_rules(snap):
                 resource = (rule.original if rule.phase is Phase.RESTORING else rule.substitute).resource
                 self._set_rule(rule.expired(self.now))
@@ -530,7 +538,7 @@ class Engine:
             w = self.works.get(rule.name)
             if w is not None and w.state == "awaiting":
                 pods[w.pod.uid] = w.pod
-        snap = self.cluster.snapshot(recorded, self.now)
+        snap = self.cluster.snapshot(recorded, self.now, self._pending())
         upgrades, cancel = plan_upgrades(snap, pods, self.plan)
         for rule in cancel:
             self._set_rule(rule.expired(self.now))
@@ -549,8 +557,9 @@ class Engine:
         Only pods whose original type has a free slice somewhere are candidates at all.
         """
         self._note_free_runs()
-        if self.policy.serial_restores and any(r.phase is Phase.RESTORING for r in self.pending_rules.values()):
-            return  # plan_restores would plan nothing: one restore in flight at a time
+        in_flight = sum(1 for r in self.pending_rules.values() if r.phase is Phase.RESTORING)
+        if self.policy.reservations and in_flight >= self.plan.restores_in_flight:
+            return  # plan_restores would plan nothing: enough restores under way
         free = self.cluster.free_nodes
         groups = [order for resource, order in self.restore_order.items() if order and free(resource)]
         if not groups or self.changes == self._restores_idle:
@@ -565,7 +574,7 @@ class Engine:
             # the loop guard matches Restored rules by workload: others cannot change a plan
             owners = {rule.owner.uid for rule in prefix if rule.owner}
             recent = [r for r in self.restored if r.owner and r.owner.uid in owners]
-            snap = self.cluster.snapshot([*held, *prefix, *recent], self.now)
+            snap = self.cluster.snapshot([*held, *prefix, *recent], self.now, self._pending())
             plans, _ = plan_restores(snap, {r.bound_pod: self.works[r.name].pod for r in prefix}, self.plan)
             if len(plans) >= self.plan.restores_per_pass or len(prefix) < size:
                 break

@@ -30,6 +30,10 @@ def reference(pod, candidates, snap):
             unresolvable.add(node)
         else:
             failed.add(node)
+    own = snap.own_reservation(pod)
+    if own is not None and own[0] in passed:  # a pod with a reserved slice goes there, nowhere else
+        failed |= passed - {own[0]}
+        passed = {own[0]}
     return passed, failed, unresolvable
 
 

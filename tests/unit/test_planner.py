@@ -199,7 +199,7 @@ def test_restore_picks_the_biggest_waster_and_reserves_the_original() -> None:
     restoring = plans[0].rule.restoring("gpu-a", 1000.0, 120.0)
     snap2 = snapshot_of(node, small, big, make_pod(mig={"1g.5gb": 1}, node="gpu-a"), rules=(r_small, restoring))
     assert snap2.free("gpu-a", res("1g.5gb")) == 0  # set aside for the restarted pod
-    assert plan_restores(snap2, _pods(small, big)) == ([], [])  # one restore in flight at a time
+    assert plan_restores(snap2, _pods(small, big)) == ([], [])  # no 1g.5gb left for the small one
 
 
 def test_restore_needs_the_original_free() -> None:
@@ -251,3 +251,49 @@ def test_own_reservation_is_not_counted_twice_in_scores() -> None:
     assert scores["held"] == scores["twin"] < 10
     other = pod_info(make_pod(mig={"2g.10gb": 1}))  # anyone else sees the reserved slice as taken
     assert dict(score_nodes(other, ["held", "twin"], snap))["held"] > scores["twin"]
+
+
+def test_restores_wait_for_pods_that_want_exactly_the_freed_type() -> None:
+    up, rule = _upgraded("p", "1g.5gb", "2g.10gb", "gpu-a")
+    waiting = make_pod("queued", mig={"1g.5gb": 1})  # pending, asks for exactly the freed type
+    snap = snapshot_of(walkthrough_node(), up, make_pod(mig={"1g.5gb": 1}, node="gpu-a"), waiting, rules=(rule,))
+    assert snap.pending == {res("1g.5gb"): 1} and snap.spare(res("1g.5gb")) == 0
+    assert plan_restores(snap, _pods(up)) == ([], [])  # the queued pod gets the slice, not a restart
+    alone = snapshot_of(walkthrough_node(), up, make_pod(mig={"1g.5gb": 1}, node="gpu-a"), rules=(rule,))
+    assert len(plan_restores(alone, _pods(up))[0]) == 1
+    # but when pods also wait for the 2g.10gb the upgraded pod holds, freeing it is what the queue needs
+    both = snapshot_of(walkthrough_node(), up, make_pod(mig={"1g.5gb": 1}, node="gpu-a"), waiting,
+                       make_pod("wants-2g", mig={"2g.10gb": 1}), rules=(rule,))
+    assert len(plan_restores(both, _pods(up))[0]) == 1
+
+
+def test_several_restores_run_at_once_within_the_limits() -> None:
+    ups = [_upgraded(f"p{i}", "1g.5gb", "2g.10gb", "big") for i in range(4)]
+    node = make_node("big", A40, {"1g.5gb": 7, "2g.10gb": 7})
+    snap = snapshot_of(node, *(u for u, _ in ups), rules=tuple(r for _, r in ups))
+    plans, _ = plan_restores(snap, _pods(*(u for u, _ in ups)), PlanSettings(restores_per_pass=3))
+    assert len(plans) == 3  # the per-pass limit
+    restoring = tuple(p.rule.restoring("big", 1000.0, 120.0) for p in plans)
+    rest = tuple(r for _, r in ups if r.name not in {p.rule.name for p in plans})
+    snap2 = snapshot_of(node, *(u for u, _ in ups), rules=restoring + rest)
+    assert plan_restores(snap2, _pods(*(u for u, _ in ups)), PlanSettings(restores_in_flight=3)) == ([], [])
+    assert len(plan_restores(snap2, _pods(*(u for u, _ in ups)), PlanSettings(restores_in_flight=4))[0]) == 1
+
+
+def test_no_substitute_is_taken_from_a_type_its_own_queue_needs() -> None:
+    base = (make_node("n", A40, {"1g.5gb": 1, "2g.10gb": 1, "3g.20gb": 1}), make_pod(mig={"1g.5gb": 1}, node="n"))
+    pod = pod_info(make_pod(mig={"1g.5gb": 1}))
+    assert choose_substitute(pod, {"n"}, snapshot_of(*base)).substitute.resource == res("2g.10gb")
+    queued_2g = make_pod("wants-2g", mig={"2g.10gb": 1})
+    rule = choose_substitute(pod, {"n"}, snapshot_of(*base, queued_2g))
+    assert rule.substitute.resource == res("3g.20gb")  # the 2g is left to the pod waiting for it
+
+
+def test_the_rewritten_pod_is_placed_on_its_reserved_node() -> None:
+    base = (make_node("a", A40, {"1g.5gb": 1, "2g.10gb": 1}), make_node("b", A40, {"2g.10gb": 1}),
+            make_pod(mig={"1g.5gb": 1}, node="a"))
+    rule = choose_substitute(pod_info(make_pod("p", mig={"1g.5gb": 1})), {"a"}, snapshot_of(*base))
+    replacement = pod_info(make_pod("p-2", mig={"2g.10gb": 1}, annotations={ANN_RULE: rule.name}))
+    d = filter_pod(replacement, ["a", "b"], snapshot_of(*base, rules=(rule.applied("p-2", 1000.0, 60.0),)))
+    assert list(d.passed) == ["a"]
+    assert "reserved on another node" in str(d.failed["b"])
