@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mig_extender.sim.report import ROWS  # noqa: E402
+from mig_extender.sim.report import ROWS, fmt  # noqa: E402
 from mig_extender.sim.runner import SimConfig, prepare, run_all  # noqa: E402
 
 SCENARIOS: dict[str, SimConfig] = {
@@ -33,16 +33,6 @@ SCENARIOS: dict[str, SimConfig] = {
     "ali-0.9": SimConfig(workload="alibaba", load=0.9),
     "ali-1.1": SimConfig(workload="alibaba", load=1.1),
 }
-
-
-def _cell(value: object, kind: str) -> str:
-    if value is None:
-        return "-"
-    if kind == "pct":
-        return f"{100 * float(value):.1f}%"
-    if kind == "int":
-        return f"{round(float(value)):,}"
-    return f"{float(value):,.1f}"
 
 
 def main() -> int:
@@ -65,7 +55,7 @@ def main() -> int:
         print("\n| metric | " + " | ".join(policies) + " |")
         print("|---|" + "---:|" * len(policies))
         for metric, label, kind in ROWS:
-            print(f"| {label.strip()} | " + " | ".join(_cell(results[p].metrics.get(metric), kind) for p in policies)
+            print(f"| {label.strip()} | " + " | ".join(fmt(results[p].metrics.get(metric), kind) for p in policies)
                   + " |")
     if args.json:
         print(json.dumps({"machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d"),

@@ -34,14 +34,15 @@ class PlotUnavailable(RuntimeError):
     """--plot without matplotlib installed."""
 
 
-def _fmt(value: Any, kind: str) -> str:
+def fmt(value: Any, kind: str) -> str:
+    """One metric as the tables show it: ``pct`` (fraction -> %), ``int`` (thousands), else 1 decimal."""
     if value is None:
         return "-"
     if kind == "pct":
-        return f"{100 * value:.1f}%"
+        return f"{100 * float(value):.1f}%"
     if kind == "int":
-        return f"{round(value):,}"
-    return f"{value:,.1f}"
+        return f"{round(float(value)):,}"
+    return f"{float(value):,.1f}"
 
 
 def table(results: Mapping[str, RunResult], header: Sequence[str] = ()) -> str:
@@ -52,7 +53,7 @@ def table(results: Mapping[str, RunResult], header: Sequence[str] = ()) -> str:
     lines.append("")
     lines.append(" " * width + "  " + "  ".join(p.rjust(c) for p, c in zip(policies, cols, strict=True)))
     for metric, label, kind in ROWS:
-        cells = [_fmt(results[p].metrics.get(metric), kind).rjust(c) for p, c in zip(policies, cols, strict=True)]
+        cells = [fmt(results[p].metrics.get(metric), kind).rjust(c) for p, c in zip(policies, cols, strict=True)]
         lines.append(label.ljust(width) + "  " + "  ".join(cells))
     return "\n".join(lines) + "\n"
 
