@@ -78,6 +78,7 @@ def build_service(settings: Settings) -> ExtenderService:
         binder = KubeBinder(api)
     metrics = Metrics()
     service = ExtenderService(inventory, build_store(settings, api), settings.plan, metrics, binder)
+    service.expire_rules = settings.store_kind == "memory"  # with rules in the API the reconciler does it
     metrics.watch(service.snapshot)
     informers = [*informers, *([service.store.informer] if getattr(service.store, "informer", None) else [])]
     if (check := _staleness(informers, settings)) is not None:

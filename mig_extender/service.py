@@ -63,6 +63,7 @@ class ExtenderService:
         # extra readiness checks from the edges (e.g. "watch stale for 45 s"); each returns "" when fine
         self.checks: list[Callable[[], str]] = []
         self._commit = threading.Lock()  # check-and-assume of binds
+        self.expire_rules = True
 
     def snapshot(self) -> ClusterSnapshot:
         return self.inventory.snapshot(self.store.list(), self.clock())
@@ -96,10 +97,14 @@ class ExtenderService:
         return decision
 
     def housekeeping(self) -> None:
-        """Forget binds the API never confirmed; mark rules past their expiry Expired."""
+        """Forget binds the API never confirmed; mark rules past their expiry Expired when this process
+        owns the rules' life cycle (``expire_rules``: in-memory rules). With rules in the API the
+        reconciler's leader does it: an expired rule's reservation is void by time already, and every
+        extender replica writing the same transition would only collide."""
         self.inventory.expire_assumed()
-        for rule in expired_rules(self.snapshot()):
-            self._finish(rule, "expired")
+        if self.expire_rules:
+            for rule in expired_rules(self.snapshot()):
+                self._finish(rule, "expired")
 
     def prioritize(self, pod_obj: Mapping[str, Any], nodes: Sequence[str]) -> list[tuple[str, int]]:
         pod = pod_info(pod_obj)

@@ -202,3 +202,17 @@ def test_rule_store_outage_still_answers_and_promises_nothing(client, service) -
     assert out.status_code == 200 and out.get_json()["NodeNames"] == []
     assert "could not be stored" in out.get_json()["FailedNodes"]["gpu-a"]
     assert service.snapshot().reserved == {}
+
+
+@pytest.mark.parametrize("owns_rules, phase", [(True, "Expired"), (False, "Recorded")])
+def test_housekeeping_expires_rules_only_where_it_owns_them(client, service, owns_rules: bool, phase: str) -> None:
+    for i in range(3):
+        service.inventory.upsert_pod(make_pod(mig={"1g.10gb": 1}, node="gpu-a" if i < 2 else "gpu-b"))
+    client.post("/filter", json={"Pod": pending({"1g.10gb": 1}), "NodeNames": ["gpu-a", "gpu-b"]})
+    (rule,) = service.store.list()
+    service.clock = lambda: rule.expires + 1
+    service.expire_rules = owns_rules
+    service.housekeeping()
+    (after,) = service.store.list()
+    assert str(after.phase) == phase
+    assert service.snapshot().reserved == {}  # either way the reservation is void once expired
