@@ -192,7 +192,9 @@ class ClusterInventory:
             self._pending[r] = self._pending.get(r, 0) + sign * n
             if self._pending[r] <= 0:
                 del self._pending[r]
-        self._changed()
+        # nodes and the free index are unchanged: keep their cached copy (snapshot() copies pending on
+        # its own); only tell generation watchers (the reconciler) that something moved
+        self.generation += 1
 
     def _account(self, node: str, demand: Mapping[str, int], sign: int) -> None:
         used = self._used.setdefault(node, {})
@@ -218,10 +220,6 @@ class ClusterInventory:
     def pods(self) -> list[PodInfo]:
         with self._lock:
             return list(self._pods.values())
-
-    def find_pod(self, namespace: str, name: str) -> PodInfo | None:
-        with self._lock:
-            return next((p for p in self._pods.values() if p.namespace == namespace and p.name == name), None)
 
     def snapshot(self, rules: Iterable[Rule] = (), now: float | None = None) -> ClusterSnapshot:
         with self._lock:

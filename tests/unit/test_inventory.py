@@ -104,3 +104,15 @@ def test_gpu_model_detection(labels: dict, resources: list, model: str) -> None:
 
 def test_gpu_model_unknown_is_none() -> None:
     assert detect_gpu({"nvidia.com/gpu.product": "Tesla-T4"}, []) is None
+
+
+def test_pending_pods_do_not_invalidate_the_cached_node_copy() -> None:
+    """A pod arriving or being scheduled elsewhere changes pending demand, not nodes: no O(nodes) recopy."""
+    inv = inventory_of(make_node("n1", mig={"1g.5gb": 1}))
+    before = inv.snapshot()
+    waiting = make_pod(mig={"1g.5gb": 1})
+    inv.upsert_pod(waiting)
+    after = inv.snapshot()
+    assert after.nodes is before.nodes and after.pending == {res("1g.5gb"): 1} and before.pending == {}
+    inv.delete_pod(waiting["metadata"]["uid"])
+    assert inv.snapshot().pending == {}
