@@ -64,6 +64,14 @@ class World:
         self.inventory.delete_pod(pod["metadata"]["uid"])
         self.actions.pods.pop(pod["metadata"]["name"], None)
 
+    def replace_with_upgraded(self, pending: dict, rule, name: str, owner: tuple | None = None,
+                              annotations: dict | None = None) -> dict:
+        """``pending`` gone; in its place the replacement the webhook rewrote to the substitute, bound on
+        gpu-a (what the controller, the webhook and the extender's bind produce between two passes)."""
+        self.remove(pending)
+        stamped = {ANN_RULE: rule.name, ANN_ORIGINAL: f"{rule.original}", **(annotations or {})}
+        return self.add(make_pod(name, mig={"2g.10gb": 1}, node="gpu-a", owner=owner, annotations=stamped))
+
     def record_for(self, pod: dict):
         snap = self.inventory.snapshot(self.store.list(), self.now)
         return self.store.record(filter_pod(pod_info(pod), ["gpu-a"], snap).record)
@@ -88,10 +96,8 @@ def test_walkthrough_upgrade_then_restore() -> None:
     assert ("infer-b-2", "MigUpgrading") in w.actions.events
     assert w.reconciler.run_once()["upgrade_deleted"] == 0  # no second restart of the same pod
 
-    w.remove(pending)  # the controller's replacement, rewritten by the webhook, then bound by the extender
     w.now += 3
-    up = w.add(make_pod("infer-b-3", mig={"2g.10gb": 1}, node="gpu-a", owner=OWNER,
-                        annotations={ANN_RULE: rule.name, ANN_ORIGINAL: f"{res('1g.5gb')}=1"}))
+    up = w.replace_with_upgraded(pending, rule, "infer-b-3", OWNER)
     counts = w.reconciler.run_once()
     assert counts["applied"] == 1 and counts["bound"] == 1
     (stored,) = w.store.list()
@@ -125,9 +131,7 @@ def test_bare_pod_upgrade_and_restore_go_through_a_stashed_manifest() -> None:
     (stash,) = [c for c in w.actions.calls if c[0] == "stash"]
     assert stash[1] == "solo" and "uid" not in stash[2]["metadata"] and "nodeName" not in stash[2]["spec"]
 
-    w.remove(pending)
-    up = w.add(make_pod("solo", mig={"2g.10gb": 1}, node="gpu-a",
-                        annotations={ANN_RULE: rule.name, ANN_ORIGINAL: f"{res('1g.5gb')}=1"}))
+    up = w.replace_with_upgraded(pending, rule, "solo")
     w.reconciler.run_once()
     w.remove(blocker)
     w.now += 1
@@ -145,9 +149,7 @@ def test_opted_out_pod_gets_one_warning_and_stays() -> None:
     a1 = w.add(make_pod("a1", mig={"1g.5gb": 2}, node="gpu-a"))
     pending = w.add(make_pod("p", mig={"1g.5gb": 1}, owner=OWNER))
     rule = w.record_for(pending)
-    w.remove(pending)
-    w.add(make_pod("p2", mig={"2g.10gb": 1}, node="gpu-a", owner=OWNER,
-                   annotations={ANN_RULE: rule.name, ANN_ORIGINAL: f"{res('1g.5gb')}=1", ANN_RESTORE: "false"}))
+    w.replace_with_upgraded(pending, rule, "p2", OWNER, {ANN_RESTORE: "false"})
     w.reconciler.run_once()
     w.remove(a1)
     for _ in range(3):
@@ -170,9 +172,7 @@ def test_a_new_leader_resumes_a_restore_whose_restart_never_happened() -> None:
     a1 = w.add(make_pod("a1", mig={"1g.5gb": 2}, node="gpu-a"))
     pending = w.add(make_pod("p", mig={"1g.5gb": 1}, owner=OWNER))
     rule = w.record_for(pending)
-    w.remove(pending)
-    up = w.add(make_pod("p2", mig={"2g.10gb": 1}, node="gpu-a", owner=OWNER,
-                        annotations={ANN_RULE: rule.name, ANN_ORIGINAL: f"{res('1g.5gb')}=1"}))
+    up = w.replace_with_upgraded(pending, rule, "p2", OWNER)
     w.reconciler.run_once()
     w.remove(a1)
     (bound,) = w.store.list()
