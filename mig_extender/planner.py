@@ -120,22 +120,31 @@ def _fit(snap: ClusterSnapshot, pod: PodInfo, candidates: Sequence[str]) -> tupl
         # from free slices); only its allocatable is read, for the reason text.
         (resource, n), = demand
         holders = snap.free_index.get(resource, frozenset())
-        for node in [node for node in candidates if node not in holders]:
-            info = nodes.get(node)
-            if info is None:
-                failed[node] = _UNKNOWN_NODE
-                continue
-            total = info.allocatable.get(resource, 0)
-            key = (resource, n, 0, total, 0)
-            reason = reasons.get(key)
-            if reason is None:
-                reason = reasons[key] = Insufficient(resource, n, 0, total, 0)
-            (unresolvable if total == 0 else failed)[node] = reason
-        candidates = [node for node in candidates if node in holders]
+        # One lookup per candidate in the index: the names arrive as fresh strings, so each lookup
+        # hashes and compares against the inventory's copy (the bulk of a 5,000-node filter); the rest
+        # of the partition is identity-fast lookups in a set of the very same objects.
+        holding = [node for node in candidates if node in holders]
+        if len(holding) < len(candidates):
+            kept = set(holding)
+            for node in [node for node in candidates if node not in kept]:
+                info = nodes.get(node)
+                if info is None:
+                    failed[node] = _UNKNOWN_NODE
+                    continue
+                total = info.allocatable.get(resource, 0)
+                key = (resource, n, 0, total, 0)
+                reason = reasons.get(key)
+                if reason is None:
+                    reason = reasons[key] = Insufficient(resource, n, 0, total, 0)
+                (unresolvable if total == 0 else failed)[node] = reason
+        candidates = holding
         if n == 1:
             # a node with a free slice of the type and no reservation at all certainly fits: no arithmetic
-            passed = [node for node in candidates if node not in reserved]
-            candidates = [node for node in candidates if node in reserved]
+            if reserved:
+                passed = [node for node in candidates if node not in reserved]
+                candidates = [node for node in candidates if node in reserved]
+            else:
+                passed, candidates = candidates, []
     for node in candidates:
         info = nodes.get(node)
         if info is None:
