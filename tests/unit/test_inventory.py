@@ -116,3 +116,25 @@ def test_pending_pods_do_not_invalidate_the_cached_node_copy() -> None:
     assert after.nodes is before.nodes and after.pending == {res("1g.5gb"): 1} and before.pending == {}
     inv.delete_pod(waiting["metadata"]["uid"])
     assert inv.snapshot().pending == {}
+
+
+def test_a_full_node_list_re_keys_names_without_changing_the_books() -> None:
+    """After replace_nodes every structure holds one fresh copy per name (see _compact_names): the
+    usage, the free index and later updates by an equal-but-different name string are unaffected."""
+    nodes = [make_node(f"n{i}", mig={"1g.5gb": 2, "2g.10gb": 1}) for i in range(3)]
+    inv = inventory_of(*nodes, make_pod(mig={"1g.5gb": 2}, node="n0"), make_pod(mig={"2g.10gb": 1}, node="n1"))
+    before = inv.snapshot()
+    parsed = {n["metadata"]["name"]: n["metadata"]["name"] for n in nodes}
+    inv.replace_nodes(nodes)
+    after = inv.snapshot()
+    assert after.free_index == before.free_index
+    assert {n: dict(i.used) for n, i in after.nodes.items()} == {n: dict(i.used) for n, i in before.nodes.items()}
+    keys = {name: name for name in after.nodes}
+    for name, info in after.nodes.items():
+        assert info.name is name and name is not parsed[name]
+    for members in after.free_index.values():
+        assert all(member is keys[member] for member in members)
+    # a pod event names its node with yet another string object: it lands on the same books
+    inv.upsert_pod(make_pod(mig={"1g.5gb": 1}, node="".join(["n", "2"])))
+    assert inv.snapshot().free("n2", res("1g.5gb")) == 1
+    assert inv.snapshot().nodes_with_free(res("1g.5gb")) == {"n1", "n2"}
