@@ -16,6 +16,7 @@ from .extender import bp as extender_bp
 from .service import ExtenderService
 from .settings import Settings
 from .webhook import WebhookService, webhook_bp
+from .wirejson import OrjsonProvider
 
 
 def error_response(exc: HTTPException) -> Response:
@@ -27,7 +28,7 @@ def error_response(exc: HTTPException) -> Response:
 def _base(settings: Settings, component: Any) -> Flask:
     app = Flask("mig_extender")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json = OrjsonProvider(app)
     app.extensions["mig_extender_ops"] = component
     app.register_blueprint(ops)
     app.register_error_handler(HTTPException, error_response)

@@ -52,7 +52,7 @@ def verb(name: str) -> Callable[[Callable[[Mapping[str, Any]], Any]], Callable[[
             start = time.perf_counter()
             status, outcome = 200, "ok"
             try:
-                body = request.get_json(force=True, silent=False)
+                body = _decode()
                 if not isinstance(body, Mapping):
                     raise WireError("request body must be a JSON object")
                 result = handler(body)
@@ -81,6 +81,15 @@ def verb(name: str) -> Callable[[Callable[[Mapping[str, Any]], Any]], Callable[[
         return view
 
     return wrap
+
+
+def _decode() -> Any:
+    """The request body as JSON, or a WireError carrying the parser's message (Flask's own error hides
+    it outside debug mode). Reading past the size limit raises the 413 from here."""
+    try:
+        return current_app.json.loads(request.get_data(cache=False))
+    except ValueError as exc:  # orjson's and json's decode errors are ValueErrors
+        raise WireError(f"request body is not valid JSON: {exc}") from exc
 
 
 def _pod(body: Mapping[str, Any]) -> Mapping[str, Any]:

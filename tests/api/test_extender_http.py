@@ -101,7 +101,9 @@ def test_upgraded_pod_binds_on_its_reservation_and_the_rule_records_it(client, s
 
 
 @pytest.mark.parametrize("path, body, status, message", [
-    pytest.param("/filter", b"{not json", 400, "Bad Request", id="filter-not-json"),
+    pytest.param("/filter", b"{not json", 400, "not valid JSON: ", id="filter-not-json"),
+    pytest.param("/filter", b'{"Pod": NaN}', 400, "not valid JSON: ", id="filter-nan"),
+    pytest.param("/bind", b"\xff\xfe{}", 400, "not valid JSON: ", id="bind-not-utf8"),
     pytest.param("/filter", b"[]", 400, "JSON object", id="filter-not-object"),
     pytest.param("/filter", b'{"Pod": 5}', 400, "Pod must be a Pod", id="filter-pod-wrong-type"),
     pytest.param("/filter", b'{"Pod": {"metadata": {}, "spec": {}}, "NodeNames": "a"}', 400, "list of strings",
