@@ -9,11 +9,13 @@ scheduler replica (only the leader is called), not by adding workers. Apps are b
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -84,6 +86,7 @@ def build_service(settings: Settings) -> ExtenderService:
     if (check := _staleness(informers, settings)) is not None:
         service.checks.append(check)
     _every(HOUSEKEEPING_SECONDS, service.housekeeping, "housekeeping")
+    _freeze_heap_when_synced(inventory)
     return service
 
 
@@ -144,6 +147,23 @@ def _every(seconds: float, task: Callable[[], None], name: str) -> None:
                 log.exception("%s failed", name)
 
     threading.Thread(target=loop, name=name, daemon=True).start()
+
+
+def _freeze_heap_when_synced(inventory: ClusterInventory) -> None:
+    """Once the first full list is in, move every object alive to the GC's permanent generation.
+
+    The initial list leaves a large, long-lived heap (about 300 MB at 5,000 nodes); a full collection
+    walks all of it, 250-300 ms measured at that size, and one would land on some scheduling call.
+    Frozen objects are never scanned; what is allocated later is collected as usual.
+    """
+    def freeze() -> None:
+        while not inventory.synced:
+            time.sleep(0.5)
+        gc.collect()
+        gc.freeze()
+        log.info("inventory synced: %d objects moved out of the collector's reach", gc.get_freeze_count())
+
+    threading.Thread(target=freeze, name="gc-freeze", daemon=True).start()
 
 
 def default_identity() -> str:
