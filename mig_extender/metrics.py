@@ -71,6 +71,11 @@ class _SnapshotCollector(Collector):
         for phase in ("Recorded", "Applied", "Expired", "Restoring", "Restored"):
             phases.add_metric([phase], counts.get(phase, 0))
         yield phases
+        pending = GaugeMetricFamily("mig_extender_pending_slices", "MIG slices wanted by unbound pods, by resource",
+                                    labels=["resource"])
+        for r, n in sorted(snap.pending.items()):
+            pending.add_metric([r], n)
+        yield pending
         synced = GaugeMetricFamily("mig_extender_inventory_synced", "1 once node and pod caches are synced")
         synced.add_metric([], 1 if snap.synced else 0)
         yield synced

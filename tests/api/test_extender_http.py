@@ -156,6 +156,10 @@ def test_health_ready_metrics_and_inventory(client, service) -> None:
     text = client.get("/metrics").data.decode()
     assert 'mig_extender_requests_total{outcome="ok",verb="filter"} 1.0' in text
     assert 'mig_extender_slices{resource="nvidia.com/mig-2g.20gb",state="allocatable"} 4.0' in text
+    assert "mig_extender_pending_slices{" not in text  # nothing waits yet
+    service.inventory.upsert_pod(pending({"1g.10gb": 2}))
+    text = client.get("/metrics").data.decode()
+    assert 'mig_extender_pending_slices{resource="nvidia.com/mig-1g.10gb"} 2.0' in text
     inv = client.get("/debug/inventory?node=gpu-a").get_json()
     assert inv["nodes"][0]["gpu"] == "A100-80GB"
     assert inv["nodes"][0]["resources"]["nvidia.com/mig-1g.10gb"] == {"allocatable": 2, "used": 0, "reserved": 0,
