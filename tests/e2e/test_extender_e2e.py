@@ -187,3 +187,29 @@ def test_no_overcommit_when_binds_overlap(
     cluster.fake_kubelet.assert_no_overcommit(since=mark)
     running = [p for p in pods_of(cluster.core, namespace) if p.status.phase == "Running"]
     assert len(running) == 4
+
+
+def test_a_binding_the_api_refuses_is_a_502_and_the_assumed_slice_is_forgotten(
+    cluster: E2ECluster, extender: ExtenderProcess, namespace: str, fleet: Fleet
+) -> None:
+    """/bind writes the Binding straight through the client's pool (kube.post_json): the API server's
+    refusal comes back as the verb's error with its status, and the slice assumed for the pod is
+    forgotten, so the same pod's correct bind still finds it free."""
+    node = fleet.add("a", resources={MIG_1G: 1})
+    _await_inventory(extender, node)
+    pod = cluster.core.create_namespaced_pod(namespace, make_pod("p", mig={"1g.5gb": 1}, scheduler_name="none"))
+    wait_for(lambda: extender.metric("mig_extender_pending_slices", resource=MIG_1G) == 1, timeout=15,
+             what="the extender sees the pod waiting")
+    uid = pod.metadata.uid
+    # known uid, so the slice is assumed first; the API has no pod of that name: 404
+    answer = extender.post("/bind", {"PodName": "not-p", "PodNamespace": namespace, "PodUID": uid, "Node": node})
+    assert answer.status_code == 502 and "404" in answer.json()["Error"], answer.json()
+    # the right name with a uid the pod does not have: the API's precondition check refuses it (409)
+    answer = extender.post("/bind", {"PodName": "p", "PodNamespace": namespace,
+                                     "PodUID": "00000000-0000-4000-8000-000000000000", "Node": node})
+    assert answer.status_code == 502 and "409" in answer.json()["Error"], answer.json()
+    assert extender.inventory(node)["nodes"][0]["resources"][MIG_1G]["used"] == 0
+    answer = extender.post("/bind", {"PodName": "p", "PodNamespace": namespace, "PodUID": uid, "Node": node})
+    assert answer.status_code == 200, answer.json()
+    wait_running(cluster.core, namespace, "p")
+    _await_inventory(extender, node, **{MIG_1G: 1})

@@ -88,6 +88,10 @@ class ExtenderProcess:
         response.raise_for_status()
         return response.json()
 
+    def post(self, path: str, body: Any) -> requests.Response:
+        """POST a JSON body; the response whatever its status."""
+        return self._http.post(f"{self.url}{path}", json=body, timeout=30)
+
     def rules(self) -> list[dict[str, Any]]:
         """GET /debug/rules."""
         return self.get("/debug/rules")
