@@ -91,6 +91,18 @@ def test_fake_kubelet_charges_init_containers_like_a_kubelet(cluster: E2ECluster
     assert wait_phase(cluster.core, namespace, "over", "Failed").status.reason == f"OutOf{MIG_1G}"
 
 
+def test_fake_kubelet_holds_pods_until_the_block_ends(cluster: E2ECluster, namespace: str, fleet) -> None:
+    """holding_pods() (used by bench/e2e_throughput.py) defers admission, then admits in watch order."""
+    node = fleet.add("a", resources={MIG_1G: 1})
+    with cluster.fake_kubelet.holding_pods():
+        for name in ("first", "second"):
+            cluster.core.create_namespaced_pod(namespace, make_pod(name, mig={"1g.5gb": 1}, node_name=node))
+        stays(lambda: all(p.status.phase == "Pending" for p in pods_of(cluster.core, namespace)), duration=1.5,
+              what="both pods Pending while held")
+    wait_running(cluster.core, namespace, "first")
+    wait_phase(cluster.core, namespace, "second", "Failed")  # one slice: the later pod is rejected, as ever
+
+
 def test_freed_capacity_is_reused_after_a_pod_finishes(cluster: E2ECluster, namespace: str, fleet) -> None:
     node = fleet.add("a", resources={MIG_1G: 1})
     cluster.core.create_namespaced_pod(namespace, make_pod("job", mig={"1g.5gb": 1}, node_name=node))

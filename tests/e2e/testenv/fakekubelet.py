@@ -27,7 +27,8 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -130,6 +131,7 @@ class FakeKubelet:
         self._finalizing: set[str] = set()
         self._decisions: list[Admission] = []
         self._pending_writes: set[Future[None]] = set()
+        self._held: list[tuple[str, dict[str, Any]]] | None = None  # pod events deferred by holding_pods()
         self._writers = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="fakekubelet-write")
         self._node_reflector = Reflector(
             "nodes",
@@ -384,8 +386,27 @@ class FakeKubelet:
             for pod in items:
                 self._handle_pod("ADDED", pod)
 
+    @contextmanager
+    def holding_pods(self) -> Iterator[None]:
+        """Admit no pod while the block runs: pod events queue up and are handled, in watch order, when it
+        ends. For measurements of scheduling alone (bench/e2e_throughput.py): a real kubelet starts pods on
+        its own machine, while this one would spend the benchmark's shared cores, and the API server's,
+        on status writes inside the measured window."""
+        with self._lock:
+            self._held = []
+        try:
+            yield
+        finally:
+            with self._lock:
+                held, self._held = self._held or [], None
+                for kind, pod in held:
+                    self._handle_pod(kind, pod)
+
     def _on_pod_event(self, kind: str, pod: dict[str, Any]) -> None:
         with self._lock:
+            if self._held is not None:
+                self._held.append((kind, pod))
+                return
             self._handle_pod(kind, pod)
 
     def _handle_pod(self, kind: str, pod: dict[str, Any]) -> None:
