@@ -21,6 +21,8 @@ Needs the e2e binaries (see tests/e2e/README.md; a first build takes minutes). A
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import os
 import platform
@@ -35,8 +37,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout and its tests/ package, not an installed copy
 
 import yaml  # noqa: E402
-from kubernetes import watch  # noqa: E402
 
+from mig_extender.kube import Informer  # noqa: E402
 from tests.e2e.testenv.binaries import BinariesUnavailable, find_binaries  # noqa: E402
 from tests.e2e.testenv.cluster import E2ECluster  # noqa: E402
 from tests.e2e.testenv.extender import ExtenderProcess, cli_argv  # noqa: E402
@@ -63,50 +65,81 @@ def mig_config(path: Path, name: str, extender_url: str, kubeconfig: Path) -> Pa
     return path
 
 
-def run_one(cluster: E2ECluster, label: str, scheduler: str, config: Path, pods: int, timeout: float) -> dict:
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), 0 if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def cpu_by_component(cluster: E2ECluster, extender: ExtenderProcess | None) -> dict[str, float]:
+    """CPU seconds so far of each process on the machine's cores: the control plane's binaries, the
+    extender (gunicorn arbiter and worker) and this process (the fake kubelet and the bind watch)."""
+    out = {name: _cpu_seconds(proc.pid) for name, proc in cluster.control_plane.processes.items()}
+    if extender is not None and extender.process is not None:
+        pid = extender.process.pid
+        out["mig-extender"] = _cpu_seconds(pid) + sum(_cpu_seconds(c) for c in _children(pid))
+    out["bench (fake kubelet, watch)"] = _cpu_seconds(os.getpid())
+    return out
+
+
+def run_one(cluster: E2ECluster, label: str, scheduler: str, config: Path, pods: int, timeout: float,
+            extender: ExtenderProcess | None = None, kubelet_in_window: bool = False) -> dict:
     namespace = cluster.create_namespace(prefix=f"bench-{label}")
     bound: dict[str, float] = {}
     done = threading.Event()
+    cpu: list[dict[str, float]] = []  # at the first and at the last bind
 
-    def record() -> None:
-        """Note when each pod is first seen bound. One watch can end early (the server closes it); then
-        a list catches anything missed and a new watch resumes from the list's resourceVersion."""
-        deadline = time.monotonic() + timeout
-        while len(bound) < pods and time.monotonic() < deadline:
-            listed = cluster.core.list_namespaced_pod(namespace)
-            for pod in listed.items:
-                if pod.spec.node_name and pod.metadata.name not in bound:
-                    bound[pod.metadata.name] = time.monotonic()
-            w = watch.Watch()
-            for event in w.stream(cluster.core.list_namespaced_pod, namespace, timeout_seconds=30,
-                                  resource_version=listed.metadata.resource_version):
-                pod = event["object"]
-                if pod.spec.node_name and pod.metadata.name not in bound:
-                    bound[pod.metadata.name] = time.monotonic()
-                if len(bound) >= pods:
-                    w.stop()
-                    break
-        done.set()
+    def seen(name: str) -> None:
+        bound[name] = time.monotonic()
+        if len(bound) == 1 or len(bound) == pods:
+            cpu.append(cpu_by_component(cluster, extender))
 
+    def on_event(kind: str, pod: dict) -> None:
+        if (pod.get("spec") or {}).get("nodeName") and pod["metadata"]["name"] not in bound:
+            seen(pod["metadata"]["name"])
+        if len(bound) >= pods:
+            done.set()
+
+    # the product's own raw-JSON informer: the generated client's model classes cost more CPU per event
+    # than the scheduler being measured, on the same cores
+    watcher = Informer(f"bench-{label}", functools.partial(cluster.core.list_namespaced_pod, namespace),
+                       on_event, lambda items: [on_event("ADDED", p) for p in items])
+    hold = contextlib.nullcontext() if kubelet_in_window else cluster.fake_kubelet.holding_pods()
     try:
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda i: cluster.core.create_namespaced_pod(
-                namespace, make_pod(f"p{i:05d}", resources={MIX[i % len(MIX)]: "1"}, scheduler_name=scheduler)),
-                range(pods)))
-        watcher = threading.Thread(target=record, daemon=True)
-        watcher.start()
-        started = time.monotonic()
-        cluster.start_scheduler(scheduler, config)
-        done.wait(timeout)
-        cluster.stop_scheduler(scheduler)
+        with hold:
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(lambda i: cluster.core.create_namespaced_pod(
+                    namespace, make_pod(f"p{i:05d}", resources={MIX[i % len(MIX)]: "1"}, scheduler_name=scheduler)),
+                    range(pods)))
+            watcher.start()
+            started = time.monotonic()
+            cluster.start_scheduler(scheduler, config)
+            done.wait(timeout)
+            cluster.stop_scheduler(scheduler)
+            watcher.stop()
         times = sorted(bound.values())
         if len(times) < 2:
             raise RuntimeError(f"{label}: only {len(times)} of {pods} pods bound in {timeout:.0f} s; "
                                f"see {cluster.log_path(scheduler)}")
         span = times[-1] - times[0]
+        per_pod = {}
+        if len(cpu) == 2:  # CPU ms per bound pod between the first and the last bind, by process
+            per_pod = {k: round(1000 * (cpu[1][k] - cpu[0].get(k, 0.0)) / (len(times) - 1), 2) for k in cpu[1]}
+            per_pod = dict(sorted(((k, v) for k, v in per_pod.items() if v > 0), key=lambda kv: -kv[1]))
         return {"scheduler": label, "pods": pods, "bound": len(times), "bind_span_s": round(span, 3),
                 "pods_per_s": round((len(times) - 1) / span, 1) if span > 0 else None,
-                "from_scheduler_start_s": round(times[-1] - started, 3)}
+                "from_scheduler_start_s": round(times[-1] - started, 3),
+                "cpu_ms_per_pod": per_pod, "cpu_ms_per_pod_total": round(sum(per_pod.values()), 2)}
     finally:
         cluster.delete_namespace(namespace)
 
@@ -116,6 +149,11 @@ def main() -> int:
     ap.add_argument("--pods", type=int, default=300)
     ap.add_argument("--nodes", type=int, default=20)
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds each scheduler may take")
+    ap.add_argument("--extender-threads", type=int, default=None,
+                    help="gunicorn threads of mig-extender serve (default: the product's default)")
+    ap.add_argument("--kubelet-in-window", action="store_true",
+                    help="let the fake kubelet start pods while binds are measured (default: it holds them "
+                         "until the window ends; see the docstring)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.pods > args.nodes * 8 * sum(PER_GPU.values()) // 2:
@@ -131,15 +169,16 @@ def main() -> int:
             cluster.fake_kubelet.add_node(f"bench-{i:03d}", "A100-40GB", {r: n * 8 for r, n in PER_GPU.items()},
                                           gpu_count=8, pods=500)
         extender = ExtenderProcess(cluster.kubeconfig, cluster.log_path("mig-extender"),
-                                   args=("--rule-store", "memory", "--log-level", "warning"))
+                                   args=("--rule-store", "memory", "--log-level", "warning",
+                                         *(("--threads", str(args.extender_threads)) if args.extender_threads else ())))
         extender.start()
         state = cluster.state_dir
         runs = [
             run_one(cluster, "stock", "bench-stock", stock_config(state / "bench-stock.yaml", "bench-stock"),
-                    args.pods, args.timeout),
+                    args.pods, args.timeout, extender, args.kubelet_in_window),
             run_one(cluster, "mig-extender", "bench-mig",
                     mig_config(state / "bench-mig.yaml", "bench-mig", extender.url, cluster.scheduler_kubeconfig),
-                    args.pods, args.timeout),
+                    args.pods, args.timeout, extender, args.kubelet_in_window),
         ]
         # where the extender's share goes: its own mean time per verb (server side, from /metrics)
         seconds = "mig_extender_request_duration_seconds"
@@ -161,6 +200,8 @@ def main() -> int:
         for r in runs:
             print(f"{r['scheduler']:>13}: {r['bound']}/{r['pods']} pods bound, {r['pods_per_s']} pods/s "
                   f"(first to last bind {r['bind_span_s']} s; last bind {r['from_scheduler_start_s']} s after start)")
+            print(f"{'':>13}  CPU ms per pod {r['cpu_ms_per_pod_total']}: "
+                  + ", ".join(f"{k} {v}" for k, v in r["cpu_ms_per_pod"].items()))
         print(f"extender time per call (server side, mean ms): {ours['extender_mean_ms']}, "
               f"calls: {ours['extender_calls']}")
         print(f"ratio mig-extender / stock: {ratio}  ({result['machine']}, {result['date']}, {args.nodes} nodes)")
