@@ -192,7 +192,7 @@ def test_no_overcommit_when_binds_overlap(
 def test_a_binding_the_api_refuses_is_a_502_and_the_assumed_slice_is_forgotten(
     cluster: E2ECluster, extender: ExtenderProcess, namespace: str, fleet: Fleet
 ) -> None:
-    """/bind writes the Binding straight through the client's pool (kube.post_json): the API server's
+    """/bind writes the Binding straight through the client's pool (kube.JsonPoster): the API server's
     refusal comes back as the verb's error with its status, and the slice assumed for the pod is
     forgotten, so the same pod's correct bind still finds it free."""
     node = fleet.add("a", resources={MIG_1G: 1})
