@@ -5,7 +5,9 @@ the slices held by bound pods, one profile sold out), start ``mig-extender serve
 subprocess on a free loopback port, and post recorded-shape ExtenderArgs (the Pod and Node objects of
 ../shared/samples, a real kube-scheduler's) from this process over one keep-alive session, one call
 at a time as kube-scheduler does (``--concurrency`` adds client threads for throughput). Both shapes:
-NodeNames (nodeCacheCapable: true) and full Nodes (false). Prints p50/p99 latency and requests/s.
+NodeNames (nodeCacheCapable: true) and full Nodes (false). Then the webhook's AdmissionReview round
+trip over HTTPS (``mig-extender webhook`` with a certificate from ``mig-extender certs``). Prints p50/p99
+latency and requests/s.
 
     python bench/extender.py                 # 100, 1000 and 5000 nodes
     python bench/extender.py --nodes 5000 --json
@@ -152,7 +154,7 @@ class Server:
 
 
 def measure(post: Callable[[http.client.HTTPConnection, int], None], port: int, requests_max: int, seconds: float,
-            concurrency: int, warmup: int = 10) -> dict[str, float]:
+            concurrency: int, warmup: int = 10, https: Any = None) -> dict[str, float]:
     """Latency of ``post`` one call at a time per client thread (each its own keep-alive connection);
     rps over the whole run. http.client, not requests: requests adds ~1 ms of client time per call at
     5,000 names, which is not the extender's (kube-scheduler's Go client costs far less)."""
@@ -162,7 +164,8 @@ def measure(post: Callable[[http.client.HTTPConnection, int], None], port: int, 
     counter = iter(range(10**9))
 
     def client() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        conn = (http.client.HTTPSConnection("127.0.0.1", port, timeout=120, context=https) if https
+                else http.client.HTTPConnection("127.0.0.1", port, timeout=120))
         try:
             for _ in range(warmup):
                 post(conn, next(counter))
@@ -264,6 +267,55 @@ def bench_size(nodes: int, args: argparse.Namespace, workdir: Path) -> list[dict
     return rows
 
 
+def bench_webhook(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """The webhook's AdmissionReview round trip over HTTPS (``mig-extender webhook``, its own certificate),
+    one call at a time on one keep-alive connection, as the API server calls it. Without a cluster there
+    are no rules, so every pod is admitted unchanged: the decode, the rule lookup and the answer."""
+    import ssl
+
+    certs = workdir / "certs"
+    subprocess.run([sys.executable, "-m", "mig_extender.cli", "certs", "--out", str(certs)], check=True,
+                   capture_output=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    port = free_port()
+    log = (workdir / "webhook.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mig_extender.cli", "webhook", "--bind", f"127.0.0.1:{port}",
+         "--tls-cert", str(certs / "tls.crt"), "--tls-key", str(certs / "tls.key"), "--log-level", "warning"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True)
+    context = ssl.create_default_context(cafile=str(certs / "ca.crt"))
+    review = json.loads((REPO / "tests" / "fixtures" / "admission-review-pod-create.json").read_text())
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=5)
+                conn.request("GET", "/readyz")
+                if conn.getresponse().status == 200:
+                    conn.close()
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mig-extender webhook did not become ready; see {log.name}")
+            time.sleep(0.2)
+
+        def post(conn: http.client.HTTPConnection, i: int) -> None:
+            review["request"]["uid"] = f"review-{i}"
+            answer = json.loads(call(conn, "/mutate", json.dumps(review).encode()))
+            if not answer["response"]["allowed"]:
+                raise RuntimeError(f"/mutate refused the pod: {answer['response']}")
+
+        result = measure(post, port, args.requests, args.seconds, 1, https=context)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(15)
+        log.close()
+    return {"nodes": None, "mode": "https", "verb": "webhook /mutate", "candidates": None,
+            "body_kb": round(len(json.dumps(review)) / 1024, 1), **result}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nodes", type=int, action="append", help="cluster size (repeatable; default 100, 1000, 5000)")
@@ -279,6 +331,7 @@ def main() -> int:
             rows += bench_size(n, args, Path(tmp))
             if not args.json:
                 print(f"... {n} nodes done", file=sys.stderr)
+        rows.append(bench_webhook(args, Path(tmp)))
     verdict = [r for r in rows if r["verb"] == "filter" and r["mode"] == "names" and r["nodes"] >= 5000]
     summary = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
@@ -292,7 +345,8 @@ def main() -> int:
     print(f"{'nodes':>6} {'mode':>6} {'verb':<30} {'candidates':>10} {'body KB':>8} {'n':>5} {'p50 ms':>8} "
           f"{'p99 ms':>8} {'rps':>7}")
     for r in rows:
-        print(f"{r['nodes']:>6} {r['mode']:>6} {r['verb']:<30} {r['candidates']:>10} {r['body_kb'] or '-':>8} "
+        print(f"{r['nodes'] or '-':>6} {r['mode']:>6} {r['verb']:<30} {r['candidates'] or '-':>10} "
+              f"{r['body_kb'] or '-':>8} "
               f"{r['n']:>5} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['rps']:>7.1f}")
     print(f"\n{summary['machine']}, {summary['date']}; {summary['target']}: "
           + ("not measured" if summary["target_met"] is None else "met" if summary["target_met"] else "NOT met"))
