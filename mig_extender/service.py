@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
+from cachetools import TTLCache
+
 from .inventory import ClusterInventory
 from .metrics import Metrics
 from .planner import FilterDecision, PlanSettings, expired_rules, filter_pod, score_nodes
@@ -50,6 +52,10 @@ class BindConflict(BindError):
     """The node no longer has room for the pod (another bind won the last slice)."""
 
 
+FILTERED_PODS = 20_000  # pods between their /filter and their /bind, kept at most...
+FILTERED_TTL = 300.0    # ...this long (a scheduling cycle takes milliseconds; retries filter again)
+
+
 class ExtenderService:
     def __init__(self, inventory: ClusterInventory, store: RuleStore, plan: PlanSettings,
                  metrics: Metrics | None = None, binder: Binder | None = None,
@@ -63,6 +69,11 @@ class ExtenderService:
         # extra readiness checks from the edges (e.g. "watch stale for 45 s"); each returns "" when fine
         self.checks: list[Callable[[], str]] = []
         self._commit = threading.Lock()  # check-and-assume of binds
+        # uid -> PodInfo of MIG pods seen by /filter: /bind carries only names, and the watch may not have
+        # delivered a just-created pod yet (a loaded API server lags by seconds). Without this, such a bind
+        # went through unchecked and unassumed, and the next filter offered the same slice again.
+        self._filtered: TTLCache[str, PodInfo] = TTLCache(maxsize=FILTERED_PODS, ttl=FILTERED_TTL)
+        self._filtered_lock = threading.Lock()
         self.expire_rules = True
 
     def snapshot(self) -> ClusterSnapshot:
@@ -75,6 +86,9 @@ class ExtenderService:
         pod = pod_info(pod_obj)
         if not pod.wants_mig and not pod.problems:
             return FilterDecision(passed=tuple(candidates))  # zero work for pods without MIG
+        if pod.uid and not pod.problems:
+            with self._filtered_lock:
+                self._filtered[pod.uid] = pod
         snap = self.snapshot()
         decision = filter_pod(pod, candidates, snap, self.plan)
         if decision.record is not None:
@@ -118,10 +132,17 @@ class ExtenderService:
         kube-scheduler binds asynchronously, so /filter for the next pod may run before this pod's
         /bind: both can have been told the same last slice fits. Check-and-assume is atomic under a
         lock, so the second bind finds the slice taken and fails; the scheduler then retries that pod
-        against books that include the first. The API call runs outside the lock. A pod unknown to the
-        inventory (the scheduler sends only names) is bound without assuming; the watch counts it.
+        against books that include the first. The API call runs outside the lock. The scheduler sends only
+        names: the pod's demand comes from the inventory or, when the watch has not delivered the pod yet,
+        from its /filter call. A pod known to neither asks for no MIG slice as far as we know: it is
+        bound without assuming, and the watch counts it.
         """
-        pod = self.inventory.pod(uid) or PodInfo(namespace=namespace, name=name, uid=uid)
+        pod = self.inventory.pod(uid)
+        if pod is None:
+            with self._filtered_lock:
+                pod = self._filtered.get(uid)
+        if pod is None:
+            pod = PodInfo(namespace=namespace, name=name, uid=uid)
         with self._commit:
             snap = self.snapshot()
             if pod.wants_mig and pod.node != node:
