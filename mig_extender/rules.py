@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from enum import Enum
@@ -152,6 +152,14 @@ class Rule:
             held = self.reservation(now)
             out["reserved"] = {"node": held[0], "resource": held[1].resource, "count": held[1].count} if held else None
         return out
+
+
+def rule_for_new_pod(pod: PodInfo, rules: Iterable[Rule], now: float, claimed: Collection[str] = ()) -> Rule | None:
+    """The Recorded rule a newly created pod takes: the oldest unexpired, unclaimed one waiting for a
+    replacement of its workload (``awaits_upgrade``). The webhook rewrites the pod per this rule; the
+    simulator's webhook step calls the same choice."""
+    waiting = [r for r in rules if r.name not in claimed and r.awaits_upgrade(pod) and now < r.expires]
+    return min(waiting, key=lambda r: (r.created, r.name), default=None)
 
 
 def _rfc3339(epoch: float) -> str:

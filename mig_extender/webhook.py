@@ -33,7 +33,7 @@ from .resources import (
     DemandError,
     pod_info,
 )
-from .rules import Rule
+from .rules import Rule, rule_for_new_pod
 from .rulestore import RuleStore
 from .schedconfig import SCHEDULER_NAME
 from .service import readiness_problems
@@ -121,12 +121,9 @@ def mutate(review: Mapping[str, Any], rules: Iterable[Rule], claimed: Collection
     if (namespace_labels or {}).get(LABEL_SCHEDULER_OPT_IN) == "true" and pod.scheduler == "default-scheduler":
         patch.append({"op": "add", "path": "/spec/schedulerName", "value": SCHEDULER_NAME})
         result = "scheduler"
-    moment = time.time() if now is None else now
-    waiting = sorted((r for r in rules if r.name not in claimed and r.awaits_upgrade(pod) and moment < r.expires),
-                     key=lambda r: (r.created, r.name))
-    if not waiting:
+    rule = rule_for_new_pod(pod, rules, time.time() if now is None else now, claimed)
+    if rule is None:
         return Mutation(uid, patch, result=result)
-    rule = waiting[0]
     ops = _rewrite(obj["spec"], rule)
     if not ops:
         return Mutation(uid, patch, result=result)

@@ -51,7 +51,7 @@ from ..planner import (
 )
 from ..profiles import resource_profile_name, substitutes, waste
 from ..resources import ANN_ORIGINAL, ANN_RULE, ANN_SUBSTITUTED, Owner, PodInfo
-from ..rules import Phase, Rule
+from ..rules import Phase, Rule, rule_for_new_pod
 from ..snapshot import ClusterSnapshot
 from .cluster import ClusterSpec, SimCluster
 from .stats import RunResult, Tally
@@ -430,7 +430,7 @@ class Engine:
         pod = self._pod(w.job, w.gen)
         rule = self._rule_of(w)
         # webhook.mutate: a Recorded rule waiting for this workload rewrites its new pod and stamps it
-        if rule is not None and rule.awaits_upgrade(pod) and self.now < rule.expires:
+        if rule is not None and rule_for_new_pod(pod, (rule,), self.now) is rule:
             sub = rule.substitute
             pod = self._pod(w.job, w.gen, (sub.resource, sub.count),
                             {ANN_ORIGINAL: str(rule.original), ANN_SUBSTITUTED: str(sub), ANN_RULE: rule.name})
