@@ -226,7 +226,9 @@ class JsonPoster:
     call, so a rotated service-account token is picked up as the generated client would.
     """
 
-    def __init__(self, api: client.ApiClient, timeout: float = 10.0) -> None:
+    def __init__(self, api: client.ApiClient, timeout: float = 4.0) -> None:
+        # below kube-scheduler's extender httpTimeout (5 s in the generated configuration), so the
+        # scheduler hears how the bind ended rather than giving up on a Binding that may still land
         self._api = api
         self._host = api.configuration.host
         self._timeout = timeout

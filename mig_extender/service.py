@@ -40,7 +40,8 @@ def readiness_problems(inventory: ClusterInventory | None, store: RuleStore,
 
 class Binder(Protocol):
     def bind(self, namespace: str, name: str, uid: str, node: str) -> None:
-        """Create the pod's Binding; raise on failure."""
+        """Create the pod's Binding; raise on failure. An exception with an int ``status`` (the API
+        server's answer) means the Binding was refused; any other means its outcome is unknown."""
         ...
 
 
@@ -158,7 +159,11 @@ class ExtenderService:
                 self.binder.bind(namespace, name, uid, node)
         except Exception as exc:
             if pod.wants_mig:
-                self.inventory.forget(uid)
+                if isinstance(getattr(exc, "status", None), int):  # the API answered: no Binding was made
+                    self.inventory.forget(uid)
+                else:  # timed out or cut off: it may have been made; the watch (or ASSUME_TTL) settles it
+                    log.warning("binding %s/%s to %s: outcome unknown (%s); its slices stay booked until the "
+                                "watch shows the pod", namespace, name, node, exc)
             raise BindError(f"binding {namespace}/{name} to {node}: {exc}") from exc
         rule = snap.rule_for(pod)
         if rule is not None and rule.reserved_for(pod):

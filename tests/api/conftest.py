@@ -21,14 +21,25 @@ def fixture(name: str) -> dict:
     return json.loads((FIXTURES / name).read_text())
 
 
+class Refused(RuntimeError):
+    """Like kubernetes' ApiException: the API server answered with an error status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class RecordingBinder:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, str, str]] = []
         self.fail = False
+        self.time_out = False
 
     def bind(self, namespace: str, name: str, uid: str, node: str) -> None:
         if self.fail:
-            raise RuntimeError("pods \"x\" not found")
+            raise Refused(404, "pods \"x\" not found")
+        if self.time_out:
+            raise TimeoutError("read timed out")
         self.calls.append((namespace, name, uid, node))
 
 

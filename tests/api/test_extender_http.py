@@ -64,6 +64,21 @@ def test_failed_bind_is_forgotten_and_reported(client, service) -> None:
     assert service.snapshot().free("gpu-b", "nvidia.com/mig-1g.10gb") == 1
 
 
+def test_a_bind_that_timed_out_keeps_its_slices_booked(client, service) -> None:
+    """The Binding may have been made even though no answer came: until the watch shows the pod (or the
+    assumption expires) the slice is not offered again."""
+    pod = pending({"1g.10gb": 1})
+    service.inventory.upsert_pod(pod)
+    service.binder.time_out = True
+    meta = pod["metadata"]
+    resp = client.post("/bind", json={"PodName": meta["name"], "PodNamespace": "default", "PodUID": meta["uid"],
+                                      "Node": "gpu-b"})
+    assert resp.status_code == 502 and "timed out" in resp.get_json()["Error"]
+    assert service.snapshot().free("gpu-b", "nvidia.com/mig-1g.10gb") == 0
+    other = pending({"1g.10gb": 1})
+    assert client.post("/filter", json={"Pod": other, "NodeNames": ["gpu-b"]}).get_json()["NodeNames"] == []
+
+
 def test_concurrent_binds_never_overcommit_the_last_slice(client, service) -> None:
     """Both pods were filtered before either was bound (the scheduler binds asynchronously)."""
     first, second = pending({"2g.20gb": 1}), pending({"2g.20gb": 1})
