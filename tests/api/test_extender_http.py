@@ -11,6 +11,12 @@ from tests.api.conftest import FIXTURES, fixture, pending
 from tests.builders import make_pod
 
 
+def bind(client, pod: dict, node: str):
+    """POST /bind for ``pod`` as kube-scheduler sends it (names and uid only)."""
+    meta = pod["metadata"]
+    return client.post("/bind", json={"PodName": meta["name"], "PodNamespace": meta.get("namespace", "default"),
+                                      "PodUID": meta["uid"], "Node": node})
+
 def test_recorded_filter_request_with_node_names(client) -> None:
     body = fixture("filter-request.json")  # a 1g.5gb pod; our fixture cluster is A100-80GB (no 1g.5gb)
     resp = client.post("/filter", json=body)
@@ -46,8 +52,7 @@ def test_bind_assumes_the_pod_before_the_watch(client, service) -> None:
     pod = pending({"1g.10gb": 1})
     service.inventory.upsert_pod(pod)
     meta = pod["metadata"]
-    resp = client.post("/bind", json={"PodName": meta["name"], "PodNamespace": "default", "PodUID": meta["uid"],
-                                      "Node": "gpu-b"})
+    resp = bind(client, pod, "gpu-b")
     assert resp.status_code == 200 and resp.get_json() == {"Error": ""}
     assert service.binder.calls == [("default", meta["name"], meta["uid"], "gpu-b")]
     assert service.snapshot().free("gpu-b", "nvidia.com/mig-1g.10gb") == 0
@@ -57,9 +62,7 @@ def test_failed_bind_is_forgotten_and_reported(client, service) -> None:
     pod = pending({"1g.10gb": 1})
     service.inventory.upsert_pod(pod)
     service.binder.fail = True
-    meta = pod["metadata"]
-    resp = client.post("/bind", json={"PodName": meta["name"], "PodNamespace": "default", "PodUID": meta["uid"],
-                                      "Node": "gpu-b"})
+    resp = bind(client, pod, "gpu-b")
     assert resp.status_code == 502 and "not found" in resp.get_json()["Error"]
     assert service.snapshot().free("gpu-b", "nvidia.com/mig-1g.10gb") == 1
 
@@ -70,9 +73,7 @@ def test_a_bind_that_timed_out_keeps_its_slices_booked(client, service) -> None:
     pod = pending({"1g.10gb": 1})
     service.inventory.upsert_pod(pod)
     service.binder.time_out = True
-    meta = pod["metadata"]
-    resp = client.post("/bind", json={"PodName": meta["name"], "PodNamespace": "default", "PodUID": meta["uid"],
-                                      "Node": "gpu-b"})
+    resp = bind(client, pod, "gpu-b")
     assert resp.status_code == 502 and "timed out" in resp.get_json()["Error"]
     assert service.snapshot().free("gpu-b", "nvidia.com/mig-1g.10gb") == 0
     other = pending({"1g.10gb": 1})
@@ -86,14 +87,12 @@ def test_concurrent_binds_never_overcommit_the_last_slice(client, service) -> No
         service.inventory.upsert_pod(pod)
         out = client.post("/filter", json={"Pod": pod, "NodeNames": ["gpu-a"]}).get_json()
         assert out["NodeNames"] == ["gpu-a"]  # each alone fits: gpu-a has one 2g.20gb
-    binds = [client.post("/bind", json={"PodName": p["metadata"]["name"], "PodNamespace": "default",
-                                        "PodUID": p["metadata"]["uid"], "Node": "gpu-a"}) for p in (first, second)]
+    binds = [bind(client, p, "gpu-a") for p in (first, second)]
     assert [b.status_code for b in binds] == [200, 409]
     assert "scheduler will retry" in binds[1].get_json()["Error"]
     assert service.snapshot().nodes["gpu-a"].used == {"nvidia.com/mig-2g.20gb": 1}
     assert len(service.binder.calls) == 1
-    again = client.post("/bind", json={"PodName": first["metadata"]["name"], "PodNamespace": "default",
-                                       "PodUID": first["metadata"]["uid"], "Node": "gpu-a"})
+    again = bind(client, first, "gpu-a")
     assert again.status_code == 200  # a repeated bind of the same pod is not a conflict with itself
 
 
@@ -108,11 +107,9 @@ def test_upgraded_pod_binds_on_its_reservation_and_the_rule_records_it(client, s
     service.inventory.upsert_pod(replacement)
     out = client.post("/filter", json={"Pod": replacement, "NodeNames": ["gpu-a", "gpu-b"]}).get_json()
     assert rule.node in out["NodeNames"]
-    meta = replacement["metadata"]
-    client.post("/bind", json={"PodName": meta["name"], "PodNamespace": "default", "PodUID": meta["uid"],
-                               "Node": rule.node})
+    bind(client, replacement, rule.node)
     (bound,) = service.store.list()
-    assert bound.bound_pod == meta["uid"] and bound.reservation(service.clock()) is None
+    assert bound.bound_pod == replacement["metadata"]["uid"] and bound.reservation(service.clock()) is None
 
 
 @pytest.mark.parametrize("path, body, status, message", [
@@ -212,8 +209,7 @@ def test_a_pod_the_watch_has_not_delivered_yet_is_checked_and_assumed_from_its_f
     for pod in (first, second):
         out = client.post("/filter", json={"Pod": pod, "NodeNames": ["gpu-a"]}).get_json()
         assert out["NodeNames"] == ["gpu-a"]
-    binds = [client.post("/bind", json={"PodName": p["metadata"]["name"], "PodNamespace": "default",
-                                        "PodUID": p["metadata"]["uid"], "Node": "gpu-a"}) for p in (first, second)]
+    binds = [bind(client, p, "gpu-a") for p in (first, second)]
     assert [b.status_code for b in binds] == [200, 409]
     assert service.snapshot().nodes["gpu-a"].used == {"nvidia.com/mig-2g.20gb": 1}
     # the watch catches up with the pod as created (unbound): the bind's assumption holds
