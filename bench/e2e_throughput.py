@@ -44,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout and its tests/ package, not an installed copy
 
 import yaml  # noqa: E402
+from procstat import children, cpu_seconds  # noqa: E402
 
 from mig_extender.kube import Informer  # noqa: E402
 from tests.e2e.testenv.binaries import BinariesUnavailable, find_binaries  # noqa: E402
@@ -72,30 +73,14 @@ def mig_config(path: Path, name: str, extender_url: str, kubeconfig: Path) -> Pa
     return path
 
 
-def _cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), 0 if it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
 def cpu_by_component(cluster: E2ECluster, extender: ExtenderProcess | None) -> dict[str, float]:
     """CPU seconds so far of each process on the machine's cores: the control plane's binaries, the
     extender (gunicorn arbiter and worker) and this process (the fake kubelet and the bind watch)."""
-    out = {name: _cpu_seconds(proc.pid) for name, proc in cluster.control_plane.processes.items()}
+    out = {name: cpu_seconds(proc.pid) for name, proc in cluster.control_plane.processes.items()}
     if extender is not None and extender.process is not None:
         pid = extender.process.pid
-        out["mig-extender"] = _cpu_seconds(pid) + sum(_cpu_seconds(c) for c in _children(pid))
-    out["bench (fake kubelet, watch)"] = _cpu_seconds(os.getpid())
+        out["mig-extender"] = cpu_seconds(pid) + sum(cpu_seconds(c) for c in children(pid))
+    out["bench (fake kubelet, watch)"] = cpu_seconds(os.getpid())
     return out
 
 

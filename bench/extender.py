@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout, not whatever is installed
 
 import requests  # noqa: E402
+from procstat import children, rss_kb  # noqa: E402
 
 from mig_extender.profiles import model  # noqa: E402
 from mig_extender.sim.cluster import gpu_layouts  # noqa: E402
@@ -125,22 +126,7 @@ class Server:
 
     def rss_mb(self) -> float:
         """Resident memory of the gunicorn worker (the child that holds the inventory)."""
-        total = 0.0
-        for pid in [self.proc.pid, *self._children()]:
-            try:
-                with open(f"/proc/{pid}/status") as fh:
-                    for line in fh:
-                        if line.startswith("VmRSS:"):
-                            total = max(total, int(line.split()[1]) / 1024)
-            except OSError:
-                continue
-        return total
-
-    def _children(self) -> list[int]:
-        try:
-            return [int(p) for p in Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()]
-        except OSError:
-            return []
+        return max(rss_kb(pid) for pid in [self.proc.pid, *children(self.proc.pid)]) / 1024
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from procstat import children, rss_kb
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -76,11 +77,10 @@ def pod(name: str, uid: str, resource: str, node: str = "", phase: str = "Pendin
 
 def worker_rss_kb(master_pid: int) -> int:
     """RSS of gunicorn's (single) worker, the process that serves and keeps state."""
-    children = subprocess.run(["pgrep", "-P", str(master_pid)], capture_output=True, text=True).stdout.split()
-    for line in Path(f"/proc/{children[0]}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
+    workers = children(master_pid)
+    if not workers or not (rss := rss_kb(workers[0])):
+        raise RuntimeError(f"no gunicorn worker under pid {master_pid}")
+    return rss
 
 
 def start(argv: list[str], ready_url: str, verify: Any = True) -> subprocess.Popen[bytes]:
