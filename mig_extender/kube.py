@@ -56,9 +56,10 @@ def _pooled(api: client.ApiClient) -> client.ApiClient:
 def raw(call: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
     """Call a generated API method and return the JSON body as a dict (no model deserialization).
 
-    Every non-streaming call goes through here: the body is read and the connection handed back to the
-    pool. (A response left unread keeps its connection, so the next call pays a new TLS handshake: that
-    made each Binding ~2x slower and capped the extender's binds near 50/s.)
+    Every generated-client call that is not a watch goes through here (Bindings go through JsonPoster):
+    the body is read and the connection handed back to the pool. (A response left unread keeps its
+    connection, so the next call pays a new TLS handshake: that made each Binding ~2x slower and capped
+    the extender's binds near 50/s.)
     """
     response = call(*args, _preload_content=False, **kwargs)
     try:
