@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))  # this checkout, not whatever is installed
 import requests  # noqa: E402
 from procstat import children, rss_kb  # noqa: E402
 
-from mig_extender.profiles import model  # noqa: E402
+from mig_extender.core.catalog import model  # noqa: E402
 from mig_extender.sim.cluster import gpu_layouts  # noqa: E402
 from mig_extender.sim.stats import percentile  # noqa: E402
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .profiles import MODELS, model, substitutes
+from .core.catalog import MODELS, model, substitutes
 
 
 def render_catalog(gpu: str | None = None) -> str:

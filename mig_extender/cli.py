@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from . import __version__
-from .planner import PlanSettings
-from .settings import Settings, SettingsError
+from .components.settings import Settings, SettingsError
+from .core.planner import PlanSettings
 
 
 def _add_cluster_flags(p: argparse.ArgumentParser, snapshot: bool = True) -> None:
@@ -117,8 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "serve":
-            from .app import create_app
-            from .server import Application, build_service
+            from .process import Application, build_service
+            from .web.app import create_app
 
             settings = _serve_settings(args)
             if bool(args.tls_cert) != bool(args.tls_key):
@@ -126,8 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
             Application(settings, lambda: create_app(settings, build_service(settings)), tls).run()
         elif args.command == "webhook":
-            from .app import create_webhook_app
-            from .server import Application, build_webhook
+            from .process import Application, build_webhook
+            from .web.app import create_webhook_app
 
             settings = replace(Settings().with_env(), bind=args.bind, kubeconfig=args.kubeconfig,
                                in_cluster=args.in_cluster, threads=args.threads, log_level=args.log_level).validate()
@@ -136,8 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             tls = None if args.plain_http else (args.tls_cert, args.tls_key)
             Application(settings, lambda: create_webhook_app(settings, build_webhook(settings)), tls).run()
         elif args.command == "reconcile":
-            from .app import create_ops_app
-            from .server import Application, build_reconciler, default_identity
+            from .process import Application, build_reconciler, default_identity
+            from .web.app import create_ops_app
 
             settings = replace(Settings().with_env(), bind=args.metrics_bind, kubeconfig=args.kubeconfig,
                                in_cluster=args.in_cluster, namespace=args.namespace, rule_ttl=args.rule_ttl,
@@ -162,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             sys.stdout.write(render_catalog(args.gpu))
         elif args.command == "scheduler-config":
-            from .schedconfig import render
+            from .core.schedconfig import render
 
             text = render(args.url, args.variant, args.kubeconfig, not args.no_leader_elect, args.namespace,
                           args.qps, scheduler_name=args.scheduler_name)

@@ -6,11 +6,11 @@ import itertools
 from collections.abc import Mapping
 from typing import Any
 
-from mig_extender.inventory import ClusterInventory
-from mig_extender.profiles import model, profile_resource
-from mig_extender.resources import pod_info
-from mig_extender.rules import Rule
-from mig_extender.snapshot import ClusterSnapshot
+from mig_extender.cluster.inventory import ClusterInventory
+from mig_extender.core.catalog import model, profile_resource
+from mig_extender.core.resources import pod_info
+from mig_extender.core.rules import Rule
+from mig_extender.core.snapshot import ClusterSnapshot
 
 _uids = itertools.count(1)
 

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..profiles import GpuModel
+from ..core.catalog import GpuModel
 from .cluster import basic_profile
 from .workload import Job
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from ..profiles import GpuModel, Profile, ProfileError, can_substitute, pack, resource_profile_name
-from ..rules import Rule
-from ..snapshot import ClusterSnapshot, NodeInfo
+from ..core.catalog import GpuModel, Profile, ProfileError, can_substitute, pack, resource_profile_name
+from ..core.rules import Rule
+from ..core.snapshot import ClusterSnapshot, NodeInfo
 
 # Named per-GPU layouts, by compute slices of each instance ("1g" = the model's 1-compute-slice
 # profile with the least memory). Keyed by the model's compute slices (7: A100/H100/H200/B200, 4: A30).

@@ -39,7 +39,8 @@ from dataclasses import dataclass, field, replace
 from itertools import islice
 from types import MappingProxyType
 
-from ..planner import (
+from ..core.catalog import resource_profile_name, substitutes, waste
+from ..core.planner import (
     PlanSettings,
     choose_substitute,
     expired_rules,
@@ -49,10 +50,9 @@ from ..planner import (
     score_nodes,
     substitution_blocker,
 )
-from ..profiles import resource_profile_name, substitutes, waste
-from ..resources import ANN_ORIGINAL, ANN_RULE, ANN_SUBSTITUTED, Owner, PodInfo
-from ..rules import Phase, Rule, rule_for_new_pod
-from ..snapshot import ClusterSnapshot
+from ..core.resources import ANN_ORIGINAL, ANN_RULE, ANN_SUBSTITUTED, Owner, PodInfo
+from ..core.rules import Phase, Rule, rule_for_new_pod
+from ..core.snapshot import ClusterSnapshot
 from .cluster import ClusterSpec, SimCluster
 from .stats import RunResult, Tally
 from .workload import Job

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..profiles import ProfileError, model
+from ..core.catalog import ProfileError, model
 from . import alibaba
 from .cluster import LAYOUT_NAMES, ClusterSpec, LayoutError, SimCluster
 from .engine import POLICIES, Mechanics, run_policy

@@ -16,7 +16,7 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from ..profiles import GpuModel
+from ..core.catalog import GpuModel
 from .cluster import LayoutError, resolve_profile
 
 DEFAULT_MIX = "1g=0.5,2g=0.3,3g=0.2"

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from mig_extender.app import create_app
-from mig_extender.metrics import Metrics
-from mig_extender.rulestore import MemoryRuleStore
-from mig_extender.service import ExtenderService
-from mig_extender.settings import Settings
+from mig_extender.cluster.rulestore import MemoryRuleStore
+from mig_extender.components.extender import ExtenderService
+from mig_extender.components.metrics import Metrics
+from mig_extender.components.settings import Settings
+from mig_extender.web.app import create_app
 from tests.builders import inventory_of, make_node, make_pod
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mig_extender.resources import ANN_RULE
+from mig_extender.core.resources import ANN_RULE
 from tests.api.conftest import FIXTURES, fixture, pending
 from tests.builders import make_pod
 
@@ -179,8 +179,8 @@ def test_health_ready_metrics_and_inventory(client, service) -> None:
 
 
 def test_debug_endpoints_can_be_disabled(service) -> None:
-    from mig_extender.app import create_app
-    from mig_extender.settings import Settings
+    from mig_extender.components.settings import Settings
+    from mig_extender.web.app import create_app
 
     client = create_app(Settings(debug_endpoints=False), service).test_client()
     assert client.get("/debug/rules").status_code == 404

@@ -15,12 +15,12 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mig_extender.app import create_app, create_webhook_app
-from mig_extender.metrics import Metrics
-from mig_extender.rulestore import MemoryRuleStore
-from mig_extender.service import ExtenderService
-from mig_extender.settings import Settings
-from mig_extender.webhook import WebhookService
+from mig_extender.cluster.rulestore import MemoryRuleStore
+from mig_extender.components.extender import ExtenderService
+from mig_extender.components.metrics import Metrics
+from mig_extender.components.settings import Settings
+from mig_extender.components.webhook import WebhookService
+from mig_extender.web.app import create_app, create_webhook_app
 from tests.api.conftest import FIXTURES, RecordingBinder
 from tests.builders import inventory_of, make_node, make_pod
 

@@ -17,10 +17,10 @@ import pytest
 import requests
 import yaml
 
-from mig_extender.kuberules import KubeRuleStore
-from mig_extender.resources import PodInfo, ResourceCount
-from mig_extender.rules import new_rule
-from mig_extender.rulestore import ConflictError
+from mig_extender.cluster.rulestore import ConflictError
+from mig_extender.cluster.rulestore_kube import KubeRuleStore
+from mig_extender.core.resources import PodInfo, ResourceCount
+from mig_extender.core.rules import new_rule
 
 from .testenv.cluster import E2ECluster
 from .testenv.stack import NS_LABEL, SCHEDULER, Stack

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from mig_extender.resources import ANN_ORIGINAL, ANN_RULE, ANN_SUBSTITUTE
+from mig_extender.core.resources import ANN_ORIGINAL, ANN_RULE, ANN_SUBSTITUTE
 
 from .testenv import procs
 from .testenv.cluster import E2ECluster

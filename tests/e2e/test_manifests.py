@@ -34,9 +34,9 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from mig_extender.kuberules import KubeRuleStore
-from mig_extender.resources import Owner, PodInfo, ResourceCount
-from mig_extender.rules import API_GROUP, API_VERSION, PLURAL, Phase, new_rule, rule_status
+from mig_extender.cluster.rulestore_kube import KubeRuleStore
+from mig_extender.core.resources import Owner, PodInfo, ResourceCount
+from mig_extender.core.rules import API_GROUP, API_VERSION, PLURAL, Phase, new_rule, rule_status
 
 from .testenv import procs
 from .testenv.binaries import REPO_ROOT

@@ -7,9 +7,9 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mig_extender.planner import filter_pod
-from mig_extender.resources import ANN_RULE, ResourceCount, pod_info
-from mig_extender.rules import new_rule
+from mig_extender.core.planner import filter_pod
+from mig_extender.core.resources import ANN_RULE, ResourceCount, pod_info
+from mig_extender.core.rules import new_rule
 from tests.builders import make_node, make_pod, res, snapshot_of
 
 TYPES = ["1g.5gb", "2g.10gb", "3g.20gb"]

@@ -8,7 +8,7 @@ import threading
 import time
 from typing import Any
 
-from mig_extender.kube import Informer, staleness_check
+from mig_extender.cluster.kube import Informer, staleness_check
 
 
 class FakeResponse:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mig_extender.inventory import ClusterInventory, load_list
-from mig_extender.snapshot import detect_gpu
+from mig_extender.cluster.inventory import ClusterInventory, load_list
+from mig_extender.core.snapshot import detect_gpu
 from tests.builders import inventory_of, make_node, make_pod, res
 
 

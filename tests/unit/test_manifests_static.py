@@ -20,9 +20,10 @@ from typing import Any
 import pytest
 import yaml
 
-from mig_extender import cli, schedconfig
-from mig_extender.resources import ANN_SUBSTITUTE, LABEL_SCHEDULER_OPT_IN, MAX_MIG_COUNT
-from mig_extender.rules import Phase
+from mig_extender import cli
+from mig_extender.core import schedconfig
+from mig_extender.core.resources import ANN_SUBSTITUTE, LABEL_SCHEDULER_OPT_IN, MAX_MIG_COUNT
+from mig_extender.core.rules import Phase
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"
@@ -366,7 +367,7 @@ def crd_schema() -> dict[str, Any]:
 
 
 def test_crd_is_the_one_the_code_reads_and_writes() -> None:
-    from mig_extender import rules
+    from mig_extender.core import rules
 
     spec = crd()["spec"]
     (version,) = spec["versions"]

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from mig_extender.planner import (
+from mig_extender.core.planner import (
     Insufficient,
     PlanSettings,
     Policy,
@@ -17,8 +17,8 @@ from mig_extender.planner import (
     plan_upgrades,
     score_nodes,
 )
-from mig_extender.resources import ANN_ORIGINAL, ANN_RESTORE, ANN_RULE, ANN_SUBSTITUTE, ResourceCount, pod_info
-from mig_extender.rules import Phase, new_rule
+from mig_extender.core.resources import ANN_ORIGINAL, ANN_RESTORE, ANN_RULE, ANN_SUBSTITUTE, ResourceCount, pod_info
+from mig_extender.core.rules import Phase, new_rule
 from tests.builders import make_node, make_pod, res, snapshot_of
 
 A40 = "A100-40GB"
@@ -91,7 +91,7 @@ def test_the_upgraded_replacement_may_use_its_own_reservation() -> None:
                  "already", id="already-upgraded"),
 ])
 def test_pods_that_are_never_substituted(pod: dict, why: str) -> None:
-    from mig_extender.planner import substitution_blocker
+    from mig_extender.core.planner import substitution_blocker
 
     snap = snapshot_of(walkthrough_node(), make_pod(mig={"1g.5gb": 2}, node="gpu-a"))
     info = pod_info(pod)

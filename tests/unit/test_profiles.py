@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mig_extender import profiles as p
-from mig_extender.profiles import ProfileError, ProfileShape
+from mig_extender.core import catalog as p
+from mig_extender.core.catalog import ProfileError, ProfileShape
 
 
 @pytest.mark.parametrize(

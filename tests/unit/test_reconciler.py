@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from mig_extender.planner import filter_pod
-from mig_extender.podspec import replacement_pod, selector_matches
-from mig_extender.reconciler import Reconciler
-from mig_extender.resources import ANN_ORIGINAL, ANN_RESTORE, ANN_RESTORED_AT, ANN_RULE, pod_info
-from mig_extender.rules import Phase
-from mig_extender.rulestore import MemoryRuleStore
+from mig_extender.cluster.rulestore import MemoryRuleStore
+from mig_extender.components.reconciler import Reconciler
+from mig_extender.core.planner import filter_pod
+from mig_extender.core.podspec import replacement_pod, selector_matches
+from mig_extender.core.resources import ANN_ORIGINAL, ANN_RESTORE, ANN_RESTORED_AT, ANN_RULE, pod_info
+from mig_extender.core.rules import Phase
 from tests.builders import inventory_of, make_node, make_pod, res
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mig_extender.resources import (
+from mig_extender.core.resources import (
     ANN_ORIGINAL,
     DemandError,
     ResourceCount,

@@ -13,9 +13,9 @@ import pytest
 from cryptography import x509
 
 from mig_extender.certs import generate
-from mig_extender.resources import Owner, PodInfo, ResourceCount
-from mig_extender.rules import Phase, new_rule, rule_from_object, rule_to_object
-from mig_extender.tlsreload import ReloadingContext
+from mig_extender.core.resources import Owner, PodInfo, ResourceCount
+from mig_extender.core.rules import Phase, new_rule, rule_from_object, rule_to_object
+from mig_extender.web.tls import ReloadingContext
 
 RS_OWNER = Owner("ReplicaSet", "web", "rs-1", "apps/v1")
 

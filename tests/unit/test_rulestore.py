@@ -6,9 +6,9 @@ from dataclasses import replace
 
 import pytest
 
-from mig_extender.resources import PodInfo, ResourceCount
-from mig_extender.rules import Phase, new_rule
-from mig_extender.rulestore import ConflictError, MemoryRuleStore, update_with_retry
+from mig_extender.cluster.rulestore import ConflictError, MemoryRuleStore, update_with_retry
+from mig_extender.core.resources import PodInfo, ResourceCount
+from mig_extender.core.rules import Phase, new_rule
 
 
 def a_rule():

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from mig_extender import cli
-from mig_extender.profiles import MODELS, model, pack
+from mig_extender.core.catalog import MODELS, model, pack
 from mig_extender.sim import alibaba
 from mig_extender.sim.cluster import ClusterSpec, LayoutError, SimCluster, gpu_layouts
 from mig_extender.sim.engine import POLICIES, Engine, Mechanics

@@ -11,8 +11,10 @@ from pathlib import Path
 import jsonpatch
 import pytest
 
-from mig_extender.app import create_webhook_app
-from mig_extender.resources import (
+from mig_extender.cluster.rulestore import MemoryRuleStore
+from mig_extender.components.settings import Settings
+from mig_extender.components.webhook import ReviewError, WebhookService, escape, mutate
+from mig_extender.core.resources import (
     ANN_ORIGINAL,
     ANN_RULE,
     ANN_SUBSTITUTE,
@@ -20,10 +22,8 @@ from mig_extender.resources import (
     ResourceCount,
     pod_info,
 )
-from mig_extender.rules import new_rule
-from mig_extender.rulestore import MemoryRuleStore
-from mig_extender.settings import Settings
-from mig_extender.webhook import ReviewError, WebhookService, escape, mutate
+from mig_extender.core.rules import new_rule
+from mig_extender.web.app import create_webhook_app
 from tests.builders import make_pod, res
 
 RECORDED = json.loads((Path(__file__).resolve().parents[1] / "fixtures/admission-review-pod-create.json").read_text())

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
-from .profiles import ProfileError, ProfileShape, can_substitute, canonical_shape, waste
+from .catalog import ProfileError, ProfileShape, can_substitute, canonical_shape, waste
 from .resources import PodInfo, ResourceCount
 from .rules import Phase, Rule, new_rule
 from .snapshot import ClusterSnapshot

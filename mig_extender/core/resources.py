@@ -14,7 +14,7 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from .profiles import ProfileError, is_mig_resource, resource_profile_name
+from .catalog import ProfileError, is_mig_resource, resource_profile_name
 
 # Annotations and labels (the one place they are spelled).
 GROUP = "mig-extender.io"

@@ -23,8 +23,8 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
-from .podspec import selector_matches
-from .rules import ANN_RECREATE
+from ..core.podspec import selector_matches
+from ..core.rules import ANN_RECREATE
 
 log = logging.getLogger(__name__)
 

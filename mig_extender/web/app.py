@@ -1,6 +1,6 @@
 """The Flask application factory: wires settings, inventory, rule store and blueprints together.
 
-``create_app(settings, service)`` is what gunicorn serves (see server.py) and what the HTTP tests
+``create_app(settings, service)`` is what gunicorn serves (see process.py) and what the HTTP tests
 drive with Flask's test client. One JSON error shape for every non-verb path (404, 405, 413).
 """
 
@@ -11,11 +11,11 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from ..components.extender import ExtenderService
+from ..components.settings import Settings
+from ..components.webhook import WebhookService, webhook_bp
 from .debug import debug, ops
-from .extender import bp as extender_bp
-from .service import ExtenderService
-from .settings import Settings
-from .webhook import WebhookService, webhook_bp
+from .verbs import bp as extender_bp
 from .wirejson import OrjsonProvider
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields, replace
 
-from .planner import PlanSettings, Policy
+from ..core.planner import PlanSettings, Policy
 
 ENV_PREFIX = "MIG_EXTENDER_"
 

@@ -24,8 +24,8 @@ from typing import Any
 from cachetools import TTLCache
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from .metrics import Metrics
-from .resources import (
+from ..cluster.rulestore import RuleStore
+from ..core.resources import (
     ANN_ORIGINAL,
     ANN_RULE,
     ANN_SUBSTITUTED,
@@ -33,10 +33,10 @@ from .resources import (
     DemandError,
     pod_info,
 )
-from .rules import Rule, rule_for_new_pod
-from .rulestore import RuleStore
-from .schedconfig import SCHEDULER_NAME
-from .service import readiness_problems
+from ..core.rules import Rule, rule_for_new_pod
+from ..core.schedconfig import SCHEDULER_NAME
+from .extender import readiness_problems
+from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ Pure text rendering, with a comment on every field that differs from the schedul
 
 from __future__ import annotations
 
-from .profiles import MODELS
+from .catalog import MODELS
 
 SCHEDULER_NAME = "mig-scheduler"
 

@@ -27,14 +27,14 @@ from typing import Any, Protocol
 
 from cachetools import TTLCache
 
-from .inventory import ClusterInventory
+from ..cluster.inventory import ClusterInventory
+from ..cluster.rulestore import RuleStore, update_with_retry
+from ..core.planner import PlanSettings, expired_rules, finished_rules, plan_restores, plan_upgrades
+from ..core.podspec import replacement_pod
+from ..core.resources import RENAMING_OWNERS, PodInfo
+from ..core.rules import Phase, Rule
+from .extender import readiness_problems
 from .metrics import Metrics
-from .planner import PlanSettings, expired_rules, finished_rules, plan_restores, plan_upgrades
-from .podspec import replacement_pod
-from .resources import RENAMING_OWNERS, PodInfo
-from .rules import Phase, Rule
-from .rulestore import RuleStore, update_with_retry
-from .service import readiness_problems
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .snapshot import ClusterSnapshot
+from ..core.snapshot import ClusterSnapshot
 
 # Extender verbs answer in about a millisecond; the buckets resolve 0.25 ms .. 1 s.
 _LATENCY_BUCKETS = (0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)

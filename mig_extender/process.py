@@ -21,11 +21,11 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from .inventory import ClusterInventory, load_list
-from .metrics import Metrics
-from .rulestore import MemoryRuleStore, RuleStore
-from .service import ExtenderService
-from .settings import Settings
+from .cluster.inventory import ClusterInventory, load_list
+from .cluster.rulestore import MemoryRuleStore, RuleStore
+from .components.extender import ExtenderService
+from .components.metrics import Metrics
+from .components.settings import Settings
 
 log = logging.getLogger(__name__)
 HOUSEKEEPING_SECONDS = 5.0
@@ -39,7 +39,7 @@ def _logging(settings: Settings) -> None:
 
 def build_store(settings: Settings, api: Any = None) -> RuleStore:
     if settings.store_kind == "kube":
-        from .kuberules import KubeRuleStore
+        from .cluster.rulestore_kube import KubeRuleStore
 
         return KubeRuleStore(api, retention=settings.retention).start()
     return MemoryRuleStore(retention=settings.retention)
@@ -53,7 +53,7 @@ def _cluster(settings: Settings, inventory: ClusterInventory) -> tuple[Any, list
         log.info("loaded %d objects from %s (no cluster: binds are recorded, not sent)", count, settings.snapshot)
         return None, []
     if settings.has_cluster:
-        from . import kube
+        from .cluster import kube
 
         api = kube.api_client(settings.kubeconfig, settings.in_cluster)
         return api, kube.start_inventory_informers(api, inventory)
@@ -64,7 +64,7 @@ def _cluster(settings: Settings, inventory: ClusterInventory) -> tuple[Any, list
 def _staleness(informers: list[Any], settings: Settings) -> Callable[[], str] | None:
     if not informers:
         return None
-    from .kube import staleness_check
+    from .cluster.kube import staleness_check
 
     return staleness_check(informers, settings.stale_after)
 
@@ -75,7 +75,7 @@ def build_service(settings: Settings) -> ExtenderService:
     api, informers = _cluster(settings, inventory)
     binder = None
     if api is not None:
-        from .kube import KubeBinder
+        from .cluster.kube import KubeBinder
 
         binder = KubeBinder(api)
     metrics = Metrics()
@@ -91,11 +91,11 @@ def build_service(settings: Settings) -> ExtenderService:
 
 
 def build_webhook(settings: Settings) -> Any:
-    from .webhook import WebhookService
+    from .components.webhook import WebhookService
 
     if not settings.has_cluster:
         return WebhookService(MemoryRuleStore(retention=settings.retention))
-    from . import kube
+    from .cluster import kube
 
     api = kube.api_client(settings.kubeconfig, settings.in_cluster)
     namespaces, lookup = kube.start_label_informer(api)
@@ -105,8 +105,8 @@ def build_webhook(settings: Settings) -> Any:
 
 
 def build_reconciler(settings: Settings, lease_name: str, identity: str, dry_run: bool) -> Any:
-    from . import kube
-    from .reconciler import Reconciler
+    from .cluster import kube
+    from .components.reconciler import Reconciler
 
     if not settings.has_cluster:
         raise ValueError("reconcile needs a cluster (--kubeconfig or --in-cluster)")
@@ -179,7 +179,7 @@ _TLS: dict[tuple[str, str], Any] = {}
 
 def _tls_context(conf: Any, default_factory: Callable[[], Any]) -> Any:
     """gunicorn asks for a context per connection: hand out one per process that reloads its files."""
-    from .tlsreload import ReloadingContext
+    from .web.tls import ReloadingContext
 
     key = (conf.certfile, conf.keyfile)
     if key not in _TLS:

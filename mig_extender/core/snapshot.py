@@ -16,7 +16,7 @@ from functools import cached_property
 from types import MappingProxyType
 from typing import Any
 
-from .profiles import MODELS, GpuModel, ProfileError, canonical_shape, resource_profile_name
+from .catalog import MODELS, GpuModel, ProfileError, canonical_shape, resource_profile_name
 from .resources import PodInfo, ResourceCount
 from .rules import Phase, Rule
 

@@ -22,9 +22,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from .resources import DemandError, PodInfo, mig_allocatable, pod_info
-from .rules import Rule
-from .snapshot import LABEL_COUNT, ClusterSnapshot, NodeInfo, detect_gpu
+from ..core.resources import DemandError, PodInfo, mig_allocatable, pod_info
+from ..core.rules import Rule
+from ..core.snapshot import LABEL_COUNT, ClusterSnapshot, NodeInfo, detect_gpu
 
 ASSUME_TTL = 30.0  # seconds an assumed bind may wait for the watch to confirm it
 

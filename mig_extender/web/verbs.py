@@ -19,9 +19,9 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from .planner import FilterDecision
-from .resources import DemandError
-from .service import BindConflict, BindError, ExtenderService
+from ..components.extender import BindConflict, BindError, ExtenderService
+from ..core.planner import FilterDecision
+from ..core.resources import DemandError
 
 log = logging.getLogger(__name__)
 bp = Blueprint("extender", __name__)

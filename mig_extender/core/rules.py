@@ -10,7 +10,7 @@ One rule carries one substitution through its whole life::
 
 While Recorded or Applied-but-unbound the rule reserves its substitute slice on ``node`` so no other
 pending pod is promised it; while Restoring it reserves the original slice on ``restore_node`` so the
-restarted pod never comes back to a full node. This module holds no storage (see rulestore.py) and
+restarted pod never comes back to a full node. This module holds no storage (see cluster/rulestore.py) and
 imports neither flask, kubernetes nor cachetools.
 """
 

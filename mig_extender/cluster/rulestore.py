@@ -17,7 +17,7 @@ from typing import Protocol
 
 from cachetools import TTLCache
 
-from .rules import Rule
+from ..core.rules import Rule
 
 
 class ConflictError(RuntimeError):

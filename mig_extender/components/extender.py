@@ -17,13 +17,13 @@ from typing import Any, Protocol
 
 from cachetools import TTLCache
 
-from .inventory import ClusterInventory
+from ..cluster.inventory import ClusterInventory
+from ..cluster.rulestore import RuleStore, update_with_retry
+from ..core.planner import FilterDecision, PlanSettings, expired_rules, filter_pod, score_nodes
+from ..core.resources import PodInfo, pod_info
+from ..core.rules import Phase, Rule
+from ..core.snapshot import ClusterSnapshot
 from .metrics import Metrics
-from .planner import FilterDecision, PlanSettings, expired_rules, filter_pod, score_nodes
-from .resources import PodInfo, pod_info
-from .rules import Phase, Rule
-from .rulestore import RuleStore, update_with_retry
-from .snapshot import ClusterSnapshot
 
 log = logging.getLogger(__name__)
 

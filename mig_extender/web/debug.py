@@ -13,7 +13,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from .service import ExtenderService
+from ..components.extender import ExtenderService
 
 ops = Blueprint("ops", __name__)
 debug = Blueprint("debug", __name__)
