@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO))  # this checkout and its tests/ package, not an in
 import yaml  # noqa: E402
 from procstat import children, cpu_seconds  # noqa: E402
 
-from mig_extender.cluster.kube import Informer  # noqa: E402
+from mig_extender.cluster.informer import Informer  # noqa: E402
 from tests.e2e.testenv.binaries import BinariesUnavailable, find_binaries  # noqa: E402
 from tests.e2e.testenv.cluster import E2ECluster  # noqa: E402
 from tests.e2e.testenv.extender import ExtenderProcess, cli_argv  # noqa: E402

@@ -53,10 +53,11 @@ def _cluster(settings: Settings, inventory: ClusterInventory) -> tuple[Any, list
         log.info("loaded %d objects from %s (no cluster: binds are recorded, not sent)", count, settings.snapshot)
         return None, []
     if settings.has_cluster:
-        from .cluster import kube
+        from .cluster.client import api_client
+        from .cluster.informer import start_inventory_informers
 
-        api = kube.api_client(settings.kubeconfig, settings.in_cluster)
-        return api, kube.start_inventory_informers(api, inventory)
+        api = api_client(settings.kubeconfig, settings.in_cluster)
+        return api, start_inventory_informers(api, inventory)
     inventory.synced = True  # no cluster at all: ready, and every MIG pod fails with a clear reason
     return None, []
 
@@ -64,7 +65,7 @@ def _cluster(settings: Settings, inventory: ClusterInventory) -> tuple[Any, list
 def _staleness(informers: list[Any], settings: Settings) -> Callable[[], str] | None:
     if not informers:
         return None
-    from .cluster.kube import staleness_check
+    from .cluster.informer import staleness_check
 
     return staleness_check(informers, settings.stale_after)
 
@@ -75,7 +76,7 @@ def build_service(settings: Settings) -> ExtenderService:
     api, informers = _cluster(settings, inventory)
     binder = None
     if api is not None:
-        from .cluster.kube import KubeBinder
+        from .cluster.actions import KubeBinder
 
         binder = KubeBinder(api)
     metrics = Metrics()
@@ -95,27 +96,29 @@ def build_webhook(settings: Settings) -> Any:
 
     if not settings.has_cluster:
         return WebhookService(MemoryRuleStore(retention=settings.retention))
-    from .cluster import kube
+    from .cluster.client import api_client
+    from .cluster.informer import start_label_informer
 
-    api = kube.api_client(settings.kubeconfig, settings.in_cluster)
-    namespaces, lookup = kube.start_label_informer(api)
+    api = api_client(settings.kubeconfig, settings.in_cluster)
+    namespaces, lookup = start_label_informer(api)
     service = WebhookService(build_store(settings, api), lookup)
     service.checks.append(lambda: "" if namespaces.synced.is_set() else "namespace labels not synced")
     return service
 
 
 def build_reconciler(settings: Settings, lease_name: str, identity: str, dry_run: bool) -> Any:
-    from .cluster import kube
+    from .cluster.actions import KubeActions
+    from .cluster.leases import LeaseElector
     from .components.reconciler import Reconciler
 
     if not settings.has_cluster:
         raise ValueError("reconcile needs a cluster (--kubeconfig or --in-cluster)")
     inventory = ClusterInventory()
     api, informers = _cluster(settings, inventory)
-    elector = kube.LeaseElector(api, settings.namespace, lease_name, identity).run()
+    elector = LeaseElector(api, settings.namespace, lease_name, identity).run()
     _ON_EXIT.append(elector.stop)  # release the Lease on a graceful stop: the standby takes over at once
     metrics = Metrics()
-    reconciler = Reconciler(inventory, build_store(settings, api), kube.KubeActions(api, dry_run=dry_run),
+    reconciler = Reconciler(inventory, build_store(settings, api), KubeActions(api, dry_run=dry_run),
                             settings.plan, metrics, is_leader=elector.is_leader, retention=settings.retention)
     metrics.watch(lambda: inventory.snapshot(reconciler.store.list()))
     if (check := _staleness(informers, settings)) is not None:

@@ -22,7 +22,8 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from ..core.rules import API_GROUP, API_VERSION, PLURAL, Rule, rule_from_object, rule_status, rule_to_object
-from .kube import Informer, raw
+from .client import raw
+from .informer import Informer
 from .rulestore import ConflictError
 
 log = logging.getLogger(__name__)

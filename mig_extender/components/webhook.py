@@ -1,139 +1,25 @@
-"""The mutating admission webhook: on pod CREATE, rewrite a pod that a recorded rule is waiting for.
+"""The webhook component: the admission decision over the live rules, with claims and metrics.
 
-``mutate()`` is pure (AdmissionReview in, response + chosen rule out) and has no side effects: it only
-rewrites the pod (requests and limits of the original MIG resource -> the substitute, in every container
-and init container) and stamps the rule's name and the original demand in annotations. The extender and
-the reconciler mark the rule Applied when they see that pod, so the webhook makes no API call and
-``sideEffects: None`` is true. A short-lived in-memory claim (TTL cache) keeps one replica from handing
-the same rule to two pods created back to back. Pods without MIG requests or with the opt-out
-annotation pass untouched. Every failure answers ``allowed: true`` without a patch: the webhook must
-never block pod creation.
+Why here and not in the core: it holds state (the rule store, a short-lived claim per rule so one replica
+does not hand the same rule to two pods created back to back) and counts outcomes. Must not: know about
+HTTP (web/webhook.py), or ever let an error block pod creation.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import threading
-import time
-from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from cachetools import TTLCache
-from flask import Blueprint, Response, current_app, jsonify, request
 
 from ..cluster.rulestore import RuleStore
-from ..core.resources import (
-    ANN_ORIGINAL,
-    ANN_RULE,
-    ANN_SUBSTITUTED,
-    LABEL_SCHEDULER_OPT_IN,
-    DemandError,
-    pod_info,
-)
-from ..core.rules import Rule, rule_for_new_pod
-from ..core.schedconfig import SCHEDULER_NAME
+from ..core.admission import Mutation, mutate, review_uid
 from .extender import readiness_problems
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
-
-
-class ReviewError(ValueError):
-    """Not an AdmissionReview we can answer (no request uid): a 400."""
-
-
-@dataclass(frozen=True)
-class Mutation:
-    uid: str
-    patch: list[dict[str, Any]] = field(default_factory=list)
-    rule: Rule | None = None
-    result: str = "untouched"   # metric label: untouched, substituted, scheduler, skipped, error
-    message: str = ""
-
-    def response(self) -> dict[str, Any]:
-        answer: dict[str, Any] = {"uid": self.uid, "allowed": True}
-        if self.patch:
-            answer["patchType"] = "JSONPatch"
-            answer["patch"] = base64.b64encode(json.dumps(self.patch).encode()).decode()
-        if self.result == "error" and self.message:
-            answer["warnings"] = [self.message]  # shown to the client; the pod is admitted unchanged
-        return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": answer}
-
-
-def escape(token: str) -> str:
-    """RFC 6901 JSON-pointer token: ``~`` -> ``~0``, ``/`` -> ``~1`` (so nvidia.com/mig-1g.5gb is safe)."""
-    return token.replace("~", "~0").replace("/", "~1")
-
-
-def review_uid(review: Any) -> str:
-    if not isinstance(review, Mapping):
-        raise ReviewError("body must be a JSON object (AdmissionReview)")
-    req = review.get("request")
-    if not isinstance(req, Mapping) or not isinstance(req.get("uid"), str) or not req["uid"]:
-        raise ReviewError("AdmissionReview.request.uid is missing")
-    return req["uid"]
-
-
-def _rewrite(spec: Mapping[str, Any], rule: Rule) -> list[dict[str, Any]]:
-    ops: list[dict[str, Any]] = []
-    old, new = rule.original.resource, rule.substitute.resource
-    for section in ("initContainers", "containers"):
-        for i, container in enumerate(spec.get(section) or []):
-            resources = container.get("resources") or {}
-            for kind in ("requests", "limits"):
-                values = resources.get(kind) or {}
-                if old in values:
-                    base = f"/spec/{section}/{i}/resources/{kind}/"
-                    ops.append({"op": "remove", "path": base + escape(old)})
-                    ops.append({"op": "add", "path": base + escape(new), "value": values[old]})
-    return ops
-
-
-def _annotate(meta: Mapping[str, Any], values: Mapping[str, str]) -> list[dict[str, Any]]:
-    if not isinstance(meta.get("annotations"), Mapping):
-        return [{"op": "add", "path": "/metadata/annotations", "value": dict(values)}]
-    return [{"op": "add", "path": "/metadata/annotations/" + escape(k), "value": v} for k, v in values.items()]
-
-
-def mutate(review: Mapping[str, Any], rules: Iterable[Rule], claimed: Collection[str] = (),
-           namespace_labels: Mapping[str, str] | None = None, now: float | None = None) -> Mutation:
-    """Decide the patch for one AdmissionReview. Raises ReviewError only when there is no uid to answer."""
-    uid = review_uid(review)
-    req = review["request"]
-    if req.get("operation") != "CREATE" or (req.get("kind") or {}).get("kind") != "Pod":
-        return Mutation(uid)
-    obj = req.get("object")
-    if not isinstance(obj, Mapping):
-        return Mutation(uid, result="error", message="request.object is not a Pod")
-    try:
-        pod = pod_info(obj)
-    except DemandError as exc:
-        return Mutation(uid, result="error", message=str(exc))
-    if not pod.wants_mig or not pod.may_substitute:
-        return Mutation(uid)
-    if not obj.get("metadata", {}).get("namespace") and req.get("namespace"):
-        pod = replace(pod, namespace=str(req["namespace"]))
-    patch: list[dict[str, Any]] = []
-    result = "untouched"
-    if (namespace_labels or {}).get(LABEL_SCHEDULER_OPT_IN) == "true" and pod.scheduler == "default-scheduler":
-        patch.append({"op": "add", "path": "/spec/schedulerName", "value": SCHEDULER_NAME})
-        result = "scheduler"
-    rule = rule_for_new_pod(pod, rules, time.time() if now is None else now, claimed)
-    if rule is None:
-        return Mutation(uid, patch, result=result)
-    ops = _rewrite(obj["spec"], rule)
-    if not ops:
-        return Mutation(uid, patch, result=result)
-    patch += ops + _annotate(obj["metadata"], {ANN_ORIGINAL: str(rule.original), ANN_SUBSTITUTED: str(rule.substitute),
-                                               ANN_RULE: rule.name})
-    return Mutation(uid, patch, rule, "substituted", f"{rule.original} -> {rule.substitute} (rule {rule.name})")
-
-
-# --------------------------------------------------------------------------------------------------
-# HTTP
 
 
 class WebhookService:
@@ -167,23 +53,3 @@ class WebhookService:
             log.info("pod CREATE in %s: %s", body["request"].get("namespace"), mutation.message)
         self.metrics.webhook.labels(mutation.result).inc()
         return mutation.response()
-
-
-webhook_bp = Blueprint("webhook", __name__)
-
-
-@webhook_bp.post("/mutate")
-def mutate_view() -> Response:
-    service: WebhookService = current_app.extensions["mig_extender_webhook"]
-    start = time.perf_counter()
-    body = request.get_json(force=True, silent=True)
-    try:
-        answer = jsonify(service.review(body))
-        outcome = "ok"
-    except ReviewError as exc:
-        answer = jsonify({"error": str(exc)})
-        answer.status_code = 400
-        outcome = "bad_request"
-    service.metrics.requests.labels("mutate", outcome).inc()
-    service.metrics.latency.labels("mutate").observe(time.perf_counter() - start)
-    return answer

@@ -13,9 +13,10 @@ from werkzeug.exceptions import HTTPException
 
 from ..components.extender import ExtenderService
 from ..components.settings import Settings
-from ..components.webhook import WebhookService, webhook_bp
+from ..components.webhook import WebhookService
 from .debug import debug, ops
 from .verbs import bp as extender_bp
+from .webhook import webhook_bp
 from .wirejson import OrjsonProvider
 
 

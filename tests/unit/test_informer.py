@@ -1,4 +1,4 @@
-"""kube.Informer against a scripted fake API: list, watch from the list's resourceVersion, resume after a
+"""cluster.informer.Informer against a scripted fake API: list, watch from the list's resourceVersion, resume after a
 dropped connection from the last version seen, relist on 410 Gone, and report how long it was cut off."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import threading
 import time
 from typing import Any
 
-from mig_extender.cluster.kube import Informer, staleness_check
+from mig_extender.cluster.informer import Informer, staleness_check
 
 
 class FakeResponse:

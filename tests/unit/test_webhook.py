@@ -13,7 +13,8 @@ import pytest
 
 from mig_extender.cluster.rulestore import MemoryRuleStore
 from mig_extender.components.settings import Settings
-from mig_extender.components.webhook import ReviewError, WebhookService, escape, mutate
+from mig_extender.components.webhook import WebhookService
+from mig_extender.core.admission import ReviewError, escape, mutate
 from mig_extender.core.resources import (
     ANN_ORIGINAL,
     ANN_RULE,

@@ -1,0 +1,201 @@
+"""Informers: list then watch a collection and feed a consumer, like client-go's reflector.
+
+They list with the list's resourceVersion, resume from the last seen version after a dropped connection,
+relist on 410 Gone and hand raw JSON dicts to callbacks. Readiness reads their contact times. Must not:
+write to the API (that is actions.py and the rule stores).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import orjson
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+from kubernetes.watch.watch import iter_resp_lines
+
+from .client import JSON, raw
+
+log = logging.getLogger(__name__)
+
+
+class Informer:
+    """List+watch one collection in a daemon thread, feeding ``on_event(type, obj)``.
+
+    ``on_relist(items)`` receives the full list (initial and after 410 Gone) so the consumer can drop
+    objects whose delete it missed. ``last_contact`` is when the API last answered; ``stale_after``
+    drives readiness (the extender keeps answering from its cache while the API is away).
+    """
+
+    def __init__(self, name: str, list_call: Callable[..., Any], on_event: Callable[[str, JSON], None],
+                 on_relist: Callable[[list[JSON]], None], list_kwargs: Mapping[str, Any] | None = None,
+                 watch_timeout: int = 300, page_size: int = 500) -> None:
+        self.name = name
+        self._list = list_call
+        self._on_event = on_event
+        self._on_relist = on_relist
+        self._kwargs = dict(list_kwargs or {})
+        self._watch_timeout = watch_timeout
+        self._page = page_size
+        self._stop = threading.Event()
+        self.synced = threading.Event()
+        self.resource_version = ""
+        self.last_contact = 0.0
+        self.disconnected_since: float | None = None  # set while list/watch fail, cleared on reconnect
+        self.relists = 0
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Informer:
+        self._thread = threading.Thread(target=self._run, name=f"informer-{self.name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _relist(self) -> None:
+        items: list[JSON] = []
+        cont = None
+        while True:
+            page = raw(self._list, limit=self._page, _continue=cont, **self._kwargs)
+            items.extend(page.get("items") or [])
+            cont = (page.get("metadata") or {}).get("continue")
+            if not cont:
+                self.resource_version = (page.get("metadata") or {}).get("resourceVersion", "")
+                break
+        self.last_contact = time.time()
+        self.disconnected_since = None
+        self.relists += 1
+        self._on_relist(items)
+        self.synced.set()
+
+    def _watch(self) -> None:
+        response = self._list(watch=True, resource_version=self.resource_version, allow_watch_bookmarks=True,
+                              timeout_seconds=self._watch_timeout, _preload_content=False, **self._kwargs)
+        try:
+            self.last_contact = time.time()
+            self.disconnected_since = None
+            for line in iter_resp_lines(response):
+                if self._stop.is_set():
+                    return
+                event = orjson.loads(line)
+                obj = event.get("object") or {}
+                self.last_contact = time.time()
+                if event.get("type") == "ERROR":
+                    if obj.get("code") == 410:
+                        self.resource_version = ""  # too old: relist
+                    raise RuntimeError(f"watch error: {obj.get('message')}")
+                self.resource_version = (obj.get("metadata") or {}).get("resourceVersion", self.resource_version)
+                if event.get("type") != "BOOKMARK":
+                    try:
+                        self._on_event(event["type"], obj)
+                    except Exception:
+                        log.exception("%s: handling %s event failed", self.name, event.get("type"))
+        finally:
+            response.release_conn()
+
+    def _lost(self) -> None:
+        if self.disconnected_since is None:
+            self.disconnected_since = time.time()
+
+    def _run(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                if not self.resource_version:
+                    self._relist()
+                self._watch()
+                backoff = 0.5
+            except ApiException as exc:
+                if exc.status == 410:
+                    self.resource_version = ""
+                else:
+                    self._lost()
+                log.warning("%s: %s; retrying in %.1fs", self.name, exc.reason, backoff)
+            except Exception as exc:
+                self._lost()
+                log.warning("%s: %s; retrying in %.1fs", self.name, exc, backoff)
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, 10.0)
+
+
+def start_inventory_informers(api: client.ApiClient, inventory: Any) -> list[Informer]:
+    """Keep ``inventory`` (a ClusterInventory) current with all nodes and all unfinished pods."""
+    core = client.CoreV1Api(api)
+
+    def node_event(kind: str, obj: JSON) -> None:
+        if kind == "DELETED":
+            inventory.delete_node(obj["metadata"]["name"])
+        else:
+            inventory.upsert_node(obj)
+
+    def pod_event(kind: str, obj: JSON) -> None:
+        if kind == "DELETED":
+            inventory.delete_pod(obj["metadata"].get("uid", ""))
+        else:
+            inventory.upsert_pod(obj)
+
+    nodes = Informer("nodes", core.list_node, node_event, inventory.replace_nodes).start()
+    # Finished pods hold no slices; with this selector they arrive as DELETED when they finish.
+    pods = Informer("pods", core.list_pod_for_all_namespaces, pod_event, inventory.replace_pods,
+                    {"field_selector": "status.phase!=Succeeded,status.phase!=Failed"}).start()
+
+    def sync_watcher() -> None:
+        while not (nodes.synced.is_set() and pods.synced.is_set()):
+            time.sleep(0.05)
+        inventory.synced = True
+        log.info("inventory synced: %d nodes", len(inventory.snapshot().nodes))
+
+    threading.Thread(target=sync_watcher, name="inventory-sync", daemon=True).start()
+    return [nodes, pods]
+
+
+def staleness_check(informers: Iterable[Informer], limit: float) -> Callable[[], str]:
+    """A readiness check: '' unless some informer has been cut off from the API for over ``limit`` s.
+
+    A quiet but connected watch is fresh (no events simply means no changes); what makes the cache
+    stale is a watch that keeps failing. The extender keeps answering from its cache meanwhile.
+    """
+    informers = list(informers)
+
+    def check() -> str:
+        now = time.time()
+        stale = [f"{i.name}: API unreachable for {now - i.disconnected_since:.0f}s, answers come from a cache "
+                 f"last updated {now - i.last_contact:.0f}s ago" for i in informers
+                 if i.disconnected_since is not None and now - i.disconnected_since > limit]
+        return "; ".join(stale)
+
+    return check
+
+
+
+def start_label_informer(api: client.ApiClient, kind: str = "namespaces") -> tuple[Informer, Callable[[str], dict]]:
+    """Namespace labels kept current (the webhook's scheduler opt-in); returns (informer, lookup)."""
+    core = client.CoreV1Api(api)
+    labels: dict[str, dict[str, str]] = {}
+    lock = threading.Lock()
+
+    def on_event(kind_: str, obj: JSON) -> None:
+        name = obj["metadata"]["name"]
+        with lock:
+            if kind_ == "DELETED":
+                labels.pop(name, None)
+            else:
+                labels[name] = dict(obj["metadata"].get("labels") or {})
+
+    def on_relist(items: list[JSON]) -> None:
+        with lock:
+            labels.clear()
+            labels.update({o["metadata"]["name"]: dict(o["metadata"].get("labels") or {}) for o in items})
+
+    informer = Informer(kind, core.list_namespace, on_event, on_relist).start()
+
+    def lookup(name: str) -> dict[str, str]:
+        with lock:
+            return dict(labels.get(name, {}))
+
+    return informer, lookup
