@@ -173,6 +173,10 @@ class PodInfo:
     annotations: Mapping[str, str] = field(default_factory=dict)
     created: float = 0.0     # creationTimestamp as epoch seconds (0: not set, e.g. during admission)
     problems: tuple[str, ...] = ()
+    priority: int = 0        # spec.priority (the admission plugin resolves priorityClassName into it)
+    preemption_policy: str = "PreemptLowerPriority"  # spec.preemptionPolicy: "Never" never preempts
+    gated: bool = False      # spec.schedulingGates non-empty: the scheduler does not consider the pod yet
+    started: float = 0.0     # status.startTime as epoch seconds (preemption prefers victims started last)
 
     @property
     def key(self) -> str:
@@ -270,7 +274,16 @@ def pod_info(pod: Mapping[str, Any]) -> PodInfo:
         annotations={k: str(v) for k, v in annotations.items() if k in _OUR_ANNOTATIONS},
         created=parse_time(meta.get("creationTimestamp")),
         problems=tuple(problems),
+        priority=_priority(spec.get("priority")),
+        preemption_policy=str(spec.get("preemptionPolicy") or "PreemptLowerPriority"),
+        gated=bool(spec.get("schedulingGates")),
+        started=parse_time(status.get("startTime")),
     )
+
+
+def _priority(value: Any) -> int:
+    """spec.priority as an int; absent or malformed counts as 0 (the API server's default class)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def mig_allocatable(status: Mapping[str, Any]) -> dict[str, int]:

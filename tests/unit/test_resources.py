@@ -84,3 +84,16 @@ def test_which_pods_hold_slices(phase: str, node: str, terminating: bool, holds:
 def test_not_a_pod_is_an_error() -> None:
     with pytest.raises(DemandError):
         pod_info({"metadata": "nope"})
+
+
+@pytest.mark.parametrize(("spec", "status", "expected"), [
+    pytest.param({}, {}, (0, "PreemptLowerPriority", False, 0.0), id="defaults"),
+    pytest.param({"priority": 1000, "preemptionPolicy": "Never", "schedulingGates": [{"name": "kueue"}]},
+                 {"startTime": "2026-01-01T00:00:00Z"}, (1000, "Never", True, 1767225600.0), id="all-set"),
+    pytest.param({"priority": "high", "schedulingGates": []}, {}, (0, "PreemptLowerPriority", False, 0.0),
+                 id="malformed-priority-empty-gates"),
+    pytest.param({"priority": True}, {}, (0, "PreemptLowerPriority", False, 0.0), id="bool-is-not-a-priority"),
+])
+def test_pod_info_reads_priority_gates_and_start(spec: dict, status: dict, expected: tuple) -> None:
+    pod = pod_info({"metadata": {"name": "p", "uid": "u"}, "spec": {"containers": [], **spec}, "status": status})
+    assert (pod.priority, pod.preemption_policy, pod.gated, pod.started) == expected
