@@ -22,7 +22,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from ..core.resources import DemandError, PodInfo, mig_allocatable, pod_info
+from ..core.placement import NodeFacts
+from ..core.resources import DemandError, PodInfo, mig_allocatable, pod_info, quantity_scaled
 from ..core.rules import Rule
 from ..core.snapshot import LABEL_COUNT, ClusterSnapshot, NodeInfo, detect_gpu
 
@@ -44,13 +45,28 @@ def node_info(obj: Mapping[str, Any], used: Mapping[str, int] | None = None) -> 
         count = int(labels.get(LABEL_COUNT, 0))
     except (TypeError, ValueError):
         count = 0
+    name = str(meta.get("name", ""))
+    unschedulable = bool(spec.get("unschedulable", False))
     return NodeInfo(
-        name=str(meta.get("name", "")),
+        name=name,
         gpu=detect_gpu(labels, alloc),
         allocatable=alloc,
         used=dict(used or {}),
         gpu_count=count,
-        schedulable=not spec.get("unschedulable", False),
+        schedulable=not unschedulable,
+        facts=node_facts(name, labels, spec, status, unschedulable),
+    )
+
+
+def node_facts(name: str, labels: Mapping[str, Any], spec: Mapping[str, Any], status: Mapping[str, Any],
+               unschedulable: bool) -> NodeFacts:
+    """What placement checks read about a node (core/placement.py). Usage by pods is filled in later."""
+    taints = spec.get("taints") if isinstance(spec.get("taints"), list) else []
+    alloc = status.get("allocatable") if isinstance(status.get("allocatable"), Mapping) else {}
+    return NodeFacts(
+        name=name, labels={str(k): str(v) for k, v in labels.items()},
+        taints=tuple(t for t in taints if isinstance(t, Mapping)), unschedulable=unschedulable,
+        cpu_milli=quantity_scaled(alloc.get("cpu", 0), 1000), memory_bytes=quantity_scaled(alloc.get("memory", 0), 1),
     )
 
 
@@ -86,8 +102,7 @@ class ClusterInventory:
                 self._changed()
 
     def _set_node(self, name: str, info: NodeInfo) -> None:
-        info = NodeInfo(info.name, info.gpu, info.allocatable,
-                        dict(self._used.get(name, {})), info.gpu_count, info.schedulable)
+        info = replace(info, used=dict(self._used.get(name, {})), problems=())
         old = self._nodes.get(name)
         self._nodes[name] = info
         for r in set(info.allocatable) | set(old.allocatable if old else ()):

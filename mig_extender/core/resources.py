@@ -15,6 +15,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from .catalog import ProfileError, is_mig_resource, resource_profile_name
+from .placement import NO_CONSTRAINTS, Placement
 
 # Annotations and labels (the one place they are spelled).
 GROUP = "mig-extender.io"
@@ -177,6 +178,7 @@ class PodInfo:
     preemption_policy: str = "PreemptLowerPriority"  # spec.preemptionPolicy: "Never" never preempts
     gated: bool = False      # spec.schedulingGates non-empty: the scheduler does not consider the pod yet
     started: float = 0.0     # status.startTime as epoch seconds (preemption prefers victims started last)
+    placement: Placement = NO_CONSTRAINTS  # nodeSelector, required affinity, tolerations, cpu/memory requests
 
     @property
     def key(self) -> str:
@@ -278,6 +280,7 @@ def pod_info(pod: Mapping[str, Any]) -> PodInfo:
         preemption_policy=str(spec.get("preemptionPolicy") or "PreemptLowerPriority"),
         gated=bool(spec.get("schedulingGates")),
         started=parse_time(status.get("startTime")),
+        placement=placement_of(spec),
     )
 
 
@@ -304,3 +307,61 @@ def mig_allocatable(status: Mapping[str, Any]) -> dict[str, int]:
 def format_demand(demand: Mapping[str, int] | Iterable[ResourceCount]) -> str:
     items = demand.items() if isinstance(demand, Mapping) else ((rc.resource, rc.count) for rc in demand)
     return ",".join(f"{r}={n}" for r, n in sorted(items))
+
+
+def quantity_scaled(value: Any, scale: int) -> int:
+    """A cpu or memory quantity times ``scale`` (1000 for millicores), rounded up; 0 when malformed.
+
+    Placement checks are advisory (kube-scheduler checks again at bind), so a value we cannot read counts
+    as no request rather than failing the pod."""
+    match = _QUANTITY_RE.match(str(value).strip()) if isinstance(value, (int, float, str)) else None
+    if not match:
+        return 0
+    number = Decimal(match["num"]) * _SUFFIX[match["suffix"]] * scale
+    return max(int(number.to_integral_value(rounding="ROUND_CEILING")), 0)
+
+
+def _requests(container: Any) -> tuple[int, int]:
+    resources = container.get("resources") if isinstance(container, Mapping) else None
+    requests = resources.get("requests") if isinstance(resources, Mapping) else None
+    if not isinstance(requests, Mapping):
+        return 0, 0
+    return quantity_scaled(requests.get("cpu", 0), 1000), quantity_scaled(requests.get("memory", 0), 1)
+
+
+def _effective_requests(spec: Mapping[str, Any]) -> tuple[int, int]:
+    """(cpu millicores, memory bytes) as kube-scheduler computes a pod's request: app containers plus
+    sidecars, or the largest regular init container with the sidecars started before it, plus overhead."""
+    containers = spec.get("containers") if isinstance(spec.get("containers"), list) else []
+    inits = spec.get("initContainers") if isinstance(spec.get("initContainers"), list) else []
+    cpu = sum(_requests(c)[0] for c in containers)
+    mem = sum(_requests(c)[1] for c in containers)
+    side_cpu = side_mem = peak_cpu = peak_mem = 0
+    for c in inits:
+        c_cpu, c_mem = _requests(c)
+        if isinstance(c, Mapping) and c.get("restartPolicy") == "Always":
+            side_cpu, side_mem = side_cpu + c_cpu, side_mem + c_mem
+        else:
+            peak_cpu, peak_mem = max(peak_cpu, side_cpu + c_cpu), max(peak_mem, side_mem + c_mem)
+    overhead = spec.get("overhead") if isinstance(spec.get("overhead"), Mapping) else {}
+    return (max(cpu + side_cpu, peak_cpu) + quantity_scaled(overhead.get("cpu", 0), 1000),
+            max(mem + side_mem, peak_mem) + quantity_scaled(overhead.get("memory", 0), 1))
+
+
+def placement_of(spec: Mapping[str, Any]) -> Placement:
+    """The pod's placement constraints (core/placement.py checks them); malformed parts are ignored."""
+    selector = spec.get("nodeSelector")
+    affinity = spec.get("affinity")
+    node_affinity = affinity.get("nodeAffinity") if isinstance(affinity, Mapping) else None
+    required = node_affinity.get("requiredDuringSchedulingIgnoredDuringExecution") \
+        if isinstance(node_affinity, Mapping) else None
+    terms = required.get("nodeSelectorTerms") if isinstance(required, Mapping) else None
+    tolerations = spec.get("tolerations")
+    cpu, mem = _effective_requests(spec)
+    placement = Placement(
+        node_selector={str(k): str(v) for k, v in selector.items()} if isinstance(selector, Mapping) else {},
+        required_terms=tuple(t for t in terms if isinstance(t, Mapping)) if isinstance(terms, list) else None,
+        tolerations=tuple(t for t in tolerations if isinstance(t, Mapping)) if isinstance(tolerations, list) else (),
+        cpu_milli=cpu, memory_bytes=mem,
+    )
+    return NO_CONSTRAINTS if placement == NO_CONSTRAINTS else placement

@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .catalog import MODELS, GpuModel, ProfileError, canonical_shape, resource_profile_name
+from .placement import NodeFacts, Placement, placement_problem
 from .resources import PodInfo, ResourceCount
 from .rules import Phase, Rule
 
@@ -81,6 +82,7 @@ class NodeInfo:
     gpu_count: int = 0
     schedulable: bool = True
     problems: tuple[str, ...] = ()
+    facts: NodeFacts | None = None  # labels, taints, cpu/memory: for placement checks (None: unknown, no check)
 
     def free(self, resource: str) -> int:
         """Free slices ignoring reservations (the snapshot adds those)."""
@@ -105,6 +107,10 @@ class NodeInfo:
     def busy_compute(self) -> int:
         """Compute slices held by pods (reservations not included): fixed for this NodeInfo."""
         return self.used_compute()
+
+    def placement_problem(self, placement: Placement) -> str:
+        """Why a pod with ``placement`` cannot run here apart from MIG ('' when it can, or when unknown)."""
+        return placement_problem(placement, self.facts) if self.facts is not None else ""
 
     def used_compute(self, extra: Mapping[str, int] = EMPTY) -> int:
         return sum(self.shapes[r].compute_slices * (self.used.get(r, 0) + extra.get(r, 0))
