@@ -12,7 +12,8 @@ What it does, like the real kubelet as far as scheduling tests can tell:
   (podresources.py) and counting only admitted pods that are not terminal; a pod that does not fit
   fails with reason `OutOf<resource>` (what a kubelet does after an over-commit), one that fits is
   marked Running and Ready; every decision is recorded (`decisions()`, `rejections()`);
-- finalizes deletions at once (grace period 0);
+- finalizes deletions at once (grace period 0); a pod a finalizer keeps is first reported Failed, as the
+  kubelet reports a deleted pod whose containers it killed (the Job controller waits for that);
 - list+watch with resourceVersion resume and relist on 410 (reflector.py).
 
 Decisions are made in watch order on one thread, so admission on a node is serialized exactly as in
@@ -429,7 +430,10 @@ class FakeKubelet:
         if meta.get("deletionTimestamp"):
             if uid not in self._finalizing:
                 self._finalizing.add(uid)
-                self._submit(self._delete_pod, meta["namespace"], meta["name"], uid)
+                if meta.get("finalizers") and phase not in TERMINAL:
+                    self._submit(self._terminate_and_delete, pod)
+                else:
+                    self._submit(self._delete_pod, meta["namespace"], meta["name"], uid)
             return
         if phase == "Running" and uid not in self._decided:
             # running before we started (a restarted harness): it already holds its resources
@@ -542,6 +546,26 @@ class FakeKubelet:
                     log.error("status of %s/%s not written: %s", namespace, name, exc)
                     return
             time.sleep(0.2 * (attempt + 1))
+
+    def _terminate_and_delete(self, pod: Mapping[str, Any]) -> None:
+        """A deleted pod that a finalizer keeps (a Job's tracking finalizer) first reaches a terminal phase,
+        as the kubelet reports it: its killed containers make it Failed (pkg/kubelet/kubelet_pods.go
+        getPhase, `podIsTerminal`). The Job controller waits for that phase before it counts the pod when
+        the Job has a podFailurePolicy (job_controller.go isPodFailed / onlyReplaceFailedPods); without it
+        such a Job would wait forever for a pod that stays Running."""
+        meta = pod["metadata"]
+        moment = _ts()
+        killed = {"terminated": {"exitCode": 137, "reason": "Error", "startedAt": moment, "finishedAt": moment}}
+        status = {
+            "phase": "Failed",
+            "containerStatuses": [
+                {"name": c["name"], "image": c.get("image", ""), "imageID": "", "ready": False, "started": False,
+                 "restartCount": 0, "state": killed}
+                for c in (pod.get("spec") or {}).get("containers") or ()
+            ],
+        }
+        self._write_status(meta["namespace"], meta["name"], meta["uid"], status)
+        self._delete_pod(meta["namespace"], meta["name"], meta["uid"])
 
     def _delete_pod(self, namespace: str, name: str, uid: str) -> None:
         body = {"gracePeriodSeconds": 0, "preconditions": {"uid": uid}}
