@@ -9,6 +9,7 @@ Must not: decide anything about scheduling; it only starts, probes and reads the
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -51,10 +52,16 @@ class ExtenderProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 60.0, attempts: int = 3) -> None:
-        """Start and wait for /readyz (its caches synced); retry on a port taken meanwhile."""
+    def start(self, timeout: float = 60.0, attempts: int = 3, port: int = 0) -> None:
+        """Start and wait for /readyz (its caches synced); retry on a port taken meanwhile.
+
+        ``port``: listen there (a restart after a crash keeps the address the scheduler was configured
+        with); a clash is then retried on the same port, after a pause, instead of on a new one.
+        """
         for attempt in range(attempts):
-            self.port = procs.free_port()
+            if attempt and port:
+                time.sleep(1.0)
+            self.port = port or procs.free_port()
             argv = cli_argv(
                 "serve", "--bind", f"127.0.0.1:{self.port}", "--kubeconfig", str(self.kubeconfig), *self.args
             )
@@ -73,6 +80,11 @@ class ExtenderProcess:
         if self.process is not None:
             self.process.stop()
         self._http.close()
+
+    def crash(self) -> None:
+        """SIGKILL master and worker (an OOM kill, a node failure): nothing gets to clean up."""
+        if self.process is not None:
+            self.process.kill()
 
     def alive(self) -> bool:
         return self.process is not None and self.process.alive()

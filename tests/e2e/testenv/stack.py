@@ -96,6 +96,16 @@ class Stack:
         if self.extender is not None:
             self.extender.stop()
 
+    def crash_extender(self) -> None:
+        """SIGKILL the extender; ``revive_extender`` brings it back where the scheduler expects it."""
+        if self.extender is not None:
+            self.extender.crash()
+
+    def revive_extender(self) -> None:
+        """Start the extender again on its old port, so the running scheduler's extender URL stays valid."""
+        if self.extender is not None:
+            self.extender.start(port=self.extender.port)
+
     def start_scheduler(self) -> None:
         """(Re)start the scheduler, its extender entry pointing at the current extender."""
         config = self.workdir / "scheduler.yaml"
@@ -176,6 +186,10 @@ class Stack:
         proc = self.procs.pop(f"lifecycle-{identity}", None)
         if proc is not None:
             proc.kill()
+
+    def reconcilers(self) -> list[str]:
+        """Identities of the reconcilers this stack started and has not stopped."""
+        return [name.removeprefix("lifecycle-") for name in self.procs if name.startswith("lifecycle-reconciler")]
 
     def lease_holder(self) -> str:
         lease = client.CoordinationV1Api(self.api).read_namespaced_lease("mig-extender-reconciler", "mig-extender")
