@@ -1,0 +1,182 @@
+"""The soak's invariants without a cluster: each one, fed a history that breaks it, reports a violation,
+and fed the same history minus the breaking step, reports none. A checker that cannot fail would make
+a green soak meaningless."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from .soak.history import History
+from .soak.invariants import (
+    NoPodLost,
+    NoRestartLoop,
+    NoStuckPending,
+    Observation,
+    RuleView,
+    _books_diff,
+)
+from .soak.ledger import BareSlot, PodRecord, pod_record
+from .soak.world import P1, P2, P3, NodeState
+
+NOW = 1_000_000.0
+
+
+def rule(name: str = "r", phase: str = "Recorded", *, pod_uid: str = "p0", bound: str = "", restored: str = "",
+         node: str = "n1", restore_node: str = "", expires: float = NOW + 60) -> RuleView:
+    return RuleView(name=name, phase=phase, pod_uid=pod_uid, pod_name="pod", node=node, original=(P1, 1),
+                    substitute=(P2, 1), restore_node=restore_node, applied_pod="", bound_pod=bound,
+                    restored_pod=restored, expires=expires, updated=NOW - 10)
+
+
+def pod(name: str, uid: str, demand: dict[str, int], *, node: str = "", owner: str = "", phase: str = "Pending",
+        annotations: dict[str, str] | None = None) -> PodRecord:
+    limits = {r: str(n) for r, n in demand.items()}
+    obj: dict[str, Any] = {
+        "metadata": {"name": name, "uid": uid, "annotations": annotations or {},
+                     "ownerReferences": [{"kind": owner, "name": "o", "controller": True}] if owner else []},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "resources": {"requests": limits}}]},
+        "status": {"phase": phase},
+    }
+    return pod_record(obj, 0.0)
+
+
+def observation(pods: list[PodRecord] = (), rules: list[RuleView] = (), events: list[dict] = (),
+                mono: float = 0.0) -> Observation:
+    return Observation(t=mono, wall=NOW, mono=mono, pods=list(pods), rules=list(rules), jobs=[], events=list(events))
+
+
+def world(**kwargs: Any) -> Any:
+    """The parts of SoakWorld the checks read."""
+    defaults = {"history": History(None, seed=0), "uncertain": set(), "removed_nodes": set(), "nodes": {},
+                "impaired": lambda what, since=None: False}
+    return SimpleNamespace(**{**defaults, **kwargs})
+
+
+@pytest.mark.parametrize(("view", "held"), [
+    pytest.param(rule(), ("n1", P2, 1), id="recorded-holds-substitute"),
+    pytest.param(rule(phase="Applied"), ("n1", P2, 1), id="applied-unbound-holds-substitute"),
+    pytest.param(rule(phase="Applied", bound="b"), None, id="applied-bound-holds-nothing"),
+    pytest.param(rule(phase="Restoring", bound="b", restore_node="n2"), ("n2", P1, 1), id="restoring-holds-original"),
+    pytest.param(rule(expires=NOW - 1), None, id="expired-holds-nothing"),
+    pytest.param(rule(phase="Restored", bound="b", restored="c"), None, id="restored-holds-nothing"),
+])
+def test_rule_reservation_follows_the_documented_phases(view: RuleView, held: Any) -> None:
+    assert view.reservation(NOW) == held
+
+
+def restart(uid: str, reason: str = "MigUpgrading") -> dict[str, Any]:
+    return {"reason": reason, "involvedObject": {"uid": uid, "name": f"pod-{uid}"}}
+
+
+def test_restart_loop_is_three_restarts_in_one_lineage_linked_through_rules() -> None:
+    rules = [rule("r1", "Restored", pod_uid="a", bound="b", restored="c"), rule("r2", pod_uid="c")]
+    upgrade_restore = [restart("a"), restart("b", "MigRestoring"), restart("b", "MigRestoring")]  # b announced twice
+    assert NoRestartLoop().check(observation(rules=rules, events=upgrade_restore), world()) == []
+    found = NoRestartLoop().check(observation(rules=rules, events=[*upgrade_restore, restart("c")]), world())
+    assert [v.invariant for v in found] == ["6-no-restart-loop"]
+    assert "3 restarts" in found[0].message
+
+
+def test_restart_loop_links_a_bare_pod_by_name_when_no_rule_does() -> None:
+    """Replacements that came back unrewritten (webhook down) share no rule, only the pod's name."""
+    pods = [pod("solo", uid, {P1: 1}) for uid in ("a", "b", "c")]
+    found = NoRestartLoop().check(observation(pods, events=[restart("a"), restart("b"), restart("c")]), world())
+    assert len(found) == 1
+
+
+def bare_world(slot: BareSlot) -> Any:
+    ledger = SimpleNamespace(bare_slots=lambda: {"solo": slot})
+    return world(ledger=ledger)
+
+
+@pytest.mark.parametrize(("slot", "at", "message"), [
+    pytest.param(BareSlot(harness_created=1, created=2, deleted=1, last_product_delete=5.0), 10.0, None,
+                 id="restarted-once-fine"),
+    pytest.param(BareSlot(harness_created=1, created=2, harness_deleted=1, deleted=1), 10.0,
+                 "created 1 time(s) by the product for 0 deletion(s)", id="user-deleted-pod-brought-back"),
+    pytest.param(BareSlot(harness_created=1, created=1, deleted=1, last_product_delete=5.0), 30.0, None,
+                 id="deleted-recreation-still-due"),
+    pytest.param(BareSlot(harness_created=1, created=1, deleted=1, last_product_delete=5.0), 100.0,
+                 "not created again within 60 s", id="deleted-never-recreated"),
+])
+def test_bare_pod_is_recreated_exactly_once_per_product_deletion(slot: BareSlot, at: float, message: str) -> None:
+    found = NoPodLost().check(replace(observation(), t=at, mono=at), bare_world(slot))
+    assert [message in v.message for v in found] == ([True] if message else [])
+
+
+def test_two_live_pods_in_one_job_index_are_a_duplicate() -> None:
+    first, second = (pod(f"job-0-{s}", s, {P1: 1}, owner="Job", phase="Running") for s in ("x", "y"))
+    first.job_index = second.job_index = "0"
+    found = NoPodLost().check(observation([first, second]), bare_world(BareSlot()))
+    assert [v.message for v in found] == ["2 live pods for one slot Job/o/0"]
+    second.terminating = True  # the replacement of a terminating pod is no duplicate
+    assert NoPodLost().check(observation([first, second]), bare_world(BareSlot())) == []
+
+
+def test_books_diff_names_every_mismatch() -> None:
+    nodes = {"n1": NodeState("n1", {P1: 2, P2: 1}, 1, "blue")}
+    inventory = {"nodes": [
+        {"node": "n1", "resources": {P1: {"allocatable": 2, "used": 2}, P2: {"allocatable": 1, "used": 0}}},
+        {"node": "gone", "resources": {}},
+    ]}
+    w = world(nodes=nodes, removed_nodes={"gone"})
+    assert _books_diff(inventory, {"n1": {P1: 2}}, w) == ["gone: removed, still in the extender's books"]
+    assert sorted(_books_diff(inventory, {"n1": {P1: 1, P2: 1}}, w)) == [
+        "gone: removed, still in the extender's books",
+        f"n1 {P1} used: 2 != 1",
+        f"n1 {P2} used: 0 != 1",
+    ]
+
+
+def stuck_world(used: dict[str, dict[str, int]]) -> Any:
+    nodes = {"n1": NodeState("n1", {P1: 1, P3: 1}, 1, "blue")}
+    core = SimpleNamespace(read_namespaced_pod=lambda *a: (_ for _ in ()).throw(RuntimeError("no API here")))
+    return world(nodes=nodes, ledger=SimpleNamespace(used=lambda: used), core=core, namespace="ns")
+
+
+@pytest.mark.parametrize(("used", "rules", "flagged"), [
+    pytest.param({"n1": {P1: 1}}, [], True, id="compatible-3g-free"),
+    pytest.param({"n1": {P1: 1}}, [rule(node="n1", pod_uid="other")], False, id="3g-reserved-by-a-rule"),
+    pytest.param({"n1": {P1: 1, P3: 1}}, [], False, id="nothing-free"),
+    pytest.param({"n1": {}}, [], True, id="own-type-free"),
+])
+def test_pending_pod_is_flagged_only_after_the_limit_and_only_if_a_usable_slice_is_free(
+        used: dict, rules: list[RuleView], flagged: bool) -> None:
+    checker = NoStuckPending(limit=30.0)
+    waiting = pod("w", "w1", {P1: 1})
+    rules = [replace(r, substitute=(P3, 1)) for r in rules]
+    w = stuck_world(used)
+    assert checker.check(observation([waiting], rules, mono=0.0), w) == []
+    assert checker.check(observation([waiting], rules, mono=20.0), w) == []
+    found = checker.check(observation([waiting], rules, mono=31.0), w)
+    assert bool(found) is flagged
+    assert checker.check(observation([waiting], rules, mono=40.0), w) == []  # reported once
+
+
+def test_pending_time_restarts_after_an_impaired_window() -> None:
+    checker = NoStuckPending(limit=30.0)
+    waiting = pod("w", "w1", {P1: 1})
+    w = stuck_world({"n1": {}})
+    checker.check(observation([waiting], mono=0.0), w)
+    w.impaired = lambda what, since=None: since is not None and since < 5.0  # impaired until t=5
+    assert checker.check(observation([waiting], mono=31.0), w) == []
+    w.impaired = lambda what, since=None: False
+    assert checker.check(observation([waiting], mono=50.0), w) == []
+    assert len(checker.check(observation([waiting], mono=62.0), w)) == 1
+
+
+def test_history_keeps_order_and_finds_what_mentions_a_name(tmp_path: Any) -> None:
+    history = History(tmp_path / "h.jsonl", seed=7)
+    history.record("action", "pod+", name="bare-1")
+    history.record("observe", "bound", pod="bare-2", node="n1")
+    history.record("observe", "pod-", pod="bare-1")
+    assert [e.name for e in history.mentioning("bare-1")] == ["pod+", "pod-"]
+    history.close()
+    lines = (tmp_path / "h.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and '"what": "pod+"' in lines[0] and '"name": "bare-1"' in lines[0]
+    assert time.monotonic() >= history.started
