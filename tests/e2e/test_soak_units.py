@@ -15,6 +15,7 @@ from .soak.history import History
 from .soak.invariants import (
     NoPodLost,
     NoRestartLoop,
+    NoRuleLeak,
     NoStuckPending,
     Observation,
     RuleView,
@@ -67,6 +68,19 @@ def world(**kwargs: Any) -> Any:
 ])
 def test_rule_reservation_follows_the_documented_phases(view: RuleView, held: Any) -> None:
     assert view.reservation(NOW) == held
+
+
+def test_one_pod_restoring_two_rules_is_a_bookkeeping_violation_not_a_loop() -> None:
+    """Two Restoring rules of one ReplicaSet both took the same new replica as their restored pod."""
+    rules = [rule("r1", "Restored", pod_uid="a", bound="b", restored="x"),
+             rule("r2", "Restored", pod_uid="c", bound="d", restored="x")]
+    ledger = SimpleNamespace(get=lambda uid: None)
+    found = NoRuleLeak().check(observation(rules=rules), world(ledger=ledger))
+    assert [v.message for v in found] == ["pod ? (x) is the restored pod of 2 rules: r1, r2"]
+    restarts = [restart("a"), restart("b", "MigRestoring"), restart("d", "MigRestoring")]
+    assert NoRestartLoop().check(observation(rules=rules, events=restarts), world()) == []
+    rules[1] = replace(rules[1], restored_pod="y")
+    assert NoRuleLeak().check(observation(rules=rules), world(ledger=ledger)) == []
 
 
 def restart(uid: str, reason: str = "MigUpgrading") -> dict[str, Any]:

@@ -130,6 +130,23 @@ class DeleteDeployment(Action):
         return {"name": w.name}
 
 
+class ProtectDeployment(Action):
+    """A PodDisruptionBudget on a Deployment (sometimes maxUnavailable 0): evictions of its pods, the
+    product's restarts and the soak's drains alike, may be refused (429)."""
+
+    name, weight = "pdb+", 1.0
+
+    def apply(self, world: SoakWorld, rng: random.Random) -> dict[str, Any]:
+        w: Workload = pick(rng, [w for w in world.live_workloads("Deployment") if not w.protected])
+        unavailable = rng.choice((0, 1, 1))
+        body = {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": w.name},
+                "spec": {"maxUnavailable": unavailable, "selector": {"matchLabels": world.labels(w.name)}}}
+        with world.api_errors_are_skips():
+            world.policy.create_namespaced_pod_disruption_budget(world.namespace, body)
+        w.protected = True
+        return {"name": w.name, "max_unavailable": unavailable}
+
+
 class CreateStatefulSet(Action):
     name, weight = "statefulset+", 3.0
 
@@ -381,7 +398,7 @@ class RepartitionNode(Action):
 
 
 CHURN: tuple[Action, ...] = (
-    CreateDeployment(), ScaleDeployment(), DeleteDeployment(),
+    CreateDeployment(), ScaleDeployment(), DeleteDeployment(), ProtectDeployment(),
     CreateStatefulSet(), ScaleStatefulSet(), DeleteStatefulSet(),
     CreateJob(), FinishJobPod(), DeleteJob(),
     CreateBarePod(), ReleaseGate(), DeletePod(),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -462,7 +463,7 @@ class NoRuleLeak(Invariant):
         self.reported: set[str] = set()
 
     def check(self, obs: Observation, world: SoakWorld) -> list[Violation]:
-        out = []
+        out = self._claimed_twice(obs, world)
         for rule in obs.rules:
             late = obs.wall - rule.expires
             if (rule.phase in ACTIVE and not (rule.phase == "Applied" and rule.bound_pod)
@@ -470,6 +471,24 @@ class NoRuleLeak(Invariant):
                     and self._first(f"expired:{rule.name}")):
                 out.append(self.violation(obs.t, f"rule {rule.name} still {rule.phase} {late:.0f} s after it "
                                                  f"expired", [str(rule), *_history(world, rule.pod_name)]))
+        return out
+
+    def _claimed_twice(self, obs: Observation, world: SoakWorld) -> list[Violation]:
+        """One upgraded pod carries one rule, and one restored pod finishes one restore: a pod two rules
+        count as theirs means one of them finished (or holds a reservation) for a pod that is not its own."""
+        out = []
+        for field_name in ("bound_pod", "restored_pod"):
+            owners: dict[str, list[RuleView]] = {}
+            for rule in obs.rules:
+                if getattr(rule, field_name):
+                    owners.setdefault(getattr(rule, field_name), []).append(rule)
+            for uid, rules in owners.items():
+                if len(rules) > 1 and self._first(f"twice:{field_name}:{uid}"):
+                    pod = world.ledger.get(uid)
+                    out.append(self.violation(obs.t, f"pod {pod.name if pod else '?'} ({uid[:8]}) is the "
+                                                     f"{field_name.replace('_', ' ')} of {len(rules)} rules: "
+                                                     + ", ".join(r.name for r in rules),
+                                              [str(r) for r in rules] + _history(world, rules[0].pod_name)))
         return out
 
     def final(self, obs: Observation, world: SoakWorld) -> list[Violation]:
@@ -506,8 +525,13 @@ class NoRuleLeak(Invariant):
             time.sleep(1.0)
         if not last:
             return []
+        nodes = {line.split()[0] for line in last}
+        held = [f"extender's rule {r['name']} {r['phase']} reserves {r['reserved']}"
+                for r in world.stack.extender.rules() if (r.get("reserved") or {}).get("node") in nodes]
+        rules = {r["name"] for r in world.stack.extender.rules()}
+        gone = [f"(not in the API: {name})" for name in sorted(rules - {r.name for r in observe(world).rules})]
         return [self.violation(world.history.now(), "the extender's reservations differ from the rules' "
-                                                    "(node resource: extender != rules)", last)]
+                                                    "(node resource: extender != rules)", last + held + gone)]
 
     def _first(self, key: str) -> bool:
         if key in self.reported:
@@ -561,9 +585,13 @@ class NoRestartLoop(Invariant):
                 self.parent[rb] = ra
 
     def check(self, obs: Observation, world: SoakWorld) -> list[Violation]:
+        claims = Counter(p for r in obs.rules for p in (r.bound_pod, r.restored_pod) if p)
+        twice = {uid for uid, n in claims.items() if n > 1}  # invariant 5 reports those: never link through one
         for rule in obs.rules:
-            self._link(rule.pod_uid, rule.bound_pod)
-            self._link(rule.bound_pod, rule.restored_pod)
+            if rule.bound_pod not in twice:
+                self._link(rule.pod_uid, rule.bound_pod)
+            if rule.restored_pod not in twice:
+                self._link(rule.bound_pod, rule.restored_pod)
         for pod in obs.pods:
             if pod.slot.startswith(("Pod/", "StatefulSet/")):
                 self._link(f"slot:{pod.slot}", pod.uid)

@@ -145,6 +145,7 @@ class Workload:
     completions: int = 0
     backoff_limit: int = 6
     failure_policy: bool = False
+    protected: bool = False  # a PodDisruptionBudget covers its pods
     deleted: bool = False
 
     @property
@@ -164,6 +165,7 @@ class SoakWorld:
         self.apps = client.AppsV1Api(self.api)
         self.batch = client.BatchV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
+        self.policy = client.PolicyV1Api(self.api)
         self.nodes: dict[str, NodeState] = {}
         self.removed_nodes: set[str] = set()
         self.workloads: dict[str, Workload] = {}
