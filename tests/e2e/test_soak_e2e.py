@@ -1,0 +1,66 @@
+"""The chaos soak, short (issue 15): fixed seeds, about three minutes, the invariants of bench/soak.py.
+
+Each seed drives workload churn and component faults (extender SIGKILLed, reconciler leader killed,
+webhook down, API server restarted, kubelet slow, 409 storms) against the full stack of testenv/stack.py
+on the session's control plane; tests/e2e/soak checks the invariants on a period, at quiet points and at
+the end. One test per invariant reads the shared runs, so a known, unfixed issue-13 defect marks exactly
+the invariant it breaks (xfail, not strict: it flips to a pass once the fix merges) while the others
+keep guarding. A failure prints the first violation, its context and the history file of the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from .soak.invariants import INVARIANTS
+from .soak.runner import SoakPlan, SoakResult, SoakRun
+from .testenv.cluster import E2ECluster
+from .testenv.stack import Stack
+
+SEEDS = (3, 5)
+# per seed: ~5 s set-up, 55 s of churn with a fault every ~12 s, quiet points, <= 45 s to settle
+PLAN = {"seconds": 55.0, "actions_per_second": 3.0, "fault_every": 12.0, "warmup": 8.0, "check_every": 3.0,
+        "quiet_every": 25.0, "settle": 45.0}
+# invariant -> the known, unfixed issue-13 item that breaks it (xfail until that fix merges)
+KNOWN: dict[str, str] = {
+    "3-no-job-failed": "issue 13 item 7: an upgrade restarts a Job pod with a delete (no PDB, so no Eviction and "
+                       "no DisruptionTarget condition), which a backoffLimit-0 Job counts as its one failure "
+                       "(seen by bench/soak.py --seed 2: job-0034, BackoffLimitExceeded after MigUpgrading)",
+}
+
+
+@pytest.fixture(scope="module")
+def soak_runs(cluster: E2ECluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[SoakResult]]:
+    stack = Stack(cluster, tmp_path_factory.mktemp("soak")).start()
+    try:
+        yield [SoakRun(cluster, stack, SoakPlan(seed=seed, **PLAN), cluster.state_dir / f"soak-{seed}.jsonl").run()
+               for seed in SEEDS]
+    finally:
+        stack.stop_all()
+
+
+def _invariant(key: str) -> Any:
+    marks = [pytest.mark.xfail(strict=False, reason=KNOWN[key])] if key in KNOWN else []
+    return pytest.param(key, id=key, marks=marks)
+
+
+@pytest.mark.parametrize("key", [_invariant(inv.key) for inv in INVARIANTS])
+def test_soak_invariant_holds(soak_runs: list[SoakResult], key: str) -> None:
+    broken = [f"{r.verdict.first[key].render(r.plan.seed)}\n  ({r.verdict.counts[key]} violation(s); history "
+              f"{r.history_path})" for r in soak_runs if key in r.verdict.first]
+    assert not broken, "\n\n".join(broken)
+
+
+def test_soak_exercised_the_product(soak_runs: list[SoakResult], e2e_report: Any) -> None:
+    """A soak that changed nothing proves nothing: every run churned pods, injected faults, recorded
+    substitutions and reached quiet points, and the harness itself never failed."""
+    for result in soak_runs:
+        e2e_report(f"soak {result.report()[0]}")
+    for result in soak_runs:
+        assert not result.harness_errors, result.harness_errors
+        assert result.lifecycles > 0 and result.fault_count > 0, result.report()[0]
+        assert result.quiet_points >= 2, result.report()[0]  # one while driving, one at the end
+    assert any(result.rules_seen for result in soak_runs), "no substitution happened in any run"
