@@ -99,7 +99,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--nodes", type=int, default=5, help="nodes at the start (churn keeps 3-8)")
     ap.add_argument("--rate", type=float, default=3.0, help="churn actions per second")
-    ap.add_argument("--fault-every", type=float, default=30.0, help="mean seconds between faults")
+    ap.add_argument("--fault-every", type=float, default=20.0, help="mean seconds between faults")
     ap.add_argument("--faults", default="", help=f"comma-separated subset of {[f.name for f in FAULTS]}")
     ap.add_argument("--history", default="", help="history file (JSON lines); default: in a temp dir, kept")
     ap.add_argument("--json", action="store_true")

@@ -54,7 +54,8 @@ def observation(pods: list[PodRecord] = (), rules: list[RuleView] = (), events: 
 def world(**kwargs: Any) -> Any:
     """The parts of SoakWorld the checks read."""
     defaults = {"history": History(None, seed=0), "uncertain": set(), "removed_nodes": set(), "nodes": {},
-                "impaired": lambda what, since=None: False}
+                "impaired": lambda what, since=None: False,
+                "ledger": SimpleNamespace(records=lambda: [], get=lambda uid: None)}
     return SimpleNamespace(**{**defaults, **kwargs})
 
 
@@ -96,11 +97,17 @@ def test_restart_loop_is_three_restarts_in_one_lineage_linked_through_rules() ->
     assert "3 restarts" in found[0].message
 
 
-def test_restart_loop_links_a_bare_pod_by_name_when_no_rule_does() -> None:
-    """Replacements that came back unrewritten (webhook down) share no rule, only the pod's name."""
-    pods = [pod("solo", uid, {P1: 1}) for uid in ("a", "b", "c")]
-    found = NoRestartLoop().check(observation(pods, events=[restart("a"), restart("b"), restart("c")]), world())
-    assert len(found) == 1
+def test_restart_loop_links_pods_of_one_name_unless_the_soak_deleted_the_earlier_one() -> None:
+    """Replacements that came back unrewritten (webhook down) share no rule, only the pod's name; a pod the
+    soak itself deleted is followed by a new instance (a StatefulSet recreates it), not by a restart."""
+    pods = [pod("sts-0", uid, {P1: 1}, owner="StatefulSet") for uid in ("a", "b", "c")]
+    for earlier in pods[:2]:
+        earlier.ended, earlier.deleted_by = 1.0, "other"
+    events = [restart("a"), restart("b"), restart("c")]
+    ledger = SimpleNamespace(records=lambda: pods)
+    assert len(NoRestartLoop().check(observation(events=events), world(ledger=ledger))) == 1
+    pods[1].deleted_by = "harness"
+    assert NoRestartLoop().check(observation(events=events), world(ledger=ledger)) == []
 
 
 def bare_world(slot: BareSlot) -> Any:

@@ -25,6 +25,7 @@ from .world import (
     POOL_LABEL,
     POOLS,
     PROFILES,
+    ActionFailed,
     NodeState,
     PodShape,
     Skip,
@@ -343,12 +344,16 @@ class RemoveNode(Action):
             raise Skip("too few nodes")
         node: NodeState = pick(rng, list(world.nodes.values()))
         world.removed_nodes.add(node.name)  # before any pod goes: their deletions are ours
-        with world.api_errors_are_skips():
-            set_cordon(world, node, True)
-            for pod in world.pods_on(node.name):
-                job = (pod.metadata.labels or {}).get("job-name", "")
-                world.delete_pod(pod.metadata.name, pod.metadata.uid, 0, job=job)
-            world.cluster.fake_kubelet.remove_node(node.name)
+        try:
+            with world.api_errors_are_skips():
+                set_cordon(world, node, True)
+                for pod in world.pods_on(node.name):
+                    job = (pod.metadata.labels or {}).get("job-name", "")
+                    world.delete_pod(pod.metadata.name, pod.metadata.uid, 0, job=job)
+                world.cluster.fake_kubelet.remove_node(node.name)
+        except ActionFailed:
+            world.removed_nodes.discard(node.name)  # the Node is still there (a later action may remove it)
+            raise
         del world.nodes[node.name]
         return {"node": node.name}
 

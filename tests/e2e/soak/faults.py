@@ -46,7 +46,8 @@ class KillExtender(Fault):
 
     def apply(self, world: SoakWorld, rng: random.Random) -> ActiveFault:
         down = rng.uniform(0.0, 4.0)
-        pid = world.stack.extender.process.pid if world.stack.extender and world.stack.extender.process else 0
+        process = world.stack.extender.process if world.stack.extender else None
+        pid = process.pid if process else 0
         world.stack.crash_extender()
         world.impair(down + 30, "scheduling")
 

@@ -23,6 +23,7 @@ from typing import Any
 from mig_extender.core.catalog import model, resource_profile_name, substitutes
 from mig_extender.core.resources import ANN_RULE, parse_time
 
+from ..testenv.stack import GROUP, PLURAL, VERSION
 from .ledger import PodRecord
 from .world import GPU, PROFILES, NodeState, SoakWorld, mig_demand
 
@@ -119,8 +120,6 @@ class Observation:
 
 def observe(world: SoakWorld) -> Observation:
     """Read rules, Jobs and restart Events from the API (pods come from the watch)."""
-    from ..testenv.stack import GROUP, PLURAL, VERSION
-
     rules = world.custom.list_namespaced_custom_object(GROUP, VERSION, world.namespace, PLURAL)
     jobs = json.loads(world.batch.list_namespaced_job(world.namespace, _preload_content=False).data)
     events: list[dict[str, Any]] = []
@@ -564,7 +563,9 @@ class NoRestartLoop(Invariant):
     Restarts are our MigUpgrading / MigRestoring Events, one per restarted pod uid (two leaders announcing
     the same restart count once: a pod can be restarted only once). Lineages are linked through the rules
     (podUID -> boundPod -> restoredPod) and, for pods that keep their name (bare pods, StatefulSet pods),
-    through the name; links are remembered across checks because finished rules are deleted."""
+    from each pod to the next one of that name, unless the soak itself deleted the first (then the next is
+    a new workload instance, not a restart by us); links are remembered across checks because finished
+    rules are deleted."""
 
     key, title = "6-no-restart-loop", f"a pod restarted at most {LOOP_LIMIT} times per hour by us"
 
@@ -592,9 +593,14 @@ class NoRestartLoop(Invariant):
                 self._link(rule.pod_uid, rule.bound_pod)
             if rule.restored_pod not in twice:
                 self._link(rule.bound_pod, rule.restored_pod)
-        for pod in obs.pods:
-            if pod.slot.startswith(("Pod/", "StatefulSet/")):
-                self._link(f"slot:{pod.slot}", pod.uid)
+        previous: dict[str, PodRecord] = {}
+        for pod in world.ledger.records():
+            if not pod.slot.startswith(("Pod/", "StatefulSet/")):
+                continue
+            before = previous.get(pod.slot)
+            if before is not None and before.deleted_by != "harness":
+                self._link(before.uid, pod.uid)
+            previous[pod.slot] = pod
         for event in obs.events:
             uid = (event.get("involvedObject") or {}).get("uid", "")
             if uid and uid not in self.restarted:

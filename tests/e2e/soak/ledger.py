@@ -147,6 +147,11 @@ class PodLedger:
         with self._lock:
             return [p for p in self._pods.values() if p.ended is None]
 
+    def records(self) -> list[PodRecord]:
+        """Every pod seen and not yet forgotten, gone ones included, in the order they were first seen."""
+        with self._lock:
+            return sorted(self._pods.values(), key=lambda p: p.seen)
+
     def get(self, uid: str) -> PodRecord | None:
         with self._lock:
             return self._pods.get(uid)

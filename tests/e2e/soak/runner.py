@@ -23,7 +23,7 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +134,7 @@ class SoakRun:
             self._quiet_point(world, final=True)
             self._final(world)
         finally:
-            self._recover_all()
+            self._recover()
             self._collect(world)
             world.ledger.stop()
             self._cleanup(world)
@@ -229,9 +229,6 @@ class SoakRun:
         self.active = None
         self.history.record("recover", fault.name, took_s=round(time.monotonic() - started, 1))
 
-    def _recover_all(self) -> None:
-        self._recover()
-
     def _harness_error(self, what: str, exc: Exception) -> None:
         text = f"{what}: {type(exc).__name__}: {exc}"
         self.result.harness_errors.append(text)
@@ -280,7 +277,7 @@ class SoakRun:
 
     def _quiet_point(self, world: SoakWorld, final: bool = False) -> None:
         """Stop churn and faults, let the cluster settle, and compare the books."""
-        self._recover_all()
+        self._recover()
         self.history.record("phase", "quiet", final=final)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not self.stack.extender.ready():
@@ -298,7 +295,7 @@ class SoakRun:
     # ---- the end ---------------------------------------------------------------------------------------
     def _wind_down(self, world: SoakWorld) -> None:
         """Undo every fault and disruption, and shrink demand so that everything fits with room to spare."""
-        self._recover_all()
+        self._recover()
         self.history.record("phase", "wind-down")
         with contextlib.suppress(Exception):
             for node in world.nodes.values():
@@ -421,4 +418,4 @@ def component_pids(stack: Stack) -> dict[str, list[int]]:
 
 
 def describe_plan(plan: SoakPlan) -> dict[str, Any]:
-    return {k: getattr(plan, k) for k in plan.__dataclass_fields__}
+    return asdict(plan)

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import urllib3
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
@@ -331,7 +332,7 @@ class SoakWorld:
             raise
         except ApiException as exc:
             raise ActionFailed(f"API {exc.status} {exc.reason}") from exc
-        except Exception as exc:  # connection refused while the API server restarts, timeouts
+        except (urllib3.exceptions.HTTPError, OSError) as exc:  # the API server restarting, timeouts
             raise ActionFailed(f"{type(exc).__name__}: {str(exc)[:160]}") from exc
 
     def close(self) -> None:
