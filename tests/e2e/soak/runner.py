@@ -48,6 +48,7 @@ class SoakPlan:
     actions_per_second: float = 2.0
     fault_every: float = 20.0       # mean seconds from one fault's end to the next fault
     faults: tuple[str, ...] = ()    # fault names to use (empty: all)
+    cycle_faults: bool = False      # take them in turn (a short run still sees each) instead of at random
     check_every: float = 3.0
     quiet_every: float = 60.0
     settle: float = 90.0
@@ -168,10 +169,12 @@ class SoakRun:
         next_fault = now + self.plan.warmup  # the first at once: even a short run sees a fault
         while (now := time.monotonic()) < deadline:
             self._recover_due()
-            if now >= next_quiet and deadline - now > 10:
+            quiet_due = now >= next_quiet and deadline - now > 10
+            if quiet_due and self.active is None and not self._recovering(world):
                 self._quiet_point(world)
                 next_quiet = time.monotonic() + self.plan.quiet_every
-            if self.active is None and now >= next_fault and self.faults and deadline - now > 10:
+            elif (self.active is None and not quiet_due and now >= next_fault and self.faults
+                  and deadline - now > 10):
                 next_fault = self._inject(world)
             self._act(world)
             if now >= next_check:
@@ -198,7 +201,10 @@ class SoakRun:
             self.history.record("action", action.name, **detail)
 
     def _inject(self, world: SoakWorld) -> float:
-        fault = self.fault_rng.choices(self.faults, weights=[f.weight for f in self.faults])[0]
+        if self.plan.cycle_faults:
+            fault = self.faults[sum(self.result.faults.values()) % len(self.faults)]
+        else:
+            fault = self.fault_rng.choices(self.faults, weights=[f.weight for f in self.faults])[0]
         try:
             self.active = fault.apply(world, self.fault_rng)
         except Skip as exc:
@@ -275,12 +281,18 @@ class SoakRun:
         for v in self.result.verdict.add(violations):
             log.error("%s", v.render(self.plan.seed))
 
+    @staticmethod
+    def _recovering(world: SoakWorld) -> bool:
+        """Still inside a fault's recovery window: watches resuming, a Binding whose outcome was unknown
+        still booked (the extender keeps those ASSUME_TTL, 30 s). Not quiet yet."""
+        return world.impaired("scheduling") or world.impaired("reconciler")
+
     def _quiet_point(self, world: SoakWorld, final: bool = False) -> None:
-        """Stop churn and faults, let the cluster settle, and compare the books."""
+        """Stop churn and faults, let the cluster settle (no fault recovering), and compare the books."""
         self._recover()
         self.history.record("phase", "quiet", final=final)
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not self.stack.extender.ready():
+        while time.monotonic() < deadline and (not self.stack.extender.ready() or self._recovering(world)):
             time.sleep(0.5)
         self.cluster.fake_kubelet.flush()
         time.sleep(3.0)
