@@ -21,10 +21,10 @@ from .testenv.cluster import E2ECluster
 from .testenv.stack import Stack
 
 # per seed: its three faults in turn, so the two runs see all six kinds
-SEEDS = {3: ("kill-extender", "apiserver-restart", "409-storm"), 5: ("kill-leader", "webhook-down", "slow-kubelet")}
+SEEDS = {3: ("kill-extender", "409-storm", "apiserver-restart"), 5: ("kill-leader", "webhook-down", "slow-kubelet")}
 # per seed: ~5 s set-up, 60 s of churn with a fault ~6 s after the last one ended, quiet points, <= 45 s to settle
 PLAN = {"seconds": 60.0, "actions_per_second": 3.0, "fault_every": 6.0, "warmup": 8.0, "check_every": 3.0,
-        "quiet_every": 25.0, "settle": 45.0, "cycle_faults": True}
+        "quiet_every": 20.0, "settle": 45.0, "cycle_faults": True}
 # invariant -> the known, unfixed issue-13 item that breaks it (xfail until that fix merges)
 KNOWN: dict[str, str] = {
     "3-no-job-failed": "issue 13 item 7: an upgrade restarts a Job pod with a delete (no PDB, so no Eviction and "
@@ -58,11 +58,14 @@ def test_soak_invariant_holds(soak_runs: list[SoakResult], key: str) -> None:
 
 def test_soak_exercised_the_product(soak_runs: list[SoakResult], e2e_report: Any) -> None:
     """A soak that changed nothing proves nothing: every run churned pods, injected faults, recorded
-    substitutions and reached quiet points, and the harness itself never failed."""
+    substitutions and reached quiet points; the harness itself never failed, and no product component
+    exited on its own."""
     for result in soak_runs:
         e2e_report(f"soak {result.report()[0]}")
     for result in soak_runs:
         assert not result.harness_errors, result.harness_errors
+        # kube-scheduler may exit on purpose (a cache it finds inconsistent) and is restarted; ours may not
+        assert not [c for c in result.crashes if c != "lifecycle-scheduler"], result.report()[0]
         assert result.lifecycles > 0 and result.fault_count > 0, result.report()[0]
         assert result.quiet_points >= 2, result.report()[0]  # one while driving, one at the end
     assert {name for r in soak_runs for name in r.faults} == {f for faults in SEEDS.values() for f in faults}

@@ -94,7 +94,7 @@ class RestartApiServer(Fault):
     def apply(self, world: SoakWorld, rng: random.Random) -> ActiveFault:
         down = rng.uniform(2.0, 5.0)
         world.cluster.stop_apiserver()
-        world.impair(down + 60, "scheduling", "reconciler")
+        world.impair(down + 30, "scheduling", "reconciler")
 
         def recover() -> None:
             world.cluster.start_apiserver()

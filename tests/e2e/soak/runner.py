@@ -68,6 +68,7 @@ class SoakResult:
     skipped: int = 0
     failed: int = 0
     harness_errors: list[str] = field(default_factory=list)
+    crashes: list[str] = field(default_factory=list)    # components that exited on their own (restarted)
     faults: Counter[str] = field(default_factory=Counter)
     quiet_points: int = 0
     rules_seen: set[str] = field(default_factory=set)  # MigSubstitutions the checks saw
@@ -87,6 +88,8 @@ class SoakResult:
                  f"{self.fault_count} faults {dict(self.faults)}; {len(self.rules_seen)} rules, "
                  f"{self.restarts} restarts by the reconciler; {self.quiet_points} quiet points; "
                  f"settled: {'yes' if self.converged else 'NO'}"]
+        if self.crashes:
+            lines.append(f"components that exited on their own and were restarted: {self.crashes}")
         if self.harness_errors:
             lines.append(f"harness errors ({len(self.harness_errors)}), first: {self.harness_errors[0]}")
         if not self.verdict.total:
@@ -178,6 +181,7 @@ class SoakRun:
                 next_fault = self._inject(world)
             self._act(world)
             if now >= next_check:
+                self._revive_crashed(world)
                 self._check(world)
                 next_check = now + self.plan.check_every
                 world.ledger.forget_ended(older_than=600)
@@ -281,6 +285,34 @@ class SoakRun:
         for v in self.result.verdict.add(violations):
             log.error("%s", v.render(self.plan.seed))
 
+    def _revive_crashed(self, world: SoakWorld) -> None:
+        """Restart a component that exited on its own, as the kubelet restarts a crashed container, and
+        record it: a product component that dies without a fault is a finding; kube-scheduler exits on
+        purpose when its cache contradicts the API (backend/cache/cache.go UpdatePod, FlushAndExit)."""
+        down: list[tuple[str, Any, Any]] = []
+        killed = self.active.name if self.active is not None else ""
+        if killed != "kill-extender" and not self.stack.extender.alive():
+            down.append(("extender", self.stack.extender.process, self.stack.revive_extender))
+        scheduler = self.cluster.control_plane.processes.get("lifecycle-scheduler")
+        if scheduler is None or not scheduler.alive():
+            down.append(("lifecycle-scheduler", scheduler, self.stack.start_scheduler))
+        for name, proc in list(self.stack.procs.items()):
+            if not proc.alive():
+                identity = name.removeprefix("lifecycle-")
+                restart = self.stack.start_webhook if identity == "webhook" else (
+                    lambda i=identity: self.stack.start_reconciler(i))
+                down.append((name, proc, restart))
+        for name, proc, restart in down:
+            last = proc.log_tail(3).splitlines()[-1][:300] if proc is not None else ""
+            self.result.crashes.append(name)
+            self.history.record("observe", "crashed", component=name, exit=proc.exit_code() if proc else None,
+                                last_log=last)
+            world.impair(30, "scheduling", "reconciler")
+            try:
+                restart()
+            except Exception as exc:
+                self._harness_error(f"restarting {name}", exc)
+
     @staticmethod
     def _recovering(world: SoakWorld) -> bool:
         """Still inside a fault's recovery window: watches resuming, a Binding whose outcome was unknown
@@ -369,6 +401,7 @@ class SoakRun:
         self.history.record("phase", "settle")
         deadline = time.monotonic() + self.plan.settle
         while time.monotonic() < deadline:
+            self._revive_crashed(world)
             self._check(world)
             if self._converged(world):
                 self.history.record("phase", "settled")
