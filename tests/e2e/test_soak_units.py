@@ -139,6 +139,19 @@ def test_two_live_pods_in_one_job_index_are_a_duplicate() -> None:
     assert NoPodLost().check(observation([first, second]), bare_world(BareSlot())) == []
 
 
+def test_a_controller_short_at_the_end_is_ours_only_if_we_restarted_one_of_its_pods() -> None:
+    from .soak.world import PodShape, Workload
+
+    gone = pod("dep-1-abc", "g1", {P1: 1}, owner="ReplicaSet", phase="Running")
+    gone.app, gone.ended = "dep-1", 5.0
+    w = world(ledger=SimpleNamespace(bare_slots=lambda: {}, records=lambda: [gone]),
+              live_workloads=lambda: [Workload("Deployment", "dep-1", PodShape({P1: 1}), 1, 0.0)])
+    assert NoPodLost().final(observation(), w) == []  # the soak deleted it; the controller lags
+    assert [e.name for e in w.history.recent(kinds=("observe",))] == ["controller-short"]
+    found = NoPodLost().final(observation(events=[restart("g1")]), w)
+    assert [v.message for v in found] == ["Deployment/dep-1 wants 1 pod(s), 0 live at the end (1 restarted by us)"]
+
+
 def test_books_diff_names_every_mismatch() -> None:
     nodes = {"n1": NodeState("n1", {P1: 2, P2: 1}, 1, "blue")}
     inventory = {"nodes": [

@@ -107,7 +107,8 @@ class SoakRun:
                  churn: Sequence[Action] = CHURN, faults: Sequence[Fault] = FAULTS) -> None:
         self.cluster, self.stack, self.plan = cluster, stack, plan
         self.churn = list(churn)
-        self.faults = [f for f in faults if not plan.faults or f.name in plan.faults]
+        named = {f.name: f for f in faults}
+        self.faults = [named[n] for n in plan.faults if n in named] if plan.faults else list(faults)
         for action in self.churn:
             action.oversubscribe = plan.oversubscribe
         self.rng = random.Random(plan.seed)
@@ -209,6 +210,7 @@ class SoakRun:
             fault = self.faults[sum(self.result.faults.values()) % len(self.faults)]
         else:
             fault = self.fault_rng.choices(self.faults, weights=[f.weight for f in self.faults])[0]
+        started = time.monotonic()
         try:
             self.active = fault.apply(world, self.fault_rng)
         except Skip as exc:
@@ -218,7 +220,9 @@ class SoakRun:
             self._harness_error(f"fault {fault.name}", exc)
             return time.monotonic() + 5.0
         self.result.faults[fault.name] += 1
-        self.history.record("fault", fault.name, **self.active.detail)
+        # stopping a component can take seconds (a graceful API server shutdown): say when it began
+        self.history.record("fault", fault.name, began_s_ago=round(time.monotonic() - started, 1),
+                            **self.active.detail)
         return self.active.until + self.fault_rng.expovariate(1 / self.plan.fault_every)
 
     def _recover_due(self) -> None:
