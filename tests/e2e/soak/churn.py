@@ -34,7 +34,7 @@ from .world import (
 )
 
 COMPUTE = {P1: 1, P2: 2, P3: 3}  # compute slices of each profile on an A100
-DRAIN_TIMEOUT_S = 15.0
+DRAIN_TIMEOUT_S = 30.0  # longer than a slow-kubelet fault: its deletions are final only when it reports again
 
 
 def compute(demand: Mapping[str, int]) -> int:
@@ -306,14 +306,16 @@ def set_cordon(world: SoakWorld, node: NodeState, cordoned: bool) -> None:
 
 
 def drain(world: SoakWorld, node: NodeState) -> int:
-    """Evict the node's pods (kubectl drain) until none is left; returns how many were evicted."""
+    """Evict the node's pods (kubectl drain) until none is left, terminating ones included: the layout
+    may change only under an empty node (a terminating pod still holds its slice until the kubelet lets it
+    go); returns how many were evicted."""
     evicted = 0
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     while time.monotonic() < deadline:
-        pods = [p for p in world.pods_on(node.name) if not p.metadata.deletion_timestamp]
-        if not pods:
+        present = [p for p in world.pods_on(node.name) if p.status.phase not in ("Succeeded", "Failed")]
+        if not present:
             return evicted
-        for pod in pods:
+        for pod in (p for p in present if not p.metadata.deletion_timestamp):
             job = pod.metadata.labels.get("job-name", "") if pod.metadata.labels else ""
             world.evict_pod(pod.metadata.name, pod.metadata.uid, job=job)
             evicted += 1
