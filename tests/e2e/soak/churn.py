@@ -310,10 +310,12 @@ def drain(world: SoakWorld, node: NodeState) -> int:
     may change only under an empty node (a terminating pod still holds its slice until the kubelet lets it
     go); returns how many were evicted."""
     evicted = 0
+    kubelet = world.cluster.fake_kubelet
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     while time.monotonic() < deadline:
         present = [p for p in world.pods_on(node.name) if p.status.phase not in ("Succeeded", "Failed")]
-        if not present:
+        charged = {r: n for r, n in kubelet.usage(node.name).items() if r.startswith("nvidia.com/mig-") and n}
+        if not present and not charged:  # gone from the API and from the kubelet's own accounting
             return evicted
         for pod in (p for p in present if not p.metadata.deletion_timestamp):
             job = pod.metadata.labels.get("job-name", "") if pod.metadata.labels else ""
@@ -383,11 +385,15 @@ class UncordonNode(Action):
 
 
 class RepartitionNode(Action):
-    """mig-parted's way: cordon, drain, change the MIG layout (allocatable), uncordon."""
+    """mig-parted's way: cordon, drain, change the MIG layout (allocatable), uncordon. It runs on the node
+    beside its kubelet, so it waits until the kubelet itself has let the pods go, and never while the
+    kubelet lags (the slow-kubelet fault)."""
 
     name, weight = "repartition", 1.0
 
     def apply(self, world: SoakWorld, rng: random.Random) -> dict[str, Any]:
+        if world.cluster.fake_kubelet.holding:
+            raise Skip("the kubelet lags (slow-kubelet fault): mig-parted waits for the node to report")
         node: NodeState = pick(rng, list(world.nodes.values()))
         layout = rng.choice([lay for lay in LAYOUTS if lay != node.per_gpu])
         was_cordoned = node.cordoned

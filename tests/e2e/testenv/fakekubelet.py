@@ -403,6 +403,12 @@ class FakeKubelet:
                 for kind, pod in held:
                     self._handle_pod(kind, pod)
 
+    @property
+    def holding(self) -> bool:
+        """Inside holding_pods(): pod events wait, so admissions and deletions lag the API."""
+        with self._lock:
+            return self._held is not None
+
     def _on_pod_event(self, kind: str, pod: dict[str, Any]) -> None:
         with self._lock:
             if self._held is not None:
