@@ -26,7 +26,15 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("restores", "  restores", "int"),
     ("restore_delay_p50", "restore delay p50 (s)", "f1"),
     ("stranded_slices", "stranded free slices at end", "int"),
+    ("preemptions", "preemptions", "int"),
+    ("preempted", "  pods preempted", "int"),
     ("sim_seconds", "simulation run time (s)", "f1"),
+)
+# per priority class (runs with --priorities): (metric of by_class[class], row label, format)
+CLASS_ROWS: tuple[tuple[str, str, str], ...] = (
+    ("time_to_run_p50", "time to run p50 (s)", "f1"),
+    ("time_to_run_p99", "time to run p99 (s)", "f1"),
+    ("preempted", "pods preempted", "int"),
 )
 
 
@@ -47,15 +55,30 @@ def fmt(value: Any, kind: str) -> str:
 
 def table(results: Mapping[str, RunResult], header: Sequence[str] = ()) -> str:
     policies = list(results)
-    width = max(len(label) for _, label, _ in ROWS)
     cols = [max(12, len(p)) for p in policies]
     lines = list(header)
+    rows = [(label, [results[p].metrics.get(metric) for p in policies], kind) for metric, label, kind in ROWS]
+    rows += _class_rows(results, policies)
+    width = max(len(label) for label, _, _ in rows)
     lines.append("")
     lines.append(" " * width + "  " + "  ".join(p.rjust(c) for p, c in zip(policies, cols, strict=True)))
-    for metric, label, kind in ROWS:
-        cells = [fmt(results[p].metrics.get(metric), kind).rjust(c) for p, c in zip(policies, cols, strict=True)]
+    for label, values, kind in rows:
+        cells = [fmt(v, kind).rjust(c) for v, c in zip(values, cols, strict=True)]
         lines.append(label.ljust(width) + "  " + "  ".join(cells))
     return "\n".join(lines) + "\n"
+
+
+def _class_rows(results: Mapping[str, RunResult], policies: Sequence[str]) -> list[tuple[str, list[Any], str]]:
+    """Rows per priority class (highest first, as the runs report them); none without classes."""
+    classes: list[str] = []
+    for p in policies:
+        classes += [k for k in results[p].metrics.get("by_class") or {} if k not in classes]
+    rows = []
+    for klass in classes:
+        for metric, label, kind in CLASS_ROWS:
+            values = [((results[p].metrics.get("by_class") or {}).get(klass) or {}).get(metric) for p in policies]
+            rows.append((f"[{klass}] {label}", values, kind))
+    return rows
 
 
 def as_json(results: Mapping[str, RunResult]) -> str:

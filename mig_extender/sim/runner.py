@@ -29,9 +29,19 @@ from .engine import POLICIES, Mechanics, run_policy
 from .fluid import run_bound
 from .report import PlotUnavailable, as_json, plot, table
 from .stats import RunResult
-from .workload import DEFAULT_MIX, Burst, Job, compute_shares, mix_shares, parse_mix, synthetic
+from .workload import (
+    DEFAULT_MIX,
+    Burst,
+    Job,
+    assign_priorities,
+    compute_shares,
+    mix_shares,
+    parse_mix,
+    parse_priorities,
+    synthetic,
+)
 
-ALL_POLICIES = ("stock", "upgrade", "mig-extender", "bound")
+ALL_POLICIES = ("stock", "upgrade", "mig-extender", "mig-extender+preempt", "bound")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -51,6 +61,7 @@ class SimConfig:
     mean_lifetime: float = 1800.0
     lifetime: str = "exp"
     burst: str = ""
+    priorities: str = ""           # "high=0.2": 20% of jobs in class high (priority 1000), the rest default (0)
     policies: tuple[str, ...] = ALL_POLICIES
     mech: Mechanics = field(default_factory=Mechanics)
 
@@ -112,6 +123,11 @@ def prepare(cfg: SimConfig) -> Prepared:
         layout = cfg.layout or "all-balanced"
     else:
         raise ValueError(f"--workload must be synthetic or alibaba, got {cfg.workload!r}")
+    classes = parse_priorities(cfg.priorities) if cfg.priorities else ()
+    if classes:
+        jobs = assign_priorities(jobs, classes, cfg.seed)
+        header.append("priority classes: " + ", ".join(f"{c.name} ({c.value}) {c.share:.0%}" for c in classes)
+                      + f"; preempted pods hold their slices {cfg.mech.grace_period:g}s")
     spec = ClusterSpec(nodes, cfg.gpus_per_node, models, layout)
     try:
         cluster = SimCluster(spec, demand)
@@ -237,6 +253,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lifetime", choices=("exp", "lognormal"), default=d.lifetime)
     p.add_argument("--burst", default="", metavar="PROFILE:COUNT[@SECONDS]",
                    help="extra pods of one profile arriving within 60 s (default: mid-run)")
+    p.add_argument("--priorities", default="", metavar="NAME[:PRIORITY]=SHARE,...",
+                   help="priority classes, e.g. high=0.2 (20%% of jobs at priority 1000, the rest default 0); "
+                        "the report adds time to run per class and preemptions")
+    p.add_argument("--grace-period", type=float, default=m.grace_period, metavar="SECONDS",
+                   help="how long a preempted pod keeps its slices")
     p.add_argument("--restart-delay", type=float, default=m.restart_delay, metavar="SECONDS")
     p.add_argument("--retry-interval", type=float, default=m.retry_interval, metavar="SECONDS")
     p.add_argument("--reconcile-interval", type=float, default=m.reconcile_interval, metavar="SECONDS")
@@ -251,14 +272,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
     mech = Mechanics(restart_delay=args.restart_delay, retry_interval=args.retry_interval,
-                     reconcile_interval=args.reconcile_interval, feasible_nodes=args.feasible_nodes)
-    if min(mech.restart_delay, mech.retry_interval) < 0 or mech.reconcile_interval <= 0 or mech.feasible_nodes < 1:
+                     reconcile_interval=args.reconcile_interval, feasible_nodes=args.feasible_nodes,
+                     grace_period=args.grace_period)
+    if (min(mech.restart_delay, mech.retry_interval, mech.grace_period) < 0 or mech.reconcile_interval <= 0
+            or mech.feasible_nodes < 1):
         raise ValueError("delays must be >= 0, --reconcile-interval > 0 and --feasible-nodes >= 1")
     return SimConfig(
         workload=args.workload, trace_dir=args.trace_dir, trace_file=args.trace_file, nodes=args.nodes,
         gpus_per_node=args.gpus_per_node, gpus=tuple(g.strip() for g in args.gpu.split(",") if g.strip()),
         layout=args.layout, load=args.load, duration=args.duration, seed=args.seed, mix=args.mix,
-        mean_lifetime=args.mean_lifetime, lifetime=args.lifetime, burst=args.burst,
+        mean_lifetime=args.mean_lifetime, lifetime=args.lifetime, burst=args.burst, priorities=args.priorities,
         policies=tuple(p.strip() for p in args.policies.split(",") if p.strip()), mech=mech,
     )
 

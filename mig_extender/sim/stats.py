@@ -15,6 +15,9 @@ Integrals are exact (piecewise constant between events). Definitions:
 * ``restore_delay_p50``: seconds from the first reconciler pass that saw a free slice of an upgraded
   pod's own type to the pod running on it again (restored pods only; null when none).
 * ``stranded_slices``: free compute slices (allocatable, unreserved) at the end while pods still wait.
+* ``preemptions``: preemption plans carried out (one preemptor each); ``preempted``: victims evicted.
+* ``by_class`` (runs with ``--priorities`` only): per priority class, highest first, its ``arrivals``,
+  ``placed``, ``time_to_run_p50/p99`` (same definition as above) and the pods of it ``preempted``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from .workload import Job
 METRICS = (
     "placed_fraction", "pending_pod_seconds", "time_to_run_p50", "time_to_run_p99", "waste_slice_fraction",
     "utilisation", "requested_utilisation", "restarts", "upgrades", "restores", "restore_delay_p50", "stranded_slices",
+    "preemptions", "preempted",
 )
 
 
@@ -67,6 +71,13 @@ class Tally:
         self.unstarted: dict[int, float] = {}
         self.restore_delays: list[float] = []
         self.upgrades = self.restores = self.expired = self.off_reservation = 0
+        self.preemptions = self.preempted = 0
+        # per priority class (jobs with a class only): time to run, arrivals, victims; priority for the order
+        self.class_ttr: dict[str, list[float]] = {}
+        self.class_waiting: dict[int, str] = {}
+        self.class_arrivals: dict[str, int] = {}
+        self.class_preempted: dict[str, int] = {}
+        self.class_priority: dict[str, int] = {}
         self.events = 0
         self.timeline: list[tuple[float, int, float, int]] = []
         self._step = duration / max(samples, 1)
@@ -91,6 +102,11 @@ class Tally:
         self.arrivals += 1
         self.waiting_now += 1
         self.unstarted[job.seq] = job.arrival
+        if job.klass:
+            self.class_arrivals[job.klass] = self.class_arrivals.get(job.klass, 0) + 1
+            self.class_priority[job.klass] = job.priority
+            self.class_ttr.setdefault(job.klass, [])
+            self.class_waiting[job.seq] = job.klass
 
     def started(self, job: Job, allocated: int, now: float, first: bool) -> None:
         self.waiting_now -= 1
@@ -99,6 +115,14 @@ class Tally:
         self.requested += job.compute_demand
         if first:
             self.ttr.append(now - self.unstarted.pop(job.seq))
+            klass = self.class_waiting.pop(job.seq, "")
+            if klass:
+                self.class_ttr[klass].append(self.ttr[-1])
+
+    def preempted_pod(self, job: Job) -> None:
+        self.preempted += 1
+        if job.klass:
+            self.class_preempted[job.klass] = self.class_preempted.get(job.klass, 0) + 1
 
     def stopped(self, job: Job, allocated: int) -> None:
         self.running -= 1
@@ -125,6 +149,8 @@ class Tally:
             "restores": self.restores,
             "restore_delay_p50": _round(percentile(self.restore_delays, 50)),
             "stranded_slices": stranded if self.waiting_now > 0 else 0,
+            "preemptions": self.preemptions,
+            "preempted": self.preempted,
             "arrivals": self.arrivals,
             "placed": placed,
             "waiting_at_end": self.waiting_now,
@@ -132,8 +158,28 @@ class Tally:
             "bound_off_reservation": self.off_reservation,
             "events": self.events,
         }
+        if self.class_arrivals:
+            metrics["by_class"] = self._by_class()
         metrics.update(extra or {})
         return RunResult(policy, metrics, self.timeline)
+
+    def _by_class(self) -> dict[str, dict[str, Any]]:
+        """Per class, highest priority first; jobs never placed count with their wait so far (as above)."""
+        censored: dict[str, list[float]] = {}
+        for seq, klass in self.class_waiting.items():
+            censored.setdefault(klass, []).append(self.duration - self.unstarted[seq])
+        out = {}
+        for klass in sorted(self.class_arrivals, key=lambda k: (-self.class_priority[k], k)):
+            ttr = self.class_ttr[klass] + censored.get(klass, [])
+            out[klass] = {
+                "priority": self.class_priority[klass],
+                "arrivals": self.class_arrivals[klass],
+                "placed": len(self.class_ttr[klass]),
+                "time_to_run_p50": _round(percentile(ttr, 50)),
+                "time_to_run_p99": _round(percentile(ttr, 99)),
+                "preempted": self.class_preempted.get(klass, 0),
+            }
+        return out
 
 
 def _round(x: float | None) -> float | None:
