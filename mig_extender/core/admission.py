@@ -6,7 +6,8 @@ and init container) and stamps the rule's name and the original demand in annota
 the reconciler mark the rule Applied when they see that pod, so the webhook makes no API call and
 ``sideEffects: None`` is true. The claims that keep one replica from handing the same rule to two pods
 created back to back are passed in (``claimed``; components/webhook.py keeps them). Pods without MIG
-requests or with the opt-out annotation pass untouched. Every failure answers ``allowed: true`` without a
+requests pass untouched; the opt-out annotation disables substitution only (an opted-in namespace's
+MIG pods still get ``schedulerName``). Every failure answers ``allowed: true`` without a
 patch: the webhook must never block pod creation.
 """
 
@@ -102,15 +103,19 @@ def mutate(review: Mapping[str, Any], rules: Iterable[Rule], claimed: Collection
         pod = pod_info(obj)
     except DemandError as exc:
         return Mutation(uid, result="error", message=str(exc))
-    if not pod.wants_mig or not pod.may_substitute:
+    if not pod.wants_mig:
         return Mutation(uid)
     if not obj.get("metadata", {}).get("namespace") and req.get("namespace"):
         pod = replace(pod, namespace=str(req["namespace"]))
     patch: list[dict[str, Any]] = []
     result = "untouched"
+    # every MIG pod of an opted-in namespace goes to our scheduler, opted out of substitution or not: two
+    # schedulers placing pods on the same slices would count them differently
     if (namespace_labels or {}).get(LABEL_SCHEDULER_OPT_IN) == "true" and pod.scheduler == "default-scheduler":
         patch.append({"op": "add", "path": "/spec/schedulerName", "value": SCHEDULER_NAME})
         result = "scheduler"
+    if not pod.may_substitute:
+        return Mutation(uid, patch, result=result)
     rule = rule_for_new_pod(pod, rules, time.time() if now is None else now, claimed)
     if rule is None:
         return Mutation(uid, patch, result=result)

@@ -24,6 +24,7 @@ from mig_extender.core.resources import (
     pod_info,
 )
 from mig_extender.core.rules import new_rule
+from mig_extender.core.schedconfig import SCHEDULER_NAME
 from mig_extender.web.app import create_webhook_app
 from tests.builders import make_pod, res
 
@@ -120,6 +121,24 @@ def test_scheduler_injection_only_for_opted_in_namespaces() -> None:
     assert mutate(review(pod), [], namespace_labels={}, now=NOW).patch == []
     plain = make_pod()  # no MIG: never touched, even when opted in
     assert mutate(review(plain), [], namespace_labels={LABEL_SCHEDULER_OPT_IN: "true"}, now=NOW).patch == []
+
+
+SCHEDULER_OP = {"op": "add", "path": "/spec/schedulerName", "value": SCHEDULER_NAME}
+
+
+@pytest.mark.parametrize("annotations, labels, patch, result", [
+    pytest.param({ANN_SUBSTITUTE: "false"}, {LABEL_SCHEDULER_OPT_IN: "true"}, [SCHEDULER_OP], "scheduler",
+                 id="opted-out-pod-opted-in-namespace"),
+    pytest.param({ANN_SUBSTITUTE: "false"}, {}, [], "untouched", id="opted-out-pod-plain-namespace"),
+])
+def test_item3_opted_out_mig_pod_still_gets_the_scheduler(annotations: dict, labels: dict, patch: list,
+                                                          result: str) -> None:
+    """Issue 13 item 3: opting out of substitution must not leave a MIG pod on the default scheduler in an
+    opted-in namespace (two schedulers would count the same slices differently); the rule it would
+    otherwise match is still not applied."""
+    pod = make_pod(mig={"1g.10gb": 1}, owner=("ReplicaSet", "web", "rs-1"), annotations=annotations)
+    m = mutate(review(pod), [rs_rule()], namespace_labels=labels, now=NOW)
+    assert (m.patch, m.rule, m.result) == (patch, None, result)
 
 
 @pytest.mark.parametrize("body", [None, [], {}, {"request": {}}, {"request": {"uid": 5}}])
