@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -26,8 +27,10 @@ class WebhookService:
     """What the /mutate handler needs: rules, namespace labels, claims, metrics."""
 
     def __init__(self, store: RuleStore, namespace_labels: Callable[[str], Mapping[str, str] | None] = lambda ns: None,
-                 metrics: Metrics | None = None, claim_ttl: float = 30.0) -> None:
+                 metrics: Metrics | None = None, claim_ttl: float = 30.0,
+                 clock: Callable[[], float] = time.time) -> None:
         self.store = store
+        self.clock = clock
         self.namespace_labels = namespace_labels
         self.metrics = metrics or Metrics()
         self._claims: TTLCache[str, bool] = TTLCache(maxsize=10_000, ttl=claim_ttl)
@@ -43,7 +46,7 @@ class WebhookService:
             req = body["request"]
             labels = self.namespace_labels(str(req.get("namespace") or "")) if req.get("operation") == "CREATE" else {}
             with self._lock:
-                mutation = mutate(body, self.store.list(), set(self._claims), labels)
+                mutation = mutate(body, self.store.list(), set(self._claims), labels, self.clock())
                 if mutation.rule is not None and not req.get("dryRun"):
                     self._claims[mutation.rule.name] = True
         except Exception as exc:  # never block pod creation

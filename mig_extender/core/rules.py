@@ -67,6 +67,7 @@ class Rule:
     message: str = ""
     resource_version: str = ""
     stash: str = ""          # a bare pod's manifest waiting to be created again (JSON), see kube.KubeActions
+    restart_at: float = 0.0  # when the reconciler began restarting pod_uid: from then on its replacement may take it
 
     # -- reservations -------------------------------------------------------------------------------
 
@@ -93,10 +94,18 @@ class Rule:
         return pod.name == name
 
     def awaits_upgrade(self, pod: PodInfo) -> bool:
-        """A Recorded rule waits for the replacement of the pending pod to rewrite it (webhook)."""
-        return (self.phase is Phase.RECORDED and pod.namespace == self.namespace
+        """A Recorded rule waits for the replacement of the pending pod to rewrite it (webhook).
+
+        Only once the reconciler has marked the pending pod's restart (``restarting``), and only for a pod
+        created after that: a ReplicaSet's pods all carry the same owner uid, so without the mark a new
+        pod of a scale-up took the pending pod's rule and the pending pod was never restarted. At admission
+        a pod has no creationTimestamp yet (the API server sets it after the webhooks): it is being created
+        now, after the mark the webhook sees. CLOCK_SKEW allows for the API server's clock against ours.
+        """
+        return (self.phase is Phase.RECORDED and self.restart_at > 0 and pod.namespace == self.namespace
                 and pod.uid != self.pod_uid and self._same_workload(pod, self.pod_name)
-                and pod.demand.get(self.original.resource) == self.original.count)
+                and pod.demand.get(self.original.resource) == self.original.count
+                and (not pod.created or pod.created >= self.restart_at - CLOCK_SKEW))
 
     def awaits_restore(self, pod: PodInfo) -> bool:
         """A Restoring rule waits for the upgraded pod's replacement, which asks for the original type.
@@ -132,6 +141,17 @@ class Rule:
     def restoring(self, node: str, now: float, ttl: float) -> Rule:
         return replace(self, phase=Phase.RESTORING, restore_node=node, updated=now, expires=now + ttl,
                        message=f"restoring to {self.original}: reserved on {node}")
+
+    def restarting(self, now: float) -> Rule:
+        """The reconciler is about to restart the pending pod: hand the rule over to its replacement.
+
+        Written before the eviction or delete, so no webhook replica can see the replacement before the
+        mark; until then the rule belongs to the pending pod alone (a sibling created by a scale-up must not
+        take it, or the pending pod is never restarted). A rule marked already keeps its first mark."""
+        if self.restart_at:
+            return self
+        return replace(self, restart_at=now,
+                       message=f"restarting pod {self.pod_name}: its replacement gets {self.substitute} on {self.node}")
 
     def expired(self, now: float) -> Rule:
         return replace(self, phase=Phase.EXPIRED, updated=now,
@@ -169,17 +189,34 @@ def _rfc3339(epoch: float) -> str:
 _DNS_UNSAFE = re.compile(r"[^a-z0-9-]+")
 
 
-def rule_name(pod: PodInfo) -> str:
-    """A stable, DNS-1123 name for the rule of ``pod``: retrying the same pod records the same rule."""
-    digest = hashlib.sha256(f"{pod.namespace}/{pod.name}/{pod.uid}".encode()).hexdigest()[:10]
+def rule_name(pod: PodInfo, after: str = "") -> str:
+    """A stable, DNS-1123 name for a rule of ``pod``: retrying the same pod records the same rule.
+
+    ``after``: the name of the pod's newest rule, when it has one already (expired, or handed to another
+    pod). Its successor gets a name of its own, or recording it would return the old rule under the same
+    name; deriving it from the predecessor (not from a clock) keeps it stable, so two replicas that know
+    the same rules still record one rule, and a replica that missed the newest rule collides with it."""
+    key = f"{pod.namespace}/{pod.name}/{pod.uid}" + (f"/after/{after}" if after else "")
+    digest = hashlib.sha256(key.encode()).hexdigest()[:10]
     base = _DNS_UNSAFE.sub("-", pod.name.lower()).strip("-")[:40] or "pod"
     return f"{base}-{digest}"
 
 
+def newest_rule_per_pod(rules: Iterable[Rule]) -> dict[str, Rule]:
+    """pod uid -> that pod's most recently recorded rule (a pod may have had several, see rule_name)."""
+    newest: dict[str, Rule] = {}
+    for rule in rules:
+        if rule.pod_uid:
+            held = newest.get(rule.pod_uid)
+            if held is None or (rule.created, rule.name) > (held.created, held.name):
+                newest[rule.pod_uid] = rule
+    return newest
+
+
 def new_rule(pod: PodInfo, original: ResourceCount, substitute: ResourceCount, node: str,
-             now: float, ttl: float) -> Rule:
+             now: float, ttl: float, after: str = "") -> Rule:
     return Rule(
-        name=rule_name(pod), namespace=pod.namespace, pod_name=pod.name, pod_uid=pod.uid, owner=pod.owner,
+        name=rule_name(pod, after), namespace=pod.namespace, pod_name=pod.name, pod_uid=pod.uid, owner=pod.owner,
         original=original, substitute=substitute, node=node, created=now, expires=now + ttl, updated=now,
         message=f"{original.resource} sold out on every candidate; {substitute} reserved on {node}",
     )
@@ -232,7 +269,7 @@ def rule_status(rule: Rule) -> dict[str, Any]:
     status = {"phase": str(rule.phase), "appliedPod": rule.applied_pod, "boundPod": rule.bound_pod,
               "restoreNode": rule.restore_node, "restoredPod": rule.restored_pod, "message": rule.message,
               "createdAt": _time_text(rule.created), "updatedAt": _time_text(rule.updated or rule.created),
-              "expiresAt": _time_text(rule.expires)}
+              "expiresAt": _time_text(rule.expires), "restartAt": _time_text(rule.restart_at)}
     return {k: v for k, v in status.items() if v != ""}
 
 
@@ -259,6 +296,7 @@ def rule_from_object(obj: Mapping[str, Any]) -> Rule:
             updated=parse_time(status.get("updatedAt")) or created, message=str(status.get("message", "")),
             resource_version=str(meta.get("resourceVersion", "")),
             stash=str((meta.get("annotations") or {}).get(ANN_RECREATE, "")),
+            restart_at=parse_time(status.get("restartAt")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"MigSubstitution {meta.get('namespace')}/{meta.get('name')} is malformed: {exc}") from exc

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import base64
-import copy
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import jsonpatch
 import pytest
@@ -26,21 +24,22 @@ from mig_extender.core.resources import (
 from mig_extender.core.rules import new_rule
 from mig_extender.core.schedconfig import SCHEDULER_NAME
 from mig_extender.web.app import create_webhook_app
-from tests.builders import make_pod, res
+from tests.builders import RECORDED_REVIEW, admission_review, make_pod, res
 
-RECORDED = json.loads((Path(__file__).resolve().parents[1] / "fixtures/admission-review-pod-create.json").read_text())
+RECORDED = RECORDED_REVIEW
 NOW = 1000.0
+review = admission_review
 
 
-def review(pod: dict, operation: str = "CREATE", dry_run: bool = False) -> dict:
-    body = copy.deepcopy(RECORDED)
-    body["request"].update(object=pod, operation=operation, dryRun=dry_run, namespace=pod["metadata"]["namespace"])
-    return body
+MARK = 950.0  # when the reconciler began restarting the pending pod (rule.restart_at)
 
 
-def rs_rule(original: str = "1g.10gb", substitute: str = "2g.20gb", uid: str = "rs-1", pod_uid: str = "old"):
+def rs_rule(original: str = "1g.10gb", substitute: str = "2g.20gb", uid: str = "rs-1", pod_uid: str = "old",
+            marked: bool = True):
+    """A ReplicaSet pod's rule; ``marked``: its pending pod is being restarted (the replacement may take it)."""
     pending = pod_info(make_pod("web-old", mig={original: 1}, owner=("ReplicaSet", "web", uid), uid=pod_uid))
-    return new_rule(pending, ResourceCount(res(original), 1), ResourceCount(res(substitute), 1), "gpu-a", 900.0, 300.0)
+    rule = new_rule(pending, ResourceCount(res(original), 1), ResourceCount(res(substitute), 1), "gpu-a", 900.0, 300.0)
+    return rule.restarting(MARK) if marked else rule
 
 
 def apply_patch(pod: dict, response: dict) -> dict:
@@ -99,9 +98,25 @@ def test_expired_claimed_and_non_create_requests_are_untouched() -> None:
     assert mutate(review(pod, operation="UPDATE"), [rule], now=NOW).rule is None
 
 
+@pytest.mark.parametrize("marked, created, takes", [
+    pytest.param(False, "", False, id="sibling-before-the-restart"),
+    pytest.param(True, "", True, id="replacement-after-the-restart"),
+    pytest.param(True, "1970-01-01T00:10:00Z", False, id="pod-created-long-before-the-restart"),
+])
+def test_item5_sibling_pod_does_not_steal_pending_pods_rule(marked: bool, created: str, takes: bool) -> None:
+    """Issue 13 item 5: a rule belongs to the pending pod it was recorded for until the reconciler restarts
+    that pod; a new pod of the same ReplicaSet (an HPA scale-up) created before then must not take it, or
+    the pending pod is never restarted. At admission the pod has no creationTimestamp (the API server sets
+    it after the webhooks), so only the restart mark decides; a pod created before the mark never takes it."""
+    rule = rs_rule(marked=marked)
+    pod = make_pod(mig={"1g.10gb": 1}, owner=("ReplicaSet", "web", "rs-1"), uid="", created=created)
+    assert (mutate(review(pod), [rule], now=NOW).rule == rule) is takes
+
+
 def test_bare_pod_is_matched_by_name() -> None:
     pending = pod_info(make_pod("solo", mig={"1g.10gb": 1}, uid="u-old"))
     rule = new_rule(pending, ResourceCount(res("1g.10gb"), 1), ResourceCount(res("2g.20gb"), 1), "n", 900.0, 300.0)
+    rule = rule.restarting(MARK)  # the reconciler deleted it and creates it again under its name
     assert mutate(review(make_pod("solo", mig={"1g.10gb": 1}, uid="")), [rule], now=NOW).rule == rule
     assert mutate(review(make_pod("other", mig={"1g.10gb": 1}, uid="")), [rule], now=NOW).rule is None
 
