@@ -8,6 +8,11 @@ One rule carries one substitution through its whole life::
                                                                                    v
                            Restored <--replacement bound-- Restoring (original reserved on restore_node)
 
+While Recorded the rule belongs to the pending pod it was recorded for. The reconciler marks it
+(``restarting``: status.restartAt) just before it restarts that pod; only then may the webhook hand it to a
+new pod of the workload (the replacement), claiming it (``claimed``: status.claimedUntil) with a
+compare-and-swap so that of two webhook replicas admitting two pods at once only one hands it out.
+
 While Recorded or Applied-but-unbound the rule reserves its substitute slice on ``node`` so no other
 pending pod is promised it; while Restoring it reserves the original slice on ``restore_node`` so the
 restarted pod never comes back to a full node. This module holds no storage (see cluster/rulestore.py) and
@@ -68,6 +73,7 @@ class Rule:
     resource_version: str = ""
     stash: str = ""          # a bare pod's manifest waiting to be created again (JSON), see kube.KubeActions
     restart_at: float = 0.0  # when the reconciler began restarting pod_uid: from then on its replacement may take it
+    claimed_until: float = 0.0  # a webhook replica handed the rule to a new pod; others leave it alone until then
 
     # -- reservations -------------------------------------------------------------------------------
 
@@ -93,6 +99,12 @@ class Rule:
             return pod.owner is not None and pod.owner.uid == self.owner.uid
         return pod.name == name
 
+    def _waits_for_workload_of(self, pod: PodInfo) -> bool:
+        """Recorded for a pod of ``pod``'s workload with ``pod``'s demand, and not recorded for ``pod`` itself."""
+        return (self.phase is Phase.RECORDED and pod.namespace == self.namespace
+                and pod.uid != self.pod_uid and self._same_workload(pod, self.pod_name)
+                and pod.demand.get(self.original.resource) == self.original.count)
+
     def awaits_upgrade(self, pod: PodInfo) -> bool:
         """A Recorded rule waits for the replacement of the pending pod to rewrite it (webhook).
 
@@ -102,10 +114,12 @@ class Rule:
         a pod has no creationTimestamp yet (the API server sets it after the webhooks): it is being created
         now, after the mark the webhook sees. CLOCK_SKEW allows for the API server's clock against ours.
         """
-        return (self.phase is Phase.RECORDED and self.restart_at > 0 and pod.namespace == self.namespace
-                and pod.uid != self.pod_uid and self._same_workload(pod, self.pod_name)
-                and pod.demand.get(self.original.resource) == self.original.count
+        return (self.restart_at > 0 and self._waits_for_workload_of(pod)
                 and (not pod.created or pod.created >= self.restart_at - CLOCK_SKEW))
+
+    def is_claimed(self, now: float) -> bool:
+        """Handed to a new pod by a webhook replica, and that pod may still be on its way (see ``claimed``)."""
+        return now < self.claimed_until
 
     def awaits_restore(self, pod: PodInfo) -> bool:
         """A Restoring rule waits for the upgraded pod's replacement, which asks for the original type.
@@ -153,6 +167,16 @@ class Rule:
         return replace(self, restart_at=now,
                        message=f"restarting pod {self.pod_name}: its replacement gets {self.substitute} on {self.node}")
 
+    def claimed(self, now: float, ttl: float) -> Rule:
+        """A webhook replica hands the rule to the pod it is admitting, for ``ttl`` seconds.
+
+        Stored with a compare-and-swap, so of two replicas admitting two pods at once one wins. The claim
+        names no pod (a generateName pod has no name during admission) and expires: a pod refused by a
+        later admission plugin never appears, and the rule must not stay held for it. Once the pod is seen
+        the rule turns Applied and the claim no longer matters."""
+        return replace(self, claimed_until=now + ttl,
+                       message=f"handed to a new pod of the workload; {self.substitute} stays reserved on {self.node}")
+
     def expired(self, now: float) -> Rule:
         return replace(self, phase=Phase.EXPIRED, updated=now,
                        message=f"expired in phase {self.phase} without being used")
@@ -174,12 +198,23 @@ class Rule:
         return out
 
 
-def rule_for_new_pod(pod: PodInfo, rules: Iterable[Rule], now: float, claimed: Collection[str] = ()) -> Rule | None:
+def rule_for_new_pod(pod: PodInfo, rules: Iterable[Rule], now: float, skip: Collection[str] = ()) -> Rule | None:
     """The Recorded rule a newly created pod takes: the oldest unexpired, unclaimed one waiting for a
-    replacement of its workload (``awaits_upgrade``). The webhook rewrites the pod per this rule; the
-    simulator's webhook step calls the same choice."""
-    waiting = [r for r in rules if r.name not in claimed and r.awaits_upgrade(pod) and now < r.expires]
+    replacement of its workload (``awaits_upgrade``), leaving out the names in ``skip`` (claims this
+    replica just lost). The webhook rewrites the pod per this rule; the simulator's webhook step calls
+    the same choice."""
+    waiting = [r for r in rules if r.name not in skip and r.awaits_upgrade(pod) and now < r.expires
+               and not r.is_claimed(now)]
     return min(waiting, key=lambda r: (r.created, r.name), default=None)
+
+
+def unmarked_rules_for(pod: PodInfo, rules: Iterable[Rule], now: float) -> list[Rule]:
+    """Rules ``pod`` would take but for the restart mark, oldest first: the reconciler writes the mark and
+    at once restarts the pending pod, so the replacement can reach a webhook whose watch has not shown the
+    mark yet. The webhook reads these again from the source of truth before turning the pod away."""
+    stale = [r for r in rules if not r.restart_at and r._waits_for_workload_of(pod) and now < r.expires
+             and not r.is_claimed(now)]
+    return sorted(stale, key=lambda r: (r.created, r.name))
 
 
 def _rfc3339(epoch: float) -> str:
@@ -269,7 +304,8 @@ def rule_status(rule: Rule) -> dict[str, Any]:
     status = {"phase": str(rule.phase), "appliedPod": rule.applied_pod, "boundPod": rule.bound_pod,
               "restoreNode": rule.restore_node, "restoredPod": rule.restored_pod, "message": rule.message,
               "createdAt": _time_text(rule.created), "updatedAt": _time_text(rule.updated or rule.created),
-              "expiresAt": _time_text(rule.expires), "restartAt": _time_text(rule.restart_at)}
+              "expiresAt": _time_text(rule.expires), "restartAt": _time_text(rule.restart_at),
+              "claimedUntil": _time_text(rule.claimed_until)}
     return {k: v for k, v in status.items() if v != ""}
 
 
@@ -297,6 +333,7 @@ def rule_from_object(obj: Mapping[str, Any]) -> Rule:
             resource_version=str(meta.get("resourceVersion", "")),
             stash=str((meta.get("annotations") or {}).get(ANN_RECREATE, "")),
             restart_at=parse_time(status.get("restartAt")),
+            claimed_until=parse_time(status.get("claimedUntil")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"MigSubstitution {meta.get('namespace')}/{meta.get('name')} is malformed: {exc}") from exc

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import jsonpatch
 import pytest
 
-from mig_extender.cluster.rulestore import MemoryRuleStore
+from mig_extender.cluster.rulestore import ConflictError, MemoryRuleStore
 from mig_extender.components.settings import Settings
 from mig_extender.components.webhook import WebhookService
 from mig_extender.core.admission import ReviewError, escape, mutate
@@ -90,11 +92,13 @@ def test_pods_the_rule_is_not_for_pass_untouched(pod: dict, why: str) -> None:
     assert m.patch == [] and m.rule is None, why
 
 
-def test_expired_claimed_and_non_create_requests_are_untouched() -> None:
+def test_expired_claimed_skipped_and_non_create_requests_are_untouched() -> None:
     pod = make_pod(mig={"1g.10gb": 1}, owner=("ReplicaSet", "web", "rs-1"))
     rule = rs_rule()
     assert mutate(review(pod), [rule], now=rule.expires + 1).rule is None
-    assert mutate(review(pod), [rule], claimed={rule.name}, now=NOW).rule is None
+    assert mutate(review(pod), [rule.claimed(NOW - 1, 30.0)], now=NOW).rule is None
+    assert mutate(review(pod), [rule.claimed(NOW - 31, 30.0)], now=NOW).rule == rule.claimed(NOW - 31, 30.0)
+    assert mutate(review(pod), [rule], skip={rule.name}, now=NOW).rule is None
     assert mutate(review(pod, operation="UPDATE"), [rule], now=NOW).rule is None
 
 
@@ -222,3 +226,154 @@ def test_webhook_metrics_and_health(store: MemoryRuleStore) -> None:
     client.post("/mutate", json=RECORDED)
     assert client.get("/healthz").status_code == 200 and client.get("/readyz").status_code == 200
     assert 'mig_extender_webhook_mutations_total{result="untouched"} 1.0' in client.get("/metrics").data.decode()
+
+
+# -- issue 13 item 15: a rule is claimed through the store (compare-and-swap), not in a replica's memory ------
+
+
+class ReadTogether(MemoryRuleStore):
+    """Two replicas' caches: the first ``readers`` list() calls wait for each other, so every replica decides
+    on the rules as they were before any of them claimed one (as two informers lagging behind each other)."""
+
+    def __init__(self, readers: int = 2) -> None:
+        super().__init__()
+        self._barrier = threading.Barrier(readers, timeout=5)
+        self._waiting = readers
+        self._count = threading.Lock()
+
+    def list(self):
+        rules = super().list()
+        with self._count:
+            wait, self._waiting = self._waiting > 0, self._waiting - 1
+        if wait:
+            self._barrier.wait()
+        return rules
+
+
+def generated_pod() -> dict:
+    """A ReplicaSet's new pod as admission sees it: generateName, no name, no uid, no creationTimestamp."""
+    pod = make_pod(mig={"1g.10gb": 1}, owner=("ReplicaSet", "web", "rs-1"), uid="")
+    pod["metadata"]["generateName"] = pod["metadata"].pop("name")[:4] + "-"
+    return pod
+
+
+def stamped(pod: dict, answer: dict) -> str:
+    """The rule name the answer's patch stamps on ``pod`` ('' when it does not substitute)."""
+    if "patch" not in answer["response"]:
+        return ""
+    return (apply_patch(pod, answer)["metadata"].get("annotations") or {}).get(ANN_RULE, "")
+
+
+def admit(service: WebhookService, dry_run: bool = False) -> str:
+    """Admit a new pod of ReplicaSet web through ``service``; the rule it was handed, or ''."""
+    pod = generated_pod()
+    return stamped(pod, service.review(review(pod, dry_run=dry_run)))
+
+
+@pytest.mark.parametrize("rules", [pytest.param(1, id="one-rule-one-winner"),
+                                   pytest.param(2, id="two-rules-the-loser-takes-the-next")])
+def test_item15_two_webhook_replicas_hand_one_rule_to_one_pod(rules: int) -> None:
+    """Issue 13 item 15: the manifests run two webhook replicas; each kept its claims in its own memory, so
+    a burst of one ReplicaSet's pods could be handed the same rule twice. The claim is now a
+    compare-and-swap on the rule: exactly one replica wins it, the other tries the next eligible rule."""
+    store = ReadTogether()
+    recorded = [store.record(replace(rs_rule(pod_uid=f"old-{i}"), expires=NOW + 300, created=900.0 + i))
+                for i in range(rules)]
+    replicas = [WebhookService(store, clock=lambda: NOW) for _ in range(2)]
+    pods = [generated_pod() for _ in replicas]
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda i: replicas[i].review(review(pods[i])), range(2)))
+    names = sorted(stamped(pod, answer) for pod, answer in zip(pods, answers, strict=True))
+    assert names == sorted([r.name for r in recorded] + [""] * (2 - rules))
+    for rule in recorded:
+        claimed = store.get(rule.namespace, rule.name)
+        assert claimed.claimed_until == NOW + replicas[0].claim_ttl and claimed.applied_pod == ""
+    lost = sum(r.metrics.webhook_claims.labels("lost")._value.get() for r in replicas)
+    assert lost == 1
+
+
+class FailingWrites(MemoryRuleStore):
+    """Reads work; every write fails the way ``failure`` says (the API server down, slow, or contended)."""
+
+    def __init__(self, failure: Exception) -> None:
+        super().__init__()
+        self.failure = failure
+        self.writes: list[float | None] = []
+
+    def update(self, rule, timeout=None):
+        self.writes.append(timeout)
+        raise self.failure
+
+
+@pytest.mark.parametrize("failure, outcome", [
+    pytest.param(RuntimeError("connection refused"), "error", id="api-down"),
+    pytest.param(TimeoutError("read timed out"), "error", id="timeout"),
+    pytest.param(ConflictError("409"), "lost", id="conflict-storm"),
+])
+def test_item15_a_failed_claim_admits_the_pod_unchanged_and_counts_it(failure: Exception, outcome: str) -> None:
+    """The claim is an API call: when it fails the pod is admitted without substitution (never blocked),
+    the scheduler still injected, the failure counted, and every call bounded in time."""
+    store = FailingWrites(failure)
+    store.record(replace(rs_rule(), expires=NOW + 300))
+    service = WebhookService(store, lambda ns: {LABEL_SCHEDULER_OPT_IN: "true"}, clock=lambda: NOW)
+    pod = generated_pod()
+    answer = service.review(review(pod))
+    assert answer["response"]["allowed"] is True and stamped(pod, answer) == ""
+    assert apply_patch(pod, answer)["spec"]["schedulerName"] == SCHEDULER_NAME
+    assert service.metrics.webhook_claims.labels(outcome)._value.get() == 1
+    assert store.writes and all(t is not None and 0 < t <= service.api_timeout for t in store.writes)
+
+
+class CountingWrites(MemoryRuleStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def update(self, rule, timeout=None):
+        self.writes += 1
+        return super().update(rule, timeout)
+
+
+def test_item15_dry_run_writes_nothing_and_claims_expire() -> None:
+    """A dryRun request makes no write (sideEffects: NoneOnDryRun); a claim whose pod never materialised
+    (a later admission plugin refused it) stops holding the rule after claim_ttl."""
+    now = [NOW]
+    store = CountingWrites()
+    rule = store.record(replace(rs_rule(), expires=NOW + 300))
+    service = WebhookService(store, clock=lambda: now[0], claim_ttl=30.0)
+    assert admit(service, dry_run=True) == rule.name
+    assert store.writes == 0
+    assert admit(service) == rule.name  # claimed; a later admission plugin refuses the pod
+    now[0] += 29.0
+    assert admit(service) == ""
+    now[0] += 2.0
+    assert admit(service) == rule.name
+    assert store.writes == 2
+
+
+class LaggingMarks(MemoryRuleStore):
+    """The webhook's watch has not delivered the reconciler's restart mark yet: list() shows rules as they
+    were recorded; fetch() reads the source of truth."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fetches = 0
+
+    def list(self):
+        return [replace(r, restart_at=0.0) for r in super().list()]
+
+    def fetch(self, namespace, name, timeout=None):
+        self.fetches += 1
+        return super().fetch(namespace, name)
+
+
+def test_item15_replacement_admitted_before_the_watch_shows_the_mark_still_gets_the_rule() -> None:
+    """The reconciler writes the mark and at once restarts the pod; its replacement can reach the webhook
+    before the webhook's watch delivers the mark. A rule of the workload that looks unmarked is read fresh
+    (one bounded GET) before the pod is turned away; pods of other workloads cost no API call."""
+    store = LaggingMarks()
+    rule = store.record(replace(rs_rule(), expires=NOW + 300))
+    service = WebhookService(store, clock=lambda: NOW)
+    other = make_pod(mig={"1g.10gb": 1}, owner=("ReplicaSet", "other", "rs-2"), uid="")
+    assert stamped(other, service.review(review(other))) == "" and store.fetches == 0
+    assert admit(service) == rule.name and store.fetches == 1
