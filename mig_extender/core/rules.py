@@ -187,7 +187,7 @@ class Rule:
         """JSON for /debug/rules and the simulator; stable keys."""
         out = asdict(self)
         out["phase"] = str(self.phase)
-        for key in ("created", "expires", "updated"):
+        for key in ("created", "expires", "updated", "restart_at", "claimed_until"):
             out[key] = _rfc3339(out[key])
         out["pod"] = {"namespace": self.namespace, "name": self.pod_name, "uid": self.pod_uid}
         out["original"] = {"resource": self.original.resource, "count": self.original.count}

@@ -81,3 +81,10 @@ def test_tls_context_reloads_changed_files_and_keeps_the_old_pair_on_garbage(tmp
     assert ctx.check() is True and ctx.reloads == 1
     (tmp_path / "tls.crt").write_text("garbage")
     assert ctx.check() is False and isinstance(ctx.context, ssl.SSLContext)
+
+
+def test_debug_rules_show_the_mark_and_the_claim_as_times() -> None:
+    """/debug/rules (Rule.to_dict) writes every time the way the MigSubstitution status does."""
+    out = replace(a_rule(), restart_at=1795458141.0).claimed(1795458142.0, 30.0).to_dict()
+    assert (out["restart_at"], out["claimed_until"]) == ("2026-11-23T18:22:21Z", "2026-11-23T18:22:52Z")
+    assert a_rule().to_dict()["restart_at"] == ""
