@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
+import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from mig_extender.cluster.inventory import ClusterInventory
@@ -73,6 +76,17 @@ def make_pod(name: str = "", namespace: str = "default", mig: Mapping[str, Any] 
         spec["nodeName"] = node
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec,
             "status": {"phase": phase or ("Running" if node else "Pending")}}
+
+
+RECORDED_REVIEW = json.loads((Path(__file__).parent / "fixtures/admission-review-pod-create.json").read_text())
+
+
+def admission_review(pod: Mapping[str, Any], operation: str = "CREATE", dry_run: bool = False) -> dict[str, Any]:
+    """The recorded AdmissionReview (a ReplicaSet's pod CREATE) carrying ``pod`` instead."""
+    body = copy.deepcopy(RECORDED_REVIEW)
+    body["request"].update(object=copy.deepcopy(dict(pod)), operation=operation, dryRun=dry_run,
+                           namespace=pod["metadata"]["namespace"])
+    return body
 
 
 def inventory_of(*objects: Mapping[str, Any]) -> ClusterInventory:

@@ -34,16 +34,19 @@ class RuleStore(Protocol):
 
     def get(self, namespace: str, name: str) -> Rule | None: ...
 
-    def fetch(self, namespace: str, name: str) -> Rule | None:
-        """The current rule from the source of truth (after a conflict), bypassing any cache."""
+    def fetch(self, namespace: str, name: str, timeout: float | None = None) -> Rule | None:
+        """The current rule from the source of truth (after a conflict), bypassing any cache. ``timeout``:
+        seconds the call may take at most (the webhook's calls run inside the API server's admission
+        deadline); None: the client's default."""
         ...
 
     def record(self, rule: Rule) -> Rule:
         """Create ``rule``; if one of that name exists already, return it unchanged (idempotent)."""
         ...
 
-    def update(self, rule: Rule) -> Rule:
-        """Replace the stored rule; ConflictError if it changed since ``rule`` was read."""
+    def update(self, rule: Rule, timeout: float | None = None) -> Rule:
+        """Replace the stored rule; ConflictError if it changed since ``rule`` was read (a compare-and-swap
+        on its resourceVersion). ``timeout`` as for ``fetch``."""
         ...
 
     def delete(self, rule: Rule) -> None: ...
@@ -84,7 +87,7 @@ class MemoryRuleStore:
         with self._lock:
             return self._rules.get((namespace, name))
 
-    def fetch(self, namespace: str, name: str) -> Rule | None:
+    def fetch(self, namespace: str, name: str, timeout: float | None = None) -> Rule | None:
         return self.get(namespace, name)
 
     def record(self, rule: Rule) -> Rule:
@@ -95,7 +98,7 @@ class MemoryRuleStore:
                 return existing
             return self._put(rule)
 
-    def update(self, rule: Rule) -> Rule:
+    def update(self, rule: Rule, timeout: float | None = None) -> Rule:
         with self._lock:
             key = (rule.namespace, rule.name)
             current = self._rules.get(key)

@@ -36,6 +36,10 @@ class Metrics:
                                ["action", "outcome"], registry=r)
         self.webhook = Counter("mig_extender_webhook_mutations_total", "Webhook answers by result",
                                ["result"], registry=r)
+        self.webhook_claims = Counter("mig_extender_webhook_claims_total",
+                                      "Webhook claims of a rule in the API by outcome (won; lost to another pod; "
+                                      "error: API unreachable, slow or refusing, the pod admitted unchanged)",
+                                      ["outcome"], registry=r)
 
     def watch(self, snapshot: Callable[[], ClusterSnapshot]) -> None:
         """Export slice and rule gauges computed from ``snapshot()`` at every scrape."""

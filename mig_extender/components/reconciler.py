@@ -7,7 +7,8 @@ least every ``period`` seconds; a failing step is logged and retried next pass, 
     observe:  rewritten pod seen -> rule Applied; it is bound -> bound (Event MigSubstituted);
               restore's replacement bound -> Restored (Event MigRestored); stashed bare pod -> create it
     expire:   rules past their expiry -> Expired; finished rules past retention -> deleted
-    upgrade:  Recorded rule, its pod still Pending -> restart it (Event MigUpgrading)
+    upgrade:  Recorded rule, its pod still Pending -> mark the rule (its replacement may take it), then
+              restart the pod (Event MigUpgrading)
     restore:  original type free again -> biggest waster first: reserve the original (rule Restoring),
               then restart the pod (Event MigRestoring); opted-out or looping pods: Event MigRestoreSkipped
 
@@ -174,12 +175,26 @@ class Reconciler:
         for rule in cancel:
             self._transition(rule, lambda r: r.expired(snap.now), counts, "cancelled")
         for up in upgrades:
-            if not self._once(up.rule, "upgrade-restart"):
+            rule = self._mark_restart(up.rule, counts)
+            if rule is None or not self._once(rule, "upgrade-restart"):
                 continue
             self._event(up.pod, "MigUpgrading", f"{up.rule.original.resource} is sold out on every node that fits; "
                                                 f"restarting so it runs on {up.rule.substitute.resource}, reserved on "
                                                 f"{up.rule.node} (rule {up.rule.name})")
             self._restart(up.rule, up.pod, counts, restore=False)
+
+    def _mark_restart(self, rule: Rule, counts: Counter[str]) -> Rule | None:
+        """Durably hand ``rule`` to its pod's replacement before the pod is restarted (``Rule.restarting``).
+
+        A rule marked already (a leader died between the mark and the restart) is restarted again as it
+        is. On a conflict the fresh rule decides: None when it is gone or no longer Recorded (nothing to
+        restart for)."""
+        if rule.restart_at:
+            return rule
+        now = self.clock()
+        marked = self._transition(rule, lambda r: r.restarting(now) if r.phase is Phase.RECORDED else r, counts,
+                                  "restart_marked")
+        return marked if marked is not None and marked.phase is Phase.RECORDED else None
 
     def _restore(self, counts: Counter[str]) -> None:
         snap, pods = self._snapshot()

@@ -197,9 +197,18 @@ def filter_pod(pod: PodInfo, candidates: Sequence[str], snap: ClusterSnapshot,
         return FilterDecision((), failed, unresolvable, note=note)
     rule = choose_substitute(pod, candidates, snap, settings)
     if rule is None:
-        return FilterDecision((), failed, unresolvable)
+        return FilterDecision((), failed, unresolvable, note=_spent_note(existing, pod))
     note = f"substitute {rule.substitute.resource} recorded on {rule.node}"
     return FilterDecision((), failed, unresolvable, record=rule, note=note)
+
+
+def _spent_note(existing: Rule | None, pod: PodInfo) -> str:
+    """Say that the pod's own rule no longer holds a substitute for it (taken, expired...), so no reason
+    text suggests a reservation the pod does not have."""
+    if existing is None or existing.pod_uid != pod.uid:
+        return ""
+    taker = f" by pod {existing.applied_pod}" if existing.applied_pod else ""
+    return f"rule {existing.name} is {existing.phase}{taker}: no substitute is held for this pod"
 
 
 def substitution_blocker(pod: PodInfo, settings: PlanSettings) -> str:
@@ -287,7 +296,9 @@ def choose_substitute(pod: PodInfo, candidates: Iterable[str], snap: ClusterSnap
     if best is None:
         return None
     _, node, resource = best
-    return new_rule(pod, want, ResourceCount(resource, want.count), node, snap.now, settings.rule_ttl)
+    prior = snap.rules_by_pod_uid.get(pod.uid)  # the pod's newest rule, spent: the new one needs its own name
+    return new_rule(pod, want, ResourceCount(resource, want.count), node, snap.now, settings.rule_ttl,
+                    after=prior.name if prior is not None else "")
 
 
 # --------------------------------------------------------------------------------------------------

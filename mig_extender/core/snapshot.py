@@ -19,7 +19,7 @@ from typing import Any
 from .catalog import MODELS, GpuModel, ProfileError, canonical_shape, resource_profile_name
 from .placement import NodeFacts, Placement, placement_problem
 from .resources import PodInfo, ResourceCount
-from .rules import Phase, Rule
+from .rules import Phase, Rule, newest_rule_per_pod
 
 LABEL_PRODUCT = "nvidia.com/gpu.product"
 LABEL_MEMORY = "nvidia.com/gpu.memory"  # MiB, per GPU
@@ -150,7 +150,7 @@ class ClusterSnapshot:
         return cls(
             nodes=nodes, free_index=free_index, rules=rules, now=now, synced=synced, reserved=reserved,
             rules_by_name={r.name: r for r in rules},
-            rules_by_pod_uid={r.pod_uid: r for r in rules if r.pod_uid}, pending=pending or {},
+            rules_by_pod_uid=newest_rule_per_pod(rules), pending=pending or {},
         )
 
     def free(self, node: str, resource: str, pod: PodInfo | None = None) -> int:

@@ -697,6 +697,7 @@ class Engine:
         for rule in cancel:
             self._set_rule(rule.expired(self.now))
         for up in upgrades:
+            self._set_rule(up.rule.restarting(self.now))  # the reconciler's mark: the replacement may take it
             w = self.works[up.rule.name]
             w.state = "restarting"
             self.tally.upgrades += 1

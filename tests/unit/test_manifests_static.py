@@ -282,8 +282,9 @@ EXPECTED_PERMISSIONS = {
         | {("", "pods/binding", "", "create")} | RULES | RULE_WRITES | RULE_STATUS | EVENTS,
         NAMESPACE: _lease("mig-scheduler"),
     },
-    "mig-extender-webhook": {  # reads only: the webhook has no side effects
-        "": RULES | {("", "namespaces", "", v) for v in READ},
+    "mig-extender-webhook": {  # reads, and the claim: one status update of a rule (never on a dryRun request)
+        "": RULES | {("mig-extender.io", "migsubstitutions/status", "", "update")}
+        | {("", "namespaces", "", v) for v in READ},
     },
     "mig-extender-reconciler": {
         "": {("", "pods", "", v) for v in (*READ, "create", "delete")} | {("", "pods/eviction", "", "create")}
@@ -394,9 +395,9 @@ def test_crd_schema_has_the_contract_fields() -> None:
     assert set(spec["owner"]["properties"]) == {"kind", "name", "uid", "apiVersion"}
     assert "owner" not in props["spec"]["required"]
     assert set(status) == {"phase", "appliedPod", "boundPod", "restoreNode", "restoredPod", "message",
-                           "createdAt", "updatedAt", "expiresAt"}
+                           "createdAt", "updatedAt", "expiresAt", "restartAt", "claimedUntil"}
     assert status["phase"]["enum"] == [p.value for p in Phase]
-    for key in ("createdAt", "updatedAt", "expiresAt"):
+    for key in ("createdAt", "updatedAt", "expiresAt", "restartAt", "claimedUntil"):
         assert status[key]["format"] == "date-time"
     for side in ("original", "substitute"):
         count = spec[side]["properties"]["count"]
@@ -541,8 +542,9 @@ def test_webhook_configuration_is_the_contract() -> None:
     hook = webhook()
     assert hook["rules"] == [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
                               "resources": ["pods"], "scope": "Namespaced"}]
+    # NoneOnDryRun: the webhook claims a rule in the API (a status write), except for a dryRun request
     assert (hook["failurePolicy"], hook["timeoutSeconds"], hook["sideEffects"], hook["reinvocationPolicy"]) == (
-        "Ignore", 3, "None", "Never")
+        "Ignore", 3, "NoneOnDryRun", "Never")
     assert hook["admissionReviewVersions"] == ["v1"]
     assert hook["namespaceSelector"] == {"matchExpressions": [{
         "key": "kubernetes.io/metadata.name", "operator": "NotIn",

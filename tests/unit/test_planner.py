@@ -297,3 +297,56 @@ def test_the_rewritten_pod_is_placed_on_its_reserved_node() -> None:
     d = filter_pod(replacement, ["a", "b"], snapshot_of(*base, rules=(rule.applied("p-2", 1000.0, 60.0),)))
     assert list(d.passed) == ["a"]
     assert "reserved on another node" in str(d.failed["b"])
+
+
+def _taken(rule, now: float = 950.0):
+    """``rule`` as another pod left it: handed to that pod (before the fix, any sibling could)."""
+    return rule.restarting(now - 10).applied("sibling", now, 300.0)
+
+
+@pytest.mark.parametrize("previous", [
+    pytest.param(lambda r: r.expired(950.0), id="after-an-expired-rule"),
+    pytest.param(_taken, id="after-a-rule-another-pod-took"),
+])
+def test_item5_second_rule_for_a_pod_gets_a_new_name(previous) -> None:
+    """Issue 13 item 5: the rule name was a hash of namespace/name/uid, so a pod's second rule collided with
+    its first and recording it handed back the old one. The next name follows from the pod's newest rule,
+    so every replica deciding on the same rules still picks the same name (a retry stays idempotent)."""
+    node, holder = walkthrough_node(), make_pod(mig={"1g.5gb": 2}, node="gpu-a")
+    pod = make_pod(mig={"1g.5gb": 1}, owner=("ReplicaSet", "web", "rs-1"))
+    first = filter_pod(pod_info(pod), ["gpu-a"], snapshot_of(node, holder)).record
+    old = previous(first)
+    second = filter_pod(pod_info(pod), ["gpu-a"], snapshot_of(node, holder, rules=(old,), now=1010.0)).record
+    again = filter_pod(pod_info(pod), ["gpu-a"], snapshot_of(node, holder, rules=(old,), now=1011.0)).record
+    assert second is not None and second.name != first.name and second.name == again.name
+    spent = (second.expired(1015.0), old)  # listed newest first: the order must not matter
+    third = filter_pod(pod_info(pod), ["gpu-a"], snapshot_of(node, holder, rules=spent, now=1020.0))
+    assert third.record is not None and third.record.name not in (first.name, second.name)
+
+
+@pytest.mark.parametrize("newest_first", [pytest.param(True, id="newest-listed-first"),
+                                          pytest.param(False, id="newest-listed-last")])
+def test_item5_pending_pod_is_judged_by_its_newest_rule(newest_first: bool) -> None:
+    """A pod with an old rule (taken) and its new Recorded one waits for the new one, whatever order the
+    store lists them in: it must not record a third."""
+    node, holder = walkthrough_node(), make_pod(mig={"1g.5gb": 2}, node="gpu-a")
+    pod = make_pod(mig={"1g.5gb": 1}, owner=("ReplicaSet", "web", "rs-1"))
+    first = filter_pod(pod_info(pod), ["gpu-a"], snapshot_of(node, holder, now=900.0)).record
+    old = _taken(first, now=920.0)
+    new = replace(first, name="web-second", created=950.0, expires=1070.0)
+    rules = (new, old) if newest_first else (old, new)
+    again = filter_pod(pod_info(pod), ["gpu-a"], snapshot_of(node, holder, rules=rules))
+    assert again.record is None and "waiting for the pod to be recreated" in again.note
+
+
+def test_item5_filter_note_says_when_the_pods_rule_no_longer_holds_a_substitute() -> None:
+    """Nothing left to substitute, and the pod's own rule went to another pod: the note says so instead of
+    staying silent about the rule a reader of the rules would find for this pod."""
+    node = walkthrough_node()
+    holders = [make_pod(mig={"1g.5gb": 2}, node="gpu-a"), make_pod(mig={"3g.20gb": 1}, node="gpu-a")]
+    pod = make_pod(mig={"1g.5gb": 1}, owner=("ReplicaSet", "web", "rs-1"))
+    first = filter_pod(pod_info(pod), ["gpu-a"], snapshot_of(node, *holders)).record
+    taken = _taken(first)
+    decision = filter_pod(pod_info(pod), ["gpu-a"], snapshot_of(node, *holders, rules=(taken,)))
+    assert decision.record is None and "recorded" not in decision.note
+    assert taken.name in decision.note and "Applied" in decision.note

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import base64
 import json
+from dataclasses import replace
 
+import jsonpatch
 import pytest
 
 from mig_extender.cluster.rulestore import MemoryRuleStore
+from mig_extender.components.extender import ExtenderService
 from mig_extender.components.reconciler import Reconciler
-from mig_extender.core.planner import filter_pod
+from mig_extender.components.webhook import WebhookService
+from mig_extender.core.planner import PlanSettings, filter_pod
 from mig_extender.core.podspec import replacement_pod, selector_matches
 from mig_extender.core.resources import ANN_ORIGINAL, ANN_RESTORE, ANN_RESTORED_AT, ANN_RULE, pod_info
 from mig_extender.core.rules import Phase
-from tests.builders import inventory_of, make_node, make_pod, res
+from tests.builders import admission_review, inventory_of, make_node, make_pod, res
 
 
 class FakeActions:
@@ -227,3 +232,98 @@ def test_replacement_pod_strips_server_fields() -> None:
     out = replacement_pod(pod)
     assert set(out["metadata"]) == {"name", "namespace"} and "status" not in out and "nodeName" not in out["spec"]
     assert pod["spec"]["nodeName"] == "n1"  # the input is not modified
+
+
+# -- issue 13 item 5: a rule belongs to its pending pod until the reconciler restarts that pod -------------
+
+
+def sold_out_world() -> tuple[World, dict, object]:
+    """gpu-a's 1g.5gb slices both taken (one by a running sibling), and pod infer-b-2 pending with a rule."""
+    w = World()
+    w.add(make_pod("infer-b-1", mig={"1g.5gb": 1}, node="gpu-a", owner=OWNER))
+    w.add(make_pod("blocker", mig={"1g.5gb": 1}, node="gpu-a"))
+    pending = w.add(make_pod("infer-b-2", mig={"1g.5gb": 1}, owner=OWNER))
+    return w, pending, w.record_for(pending)
+
+
+def rule_stamped_on(pod: dict, answer: dict) -> str:
+    """The rule name the webhook's patch stamps on ``pod`` ('' when it did not rewrite it)."""
+    ops = json.loads(base64.b64decode(answer["response"].get("patch") or b"W10="))
+    return (jsonpatch.apply_patch(pod, ops)["metadata"].get("annotations") or {}).get(ANN_RULE, "")
+
+
+def test_item5_rule_is_marked_before_its_pod_is_restarted_and_only_then_handed_over() -> None:
+    """The HPA scale-up's pod, created while infer-b-2 waits, is admitted unchanged; the reconciler writes the
+    restart mark before it deletes infer-b-2 (a webhook replica must see it when the replacement arrives),
+    and the replacement takes the rule."""
+    w, _, rule = sold_out_world()
+    webhook = WebhookService(w.store, clock=lambda: w.now)
+    scale_up = make_pod(mig={"1g.5gb": 1}, owner=OWNER, uid="")
+    assert rule_stamped_on(scale_up, webhook.review(admission_review(scale_up))) == ""
+
+    seen_at_restart: list = []
+    restart = w.actions.evict_or_delete
+    w.actions.evict_or_delete = lambda pod: seen_at_restart.extend(w.store.list()) or restart(pod)  # type: ignore
+    w.now += 1.5
+    assert w.reconciler.run_once()["upgrade_deleted"] == 1
+    (marked,) = seen_at_restart
+    assert (marked.phase, marked.restart_at) == (Phase.RECORDED, w.now)
+
+    replacement = make_pod(mig={"1g.5gb": 1}, owner=OWNER, uid="")
+    assert rule_stamped_on(replacement, webhook.review(admission_review(replacement))) == rule.name
+
+
+def test_item5_a_new_leader_restarts_a_pod_whose_rule_was_marked_but_not_restarted() -> None:
+    """The old leader wrote the mark and died before the delete: the next leader restarts the pod, and
+    keeps the mark it finds (no second write)."""
+    w, _, rule = sold_out_world()
+    marked = w.store.update(rule.restarting(w.now))
+    w.now += 1.5
+    fresh = Reconciler(w.inventory, w.store, w.actions, clock=lambda: w.now)
+    assert fresh.run_once()["upgrade_deleted"] == 1 and ("restart", "infer-b-2") in w.actions.calls
+    assert w.store.get(rule.namespace, rule.name).resource_version == marked.resource_version
+
+
+class LaggingStore:
+    """A rule store whose list() (the watch cache) is behind: writes and fresh reads go to ``store``."""
+
+    def __init__(self, store: MemoryRuleStore, stale: list) -> None:
+        self.store, self.stale = store, stale
+
+    def __getattr__(self, name: str):
+        return getattr(self.store, name)
+
+    def list(self) -> list:
+        return list(self.stale)
+
+
+@pytest.mark.parametrize("meanwhile, restarted", [
+    pytest.param(lambda store, rule: store.delete(rule), False, id="rule-deleted"),
+    pytest.param(lambda store, rule: store.update(rule.expired(rule.created)), False, id="rule-cancelled"),
+    pytest.param(lambda store, rule: store.update(replace(rule, message="touched")), True, id="rule-touched"),
+])
+def test_item5_mark_conflict_rereads_and_restarts_only_for_a_rule_still_recorded(meanwhile, restarted: bool) -> None:
+    """The mark write gets 409 (the cache was stale): decide again on the fresh rule; a rule deleted or
+    cancelled meanwhile restarts nothing."""
+    w, _, rule = sold_out_world()
+    stale = w.store.list()
+    meanwhile(w.store, rule)
+    w.now += 1.5
+    reconciler = Reconciler(w.inventory, LaggingStore(w.store, stale), w.actions, clock=lambda: w.now)  # type: ignore
+    reconciler.run_once()
+    assert (("restart", "infer-b-2") in w.actions.calls) is restarted
+
+
+def test_item5_filter_note_never_claims_a_rule_that_was_not_recorded() -> None:
+    """infer-b-2's rule went to another pod (taken in the window before the fix): its next /filter must
+    record a rule of its own, under a new name, not hand back the taken one while saying 'recorded'."""
+    w, pending, rule = sold_out_world()
+    w.inventory.upsert_node(make_node("gpu-b", "A100-40GB", {"1g.5gb": 1, "2g.10gb": 1}))
+    w.inventory.upsert_pod(make_pod("b-holder", mig={"1g.5gb": 1}, node="gpu-b"))
+    w.store.update(rule.applied("infer-b-9", w.now, 120.0))
+    extender = ExtenderService(w.inventory, w.store, PlanSettings(), clock=lambda: w.now)
+    decision = extender.filter(pending, ["gpu-a", "gpu-b"])
+    assert "recorded" in decision.note and decision.record is not None
+    stored = w.store.get(rule.namespace, decision.record.name)
+    assert stored is not None and stored.name != rule.name
+    assert (stored.phase, stored.pod_uid) == (Phase.RECORDED, pending["metadata"]["uid"])

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
+from kubernetes import client
 
 from mig_extender.cluster.rulestore import ConflictError, MemoryRuleStore, update_with_retry
+from mig_extender.cluster.rulestore_kube import KubeRuleStore
 from mig_extender.core.resources import PodInfo, ResourceCount
-from mig_extender.core.rules import Phase, new_rule
+from mig_extender.core.rules import Phase, new_rule, rule_to_object
 
 
 def a_rule():
@@ -60,3 +64,37 @@ def test_finished_rules_fall_out_after_retention() -> None:
     store.record(a_rule())
     now[0] = 11
     assert store.list() == []
+
+
+class RecordingObjectsApi:
+    """Stands in for the generated CustomObjectsApi: answers with the object written, records the kwargs."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict]] = []
+
+    def _answer(self, name: str, obj: dict, kwargs: dict):
+        self.calls.append((name, kwargs))
+        return SimpleNamespace(data=json.dumps(obj).encode(), release_conn=lambda: None)
+
+    def replace_namespaced_custom_object_status(self, group, version, namespace, plural, name, body, **kwargs):
+        body = {**rule_to_object(a_rule()), "status": body["status"]}
+        body["metadata"]["resourceVersion"] = "8"
+        return self._answer("update", body, kwargs)
+
+    def get_namespaced_custom_object(self, group, version, namespace, plural, name, **kwargs):
+        return self._answer("fetch", {**rule_to_object(a_rule()), "metadata": {
+            **rule_to_object(a_rule())["metadata"], "resourceVersion": "8"}}, kwargs)
+
+
+@pytest.mark.parametrize("timeout", [pytest.param(0.7, id="bounded"), pytest.param(None, id="client-default")])
+def test_item15_kube_store_bounds_the_calls_the_webhook_makes(timeout: float | None) -> None:
+    """The webhook's claim and re-read must end inside the API server's 3 s admission deadline: the
+    timeout reaches the client as _request_timeout, and only when the caller gives one."""
+    store = KubeRuleStore(client.ApiClient())
+    api = store._api = RecordingObjectsApi()  # type: ignore[assignment]
+    claimed = store.update(a_rule().claimed(1000.0, 30.0), timeout=timeout)
+    store.fetch("ns", claimed.name, timeout=timeout)
+    assert claimed.claimed_until == 1030.0
+    expected = {} if timeout is None else {"_request_timeout": timeout}
+    assert [(name, {k: v for k, v in kw.items() if k != "_preload_content"}) for name, kw in api.calls] == [
+        ("update", expected), ("fetch", expected)]

@@ -137,7 +137,7 @@ class Stack:
                         {"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}
                     ],
                     "failurePolicy": "Ignore",
-                    "sideEffects": "None",
+                    "sideEffects": "NoneOnDryRun",  # as manifests/base/webhook.yaml: the claim is a write
                     "timeoutSeconds": 3,
                     "admissionReviewVersions": ["v1"],
                     "reinvocationPolicy": "Never",
