@@ -9,14 +9,16 @@ scheduler replica (only the leader is called), not by adding workers. Apps are b
 
 from __future__ import annotations
 
+import errno
 import gc
 import json
 import logging
 import os
 import socket
+import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -25,16 +27,72 @@ from .cluster.inventory import ClusterInventory, load_list
 from .cluster.rulestore import MemoryRuleStore, RuleStore
 from .components.extender import ExtenderService
 from .components.metrics import Metrics
-from .components.settings import Settings
+from .components.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
 HOUSEKEEPING_SECONDS = 5.0
+
+
+# --------------------------------------------------------------------------------------------------
+# Checks the CLI runs before gunicorn starts: a worker that fails to boot prints a 40-line traceback
+# and gunicorn's own bind retries take 5 s, so every mistake a user can make is caught here first.
+
+
+def read_snapshot(path: str) -> Mapping[str, Any]:
+    """The v1 List in ``path``; SettingsError says what is wrong with the file in one line."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except FileNotFoundError:
+        raise SettingsError(f"--snapshot {path}: no such file") from None
+    except json.JSONDecodeError as exc:
+        where = f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+        raise SettingsError(f"--snapshot {path}: not JSON ({where})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"--snapshot {path}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("items"), list):
+        raise SettingsError(f"--snapshot {path}: not a v1 List with an 'items' array "
+                            "(write one with kubectl get nodes,pods -A -o json)")
+    return doc
+
+
+def check_address(flag: str, address: str) -> None:
+    """SettingsError unless this process could listen on ``address`` now (gunicorn would retry 5 s)."""
+    host, _, port = address.rpartition(":")
+    try:
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM,
+                                                              flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise SettingsError(f"{flag} {address}: cannot resolve {host!r} ({exc.strerror})") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+        try:
+            probe.bind(sockaddr)
+        except OSError as exc:
+            hint = {errno.EADDRINUSE: "address already in use",
+                    errno.EADDRNOTAVAIL: "not an address of this machine",
+                    errno.EACCES: "permission denied (ports below 1024 need privileges)"}
+            raise SettingsError(f"{flag} {address}: {hint.get(exc.errno, exc.strerror)}") from None
+
+
+def check_tls(cert: str, key: str) -> None:
+    """SettingsError unless ``cert`` and ``key`` load as a server certificate and its key."""
+    for flag, path in (("--tls-cert", cert), ("--tls-key", key)):
+        if not os.path.isfile(path):
+            raise SettingsError(f"{flag} {path}: no such file")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError):
+        raise SettingsError(f"--tls-cert {cert} / --tls-key {key}: not a PEM certificate and its key") from None
 
 
 def _logging(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("urllib3", "kubernetes"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # urllib3 logs each of its three retries of every call while the API server is away; the informer's
+    # own warning says it once per attempt. Other urllib3 warnings (a full connection pool) stay.
+    logging.getLogger("urllib3.connectionpool").addFilter(lambda record: not record.getMessage().startswith("Retrying"))
 
 
 def build_store(settings: Settings, api: Any = None) -> RuleStore:
@@ -48,17 +106,19 @@ def build_store(settings: Settings, api: Any = None) -> RuleStore:
 def _cluster(settings: Settings, inventory: ClusterInventory) -> tuple[Any, list[Any]]:
     """Fill ``inventory`` from the snapshot file or live informers; returns (api client or None, informers)."""
     if settings.snapshot:
-        with open(settings.snapshot, encoding="utf-8") as fh:
-            count = load_list(inventory, json.load(fh))
-        log.info("loaded %d objects from %s (no cluster: binds are recorded, not sent)", count, settings.snapshot)
+        load_list(inventory, read_snapshot(settings.snapshot))
+        snap = inventory.snapshot()
+        log.info("serving the cluster saved in %s: %d nodes, %d MIG pods; no API server, so binds are "
+                 "recorded here and not sent", settings.snapshot, len(snap.nodes), len(inventory.pods()))
         return None, []
     if settings.has_cluster:
-        from .cluster.client import api_client
+        from .cluster.client import api_client, describe_client_config
         from .cluster.informer import start_inventory_informers
 
+        log.info("watching the cluster through %s", describe_client_config(settings.kubeconfig, settings.in_cluster))
         api = api_client(settings.kubeconfig, settings.in_cluster)
         return api, start_inventory_informers(api, inventory)
-    inventory.synced = True  # no cluster at all: ready, and every MIG pod fails with a clear reason
+    inventory.synced = True  # tests and simulations only: the CLI refuses to start without a source
     return None, []
 
 
