@@ -147,8 +147,28 @@ def build_service(settings: Settings) -> ExtenderService:
     if (check := _staleness(informers, settings)) is not None:
         service.checks.append(check)
     _every(HOUSEKEEPING_SECONDS, service.housekeeping, "housekeeping")
+    _report_gpu_problems(inventory, api)
     _freeze_heap_when_synced(inventory)
     return service
+
+
+def _report_gpu_problems(inventory: ClusterInventory, api: Any) -> None:
+    """Nodes whose GPU is not recognised: once each in the log and, with a cluster, as a node Event.
+    Its own thread, so a slow API server delays neither scheduling calls nor housekeeping."""
+    from .components.gpureport import GpuProblemReporter
+
+    write = None
+    if api is not None:
+        from .cluster.actions import NodeEvents
+
+        write = NodeEvents(api, component="extender").warn
+    reporter = GpuProblemReporter(inventory.gpu_problems, write)
+
+    def report() -> None:
+        if inventory.synced:  # a half-listed cluster would report nodes whose labels are still coming
+            reporter.run_once()
+
+    _every(HOUSEKEEPING_SECONDS, report, "gpu-problems")
 
 
 def build_webhook(settings: Settings) -> Any:

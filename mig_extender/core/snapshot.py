@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
-from typing import Any
+from typing import Any, ClassVar
 
 from .catalog import MODELS, GpuModel, ProfileError, canonical_shape, match_product, resource_profile_name
 from .resources import PodInfo, ResourceCount
@@ -31,6 +31,7 @@ class UnknownGpu:
     """A node with MIG slices whose GPU the catalog does not know (decisions then read each slice's
     shape from its resource name, and the tables of ``guessed``, if any, for aliases)."""
 
+    reason: ClassVar[str] = "MigGpuUnknown"  # of the node Event that reports it
     product: str           # the nvidia.com/gpu.product label, "" when the node has none
     memory_gb: int | None  # what the labels say, None when they do not
     guessed: str | None    # the catalog model whose profiles match the node's resources, if one does
@@ -47,6 +48,7 @@ class UnknownGpu:
 class ForeignMigResources:
     """MIG resources that are not profiles of the node's (known) GPU model."""
 
+    reason: ClassVar[str] = "MigProfilesNotOfModel"
     model: str
     resources: tuple[str, ...]
 
