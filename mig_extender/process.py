@@ -233,7 +233,8 @@ def _every(seconds: float, task: Callable[[], None], name: str) -> None:
 
 
 def _freeze_heap_when_synced(inventory: ClusterInventory) -> None:
-    """Once the first full list is in, move every object alive to the GC's permanent generation.
+    """Once the first full list is in, say what the inventory holds, and move every object alive to the
+    GC's permanent generation.
 
     The initial list leaves a large, long-lived heap (about 300 MB at 5,000 nodes); a full collection
     walks all of it, 250-300 ms measured at that size, and one would land on some scheduling call.
@@ -242,9 +243,14 @@ def _freeze_heap_when_synced(inventory: ClusterInventory) -> None:
     def freeze() -> None:
         while not inventory.synced:
             time.sleep(0.5)
+        nodes = inventory.snapshot().nodes
+        log.info("inventory synced: %d nodes (%d with MIG slices, %d with an unrecognised GPU), %d MIG pods",
+                 len(nodes), sum(1 for n in nodes.values() if n.allocatable), len(inventory.gpu_problems()),
+                 len(inventory.pods()))
         gc.collect()
         gc.freeze()
-        log.info("inventory synced: %d objects moved out of the collector's reach", gc.get_freeze_count())
+        log.debug("froze %d long-lived objects: full garbage collections no longer scan them",
+                  gc.get_freeze_count())
 
     threading.Thread(target=freeze, name="gc-freeze", daemon=True).start()
 
