@@ -177,6 +177,18 @@ def test_dockerfile_entrypoint_is_the_console_script() -> None:
     assert "mig-extender = mig_extender.cli:main" in setup["options.entry_points"]["console_scripts"]
 
 
+def test_license_file_is_the_license_the_package_declares() -> None:
+    """Issue 16: setup.cfg and the image label say Apache-2.0; the text was missing."""
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    assert setup["metadata"]["license"] == "Apache-2.0"
+    assert "LICENSE" in setup["metadata"]["license_files"].split()
+    text = (ROOT / "LICENSE").read_text()
+    assert "Apache License" in text.splitlines()[1] and "Version 2.0, January 2004" in text
+    assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in text
+    assert "END OF TERMS AND CONDITIONS" in text
+
+
 def test_dockerignore_admits_exactly_what_the_package_build_reads() -> None:
     lines = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()
              if ln.strip() and not ln.startswith("#")]
@@ -376,7 +388,14 @@ def test_crd_is_the_one_the_code_reads_and_writes() -> None:
     assert spec["names"]["singular"] == "migsubstitution" and spec["names"]["shortNames"] == ["migsub"]
     assert spec["scope"] == "Namespaced"
     assert version["served"] and version["storage"] and version["subresources"] == {"status": {}}
-    assert (MANIFESTS / "crd.yaml").resolve() == (BASE / "crd.yaml").resolve()
+
+
+def test_the_crd_is_in_one_file() -> None:
+    """Issue 16: manifests/crd.yaml was a second copy (a symlink: two identical files in a tarball or on
+    Windows). The install (kustomize) and the test control plane read manifests/base/crd.yaml."""
+    files = [p for p in MANIFESTS.rglob("*.yaml")
+             if any(d.get("kind") == "CustomResourceDefinition" for d in load_docs(p))]
+    assert files == [BASE / "crd.yaml"] and not files[0].is_symlink()
 
 
 def test_crd_printer_columns() -> None:
