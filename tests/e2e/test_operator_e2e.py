@@ -3,10 +3,11 @@ reported once, as a Warning Event on the Node that `kubectl describe node` lists
 
 from __future__ import annotations
 
-from .conftest import Fleet
+from .conftest import Fleet, MigScheduler
 from .testenv.cluster import E2ECluster
 from .testenv.extender import ExtenderProcess
 from .testenv.wait import stays, wait_for
+from .testenv.workloads import make_pod, wait_running
 
 MIG_1G = "nvidia.com/mig-1g.5gb"
 UNKNOWN = {"nvidia.com/gpu.product": "NVIDIA-Future-X1", "nvidia.com/gpu.count": "1"}
@@ -40,3 +41,22 @@ def test_node_with_a_known_gpu_gets_no_event(cluster: E2ECluster, extender: Exte
     selector = f"involvedObject.kind=Node,involvedObject.name={node}"
     stays(lambda: not [e for e in cluster.core.list_namespaced_event("default", field_selector=selector).items
                        if e.reason.startswith("Mig")], duration=6, what="no Mig* Event")
+
+
+def test_pods_without_mig_requests_never_reach_the_extender(
+    cluster: E2ECluster, extender: ExtenderProcess, mig_scheduler: MigScheduler, namespace: str, fleet: Fleet
+) -> None:
+    """scheduler-config/README.md's claim, checked: kube-scheduler asks an extender with managedResources
+    only about pods that request one of them (HTTPExtender.IsInterested, pkg/scheduler/extender.go), for
+    filter, prioritize and bind alike, so a pod without MIG requests costs no round trip."""
+    for name in ("a", "b"):  # two feasible nodes: with one the scheduler would skip prioritize anyway
+        fleet.add(name, resources={MIG_1G: 1})
+    verbs = ("filter", "prioritize", "bind")
+    before = {v: extender.metric("mig_extender_requests_total", verb=v) for v in verbs}
+    cluster.core.create_namespaced_pod(namespace, make_pod("cpu-only", resources={"cpu": "10m"},
+                                                           scheduler_name="mig-scheduler"))
+    assert wait_running(cluster.core, namespace, "cpu-only").spec.node_name
+    assert {v: extender.metric("mig_extender_requests_total", verb=v) for v in verbs} == before
+    cluster.core.create_namespaced_pod(namespace, make_pod("mig", mig={"1g.5gb": 1}, scheduler_name="mig-scheduler"))
+    wait_running(cluster.core, namespace, "mig")
+    assert extender.metric("mig_extender_requests_total", verb="bind") == before["bind"] + 1  # the probe can fail
