@@ -641,13 +641,43 @@ def test_walkthrough_deployments_ask_for_one_1g_5gb_on_mig_scheduler(name: str) 
 def test_bare_pod_sample_relies_on_the_namespace_opt_in() -> None:
     pod = one("Pod", "infer-bare", samples())
     assert "schedulerName" not in pod["spec"]
-    namespace = kustomization(MANIFESTS / "samples")["namespace"]
+    namespace = kustomization(MANIFESTS / "samples" / "base")["namespace"]
     assert one("Namespace", namespace, samples())["metadata"]["labels"][LABEL_SCHEDULER_OPT_IN] == "true"
 
 
 def test_opt_out_sample_carries_the_annotation_on_its_pods() -> None:
     deployment = one("Deployment", "infer-exact", samples())
     assert pod_meta(deployment)["annotations"][ANN_SUBSTITUTE] == "false"
+
+
+def patched(directory: Path) -> list[dict[str, Any]]:
+    """The objects of a kustomization whose patches are JSON patches with a kind target, applied."""
+    import jsonpatch
+
+    docs = [json.loads(json.dumps(d)) for d in resources_of(directory)]
+    for entry in kustomization(directory).get("patches") or []:
+        ops = yaml.safe_load(entry["patch"])
+        docs = [jsonpatch.apply_patch(d, ops) if d["kind"] == entry["target"]["kind"] else d for d in docs]
+    return docs
+
+
+@pytest.mark.parametrize("variant, gpu", [("h100-80gb", "H100-80GB"), ("h200-141gb", "H200-141GB")])
+def test_gpu_variants_of_the_samples_ask_for_that_gpus_smallest_slice(variant: str, gpu: str) -> None:
+    """Issue 16: samples for H100/H200 nodes, not only A100-40GB: the same workloads, each asking for one
+    slice of the GPU's smallest profile (as the A100-40GB ones ask for 1g.5gb)."""
+    from mig_extender.core.catalog import model
+
+    smallest = min((p for p in model(gpu).profiles if not p.media_extensions),
+                   key=lambda p: (p.compute_slices, p.memory_gb)).resource
+    base_docs, docs = samples(), patched(MANIFESTS / "samples" / variant)
+    assert [(d["kind"], d["metadata"]["name"]) for d in docs] == [(d["kind"], d["metadata"]["name"]) for d in base_docs]
+    for doc, original in zip(docs, base_docs, strict=True):
+        if doc["kind"] == "Namespace":
+            continue
+        limits = all_containers(pod_spec(doc))[0]["resources"]["limits"]
+        before = dict(all_containers(pod_spec(original))[0]["resources"]["limits"])
+        assert limits == {**{k: v for k, v in before.items() if not k.startswith("nvidia.com/")}, smallest: 1}
+        assert pod_meta(doc).get("annotations") == pod_meta(original).get("annotations")
 
 
 def test_install_doc_covers_every_step() -> None:
