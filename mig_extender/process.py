@@ -122,6 +122,16 @@ def _cluster(settings: Settings, inventory: ClusterInventory) -> tuple[Any, list
     return None, []
 
 
+def _disconnected(informers: list[Any]) -> Callable[[], dict[str, float]]:
+    """Per watch, seconds since it lost the API server (0 while connected), for the metrics."""
+    def seconds() -> dict[str, float]:
+        now = time.time()
+        return {i.name: (now - i.disconnected_since) if i.disconnected_since is not None else 0.0
+                for i in informers}
+
+    return seconds
+
+
 def _staleness(informers: list[Any], settings: Settings) -> Callable[[], str] | None:
     if not informers:
         return None
@@ -146,6 +156,7 @@ def build_service(settings: Settings) -> ExtenderService:
     informers = [*informers, *([service.store.informer] if getattr(service.store, "informer", None) else [])]
     if (check := _staleness(informers, settings)) is not None:
         service.checks.append(check)
+    metrics.watch_health(service.readiness_problems, _disconnected(informers))
     _every(HOUSEKEEPING_SECONDS, service.housekeeping, "housekeeping")
     _report_gpu_problems(inventory, api)
     _freeze_heap_when_synced(inventory)
@@ -175,7 +186,9 @@ def build_webhook(settings: Settings) -> Any:
     from .components.webhook import WebhookService
 
     if not settings.has_cluster:
-        return WebhookService(MemoryRuleStore(retention=settings.retention))
+        service = WebhookService(MemoryRuleStore(retention=settings.retention))
+        service.metrics.watch_health(service.readiness_problems, dict)
+        return service
     from .cluster.client import api_client
     from .cluster.informer import start_label_informer
 
@@ -183,6 +196,8 @@ def build_webhook(settings: Settings) -> Any:
     namespaces, lookup = start_label_informer(api)
     service = WebhookService(build_store(settings, api), lookup)
     service.checks.append(lambda: "" if namespaces.synced.is_set() else "namespace labels not synced")
+    informers = [namespaces, *([service.store.informer] if getattr(service.store, "informer", None) else [])]
+    service.metrics.watch_health(service.readiness_problems, _disconnected(informers))
     return service
 
 
@@ -203,6 +218,9 @@ def build_reconciler(settings: Settings, lease_name: str, identity: str, dry_run
     metrics.watch(lambda: inventory.snapshot(reconciler.store.list()))
     if (check := _staleness(informers, settings)) is not None:
         reconciler.checks.append(check)
+    store_informer = getattr(reconciler.store, "informer", None)
+    metrics.watch_health(reconciler.readiness_problems,
+                         _disconnected([*informers, *([store_informer] if store_informer else [])]))
     threading.Thread(target=reconciler.run, args=(threading.Event(),), name="reconcile", daemon=True).start()
     log.info("reconciler %s started; acting only while holding Lease %s/%s", identity, settings.namespace, lease_name)
     return reconciler
