@@ -684,5 +684,6 @@ def test_install_doc_covers_every_step() -> None:
     text = (ROOT / "docs" / "install.md").read_text()
     for needle in ("mig.strategy=mixed", "docker build -t", "mig-extender certs", "kubectl apply -k manifests/",
                    "caBundle", f"{LABEL_SCHEDULER_OPT_IN}=true", "kubectl apply -k manifests/samples/",
-                   "kubectl get migsubstitutions -A", "describe pod <pod-name>", "manifests/overlays/cert-manager/"):
+                   "kubectl get migsubstitutions -A", "describe pod <pod-name>", "manifests/overlays/cert-manager/",
+                   "kubectl apply -k manifests/monitoring/", "manifests/samples/h100-80gb/", "--rule-ttl"):
         assert needle in text, needle
