@@ -170,7 +170,7 @@ def _certs_parser(k: argparse.ArgumentParser) -> None:
 def _scheduler_config_parser(c: argparse.ArgumentParser) -> None:
     c.add_argument("--url", default="http://127.0.0.1:8888",
                    help="extender URL as the scheduler reaches it (default: %(default)s)")
-    c.add_argument("--variant", choices=("second", "default"), default="second",
+    c.add_argument("--variant", type=_one_of("second", "default"), default="second", metavar="{second,default}",
                    help="second: a separate mig-scheduler; default: extend the default scheduler "
                         "(default: %(default)s)")
     c.add_argument("--kubeconfig", default="", help="clientConnection.kubeconfig (default: in-cluster)")

@@ -125,6 +125,11 @@ CASES = [
     pytest.param(["certs", "--out", "/proc/nope"],
                  "mig-extender certs: cannot write to --out /proc/nope: No such file or directory", id="certs-out"),
     pytest.param(["certs", "--days", "0"], "mig-extender certs: --days must be >= 1, got 0", id="certs-days"),
+    pytest.param(["scheduler-config", "--variant", "third"],
+                 "mig-extender scheduler-config: --variant must be one of second, default, got 'third'", id="variant"),
+    pytest.param(["scheduler-config", "--out", "/proc/nope/x"],
+                 "mig-extender scheduler-config: cannot write --out /proc/nope/x: No such file or directory",
+                 id="scheduler-config-out"),
     pytest.param(["profiles", "--gpu", "V100"],
                  "mig-extender profiles: unknown GPU 'V100'; give a model (A100-40GB, ", id="profiles-unknown-gpu"),
 ]
