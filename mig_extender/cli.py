@@ -1,7 +1,9 @@
 """The ``mig-extender`` command: one subcommand per component or tool.
 
-Parses flags into Settings (validated once, here) and hands over; no logic of its own. Exit codes:
-0 success, 2 bad usage or settings.
+Parses flags into Settings (validated once, here), finds the cluster as kubectl would, checks what a
+user can get wrong (files, listen addresses, credentials) before gunicorn starts, and hands over; no
+decisions of its own. A mistake is one line on stderr, naming the flag. Exit codes: 0 success, 2 bad
+usage or settings.
 """
 
 from __future__ import annotations
