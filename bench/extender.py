@@ -265,7 +265,7 @@ def bench_webhook(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     port = free_port()
     log = (workdir / "webhook.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mig_extender.cli", "webhook", "--bind", f"127.0.0.1:{port}",
+        [sys.executable, "-m", "mig_extender.cli", "webhook", "--no-cluster", "--bind", f"127.0.0.1:{port}",
          "--tls-cert", str(certs / "tls.crt"), "--tls-key", str(certs / "tls.key"), "--log-level", "warning"],
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True)

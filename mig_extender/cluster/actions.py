@@ -7,6 +7,7 @@ made on the extender's filter path. Must not: decide which pod to act on (the pl
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -150,3 +151,45 @@ class KubeActions:
             raw(self._events.create_namespaced_event, namespace, body)
         except Exception as exc:
             log.warning("event %s on %s/%s not recorded: %s", reason, namespace, pod_name, exc)
+
+
+class NodeEvents:
+    """Warning Events on Nodes (``kubectl describe node`` shows them), each written once per node, reason
+    and message: the Event's name is derived from them and the node's uid, so the other extender replica,
+    or this one after a restart, gets 409 instead of writing a duplicate. Node Events live in namespace
+    ``default``, as the kubelet's do."""
+
+    NAMESPACE = "default"
+
+    def __init__(self, api: client.ApiClient, component: str = "mig-extender") -> None:
+        self._core = client.CoreV1Api(api)
+        self._events = client.EventsV1Api(api)
+        self.component = component
+        self.host = os.environ.get("HOSTNAME", "")
+
+    def warn(self, node: str, reason: str, message: str) -> str:
+        """'created', 'exists' (written before) or 'gone' (no such node); raises ApiException otherwise."""
+        try:
+            uid = (raw(self._core.read_node, node, _request_timeout=10).get("metadata") or {}).get("uid", "")
+        except ApiException as exc:
+            if exc.status == 404:
+                return "gone"
+            raise
+        digest = hashlib.sha256(f"{uid}/{reason}/{message}".encode()).hexdigest()[:12]
+        now = datetime.now(timezone.utc)
+        body = {
+            "apiVersion": "events.k8s.io/v1", "kind": "Event",
+            "metadata": {"name": f"{node[:200]}.{reason.lower()}.{digest}", "namespace": self.NAMESPACE},
+            "eventTime": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "reportingController": f"mig-extender.io/{self.component}",
+            "reportingInstance": self.host or self.component,
+            "action": "Inventory", "reason": reason, "note": message[:1024], "type": "Warning",
+            "regarding": {"apiVersion": "v1", "kind": "Node", "name": node, "uid": uid},
+        }
+        try:
+            raw(self._events.create_namespaced_event, self.NAMESPACE, body, _request_timeout=10)
+        except ApiException as exc:
+            if exc.status == 409:
+                return "exists"
+            raise
+        return "created"

@@ -25,7 +25,7 @@ from typing import Any
 from ..core.placement import NodeFacts
 from ..core.resources import DemandError, PodInfo, mig_allocatable, pod_info, quantity_scaled
 from ..core.rules import Rule
-from ..core.snapshot import LABEL_COUNT, ClusterSnapshot, NodeInfo, detect_gpu
+from ..core.snapshot import LABEL_COUNT, ClusterSnapshot, GpuProblem, NodeInfo, recognise_gpu
 
 ASSUME_TTL = 30.0  # seconds an assumed bind may wait for the watch to confirm it
 
@@ -36,6 +36,11 @@ def _waiting(info: PodInfo) -> bool:
 
 
 def node_info(obj: Mapping[str, Any], used: Mapping[str, int] | None = None) -> NodeInfo:
+    return read_node(obj, used)[0]
+
+
+def read_node(obj: Mapping[str, Any], used: Mapping[str, int] | None = None) -> tuple[NodeInfo, GpuProblem | None]:
+    """A Node's MIG view, and what is wrong with its GPU's recognition (None when nothing is)."""
     meta = obj.get("metadata") if isinstance(obj.get("metadata"), Mapping) else {}
     spec = obj.get("spec") if isinstance(obj.get("spec"), Mapping) else {}
     status = obj.get("status") if isinstance(obj.get("status"), Mapping) else {}
@@ -45,17 +50,19 @@ def node_info(obj: Mapping[str, Any], used: Mapping[str, int] | None = None) -> 
         count = int(labels.get(LABEL_COUNT, 0))
     except (TypeError, ValueError):
         count = 0
+    gpu = recognise_gpu(labels, alloc)
     name = str(meta.get("name", ""))
     unschedulable = bool(spec.get("unschedulable", False))
     return NodeInfo(
         name=name,
-        gpu=detect_gpu(labels, alloc),
+        gpu=gpu.model,
         allocatable=alloc,
         used=dict(used or {}),
         gpu_count=count,
         schedulable=not unschedulable,
+        problems=(str(gpu.problem),) if gpu.problem else (),
         facts=node_facts(name, labels, spec, status, unschedulable),
-    )
+    ), gpu.problem
 
 
 def node_facts(name: str, labels: Mapping[str, Any], spec: Mapping[str, Any], status: Mapping[str, Any],
@@ -82,6 +89,7 @@ class ClusterInventory:
         self._used: dict[str, dict[str, int]] = {}   # node -> resource -> slices held by pods
         self._pending: dict[str, int] = {}           # resource -> slices wanted by unbound, live pods
         self._index: dict[str, set[str]] = {}
+        self._gpu_problems: dict[str, GpuProblem] = {}  # node -> why its GPU is not (fully) recognised
         self._frozen: tuple[Mapping[str, NodeInfo], Mapping[str, frozenset[str]]] | None = None
         self.synced = False
         self.generation = 0
@@ -90,11 +98,16 @@ class ClusterInventory:
 
     def upsert_node(self, obj: Mapping[str, Any]) -> None:
         with self._lock:
-            info = node_info(obj)
+            info, problem = read_node(obj)
+            if problem is None:
+                self._gpu_problems.pop(info.name, None)
+            else:
+                self._gpu_problems[info.name] = problem
             self._set_node(info.name, info)
 
     def delete_node(self, name: str) -> None:
         with self._lock:
+            self._gpu_problems.pop(name, None)
             old = self._nodes.pop(name, None)
             if old is not None:
                 for r in old.allocatable:
@@ -102,7 +115,7 @@ class ClusterInventory:
                 self._changed()
 
     def _set_node(self, name: str, info: NodeInfo) -> None:
-        info = replace(info, used=dict(self._used.get(name, {})), problems=())
+        info = replace(info, used=dict(self._used.get(name, {})))
         old = self._nodes.get(name)
         self._nodes[name] = info
         for r in set(info.allocatable) | set(old.allocatable if old else ()):
@@ -175,6 +188,7 @@ class ClusterInventory:
         """
         fresh = {name: name.encode().decode() for name in sorted(self._nodes)}
         self._nodes = {fresh[n]: replace(info, name=fresh[n]) for n, info in self._nodes.items()}
+        self._gpu_problems = {fresh.get(n, n): p for n, p in self._gpu_problems.items()}
         self._used = {fresh.get(n, n): used for n, used in self._used.items()}
         self._index = {r: {fresh.get(n, n) for n in members} for r, members in self._index.items()}
         self._changed()
@@ -251,6 +265,11 @@ class ClusterInventory:
     def pods(self) -> list[PodInfo]:
         with self._lock:
             return list(self._pods.values())
+
+    def gpu_problems(self) -> dict[str, GpuProblem]:
+        """Nodes with MIG slices whose GPU is unknown or whose slices are not its model's (a copy)."""
+        with self._lock:
+            return dict(self._gpu_problems)
 
     def snapshot(self, rules: Iterable[Rule] = (), now: float | None = None) -> ClusterSnapshot:
         with self._lock:

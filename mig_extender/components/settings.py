@@ -15,7 +15,20 @@ ENV_PREFIX = "MIG_EXTENDER_"
 
 
 class SettingsError(ValueError):
-    """A setting that cannot work; the message names it."""
+    """A setting that cannot work; the message names it by its flag."""
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+# Settings that have a command-line flag; the others are set by environment variable only.
+_FLAGS = {"bind": "--bind", "ops_bind": "--metrics-bind", "rule_store": "--rule-store", "rule_ttl": "--rule-ttl",
+          "restore_ttl": "--restore-ttl", "restores_per_pass": "--restores-per-pass",
+          "restores_in_flight": "--restores-in-flight", "policy": "--policy", "threads": "--threads",
+          "namespace": "--namespace", "log_level": "--log-level"}
+
+
+def flag_of(field_name: str) -> str:
+    """How a user sets ``field_name``: its flag, else its environment variable."""
+    return _FLAGS.get(field_name) or ENV_PREFIX + field_name.upper()
 
 
 @dataclass(frozen=True)
@@ -60,29 +73,49 @@ class Settings:
     log_level: str = "info"
 
     def validate(self) -> Settings:
-        sources = [bool(self.snapshot), bool(self.kubeconfig), self.in_cluster]
-        if sum(sources) > 1:
-            raise SettingsError("give at most one of --snapshot, --kubeconfig, --in-cluster")
+        """Self, or SettingsError naming every bad setting at once by its flag (or environment variable)."""
+        errors = [e for e in (self._source_error(), *self._address_errors(), *self._value_errors()) if e]
+        if errors:
+            raise SettingsError("; ".join(errors))
+        return self
+
+    def _source_error(self) -> str:
+        if sum([bool(self.snapshot), bool(self.kubeconfig), self.in_cluster]) > 1:
+            return "give at most one of --snapshot, --kubeconfig, --in-cluster"
+        if self.rule_store == "kube" and self.snapshot:
+            return "--rule-store kube needs a cluster, not --snapshot"
+        return ""
+
+    def _address_errors(self) -> list[str]:
+        errors = []
         for flag, value in (("--bind", self.bind), ("--metrics-bind", self.ops_bind)):
             host, sep, port = value.rpartition(":")
             if (value or flag == "--bind") and (not sep or not host or not port.isdigit() or not 0 < int(port) < 65536):
-                raise SettingsError(f"{flag} must be HOST:PORT, got {value!r}")
+                errors.append(f"{flag} must be HOST:PORT, got {value!r}")
         if self.ops_bind and self.ops_bind.rpartition(":")[2] == self.bind.rpartition(":")[2]:
-            raise SettingsError("--metrics-bind needs a port of its own")
+            errors.append("--metrics-bind needs a port of its own")
+        return errors
+
+    def _value_errors(self) -> list[str]:
+        errors = []
         if self.rule_store not in ("", "memory", "kube"):
-            raise SettingsError(f"--rule-store must be memory or kube, got {self.rule_store!r}")
-        if self.rule_store == "kube" and self.snapshot:
-            raise SettingsError("--rule-store kube needs a cluster, not --snapshot")
+            errors.append(f"{flag_of('rule_store')} must be one of memory, kube, got {self.rule_store!r}")
         if self.policy not in {p.value for p in Policy}:
-            raise SettingsError(f"--policy must be one of {[p.value for p in Policy]}, got {self.policy!r}")
+            policies = ", ".join(p.value for p in Policy)
+            errors.append(f"{flag_of('policy')} must be one of {policies}, got {self.policy!r}")
+        if self.log_level.lower() not in LOG_LEVELS:
+            errors.append(f"{flag_of('log_level')} must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         for name in ("rule_ttl", "restore_ttl", "retention", "stale_after"):
             if getattr(self, name) <= 0:
-                raise SettingsError(f"{name} must be > 0 seconds")
-        if self.restores_per_pass < 0 or self.restores_in_flight < 0:
-            raise SettingsError("restores_per_pass and restores_in_flight must be >= 0 (0 turns restores off)")
-        if self.threads < 1 or self.max_body_bytes < 1024:
-            raise SettingsError("threads must be >= 1 and max_body_bytes >= 1024")
-        return self
+                errors.append(f"{flag_of(name)} must be > 0 seconds, got {getattr(self, name):g}")
+        for name in ("restores_per_pass", "restores_in_flight"):
+            if getattr(self, name) < 0:
+                errors.append(f"{flag_of(name)} must be >= 0 (0 turns restores off), got {getattr(self, name)}")
+        if self.threads < 1:
+            errors.append(f"{flag_of('threads')} must be >= 1, got {self.threads}")
+        if self.max_body_bytes < 1024:
+            errors.append(f"{flag_of('max_body_bytes')} must be >= 1024, got {self.max_body_bytes}")
+        return errors
 
     @property
     def has_cluster(self) -> bool:

@@ -9,14 +9,13 @@ never changes once built: one request reads one snapshot from start to end.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
-from typing import Any
+from typing import Any, ClassVar
 
-from .catalog import MODELS, GpuModel, ProfileError, canonical_shape, resource_profile_name
+from .catalog import MODELS, GpuModel, ProfileError, canonical_shape, match_product, resource_profile_name
 from .placement import NodeFacts, Placement, placement_problem
 from .resources import PodInfo, ResourceCount
 from .rules import Phase, Rule, newest_rule_per_pod
@@ -25,50 +24,93 @@ LABEL_PRODUCT = "nvidia.com/gpu.product"
 LABEL_MEMORY = "nvidia.com/gpu.memory"  # MiB, per GPU
 LABEL_COUNT = "nvidia.com/gpu.count"
 
-_FAMILY_RE = re.compile(r"(?:^|[^A-Z0-9])(A100|A30|H100|H200|B200)(?:$|[^0-9])")
-_GB_RE = re.compile(r"(\d{2,3})\s*GB")
-# Products whose label carries no memory size: the memory is implied by the product.
-_IMPLIED_GB = {"H100 NVL": 94, "H100-NVL": 94, "H200": 141, "B200": 180, "A30": 24}
 EMPTY: Mapping[str, int] = MappingProxyType({})
 
 
-def detect_gpu(labels: Mapping[str, str], mig_resources: Iterable[str] = ()) -> GpuModel | None:
+@dataclass(frozen=True)
+class UnknownGpu:
+    """A node with MIG slices whose GPU the catalog does not know (decisions then read each slice's
+    shape from its resource name, and the tables of ``guessed``, if any, for aliases)."""
+
+    reason: ClassVar[str] = "MigGpuUnknown"  # of the node Event that reports it
+    product: str           # the nvidia.com/gpu.product label, "" when the node has none
+    memory_gb: int | None  # what the labels say, None when they do not
+    guessed: str | None    # the catalog model whose profiles match the node's resources, if one does
+
+    def __str__(self) -> str:
+        gpu = f"GPU {self.product!r}" if self.product else "a GPU without a nvidia.com/gpu.product label"
+        size = f" ({self.memory_gb} GB)" if self.memory_gb else ""
+        then = f"using the profiles of {self.guessed}, which match its MIG resources" if self.guessed else \
+            "its MIG resources are read by their names alone"
+        return f"{gpu}{size} is not in the MIG catalog (mig-extender profiles lists it); {then}"
+
+
+@dataclass(frozen=True)
+class ForeignMigResources:
+    """MIG resources that are not profiles of the node's (known) GPU model."""
+
+    reason: ClassVar[str] = "MigProfilesNotOfModel"
+    model: str
+    resources: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return (f"{', '.join(self.resources)} {'is not a profile' if len(self.resources) == 1 else 'are not profiles'}"
+                f" of {self.model} (from its nvidia.com/gpu.product label); check the label and the MIG layout")
+
+
+GpuProblem = UnknownGpu | ForeignMigResources
+
+
+@dataclass(frozen=True)
+class GpuRecognition:
+    """A node's GPU model (None when unknown) and, for a node with MIG slices, what is wrong with it."""
+
+    model: GpuModel | None
+    problem: GpuProblem | None = None
+
+
+def recognise_gpu(labels: Mapping[str, str], mig_resources: Iterable[str] = ()) -> GpuRecognition:
     """The GPU model of a node, from GPU feature discovery labels, else from its MIG resource names.
 
-    ``nvidia.com/gpu.product`` (e.g. ``NVIDIA-A100-SXM4-40GB``, ``NVIDIA-H100-NVL``) names the family
-    and usually the memory; ``nvidia.com/gpu.memory`` (MiB) settles it when the name does not. Without
-    labels, the first catalog model that offers every MIG resource the node advertises is taken; when
-    nothing matches the result is None and decisions fall back to the shapes in the resource names.
+    ``nvidia.com/gpu.product`` names the family; ``nvidia.com/gpu.memory`` (MiB) or a size in the name
+    picks the model (``catalog.match_product``); when that leaves several, the one whose profiles
+    include every MIG resource of the node. Without a product label, the first catalog model that
+    offers every MIG resource the node advertises is taken. A node with MIG resources gets a problem
+    when its product is not in the catalog, or when some resource is not a profile of its model.
     """
-    product = str(labels.get(LABEL_PRODUCT, "")).upper().replace("_", "-")
-    family_match = _FAMILY_RE.search(product)
-    if family_match:
-        family = family_match.group(1)
-        gb: int | None = None
-        size = _GB_RE.search(product)
-        if size:
-            gb = int(size.group(1))
-        else:
-            try:
-                gb = round(int(str(labels.get(LABEL_MEMORY, ""))) / 1024)
-            except ValueError:
-                gb = next((v for k, v in _IMPLIED_GB.items() if k in product), None)
-        candidates = [m for m in MODELS if m.family == family]
-        if candidates:
-            if gb is None:
-                return candidates[0]
-            return min(candidates, key=lambda m: abs(m.memory_gb - gb))
-    names = []
-    for r in mig_resources:
+    resources = tuple(mig_resources)
+    names = _profile_names(resources)
+    product = str(labels.get(LABEL_PRODUCT, ""))
+    match = match_product(product, labels.get(LABEL_MEMORY))
+    offering = [m for m in match.models if _offers_all(m, names)]
+    if match.models:
+        gpu = (offering or match.models)[0]
+        foreign = tuple(r for r in resources if r not in names or gpu.find(names[r]) is None)
+        return GpuRecognition(gpu, ForeignMigResources(gpu.name, foreign) if foreign else None)
+    guessed = next((m for m in MODELS if _offers_all(m, names)), None) if names else None
+    if not resources or (guessed is not None and not product):
+        return GpuRecognition(guessed)
+    return GpuRecognition(guessed, UnknownGpu(product, match.memory_gb, guessed.name if guessed else None))
+
+
+def detect_gpu(labels: Mapping[str, str], mig_resources: Iterable[str] = ()) -> GpuModel | None:
+    """The model alone (``recognise_gpu`` also says what is wrong)."""
+    return recognise_gpu(labels, mig_resources).model
+
+
+def _profile_names(resources: Iterable[str]) -> dict[str, str]:
+    """resource -> profile name, for the well-formed ones."""
+    names = {}
+    for r in resources:
         try:
-            names.append(resource_profile_name(r))
+            names[r] = resource_profile_name(r)
         except ProfileError:
             continue
-    if names:
-        for m in MODELS:
-            if all(m.find(n, strict=True) is not None for n in names):
-                return m
-    return None
+    return names
+
+
+def _offers_all(gpu: GpuModel, names: Mapping[str, str]) -> bool:
+    return all(gpu.find(n, strict=True) is not None for n in names.values())
 
 
 @dataclass(frozen=True)

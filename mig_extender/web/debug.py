@@ -55,7 +55,8 @@ def rules() -> Response:
 
 @debug.get("/debug/inventory")
 def inventory() -> Response:
-    """Per node: GPU model and, per MIG resource, allocatable/used/reserved/free. ``?node=NAME`` filters."""
+    """Per node: GPU model, what is wrong with its recognition, and per MIG resource allocatable/used/
+    reserved/free; ``problems`` lists the nodes that have some. ``?node=NAME`` filters."""
     snap = _service().snapshot()
     only = request.args.get("node")
     out: list[dict[str, Any]] = []
@@ -67,6 +68,7 @@ def inventory() -> Response:
         out.append({
             "node": name,
             "gpu": info.gpu.name if info.gpu else None,
+            "problems": list(info.problems),
             "schedulable": info.schedulable,
             "resources": {
                 r: {"allocatable": a, "used": info.used.get(r, 0), "reserved": reserved.get(r, 0),
@@ -74,4 +76,5 @@ def inventory() -> Response:
                 for r, a in sorted(info.allocatable.items())
             },
         })
-    return jsonify({"synced": snap.synced, "nodes": out})
+    problems = {n["node"]: n["problems"] for n in out if n["problems"]}
+    return jsonify({"synced": snap.synced, "problems": problems, "nodes": out})

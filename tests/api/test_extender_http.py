@@ -176,6 +176,21 @@ def test_health_ready_metrics_and_inventory(client, service) -> None:
     assert inv["nodes"][0]["gpu"] == "A100-80GB"
     assert inv["nodes"][0]["resources"]["nvidia.com/mig-1g.10gb"] == {"allocatable": 2, "used": 0, "reserved": 0,
                                                                       "free": 2}
+    assert inv["nodes"][0]["problems"] == []
+
+
+def test_debug_inventory_reports_a_node_whose_gpu_is_unknown(service, client) -> None:
+    """Issue 16: not a silent `gpu: null`; the problem says what the extender does instead."""
+    from mig_extender.core.snapshot import UnknownGpu
+    from tests.builders import make_node
+
+    service.inventory.upsert_node(make_node("gpu-x", None, {"1g.20gb": 1},
+                                            labels={"nvidia.com/gpu.product": "NVIDIA-Future-X1"}))
+    body = client.get("/debug/inventory").get_json()
+    problem = str(UnknownGpu("NVIDIA-Future-X1", None, "A100-80GB"))
+    assert [(n["node"], n["gpu"], n["problems"]) for n in body["nodes"] if n["problems"]] == [
+        ("gpu-x", "A100-80GB", [problem])]
+    assert body["problems"] == {"gpu-x": [problem]}
 
 
 def test_debug_endpoints_can_be_disabled(service) -> None:

@@ -184,14 +184,34 @@ def test_cert_manager_overlay_differs_from_the_base_only_by_cert_manager(install
     assert "Warning" not in result.stderr, result.stderr
 
 
-def test_samples_pass_server_side_dry_run(installed: Installed, namespace: str) -> None:
-    """The walkthrough workloads, moved into this test's namespace (mig-demo is not created here)."""
-    docs = installed.kubectl.build(MANIFESTS / "samples")
+def test_monitoring_component_builds_and_its_dashboard_configmap_is_accepted(installed: Installed) -> None:
+    """manifests/monitoring/ through kubectl's kustomize: the Prometheus Operator objects (whose CRDs this
+    cluster lacks, so only built) and the dashboard ConfigMap, which the API server must accept."""
+    docs = installed.kubectl.build(MANIFESTS / "monitoring")
+    assert sorted(d["kind"] for d in docs) == ["ConfigMap", "PodMonitor", "PodMonitor", "PodMonitor", "PrometheusRule"]
+    assert all(d["metadata"]["namespace"] == NAMESPACE for d in docs)
+    (configmap,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(configmap["data"]["mig-extender.json"])["uid"] == "mig-extender"
+    result = installed.kubectl("apply", "--server-side", "--dry-run=server", f"--field-manager={FIELD_MANAGER}",
+                               "-f", "-", stdin=dump([configmap]))
+    assert "(server dry run)" in result.stdout, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("variant, slice_", [("", "nvidia.com/mig-1g.5gb"), ("h100-80gb", "nvidia.com/mig-1g.10gb"),
+                                             ("h200-141gb", "nvidia.com/mig-1g.18gb")])
+def test_samples_pass_server_side_dry_run(installed: Installed, namespace: str, variant: str, slice_: str) -> None:
+    """The walkthrough workloads (and their H100/H200 variants, built by kubectl's own kustomize), moved
+    into this test's namespace (mig-demo is not created here)."""
+    docs = installed.kubectl.build(MANIFESTS / "samples" / variant)
     assert [d["metadata"]["name"] for d in docs if d["kind"] == "Namespace"] == ["mig-demo"]
     workloads = [d for d in docs if d["kind"] != "Namespace"]
     for doc in workloads:
         doc["metadata"]["namespace"] = namespace
     assert sorted(d["metadata"]["name"] for d in workloads) == ["infer-a", "infer-b", "infer-bare", "infer-exact"]
+    for doc in workloads:
+        spec = doc["spec"] if doc["kind"] == "Pod" else doc["spec"]["template"]["spec"]
+        assert [r for r in spec["containers"][0]["resources"]["limits"] if r.startswith("nvidia.com/")] == [slice_]
     result = installed.kubectl("apply", "--server-side", "--dry-run=server", f"--field-manager={FIELD_MANAGER}",
                                "-f", "-", stdin=dump(workloads))
     assert result.stdout.count("(server dry run)") == 4, result.stdout

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mig_extender.cluster.inventory import ClusterInventory, load_list
-from mig_extender.core.snapshot import detect_gpu
+from mig_extender.core.snapshot import UnknownGpu, detect_gpu
 from tests.builders import inventory_of, make_node, make_pod, res
 
 
@@ -138,3 +138,19 @@ def test_a_full_node_list_re_keys_names_without_changing_the_books() -> None:
     inv.upsert_pod(make_pod(mig={"1g.5gb": 1}, node="".join(["n", "2"])))
     assert inv.snapshot().free("n2", res("1g.5gb")) == 1
     assert inv.snapshot().nodes_with_free(res("1g.5gb")) == {"n1", "n2"}
+
+
+def test_node_with_an_unknown_gpu_keeps_its_problem_through_pod_events() -> None:
+    """Issue 16: a MIG node whose GPU is unknown is reported, not silently `gpu: null`."""
+    node = make_node("x1", None, {"1g.5gb": 2}, labels={"nvidia.com/gpu.product": "NVIDIA-Future-X1"})
+    inv = inventory_of(node, make_node("a1", mig={"1g.5gb": 1}))
+    problem = UnknownGpu("NVIDIA-Future-X1", None, "A100-40GB")
+    assert inv.gpu_problems() == {"x1": problem}
+    inv.upsert_pod(make_pod(mig={"1g.5gb": 1}, node="x1"))  # a pod event rebuilds the node's NodeInfo
+    assert inv.snapshot().nodes["x1"].problems == (str(problem),) and inv.snapshot().nodes["a1"].problems == ()
+    node["metadata"]["labels"]["nvidia.com/gpu.product"] = "NVIDIA-A100-SXM4-40GB"  # the label is fixed
+    inv.upsert_node(node)
+    assert inv.gpu_problems() == {} and inv.snapshot().nodes["x1"].problems == ()
+    inv.upsert_node(make_node("x2", None, {"5g.77gb": 1}))
+    inv.delete_node("x2")
+    assert inv.gpu_problems() == {}

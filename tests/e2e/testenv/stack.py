@@ -70,7 +70,7 @@ class Stack:
     # -- components -----------------------------------------------------------------------------
 
     def apply_crd(self) -> None:
-        crd = yaml.safe_load((REPO_ROOT / "manifests/crd.yaml").read_text())
+        crd = yaml.safe_load((REPO_ROOT / "manifests/base/crd.yaml").read_text())
         ext = client.ApiextensionsV1Api(self.api)
         with contextlib.suppress(ApiException):
             ext.create_custom_resource_definition(crd)
