@@ -13,7 +13,7 @@ while it works. So the planner here is conservative by construction:
   last ``cooldown`` seconds, and never one whose free slices a reservation counts on;
 * at most ``max_in_flight`` GPUs are being changed cluster-wide (the budget);
 * every target is a maximal valid layout of the catalog (``pack``/``layout_problems`` accept it), and
-  the one chosen serves the most waiting compute slices, then changes the fewest instances.
+  the one chosen serves the most waiting pods (then compute slices), then changes the fewest instances.
 
 Per node or per GPU? The live inventory knows a node's MIG allocatable as one count per resource, not
 per GPU, and which GPU a running pod uses is not in the API. ``node_from_counts`` therefore infers the
@@ -65,7 +65,7 @@ class RepartitionSettings:
     window: float = 300.0        # demand must persist this long before a GPU is changed for it
     cooldown: float = 1800.0     # a GPU changed this recently is not changed again
     max_in_flight: int = 4       # GPUs being repartitioned at once, cluster-wide
-    min_served: int = 1          # compute slices of waiting demand a change must serve
+    min_served: int = 1          # waiting slices (pods, for one-slice pods) a change must serve
 
 
 @dataclass(frozen=True)
@@ -432,40 +432,52 @@ def _eligible(nodes: Sequence[NodeGpus], now: float, settings: RepartitionSettin
     return eligible, skipped
 
 
-def _served(gpu: GpuModel, layout: Layout, remaining: Mapping[str, int]) -> tuple[int, dict[str, int]]:
-    """(compute slices of waiting demand ``layout`` would serve, slices per resource)."""
-    compute = 0
+Worth = tuple[int, int]  # (waiting slices served, their compute slices): pods first, then their size
+
+
+def _served(gpu: GpuModel, layout: Layout, remaining: Mapping[str, int]) -> tuple[Worth, dict[str, int]]:
+    """What ``layout`` would serve of the waiting demand, and the slices per resource.
+
+    Pods first: weighting by compute alone turned GPUs toward one waiting 7g pod rather than seven
+    waiting 1g pods, which raised utilisation but left more pods pending (bench/README.md).
+    """
+    slices = compute = 0
     per: dict[str, int] = {}
     for n, k in _counts(layout).items():
         p: Profile = gpu.profile(n)
         take = min(k, remaining.get(p.resource, 0))
         if take:
             per[p.resource] = take
+            slices += take
             compute += take * p.compute_slices
-    return compute, per
+    return (slices, compute), per
+
+
+def _gain(after: Worth, before: Worth) -> Worth:
+    return after[0] - before[0], after[1] - before[1]
 
 
 def best_target(gpu: GpuModel, current: Layout, remaining: Mapping[str, int]) -> tuple[Layout, int] | None:
-    """The maximal layout that serves the most waiting compute slices beyond what ``current`` already
-    serves, then changes the fewest instances (then the first in name order, so the answer is
-    deterministic); with it that gain. None when no layout gains anything: a change that serves no
-    more than the slices already there is pure downtime."""
+    """The maximal layout that serves the most waiting slices beyond what ``current`` already serves
+    (then the most compute), then changes the fewest instances (then the first in name order, so the
+    answer is deterministic); with it the slices gained. None when no layout serves more waiting
+    slices: a change that serves no more than the slices already there is pure downtime."""
     have, _ = _served(gpu, current, remaining)
-    best: tuple[int, int, Layout] | None = None
+    best: tuple[Worth, int] | None = None
+    found: Layout | None = None
     for layout in target_layouts(gpu):
-        served, _ = _served(gpu, layout, remaining)
-        gain = served - have
-        if gain <= 0:
+        gain = _gain(_served(gpu, layout, remaining)[0], have)
+        if gain[0] <= 0:
             continue
-        key = (gain, -disruption(current, layout), layout)
-        if best is None or key[:2] > best[:2]:
-            best = key
-    return None if best is None else (best[2], best[0])
+        key = (gain, -disruption(current, layout))
+        if best is None or key > best:
+            best, found = key, layout
+    return None if best is None or found is None else (found, best[0][0])
 
 
 def _pick_gpu(state: _Candidates, nodes: Mapping[str, NodeGpus], settings: RepartitionSettings
               ) -> tuple[NodeGpus, GpuState, Layout] | None:
-    """The next GPU to change and its target: most compute slices served, then fewest instances
+    """The next GPU to change and its target: most waiting slices served, then fewest instances
     changed, then a node already changed in this pass (one device-plugin pause instead of two), then
     node and GPU order. GPUs with the same model and layout are alike, so the best target is computed
     once per (model, layout)."""
@@ -511,7 +523,7 @@ def _plan_named(nodes: Mapping[str, NodeGpus], state: _Candidates, budget: int, 
     """Whole-node targets from the operator's named configs: a config applies to a node when every GPU
     it changes is eligible; the best (served, fewest instances changed) applies first, one per node."""
     while budget > 0 and any(v > 0 for v in state.remaining.values()):
-        best: tuple[int, int] | None = None
+        best: tuple[Worth, int] | None = None
         pick = None
         for name in sorted(state.eligible):
             if name in state.chosen:
@@ -526,10 +538,10 @@ def _plan_named(nodes: Mapping[str, NodeGpus], state: _Candidates, budget: int, 
                 changed = {i for i, (a, b) in enumerate(zip(current, after, strict=True)) if a != b}
                 if not changed or not changed <= ok or len(changed) > budget:
                     continue
-                served = (_served_by(node, after, changed, state.remaining)[0]
-                          - _served_by(node, current, changed, state.remaining)[0])
-                rank = (served, -sum(disruption(current[i], after[i]) for i in changed))
-                if served < settings.min_served or (best is not None and rank <= best):
+                gain = _gain(_served_by(node, after, changed, state.remaining)[0],
+                             _served_by(node, current, changed, state.remaining)[0])
+                rank = (gain, -sum(disruption(current[i], after[i]) for i in changed))
+                if gain[0] < settings.min_served or (best is not None and rank <= best):
                     continue
                 if not _keeps_reservations(node, changed):
                     continue
@@ -546,18 +558,18 @@ def _plan_named(nodes: Mapping[str, NodeGpus], state: _Candidates, budget: int, 
 
 
 def _served_by(node: NodeGpus, after: Sequence[Layout], changed: Iterable[int], remaining: Mapping[str, int]
-               ) -> tuple[int, dict[str, int]]:
+               ) -> tuple[Worth, dict[str, int]]:
     """What several changed GPUs of one node serve together (one waiting pod is counted once)."""
     left = dict(remaining)
-    compute = 0
+    worth = (0, 0)
     total: dict[str, int] = {}
     for i in sorted(changed):
         served, per = _served(node.gpu, after[i], left)
-        compute += served
+        worth = (worth[0] + served[0], worth[1] + served[1])
         for r, k in per.items():
             left[r] -= k
             total[r] = total.get(r, 0) + k
-    return compute, total
+    return worth, total
 
 
 def plan_repartition(nodes: Sequence[NodeGpus], demand: Mapping[str, Demand], now: float,

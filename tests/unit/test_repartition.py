@@ -223,8 +223,9 @@ def test_valid_layouts_agree_with_pack() -> None:
 
 @pytest.mark.parametrize(("current", "remaining", "expected"), [
     pytest.param(L33, {G1: 7}, (L1, 7), id="seven 1g pods: all-1g"),
-    pytest.param(L33, {G7: 1}, (L7, 7), id="a whole-GPU pod: 7g"),
-    pytest.param(L1, {G3: 1}, (("1g.10gb",) * 4 + ("3g.40gb",), 3), id="one 3g: keep as many 1g as fit"),
+    pytest.param(L33, {G7: 1}, (L7, 1), id="a whole-GPU pod: 7g"),
+    pytest.param(L1, {G3: 1}, (("1g.10gb",) * 4 + ("3g.40gb",), 1), id="one 3g: keep as many 1g as fit"),
+    pytest.param(L33, {G7: 1, G1: 7}, (L1, 7), id="pods first: seven waiting 1g before one waiting 7g"),
     pytest.param(L33, {G3: 5}, None, id="what the GPU already has is no change"),
     pytest.param(L33, {res("2g.20gb"): 0}, None, id="nothing waiting: no target"),
 ])
