@@ -26,6 +26,8 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("restores", "  restores", "int"),
     ("restore_delay_p50", "restore delay p50 (s)", "f1"),
     ("stranded_slices", "stranded free slices at end", "int"),
+    ("repartitions", "GPUs repartitioned", "int"),
+    ("repartitions_per_gpu_hour", "  per GPU per hour", "f3"),
     ("sim_seconds", "simulation run time (s)", "f1"),
 )
 
@@ -42,6 +44,8 @@ def fmt(value: Any, kind: str) -> str:
         return f"{100 * float(value):.1f}%"
     if kind == "int":
         return f"{round(float(value)):,}"
+    if kind == "f3":
+        return f"{float(value):.3f}"
     return f"{float(value):,.1f}"
 
 
