@@ -359,7 +359,8 @@ class _Candidates:
 
     eligible: dict[str, list[GpuState]]        # node -> idle GPUs it may change
     chosen: dict[str, dict[int, Layout]]       # node -> index -> new layout
-    remaining: dict[str, int]                  # resource -> slices still wanted
+    remaining: dict[str, int]                  # resource -> slices still wanted (ready demand)
+    wanted: Mapping[str, int] = field(default_factory=dict)  # all current demand, young or not
     configs: dict[str, str] = field(default_factory=dict)  # node -> named config chosen for it
 
 
@@ -457,11 +458,16 @@ def _gain(after: Worth, before: Worth) -> Worth:
     return after[0] - before[0], after[1] - before[1]
 
 
-def best_target(gpu: GpuModel, current: Layout, remaining: Mapping[str, int]) -> tuple[Layout, int] | None:
+def best_target(gpu: GpuModel, current: Layout, remaining: Mapping[str, int],
+                wanted: Mapping[str, int] | None = None) -> tuple[Layout, int] | None:
     """The maximal layout that serves the most waiting slices beyond what ``current`` already serves
     (then the most compute), then changes the fewest instances (then the first in name order, so the
     answer is deterministic); with it the slices gained. None when no layout serves more waiting
-    slices: a change that serves no more than the slices already there is pure downtime."""
+    slices (a change that serves no more than the slices already there is pure downtime), and None
+    when a pod waits for a slice the GPU already has (``wanted``: all demand, however young): the
+    scheduler is about to use it, it is not a shape nobody wants."""
+    if _served(gpu, current, wanted if wanted is not None else remaining)[0][0] > 0:
+        return None
     have, _ = _served(gpu, current, remaining)
     best: tuple[Worth, int] | None = None
     found: Layout | None = None
@@ -489,7 +495,7 @@ def _pick_gpu(state: _Candidates, nodes: Mapping[str, NodeGpus], settings: Repar
         for g in state.eligible[name]:
             key = (node.gpu.name, g.layout)
             if key not in targets:
-                targets[key] = best_target(node.gpu, g.layout, state.remaining)
+                targets[key] = best_target(node.gpu, g.layout, state.remaining, state.wanted)
             found = targets[key]
             if found is None or found[1] < settings.min_served:
                 continue
@@ -538,6 +544,8 @@ def _plan_named(nodes: Mapping[str, NodeGpus], state: _Candidates, budget: int, 
                 changed = {i for i, (a, b) in enumerate(zip(current, after, strict=True)) if a != b}
                 if not changed or not changed <= ok or len(changed) > budget:
                     continue
+                if any(_served(node.gpu, current[i], state.wanted)[0][0] for i in changed):
+                    continue  # a pod waits for a slice it would destroy (see best_target)
                 gain = _gain(_served_by(node, after, changed, state.remaining)[0],
                              _served_by(node, current, changed, state.remaining)[0])
                 rank = (gain, -sum(disruption(current[i], after[i]) for i in changed))
@@ -597,7 +605,8 @@ def plan_repartition(nodes: Sequence[NodeGpus], demand: Mapping[str, Demand], no
                                unserved=tuple(Unserved(r, k) for r, k in sorted(ready.items())))
     eligible, skipped = _eligible(nodes, now, settings)
     by_name = {n.name: n for n in nodes}
-    state = _Candidates(eligible, {}, dict(ready))
+    wanted = {r: d.slices for r, d in demand.items() if d.slices > 0}
+    state = _Candidates(eligible, {}, dict(ready), wanted)
     if configs:
         _plan_named(by_name, state, budget, settings, configs)
     else:

@@ -45,7 +45,7 @@ from tests.builders import res
 
 A80 = model("A100-80GB")
 A40 = model("A100-40GB")
-G1, G3, G7 = res("1g.10gb"), res("3g.40gb"), res("7g.80gb")
+G1, G2, G3, G7 = res("1g.10gb"), res("2g.20gb"), res("3g.40gb"), res("7g.80gb")
 L33 = ("3g.40gb", "3g.40gb")
 L1 = ("1g.10gb",) * 7
 L7 = ("7g.80gb",)
@@ -112,12 +112,17 @@ PLANS = [
         RepartitionPlan(plans=(one_change("a", 0, L1, L33, [L33], {G3: 2}),)),
         id="one change serves both 3g pods; the other idle GPU is not touched"),
     pytest.param(
-        [node("a", gpu(0, ("1g.10gb", "1g.10gb", "1g.10gb", "4g.40gb")))], {G1: old(2), G3: old(1)},
+        [node("a", gpu(0, ("1g.10gb", "1g.10gb", "1g.10gb", "4g.40gb")))], {G2: old(1), G3: old(1)},
         RepartitionPlan(plans=(one_change("a", 0, ("1g.10gb", "1g.10gb", "1g.10gb", "4g.40gb"),
-                                          ("1g.10gb", "1g.10gb", "1g.10gb", "1g.10gb", "3g.40gb"),
-                                          [("1g.10gb", "1g.10gb", "1g.10gb", "1g.10gb", "3g.40gb")],
-                                          {G1: 2, G3: 1}),)),
+                                          ("1g.10gb", "1g.10gb", "2g.20gb", "3g.40gb"),
+                                          [("1g.10gb", "1g.10gb", "2g.20gb", "3g.40gb")],
+                                          {G2: 1, G3: 1}),)),
         id="mixed demand: one layout serves both, fewest instances changed"),
+    pytest.param(
+        [node("a", gpu(0, L7)), node("b", gpu(0, L1))], {G7: Demand(1, NOW), G3: old(2)},
+        RepartitionPlan(plans=(one_change("b", 0, L1, L33, [L33], {G3: 2}),),
+                        waiting=(DemandTooYoung(G7, 1, NOW, NOW + S.window),)),
+        id="a GPU whose free slice a pod waits for (however young the demand) is not changed"),
     pytest.param(
         [node("a", gpu(0, target=L7), gpu(1))], {G7: old(1)},
         RepartitionPlan(),
