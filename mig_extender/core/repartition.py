@@ -9,8 +9,8 @@ while it works. So the planner here is conservative by construction:
 * it reads only demand that has persisted for ``window`` seconds (``track_demand`` keeps the
   first-seen times: a profile whose demand drops to zero starts over), so an oscillating queue never
   triggers a change (hysteresis);
-* it changes only idle GPUs of opted-in nodes with no change under way, never a GPU changed in the
-  last ``cooldown`` seconds, and never one whose free slices a reservation counts on;
+* it changes only idle GPUs of opted-in nodes with no change under way and no reservation (a rule's
+  pod is about to land there), and never a GPU changed in the last ``cooldown`` seconds;
 * at most ``max_in_flight`` GPUs are being changed cluster-wide (the budget);
 * every target is a maximal valid layout of the catalog (``pack``/``layout_problems`` accept it), and
   the one chosen serves the most waiting pods (then compute slices), then changes the fewest instances.
@@ -394,22 +394,6 @@ def _incoming(nodes: Sequence[NodeGpus]) -> dict[str, int]:
     return out
 
 
-def _free_elsewhere(node: NodeGpus, skip: set[int], resource: str) -> int:
-    """Free slices of ``resource`` on GPUs of ``node`` outside ``skip`` (unknown usage: none free)."""
-    free = 0
-    for g in node.gpus:
-        if g.index in skip or g.used is None or g.target is not None:
-            continue
-        for n, k in _counts(g.layout).items():
-            if _resource_of(node.gpu, n) == resource:
-                free += k - g.used.get(n, 0)
-    return free
-
-
-def _keeps_reservations(node: NodeGpus, changing: set[int]) -> bool:
-    return all(_free_elsewhere(node, changing, r) >= k for r, k in node.reserved.items() if k > 0)
-
-
 def _eligible(nodes: Sequence[NodeGpus], now: float, settings: RepartitionSettings
               ) -> tuple[dict[str, list[GpuState]], list[NodeSkipped | GpuSkipped]]:
     eligible: dict[str, list[GpuState]] = {}
@@ -421,13 +405,16 @@ def _eligible(nodes: Sequence[NodeGpus], now: float, settings: RepartitionSettin
         if node.changing:  # one nvidia.com/mig.config label per node: one change at a time
             skipped.append(NodeSkipped(node.name, SKIP_CHANGING))
             continue
+        if any(k > 0 for k in node.reserved.values()):
+            # a rule's pod is about to land here; the change pauses the node's device plugin, so the pod
+            # could not bind (its rule expires) or, bound just before, the kubelet would reject it
+            skipped.append(NodeSkipped(node.name, SKIP_RESERVED))
+            continue
         for g in node.gpus:
             if not g.idle:
                 skipped.append(GpuSkipped(node.name, g.index, SKIP_BUSY))
             elif g.changed_at is not None and now - g.changed_at < settings.cooldown:
                 skipped.append(GpuSkipped(node.name, g.index, SKIP_COOLDOWN, g.changed_at + settings.cooldown))
-            elif not _keeps_reservations(node, {g.index}):
-                skipped.append(GpuSkipped(node.name, g.index, SKIP_RESERVED))
             else:
                 eligible.setdefault(node.name, []).append(g)
     return eligible, skipped
@@ -503,8 +490,6 @@ def _pick_gpu(state: _Candidates, nodes: Mapping[str, NodeGpus], settings: Repar
             rank = (served, -disruption(g.layout, layout), int(name in state.chosen))
             if best is not None and rank <= best:
                 continue  # ties go to the first in node and GPU order
-            if not _keeps_reservations(node, {*state.chosen.get(name, {}), g.index}):
-                continue
             best, pick = rank, (node, g, layout)
     return pick
 
@@ -550,8 +535,6 @@ def _plan_named(nodes: Mapping[str, NodeGpus], state: _Candidates, budget: int, 
                              _served_by(node, current, changed, state.remaining)[0])
                 rank = (gain, -sum(disruption(current[i], after[i]) for i in changed))
                 if gain[0] < settings.min_served or (best is not None and rank <= best):
-                    continue
-                if not _keeps_reservations(node, changed):
                     continue
                 best, pick = rank, (node, changed, after, config.name)
         if pick is None:

@@ -103,10 +103,10 @@ PLANS = [
                         skipped=(GpuSkipped("a", 0, SKIP_COOLDOWN, NOW - 60 + S.cooldown),)),
         id="hysteresis: a GPU changed within the cooldown is left alone"),
     pytest.param(
-        [node("a", gpu(0), reserved={G3: 1}), node("b", gpu(0))], {G7: old(1)},
+        [node("a", gpu(0), gpu(1, used={"3g.40gb": 1}), reserved={G3: 1}), node("b", gpu(0))], {G7: old(1)},
         RepartitionPlan(plans=(one_change("b", 0, L33, L7, [L7], {G7: 1}),),
-                        skipped=(GpuSkipped("a", 0, SKIP_RESERVED),)),
-        id="reservations: a free slice a rule holds is not destroyed"),
+                        skipped=(NodeSkipped("a", SKIP_RESERVED),)),
+        id="reservations: a node a rule's pod is about to land on is not paused"),
     pytest.param(
         [node("a", gpu(0, L1)), node("b", gpu(0))], {G3: old(2)},
         RepartitionPlan(plans=(one_change("a", 0, L1, L33, [L33], {G3: 2}),)),
