@@ -614,8 +614,3 @@ def _node_plan(node: NodeGpus, chosen: Mapping[int, Layout], ready: Mapping[str,
         name = config_name(configs, current, after)
     return NodePlan(node.name, changes, after, tuple(Serves(r, k) for r, k in sorted(serves.items())), name)
 
-
-def check_layouts(gpu: GpuModel, layouts: Iterable[Layout]) -> list[str]:
-    """Every layout of ``layouts`` that is not valid on ``gpu`` (config validation)."""
-    valid = _valid_set(gpu)
-    return [f"{'+'.join(lay)} is not a valid layout on {gpu.name}" for lay in layouts if normal(lay) not in valid]
