@@ -447,19 +447,17 @@ def _gain(after: Worth, before: Worth) -> Worth:
 
 def best_target(gpu: GpuModel, current: Layout, remaining: Mapping[str, int],
                 wanted: Mapping[str, int] | None = None) -> tuple[Layout, int] | None:
-    """The maximal layout that serves the most waiting slices beyond what ``current`` already serves
-    (then the most compute), then changes the fewest instances (then the first in name order, so the
-    answer is deterministic); with it the slices gained. None when no layout serves more waiting
-    slices (a change that serves no more than the slices already there is pure downtime), and None
-    when a pod waits for a slice the GPU already has (``wanted``: all demand, however young): the
-    scheduler is about to use it, it is not a shape nobody wants."""
+    """The maximal layout that serves the most waiting slices (then the most compute), then changes the
+    fewest instances (then the first in name order, so the answer is deterministic); with it the slices
+    it serves. None when no layout serves a waiting slice, and None when a pod waits for a slice the
+    GPU already has (``wanted``: all demand, however young, default ``remaining``): the scheduler is
+    about to use it, it is not a shape nobody wants, and a change would only be downtime."""
     if _served(gpu, current, wanted if wanted is not None else remaining)[0][0] > 0:
         return None
-    have, _ = _served(gpu, current, remaining)
     best: tuple[Worth, int] | None = None
     found: Layout | None = None
     for layout in target_layouts(gpu):
-        gain = _gain(_served(gpu, layout, remaining)[0], have)
+        gain = _served(gpu, layout, remaining)[0]
         if gain[0] <= 0:
             continue
         key = (gain, -disruption(current, layout))
