@@ -97,3 +97,15 @@ def test_runner_knows_the_policies_and_results_repeat() -> None:
     assert {p: strip(m) for p, m in first.items()} == {p: strip(m) for p, m in second.items()}
     with pytest.raises(ValueError, match="unknown"):
         prepare(replace(cfg, policies=("repartitionn",)))
+
+
+def test_pods_on_a_substitute_are_restored_onto_the_new_slices() -> None:
+    """Two 1g pods run on 3g substitutes (no 1g anywhere); their demand persists, the idle GPU becomes
+    7 x 1g, and the restore step moves both back to their own profile."""
+    spec = ClusterSpec(1, 2, (A40,), "all-3g")
+    jobs = [job(0, 0.0, 5000.0, R1), job(1, 1.0, 5000.0, R1)]
+    engine = RepartitionEngine(spec, jobs, "mig-extender+repartition", 2000.0, Mechanics(),
+                               rmech=replace(FAST, device_pick="pack"))
+    m = engine.run().metrics
+    assert (m["upgrades"], m["repartitions"], m["restores"]) == (2, 1, 2)
+    assert engine.cluster.nodes["node-00000"].used == {R1: 2}
