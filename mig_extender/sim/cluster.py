@@ -155,18 +155,23 @@ class SimCluster:
         layouts = {m.name: gpu_layouts(m, spec.layout, demand, spec.nodes * spec.gpus_per_node // len(spec.models))
                    for m in spec.models}
         self.layouts = layouts
+        # node -> each GPU's layout, in GPU order (the repartitioning simulation changes them)
+        self.gpu_layouts: dict[str, list[tuple[str, ...]]] = {}
         gpu_index: dict[str, int] = {}
         for i in range(spec.nodes):
             model = spec.model_of(i)
             alloc: dict[str, int] = {}
+            per_gpu = []
             for _ in range(spec.gpus_per_node):
                 k = gpu_index.get(model.name, 0)
                 gpu_index[model.name] = k + 1
                 # spread the layouts over nodes: GPU k of the model gets layout k % len (round robin)
-                for name in layouts[model.name][k % len(layouts[model.name])]:
+                per_gpu.append(layouts[model.name][k % len(layouts[model.name])])
+                for name in per_gpu[-1]:
                     resource = model.profile(name).resource
                     alloc[resource] = alloc.get(resource, 0) + 1
             name = node_name(i)
+            self.gpu_layouts[name] = per_gpu
             used: dict[str, int] = {}
             self._used[name] = used
             # plain dicts, read-only by convention (MappingProxyType lookups cost ~10x a dict's)

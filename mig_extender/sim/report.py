@@ -28,6 +28,8 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("stranded_slices", "stranded free slices at end", "int"),
     ("preemptions", "preemptions", "int"),
     ("preempted", "  pods preempted", "int"),
+    ("repartitions", "GPUs repartitioned", "int"),
+    ("repartitions_per_gpu_hour", "  per GPU per hour", "f3"),
     ("sim_seconds", "simulation run time (s)", "f1"),
 )
 # per priority class (runs with --priorities): (metric of by_class[class], row label, format)
@@ -50,6 +52,8 @@ def fmt(value: Any, kind: str) -> str:
         return f"{100 * float(value):.1f}%"
     if kind == "int":
         return f"{round(float(value)):,}"
+    if kind == "f3":
+        return f"{float(value):.3f}"
     return f"{float(value):,.1f}"
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.catalog import ProfileError, model
-from . import alibaba
+from . import alibaba, repartition
 from .cluster import LAYOUT_NAMES, ClusterSpec, LayoutError, SimCluster
 from .engine import POLICIES, Mechanics, run_policy
 from .fluid import run_bound
@@ -42,6 +42,7 @@ from .workload import (
 )
 
 ALL_POLICIES = ("stock", "upgrade", "mig-extender", "mig-extender+preempt", "bound")
+KNOWN_POLICIES = (*ALL_POLICIES, *repartition.POLICIES)  # the default runs ALL_POLICIES
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -133,9 +134,9 @@ def prepare(cfg: SimConfig) -> Prepared:
         cluster = SimCluster(spec, demand)
     except LayoutError as exc:
         raise ValueError(str(exc)) from exc
-    unknown = [p for p in cfg.policies if p not in ALL_POLICIES]
+    unknown = [p for p in cfg.policies if p not in KNOWN_POLICIES]
     if unknown or not cfg.policies:
-        raise ValueError(f"--policies: unknown {unknown}; choose from {','.join(ALL_POLICIES)}")
+        raise ValueError(f"--policies: unknown {unknown}; choose from {','.join(KNOWN_POLICIES)}")
     per_model = "; ".join(f"{m}: " + ", ".join(f"{n}x " + "+".join(one) if n > 1 else "+".join(one)
                                                for one, n in Counter(ls).items())
                           for m, ls in cluster.layouts.items())
@@ -153,6 +154,8 @@ def run_one(prep: Prepared, policy: str, mech: Mechanics,
     cpu = time.process_time()
     if policy == "bound":
         result = run_bound(SimCluster(prep.spec, prep.demand), prep.jobs, prep.duration, mech.samples, progress)
+    elif policy in repartition.POLICIES:
+        result = repartition.run_policy(prep.spec, prep.jobs, policy, prep.duration, mech, prep.demand, progress)
     else:
         result = run_policy(prep.spec, prep.jobs, policy, prep.duration, mech, prep.demand, progress)
     result.metrics["sim_seconds"] = round(time.perf_counter() - started, 2)
@@ -247,7 +250,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="simulated time (default 4 h; alibaba: the whole rescaled trace)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--policies", default=",".join(ALL_POLICIES),
-                   help="comma-separated subset of " + ",".join(ALL_POLICIES))
+                   help="comma-separated subset of " + ",".join(KNOWN_POLICIES))
     p.add_argument("--mix", default=d.mix, help="synthetic profile mix PROFILE=WEIGHT,... (1g or 1g.10gb)")
     p.add_argument("--mean-lifetime", type=float, default=d.mean_lifetime, metavar="SECONDS")
     p.add_argument("--lifetime", choices=("exp", "lognormal"), default=d.lifetime)
