@@ -99,7 +99,11 @@ class Reconciler:
         return True
 
     def _transition(self, rule: Rule, change: Callable[[Rule], Rule], counts: Counter[str], event: str) -> Rule | None:
-        stored = update_with_retry(self.store, rule, change)
+        def refused(why: str) -> None:
+            counts["transition_refused"] += 1
+            self.metrics.rules.labels("refused").inc()
+
+        stored = update_with_retry(self.store, rule, change, refused=refused)
         if stored is not None:
             counts[event] += 1
             self.metrics.rules.labels(event).inc()

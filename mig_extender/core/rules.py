@@ -3,10 +3,15 @@
 One rule carries one substitution through its whole life::
 
     Recorded --webhook rewrites the replacement pod--> Applied --pod bound--> Applied(bound)
-        |                                                 |                        |
-        +--------- expiry (reservation released) -------> Expired                  | original type frees up
-                                                                                   v
+        |                                                 |                       |   ^
+        +--------- expiry (reservation released) -------> Expired                 |   | restart refused (PDB 429,
+                                                             ^                    |   | bad replacement): original
+                                                             | expiry             v   | released, retried after backoff
                            Restored <--replacement bound-- Restoring (original reserved on restore_node)
+
+Expired and Restored are final. ``TRANSITIONS`` lists every allowed (from, to) pair; the rule store's
+``update_with_retry`` checks each write against it, on every retry, so a change decided on a stale copy
+can never move a rule backwards (an Expired restore becoming Applied again).
 
 While Recorded or Applied-but-unbound the rule reserves its substitute slice on ``node`` so no other
 pending pod is promised it; while Restoring it reserves the original slice on ``restore_node`` so the
@@ -43,6 +48,26 @@ CLOCK_SKEW = 5.0
 
 ACTIVE_PHASES = frozenset({Phase.RECORDED, Phase.APPLIED, Phase.RESTORING})
 
+# Every allowed (from, to) phase pair: the diagram above as data. Same-phase writes of the active phases
+# record progress within a phase (bound, restore attempts); the final phases are never written again.
+TRANSITIONS = frozenset({
+    (Phase.RECORDED, Phase.RECORDED), (Phase.RECORDED, Phase.APPLIED), (Phase.RECORDED, Phase.EXPIRED),
+    (Phase.APPLIED, Phase.APPLIED), (Phase.APPLIED, Phase.RESTORING), (Phase.APPLIED, Phase.EXPIRED),
+    (Phase.RESTORING, Phase.RESTORING), (Phase.RESTORING, Phase.RESTORED), (Phase.RESTORING, Phase.EXPIRED),
+    (Phase.RESTORING, Phase.APPLIED),
+})
+
+
+class IllegalTransition(ValueError):
+    """A write that would move a rule along an edge the phase machine does not have."""
+
+
+def check_transition(before: Rule, after: Rule) -> None:
+    """Raise IllegalTransition unless ``before`` -> ``after`` is an edge of the phase machine."""
+    if (before.phase, after.phase) not in TRANSITIONS:
+        raise IllegalTransition(f"rule {before.namespace}/{before.name}: {before.phase} -> {after.phase} "
+                                "is not an allowed transition")
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -67,6 +92,8 @@ class Rule:
     message: str = ""
     resource_version: str = ""
     stash: str = ""          # a bare pod's manifest waiting to be created again (JSON), see kube.KubeActions
+    restore_attempts: int = 0   # restarts for a restore that were refused (PDB, invalid replacement)
+    retry_restore_at: float = 0.0  # no new restore attempt before this time (backoff after a refusal)
 
     # -- reservations -------------------------------------------------------------------------------
 
@@ -132,6 +159,19 @@ class Rule:
     def restoring(self, node: str, now: float, ttl: float) -> Rule:
         return replace(self, phase=Phase.RESTORING, restore_node=node, updated=now, expires=now + ttl,
                        message=f"restoring to {self.original}: reserved on {node}")
+
+    def restore_deferred(self, now: float, backoff: float, why: str) -> Rule:
+        """The restore's restart was refused: back to Applied (bound), the original slice released, the
+        next attempt not before ``now + backoff``."""
+        return replace(self, phase=Phase.APPLIED, restore_node="", updated=now,
+                       restore_attempts=self.restore_attempts + 1, retry_restore_at=now + backoff,
+                       message=f"restore deferred: {why}")
+
+    @property
+    def was_restore(self) -> bool:
+        """Did this rule start a restore (Restoring, Restored, or a restore that expired)?"""
+        return self.phase in (Phase.RESTORING, Phase.RESTORED) or (
+            self.phase is Phase.EXPIRED and bool(self.restore_node))
 
     def expired(self, now: float) -> Rule:
         return replace(self, phase=Phase.EXPIRED, updated=now,
@@ -232,7 +272,8 @@ def rule_status(rule: Rule) -> dict[str, Any]:
     status = {"phase": str(rule.phase), "appliedPod": rule.applied_pod, "boundPod": rule.bound_pod,
               "restoreNode": rule.restore_node, "restoredPod": rule.restored_pod, "message": rule.message,
               "createdAt": _time_text(rule.created), "updatedAt": _time_text(rule.updated or rule.created),
-              "expiresAt": _time_text(rule.expires)}
+              "expiresAt": _time_text(rule.expires), "restoreAttempts": rule.restore_attempts or "",
+              "retryRestoreAt": _time_text(rule.retry_restore_at)}
     return {k: v for k, v in status.items() if v != ""}
 
 
@@ -259,6 +300,8 @@ def rule_from_object(obj: Mapping[str, Any]) -> Rule:
             updated=parse_time(status.get("updatedAt")) or created, message=str(status.get("message", "")),
             resource_version=str(meta.get("resourceVersion", "")),
             stash=str((meta.get("annotations") or {}).get(ANN_RECREATE, "")),
+            restore_attempts=int(status.get("restoreAttempts") or 0),
+            retry_restore_at=parse_time(status.get("retryRestoreAt")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"MigSubstitution {meta.get('namespace')}/{meta.get('name')} is malformed: {exc}") from exc

@@ -394,9 +394,9 @@ def test_crd_schema_has_the_contract_fields() -> None:
     assert set(spec["owner"]["properties"]) == {"kind", "name", "uid", "apiVersion"}
     assert "owner" not in props["spec"]["required"]
     assert set(status) == {"phase", "appliedPod", "boundPod", "restoreNode", "restoredPod", "message",
-                           "createdAt", "updatedAt", "expiresAt"}
+                           "createdAt", "updatedAt", "expiresAt", "restoreAttempts", "retryRestoreAt"}
     assert status["phase"]["enum"] == [p.value for p in Phase]
-    for key in ("createdAt", "updatedAt", "expiresAt"):
+    for key in ("createdAt", "updatedAt", "expiresAt", "retryRestoreAt"):
         assert status[key]["format"] == "date-time"
     for side in ("original", "substitute"):
         count = spec[side]["properties"]["count"]
