@@ -88,7 +88,8 @@ class Reconciler:
         return counts
 
     def _snapshot(self) -> tuple[Any, dict[str, PodInfo]]:
-        return self.inventory.snapshot(self.store.list(), self.clock()), {p.uid: p for p in self.inventory.pods()}
+        snap = self.inventory.snapshot(self.store.list(), self.clock(), usage=True)  # cpu/memory for placement
+        return snap, {p.uid: p for p in self.inventory.pods()}
 
     def _once(self, rule: Rule, what: str) -> bool:
         """True the first time (per TTL) ``what`` happens to ``rule``."""

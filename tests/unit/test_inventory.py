@@ -138,3 +138,24 @@ def test_a_full_node_list_re_keys_names_without_changing_the_books() -> None:
     inv.upsert_pod(make_pod(mig={"1g.5gb": 1}, node="".join(["n", "2"])))
     assert inv.snapshot().free("n2", res("1g.5gb")) == 1
     assert inv.snapshot().nodes_with_free(res("1g.5gb")) == {"n1", "n2"}
+
+
+def test_item9_inventory_books_cpu_and_memory_of_every_bound_pod() -> None:
+    """NodeFacts.used_* come from ALL bound pods (not only MIG ones); /filter's cached snapshot is kept."""
+    inv = inventory_of(make_node("n1", "A100-40GB", {"1g.5gb": 2}))
+    cached = inv.snapshot()
+    web = make_pod("web", node="n1")  # no MIG at all
+    web["spec"]["containers"][0]["resources"] = {"requests": {"cpu": "1500m", "memory": "1Gi"}}
+    inv.upsert_pod(web)
+    assert inv.snapshot() is not None and inv.snapshot().nodes is cached.nodes  # the filter's cache survives
+    facts = inv.snapshot(usage=True).nodes["n1"].facts
+    assert (facts.used_cpu_milli, facts.used_memory_bytes) == (1500, 1024 ** 3)
+    done = dict(web, status={"phase": "Succeeded"})
+    inv.upsert_pod(done)
+    assert inv.snapshot(usage=True).nodes["n1"].facts.used_cpu_milli == 0  # a finished pod holds nothing
+    inv.upsert_pod(web)
+    inv.replace_pods([])  # relist without it: its delete event was missed
+    assert inv.snapshot(usage=True).nodes["n1"].facts.used_cpu_milli == 0
+    inv.upsert_pod(web)
+    inv.delete_pod(web["metadata"]["uid"])
+    assert inv.snapshot(usage=True).nodes["n1"].facts.used_memory_bytes == 0

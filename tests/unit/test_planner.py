@@ -297,3 +297,91 @@ def test_the_rewritten_pod_is_placed_on_its_reserved_node() -> None:
     d = filter_pod(replacement, ["a", "b"], snapshot_of(*base, rules=(rule.applied("p-2", 1000.0, 60.0),)))
     assert list(d.passed) == ["a"]
     assert "reserved on another node" in str(d.failed["b"])
+
+
+# ---- issue 13: restore order, placement, loop guard, backoff, owners ------------------------------
+
+
+@pytest.mark.parametrize("substitutes, expected", [
+    pytest.param([("a", "2g.10gb", 900.0), ("b", "3g.20gb", 950.0)], ["b", "a"], id="bigger-waste-first"),
+    pytest.param([("new", "2g.10gb", 950.0), ("old", "2g.10gb", 900.0)], ["old", "new"], id="ties-oldest-first"),
+    pytest.param([("me", "1g.5gb+me", 900.0), ("plain", "1g.10gb", 950.0)], ["plain", "me"],
+                 id="plain-larger-before-me"),
+])
+def test_restore_order_biggest_waster_first_ties_oldest_first(substitutes: list, expected: list) -> None:
+    """catalog.waste(): (extra compute, extra GB, unneeded media engine), compared in that order."""
+    node = make_node("big", A40, {"1g.5gb": 7, "2g.10gb": 3, "3g.20gb": 2, "1g.10gb": 4, "1g.5gb+me": 1})
+    pods, rules = [], []
+    for name, sub, created in substitutes:
+        pod, rule = _upgraded(name, "1g.5gb", sub, "big")
+        pods.append(pod)
+        rules.append(replace(rule, created=created))
+    snap = snapshot_of(node, *pods, rules=tuple(rules))
+    plans, _ = plan_restores(snap, _pods(*pods), PlanSettings(restores_per_pass=len(pods),
+                                                              restores_in_flight=len(pods)))
+    assert [p.pod.name.removesuffix("-r") for p in plans] == expected
+
+
+def _with_spec(obj: dict, **spec: object) -> dict:
+    obj["spec"].update(spec)
+    return obj
+
+
+@pytest.mark.parametrize("pod_spec, free_node, expected", [
+    pytest.param({"nodeSelector": {"zone": "b"}}, {"labels": {"zone": "a"}}, "", id="node-selector"),
+    pytest.param({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [{"key": "zone", "operator": "In", "values": ["b"]}]}]}}}},
+        {"labels": {"zone": "a"}}, "", id="required-affinity"),
+    pytest.param({}, {"taints": [{"key": "dedicated", "value": "x", "effect": "NoSchedule"}]}, "", id="taint"),
+    pytest.param({"tolerations": [{"key": "dedicated", "operator": "Exists"}]},
+                 {"taints": [{"key": "dedicated", "value": "x", "effect": "NoSchedule"}]}, "free", id="tolerated"),
+    pytest.param({"containers": [{"name": "c", "image": "i", "resources": {
+        "limits": {res("2g.10gb"): "1"}, "requests": {res("2g.10gb"): "1", "cpu": "30"}}}]},
+        {"cpu_used": "20"}, "", id="cpu-does-not-fit"),
+    pytest.param({}, {}, "free", id="no-constraints"),
+])
+def test_item9_restore_reserves_only_where_the_pod_can_run(pod_spec: dict, free_node: dict, expected: str) -> None:
+    """The pod's own node has no free original slice; the only free one is on node 'free'."""
+    own = make_node("own", A40, {"1g.5gb": 1, "2g.10gb": 1}, labels={"zone": "b"})
+    other = make_node("free", A40, {"1g.5gb": 1}, labels=free_node.get("labels"))
+    if "taints" in free_node:
+        other["spec"]["taints"] = free_node["taints"]
+    pod, rule = _upgraded("p", "1g.5gb", "2g.10gb", "own")
+    _with_spec(pod, **pod_spec)
+    others = [make_pod(mig={"1g.5gb": 1}, node="own")]
+    if "cpu_used" in free_node:
+        busy = make_pod(node="free")
+        busy["spec"]["containers"][0]["resources"] = {"requests": {"cpu": free_node["cpu_used"]}}
+        others.append(busy)
+    snap = snapshot_of(own, other, pod, *others, rules=(rule,))
+    plans, _ = plan_restores(snap, _pods(pod))
+    assert [p.node for p in plans] == ([expected] if expected else [])
+
+
+def test_item9_own_node_counts_the_pods_own_cpu_as_freed() -> None:
+    node = make_node("own", A40, {"1g.5gb": 1, "2g.10gb": 1})
+    pod, rule = _upgraded("p", "1g.5gb", "2g.10gb", "own")
+    pod["spec"]["containers"][0]["resources"]["requests"]["cpu"] = "30"  # of 32: fits only by replacing itself
+    snap = snapshot_of(node, pod, rules=(rule,))
+    assert [p.node for p in plan_restores(snap, _pods(pod))[0]] == ["own"]
+
+
+def test_item9_an_expired_restore_counts_as_a_loop() -> None:
+    owner = ("ReplicaSet", "web", "rs-1")
+    pod, rule = _upgraded("p", "1g.5gb", "2g.10gb", "gpu-a", owner=owner)
+    failed = replace(rule, name="earlier", phase=Phase.EXPIRED, restore_node="elsewhere", updated=990.0)
+    snap = snapshot_of(walkthrough_node(), pod, rules=(rule, failed))
+    plans, skips = plan_restores(snap, _pods(pod), PlanSettings(loop_window=900))
+    assert plans == [] and "avoid a loop" in skips[0].reason
+    never_restored = replace(failed, restore_node="")  # an upgrade that expired is no restore
+    snap = snapshot_of(walkthrough_node(), pod, rules=(rule, never_restored))
+    assert len(plan_restores(snap, _pods(pod), PlanSettings(loop_window=900))[0]) == 1
+
+
+def test_item4_a_deferred_restore_waits_for_its_backoff() -> None:
+    pod, rule = _upgraded("p", "1g.5gb", "2g.10gb", "gpu-a")
+    deferred = rule.restoring("gpu-a", 990.0, 120.0).restore_deferred(995.0, 30.0, "PDB refused the eviction")
+    assert deferred.phase is Phase.APPLIED and deferred.reservation(996.0) is None  # original slice released
+    assert plan_restores(snapshot_of(walkthrough_node(), pod, rules=(deferred,), now=1000.0), _pods(pod)) == ([], [])
+    later = snapshot_of(walkthrough_node(), pod, rules=(deferred,), now=995.0 + 31)
+    assert len(plan_restores(later, _pods(pod))[0]) == 1
