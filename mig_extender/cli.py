@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--rule-ttl", type=float, default=Settings.rule_ttl, metavar="SECONDS")
     s.add_argument("--policy", choices=("pack", "spread"), default=Settings.policy)
     s.add_argument("--no-substitution", action="store_true", help="exact MIG type only (stock behaviour)")
+    s.add_argument("--restartable-owners", default=None, metavar="KIND,...",
+                   help="owner kinds, besides ReplicaSet/StatefulSet/Job/ReplicationController, that recreate "
+                        "a deleted pod: group/Kind (ray.io/RayCluster) or Kind; only their pods are substituted")
     s.add_argument("--no-debug-endpoints", action="store_true", help="do not serve /debug/*")
     s.add_argument("--tls-cert", default="", help="serve HTTPS with this certificate (reloaded on change); set "
                    "enableHTTPS and tlsConfig in the scheduler's extender entry to match")
@@ -70,7 +73,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="restores one pass may start (each restarts a pod)")
     r.add_argument("--restores-in-flight", type=int, default=PlanSettings.restores_in_flight,
                    help="restores under way at once")
-    r.add_argument("--dry-run", action="store_true", help="log restarts and events instead of doing them")
+    r.add_argument("--dry-run", action="store_true", help="log every write (restarts, rule updates, events) "
+                                                          "instead of sending it; takes no Lease")
+    r.add_argument("--restartable-owners", default=None, metavar="KIND,...",
+                   help="owner kinds, besides ReplicaSet/StatefulSet/Job/ReplicationController, that recreate "
+                        "a deleted pod: group/Kind (ray.io/RayCluster) or Kind; only their pods are substituted")
     r.add_argument("--log-level", default=Settings.log_level)
 
     k = sub.add_parser("certs", help="make a CA and a webhook serving certificate; print the caBundle")
@@ -110,6 +117,7 @@ def _serve_settings(args: argparse.Namespace) -> Settings:
         substitution=base.substitution and not args.no_substitution,
         debug_endpoints=base.debug_endpoints and not args.no_debug_endpoints,
         threads=args.threads, log_level=args.log_level,
+        restartable_owners=base.restartable_owners if args.restartable_owners is None else args.restartable_owners,
     ).validate()
 
 
@@ -146,7 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise SettingsError("reconcile needs --kubeconfig or --in-cluster")
             identity = args.identity or default_identity()
             settings = replace(settings, restores_per_pass=args.restores_per_pass,
-                               restores_in_flight=args.restores_in_flight).validate()
+                               restores_in_flight=args.restores_in_flight,
+                               restartable_owners=settings.restartable_owners if args.restartable_owners is None
+                               else args.restartable_owners).validate()
             Application(settings, lambda: create_ops_app(
                 settings, build_reconciler(settings, args.lease_name, identity, args.dry_run))).run()
         elif args.command == "certs":

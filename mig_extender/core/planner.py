@@ -17,6 +17,7 @@ from enum import Enum
 
 from .catalog import ProfileError, ProfileShape, can_substitute, canonical_shape, waste
 from .placement import placement_problem
+from .podspec import restart_blocker
 from .resources import PodInfo, ResourceCount
 from .rules import Phase, Rule, new_rule
 from .snapshot import ClusterSnapshot
@@ -42,6 +43,9 @@ class PlanSettings:
     loop_window: float = 900.0       # a workload restored this recently and upgraded again is left alone
     settle: float = 1.0              # a rule this young is not acted on yet: every webhook replica's watch must
                                      # have delivered it before the pod's replacement is created
+    # owner kinds, beyond ReplicaSet/StatefulSet/Job/ReplicationController, known to recreate a deleted pod
+    # ("group/Kind" or "Kind"): only their pods (and bare pods) are substituted, upgraded and restored
+    restartable_owners: frozenset[str] = frozenset()
     restore_backoff: float = 30.0    # first wait after a refused restore restart; doubles per refusal...
     restore_backoff_max: float = 900.0  # ...up to this (a PDB that refuses for hours is retried 4x an hour)
 
@@ -204,7 +208,9 @@ def filter_pod(pod: PodInfo, candidates: Sequence[str], snap: ClusterSnapshot,
         return FilterDecision((), failed, unresolvable, note=note)
     rule = choose_substitute(pod, candidates, snap, settings)
     if rule is None:
-        return FilterDecision((), failed, unresolvable)
+        # say so when the pod's owner is why (the reconciler's Event MigSubstitutionSkipped says it too)
+        blocked = restart_blocker(pod.owner, settings.restartable_owners)
+        return FilterDecision((), failed, unresolvable, note=f"not substituted: {blocked}" if blocked else "")
     note = f"substitute {rule.substitute.resource} recorded on {rule.node}"
     return FilterDecision((), failed, unresolvable, record=rule, note=note)
 
@@ -221,7 +227,8 @@ def substitution_blocker(pod: PodInfo, settings: PlanSettings) -> str:
         return "pod is already a substitute"
     if not pod.uid:
         return "pod has no uid"
-    return ""
+    # a substitution needs a restart, and only a pod something recreates can be restarted (issue 13 item 6)
+    return restart_blocker(pod.owner, settings.restartable_owners)
 
 
 def choose_substitute(pod: PodInfo, candidates: Iterable[str], snap: ClusterSnapshot,
@@ -362,7 +369,8 @@ class Upgrade:
 def plan_upgrades(snap: ClusterSnapshot, pods: Mapping[str, PodInfo],
                   settings: PlanSettings = PlanSettings()) -> tuple[list[Upgrade], list[Rule]]:
     """Recorded rules whose pod still waits unbound -> restart it; rules whose pod was placed as it
-    is (or vanished before its controller replaced it) -> drop. Returns (upgrades, rules to cancel)."""
+    is, or that nothing would recreate (recorded before --restartable-owners changed) -> drop.
+    Returns (upgrades, rules to cancel)."""
     upgrades, cancel = [], []
     for rule in snap.rules:
         if rule.phase is not Phase.RECORDED or rule.is_expired(snap.now):
@@ -370,7 +378,7 @@ def plan_upgrades(snap: ClusterSnapshot, pods: Mapping[str, PodInfo],
         pod = pods.get(rule.pod_uid)
         if pod is None:
             continue  # already restarted: the webhook will apply the rule to its replacement
-        if pod.node:
+        if pod.node or restart_blocker(pod.owner, settings.restartable_owners):
             cancel.append(rule)
         elif not pod.terminating and snap.now - rule.created >= settings.settle:
             upgrades.append(Upgrade(rule, pod))
@@ -434,8 +442,8 @@ def _can_run_on(snap: ClusterSnapshot, node: str, pod: PodInfo) -> bool:
     return not placement_problem(pod.placement, facts)
 
 
-def plan_restores(snap: ClusterSnapshot, pods: Mapping[str, PodInfo],
-                  settings: PlanSettings = PlanSettings()) -> tuple[list[Restore], list[Skip]]:
+def plan_restores(snap: ClusterSnapshot, pods: Mapping[str, PodInfo], settings: PlanSettings = PlanSettings(),
+                  blocked: Mapping[str, str] | None = None) -> tuple[list[Restore], list[Skip]]:
     """Upgraded pods whose original type is free again, biggest waster first (``catalog.waste`` order:
     extra compute, extra GB, unneeded media engine; ties: the oldest rule first), at most
     ``settings.restores_per_pass``; each gets a node whose free original slice is set aside for it, and
@@ -444,7 +452,8 @@ def plan_restores(snap: ClusterSnapshot, pods: Mapping[str, PodInfo],
     A restore takes a freed slice that pods waiting for exactly that type would otherwise get, so it is
     made only when none wait for it, or when pods wait for the larger type the upgraded pod occupies
     (then freeing that slice is what the queue needs).
-    Skips (opt-out, loop guard) are returned so the caller can say why on the pod."""
+    Skips (opt-out, loop guard, nothing would recreate the pod, ``blocked``: rule name -> why, e.g. a Job
+    a restart would harm) are returned so the caller can say why on the pod."""
     in_flight = sum(1 for r in snap.rules if r.phase is Phase.RESTORING and r.reservation(snap.now))
     budget = min(settings.restores_per_pass, settings.restores_in_flight - in_flight)
     if budget <= 0:
@@ -461,6 +470,10 @@ def plan_restores(snap: ClusterSnapshot, pods: Mapping[str, PodInfo],
             continue
         if not pod.may_restore:
             skips.append(Skip(rule, pod, "pod opted out of restore (mig-extender.io/restore=false)"))
+            continue
+        why = restart_blocker(pod.owner, settings.restartable_owners) or (blocked or {}).get(rule.name, "")
+        if why:
+            skips.append(Skip(rule, pod, f"not restored: {why}"))
             continue
         loop = _recently_restored(rule, snap, settings.loop_window, restored) if restored else None
         if loop is not None:
@@ -505,6 +518,7 @@ def expired_rules(snap: ClusterSnapshot) -> list[Rule]:
 
 
 def finished_rules(snap: ClusterSnapshot, retention: float) -> list[Rule]:
-    """Rules done (Expired, Restored) for longer than ``retention``: delete them."""
+    """Rules done (Expired, Restored) for longer than ``retention``: delete them. Never one still holding a
+    bare pod's stashed manifest: the pod is deleted already and the stash is all that recreates it."""
     return [r for r in snap.rules
-            if r.phase in (Phase.EXPIRED, Phase.RESTORED) and snap.now - r.updated > retention]
+            if r.phase in (Phase.EXPIRED, Phase.RESTORED) and snap.now - r.updated > retention and not r.stash]

@@ -286,8 +286,8 @@ EXPECTED_PERMISSIONS = {
         "": RULES | {("", "namespaces", "", v) for v in READ},
     },
     "mig-extender-reconciler": {
-        "": {("", "pods", "", v) for v in (*READ, "create", "delete")} | {("", "pods/eviction", "", "create")}
-        | {("", "nodes", "", v) for v in READ} | {("policy", "poddisruptionbudgets", "", v) for v in READ}
+        "": {("", "pods", "", v) for v in (*READ, "create")} | {("", "pods/eviction", "", "create")}
+        | {("", "nodes", "", v) for v in READ} | {("batch", "jobs", "", "get")}
         | RULES | RULE_WRITES | {("mig-extender.io", "migsubstitutions", "", "delete")} | RULE_STATUS | EVENTS,
         NAMESPACE: _lease("mig-extender-reconciler"),
     },

@@ -385,3 +385,31 @@ def test_item4_a_deferred_restore_waits_for_its_backoff() -> None:
     assert plan_restores(snapshot_of(walkthrough_node(), pod, rules=(deferred,), now=1000.0), _pods(pod)) == ([], [])
     later = snapshot_of(walkthrough_node(), pod, rules=(deferred,), now=995.0 + 31)
     assert len(plan_restores(later, _pods(pod))[0]) == 1
+
+
+RAY = ("RayCluster", "ray-1", "ray-uid", "ray.io/v1")
+
+
+def test_item6_pods_of_unknown_owners_are_not_substituted() -> None:
+    from mig_extender.core.planner import substitution_blocker
+
+    snap = snapshot_of(walkthrough_node(), make_pod(mig={"1g.5gb": 2}, node="gpu-a"))
+    worker = pod_info(make_pod("worker", mig={"1g.5gb": 1}, owner=RAY))
+    assert "ray.io/RayCluster" in substitution_blocker(worker, PlanSettings())
+    assert filter_pod(worker, ["gpu-a"], snap).record is None
+    listed = PlanSettings(restartable_owners=frozenset({"ray.io/RayCluster"}))
+    assert filter_pod(worker, ["gpu-a"], snap, listed).record is not None
+
+
+def test_item6_unknown_owners_are_neither_upgraded_nor_restored() -> None:
+    node, holder = walkthrough_node(), make_pod(mig={"1g.5gb": 2}, node="gpu-a")
+    waiting = make_pod("w", mig={"1g.5gb": 1}, owner=RAY)
+    listed = PlanSettings(restartable_owners=frozenset({"RayCluster"}))
+    rule = filter_pod(pod_info(waiting), ["gpu-a"], snapshot_of(node, holder), listed).record
+    snap = snapshot_of(node, holder, rules=(rule,), now=rule.created + 2)
+    assert plan_upgrades(snap, _pods(waiting), listed)[0] != []
+    ups, cancel = plan_upgrades(snap, _pods(waiting))  # the operator took RayCluster off the list
+    assert ups == [] and cancel == [rule]
+    pod, applied = _upgraded("p", "1g.5gb", "2g.10gb", "gpu-a", owner=RAY)
+    plans, skips = plan_restores(snapshot_of(walkthrough_node(), pod, rules=(applied,)), _pods(pod))
+    assert plans == [] and "ray.io/RayCluster" in skips[0].reason
