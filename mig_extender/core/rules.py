@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
-from .resources import RENAMING_OWNERS, Owner, PodInfo, ResourceCount, parse_time
+from .resources import Owner, PodInfo, ResourceCount, parse_time
 
 
 class Phase(str, Enum):
@@ -114,8 +114,12 @@ class Rule:
     # -- matching -----------------------------------------------------------------------------------
 
     def _same_workload(self, pod: PodInfo, name: str) -> bool:
-        """Is ``pod`` the one its controller (or our reconciler) made to replace pod ``name``?"""
-        if self.owner and self.owner.kind in RENAMING_OWNERS:
+        """Is ``pod`` the one its controller (or our reconciler) made to replace pod ``name``?
+
+        Bare pods and StatefulSet pods come back under their name (a StatefulSet's siblings share its uid);
+        every other controller may rename (ReplicaSet, Job, and operators listed in --restartable-owners
+        such as RayCluster, whose workers get generated names), so the owner's uid decides."""
+        if self.owner and self.owner.kind != "StatefulSet":
             return pod.owner is not None and pod.owner.uid == self.owner.uid
         return pod.name == name
 

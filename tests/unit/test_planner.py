@@ -413,3 +413,14 @@ def test_item6_unknown_owners_are_neither_upgraded_nor_restored() -> None:
     pod, applied = _upgraded("p", "1g.5gb", "2g.10gb", "gpu-a", owner=RAY)
     plans, skips = plan_restores(snapshot_of(walkthrough_node(), pod, rules=(applied,)), _pods(pod))
     assert plans == [] and "ray.io/RayCluster" in skips[0].reason
+
+
+def test_item6_a_listed_owner_that_renames_its_pods_gets_its_rule_applied() -> None:
+    """A RayCluster-like operator recreates a worker under a generated name: the rule must still find it
+    (by owner uid, as for a ReplicaSet), or every replacement would be upgraded again, in a loop."""
+    node, holder = walkthrough_node(), make_pod(mig={"1g.5gb": 2}, node="gpu-a")
+    listed = PlanSettings(restartable_owners=frozenset({"ray.io/RayCluster"}))
+    waiting = make_pod("worker-abcde", mig={"1g.5gb": 1}, owner=RAY)
+    rule = filter_pod(pod_info(waiting), ["gpu-a"], snapshot_of(node, holder), listed).record
+    renamed = pod_info(make_pod("worker-fghij", mig={"1g.5gb": 1}, owner=RAY))
+    assert rule.awaits_upgrade(renamed)
