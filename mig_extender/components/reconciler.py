@@ -118,7 +118,7 @@ class Reconciler:
         if any(v for k, v in counts.items()):
             log.info("reconcile pass: %s", ", ".join(f"{k}={v}" for k, v in sorted(counts.items()) if v))
         for action, n in counts.items():
-            self.metrics.actions.labels(action, "ok" if action != "errors" else "error").inc(n)
+            self.metrics.actions.labels(action, "error" if action in ("errors", "rule_errors") else "ok").inc(n)
         return counts
 
     def _snapshot(self) -> tuple[Any, dict[str, PodInfo]]:

@@ -402,3 +402,12 @@ def test_item8_a_rule_holding_a_stash_is_never_garbage_collected() -> None:
     w.now += 2 * 3600  # past the reconciler's retention (1 h), within the memory store's (10 h)
     counts = w.reconciler.run_once()
     assert counts["deleted"] == 0 and w.store.list()[0].stash
+
+
+def test_item8_rule_errors_are_metered_as_errors() -> None:
+    w = World()
+    w.add(make_pod("blocker", mig={"1g.5gb": 2}, node="gpu-a"))
+    bad = w.record_for(w.add(make_pod("bad", mig={"1g.5gb": 1})))
+    w.store.update(replace(bad, stash="{not json"))
+    w.reconciler.run_once()
+    assert w.reconciler.metrics.actions.labels("rule_errors", "error")._value.get() == 1
