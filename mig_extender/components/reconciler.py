@@ -288,8 +288,8 @@ class Reconciler:
 
     def _restart_outcome(self, rule: Rule, pod: PodInfo, restore: bool) -> RestartOutcome:
         blocker = restart_blocker(pod.owner, self.plan.restartable_owners)
-        if blocker:
-            return RestartOutcome(Restart.BLOCKED, blocker)
+        if blocker is not None:
+            return RestartOutcome(Restart.BLOCKED, str(blocker))
         obj = self.actions.get_pod(pod.namespace, pod.name)
         if obj is None or obj["metadata"].get("uid") != pod.uid:
             return RestartOutcome(Restart.GONE)
@@ -302,13 +302,14 @@ class Reconciler:
     # -- Jobs -------------------------------------------------------------------------------------
 
     def _job_problem(self, pod: PodInfo, restore: bool) -> str:
-        """Why restarting this Job pod could fail its Job ('' if it cannot, or the pod is no Job's)."""
+        """Why restarting this Job pod could harm its Job ('' if it cannot, or the pod is no Job's)."""
         if pod.owner is None or not is_job_owner(pod.owner):
             return ""
         job = self.actions.get_job(pod.namespace, pod.owner.name)
         if job is None or (job.get("metadata") or {}).get("uid") != pod.owner.uid:
             return f"its Job {pod.owner.name} is gone"
-        return job_restart_problem(job, restore, self._job_restarts.get(pod.owner.uid, 0))
+        problem = job_restart_problem(job, restore, self._job_restarts.get(pod.owner.uid, 0))
+        return str(problem) if problem is not None else ""
 
     def _job_blocks(self, snap: Any, pods: Mapping[str, PodInfo]) -> dict[str, str]:
         """Rule name -> why its Job pod must not be restarted for a restore, for upgraded Job pods."""
@@ -335,7 +336,8 @@ class Reconciler:
                 continue
             why = restart_blocker(pod.owner, self.plan.restartable_owners)
             want = pod.single_demand
-            if not why or any(snap.free(n, want.resource) >= want.count for n in snap.nodes_with_free(want.resource)):
+            if why is None or any(snap.free(n, want.resource) >= want.count
+                                  for n in snap.nodes_with_free(want.resource)):
                 continue
             allowed = replace(self.plan, restartable_owners=frozenset({owner_label(pod.owner)}))
             rule = choose_substitute(pod, snap.nodes.keys(), snap, allowed)

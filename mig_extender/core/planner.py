@@ -228,7 +228,8 @@ def substitution_blocker(pod: PodInfo, settings: PlanSettings) -> str:
     if not pod.uid:
         return "pod has no uid"
     # a substitution needs a restart, and only a pod something recreates can be restarted (issue 13 item 6)
-    return restart_blocker(pod.owner, settings.restartable_owners)
+    blocked = restart_blocker(pod.owner, settings.restartable_owners)
+    return str(blocked) if blocked else ""
 
 
 def choose_substitute(pod: PodInfo, candidates: Iterable[str], snap: ClusterSnapshot,
@@ -378,7 +379,7 @@ def plan_upgrades(snap: ClusterSnapshot, pods: Mapping[str, PodInfo],
         pod = pods.get(rule.pod_uid)
         if pod is None:
             continue  # already restarted: the webhook will apply the rule to its replacement
-        if pod.node or restart_blocker(pod.owner, settings.restartable_owners):
+        if pod.node or restart_blocker(pod.owner, settings.restartable_owners) is not None:
             cancel.append(rule)
         elif not pod.terminating and snap.now - rule.created >= settings.settle:
             upgrades.append(Upgrade(rule, pod))
@@ -443,7 +444,7 @@ def _can_run_on(snap: ClusterSnapshot, node: str, pod: PodInfo) -> bool:
 
 
 def plan_restores(snap: ClusterSnapshot, pods: Mapping[str, PodInfo], settings: PlanSettings = PlanSettings(),
-                  blocked: Mapping[str, str] | None = None) -> tuple[list[Restore], list[Skip]]:
+                  blocked: Mapping[str, object] | None = None) -> tuple[list[Restore], list[Skip]]:
     """Upgraded pods whose original type is free again, biggest waster first (``catalog.waste`` order:
     extra compute, extra GB, unneeded media engine; ties: the oldest rule first), at most
     ``settings.restores_per_pass``; each gets a node whose free original slice is set aside for it, and
@@ -452,8 +453,8 @@ def plan_restores(snap: ClusterSnapshot, pods: Mapping[str, PodInfo], settings: 
     A restore takes a freed slice that pods waiting for exactly that type would otherwise get, so it is
     made only when none wait for it, or when pods wait for the larger type the upgraded pod occupies
     (then freeing that slice is what the queue needs).
-    Skips (opt-out, loop guard, nothing would recreate the pod, ``blocked``: rule name -> why, e.g. a Job
-    a restart would harm) are returned so the caller can say why on the pod."""
+    Skips (opt-out, loop guard, nothing would recreate the pod, ``blocked``: rule name -> reason, e.g. a
+    Job a restart would harm) are returned so the caller can say why on the pod."""
     in_flight = sum(1 for r in snap.rules if r.phase is Phase.RESTORING and r.reservation(snap.now))
     budget = min(settings.restores_per_pass, settings.restores_in_flight - in_flight)
     if budget <= 0:
@@ -471,8 +472,8 @@ def plan_restores(snap: ClusterSnapshot, pods: Mapping[str, PodInfo], settings: 
         if not pod.may_restore:
             skips.append(Skip(rule, pod, "pod opted out of restore (mig-extender.io/restore=false)"))
             continue
-        why = restart_blocker(pod.owner, settings.restartable_owners) or (blocked or {}).get(rule.name, "")
-        if why:
+        why = restart_blocker(pod.owner, settings.restartable_owners) or (blocked or {}).get(rule.name)
+        if why is not None:
             skips.append(Skip(rule, pod, f"not restored: {why}"))
             continue
         loop = _recently_restored(rule, snap, settings.loop_window, restored) if restored else None

@@ -65,20 +65,31 @@ def owner_label(owner: Owner) -> str:
     return f"{group}/{owner.kind}" if group else owner.kind
 
 
-def restart_blocker(owner: Owner | None, restartable: Collection[str] = ()) -> str:
-    """Why a pod with ``owner`` must not be restarted ('' when it may): nothing known recreates it.
+@dataclass(frozen=True)
+class UnknownOwner:
+    """Nothing known recreates a deleted pod of this owner, so the pod must not be restarted."""
+
+    owner: str   # group/Kind (Kind for the core group)
+    name: str
+
+    def __str__(self) -> str:
+        return (f"its owner {self.owner} {self.name} is not known to recreate deleted pods "
+                "(list the kind in --restartable-owners if it does)")
+
+
+def restart_blocker(owner: Owner | None, restartable: Collection[str] = ()) -> UnknownOwner | None:
+    """Why a pod with ``owner`` must not be restarted (None when it may): nothing known recreates it.
 
     ``restartable`` are the operator's extra owners, each ``group/Kind`` (``ray.io/RayCluster``) or a bare
     ``Kind`` (any group). Built-ins match on group and kind, so e.g. Volcano's ``batch.volcano.sh/Job`` is
     not taken for a Kubernetes Job.
     """
     if owner is None:
-        return ""  # a bare pod: the reconciler recreates it itself
+        return None  # a bare pod: the reconciler recreates it itself
     group = owner_group(owner)
     if (group, owner.kind) in RECREATING_OWNERS or owner.kind in restartable or f"{group}/{owner.kind}" in restartable:
-        return ""
-    return (f"its owner {owner_label(owner)} {owner.name} is not known to recreate deleted pods "
-            "(list the kind in --restartable-owners if it does)")
+        return None
+    return UnknownOwner(owner_label(owner), owner.name)
 
 
 def is_job_owner(owner: Owner | None) -> bool:
@@ -106,8 +117,28 @@ def ignores_disruptions(policy: Mapping[str, Any] | None) -> bool:
     return False
 
 
-def job_restart_problem(job: Mapping[str, Any], restore: bool, restarts_under_way: int = 0) -> str:
-    """Why restarting a pod of ``job`` could harm it ('' when it cannot).
+@dataclass(frozen=True)
+class JobRestartCounts:
+    """Restarting a pod of this Job would count against its ``backoffLimit`` (no podFailurePolicy rule
+    ignores DisruptionTarget) and is not worth it, or could fail the Job."""
+
+    job: str
+    restore: bool            # a restore is never worth a failure: the pod runs fine where it is
+    failed: int = 0          # status.failed + uncounted failures + our restarts under way
+    limit: int | None = None  # backoffLimit; None with backoffLimitPerIndex (not tracked per index here)
+
+    def __str__(self) -> str:
+        rule = "no podFailurePolicy rule ignoring DisruptionTarget"
+        if self.restore:
+            return f"Job {self.job} has {rule}: a restart would count against its backoffLimit"
+        if self.limit is None:
+            return f"Job {self.job} uses backoffLimitPerIndex with {rule}"
+        return (f"Job {self.job} has {rule} and {self.failed} failed or restarting pods of backoffLimit "
+                f"{self.limit}: one more restart could fail the Job")
+
+
+def job_restart_problem(job: Mapping[str, Any], restore: bool, restarts_under_way: int = 0) -> JobRestartCounts | None:
+    """Why restarting a pod of ``job`` could harm it (None when it cannot).
 
     The Job controller counts a deleted, unfinished pod as failed (pkg/controller/job/job_controller.go,
     isPodFailed: ``DeletionTimestamp != nil && Phase != Succeeded``) and fails the Job once more pods
@@ -119,20 +150,18 @@ def job_restart_problem(job: Mapping[str, Any], restore: bool, restarts_under_wa
     spec = job.get("spec") if isinstance(job.get("spec"), Mapping) else {}
     status = job.get("status") if isinstance(job.get("status"), Mapping) else {}
     if ignores_disruptions(spec.get("podFailurePolicy")):
-        return ""
-    name = (job.get("metadata") or {}).get("name", "")
+        return None
+    name = str((job.get("metadata") or {}).get("name", ""))
     if restore:
-        return (f"Job {name} has no podFailurePolicy rule ignoring DisruptionTarget: a restart would count "
-                "against its backoffLimit, and the pod runs fine where it is")
+        return JobRestartCounts(name, restore=True)
     if spec.get("backoffLimitPerIndex") is not None:
-        return f"Job {name} uses backoffLimitPerIndex without a podFailurePolicy rule ignoring DisruptionTarget"
+        return JobRestartCounts(name, restore=False)
     limit = spec.get("backoffLimit", 6)
     uncounted = (status.get("uncountedTerminatedPods") or {}).get("failed") or []
     failed = int(status.get("failed") or 0) + len(uncounted) + restarts_under_way
     if not isinstance(limit, int) or failed >= limit:
-        return (f"Job {name} has {failed} failed or restarting pods of backoffLimit {limit}: one more restart "
-                "could fail the Job")
-    return ""
+        return JobRestartCounts(name, restore=False, failed=failed, limit=limit if isinstance(limit, int) else 0)
+    return None
 
 
 def replacement_pod(pod: Mapping[str, Any], restore: Rule | None = None, restored_at: str = "") -> dict[str, Any]:

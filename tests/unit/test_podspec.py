@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from mig_extender.core.podspec import dry_run_copy, job_restart_problem, replacement_pod, restart_blocker
+from mig_extender.core.podspec import (
+    JobRestartCounts,
+    UnknownOwner,
+    dry_run_copy,
+    job_restart_problem,
+    replacement_pod,
+    restart_blocker,
+)
 from mig_extender.core.resources import Owner
 from tests.builders import make_pod
 
@@ -29,22 +36,26 @@ def owner(kind: str, api_version: str) -> Owner:
     return Owner(kind, "x", "uid-x", api_version)
 
 
-@pytest.mark.parametrize("pod_owner, listed, restartable", [
-    pytest.param(None, (), True, id="bare-pod"),
-    pytest.param(owner("ReplicaSet", "apps/v1"), (), True, id="replicaset"),
-    pytest.param(owner("StatefulSet", "apps/v1"), (), True, id="statefulset"),
-    pytest.param(owner("Job", "batch/v1"), (), True, id="job"),
-    pytest.param(owner("ReplicationController", "v1"), (), True, id="replicationcontroller"),
-    pytest.param(owner("RayCluster", "ray.io/v1"), (), False, id="raycluster"),
-    pytest.param(owner("Workflow", "argoproj.io/v1alpha1"), (), False, id="argo-workflow"),
-    pytest.param(owner("Job", "batch.volcano.sh/v1alpha1"), (), False, id="volcano-job-is-not-a-job"),
-    pytest.param(owner("DaemonSet", "apps/v1"), (), False, id="daemonset-pinned-to-its-node"),
-    pytest.param(owner("RayCluster", "ray.io/v1"), ("ray.io/RayCluster",), True, id="listed-with-group"),
-    pytest.param(owner("RayCluster", "ray.io/v1"), ("RayCluster",), True, id="listed-kind-only"),
-    pytest.param(owner("RayCluster", "ray.io/v1"), ("example.com/RayCluster",), False, id="listed-other-group"),
+@pytest.mark.parametrize("pod_owner, listed, expected", [
+    pytest.param(None, (), None, id="bare-pod"),
+    pytest.param(owner("ReplicaSet", "apps/v1"), (), None, id="replicaset"),
+    pytest.param(owner("StatefulSet", "apps/v1"), (), None, id="statefulset"),
+    pytest.param(owner("Job", "batch/v1"), (), None, id="job"),
+    pytest.param(owner("ReplicationController", "v1"), (), None, id="replicationcontroller"),
+    pytest.param(owner("RayCluster", "ray.io/v1"), (), UnknownOwner("ray.io/RayCluster", "x"), id="raycluster"),
+    pytest.param(owner("Workflow", "argoproj.io/v1alpha1"), (), UnknownOwner("argoproj.io/Workflow", "x"),
+                 id="argo-workflow"),
+    pytest.param(owner("Job", "batch.volcano.sh/v1alpha1"), (), UnknownOwner("batch.volcano.sh/Job", "x"),
+                 id="volcano-job-is-not-a-job"),
+    pytest.param(owner("DaemonSet", "apps/v1"), (), UnknownOwner("apps/DaemonSet", "x"),
+                 id="daemonset-pinned-to-its-node"),
+    pytest.param(owner("RayCluster", "ray.io/v1"), ("ray.io/RayCluster",), None, id="listed-with-group"),
+    pytest.param(owner("RayCluster", "ray.io/v1"), ("RayCluster",), None, id="listed-kind-only"),
+    pytest.param(owner("RayCluster", "ray.io/v1"), ("example.com/RayCluster",), UnknownOwner("ray.io/RayCluster", "x"),
+                 id="listed-other-group"),
 ])
-def test_item6_only_pods_something_recreates_are_restarted(pod_owner, listed, restartable) -> None:
-    assert (restart_blocker(pod_owner, frozenset(listed)) == "") is restartable
+def test_item6_only_pods_something_recreates_are_restarted(pod_owner, listed, expected) -> None:
+    assert restart_blocker(pod_owner, frozenset(listed)) == expected
 
 
 IGNORE_DISRUPTION = {"rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]}
@@ -56,22 +67,26 @@ def job(backoff_limit: int = 0, failed: int = 0, policy: dict | None = None, unc
     return {"metadata": {"name": "train"}, "spec": spec, "status": status}
 
 
-@pytest.mark.parametrize("the_job, restore, under_way, allowed", [
-    pytest.param(job(0, policy=IGNORE_DISRUPTION), False, 0, True, id="ignore-rule-upgrade"),
-    pytest.param(job(0, policy=IGNORE_DISRUPTION), True, 0, True, id="ignore-rule-restore"),
-    pytest.param(job(0), False, 0, False, id="backoff-0-upgrade-would-fail-the-job"),
-    pytest.param(job(2, failed=1), False, 0, True, id="room-left"),
-    pytest.param(job(2, failed=1), False, 1, False, id="room-taken-by-a-restart-under-way"),
-    pytest.param(job(2, failed=1, uncounted=1), False, 0, False, id="uncounted-failures"),
-    pytest.param(job(6), True, 0, False, id="restore-never-without-the-rule"),
+@pytest.mark.parametrize("the_job, restore, under_way, expected", [
+    pytest.param(job(0, policy=IGNORE_DISRUPTION), False, 0, None, id="ignore-rule-upgrade"),
+    pytest.param(job(0, policy=IGNORE_DISRUPTION), True, 0, None, id="ignore-rule-restore"),
+    pytest.param(job(0), False, 0, JobRestartCounts("train", False, 0, 0), id="backoff-0-upgrade-would-fail-the-job"),
+    pytest.param(job(2, failed=1), False, 0, None, id="room-left"),
+    pytest.param(job(2, failed=1), False, 1, JobRestartCounts("train", False, 2, 2),
+                 id="room-taken-by-a-restart-under-way"),
+    pytest.param(job(2, failed=1, uncounted=1), False, 0, JobRestartCounts("train", False, 2, 2),
+                 id="uncounted-failures"),
+    pytest.param(job(6), True, 0, JobRestartCounts("train", True), id="restore-never-without-the-rule"),
     pytest.param(job(6, policy={"rules": [{"action": "FailJob", "onExitCodes": {"operator": "In", "values": [137]}},
-                                          *IGNORE_DISRUPTION["rules"]]}), True, 0, False,
+                                          *IGNORE_DISRUPTION["rules"]]}), True, 0, JobRestartCounts("train", True),
                  id="exit-code-rule-first-may-match-the-evicted-container"),
     pytest.param(job(6, policy={"rules": [{"action": "Count", "onPodConditions": [{"type": "DisruptionTarget"}]}]}),
-                 True, 0, False, id="disruption-counted"),
+                 True, 0, JobRestartCounts("train", True), id="disruption-counted"),
+    pytest.param(dict(job(6), spec={"backoffLimitPerIndex": 1}), False, 0, JobRestartCounts("train", False),
+                 id="per-index-limit-not-tracked"),
 ])
-def test_item7_job_restart_problem(the_job, restore, under_way, allowed) -> None:
-    assert (job_restart_problem(the_job, restore, under_way) == "") is allowed
+def test_item7_job_restart_problem(the_job, restore, under_way, expected) -> None:
+    assert job_restart_problem(the_job, restore, under_way) == expected
 
 
 def test_item6_restartable_owners_setting_reaches_the_planner() -> None:
