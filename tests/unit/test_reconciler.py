@@ -411,3 +411,17 @@ def test_item8_rule_errors_are_metered_as_errors() -> None:
     w.store.update(replace(bad, stash="{not json"))
     w.reconciler.run_once()
     assert w.reconciler.metrics.actions.labels("rule_errors", "error")._value.get() == 1
+
+
+def test_item4_a_new_leader_resuming_a_refused_restore_defers_it() -> None:
+    """The old leader wrote Restoring and died before its eviction; the new one's eviction gets 429."""
+    w = World()
+    upgraded_and_freed(w)
+    (bound,) = w.store.list()
+    w.store.update(bound.restoring("gpu-a", w.now, 120.0))
+    w.actions.answer = RestartOutcome(Restart.REFUSED, "pdb")
+    fresh = Reconciler(w.inventory, w.store, w.actions, clock=lambda: w.now)
+    counts = fresh.run_once()
+    assert counts["restore_refused"] == 1 and counts["restore_deferred"] == 1
+    (rule,) = w.store.list()
+    assert rule.phase is Phase.APPLIED and rule.restore_node == "" and ("p2", "MigRestoreDeferred") in w.actions.events
