@@ -101,6 +101,11 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+RESTARTABLE_HELP = ("owner kinds, besides ReplicaSet/StatefulSet/Job/ReplicationController, whose controller "
+                    "recreates a deleted pod: group/Kind (ray.io/RayCluster) or Kind; pods of other owners are "
+                    "never substituted or restarted (default: none; the same list on serve and reconcile)")
+
+
 def _serve_parser(s: argparse.ArgumentParser) -> None:
     s.add_argument("--bind", default=Settings.bind, metavar="HOST:PORT",
                    help="scheduler verbs, /debug/* and ops endpoints (default: %(default)s; keep it on loopback: "
@@ -117,6 +122,7 @@ def _serve_parser(s: argparse.ArgumentParser) -> None:
                                                  "fit), keeping whole nodes free; spread: the opposite "
                                                  "(default: %(default)s)")
     s.add_argument("--no-substitution", action="store_true", help="exact MIG type only (stock behaviour)")
+    s.add_argument("--restartable-owners", default=None, metavar="KIND,...", help=RESTARTABLE_HELP)
     s.add_argument("--no-debug-endpoints", action="store_true", help="do not serve /debug/*")
     s.add_argument("--tls-cert", default="", metavar="FILE", help="serve HTTPS with this certificate (reloaded "
                    "on change); set enableHTTPS and tlsConfig in the scheduler's extender entry to match "
@@ -155,7 +161,9 @@ def _reconcile_parser(r: argparse.ArgumentParser) -> None:
                    help="restores one pass may start, each restarts a pod (default: %(default)s; 0: no restores)")
     r.add_argument("--restores-in-flight", type=_integer, default=PlanSettings.restores_in_flight, metavar="N",
                    help="restores under way at once (default: %(default)s)")
-    r.add_argument("--dry-run", action="store_true", help="log restarts and events instead of doing them")
+    r.add_argument("--dry-run", action="store_true", help="log every write (restarts, rule updates, events) "
+                                                          "instead of sending it; takes no Lease")
+    r.add_argument("--restartable-owners", default=None, metavar="KIND,...", help=RESTARTABLE_HELP)
     _add_log_level(r)
 
 
@@ -255,6 +263,7 @@ def _serve_settings(args: argparse.Namespace) -> Settings:
         substitution=base.substitution and not args.no_substitution,
         debug_endpoints=base.debug_endpoints and not args.no_debug_endpoints,
         threads=args.threads, log_level=args.log_level,
+        restartable_owners=base.restartable_owners if args.restartable_owners is None else args.restartable_owners,
     ).validate()
 
 
@@ -296,6 +305,8 @@ def _reconcile(args: argparse.Namespace) -> None:
                        restore_ttl=args.restore_ttl, restores_per_pass=args.restores_per_pass,
                        restores_in_flight=args.restores_in_flight, threads=2,
                        log_level=args.log_level).validate()
+    if args.restartable_owners is not None:
+        settings = replace(settings, restartable_owners=args.restartable_owners).validate()
     settings = _with_cluster(settings, "reconcile")
     identity = args.identity or default_identity()
     _check_serving(settings, None, bind_flag="--metrics-bind")

@@ -202,6 +202,8 @@ def build_webhook(settings: Settings) -> Any:
 
 
 def build_reconciler(settings: Settings, lease_name: str, identity: str, dry_run: bool) -> Any:
+    """The leader-elected reconciler. ``dry_run``: every write of its API client is logged and held back
+    (cluster/dryrun.py), and it takes no Lease (it must never keep the real reconciler from leading)."""
     from .cluster.actions import KubeActions
     from .cluster.leases import LeaseElector
     from .components.reconciler import Reconciler
@@ -210,11 +212,19 @@ def build_reconciler(settings: Settings, lease_name: str, identity: str, dry_run
         raise ValueError("reconcile needs a cluster (--kubeconfig or --in-cluster)")
     inventory = ClusterInventory()
     api, informers = _cluster(settings, inventory)
-    elector = LeaseElector(api, settings.namespace, lease_name, identity).run()
-    _ON_EXIT.append(elector.stop)  # release the Lease on a graceful stop: the standby takes over at once
+    is_leader: Callable[[], bool] = lambda: True  # noqa: E731 - a dry run logs what a leader would do
+    if dry_run:
+        from .cluster.dryrun import sandbox
+
+        sandbox(api)
+        log.warning("dry run: no write reaches the API server (each is logged as 'dry-run: would ...')")
+    else:
+        elector = LeaseElector(api, settings.namespace, lease_name, identity).run()
+        _ON_EXIT.append(elector.stop)  # release the Lease on a graceful stop: the standby takes over at once
+        is_leader = elector.is_leader
     metrics = Metrics()
-    reconciler = Reconciler(inventory, build_store(settings, api), KubeActions(api, dry_run=dry_run),
-                            settings.plan, metrics, is_leader=elector.is_leader, retention=settings.retention)
+    reconciler = Reconciler(inventory, build_store(settings, api), KubeActions(api), settings.plan, metrics,
+                            is_leader=is_leader, retention=settings.retention)
     metrics.watch(lambda: inventory.snapshot(reconciler.store.list()))
     if (check := _staleness(informers, settings)) is not None:
         reconciler.checks.append(check)

@@ -47,17 +47,22 @@ def make_node(name: str, gpu: str | None = "A100-40GB", mig: Mapping[str, int] |
             "status": {"capacity": dict(alloc), "allocatable": alloc}}
 
 
+OWNER_API_VERSIONS = {"Job": "batch/v1", "ReplicationController": "v1"}
+
+
 def make_pod(name: str = "", namespace: str = "default", mig: Mapping[str, Any] | None = None,
-             node: str = "", phase: str = "", owner: tuple[str, str, str] | None = None,
+             node: str = "", phase: str = "", owner: tuple[str, ...] | None = None,
              annotations: Mapping[str, str] | None = None, init_mig: Mapping[str, Any] | None = None,
              uid: str | None = None, terminating: bool = False, containers: int = 1,
              created: str = "") -> dict[str, Any]:
-    """A pod JSON; ``owner`` is (kind, name, uid) of its controller."""
+    """A pod JSON; ``owner`` is (kind, name, uid[, apiVersion]) of its controller (apiVersion defaults to
+    the built-in kind's: apps/v1, batch/v1 for a Job)."""
     n = next(_uids)
     meta: dict[str, Any] = {"name": name or f"pod-{n}", "namespace": namespace,
                             "uid": uid if uid is not None else f"uid-{n:04d}"}
     if owner:
-        meta["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": owner[0], "name": owner[1], "uid": owner[2],
+        api_version = OWNER_API_VERSIONS.get(owner[0], "apps/v1") if len(owner) < 4 else owner[3]
+        meta["ownerReferences"] = [{"apiVersion": api_version, "kind": owner[0], "name": owner[1], "uid": owner[2],
                                     "controller": True}]
     if annotations:
         meta["annotations"] = dict(annotations)

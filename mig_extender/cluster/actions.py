@@ -1,8 +1,9 @@
 """Every change mig-extender makes to the cluster: Bindings, restarts, bare-pod recreation, Events.
 
-One owner for side effects (as the descheduler's evictions package): each mutating call can run dry
-(``dry_run=True`` logs what it would do), carries a uid precondition where it restarts a pod, and none is
-made on the extender's filter path. Must not: decide which pod to act on (the planner does).
+One owner for side effects (as the descheduler's evictions package): restarts always go through the
+Eviction API with a uid precondition, a 429 is a typed outcome (``Restart.REFUSED``), and none is made on
+the extender's filter path. A dry run is a sandboxed API client (cluster/dryrun.py), not a flag here.
+Must not: decide which pod to act on (the planner does).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from urllib.parse import quote
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from ..core.podspec import selector_matches
+from ..core.podspec import Restart, RestartOutcome, dry_run_copy
 from ..core.rules import ANN_RECREATE
 from .client import JSON, MERGE_PATCH, JsonPoster, raw
 
@@ -40,75 +41,87 @@ class KubeBinder:
 
 
 class KubeActions:
-    """Every change the reconciler makes to the cluster. ``dry_run`` logs instead of acting."""
+    """Every change the reconciler makes to the cluster. A dry run swaps the API client for a sandboxed one
+    (cluster/dryrun.py) that logs every write instead of sending it: this class does not branch on it."""
 
-    def __init__(self, api: client.ApiClient, component: str = "mig-extender-reconciler",
-                 dry_run: bool = False) -> None:
+    def __init__(self, api: client.ApiClient, component: str = "mig-extender-reconciler") -> None:
         self._core = client.CoreV1Api(api)
-        self._policy = client.PolicyV1Api(api)
+        self._batch = client.BatchV1Api(api)
         self._custom = client.CustomObjectsApi(api)
         self._events = client.EventsV1Api(api)
         self.component = component
-        self.dry_run = dry_run
         self.host = os.environ.get("HOSTNAME", "")
 
     def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._read(self._core.read_namespaced_pod, name, namespace)
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Job owning a pod: its podFailurePolicy and failure counts decide whether a restart is free."""
+        return self._read(self._batch.read_namespaced_job, name, namespace)
+
+    @staticmethod
+    def _read(call: Any, name: str, namespace: str) -> dict[str, Any] | None:
         try:
-            return raw(self._core.read_namespaced_pod, name, namespace)
+            return raw(call, name, namespace)
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
 
-    def pdb_covers(self, pod: JSON) -> bool:
-        labels = (pod.get("metadata") or {}).get("labels") or {}
-        pdbs = raw(self._policy.list_namespaced_pod_disruption_budget, pod["metadata"]["namespace"])
-        return any(selector_matches((p.get("spec") or {}).get("selector"), labels) for p in pdbs.get("items") or [])
-
-    def evict_or_delete(self, pod: JSON) -> str:
-        """Restart a controller-owned pod: the Eviction API when a PDB covers it, else a delete. The uid
-        precondition makes a repeated call (another leader, a retry) a no-op instead of a second restart."""
+    def evict(self, pod: JSON) -> RestartOutcome:
+        """Restart a pod through the Eviction API: the API server enforces PodDisruptionBudgets (429 when one
+        refuses) and sets the DisruptionTarget condition, which a Job's podFailurePolicy can ignore (a plain
+        delete would count against its backoffLimit). The uid precondition makes a repeated call (another
+        leader, a retry) a no-op instead of a second restart."""
         meta = pod["metadata"]
         ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
-        use_eviction = self.pdb_covers(pod)
-        if self.dry_run:
-            log.info("dry-run: would %s pod %s/%s", "evict" if use_eviction else "delete", ns, name)
-            return "dry-run"
-        options = {"preconditions": {"uid": uid}}
+        body = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name, "namespace": ns},
+                "deleteOptions": {"preconditions": {"uid": uid}}}
         try:
-            if use_eviction:
-                body = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name, "namespace": ns},
-                        "deleteOptions": options}
-                raw(self._core.create_namespaced_pod_eviction, name, ns, body)
-                return "evicted"
-            raw(self._core.delete_namespaced_pod, name, ns, body=options)
-            return "deleted"
+            raw(self._core.create_namespaced_pod_eviction, name, ns, body)
         except ApiException as exc:
             if exc.status in (404, 409):
-                return "gone"
+                return RestartOutcome(Restart.GONE)
+            if exc.status == 429:
+                return RestartOutcome(Restart.REFUSED, _api_message(exc))
             raise
+        return RestartOutcome(Restart.EVICTED)
 
-    def stash_and_delete_bare_pod(self, rule_ns: str, rule_name: str, pod: JSON, replacement: JSON) -> str:
-        """Write the replacement manifest onto the rule first, then delete the pod: if we die in between,
-        whoever leads next finds the manifest and creates the pod (``finish_recreate``)."""
-        meta = pod["metadata"]
-        if self.dry_run:
-            log.info("dry-run: would recreate bare pod %s/%s", meta["namespace"], meta["name"])
-            return "dry-run"
-        patch = {"metadata": {"annotations": {ANN_RECREATE: json.dumps(replacement, separators=(",", ":"))}}}
+    def replacement_problem(self, manifest: JSON) -> str:
+        """Why the API server would refuse to create ``manifest`` ('' when it would accept it): a server-side
+        dry run (``dryRun=All``, nothing is stored) under a generated name, the old pod still holding the real
+        one. Validation, admission webhooks and quota all run as for the real create."""
+        ns = manifest["metadata"].get("namespace", "default")
+        try:
+            raw(self._core.create_namespaced_pod, ns, dry_run_copy(manifest), dry_run="All")
+        except ApiException as exc:
+            if 400 <= exc.status < 500 and exc.status != 429:
+                return _api_message(exc)
+            raise
+        return ""
+
+    def stash_and_evict_bare_pod(self, rule_ns: str, rule_name: str, pod: JSON, replacement: JSON) -> RestartOutcome:
+        """A bare pod has nobody to recreate it: check the replacement would be accepted (else leave the pod
+        alone), write it onto the rule, then evict the pod. If we die after the eviction, whoever leads next
+        finds the manifest and creates the pod (``finish_recreate``); a refused eviction clears the stash."""
+        problem = self.replacement_problem(replacement)
+        if problem:
+            return RestartOutcome(Restart.INVALID, problem)
+        self._set_stash(rule_ns, rule_name, json.dumps(replacement, separators=(",", ":")))
+        outcome = self.evict(pod)
+        if outcome.kind is Restart.REFUSED:
+            self._set_stash(rule_ns, rule_name, None)
+        return outcome
+
+    def _set_stash(self, rule_ns: str, rule_name: str, manifest_json: str | None) -> None:
+        patch = {"metadata": {"annotations": {ANN_RECREATE: manifest_json}}}
         raw(self._custom.patch_namespaced_custom_object,
             "mig-extender.io", "v1alpha1", rule_ns, "migsubstitutions", rule_name, patch,
             _content_type=MERGE_PATCH)
-        try:
-            raw(self._core.delete_namespaced_pod, meta["name"], meta["namespace"],
-                body={"preconditions": {"uid": meta["uid"]}})
-        except ApiException as exc:
-            if exc.status not in (404, 409):
-                raise
-        return "deleted"
 
     def finish_recreate(self, rule_ns: str, rule_name: str, manifest_json: str) -> str:
-        """Create the stashed bare pod once its predecessor is gone, then clear the stash. Idempotent."""
+        """Create the stashed bare pod once its predecessor is gone, then clear the stash. Idempotent; a
+        create the API refuses keeps the stash (raised: counted per rule, retried, never dropped)."""
         manifest = json.loads(manifest_json)
         ns, name = manifest["metadata"].get("namespace", rule_ns), manifest["metadata"]["name"]
         current = self.get_pod(ns, name)
@@ -116,26 +129,18 @@ class KubeActions:
             return "waiting"  # the old pod is still terminating
         outcome = "exists"
         if current is None:
-            if self.dry_run:
-                return "dry-run"
             try:
                 raw(self._core.create_namespaced_pod, ns, manifest)
                 outcome = "created"
             except ApiException as exc:
                 if exc.status != 409:
                     raise
-        patch = {"metadata": {"annotations": {ANN_RECREATE: None}}}
-        raw(self._custom.patch_namespaced_custom_object,
-            "mig-extender.io", "v1alpha1", rule_ns, "migsubstitutions", rule_name, patch,
-            _content_type=MERGE_PATCH)
+        self._set_stash(rule_ns, rule_name, None)
         return outcome
 
     def event(self, namespace: str, pod_name: str, pod_uid: str, reason: str, message: str,
               warning: bool = False, action: str = "Reconcile") -> None:
         """An events.k8s.io/v1 Event on the pod (``kubectl describe pod`` shows it). Never raises."""
-        if self.dry_run:
-            log.info("dry-run: event %s on %s/%s: %s", reason, namespace, pod_name, message)
-            return
         now = datetime.now(timezone.utc)
         instance = self.host or self.component
         body = {
@@ -193,3 +198,11 @@ class NodeEvents:
                 return "exists"
             raise
         return "created"
+
+
+def _api_message(exc: ApiException) -> str:
+    """The Status message of an API error (what a PDB refusal or a validation error says), else its reason."""
+    try:
+        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
+    except (ValueError, AttributeError):
+        return str(exc.reason)

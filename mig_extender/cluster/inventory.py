@@ -10,8 +10,9 @@ bind is *assumed* before the API confirms it::
 
 so a pod placed by the extender counts the moment it is placed, before any watch event. Only pods
 that request MIG slices are kept (their PodInfo, not the object): memory is O(MIG pods), and other pods
-cost one dict lookup. ``snapshot()`` returns an immutable ClusterSnapshot, cached until something
-changes, so the hot path pays nothing when nothing happened. Pure Python; thread-safe with one lock.
+cost one dict lookup plus, when bound, one small tuple in the cpu/memory book (``_RequestBook``).
+``snapshot()`` returns an immutable ClusterSnapshot, cached until something changes, so the hot path
+pays nothing when nothing happened. Pure Python; thread-safe with one lock.
 """
 
 from __future__ import annotations
@@ -77,6 +78,45 @@ def node_facts(name: str, labels: Mapping[str, Any], spec: Mapping[str, Any], st
     )
 
 
+class _RequestBook:
+    """CPU and memory requested by every bound, unfinished pod (MIG or not), summed per node.
+
+    Placement checks of our own decisions (where a restore may reserve a slice) need what a node has
+    left, as kube-scheduler's NodeResourcesFit counts it. Per pod only (node, cpu, mem) is kept, so a
+    delete can be subtracted: a dict entry and a 3-tuple, ~150 bytes a pod with the node name shared.
+    Nodes whose sums changed are returned as dirty; the inventory folds them into NodeInfo lazily.
+    """
+
+    def __init__(self) -> None:
+        self.by_uid: dict[str, tuple[str, int, int]] = {}
+        self.by_node: dict[str, tuple[int, int]] = {}
+
+    def set(self, uid: str, node: str, cpu: int, mem: int) -> set[str]:
+        """Record ``uid`` on ``node`` (node '' or 0/0 requests: forget it); returns the nodes changed."""
+        old = self.by_uid.get(uid)
+        new = (node, cpu, mem) if node and (cpu or mem) else None
+        if old == new:
+            return set()
+        changed = set()
+        if old is not None:
+            del self.by_uid[uid]
+            changed.add(self._add(old, -1))
+        if new is not None:
+            self.by_uid[uid] = new
+            changed.add(self._add(new, +1))
+        return changed
+
+    def _add(self, entry: tuple[str, int, int], sign: int) -> str:
+        node, cpu, mem = entry
+        have_cpu, have_mem = self.by_node.get(node, (0, 0))
+        total = (have_cpu + sign * cpu, have_mem + sign * mem)
+        if total == (0, 0):
+            self.by_node.pop(node, None)
+        else:
+            self.by_node[node] = total
+        return node
+
+
 class ClusterInventory:
     """Mutable, thread-safe accounting of MIG slices per node; see the module docstring."""
 
@@ -91,6 +131,8 @@ class ClusterInventory:
         self._index: dict[str, set[str]] = {}
         self._gpu_problems: dict[str, GpuProblem] = {}  # node -> why its GPU is not (fully) recognised
         self._frozen: tuple[Mapping[str, NodeInfo], Mapping[str, frozenset[str]]] | None = None
+        self._requests = _RequestBook()
+        self._usage_dirty: set[str] = set()          # nodes whose cpu/memory sums are not in NodeInfo yet
         self.synced = False
         self.generation = 0
 
@@ -115,7 +157,8 @@ class ClusterInventory:
                 self._changed()
 
     def _set_node(self, name: str, info: NodeInfo) -> None:
-        info = replace(info, used=dict(self._used.get(name, {})))
+        info = replace(info, used=dict(self._used.get(name, {})), facts=self._facts_with_usage(info))
+        self._usage_dirty.discard(name)
         old = self._nodes.get(name)
         self._nodes[name] = info
         for r in set(info.allocatable) | set(old.allocatable if old else ()):
@@ -126,6 +169,32 @@ class ClusterInventory:
                 members.discard(name)
         self._changed()
 
+    def _facts_with_usage(self, info: NodeInfo) -> NodeFacts | None:
+        if info.facts is None:
+            return None
+        cpu, mem = self._requests.by_node.get(info.name, (0, 0))
+        if (info.facts.used_cpu_milli, info.facts.used_memory_bytes) == (cpu, mem):
+            return info.facts
+        return replace(info.facts, used_cpu_milli=cpu, used_memory_bytes=mem)
+
+    def _track_requests(self, info: PodInfo) -> None:
+        """Book the pod's cpu/memory on its node. A pod without MIG changes no slice count, so the cached
+        snapshot is kept (``/filter`` reads no cpu/memory): its node is only marked, and folded in when a
+        snapshot is built anyway or one is asked for with ``usage=True`` (the reconciler)."""
+        node = info.node if info.holds_slices else ""
+        known = self._nodes.get(node) if node else None
+        node = known.name if known is not None else node  # share the inventory's name object, not the pod's
+        changed = self._requests.set(info.uid, node, info.placement.cpu_milli, info.placement.memory_bytes)
+        if changed:
+            self._usage_dirty.update(n for n in changed if n in self._nodes)
+            self.generation += 1
+
+    def _fold_usage(self) -> None:
+        for name in list(self._usage_dirty):
+            if name in self._nodes:
+                self._set_node(name, self._nodes[name])
+        self._usage_dirty.clear()
+
     # -- pods -------------------------------------------------------------------------------------
 
     def upsert_pod(self, obj: Mapping[str, Any]) -> PodInfo | None:
@@ -134,6 +203,7 @@ class ClusterInventory:
         except DemandError:
             return None
         with self._lock:
+            self._track_requests(info)
             old = self._pods.get(info.uid)
             if not info.wants_mig:
                 if old is not None:
@@ -152,6 +222,8 @@ class ClusterInventory:
     def delete_pod(self, uid: str) -> None:
         with self._lock:
             self._assumed.pop(uid, None)
+            for node in self._requests.set(uid, "", 0, 0):
+                self._usage_dirty.add(node)
             old = self._pods.get(uid)
             if old is not None:
                 self._remove_pod(old)
@@ -159,13 +231,17 @@ class ClusterInventory:
     def replace_pods(self, objs: Iterable[Mapping[str, Any]]) -> None:
         """Relist: forget every pod not in ``objs`` (its delete event may have been missed)."""
         with self._lock:
-            seen = set()
+            seen, listed = set(), set()
             for obj in objs:
                 info = self.upsert_pod(obj)
                 if info is not None:
                     seen.add(info.uid)
+                uid = ((obj.get("metadata") or {}) if isinstance(obj, Mapping) else {}).get("uid")
+                listed.add(str(uid or ""))
             for uid in [u for u in self._pods if u not in seen and u not in self._assumed]:
                 self._remove_pod(self._pods[uid])
+            for uid in [u for u in self._requests.by_uid if u not in listed]:
+                self._usage_dirty.update(self._requests.set(uid, "", 0, 0))
 
     def replace_nodes(self, objs: Iterable[Mapping[str, Any]]) -> None:
         with self._lock:
@@ -271,8 +347,12 @@ class ClusterInventory:
         with self._lock:
             return dict(self._gpu_problems)
 
-    def snapshot(self, rules: Iterable[Rule] = (), now: float | None = None) -> ClusterSnapshot:
+    def snapshot(self, rules: Iterable[Rule] = (), now: float | None = None, usage: bool = False) -> ClusterSnapshot:
+        """The cached snapshot; ``usage=True`` first folds in cpu/memory changes of pods without MIG
+        (for placement checks; the filter does not need them and keeps its cache)."""
         with self._lock:
+            if self._usage_dirty and (usage or self._frozen is None):
+                self._fold_usage()
             if self._frozen is None:
                 self._frozen = (
                     dict(self._nodes),

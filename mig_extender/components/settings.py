@@ -7,11 +7,14 @@ reads the environment on its own.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, fields, replace
 
 from ..core.planner import PlanSettings, Policy
 
 ENV_PREFIX = "MIG_EXTENDER_"
+# an owner kind as --restartable-owners takes it: Kind, or group/Kind (the group of the owner's apiVersion)
+_OWNER_KIND = re.compile(r"^([a-z0-9]([a-z0-9.-]*[a-z0-9])?/)?[A-Z][A-Za-z0-9]*$")
 
 
 class SettingsError(ValueError):
@@ -59,6 +62,11 @@ class Settings:
     restores_in_flight: int = 4
     policy: str = Policy.PACK.value
     substitution: bool = True
+    # owner kinds, comma-separated, that recreate a deleted pod besides the built-in ReplicaSet, StatefulSet,
+    # Job and ReplicationController ("ray.io/RayCluster" or "RayCluster"): a substitution restarts the pod,
+    # so pods of any other owner are left as they are (restarting them duplicates or fails them). Empty by
+    # default: we cannot know what an unknown controller does with a deleted pod
+    restartable_owners: str = ""
     # /debug/* serve rule and inventory details; turn off where the port is reachable by others
     debug_endpoints: bool = True
     # largest request body accepted (bytes): 5,000 full Node objects (nodeCacheCapable: false) are ~25 MB
@@ -115,6 +123,9 @@ class Settings:
             errors.append(f"{flag_of('threads')} must be >= 1, got {self.threads}")
         if self.max_body_bytes < 1024:
             errors.append(f"{flag_of('max_body_bytes')} must be >= 1024, got {self.max_body_bytes}")
+        bad = [k for k in self.owner_kinds if not _OWNER_KIND.match(k)]
+        if bad:
+            errors.append(f"--restartable-owners takes Kind or group/Kind (e.g. ray.io/RayCluster), got {bad}")
         return errors
 
     @property
@@ -126,10 +137,14 @@ class Settings:
         return self.rule_store or ("kube" if self.has_cluster else "memory")
 
     @property
+    def owner_kinds(self) -> frozenset[str]:
+        return frozenset(k.strip() for k in self.restartable_owners.split(",") if k.strip())
+
+    @property
     def plan(self) -> PlanSettings:
         return PlanSettings(rule_ttl=self.rule_ttl, restore_ttl=self.restore_ttl, policy=Policy(self.policy),
                             substitution=self.substitution, restores_per_pass=self.restores_per_pass,
-                            restores_in_flight=self.restores_in_flight)
+                            restores_in_flight=self.restores_in_flight, restartable_owners=self.owner_kinds)
 
     def with_env(self, environ: dict[str, str] | None = None) -> Settings:
         """Overlay ``MIG_EXTENDER_<FIELD>`` environment variables (flags given explicitly win later)."""

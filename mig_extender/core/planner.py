@@ -12,10 +12,12 @@ booleans; only the edges format them. No flask, kubernetes or cachetools here, a
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from .catalog import ProfileError, ProfileShape, can_substitute, canonical_shape, waste
+from .placement import placement_problem
+from .podspec import restart_blocker
 from .resources import PodInfo, ResourceCount
 from .rules import Phase, Rule, new_rule
 from .snapshot import ClusterSnapshot
@@ -41,6 +43,15 @@ class PlanSettings:
     loop_window: float = 900.0       # a workload restored this recently and upgraded again is left alone
     settle: float = 1.0              # a rule this young is not acted on yet: every webhook replica's watch must
                                      # have delivered it before the pod's replacement is created
+    # owner kinds, beyond ReplicaSet/StatefulSet/Job/ReplicationController, known to recreate a deleted pod
+    # ("group/Kind" or "Kind"): only their pods (and bare pods) are substituted, upgraded and restored
+    restartable_owners: frozenset[str] = frozenset()
+    restore_backoff: float = 30.0    # first wait after a refused restore restart; doubles per refusal...
+    restore_backoff_max: float = 900.0  # ...up to this (a PDB that refuses for hours is retried 4x an hour)
+
+    def restore_backoff_after(self, attempts: int) -> float:
+        """Seconds to wait before the next restore after ``attempts`` refusals (1 -> restore_backoff)."""
+        return min(self.restore_backoff * 2 ** max(attempts - 1, 0), self.restore_backoff_max)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -197,7 +208,10 @@ def filter_pod(pod: PodInfo, candidates: Sequence[str], snap: ClusterSnapshot,
         return FilterDecision((), failed, unresolvable, note=note)
     rule = choose_substitute(pod, candidates, snap, settings)
     if rule is None:
-        return FilterDecision((), failed, unresolvable, note=_spent_note(existing, pod))
+        # say so when the pod's owner is why (the reconciler's Event MigSubstitutionSkipped says it too)
+        blocked = restart_blocker(pod.owner, settings.restartable_owners)
+        note = f"not substituted: {blocked}" if blocked else _spent_note(existing, pod)
+        return FilterDecision((), failed, unresolvable, note=note)
     note = f"substitute {rule.substitute.resource} recorded on {rule.node}"
     return FilterDecision((), failed, unresolvable, record=rule, note=note)
 
@@ -223,7 +237,9 @@ def substitution_blocker(pod: PodInfo, settings: PlanSettings) -> str:
         return "pod is already a substitute"
     if not pod.uid:
         return "pod has no uid"
-    return ""
+    # a substitution needs a restart, and only a pod something recreates can be restarted (issue 13 item 6)
+    blocked = restart_blocker(pod.owner, settings.restartable_owners)
+    return str(blocked) if blocked else ""
 
 
 def choose_substitute(pod: PodInfo, candidates: Iterable[str], snap: ClusterSnapshot,
@@ -366,7 +382,8 @@ class Upgrade:
 def plan_upgrades(snap: ClusterSnapshot, pods: Mapping[str, PodInfo],
                   settings: PlanSettings = PlanSettings()) -> tuple[list[Upgrade], list[Rule]]:
     """Recorded rules whose pod still waits unbound -> restart it; rules whose pod was placed as it
-    is (or vanished before its controller replaced it) -> drop. Returns (upgrades, rules to cancel)."""
+    is, or that nothing would recreate (recorded before --restartable-owners changed) -> drop.
+    Returns (upgrades, rules to cancel)."""
     upgrades, cancel = [], []
     for rule in snap.rules:
         if rule.phase is not Phase.RECORDED or rule.is_expired(snap.now):
@@ -374,7 +391,7 @@ def plan_upgrades(snap: ClusterSnapshot, pods: Mapping[str, PodInfo],
         pod = pods.get(rule.pod_uid)
         if pod is None:
             continue  # already restarted: the webhook will apply the rule to its replacement
-        if pod.node:
+        if pod.node or restart_blocker(pod.owner, settings.restartable_owners) is not None:
             cancel.append(rule)
         elif not pod.terminating and snap.now - rule.created >= settings.settle:
             upgrades.append(Upgrade(rule, pod))
@@ -412,25 +429,44 @@ def _shape(resource: str, snap: ClusterSnapshot, node: str) -> ProfileShape | No
 
 def _recently_restored(rule: Rule, snap: ClusterSnapshot, window: float,
                        restored: Iterable[Rule] | None = None) -> Rule | None:
-    """A Restored rule of the same workload within ``window``: restoring again would loop.
-    ``restored``: the snapshot's Restored rules, when the caller has them at hand (else all rules)."""
+    """A restore of the same workload within ``window`` (Restored, or one that expired: its replacement
+    could not land and was upgraded again): restoring again would loop.
+    ``restored``: the snapshot's restore rules, when the caller has them at hand (else all rules)."""
     for other in snap.rules if restored is None else restored:
-        if (other.phase is Phase.RESTORED and other.name != rule.name and other.namespace == rule.namespace
-                and snap.now - other.updated < window
+        if (other.was_restore and other.phase is not Phase.RESTORING and other.name != rule.name
+                and other.namespace == rule.namespace and snap.now - other.updated < window
                 and ((rule.owner and other.owner and other.owner.uid == rule.owner.uid)
                      or (not rule.owner and other.pod_name == rule.pod_name))):
             return other
     return None
 
 
-def plan_restores(snap: ClusterSnapshot, pods: Mapping[str, PodInfo],
-                  settings: PlanSettings = PlanSettings()) -> tuple[list[Restore], list[Skip]]:
-    """Upgraded pods whose original type is free again, biggest waster first, at most
-    ``settings.restores_per_pass``; each gets a node whose free original slice is set aside for it.
+def _can_run_on(snap: ClusterSnapshot, node: str, pod: PodInfo) -> bool:
+    """Could ``pod``'s replacement run on ``node`` apart from MIG (selectors, affinity, taints, cpu/memory)?
+
+    On the pod's own node its own cpu/memory requests are freed by the restart, so they do not count."""
+    info = snap.nodes.get(node)
+    if info is None:
+        return False
+    if node != pod.node or info.facts is None:
+        return not info.placement_problem(pod.placement)
+    facts = replace(info.facts, used_cpu_milli=max(info.facts.used_cpu_milli - pod.placement.cpu_milli, 0),
+                    used_memory_bytes=max(info.facts.used_memory_bytes - pod.placement.memory_bytes, 0))
+    return not placement_problem(pod.placement, facts)
+
+
+def plan_restores(snap: ClusterSnapshot, pods: Mapping[str, PodInfo], settings: PlanSettings = PlanSettings(),
+                  blocked: Mapping[str, object] | None = None) -> tuple[list[Restore], list[Skip]]:
+    """Upgraded pods whose original type is free again, biggest waster first (``catalog.waste`` order:
+    extra compute, extra GB, unneeded media engine; ties: the oldest rule first), at most
+    ``settings.restores_per_pass``; each gets a node whose free original slice is set aside for it, and
+    only a node the pod can run on (placement_problem), or the replacement would strand the reservation.
+    A restore refused before (PDB) waits for its backoff (``rule.retry_restore_at``).
     A restore takes a freed slice that pods waiting for exactly that type would otherwise get, so it is
     made only when none wait for it, or when pods wait for the larger type the upgraded pod occupies
     (then freeing that slice is what the queue needs).
-    Skips (opt-out, loop guard) are returned so the caller can say why on the pod."""
+    Skips (opt-out, loop guard, nothing would recreate the pod, ``blocked``: rule name -> reason, e.g. a
+    Job a restart would harm) are returned so the caller can say why on the pod."""
     in_flight = sum(1 for r in snap.rules if r.phase is Phase.RESTORING and r.reservation(snap.now))
     budget = min(settings.restores_per_pass, settings.restores_in_flight - in_flight)
     if budget <= 0:
@@ -438,15 +474,19 @@ def plan_restores(snap: ClusterSnapshot, pods: Mapping[str, PodInfo],
     candidates: list[tuple[tuple[int, int, int], Rule, PodInfo]] = []
     skips: list[Skip] = []
     # once per call, not once per candidate: with thousands of upgraded pods that was O(rules^2)
-    restored = [r for r in snap.rules if r.phase is Phase.RESTORED]
+    restored = [r for r in snap.rules if r.was_restore and r.phase is not Phase.RESTORING]
     for rule in snap.rules:
-        if rule.phase is not Phase.APPLIED or not rule.bound_pod:
+        if rule.phase is not Phase.APPLIED or not rule.bound_pod or snap.now < rule.retry_restore_at:
             continue
         pod = pods.get(rule.bound_pod)
         if pod is None or not pod.holds_slices or pod.terminating or pod.phase != "Running":
             continue
         if not pod.may_restore:
             skips.append(Skip(rule, pod, "pod opted out of restore (mig-extender.io/restore=false)"))
+            continue
+        why = restart_blocker(pod.owner, settings.restartable_owners) or (blocked or {}).get(rule.name)
+        if why is not None:
+            skips.append(Skip(rule, pod, f"not restored: {why}"))
             continue
         loop = _recently_restored(rule, snap, settings.loop_window, restored) if restored else None
         if loop is not None:
@@ -458,7 +498,7 @@ def plan_restores(snap: ClusterSnapshot, pods: Mapping[str, PodInfo],
         if orig is None or sub is None:
             continue
         candidates.append((waste(orig, sub), rule, pod))
-    candidates.sort(key=lambda c: (c[0], c[1].created), reverse=True)
+    candidates.sort(key=lambda c: (tuple(-x for x in c[0]), c[1].created, c[1].name))
     taken: dict[tuple[str, str], int] = {}
     spare: dict[str, int] = {}
     plans: list[Restore] = []
@@ -472,13 +512,14 @@ def plan_restores(snap: ClusterSnapshot, pods: Mapping[str, PodInfo],
             # pods wait for exactly the freed type, and nobody waits for the larger slice this pod
             # holds: the queue gets the freed slice, a restart would gain nothing
             continue
-        spare[want.resource] -= want.count
         # prefer the pod's own node (its substitute frees there too), then the fullest node
         holders = sorted(snap.nodes_with_free(want.resource),
                          key=lambda n: (n != pod.node, -snap.nodes[n].used_compute(), n))
         for node in holders:
-            if snap.free(node, want.resource) - taken.get((node, want.resource), 0) >= want.count:
+            if (snap.free(node, want.resource) - taken.get((node, want.resource), 0) >= want.count
+                    and _can_run_on(snap, node, pod)):
                 taken[(node, want.resource)] = taken.get((node, want.resource), 0) + want.count
+                spare[want.resource] -= want.count
                 plans.append(Restore(rule, pod, node, cost))
                 break
     return plans, skips
@@ -490,6 +531,7 @@ def expired_rules(snap: ClusterSnapshot) -> list[Rule]:
 
 
 def finished_rules(snap: ClusterSnapshot, retention: float) -> list[Rule]:
-    """Rules done (Expired, Restored) for longer than ``retention``: delete them."""
+    """Rules done (Expired, Restored) for longer than ``retention``: delete them. Never one still holding a
+    bare pod's stashed manifest: the pod is deleted already and the stash is all that recreates it."""
     return [r for r in snap.rules
-            if r.phase in (Phase.EXPIRED, Phase.RESTORED) and snap.now - r.updated > retention]
+            if r.phase in (Phase.EXPIRED, Phase.RESTORED) and snap.now - r.updated > retention and not r.stash]

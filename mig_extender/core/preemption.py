@@ -39,8 +39,8 @@ from enum import Enum
 from typing import Any
 
 from .catalog import ProfileError, ProfileShape, can_substitute, canonical_shape, waste
+from .placement import requirement_matches
 from .planner import PlanSettings, substitution_blocker
-from .podspec import selector_matches
 from .resources import PodInfo, ResourceCount
 from .snapshot import ClusterSnapshot, NodeInfo
 
@@ -147,7 +147,8 @@ def pdb_selects(selector: Any, labels: Mapping[str, str]) -> bool:
             return False
         if op not in _OPERATORS_WITH_VALUES and op not in _OPERATORS_WITHOUT_VALUES:
             return False
-    return selector_matches(selector, labels)
+    return (all(labels.get(k) == v for k, v in match_labels.items())
+            and all(requirement_matches(e, labels) for e in expressions))
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:

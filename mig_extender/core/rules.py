@@ -3,15 +3,20 @@
 One rule carries one substitution through its whole life::
 
     Recorded --webhook rewrites the replacement pod--> Applied --pod bound--> Applied(bound)
-        |                                                 |                        |
-        +--------- expiry (reservation released) -------> Expired                  | original type frees up
-                                                                                   v
+        |                                                 |                       |   ^
+        +--------- expiry (reservation released) -------> Expired                 |   | restart refused (PDB 429,
+                                                             ^                    |   | bad replacement): original
+                                                             | expiry             v   | released, retried after backoff
                            Restored <--replacement bound-- Restoring (original reserved on restore_node)
 
 While Recorded the rule belongs to the pending pod it was recorded for. The reconciler marks it
 (``restarting``: status.restartAt) just before it restarts that pod; only then may the webhook hand it to a
 new pod of the workload (the replacement), claiming it (``claimed``: status.claimedUntil) with a
 compare-and-swap so that of two webhook replicas admitting two pods at once only one hands it out.
+
+Expired and Restored are final. ``TRANSITIONS`` lists every allowed (from, to) pair; the rule store's
+``update_with_retry`` checks each write against it, on every retry, so a change decided on a stale copy
+can never move a rule backwards (an Expired restore becoming Applied again).
 
 While Recorded or Applied-but-unbound the rule reserves its substitute slice on ``node`` so no other
 pending pod is promised it; while Restoring it reserves the original slice on ``restore_node`` so the
@@ -29,7 +34,7 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
-from .resources import RENAMING_OWNERS, Owner, PodInfo, ResourceCount, parse_time
+from .resources import Owner, PodInfo, ResourceCount, parse_time
 
 
 class Phase(str, Enum):
@@ -47,6 +52,26 @@ class Phase(str, Enum):
 CLOCK_SKEW = 5.0
 
 ACTIVE_PHASES = frozenset({Phase.RECORDED, Phase.APPLIED, Phase.RESTORING})
+
+# Every allowed (from, to) phase pair: the diagram above as data. Same-phase writes of the active phases
+# record progress within a phase (bound, restore attempts); the final phases are never written again.
+TRANSITIONS = frozenset({
+    (Phase.RECORDED, Phase.RECORDED), (Phase.RECORDED, Phase.APPLIED), (Phase.RECORDED, Phase.EXPIRED),
+    (Phase.APPLIED, Phase.APPLIED), (Phase.APPLIED, Phase.RESTORING), (Phase.APPLIED, Phase.EXPIRED),
+    (Phase.RESTORING, Phase.RESTORING), (Phase.RESTORING, Phase.RESTORED), (Phase.RESTORING, Phase.EXPIRED),
+    (Phase.RESTORING, Phase.APPLIED),
+})
+
+
+class IllegalTransition(ValueError):
+    """A write that would move a rule along an edge the phase machine does not have."""
+
+
+def check_transition(before: Rule, after: Rule) -> None:
+    """Raise IllegalTransition unless ``before`` -> ``after`` is an edge of the phase machine."""
+    if (before.phase, after.phase) not in TRANSITIONS:
+        raise IllegalTransition(f"rule {before.namespace}/{before.name}: {before.phase} -> {after.phase} "
+                                "is not an allowed transition")
 
 
 @dataclass(frozen=True)
@@ -74,6 +99,8 @@ class Rule:
     stash: str = ""          # a bare pod's manifest waiting to be created again (JSON), see kube.KubeActions
     restart_at: float = 0.0  # when the reconciler began restarting pod_uid: from then on its replacement may take it
     claimed_until: float = 0.0  # a webhook replica handed the rule to a new pod; others leave it alone until then
+    restore_attempts: int = 0   # restarts for a restore that were refused (PDB, invalid replacement)
+    retry_restore_at: float = 0.0  # no new restore attempt before this time (backoff after a refusal)
 
     # -- reservations -------------------------------------------------------------------------------
 
@@ -94,8 +121,12 @@ class Rule:
     # -- matching -----------------------------------------------------------------------------------
 
     def _same_workload(self, pod: PodInfo, name: str) -> bool:
-        """Is ``pod`` the one its controller (or our reconciler) made to replace pod ``name``?"""
-        if self.owner and self.owner.kind in RENAMING_OWNERS:
+        """Is ``pod`` the one its controller (or our reconciler) made to replace pod ``name``?
+
+        Bare pods and StatefulSet pods come back under their name (a StatefulSet's siblings share its uid);
+        every other controller may rename (ReplicaSet, Job, and operators listed in --restartable-owners
+        such as RayCluster, whose workers get generated names), so the owner's uid decides."""
+        if self.owner and self.owner.kind != "StatefulSet":
             return pod.owner is not None and pod.owner.uid == self.owner.uid
         return pod.name == name
 
@@ -176,6 +207,18 @@ class Rule:
         the rule turns Applied and the claim no longer matters."""
         return replace(self, claimed_until=now + ttl,
                        message=f"handed to a new pod of the workload; {self.substitute} stays reserved on {self.node}")
+    def restore_deferred(self, now: float, backoff: float, why: str) -> Rule:
+        """The restore's restart was refused: back to Applied (bound), the original slice released, the
+        next attempt not before ``now + backoff``."""
+        return replace(self, phase=Phase.APPLIED, restore_node="", updated=now,
+                       restore_attempts=self.restore_attempts + 1, retry_restore_at=now + backoff,
+                       message=f"restore deferred: {why}")
+
+    @property
+    def was_restore(self) -> bool:
+        """Did this rule start a restore (Restoring, Restored, or a restore that expired)?"""
+        return self.phase in (Phase.RESTORING, Phase.RESTORED) or (
+            self.phase is Phase.EXPIRED and bool(self.restore_node))
 
     def expired(self, now: float) -> Rule:
         return replace(self, phase=Phase.EXPIRED, updated=now,
@@ -305,7 +348,9 @@ def rule_status(rule: Rule) -> dict[str, Any]:
               "restoreNode": rule.restore_node, "restoredPod": rule.restored_pod, "message": rule.message,
               "createdAt": _time_text(rule.created), "updatedAt": _time_text(rule.updated or rule.created),
               "expiresAt": _time_text(rule.expires), "restartAt": _time_text(rule.restart_at),
-              "claimedUntil": _time_text(rule.claimed_until)}
+              "claimedUntil": _time_text(rule.claimed_until),
+              "restoreAttempts": rule.restore_attempts or "",
+              "retryRestoreAt": _time_text(rule.retry_restore_at)}
     return {k: v for k, v in status.items() if v != ""}
 
 
@@ -334,6 +379,8 @@ def rule_from_object(obj: Mapping[str, Any]) -> Rule:
             stash=str((meta.get("annotations") or {}).get(ANN_RECREATE, "")),
             restart_at=parse_time(status.get("restartAt")),
             claimed_until=parse_time(status.get("claimedUntil")),
+            restore_attempts=int(status.get("restoreAttempts") or 0),
+            retry_restore_at=parse_time(status.get("retryRestoreAt")),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"MigSubstitution {meta.get('namespace')}/{meta.get('name')} is malformed: {exc}") from exc

@@ -271,7 +271,8 @@ class Engine:
         resource, count = demand or (job.resource, job.count)
         # one ReplicaSet per job: replacements get new names and uids; rules match them by owner uid
         return PodInfo(namespace=NAMESPACE, name=f"job-{job.seq}-{gen}", uid=f"uid-{job.seq}-{gen}",
-                       demand={resource: count}, owner=Owner("ReplicaSet", f"job-{job.seq}", f"rs-{job.seq}"),
+                       demand={resource: count},
+                       owner=Owner("ReplicaSet", f"job-{job.seq}", f"rs-{job.seq}", "apps/v1"),
                        annotations=annotations or _NO_ANNOTATIONS, priority=job.priority)
 
     def _key(self, pod: PodInfo) -> Key:

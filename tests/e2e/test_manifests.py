@@ -42,7 +42,7 @@ from .testenv import procs
 from .testenv.binaries import REPO_ROOT
 from .testenv.cluster import E2ECluster
 from .testenv.extender import ExtenderProcess, cli_argv
-from .testenv.wait import wait_for
+from .testenv.wait import stays, wait_for
 
 NAMESPACE = "mig-extender"
 MANIFESTS = REPO_ROOT / "manifests"
@@ -271,9 +271,12 @@ def test_crd_takes_every_transition_the_reconciler_identity_writes(
         for change in (lambda r: r.applied("infer-b-7d9f-fghij", now, 300.0),
                        lambda r: r.bound(str(uuid.uuid4()), "infer-b-7d9f-fghij", "gpu-node-1", now),
                        lambda r: r.restoring("gpu-node-2", now, 120.0),
+                       lambda r: r.restore_deferred(now, 30.0, "PDB refused the eviction"),
+                       lambda r: r.restoring("gpu-node-2", now + 31, 120.0),
                        lambda r: r.bound(str(uuid.uuid4()), "infer-b-7d9f-klmno", "gpu-node-2", now)):
             rule = store.update(change(rule))
         assert rule.phase is Phase.RESTORED and store.fetch(namespace, rule.name) == rule
+        assert rule.restore_attempts == 1 and rule.retry_restore_at == pytest.approx(now + 30.0, abs=1e-3)
         store.delete(rule)
     with pytest.raises(ApiException) as gone:
         custom.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, rule.name)
@@ -387,10 +390,11 @@ RBAC_CASES = [
     # the reconciler
     check(RECONCILER_SA, "watch", "pods", ALL),
     check(RECONCILER_SA, "create", "pods"),
-    check(RECONCILER_SA, "delete", "pods"),
+    check(RECONCILER_SA, "delete", "pods", allowed=False),  # restarts are evictions only (item 7)
     check(RECONCILER_SA, "create", "pods/eviction"),
     check(RECONCILER_SA, "list", "nodes", ALL),
-    check(RECONCILER_SA, "list", "policy:poddisruptionbudgets"),
+    check(RECONCILER_SA, "get", "batch:jobs"),  # a Job's podFailurePolicy and failure counts
+    check(RECONCILER_SA, "update", "batch:jobs", allowed=False),
     check(RECONCILER_SA, "delete", MIG),
     check(RECONCILER_SA, "patch", MIG),
     check(RECONCILER_SA, "update", MIG + "/status"),
@@ -485,11 +489,13 @@ def test_webhook_syncs_as_its_service_account(cluster: E2ECluster, installed: In
 def test_reconciler_syncs_and_leads_as_its_service_account(
     cluster: E2ECluster, installed: Installed, coordination: client.CoordinationV1Api
 ) -> None:
+    """A real (not dry-run) reconciler: a dry run takes no Lease (issue 13 item 17). No rule exists in the
+    cluster at this point, so it has nothing to act on; restores are off to be sure."""
     port = procs.free_port()
     identity = f"e2e-manifests-{uuid.uuid4().hex[:6]}"
     log = cluster.log_path("manifests-reconciler")
     argv = cli_argv("reconcile", "--kubeconfig", str(sa_kubeconfig(cluster, RECONCILER_SA)), "--namespace", NAMESPACE,
-                    "--metrics-bind", f"127.0.0.1:{port}", "--identity", identity, "--dry-run")
+                    "--metrics-bind", f"127.0.0.1:{port}", "--identity", identity, "--restores-per-pass", "0")
     process = _started("manifests-reconciler", argv, log, f"http://127.0.0.1:{port}/readyz")
     try:
         wait_for(lambda: coordination.read_namespaced_lease("mig-extender-reconciler", NAMESPACE).spec.holder_identity
@@ -498,6 +504,29 @@ def test_reconciler_syncs_and_leads_as_its_service_account(
     finally:
         process.stop()
         delete_lease(coordination, NAMESPACE, "mig-extender-reconciler")
+
+
+def test_item17_dry_run_reconciler_syncs_and_writes_nothing_as_its_service_account(
+    cluster: E2ECluster, installed: Installed, coordination: client.CoordinationV1Api
+) -> None:
+    port = procs.free_port()
+    identity = f"e2e-dry-{uuid.uuid4().hex[:6]}"
+    log = cluster.log_path("manifests-reconciler-dry")
+    argv = cli_argv("reconcile", "--kubeconfig", str(sa_kubeconfig(cluster, RECONCILER_SA)), "--namespace", NAMESPACE,
+                    "--metrics-bind", f"127.0.0.1:{port}", "--identity", identity, "--dry-run")
+    process = _started("manifests-reconciler-dry", argv, log, f"http://127.0.0.1:{port}/readyz")  # synced
+
+    def lease_holder() -> str:
+        try:
+            return coordination.read_namespaced_lease("mig-extender-reconciler", NAMESPACE).spec.holder_identity or ""
+        except ApiException:
+            return ""
+
+    try:
+        stays(lambda: lease_holder() != identity, duration=5, what="no Lease taken by the dry run")
+        assert not _log_problems(log) and "dry run: no write reaches the API server" in log.read_text()
+    finally:
+        process.stop()
 
 
 # ---- kube-scheduler loads the committed configuration ------------------------------------------------------

@@ -154,3 +154,24 @@ def test_node_with_an_unknown_gpu_keeps_its_problem_through_pod_events() -> None
     inv.upsert_node(make_node("x2", None, {"5g.77gb": 1}))
     inv.delete_node("x2")
     assert inv.gpu_problems() == {}
+
+
+def test_item9_inventory_books_cpu_and_memory_of_every_bound_pod() -> None:
+    """NodeFacts.used_* come from ALL bound pods (not only MIG ones); /filter's cached snapshot is kept."""
+    inv = inventory_of(make_node("n1", "A100-40GB", {"1g.5gb": 2}))
+    cached = inv.snapshot()
+    web = make_pod("web", node="n1")  # no MIG at all
+    web["spec"]["containers"][0]["resources"] = {"requests": {"cpu": "1500m", "memory": "1Gi"}}
+    inv.upsert_pod(web)
+    assert inv.snapshot() is not None and inv.snapshot().nodes is cached.nodes  # the filter's cache survives
+    facts = inv.snapshot(usage=True).nodes["n1"].facts
+    assert (facts.used_cpu_milli, facts.used_memory_bytes) == (1500, 1024 ** 3)
+    done = dict(web, status={"phase": "Succeeded"})
+    inv.upsert_pod(done)
+    assert inv.snapshot(usage=True).nodes["n1"].facts.used_cpu_milli == 0  # a finished pod holds nothing
+    inv.upsert_pod(web)
+    inv.replace_pods([])  # relist without it: its delete event was missed
+    assert inv.snapshot(usage=True).nodes["n1"].facts.used_cpu_milli == 0
+    inv.upsert_pod(web)
+    inv.delete_pod(web["metadata"]["uid"])
+    assert inv.snapshot(usage=True).nodes["n1"].facts.used_memory_bytes == 0

@@ -299,8 +299,8 @@ EXPECTED_PERMISSIONS = {
         | {("", "namespaces", "", v) for v in READ},
     },
     "mig-extender-reconciler": {
-        "": {("", "pods", "", v) for v in (*READ, "create", "delete")} | {("", "pods/eviction", "", "create")}
-        | {("", "nodes", "", v) for v in READ} | {("policy", "poddisruptionbudgets", "", v) for v in READ}
+        "": {("", "pods", "", v) for v in (*READ, "create")} | {("", "pods/eviction", "", "create")}
+        | {("", "nodes", "", v) for v in READ} | {("batch", "jobs", "", "get")}
         | RULES | RULE_WRITES | {("mig-extender.io", "migsubstitutions", "", "delete")} | RULE_STATUS | EVENTS,
         NAMESPACE: _lease("mig-extender-reconciler"),
     },
@@ -414,9 +414,10 @@ def test_crd_schema_has_the_contract_fields() -> None:
     assert set(spec["owner"]["properties"]) == {"kind", "name", "uid", "apiVersion"}
     assert "owner" not in props["spec"]["required"]
     assert set(status) == {"phase", "appliedPod", "boundPod", "restoreNode", "restoredPod", "message",
-                           "createdAt", "updatedAt", "expiresAt", "restartAt", "claimedUntil"}
+                           "createdAt", "updatedAt", "expiresAt", "restartAt", "claimedUntil", "restoreAttempts",
+                           "retryRestoreAt"}
     assert status["phase"]["enum"] == [p.value for p in Phase]
-    for key in ("createdAt", "updatedAt", "expiresAt", "restartAt", "claimedUntil"):
+    for key in ("createdAt", "updatedAt", "expiresAt", "restartAt", "claimedUntil", "retryRestoreAt"):
         assert status[key]["format"] == "date-time"
     for side in ("original", "substitute"):
         count = spec[side]["properties"]["count"]

@@ -350,3 +350,131 @@ def test_item5_filter_note_says_when_the_pods_rule_no_longer_holds_a_substitute(
     decision = filter_pod(pod_info(pod), ["gpu-a"], snapshot_of(node, *holders, rules=(taken,)))
     assert decision.record is None and "recorded" not in decision.note
     assert taken.name in decision.note and "Applied" in decision.note
+
+
+# ---- issue 13: restore order, placement, loop guard, backoff, owners ------------------------------
+
+
+@pytest.mark.parametrize("substitutes, expected", [
+    pytest.param([("a", "2g.10gb", 900.0), ("b", "3g.20gb", 950.0)], ["b", "a"], id="bigger-waste-first"),
+    pytest.param([("new", "2g.10gb", 950.0), ("old", "2g.10gb", 900.0)], ["old", "new"], id="ties-oldest-first"),
+    pytest.param([("me", "1g.5gb+me", 900.0), ("plain", "1g.10gb", 950.0)], ["plain", "me"],
+                 id="plain-larger-before-me"),
+])
+def test_restore_order_biggest_waster_first_ties_oldest_first(substitutes: list, expected: list) -> None:
+    """catalog.waste(): (extra compute, extra GB, unneeded media engine), compared in that order."""
+    node = make_node("big", A40, {"1g.5gb": 7, "2g.10gb": 3, "3g.20gb": 2, "1g.10gb": 4, "1g.5gb+me": 1})
+    pods, rules = [], []
+    for name, sub, created in substitutes:
+        pod, rule = _upgraded(name, "1g.5gb", sub, "big")
+        pods.append(pod)
+        rules.append(replace(rule, created=created))
+    snap = snapshot_of(node, *pods, rules=tuple(rules))
+    plans, _ = plan_restores(snap, _pods(*pods), PlanSettings(restores_per_pass=len(pods),
+                                                              restores_in_flight=len(pods)))
+    assert [p.pod.name.removesuffix("-r") for p in plans] == expected
+
+
+def _with_spec(obj: dict, **spec: object) -> dict:
+    obj["spec"].update(spec)
+    return obj
+
+
+@pytest.mark.parametrize("pod_spec, free_node, expected", [
+    pytest.param({"nodeSelector": {"zone": "b"}}, {"labels": {"zone": "a"}}, "", id="node-selector"),
+    pytest.param({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [{"key": "zone", "operator": "In", "values": ["b"]}]}]}}}},
+        {"labels": {"zone": "a"}}, "", id="required-affinity"),
+    pytest.param({}, {"taints": [{"key": "dedicated", "value": "x", "effect": "NoSchedule"}]}, "", id="taint"),
+    pytest.param({"tolerations": [{"key": "dedicated", "operator": "Exists"}]},
+                 {"taints": [{"key": "dedicated", "value": "x", "effect": "NoSchedule"}]}, "free", id="tolerated"),
+    pytest.param({"containers": [{"name": "c", "image": "i", "resources": {
+        "limits": {res("2g.10gb"): "1"}, "requests": {res("2g.10gb"): "1", "cpu": "30"}}}]},
+        {"cpu_used": "20"}, "", id="cpu-does-not-fit"),
+    pytest.param({}, {}, "free", id="no-constraints"),
+])
+def test_item9_restore_reserves_only_where_the_pod_can_run(pod_spec: dict, free_node: dict, expected: str) -> None:
+    """The pod's own node has no free original slice; the only free one is on node 'free'."""
+    own = make_node("own", A40, {"1g.5gb": 1, "2g.10gb": 1}, labels={"zone": "b"})
+    other = make_node("free", A40, {"1g.5gb": 1}, labels=free_node.get("labels"))
+    if "taints" in free_node:
+        other["spec"]["taints"] = free_node["taints"]
+    pod, rule = _upgraded("p", "1g.5gb", "2g.10gb", "own")
+    _with_spec(pod, **pod_spec)
+    others = [make_pod(mig={"1g.5gb": 1}, node="own")]
+    if "cpu_used" in free_node:
+        busy = make_pod(node="free")
+        busy["spec"]["containers"][0]["resources"] = {"requests": {"cpu": free_node["cpu_used"]}}
+        others.append(busy)
+    snap = snapshot_of(own, other, pod, *others, rules=(rule,))
+    plans, _ = plan_restores(snap, _pods(pod))
+    assert [p.node for p in plans] == ([expected] if expected else [])
+
+
+def test_item9_own_node_counts_the_pods_own_cpu_as_freed() -> None:
+    node = make_node("own", A40, {"1g.5gb": 1, "2g.10gb": 1})
+    pod, rule = _upgraded("p", "1g.5gb", "2g.10gb", "own")
+    pod["spec"]["containers"][0]["resources"]["requests"]["cpu"] = "30"  # of 32: fits only by replacing itself
+    snap = snapshot_of(node, pod, rules=(rule,))
+    assert [p.node for p in plan_restores(snap, _pods(pod))[0]] == ["own"]
+
+
+def test_item9_an_expired_restore_counts_as_a_loop() -> None:
+    owner = ("ReplicaSet", "web", "rs-1")
+    pod, rule = _upgraded("p", "1g.5gb", "2g.10gb", "gpu-a", owner=owner)
+    failed = replace(rule, name="earlier", phase=Phase.EXPIRED, restore_node="elsewhere", updated=990.0)
+    snap = snapshot_of(walkthrough_node(), pod, rules=(rule, failed))
+    plans, skips = plan_restores(snap, _pods(pod), PlanSettings(loop_window=900))
+    assert plans == [] and "avoid a loop" in skips[0].reason
+    never_restored = replace(failed, restore_node="")  # an upgrade that expired is no restore
+    snap = snapshot_of(walkthrough_node(), pod, rules=(rule, never_restored))
+    assert len(plan_restores(snap, _pods(pod), PlanSettings(loop_window=900))[0]) == 1
+
+
+def test_item4_a_deferred_restore_waits_for_its_backoff() -> None:
+    pod, rule = _upgraded("p", "1g.5gb", "2g.10gb", "gpu-a")
+    deferred = rule.restoring("gpu-a", 990.0, 120.0).restore_deferred(995.0, 30.0, "PDB refused the eviction")
+    assert deferred.phase is Phase.APPLIED and deferred.reservation(996.0) is None  # original slice released
+    assert plan_restores(snapshot_of(walkthrough_node(), pod, rules=(deferred,), now=1000.0), _pods(pod)) == ([], [])
+    later = snapshot_of(walkthrough_node(), pod, rules=(deferred,), now=995.0 + 31)
+    assert len(plan_restores(later, _pods(pod))[0]) == 1
+
+
+RAY = ("RayCluster", "ray-1", "ray-uid", "ray.io/v1")
+
+
+def test_item6_pods_of_unknown_owners_are_not_substituted() -> None:
+    from mig_extender.core.planner import substitution_blocker
+
+    snap = snapshot_of(walkthrough_node(), make_pod(mig={"1g.5gb": 2}, node="gpu-a"))
+    worker = pod_info(make_pod("worker", mig={"1g.5gb": 1}, owner=RAY))
+    assert "ray.io/RayCluster" in substitution_blocker(worker, PlanSettings())
+    assert filter_pod(worker, ["gpu-a"], snap).record is None
+    listed = PlanSettings(restartable_owners=frozenset({"ray.io/RayCluster"}))
+    assert filter_pod(worker, ["gpu-a"], snap, listed).record is not None
+
+
+def test_item6_unknown_owners_are_neither_upgraded_nor_restored() -> None:
+    node, holder = walkthrough_node(), make_pod(mig={"1g.5gb": 2}, node="gpu-a")
+    waiting = make_pod("w", mig={"1g.5gb": 1}, owner=RAY)
+    listed = PlanSettings(restartable_owners=frozenset({"RayCluster"}))
+    rule = filter_pod(pod_info(waiting), ["gpu-a"], snapshot_of(node, holder), listed).record
+    snap = snapshot_of(node, holder, rules=(rule,), now=rule.created + 2)
+    assert plan_upgrades(snap, _pods(waiting), listed)[0] != []
+    ups, cancel = plan_upgrades(snap, _pods(waiting))  # the operator took RayCluster off the list
+    assert ups == [] and cancel == [rule]
+    pod, applied = _upgraded("p", "1g.5gb", "2g.10gb", "gpu-a", owner=RAY)
+    plans, skips = plan_restores(snapshot_of(walkthrough_node(), pod, rules=(applied,)), _pods(pod))
+    assert plans == [] and "ray.io/RayCluster" in skips[0].reason
+
+
+def test_item6_a_listed_owner_that_renames_its_pods_gets_its_rule_applied() -> None:
+    """A RayCluster-like operator recreates a worker under a generated name: the rule must still find it
+    (by owner uid, as for a ReplicaSet), or every replacement would be upgraded again, in a loop."""
+    node, holder = walkthrough_node(), make_pod(mig={"1g.5gb": 2}, node="gpu-a")
+    listed = PlanSettings(restartable_owners=frozenset({"ray.io/RayCluster"}))
+    waiting = make_pod("worker-abcde", mig={"1g.5gb": 1}, owner=RAY)
+    rule = filter_pod(pod_info(waiting), ["gpu-a"], snapshot_of(node, holder), listed).record
+    renamed = pod_info(make_pod("worker-fghij", mig={"1g.5gb": 1}, owner=RAY))
+    assert not rule.awaits_upgrade(renamed)  # item 5: until the waiting pod is restarted it is not a replacement
+    assert rule.restarting(rule.created + 2).awaits_upgrade(renamed)

@@ -30,7 +30,7 @@ def a_rule(owner: Owner | None = RS_OWNER):
 def test_rule_round_trips_through_the_object(phase: Phase) -> None:
     rule = replace(a_rule(), phase=phase, applied_pod="web-y", bound_pod="uid-y", restore_node="gpu-b",
                    resource_version="42", updated=1795458200.5, restart_at=1795458141.75,
-                   claimed_until=1795458171.5)
+                   claimed_until=1795458171.5, restore_attempts=2, retry_restore_at=1795458300.5)
     assert rule_from_object(rule_to_object(rule)) == rule
 
 
