@@ -31,8 +31,10 @@ ASSUME_TTL = 30.0  # seconds an assumed bind may wait for the watch to confirm i
 
 
 def _waiting(info: PodInfo) -> bool:
-    """Unbound and alive: the pod waits for its slices."""
-    return not info.node and not info.terminating and info.phase == "Pending"
+    """Unbound, alive and not gated: the pod waits for its slices. A pod with schedulingGates (Kueue's
+    admission gate, say) is not offered to any scheduler yet, so it has no claim on a freed slice; the
+    update that removes its last gate counts it (upsert removes the old PodInfo, then adds the new)."""
+    return not info.node and not info.terminating and info.phase == "Pending" and not info.gated
 
 
 def node_info(obj: Mapping[str, Any], used: Mapping[str, int] | None = None) -> NodeInfo:

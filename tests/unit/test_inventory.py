@@ -138,3 +138,18 @@ def test_a_full_node_list_re_keys_names_without_changing_the_books() -> None:
     inv.upsert_pod(make_pod(mig={"1g.5gb": 1}, node="".join(["n", "2"])))
     assert inv.snapshot().free("n2", res("1g.5gb")) == 1
     assert inv.snapshot().nodes_with_free(res("1g.5gb")) == {"n1", "n2"}
+
+
+def test_item13_gated_pods_are_not_waiting_demand_until_their_gates_are_removed() -> None:
+    """A pod held by spec.schedulingGates (Kueue's admission gate, say) is not scheduled, so it must not
+    claim freed slices ahead of substitutions and restores; the update that removes the gate adds it."""
+    inv = inventory_of(make_node("n1", mig={"1g.5gb": 1}))
+    pod = make_pod(mig={"1g.5gb": 1})
+    pod["spec"]["schedulingGates"] = [{"name": "kueue.x-k8s.io/admission"}]
+    inv.upsert_pod(pod)
+    assert inv.snapshot().pending == {}
+    del pod["spec"]["schedulingGates"]
+    inv.upsert_pod(pod)
+    assert inv.snapshot().pending == {res("1g.5gb"): 1}
+    inv.delete_pod(pod["metadata"]["uid"])
+    assert inv.snapshot().pending == {}

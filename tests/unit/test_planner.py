@@ -297,3 +297,11 @@ def test_the_rewritten_pod_is_placed_on_its_reserved_node() -> None:
     d = filter_pod(replacement, ["a", "b"], snapshot_of(*base, rules=(rule.applied("p-2", 1000.0, 60.0),)))
     assert list(d.passed) == ["a"]
     assert "reserved on another node" in str(d.failed["b"])
+
+
+def test_item13_a_gated_pod_does_not_block_a_substitution() -> None:
+    base = (make_node("n", A40, {"1g.5gb": 1, "2g.10gb": 1, "3g.20gb": 1}), make_pod(mig={"1g.5gb": 1}, node="n"))
+    gated = make_pod("gated-2g", mig={"2g.10gb": 1})
+    gated["spec"]["schedulingGates"] = [{"name": "kueue.x-k8s.io/admission"}]
+    rule = choose_substitute(pod_info(make_pod(mig={"1g.5gb": 1})), {"n"}, snapshot_of(*base, gated))
+    assert rule.substitute.resource == res("2g.10gb")  # the gated pod is not waiting for the 2g yet
