@@ -1,14 +1,24 @@
 """The live MIG accounting: nodes and pods kept current by watch events, handing out snapshots.
 
-Like kube-scheduler's cache, usage is maintained incrementally (a pod event touches one node) and a
-bind is *assumed* before the API confirms it::
+Like kube-scheduler's cache (pkg/scheduler/backend/cache), usage is maintained incrementally (a pod
+event touches one node) and a bind is *assumed* before the API confirms it::
 
-    pod event (bound)      assume(pod, node) on /bind       watch shows it bound
-    ----------------> used  ------------------> assumed ----------------------> used (confirmed)
-                                                   |  bind failed: forget(uid)
-                                                   +  or ASSUME_TTL passed   --> dropped
+                 assume(pod, node)                        finish_binding(uid): the Binding got a 2xx
+      /bind  ----------------------->  assumed  ------------------------------------->  bound
+                                       |     |                                          |     |
+      the API refused the Binding:     |     | no answer (timeout, cut off): it may     |     | a relist without the
+      forget(uid) -> dropped  <--------+     | exist; expire_assumed() drops it after   |     | pod, taken over
+                                             | ASSUME_TTL unless the watch shows it     |     | ASSUME_TTL after the
+                                             v                                          v     | bind -> dropped
+                  the watch shows the pod bound: confirmed (an ordinary pod from then on)
+                  the watch deletes the pod (or it finishes): dropped
 
-so a pod placed by the extender counts the moment it is placed, before any watch event. Only pods
+A bound assumption never expires, as in the scheduler's cache since kubernetes#106361 (v1.36 has no
+expiry at all): a watch lagging a minute behind a successful Binding must not free the slice for a
+second pod. Only a Binding whose outcome is unknown expires. A pod event that still shows the pod
+unbound is older than our bind and keeps the assumption (with its node).
+
+So a pod placed by the extender counts the moment it is placed, before any watch event. Only pods
 that request MIG slices are kept (their PodInfo, not the object): memory is O(MIG pods), and other pods
 cost one dict lookup. ``snapshot()`` returns an immutable ClusterSnapshot, cached until something
 changes, so the hot path pays nothing when nothing happened. Pure Python; thread-safe with one lock.
@@ -19,7 +29,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..core.placement import NodeFacts
@@ -27,7 +37,16 @@ from ..core.resources import DemandError, PodInfo, mig_allocatable, pod_info, qu
 from ..core.rules import Rule
 from ..core.snapshot import LABEL_COUNT, ClusterSnapshot, NodeInfo, detect_gpu
 
-ASSUME_TTL = 30.0  # seconds an assumed bind may wait for the watch to confirm it
+# seconds a bind whose outcome is unknown may wait for the watch to show it; also how long after a
+# successful Binding a relist that lacks the pod may still predate it (a paged list takes seconds)
+ASSUME_TTL = 30.0
+
+
+@dataclass(frozen=True)
+class _Assumption:
+    pod: PodInfo                    # as placed: node set
+    deadline: float                 # dropped after this unless bound
+    bound_at: float | None = None   # when the Binding succeeded: from then on only the watch settles it
 
 
 def _waiting(info: PodInfo) -> bool:
@@ -80,7 +99,7 @@ class ClusterInventory:
         self._lock = threading.RLock()
         self._nodes: dict[str, NodeInfo] = {}
         self._pods: dict[str, PodInfo] = {}          # uid -> MIG pod
-        self._assumed: dict[str, tuple[PodInfo, float]] = {}
+        self._assumed: dict[str, _Assumption] = {}
         self._used: dict[str, dict[str, int]] = {}   # node -> resource -> slices held by pods
         self._pending: dict[str, int] = {}           # resource -> slices wanted by unbound, live pods
         self._index: dict[str, set[str]] = {}
@@ -134,7 +153,7 @@ class ClusterInventory:
             if assumed is not None and not info.node:
                 # the watch is older than our bind: keep the assumption until it catches up
                 self._assumed[info.uid] = assumed
-                info = replace(info, node=assumed[0].node)
+                info = replace(info, node=assumed.pod.node)
             self._add_pod(info)
             return info
 
@@ -146,14 +165,23 @@ class ClusterInventory:
                 self._remove_pod(old)
 
     def replace_pods(self, objs: Iterable[Mapping[str, Any]]) -> None:
-        """Relist: forget every pod not in ``objs`` (its delete event may have been missed)."""
+        """Relist: forget every pod not in ``objs`` (its delete event may have been missed).
+
+        An assumed pod missing from the list stays while its Binding may postdate the list (in flight,
+        unknown outcome: its deadline settles it, or bound less than ASSUME_TTL ago); a pod bound longer
+        ago than that would be in any list taken since, so it is gone."""
         with self._lock:
             seen = set()
             for obj in objs:
                 info = self.upsert_pod(obj)
                 if info is not None:
                     seen.add(info.uid)
-            for uid in [u for u in self._pods if u not in seen and u not in self._assumed]:
+            settled = self._clock() - ASSUME_TTL
+            for uid in [u for u in self._pods if u not in seen]:
+                assumed = self._assumed.get(uid)
+                if assumed is not None and (assumed.bound_at is None or assumed.bound_at > settled):
+                    continue
+                self._assumed.pop(uid, None)
                 self._remove_pod(self._pods[uid])
 
     def replace_nodes(self, objs: Iterable[Mapping[str, Any]]) -> None:
@@ -188,9 +216,17 @@ class ClusterInventory:
             if old is not None:
                 self._remove_pod(old)
             placed = replace(pod, node=node)
-            self._assumed[pod.uid] = (placed, self._clock() + ASSUME_TTL)
+            self._assumed[pod.uid] = _Assumption(placed, self._clock() + ASSUME_TTL)
             self._add_pod(placed)
             return placed
+
+    def finish_binding(self, uid: str) -> None:
+        """The Binding of an assumed pod succeeded: keep it until the watch confirms or deletes the pod
+        (kube-scheduler's FinishBinding). No-op when the watch already confirmed it."""
+        with self._lock:
+            assumed = self._assumed.get(uid)
+            if assumed is not None and assumed.bound_at is None:
+                self._assumed[uid] = replace(assumed, bound_at=self._clock())
 
     def forget(self, uid: str) -> None:
         """Undo an assume whose bind failed."""
@@ -199,9 +235,10 @@ class ClusterInventory:
                 self._remove_pod(self._pods[uid])
 
     def expire_assumed(self) -> int:
+        """Drop assumptions whose Binding has no known outcome and the watch never showed; bound ones stay."""
         now = self._clock()
         with self._lock:
-            stale = [uid for uid, (_, deadline) in self._assumed.items() if deadline < now]
+            stale = [uid for uid, a in self._assumed.items() if a.bound_at is None and a.deadline < now]
             for uid in stale:
                 self.forget(uid)
             return len(stale)

@@ -165,6 +165,8 @@ class ExtenderService:
                     log.warning("binding %s/%s to %s: outcome unknown (%s); its slices stay booked until the "
                                 "watch shows the pod", namespace, name, node, exc)
             raise BindError(f"binding {namespace}/{name} to {node}: {exc}") from exc
+        if pod.wants_mig:
+            self.inventory.finish_binding(uid)  # bound: booked until the watch shows the pod, however late
         rule = snap.rule_for(pod)
         if rule is not None and rule.reserved_for(pod):
             held = rule.reservation(snap.now)

@@ -252,3 +252,18 @@ def test_housekeeping_expires_rules_only_where_it_owns_them(client, service, own
     (after,) = service.store.list()
     assert str(after.phase) == phase
     assert service.snapshot().reserved == {}  # either way the reservation is void once expired
+
+
+def test_item11_bound_pod_keeps_its_slice_through_housekeeping_while_the_watch_lags(client, service) -> None:
+    """The Binding succeeded but the watch delivers nothing for 60 s: housekeeping must not forget the
+    pod, or the next filter offers its slice again (the kubelet then rejects one of the two pods)."""
+    now = [1000.0]
+    service.inventory._clock = lambda: now[0]
+    pod = pending({"2g.20gb": 1})
+    assert client.post("/filter", json={"Pod": pod, "NodeNames": ["gpu-a"]}).get_json()["NodeNames"] == ["gpu-a"]
+    assert bind(client, pod, "gpu-a").status_code == 200
+    now[0] += 60
+    service.housekeeping()
+    other = pending({"2g.20gb": 1})
+    assert client.post("/filter", json={"Pod": other, "NodeNames": ["gpu-a"]}).get_json()["NodeNames"] == []
+    assert service.snapshot().free("gpu-a", "nvidia.com/mig-2g.20gb") == 0

@@ -153,3 +153,48 @@ def test_item13_gated_pods_are_not_waiting_demand_until_their_gates_are_removed(
     assert inv.snapshot().pending == {res("1g.5gb"): 1}
     inv.delete_pod(pod["metadata"]["uid"])
     assert inv.snapshot().pending == {}
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_item11_a_successful_binding_stays_booked_while_the_watch_lags() -> None:
+    """kube-scheduler's cache never expires an assumed pod once its Binding succeeded (v1.36
+    pkg/scheduler/backend/cache has no expiry; earlier releases set durationToExpireAssumedPod = 0):
+    only the watch confirms or deletes it. Here no event comes for 60 s after the bind."""
+    clock = Clock()
+    inv = ClusterInventory(clock=clock)
+    inv.upsert_node(make_node("n1", mig={"1g.5gb": 1}))
+    pod = make_pod(mig={"1g.5gb": 1})
+    inv.assume(inv.upsert_pod(pod), "n1")
+    inv.finish_binding(pod["metadata"]["uid"])
+    clock.now += 60
+    assert inv.expire_assumed() == 0
+    assert inv.snapshot().free("n1", res("1g.5gb")) == 0
+    inv.upsert_pod(make_pod(mig={"1g.5gb": 1}, node="n1", uid=pod["metadata"]["uid"]))  # the watch confirms
+    clock.now += 600
+    assert inv.expire_assumed() == 0 and inv.snapshot().free("n1", res("1g.5gb")) == 0
+    inv.delete_pod(pod["metadata"]["uid"])
+    assert inv.snapshot().free("n1", res("1g.5gb")) == 1
+
+
+def test_item11_a_bound_pod_missing_from_a_later_relist_is_dropped() -> None:
+    """A bound assumption never expires, so a delete the watch missed must still release it: a relist
+    that does not hold the pod, taken well after the Binding succeeded, shows the pod is gone. A relist
+    right after the bind may predate it and keeps the slice booked."""
+    clock = Clock()
+    inv = ClusterInventory(clock=clock)
+    inv.upsert_node(make_node("n1", mig={"1g.5gb": 1}))
+    pod = make_pod(mig={"1g.5gb": 1})
+    inv.assume(inv.upsert_pod(pod), "n1")
+    inv.finish_binding(pod["metadata"]["uid"])
+    inv.replace_pods([])
+    assert inv.snapshot().free("n1", res("1g.5gb")) == 0
+    clock.now += 60
+    inv.replace_pods([])
+    assert inv.snapshot().free("n1", res("1g.5gb")) == 1
