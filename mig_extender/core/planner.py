@@ -91,6 +91,17 @@ _UNKNOWN_NODE = UnknownNode()
 
 
 @dataclass(frozen=True)
+class NotSynced:
+    """The node and pod caches (or the rule store) have not synced since the extender started."""
+
+    def __str__(self) -> str:
+        return "mig-extender inventory not synced yet"
+
+
+NOT_SYNCED = NotSynced()
+
+
+@dataclass(frozen=True)
 class ReservedElsewhere:
     def __str__(self) -> str:
         return "fits, but this pod's slice is reserved on another node"
@@ -176,6 +187,8 @@ def filter_pod(pod: PodInfo, candidates: Sequence[str], snap: ClusterSnapshot,
         return FilterDecision(passed=(), error="; ".join(pod.problems))
     if not pod.wants_mig:
         return FilterDecision(passed=tuple(candidates))
+    if not snap.synced:
+        return _not_synced(candidates)
     passed, failed, unresolvable = _fit(snap, pod, candidates)
     own = snap.own_reservation(pod) if snap.rules and len(passed) > 1 else None
     if own is not None and own[0] in passed:
@@ -200,6 +213,18 @@ def filter_pod(pod: PodInfo, candidates: Sequence[str], snap: ClusterSnapshot,
         return FilterDecision((), failed, unresolvable)
     note = f"substitute {rule.substitute.resource} recorded on {rule.node}"
     return FilterDecision((), failed, unresolvable, record=rule, note=note)
+
+
+def _not_synced(candidates: Sequence[str]) -> FilterDecision:
+    """Every node fails until the caches have synced: nodes are listed before the paginated pod list, so
+    in between every slice looks free and a pass would over-commit (the kubelet rejects the pod).
+
+    Resolvable (FailedNodes): we do not know that preemption cannot help, and a pod nominated on a node
+    whose victims are still terminating keeps that nomination only while the node is not
+    UnschedulableAndUnresolvable (defaultpreemption PodEligibleToPreemptOthers). Either way the pod is
+    retried: a pod rejected only by an extender goes back through the backoff queue
+    (backend/queue/scheduling_queue.go, no rejector plugins)."""
+    return FilterDecision((), failed=dict.fromkeys(candidates, NOT_SYNCED))
 
 
 def substitution_blocker(pod: PodInfo, settings: PlanSettings) -> str:

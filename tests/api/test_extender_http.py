@@ -267,3 +267,49 @@ def test_item11_bound_pod_keeps_its_slice_through_housekeeping_while_the_watch_l
     other = pending({"2g.20gb": 1})
     assert client.post("/filter", json={"Pod": other, "NodeNames": ["gpu-a"]}).get_json()["NodeNames"] == []
     assert service.snapshot().free("gpu-a", "nvidia.com/mig-2g.20gb") == 0
+
+
+NOT_SYNCED = "mig-extender inventory not synced yet"
+
+
+def test_item1_filter_refuses_until_synced(client, service) -> None:
+    """After a restart nodes are listed before the (paginated) pod list: every slice looks free. Until
+    both caches have synced each node fails with a reason the scheduler retries, and no rule is recorded."""
+    for _ in range(3):  # sell out 1g.10gb: a synced extender would record a substitute
+        service.inventory.upsert_pod(make_pod(mig={"1g.10gb": 1}, node="gpu-a"))
+    service.inventory.synced = False
+    out = client.post("/filter", json={"Pod": pending({"1g.10gb": 1}), "NodeNames": ["gpu-a", "gpu-b"]}).get_json()
+    assert out["NodeNames"] == [] and out["Error"] == "" and out["FailedAndUnresolvableNodes"] == {}
+    assert out["FailedNodes"] == {"gpu-a": NOT_SYNCED, "gpu-b": NOT_SYNCED}
+    assert service.store.list() == []
+    service.inventory.synced = True
+    out = client.post("/filter", json={"Pod": pending({"1g.10gb": 1}), "NodeNames": ["gpu-a", "gpu-b"]}).get_json()
+    assert out["NodeNames"] == ["gpu-b"]
+
+
+def test_item1_filter_refuses_until_the_rule_store_synced(client, service) -> None:
+    """Reservations live in the rule store: without them a reserved slice would look free."""
+    class Syncing(type(service.store)):
+        synced = False
+
+    service.store.__class__ = Syncing
+    out = client.post("/filter", json={"Pod": pending({"1g.10gb": 1}), "NodeNames": ["gpu-a"]}).get_json()
+    assert out["NodeNames"] == [] and out["FailedNodes"] == {"gpu-a": NOT_SYNCED}
+
+
+def test_item1_pods_without_mig_pass_untouched_while_not_synced(client, service) -> None:
+    service.inventory.synced = False
+    out = client.post("/filter", json={"Pod": make_pod(), "NodeNames": ["gpu-a", "cpu-c"]}).get_json()
+    assert out["NodeNames"] == ["gpu-a", "cpu-c"] and out["FailedNodes"] == {}
+
+
+def test_item1_bind_refuses_until_synced(client, service) -> None:
+    pod = pending({"1g.10gb": 1})
+    client.post("/filter", json={"Pod": pod, "NodeNames": ["gpu-b"]})
+    service.inventory.synced = False
+    resp = bind(client, pod, "gpu-b")
+    assert resp.status_code == 503 and NOT_SYNCED in resp.get_json()["Error"]
+    assert service.binder.calls == []
+    assert service.snapshot().free("gpu-b", "nvidia.com/mig-1g.10gb") == 1  # nothing assumed
+    service.inventory.synced = True
+    assert bind(client, pod, "gpu-b").status_code == 200

@@ -8,6 +8,7 @@ import pytest
 
 from mig_extender.core.planner import (
     Insufficient,
+    NotSynced,
     PlanSettings,
     Policy,
     choose_substitute,
@@ -305,3 +306,13 @@ def test_item13_a_gated_pod_does_not_block_a_substitution() -> None:
     gated["spec"]["schedulingGates"] = [{"name": "kueue.x-k8s.io/admission"}]
     rule = choose_substitute(pod_info(make_pod(mig={"1g.5gb": 1})), {"n"}, snapshot_of(*base, gated))
     assert rule.substitute.resource == res("2g.10gb")  # the gated pod is not waiting for the 2g yet
+
+
+def test_item1_filter_refuses_until_synced() -> None:
+    snap = replace(snapshot_of(walkthrough_node()), synced=False)
+    d = filter_pod(pod_info(make_pod(mig={"1g.5gb": 1})), ["gpu-a", "ghost"], snap)
+    assert d.passed == () and d.record is None and not d.unresolvable
+    assert d.failed == {"gpu-a": NotSynced(), "ghost": NotSynced()}
+    assert d.failed["gpu-a"] is d.failed["ghost"]  # one reason object for every node
+    plain = filter_pod(pod_info(make_pod()), ["gpu-a", "ghost"], snap)
+    assert plain.passed == ("gpu-a", "ghost") and not plain.failed
