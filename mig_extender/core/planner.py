@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from .catalog import ProfileError, ProfileShape, can_substitute, canonical_shape, waste
+from .placement import tolerates_unschedulable
 from .resources import PodInfo, ResourceCount
 from .rules import Phase, Rule, new_rule
 from .snapshot import ClusterSnapshot
@@ -91,6 +92,17 @@ _UNKNOWN_NODE = UnknownNode()
 
 
 @dataclass(frozen=True)
+class NodeUnschedulable:
+    """The node is cordoned and the pod does not tolerate node.kubernetes.io/unschedulable."""
+
+    def __str__(self) -> str:
+        return "node is unschedulable"
+
+
+_UNSCHEDULABLE = NodeUnschedulable()
+
+
+@dataclass(frozen=True)
 class NotSynced:
     """The node and pod caches (or the rule store) have not synced since the extender started."""
 
@@ -115,32 +127,43 @@ def _fit(snap: ClusterSnapshot, pod: PodInfo, candidates: Sequence[str]) -> tupl
 
     The filter's hot loop, O(candidates) with a few dict reads per node: the pod's own reservation is
     found once, not per node, and nodes with the same numbers share one reason object (a 5,000-node
-    answer repeats a handful of distinct reasons).
+    answer repeats a handful of distinct reasons). A cordoned node fails as unschedulable unless the pod
+    tolerates node.kubernetes.io/unschedulable; then its slices count like any node's (kube-scheduler's
+    NodeUnschedulable plugin, which normally removes such nodes before we are asked).
     """
     nodes, reserved = snap.nodes, snap.reserved
     own = snap.own_reservation(pod) if snap.rules else None
     own_node, own_resource, own_count = (own[0], own[1].resource, own[1].count) if own else ("", "", 0)
     demand = list(pod.demand.items())
+    tolerant = tolerates_unschedulable(pod.placement.tolerations)
     passed: list[str] = []
     failed: dict[str, object] = {}
     unresolvable: dict[str, object] = {}
     reasons: dict[tuple[str, int, int, int, int], Insufficient] = {}
     if len(demand) == 1:
-        # One MIG type (the usual pod): a node outside the free index has none of it free, so it fails
-        # without arithmetic, and it can hold no reservation of that type (reservations are carved
-        # from free slices); only its allocatable is read, for the reason text.
+        # One MIG type (the usual pod): a schedulable node outside the free index has none of it free, so
+        # it fails without arithmetic, and it can hold no reservation of that type (reservations are
+        # carved from free slices); only its allocatable is read, for the reason text. The index leaves
+        # cordoned nodes out: those get the unschedulable answer, or arithmetic for a tolerating pod.
         (resource, n), = demand
         holders = snap.free_index.get(resource, frozenset())
         # One lookup per candidate in the index: the names arrive as fresh strings, so each lookup
         # hashes and compares against the inventory's copy (the bulk of a 5,000-node filter); the rest
         # of the partition is identity-fast lookups in a set of the very same objects.
         holding = [node for node in candidates if node in holders]
+        cordoned: list[str] = []
         if len(holding) < len(candidates):
             kept = set(holding)
             for node in [node for node in candidates if node not in kept]:
                 info = nodes.get(node)
                 if info is None:
                     failed[node] = _UNKNOWN_NODE
+                    continue
+                if not info.schedulable:
+                    if tolerant:
+                        cordoned.append(node)
+                    else:
+                        unresolvable[node] = _UNSCHEDULABLE
                     continue
                 total = info.allocatable.get(resource, 0)
                 key = (resource, n, 0, total, 0)
@@ -156,10 +179,14 @@ def _fit(snap: ClusterSnapshot, pod: PodInfo, candidates: Sequence[str]) -> tupl
                 candidates = [node for node in candidates if node in reserved]
             else:
                 passed, candidates = candidates, []
+        candidates += cordoned
     for node in candidates:
         info = nodes.get(node)
         if info is None:
             failed[node] = _UNKNOWN_NODE
+            continue
+        if not info.schedulable and not tolerant:
+            unresolvable[node] = _UNSCHEDULABLE
             continue
         alloc, used, held = info.allocatable, info.used, reserved.get(node)
         for resource, n in demand:

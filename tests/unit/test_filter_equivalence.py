@@ -15,13 +15,16 @@ from tests.builders import make_node, make_pod, res, snapshot_of
 TYPES = ["1g.5gb", "2g.10gb", "3g.20gb"]
 
 
-def reference(pod, candidates, snap):
+def reference(pod, candidates, snap, tolerant):
     """Plain arithmetic through snap.free() for every node and resource: the definition of fitting."""
     passed, failed, unresolvable = set(), set(), set()
     for node in candidates:
         info = snap.nodes.get(node)
         if info is None:
             failed.add(node)
+            continue
+        if not info.schedulable and not tolerant:  # cordoned: kube-scheduler's NodeUnschedulable
+            unresolvable.add(node)
             continue
         short = [r for r, n in pod.demand.items() if snap.free(node, r, pod) < n]
         if not short:
@@ -38,6 +41,7 @@ def reference(pod, candidates, snap):
 
 
 node_spec = st.fixed_dictionaries({t: st.integers(0, 3) for t in TYPES})
+TOLERATE_CORDON = [{"key": "node.kubernetes.io/unschedulable", "operator": "Exists", "effect": "NoSchedule"}]
 
 
 @settings(max_examples=300, deadline=None)
@@ -45,9 +49,10 @@ node_spec = st.fixed_dictionaries({t: st.integers(0, 3) for t in TYPES})
        used=st.lists(st.tuples(st.integers(0, 7), st.sampled_from(TYPES), st.integers(1, 2)), max_size=10),
        reserve=st.lists(st.tuples(st.integers(0, 7), st.sampled_from(TYPES)), max_size=4),
        demand=st.dictionaries(st.sampled_from(TYPES), st.integers(1, 2), min_size=1, max_size=2),
-       own=st.booleans(), extra=st.booleans())
-def test_fast_paths_agree_with_the_definition(nodes, used, reserve, demand, own, extra) -> None:
-    objects = [make_node(f"n{i}", "A100-40GB", spec) for i, spec in enumerate(nodes)]
+       own=st.booleans(), extra=st.booleans(), cordoned=st.sets(st.integers(0, 7), max_size=3),
+       tolerant=st.booleans())
+def test_fast_paths_agree_with_the_definition(nodes, used, reserve, demand, own, extra, cordoned, tolerant) -> None:
+    objects = [make_node(f"n{i}", "A100-40GB", spec, unschedulable=i in cordoned) for i, spec in enumerate(nodes)]
     objects += [make_pod(mig={t: k}, node=f"n{i % len(nodes)}") for i, t, k in used]
     rules = []
     for j, (i, t) in enumerate(reserve):
@@ -55,12 +60,15 @@ def test_fast_paths_agree_with_the_definition(nodes, used, reserve, demand, own,
         rules.append(new_rule(holder, ResourceCount(res("1g.5gb"), 1), ResourceCount(res(t), 1),
                               f"n{i % len(nodes)}", 900.0, 300.0))
     annotations = {ANN_RULE: rules[0].name} if own and rules else {}
-    pod = pod_info(make_pod("p", mig=demand, annotations=annotations))
+    pod_obj = make_pod("p", mig=demand, annotations=annotations)
+    if tolerant:
+        pod_obj["spec"]["tolerations"] = TOLERATE_CORDON
+    pod = pod_info(pod_obj)
     if own and rules:  # the pod is the rewritten replacement that may use rules[0]'s reservation
         rules[0] = replace(rules[0], namespace=pod.namespace)
     snap = snapshot_of(*objects, rules=tuple(rules))
     candidates = [f"n{i}" for i in range(len(nodes))] + (["ghost"] if extra else [])
     d = filter_pod(pod, candidates, snap)
     got = (set(d.passed), set(d.failed), set(d.unresolvable))
-    assert got == reference(pod, candidates, snap)
+    assert got == reference(pod, candidates, snap, tolerant)
     assert len(d.passed) + len(d.failed) + len(d.unresolvable) == len(candidates)

@@ -8,6 +8,7 @@ import pytest
 
 from mig_extender.core.planner import (
     Insufficient,
+    NodeUnschedulable,
     NotSynced,
     PlanSettings,
     Policy,
@@ -316,3 +317,37 @@ def test_item1_filter_refuses_until_synced() -> None:
     assert d.failed["gpu-a"] is d.failed["ghost"]  # one reason object for every node
     plain = filter_pod(pod_info(make_pod()), ["gpu-a", "ghost"], snap)
     assert plain.passed == ("gpu-a", "ghost") and not plain.failed
+
+
+TOLERATE_CORDON = [{"key": "node.kubernetes.io/unschedulable", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+def _tolerating(pod: dict) -> dict:
+    pod["spec"]["tolerations"] = TOLERATE_CORDON
+    return pod
+
+
+@pytest.mark.parametrize("mig", [
+    pytest.param({"1g.5gb": 1}, id="one-type"),
+    pytest.param({"1g.5gb": 2}, id="one-type-two-slices"),
+    pytest.param({"1g.5gb": 1, "2g.10gb": 1}, id="two-types"),
+])
+def test_item12_a_cordoned_node_fails_every_pod_alike_as_unschedulable(mig: dict) -> None:
+    snap = snapshot_of(make_node("cordoned", A40, {"1g.5gb": 4, "2g.10gb": 1}, unschedulable=True))
+    d = filter_pod(pod_info(make_pod(mig=mig)), ["cordoned"], snap)
+    assert d.passed == () and not d.failed and d.unresolvable == {"cordoned": NodeUnschedulable()}
+    assert str(d.unresolvable["cordoned"]) == "node is unschedulable"
+
+
+@pytest.mark.parametrize("mig, fits", [
+    pytest.param({"1g.5gb": 1}, True, id="one-type"),
+    pytest.param({"1g.5gb": 1, "2g.10gb": 1}, True, id="two-types"),
+    pytest.param({"2g.10gb": 2}, False, id="short"),
+])
+def test_item12_a_pod_tolerating_the_cordon_counts_the_slices_normally(mig: dict, fits: bool) -> None:
+    snap = snapshot_of(make_node("cordoned", A40, {"1g.5gb": 4, "2g.10gb": 1}, unschedulable=True))
+    d = filter_pod(pod_info(_tolerating(make_pod(mig=mig))), ["cordoned"], snap)
+    if fits:
+        assert d.passed == ("cordoned",)
+    else:  # short of slices like any node (which map says whether preemption helps is items 10 and 16)
+        assert d.passed == () and {**d.failed, **d.unresolvable} == {"cordoned": Insufficient(res("2g.10gb"), 2, 1, 1)}
