@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
-from .catalog import ProfileError, ProfileShape, can_substitute, canonical_shape, waste
+from .catalog import ProfileError, ProfileShape, can_substitute, canonical_shape, resource_shape, waste
 from .placement import tolerates_unschedulable
 from .resources import PodInfo, ResourceCount
 from .rules import Phase, Rule, new_rule
@@ -279,33 +279,30 @@ def choose_substitute(pod: PodInfo, candidates: Iterable[str], snap: ClusterSnap
 
     Types are tried least waste first and the search stops at the first waste level with a feasible
     node: with the cluster sold out this is on every scheduling attempt, and scanning every candidate
-    for every type cost ~70 ms at 5,000 nodes. A type's waste is read on one node holding it; a
-    resource name means the same shape on every GPU model that has it (aliases only absorb drift).
+    for every type cost ~70 ms at 5,000 nodes. A type's waste is read on one node holding it (a resource
+    name means the same shape on every GPU model that has it; aliases only absorb drift).
+
+    The demand's shape is the requested name's own (``1g.20gb`` asks for 20 GB on any node), never a
+    node model's reading of it: drift resolved per model once turned ``1g.20gb`` into an H200's
+    ``1g.18gb`` and substituted the smaller slice at zero waste.
     """
     if substitution_blocker(pod, settings):
         return None
     want = pod.single_demand
     assert want is not None
-    candidate_set = candidates if isinstance(candidates, (set, frozenset)) else set(candidates)
-    requested_on: dict[object, ProfileShape] = {}  # per GPU model: canonical_shape costs ~5 us a call
-
-    def requested_for(gpu: object) -> ProfileShape:
-        shape = requested_on.get(gpu)
-        if shape is None:
-            shape = requested_on[gpu] = canonical_shape(want.resource, gpu)  # type: ignore[arg-type]
-        return shape
-
-    levels: dict[tuple[int, int, int], list[str]] = {}
     try:
-        for resource, holders in snap.free_index.items():
-            if resource == want.resource or not holders:
-                continue
-            info = snap.nodes.get(next(iter(holders)))
-            offered = info.shapes.get(resource) if info is not None else None
-            if offered is not None and can_substitute(requested_for(info.gpu), offered):
-                levels.setdefault(waste(requested_for(info.gpu), offered), []).append(resource)
+        requested = resource_shape(want.resource)
     except ProfileError:
-        return None
+        return None  # counted exactly by name, but no shape to compare a substitute with
+    candidate_set = candidates if isinstance(candidates, (set, frozenset)) else set(candidates)
+    levels: dict[tuple[int, int, int], list[str]] = {}
+    for resource, holders in snap.free_index.items():
+        if resource == want.resource or not holders:
+            continue
+        info = snap.nodes.get(next(iter(holders)))
+        offered = info.shapes.get(resource) if info is not None else None
+        if offered is not None and can_substitute(requested, offered):
+            levels.setdefault(waste(requested, offered), []).append(resource)
     best: tuple[tuple, str, str] | None = None
     for level in sorted(levels):
         for resource in levels[level]:
@@ -316,13 +313,7 @@ def choose_substitute(pod: PodInfo, candidates: Iterable[str], snap: ClusterSnap
             for node in nodes:
                 info = snap.nodes[node]
                 offered = info.shapes.get(resource)
-                if offered is None:
-                    continue
-                try:
-                    requested = requested_for(info.gpu)
-                except ProfileError:
-                    continue
-                if not can_substitute(requested, offered):
+                if offered is None or not can_substitute(requested, offered):
                     continue
                 extra = waste(requested, offered)
                 if best is not None and extra > best[0][0]:

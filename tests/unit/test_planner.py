@@ -351,3 +351,35 @@ def test_item12_a_pod_tolerating_the_cordon_counts_the_slices_normally(mig: dict
         assert d.passed == ("cordoned",)
     else:  # short of slices like any node (which map says whether preemption helps is items 10 and 16)
         assert d.passed == () and {**d.failed, **d.unresolvable} == {"cordoned": Insufficient(res("2g.10gb"), 2, 1, 1)}
+
+
+def _spellings(prof) -> set[str]:
+    """A catalog profile's name, its aliases and every drifted spelling within 2 GB either way."""
+    me = "+me" if prof.media_extensions else ""
+    drifted = {f"{prof.compute_slices}g.{prof.memory_gb + d}gb{me}" for d in (-2, -1, 1, 2) if prof.memory_gb + d > 0}
+    return {prof.name, *prof.aliases, *drifted}
+
+
+def test_item2_a_substitute_never_has_less_compute_or_memory_than_the_name_asked_for() -> None:
+    """Property over the whole catalog: for every model, profile and drifted spelling, on a node of every
+    model offering all its profiles, the chosen substitute's real slice (the catalog's profile on that
+    node) has at least the compute and memory the requested *name* says, and media engines if asked."""
+    from mig_extender.core.catalog import MODELS, parse_profile_name, resource_profile_name
+
+    nodes = {m.name: snapshot_of(make_node("n", m.name, {prof.name: 1 for prof in m.profiles})) for m in MODELS}
+    checked = 0
+    for asked_model in MODELS:
+        for prof in asked_model.profiles:
+            for name in sorted(_spellings(prof)):
+                want = parse_profile_name(name)
+                pod = pod_info(make_pod(mig={name: 1}))
+                for node_model in MODELS:
+                    rule = choose_substitute(pod, {"n"}, nodes[node_model.name])
+                    if rule is None:
+                        continue
+                    got = node_model.find(resource_profile_name(rule.substitute.resource), strict=True).shape
+                    assert got.compute_slices >= want.compute_slices and got.memory_gb >= want.memory_gb, \
+                        (name, node_model.name, got.name)
+                    assert got.media_extensions or not want.media_extensions, (name, node_model.name, got.name)
+                    checked += 1
+    assert checked > 500  # the property was exercised, not vacuously true
