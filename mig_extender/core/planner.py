@@ -60,12 +60,16 @@ class Insufficient:
 
     @property
     def unresolvable(self) -> bool:
-        """No such slices on the node at all: evicting pods (preemption) cannot help."""
-        return self.allocatable == 0
+        """Evicting pods (preemption) cannot help: the node has fewer slices of the type than requested,
+        as kube-scheduler's fitsRequest decides (pkg/scheduler/framework/plugins/noderesources/fit.go:
+        ``Unresolvable: podRequest... > nodeInfo.GetAllocatable()...``)."""
+        return self.requested > self.allocatable
 
     def __str__(self) -> str:
-        if self.unresolvable:
+        if self.allocatable == 0:
             return f"{self.resource}: none on this node"
+        if self.requested > self.allocatable:
+            return f"{self.resource}: {self.requested} requested, the node has {self.allocatable}"
         held = f", {self.reserved} reserved for substitutions" if self.reserved else ""
         return f"{self.resource}: {max(self.free, 0)} free of {self.allocatable}{held}, {self.requested} requested"
 
@@ -170,7 +174,7 @@ def _fit(snap: ClusterSnapshot, pod: PodInfo, candidates: Sequence[str]) -> tupl
                 reason = reasons.get(key)
                 if reason is None:
                     reason = reasons[key] = Insufficient(resource, n, 0, total, 0)
-                (unresolvable if total == 0 else failed)[node] = reason
+                (unresolvable if reason.unresolvable else failed)[node] = reason
         candidates = holding
         if n == 1:
             # a node with a free slice of the type and no reservation at all certainly fits: no arithmetic
@@ -189,6 +193,7 @@ def _fit(snap: ClusterSnapshot, pod: PodInfo, candidates: Sequence[str]) -> tupl
             unresolvable[node] = _UNSCHEDULABLE
             continue
         alloc, used, held = info.allocatable, info.used, reserved.get(node)
+        short: Insufficient | None = None
         for resource, n in demand:
             total = alloc.get(resource, 0)
             taken = held.get(resource, 0) if held else 0
@@ -200,10 +205,14 @@ def _fit(snap: ClusterSnapshot, pod: PodInfo, candidates: Sequence[str]) -> tupl
                 reason = reasons.get(key)
                 if reason is None:
                     reason = reasons[key] = Insufficient(resource, n, free, total, taken)
-                (unresolvable if total == 0 else failed)[node] = reason
-                break
-        else:
+                if short is None or reason.unresolvable:
+                    short = reason  # one shortfall preemption cannot relieve makes the node unresolvable
+                if reason.unresolvable:
+                    break
+        if short is None:
             passed.append(node)
+        else:
+            (unresolvable if short.unresolvable else failed)[node] = short
     return passed, failed, unresolvable
 
 

@@ -26,10 +26,10 @@ def reference(pod, candidates, snap, tolerant):
         if not info.schedulable and not tolerant:  # cordoned: kube-scheduler's NodeUnschedulable
             unresolvable.add(node)
             continue
-        short = [r for r, n in pod.demand.items() if snap.free(node, r, pod) < n]
+        short = [(r, n) for r, n in pod.demand.items() if snap.free(node, r, pod) < n]
         if not short:
             passed.add(node)
-        elif info.allocatable.get(short[0], 0) == 0:
+        elif any(n > info.allocatable.get(r, 0) for r, n in short):  # fit.go: requested > allocatable
             unresolvable.add(node)
         else:
             failed.add(node)

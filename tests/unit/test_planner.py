@@ -383,3 +383,20 @@ def test_item2_a_substitute_never_has_less_compute_or_memory_than_the_name_asked
                     assert got.media_extensions or not want.media_extensions, (name, node_model.name, got.name)
                     checked += 1
     assert checked > 500  # the property was exercised, not vacuously true
+
+
+@pytest.mark.parametrize("layout, held, mig, reason", [
+    pytest.param({"1g.5gb": 1}, 0, {"1g.5gb": 2}, Insufficient(res("1g.5gb"), 2, 1, 1), id="free-but-too-few"),
+    pytest.param({"1g.5gb": 1}, 1, {"1g.5gb": 2}, Insufficient(res("1g.5gb"), 2, 0, 1), id="none-free-too-few"),
+    pytest.param({"1g.5gb": 1, "2g.10gb": 1}, 0, {"1g.5gb": 2, "2g.10gb": 1}, Insufficient(res("1g.5gb"), 2, 1, 1),
+                 id="two-types"),
+    pytest.param({"2g.10gb": 1}, 0, {"1g.5gb": 1}, Insufficient(res("1g.5gb"), 1, 0, 0), id="none-on-node"),
+])
+def test_item16_more_slices_than_the_node_has_is_unresolvable(layout: dict, held: int, mig: dict,
+                                                              reason: Insufficient) -> None:
+    """As kube-scheduler's fitsRequest (noderesources/fit.go): Unresolvable when requested > allocatable,
+    however many pods preemption would evict."""
+    objects = [make_node("n", A40, layout)] + [make_pod(mig={"1g.5gb": 1}, node="n")] * held
+    d = filter_pod(pod_info(make_pod(mig=mig)), ["n"], snapshot_of(*objects))
+    assert d.passed == () and not d.failed and d.unresolvable == {"n": reason}
+    assert reason.unresolvable
