@@ -35,7 +35,7 @@ from typing import Any
 from ..core.placement import NodeFacts
 from ..core.resources import DemandError, PodInfo, mig_allocatable, pod_info, quantity_scaled
 from ..core.rules import Rule
-from ..core.snapshot import LABEL_COUNT, ClusterSnapshot, NodeInfo, detect_gpu
+from ..core.snapshot import LABEL_COUNT, NO_HOLDER, ClusterSnapshot, NodeInfo, detect_gpu
 
 # seconds a bind whose outcome is unknown may wait for the watch to show it; also how long after a
 # successful Binding a relist that lacks the pod may still predate it (a paged list takes seconds)
@@ -101,6 +101,8 @@ class ClusterInventory:
         self._pods: dict[str, PodInfo] = {}          # uid -> MIG pod
         self._assumed: dict[str, _Assumption] = {}
         self._used: dict[str, dict[str, int]] = {}   # node -> resource -> slices held by pods
+        self._held: dict[str, dict[str, dict[int, int]]] = {}  # node -> resource -> pod priority -> slices
+        self._priorities: dict[int, int] = {}        # pod priority -> pods holding slices at it
         self._pending: dict[str, int] = {}           # resource -> slices wanted by unbound, live pods
         self._index: dict[str, set[str]] = {}
         self._frozen: tuple[Mapping[str, NodeInfo], Mapping[str, frozenset[str]]] | None = None
@@ -123,7 +125,8 @@ class ClusterInventory:
                 self._changed()
 
     def _set_node(self, name: str, info: NodeInfo) -> None:
-        info = replace(info, used=dict(self._used.get(name, {})), problems=())
+        held = {r: dict(by) for r, by in self._held.get(name, {}).items()}
+        info = replace(info, used=dict(self._used.get(name, {})), held_by_priority=held, problems=())
         old = self._nodes.get(name)
         self._nodes[name] = info
         for r in set(info.allocatable) | set(old.allocatable if old else ()):
@@ -206,6 +209,7 @@ class ClusterInventory:
         fresh = {name: name.encode().decode() for name in sorted(self._nodes)}
         self._nodes = {fresh[n]: replace(info, name=fresh[n]) for n, info in self._nodes.items()}
         self._used = {fresh.get(n, n): used for n, used in self._used.items()}
+        self._held = {fresh.get(n, n): held for n, held in self._held.items()}
         self._index = {r: {fresh.get(n, n) for n in members} for r, members in self._index.items()}
         self._changed()
 
@@ -246,14 +250,14 @@ class ClusterInventory:
     def _add_pod(self, info: PodInfo) -> None:
         self._pods[info.uid] = info
         if info.holds_slices:
-            self._account(info.node, info.demand, +1)
+            self._account(info, +1)
         elif _waiting(info):
             self._wait(info.demand, +1)
 
     def _remove_pod(self, info: PodInfo) -> None:
         self._pods.pop(info.uid, None)
         if info.holds_slices:
-            self._account(info.node, info.demand, -1)
+            self._account(info, -1)
         elif _waiting(info):
             self._wait(info.demand, -1)
 
@@ -266,12 +270,24 @@ class ClusterInventory:
         # its own); only tell generation watchers (the reconciler) that something moved
         self.generation += 1
 
-    def _account(self, node: str, demand: Mapping[str, int], sign: int) -> None:
+    def _account(self, info: PodInfo, sign: int) -> None:
+        """Add (+1) or remove (-1) the slices ``info`` holds on its node, in total and per its priority."""
+        node, priority = info.node, info.priority
         used = self._used.setdefault(node, {})
-        for r, n in demand.items():
+        held = self._held.setdefault(node, {})
+        for r, n in info.demand.items():
             used[r] = used.get(r, 0) + sign * n
             if used[r] == 0:
                 del used[r]
+            by = held.setdefault(r, {})
+            by[priority] = by.get(priority, 0) + sign * n
+            if by[priority] == 0:
+                del by[priority]
+                if not by:
+                    del held[r]
+        self._priorities[priority] = self._priorities.get(priority, 0) + sign
+        if self._priorities[priority] == 0:
+            del self._priorities[priority]
         if node in self._nodes:
             self._set_node(node, self._nodes[node])
         else:
@@ -300,7 +316,9 @@ class ClusterInventory:
                 )
             nodes, index = self._frozen
             synced, pending = self.synced, dict(self._pending)
-        return ClusterSnapshot.build(nodes, index, rules, self._clock() if now is None else now, synced, pending)
+            lowest = min(self._priorities, default=NO_HOLDER)  # a handful of distinct priorities at most
+        return ClusterSnapshot.build(nodes, index, rules, self._clock() if now is None else now, synced, pending,
+                                     lowest)
 
 
 def load_list(inventory: ClusterInventory, doc: Mapping[str, Any]) -> int:

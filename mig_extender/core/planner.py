@@ -50,20 +50,25 @@ class PlanSettings:
 
 @dataclass(frozen=True)
 class Insufficient:
-    """Why one node cannot take a pod: like kube-scheduler's InsufficientResource."""
+    """Why one node cannot take a pod: like kube-scheduler's InsufficientResource, plus what preemption
+    could free (``relievable``: slices held here by pods of strictly lower priority than the pod; 0 for a
+    pod with preemptionPolicy Never)."""
 
     resource: str
     requested: int
     free: int
     allocatable: int
     reserved: int = 0
+    relievable: int = 0
 
     @property
     def unresolvable(self) -> bool:
-        """Evicting pods (preemption) cannot help: the node has fewer slices of the type than requested,
-        as kube-scheduler's fitsRequest decides (pkg/scheduler/framework/plugins/noderesources/fit.go:
-        ``Unresolvable: podRequest... > nodeInfo.GetAllocatable()...``)."""
-        return self.requested > self.allocatable
+        """Evicting pods (preemption) cannot help. As kube-scheduler's fitsRequest
+        (pkg/scheduler/framework/plugins/noderesources/fit.go: ``Unresolvable: podRequest... >
+        nodeInfo.GetAllocatable()...``) when more slices are requested than the node has; and, unlike
+        cpu, also when the free slices and those lower-priority pods hold fall short: the scheduler can
+        evict only those (defaultpreemption isPreemptionAllowed), and reservations are no pods at all."""
+        return self.requested > self.allocatable or self.free + self.relievable < self.requested
 
     def __str__(self) -> str:
         if self.allocatable == 0:
@@ -71,7 +76,9 @@ class Insufficient:
         if self.requested > self.allocatable:
             return f"{self.resource}: {self.requested} requested, the node has {self.allocatable}"
         held = f", {self.reserved} reserved for substitutions" if self.reserved else ""
-        return f"{self.resource}: {max(self.free, 0)} free of {self.allocatable}{held}, {self.requested} requested"
+        lower = f", {self.relievable} held by lower-priority pods" if self.relievable else ""
+        return (f"{self.resource}: {max(self.free, 0)} free of {self.allocatable}{held}{lower}, "
+                f"{self.requested} requested")
 
 
 @dataclass(frozen=True)
@@ -133,29 +140,35 @@ def _fit(snap: ClusterSnapshot, pod: PodInfo, candidates: Sequence[str]) -> tupl
     found once, not per node, and nodes with the same numbers share one reason object (a 5,000-node
     answer repeats a handful of distinct reasons). A cordoned node fails as unschedulable unless the pod
     tolerates node.kubernetes.io/unschedulable; then its slices count like any node's (kube-scheduler's
-    NodeUnschedulable plugin, which normally removes such nodes before we are asked).
+    NodeUnschedulable plugin, which normally removes such nodes before we are asked). Whether preemption
+    could relieve a shortfall needs a per-node priority lookup only when some pod below this one's
+    priority holds a slice somewhere (``snap.lowest_priority``); with one priority in the cluster every
+    shortfall is unresolvable at no cost.
     """
     nodes, reserved = snap.nodes, snap.reserved
     own = snap.own_reservation(pod) if snap.rules else None
     own_node, own_resource, own_count = (own[0], own[1].resource, own[1].count) if own else ("", "", 0)
     demand = list(pod.demand.items())
     tolerant = tolerates_unschedulable(pod.placement.tolerations)
+    priority = pod.priority
+    relief = pod.preemption_policy != "Never" and priority > snap.lowest_priority
     passed: list[str] = []
     failed: dict[str, object] = {}
     unresolvable: dict[str, object] = {}
-    reasons: dict[tuple[str, int, int, int, int], Insufficient] = {}
+    reasons: dict[tuple[str, int, int, int, int, int], Insufficient] = {}
     if len(demand) == 1:
         # One MIG type (the usual pod): a schedulable node outside the free index has none of it free, so
         # it fails without arithmetic, and it can hold no reservation of that type (reservations are
         # carved from free slices); only its allocatable is read, for the reason text. The index leaves
         # cordoned nodes out: those get the unschedulable answer, or arithmetic for a tolerating pod.
+        # When lower-priority pods could make room, the arithmetic below weighs them per node.
         (resource, n), = demand
         holders = snap.free_index.get(resource, frozenset())
         # One lookup per candidate in the index: the names arrive as fresh strings, so each lookup
         # hashes and compares against the inventory's copy (the bulk of a 5,000-node filter); the rest
         # of the partition is identity-fast lookups in a set of the very same objects.
         holding = [node for node in candidates if node in holders]
-        cordoned: list[str] = []
+        later: list[str] = []
         if len(holding) < len(candidates):
             kept = set(holding)
             for node in [node for node in candidates if node not in kept]:
@@ -165,16 +178,19 @@ def _fit(snap: ClusterSnapshot, pod: PodInfo, candidates: Sequence[str]) -> tupl
                     continue
                 if not info.schedulable:
                     if tolerant:
-                        cordoned.append(node)
+                        later.append(node)
                     else:
                         unresolvable[node] = _UNSCHEDULABLE
                     continue
+                if relief:
+                    later.append(node)
+                    continue
                 total = info.allocatable.get(resource, 0)
-                key = (resource, n, 0, total, 0)
+                key = (resource, n, 0, total, 0, 0)
                 reason = reasons.get(key)
                 if reason is None:
                     reason = reasons[key] = Insufficient(resource, n, 0, total, 0)
-                (unresolvable if reason.unresolvable else failed)[node] = reason
+                unresolvable[node] = reason  # nothing free and nothing preemption could free
         candidates = holding
         if n == 1:
             # a node with a free slice of the type and no reservation at all certainly fits: no arithmetic
@@ -183,7 +199,7 @@ def _fit(snap: ClusterSnapshot, pod: PodInfo, candidates: Sequence[str]) -> tupl
                 candidates = [node for node in candidates if node in reserved]
             else:
                 passed, candidates = candidates, []
-        candidates += cordoned
+        candidates += later
     for node in candidates:
         info = nodes.get(node)
         if info is None:
@@ -201,10 +217,11 @@ def _fit(snap: ClusterSnapshot, pod: PodInfo, candidates: Sequence[str]) -> tupl
             if node == own_node and resource == own_resource:
                 free += own_count
             if free < n:
-                key = (resource, n, free, total, taken)
+                lower = info.held_below(resource, priority) if relief else 0
+                key = (resource, n, free, total, taken, lower)
                 reason = reasons.get(key)
                 if reason is None:
-                    reason = reasons[key] = Insufficient(resource, n, free, total, taken)
+                    reason = reasons[key] = Insufficient(resource, n, free, total, taken, lower)
                 if short is None or reason.unresolvable:
                     short = reason  # one shortfall preemption cannot relieve makes the node unresolvable
                 if reason.unresolvable:

@@ -30,6 +30,9 @@ _GB_RE = re.compile(r"(\d{2,3})\s*GB")
 # Products whose label carries no memory size: the memory is implied by the product.
 _IMPLIED_GB = {"H100 NVL": 94, "H100-NVL": 94, "H200": 141, "B200": 180, "A30": 24}
 EMPTY: Mapping[str, int] = MappingProxyType({})
+# ClusterSnapshot.lowest_priority when no pod holds a slice: above any pod priority (an int32), so no pod
+# outranks it and no filter looks for lower-priority holders
+NO_HOLDER = 2**31
 
 
 def detect_gpu(labels: Mapping[str, str], mig_resources: Iterable[str] = ()) -> GpuModel | None:
@@ -83,6 +86,8 @@ class NodeInfo:
     schedulable: bool = True
     problems: tuple[str, ...] = ()
     facts: NodeFacts | None = None  # labels, taints, cpu/memory: for placement checks (None: unknown, no check)
+    # resource -> pod priority -> slices held by bound pods of that priority: what preemption could free
+    held_by_priority: Mapping[str, Mapping[int, int]] = field(default_factory=dict)
 
     def free(self, resource: str) -> int:
         """Free slices ignoring reservations (the snapshot adds those)."""
@@ -108,6 +113,12 @@ class NodeInfo:
         """Compute slices held by pods (reservations not included): fixed for this NodeInfo."""
         return self.used_compute()
 
+    def held_below(self, resource: str, priority: int) -> int:
+        """Slices of ``resource`` held by pods of strictly lower priority than ``priority``: the most a
+        preemption for a pod of that priority could free here (kube-scheduler evicts only lower ones)."""
+        held = self.held_by_priority.get(resource)
+        return sum(n for p, n in held.items() if p < priority) if held else 0
+
     def placement_problem(self, placement: Placement) -> str:
         """Why a pod with ``placement`` cannot run here apart from MIG ('' when it can, or when unknown)."""
         return placement_problem(placement, self.facts) if self.facts is not None else ""
@@ -132,11 +143,15 @@ class ClusterSnapshot:
     # resource -> slices wanted by pods that wait unbound for exactly that type: they have the first claim
     # on a freed slice, before a substitution or a restore takes it
     pending: Mapping[str, int] = field(default_factory=dict)
+    # the lowest priority of any pod holding a slice: a pod at or below it can preempt no slice anywhere,
+    # so the filter skips every per-node priority lookup (one priority in the cluster: the usual case).
+    # NO_HOLDER when unknown (a snapshot built without the inventory): nothing counts as relievable.
+    lowest_priority: int = NO_HOLDER
 
     @classmethod
     def build(cls, nodes: Mapping[str, NodeInfo], free_index: Mapping[str, frozenset[str]] | None = None,
               rules: Iterable[Rule] = (), now: float = 0.0, synced: bool = True,
-              pending: Mapping[str, int] | None = None) -> ClusterSnapshot:
+              pending: Mapping[str, int] | None = None, lowest_priority: int = NO_HOLDER) -> ClusterSnapshot:
         if free_index is None:
             free_index = build_free_index(nodes.values())
         rules = tuple(rules)
@@ -151,6 +166,7 @@ class ClusterSnapshot:
             nodes=nodes, free_index=free_index, rules=rules, now=now, synced=synced, reserved=reserved,
             rules_by_name={r.name: r for r in rules},
             rules_by_pod_uid={r.pod_uid: r for r in rules if r.pod_uid}, pending=pending or {},
+            lowest_priority=lowest_priority,
         )
 
     def free(self, node: str, resource: str, pod: PodInfo | None = None) -> int:

@@ -236,7 +236,7 @@ def test_rule_store_outage_still_answers_and_promises_nothing(client, service) -
         service.inventory.upsert_pod(make_pod(mig={"1g.10gb": 1}, node="gpu-a" if i < 2 else "gpu-b"))
     out = client.post("/filter", json={"Pod": pending({"1g.10gb": 1}), "NodeNames": ["gpu-a", "gpu-b"]})
     assert out.status_code == 200 and out.get_json()["NodeNames"] == []
-    assert "could not be stored" in out.get_json()["FailedNodes"]["gpu-a"]
+    assert "could not be stored" in out.get_json()["FailedAndUnresolvableNodes"]["gpu-a"]  # sold out: item 10
     assert service.snapshot().reserved == {}
 
 

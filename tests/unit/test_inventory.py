@@ -198,3 +198,24 @@ def test_item11_a_bound_pod_missing_from_a_later_relist_is_dropped() -> None:
     clock.now += 60
     inv.replace_pods([])
     assert inv.snapshot().free("n1", res("1g.5gb")) == 1
+
+
+def test_item10_slices_held_per_priority_follow_pod_events() -> None:
+    """Kept per node, resource and priority as pods come and go (never a scan of pods per filter)."""
+    inv = inventory_of(make_node("n1", mig={"1g.5gb": 3, "2g.10gb": 1}))
+    low, high = make_pod(mig={"1g.5gb": 2}, node="n1"), make_pod(mig={"1g.5gb": 1, "2g.10gb": 1}, node="n1")
+    low["spec"]["priority"], high["spec"]["priority"] = -5, 1000
+    inv.upsert_pod(low)
+    inv.upsert_pod(high)
+    snap = inv.snapshot()
+    assert snap.nodes["n1"].held_by_priority == {res("1g.5gb"): {-5: 2, 1000: 1}, res("2g.10gb"): {1000: 1}}
+    assert snap.lowest_priority == -5
+    assert snap.nodes["n1"].held_below(res("1g.5gb"), 1000) == 2 and snap.nodes["n1"].held_below(res("1g.5gb"), -5) == 0
+    low["status"]["phase"] = "Succeeded"
+    inv.upsert_pod(low)
+    snap = inv.snapshot()
+    assert snap.nodes["n1"].held_by_priority == {res("1g.5gb"): {1000: 1}, res("2g.10gb"): {1000: 1}}
+    assert snap.lowest_priority == 1000
+    inv.delete_pod(high["metadata"]["uid"])
+    snap = inv.snapshot()
+    assert snap.nodes["n1"].held_by_priority == {} and snap.lowest_priority > 2**31 - 1  # nobody holds anything

@@ -51,7 +51,8 @@ def test_sold_out_profile_records_least_waste_substitute() -> None:
     pod = pod_info(make_pod("infer-b-x", mig={"1g.5gb": 1}, owner=("ReplicaSet", "infer-b", "rs-b")))
     d = filter_pod(pod, ["gpu-a"], snap)
     assert d.passed == ()
-    assert isinstance(d.failed["gpu-a"], Insufficient) and d.failed["gpu-a"].free == 0
+    # one priority in the cluster: no preemption could free a slice (item 10), so unresolvable
+    assert isinstance(d.unresolvable["gpu-a"], Insufficient) and d.unresolvable["gpu-a"].free == 0
     assert d.record is not None
     assert d.record.substitute == ResourceCount(res("2g.10gb"), 1) and d.record.node == "gpu-a"
     assert d.record.owner.uid == "rs-b" and d.record.phase is Phase.RECORDED
@@ -74,7 +75,7 @@ def test_reserved_slices_do_not_pass_other_pods_exact_requests() -> None:
     base = (walkthrough_node(), make_pod(mig={"1g.5gb": 2}, node="gpu-a"))
     rule = filter_pod(pod_info(make_pod(mig={"1g.5gb": 1})), ["gpu-a"], snapshot_of(*base)).record
     d = filter_pod(pod_info(make_pod(mig={"2g.10gb": 1})), ["gpu-a"], snapshot_of(*base, rules=(rule,)))
-    assert d.passed == () and "1 reserved for substitutions" in str(d.failed["gpu-a"])
+    assert d.passed == () and "1 reserved for substitutions" in str(d.unresolvable["gpu-a"])  # see item 10
 
 
 def test_the_upgraded_replacement_may_use_its_own_reservation() -> None:
@@ -400,3 +401,48 @@ def test_item16_more_slices_than_the_node_has_is_unresolvable(layout: dict, held
     d = filter_pod(pod_info(make_pod(mig=mig)), ["n"], snapshot_of(*objects))
     assert d.passed == () and not d.failed and d.unresolvable == {"n": reason}
     assert reason.unresolvable
+
+
+def _prio(pod: dict, priority: int, policy: str = "") -> dict:
+    pod["spec"]["priority"] = priority
+    if policy:
+        pod["spec"]["preemptionPolicy"] = policy
+    return pod
+
+
+@pytest.mark.parametrize("holders, pod, reason, resolvable", [
+    pytest.param([0, 0], _prio(make_pod(mig={"1g.5gb": 1}), 0), Insufficient(res("1g.5gb"), 1, 0, 2), False,
+                 id="one-priority"),
+    pytest.param([0, 0], _prio(make_pod(mig={"1g.5gb": 1}), 100), Insufficient(res("1g.5gb"), 1, 0, 2, 0, 2), True,
+                 id="lower-priority-holders"),
+    pytest.param([100, 0], _prio(make_pod(mig={"1g.5gb": 1}), 100), Insufficient(res("1g.5gb"), 1, 0, 2, 0, 1), True,
+                 id="one-lower-holder-is-enough"),
+    pytest.param([100, 100], _prio(make_pod(mig={"1g.5gb": 1}), 100), Insufficient(res("1g.5gb"), 1, 0, 2), False,
+                 id="equal-priority-is-not-lower"),
+    pytest.param([100, 0], _prio(make_pod(mig={"1g.5gb": 2}), 100), Insufficient(res("1g.5gb"), 2, 0, 2, 0, 1), False,
+                 id="lower-holders-too-few"),
+    pytest.param([0, 0], _prio(make_pod(mig={"1g.5gb": 1}), 100, "Never"), Insufficient(res("1g.5gb"), 1, 0, 2), False,
+                 id="preemption-policy-never"),
+    pytest.param([0, 0], _prio(make_pod(mig={"1g.5gb": 1, "2g.10gb": 1}), 100),
+                 Insufficient(res("1g.5gb"), 1, 0, 2, 0, 2), True, id="two-types"),
+])
+def test_item10_a_shortfall_is_resolvable_only_if_lower_priority_pods_hold_enough(
+        holders: list[int], pod: dict, reason: Insufficient, resolvable: bool) -> None:
+    """kube-scheduler preempts only pods of strictly lower priority (defaultpreemption isPreemptionAllowed)
+    and never for a preemptionPolicy: Never pod: a MIG shortfall nothing evictable could relieve goes to
+    FailedAndUnresolvableNodes, or the scheduler evicts CPU victims for a node we refuse again."""
+    snap = snapshot_of(make_node("n", A40, {"1g.5gb": 2, "2g.10gb": 1}),
+                       *(_prio(make_pod(mig={"1g.5gb": 1}, node="n"), p) for p in holders))
+    d = filter_pod(pod_info(pod), ["n"], snap)
+    assert d.passed == ()
+    assert (d.failed if resolvable else d.unresolvable) == {"n": reason}
+    assert not (d.unresolvable if resolvable else d.failed)
+
+
+def test_item10_a_single_priority_cluster_answers_every_shortfall_unresolvable_with_shared_reasons() -> None:
+    """The common case costs what it did: no per-node priority lookup, one reason object per shortfall."""
+    snap = snapshot_of(*(make_node(f"n{i}", A40, {"1g.5gb": 1}) for i in range(4)),
+                       *(make_pod(mig={"1g.5gb": 1}, node=f"n{i}") for i in range(4)))
+    assert snap.lowest_priority == 0
+    d = filter_pod(pod_info(make_pod(mig={"1g.5gb": 1})), [f"n{i}" for i in range(4)], snap)
+    assert not d.failed and len(d.unresolvable) == 4 and len({id(r) for r in d.unresolvable.values()}) == 1
