@@ -105,7 +105,8 @@ class ClusterInventory:
         self._priorities: dict[int, int] = {}        # pod priority -> pods holding slices at it
         self._pending: dict[str, int] = {}           # resource -> slices wanted by unbound, live pods
         self._index: dict[str, set[str]] = {}
-        self._frozen: tuple[Mapping[str, NodeInfo], Mapping[str, frozenset[str]]] | None = None
+        self._cordoned: set[str] = set()             # nodes with spec.unschedulable
+        self._frozen: tuple[Mapping[str, NodeInfo], Mapping[str, frozenset[str]], frozenset[str]] | None = None
         self.synced = False
         self.generation = 0
 
@@ -122,6 +123,7 @@ class ClusterInventory:
             if old is not None:
                 for r in old.allocatable:
                     self._index.get(r, set()).discard(name)
+                self._cordoned.discard(name)
                 self._changed()
 
     def _set_node(self, name: str, info: NodeInfo) -> None:
@@ -129,6 +131,10 @@ class ClusterInventory:
         info = replace(info, used=dict(self._used.get(name, {})), held_by_priority=held, problems=())
         old = self._nodes.get(name)
         self._nodes[name] = info
+        if info.schedulable:
+            self._cordoned.discard(name)
+        else:
+            self._cordoned.add(name)
         for r in set(info.allocatable) | set(old.allocatable if old else ()):
             members = self._index.setdefault(r, set())
             if info.schedulable and info.free(r) > 0:
@@ -211,6 +217,7 @@ class ClusterInventory:
         self._used = {fresh.get(n, n): used for n, used in self._used.items()}
         self._held = {fresh.get(n, n): held for n, held in self._held.items()}
         self._index = {r: {fresh.get(n, n) for n in members} for r, members in self._index.items()}
+        self._cordoned = {fresh.get(n, n) for n in self._cordoned}
         self._changed()
 
     def assume(self, pod: PodInfo, node: str) -> PodInfo:
@@ -313,12 +320,13 @@ class ClusterInventory:
                 self._frozen = (
                     dict(self._nodes),
                     {r: frozenset(s) for r, s in self._index.items() if s},
+                    frozenset(self._cordoned),
                 )
-            nodes, index = self._frozen
+            nodes, index, cordoned = self._frozen
             synced, pending = self.synced, dict(self._pending)
             lowest = min(self._priorities, default=NO_HOLDER)  # a handful of distinct priorities at most
         return ClusterSnapshot.build(nodes, index, rules, self._clock() if now is None else now, synced, pending,
-                                     lowest)
+                                     lowest, cordoned)
 
 
 def load_list(inventory: ClusterInventory, doc: Mapping[str, Any]) -> int:

@@ -133,80 +133,111 @@ class ReservedElsewhere:
 _ELSEWHERE = ReservedElsewhere()
 
 
+_Reasons = dict[tuple[str, int, int, int, int, int], Insufficient]  # one object per distinct shortfall
+
+
 def _fit(snap: ClusterSnapshot, pod: PodInfo, candidates: Sequence[str]) -> tuple[list[str], dict, dict]:
     """(passing nodes, failed reasons, unresolvable reasons) for ``pod`` over ``candidates``.
 
-    The filter's hot loop, O(candidates) with a few dict reads per node: the pod's own reservation is
-    found once, not per node, and nodes with the same numbers share one reason object (a 5,000-node
-    answer repeats a handful of distinct reasons). A cordoned node fails as unschedulable unless the pod
-    tolerates node.kubernetes.io/unschedulable; then its slices count like any node's (kube-scheduler's
-    NodeUnschedulable plugin, which normally removes such nodes before we are asked). Whether preemption
-    could relieve a shortfall needs a per-node priority lookup only when some pod below this one's
-    priority holds a slice somewhere (``snap.lowest_priority``); with one priority in the cluster every
-    shortfall is unresolvable at no cost.
+    The filter's hot loop, O(candidates) with a few dict reads per node, and nodes with the same numbers
+    share one reason object (a 5,000-node answer repeats a handful of distinct reasons). A cordoned node
+    fails as unschedulable unless the pod tolerates node.kubernetes.io/unschedulable; then its slices
+    count like any node's (kube-scheduler's NodeUnschedulable plugin, which normally removes such nodes
+    before we are asked). Whether preemption could relieve a shortfall needs a per-node priority lookup
+    only when some pod below this one's priority holds a slice somewhere (``snap.lowest_priority``); with
+    one priority in the cluster every shortfall is unresolvable at no cost.
     """
-    nodes, reserved = snap.nodes, snap.reserved
-    own = snap.own_reservation(pod) if snap.rules else None
-    own_node, own_resource, own_count = (own[0], own[1].resource, own[1].count) if own else ("", "", 0)
     demand = list(pod.demand.items())
     tolerant = tolerates_unschedulable(pod.placement.tolerations)
-    priority = pod.priority
-    relief = pod.preemption_policy != "Never" and priority > snap.lowest_priority
-    passed: list[str] = []
+    relief = pod.preemption_policy != "Never" and pod.priority > snap.lowest_priority
     failed: dict[str, object] = {}
     unresolvable: dict[str, object] = {}
-    reasons: dict[tuple[str, int, int, int, int, int], Insufficient] = {}
+    reasons: _Reasons = {}
+    passed: list[str] = []
     if len(demand) == 1:
-        # One MIG type (the usual pod): a schedulable node outside the free index has none of it free, so
-        # it fails without arithmetic, and it can hold no reservation of that type (reservations are
-        # carved from free slices); only its allocatable is read, for the reason text. The index leaves
-        # cordoned nodes out: those get the unschedulable answer, or arithmetic for a tolerating pod.
-        # When lower-priority pods could make room, the arithmetic below weighs them per node.
-        (resource, n), = demand
-        holders = snap.free_index.get(resource, frozenset())
-        # One lookup per candidate in the index: the names arrive as fresh strings, so each lookup
-        # hashes and compares against the inventory's copy (the bulk of a 5,000-node filter); the rest
-        # of the partition is identity-fast lookups in a set of the very same objects.
-        holding = [node for node in candidates if node in holders]
-        later: list[str] = []
-        if len(holding) < len(candidates):
-            kept = set(holding)
-            for node in [node for node in candidates if node not in kept]:
-                info = nodes.get(node)
-                if info is None:
-                    failed[node] = _UNKNOWN_NODE
-                    continue
-                if not info.schedulable:
-                    if tolerant:
-                        later.append(node)
-                    else:
-                        unresolvable[node] = _UNSCHEDULABLE
-                    continue
-                if relief:
-                    later.append(node)
-                    continue
-                total = info.allocatable.get(resource, 0)
-                key = (resource, n, 0, total, 0, 0)
-                reason = reasons.get(key)
-                if reason is None:
-                    reason = reasons[key] = Insufficient(resource, n, 0, total, 0)
-                unresolvable[node] = reason  # nothing free and nothing preemption could free
-        candidates = holding
-        if n == 1:
-            # a node with a free slice of the type and no reservation at all certainly fits: no arithmetic
-            if reserved:
-                passed = [node for node in candidates if node not in reserved]
-                candidates = [node for node in candidates if node in reserved]
+        passed, candidates = _fit_one_type(snap, demand[0], candidates, tolerant, relief,
+                                           failed, unresolvable, reasons)
+    passed += _fit_by_arithmetic(snap, pod, demand, candidates, tolerant, relief, failed, unresolvable, reasons)
+    return passed, failed, unresolvable
+
+
+def _fit_one_type(snap: ClusterSnapshot, want: tuple[str, int], candidates: Sequence[str], tolerant: bool,
+                  relief: bool, failed: dict, unresolvable: dict, reasons: _Reasons) -> tuple[list[str], list[str]]:
+    """The usual pod (one MIG type) through the free index: (certainly passing, still to compute).
+
+    A schedulable node outside the index has none of the type free, so it fails without arithmetic, and
+    it can hold no reservation of that type (reservations are carved from free slices); only its
+    allocatable is read, for the reason. The index leaves cordoned nodes out: those get the unschedulable
+    answer, or arithmetic for a tolerating pod; so do nodes lower-priority pods could make room on.
+    """
+    resource, n = want
+    nodes = snap.nodes
+    holders = snap.free_index.get(resource, frozenset())
+    # One lookup per candidate in the index: the names arrive as fresh strings, so each lookup hashes and
+    # compares against the inventory's copy (the bulk of a 5,000-node filter); the rest of the partition
+    # is identity-fast lookups in a set of the very same objects.
+    holding = [node for node in candidates if node in holders]
+    later: list[str] = []
+    if len(holding) < len(candidates):
+        kept = set(holding)
+        outside = [node for node in candidates if node not in kept]
+        if snap.cordoned or relief:
+            outside, later = _set_aside(snap, outside, tolerant, relief, unresolvable)
+        for node in outside:  # nothing free, nothing preemption could free
+            info = nodes.get(node)
+            if info is None:
+                failed[node] = _UNKNOWN_NODE
+                continue
+            total = info.allocatable.get(resource, 0)
+            key = (resource, n, 0, total, 0, 0)
+            reason = reasons.get(key)
+            if reason is None:
+                reason = reasons[key] = Insufficient(resource, n, 0, total, 0)
+            unresolvable[node] = reason
+    if n > 1:
+        return [], holding + later
+    # a node with a free slice of the type and no reservation at all certainly fits: no arithmetic
+    reserved = snap.reserved
+    if not reserved:
+        return holding, later
+    return [node for node in holding if node not in reserved], [node for node in holding if node in reserved] + later
+
+
+def _set_aside(snap: ClusterSnapshot, outside: list[str], tolerant: bool, relief: bool,
+               unresolvable: dict) -> tuple[list[str], list[str]]:
+    """Of nodes outside the free index: (plainly short, to compute). Cordoned ones fail as unschedulable
+    or, for a tolerating pod, are computed; with lower-priority holders about, every known node is."""
+    cordoned, nodes = snap.cordoned, snap.nodes
+    short, later = [], []
+    for node in outside:
+        if node in cordoned:
+            if tolerant:
+                later.append(node)
             else:
-                passed, candidates = candidates, []
-        candidates += later
+                unresolvable[node] = _UNSCHEDULABLE
+        elif relief and node in nodes:
+            later.append(node)
+        else:
+            short.append(node)
+    return short, later
+
+
+def _fit_by_arithmetic(snap: ClusterSnapshot, pod: PodInfo, demand: list[tuple[str, int]],
+                       candidates: Sequence[str], tolerant: bool, relief: bool,
+                       failed: dict, unresolvable: dict, reasons: _Reasons) -> list[str]:
+    """Free slices per node and type (reservations of others subtracted, the pod's own added back):
+    the nodes of ``candidates`` that fit; the others go to ``failed`` or ``unresolvable``."""
+    nodes, reserved, priority, cordoned = snap.nodes, snap.reserved, pod.priority, snap.cordoned
+    if cordoned and not tolerant:
+        unresolvable.update((node, _UNSCHEDULABLE) for node in candidates if node in cordoned)
+        candidates = [node for node in candidates if node not in cordoned]
+    own = snap.own_reservation(pod) if snap.rules else None  # found once, not per node
+    own_node, own_resource, own_count = (own[0], own[1].resource, own[1].count) if own else ("", "", 0)
+    passed = []
     for node in candidates:
         info = nodes.get(node)
         if info is None:
             failed[node] = _UNKNOWN_NODE
-            continue
-        if not info.schedulable and not tolerant:
-            unresolvable[node] = _UNSCHEDULABLE
             continue
         alloc, used, held = info.allocatable, info.used, reserved.get(node)
         short: Insufficient | None = None
@@ -230,7 +261,7 @@ def _fit(snap: ClusterSnapshot, pod: PodInfo, candidates: Sequence[str]) -> tupl
             passed.append(node)
         else:
             (unresolvable if short.unresolvable else failed)[node] = short
-    return passed, failed, unresolvable
+    return passed
 
 
 def filter_pod(pod: PodInfo, candidates: Sequence[str], snap: ClusterSnapshot,

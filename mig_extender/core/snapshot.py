@@ -147,13 +147,19 @@ class ClusterSnapshot:
     # so the filter skips every per-node priority lookup (one priority in the cluster: the usual case).
     # NO_HOLDER when unknown (a snapshot built without the inventory): nothing counts as relievable.
     lowest_priority: int = NO_HOLDER
+    # names of the cordoned nodes (NodeInfo.schedulable False): usually none, and then the filter reads no
+    # node's flag at all
+    cordoned: frozenset[str] = frozenset()
 
     @classmethod
     def build(cls, nodes: Mapping[str, NodeInfo], free_index: Mapping[str, frozenset[str]] | None = None,
               rules: Iterable[Rule] = (), now: float = 0.0, synced: bool = True,
-              pending: Mapping[str, int] | None = None, lowest_priority: int = NO_HOLDER) -> ClusterSnapshot:
+              pending: Mapping[str, int] | None = None, lowest_priority: int = NO_HOLDER,
+              cordoned: frozenset[str] | None = None) -> ClusterSnapshot:
         if free_index is None:
             free_index = build_free_index(nodes.values())
+        if cordoned is None:
+            cordoned = frozenset(name for name, info in nodes.items() if not info.schedulable)
         rules = tuple(rules)
         reserved: dict[str, dict[str, int]] = {}
         for rule in rules:
@@ -166,7 +172,7 @@ class ClusterSnapshot:
             nodes=nodes, free_index=free_index, rules=rules, now=now, synced=synced, reserved=reserved,
             rules_by_name={r.name: r for r in rules},
             rules_by_pod_uid={r.pod_uid: r for r in rules if r.pod_uid}, pending=pending or {},
-            lowest_priority=lowest_priority,
+            lowest_priority=lowest_priority, cordoned=cordoned,
         )
 
     def free(self, node: str, resource: str, pod: PodInfo | None = None) -> int:

@@ -219,3 +219,18 @@ def test_item10_slices_held_per_priority_follow_pod_events() -> None:
     inv.delete_pod(high["metadata"]["uid"])
     snap = inv.snapshot()
     assert snap.nodes["n1"].held_by_priority == {} and snap.lowest_priority > 2**31 - 1  # nobody holds anything
+
+
+def test_cordoned_nodes_follow_node_events() -> None:
+    """The filter reads cordons from this set (no per-node flag read when it is empty)."""
+    inv = inventory_of(make_node("n1", mig={"1g.5gb": 1}), make_node("n2", mig={"1g.5gb": 1}))
+    assert inv.snapshot().cordoned == frozenset()
+    inv.upsert_node(make_node("n1", mig={"1g.5gb": 1}, unschedulable=True))
+    assert inv.snapshot().cordoned == {"n1"}
+    inv.replace_nodes([make_node("n1", mig={"1g.5gb": 1}, unschedulable=True), make_node("n2", mig={"1g.5gb": 1})])
+    assert inv.snapshot().cordoned == {"n1"}
+    inv.upsert_node(make_node("n1", mig={"1g.5gb": 1}))
+    assert inv.snapshot().cordoned == frozenset()
+    inv.upsert_node(make_node("n2", mig={"1g.5gb": 1}, unschedulable=True))
+    inv.delete_node("n2")
+    assert inv.snapshot().cordoned == frozenset()
