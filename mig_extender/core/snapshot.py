@@ -1,8 +1,9 @@
 """An immutable view of the cluster's MIG capacity: what every decision reads. Pure.
 
-A snapshot holds, per node, allocatable and used slices of each ``nvidia.com/mig-*`` resource, the
-reservations of active substitution rules, and an index from resource to the nodes that still have
-some free, so a filter call costs O(candidate nodes), never O(pods). It is built by
+A snapshot holds, per node, allocatable and used slices of each ``nvidia.com/mig-*`` resource (and who
+holds them, by pod priority, for what preemption could free), the reservations of active substitution
+rules, the cordoned nodes, and an index from resource to the schedulable nodes that still have some
+free, so a filter call costs O(candidate nodes), never O(pods). It is built by
 ``inventory.ClusterInventory`` (live cluster) or from a ``kubectl get nodes,pods -o json`` file, and
 never changes once built: one request reads one snapshot from start to end.
 """
