@@ -25,6 +25,18 @@ PRODUCTS = {
     "H200-141GB": ("NVIDIA-H200", 143771),
     "B200-180GB": ("NVIDIA-B200", 183359),
     "A30-24GB": ("NVIDIA-A30", 24576),
+    # the models issue 16 added: GPU feature discovery's product string and memory label (MiB)
+    "GH200-96GB": ("NVIDIA-GH200-480GB", 97871),
+    "GH200-144GB": ("NVIDIA-GH200-144G-HBM3e", 147456),
+    "GB200-186GB": ("NVIDIA-GB200", 190464),
+    "B300-288GB": ("NVIDIA-B300-SXM6-AC", 275456),
+    "GB300-288GB": ("NVIDIA-GB300", 284672),
+    "RTX-PRO-6000-96GB": ("NVIDIA-RTX-PRO-6000-Blackwell-Server-Edition", 98304),
+    "H20-96GB": ("NVIDIA-H20", 98304),
+    "H800-80GB": ("NVIDIA-H800", 81920),
+    "H800-94GB": ("NVIDIA-H800-NVL", 96256),
+    "A800-40GB": ("NVIDIA-A800-SXM4-40GB", 40960),
+    "A800-80GB": ("NVIDIA-A800-SXM4-80GB", 81920),
 }
 
 

@@ -1,14 +1,24 @@
 """The live MIG accounting: nodes and pods kept current by watch events, handing out snapshots.
 
-Like kube-scheduler's cache, usage is maintained incrementally (a pod event touches one node) and a
-bind is *assumed* before the API confirms it::
+Like kube-scheduler's cache (pkg/scheduler/backend/cache), usage is maintained incrementally (a pod
+event touches one node) and a bind is *assumed* before the API confirms it::
 
-    pod event (bound)      assume(pod, node) on /bind       watch shows it bound
-    ----------------> used  ------------------> assumed ----------------------> used (confirmed)
-                                                   |  bind failed: forget(uid)
-                                                   +  or ASSUME_TTL passed   --> dropped
+                 assume(pod, node)                        finish_binding(uid): the Binding got a 2xx
+      /bind  ----------------------->  assumed  ------------------------------------->  bound
+                                       |     |                                          |     |
+      the API refused the Binding:     |     | no answer (timeout, cut off): it may     |     | a relist without the
+      forget(uid) -> dropped  <--------+     | exist; expire_assumed() drops it after   |     | pod, taken over
+                                             | ASSUME_TTL unless the watch shows it     |     | ASSUME_TTL after the
+                                             v                                          v     | bind -> dropped
+                  the watch shows the pod bound: confirmed (an ordinary pod from then on)
+                  the watch deletes the pod (or it finishes): dropped
 
-so a pod placed by the extender counts the moment it is placed, before any watch event. Only pods
+A bound assumption never expires, as in the scheduler's cache since kubernetes#106361 (v1.36 has no
+expiry at all): a watch lagging a minute behind a successful Binding must not free the slice for a
+second pod. Only a Binding whose outcome is unknown expires. A pod event that still shows the pod
+unbound is older than our bind and keeps the assumption (with its node).
+
+So a pod placed by the extender counts the moment it is placed, before any watch event. Only pods
 that request MIG slices are kept (their PodInfo, not the object): memory is O(MIG pods), and other pods
 cost one dict lookup plus, when bound, one small tuple in the cpu/memory book (``_RequestBook``).
 ``snapshot()`` returns an immutable ClusterSnapshot, cached until something changes, so the hot path
@@ -20,20 +30,31 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..core.placement import NodeFacts
 from ..core.resources import DemandError, PodInfo, mig_allocatable, pod_info, quantity_scaled
 from ..core.rules import Rule
-from ..core.snapshot import LABEL_COUNT, ClusterSnapshot, GpuProblem, NodeInfo, recognise_gpu
+from ..core.snapshot import LABEL_COUNT, NO_HOLDER, ClusterSnapshot, GpuProblem, NodeInfo, recognise_gpu
 
-ASSUME_TTL = 30.0  # seconds an assumed bind may wait for the watch to confirm it
+# seconds a bind whose outcome is unknown may wait for the watch to show it; also how long after a
+# successful Binding a relist that lacks the pod may still predate it (a paged list takes seconds)
+ASSUME_TTL = 30.0
+
+
+@dataclass(frozen=True)
+class _Assumption:
+    pod: PodInfo                    # as placed: node set
+    deadline: float                 # dropped after this unless bound
+    bound_at: float | None = None   # when the Binding succeeded: from then on only the watch settles it
 
 
 def _waiting(info: PodInfo) -> bool:
-    """Unbound and alive: the pod waits for its slices."""
-    return not info.node and not info.terminating and info.phase == "Pending"
+    """Unbound, alive and not gated: the pod waits for its slices. A pod with schedulingGates (Kueue's
+    admission gate, say) is not offered to any scheduler yet, so it has no claim on a freed slice; the
+    update that removes its last gate counts it (upsert removes the old PodInfo, then adds the new)."""
+    return not info.node and not info.terminating and info.phase == "Pending" and not info.gated
 
 
 def node_info(obj: Mapping[str, Any], used: Mapping[str, int] | None = None) -> NodeInfo:
@@ -125,14 +146,17 @@ class ClusterInventory:
         self._lock = threading.RLock()
         self._nodes: dict[str, NodeInfo] = {}
         self._pods: dict[str, PodInfo] = {}          # uid -> MIG pod
-        self._assumed: dict[str, tuple[PodInfo, float]] = {}
+        self._assumed: dict[str, _Assumption] = {}
         self._used: dict[str, dict[str, int]] = {}   # node -> resource -> slices held by pods
+        self._held: dict[str, dict[str, dict[int, int]]] = {}  # node -> resource -> pod priority -> slices
+        self._priorities: dict[int, int] = {}        # pod priority -> pods holding slices at it
         self._pending: dict[str, int] = {}           # resource -> slices wanted by unbound, live pods
         self._index: dict[str, set[str]] = {}
         self._gpu_problems: dict[str, GpuProblem] = {}  # node -> why its GPU is not (fully) recognised
-        self._frozen: tuple[Mapping[str, NodeInfo], Mapping[str, frozenset[str]]] | None = None
+        self._frozen: tuple[Mapping[str, NodeInfo], Mapping[str, frozenset[str]], frozenset[str]] | None = None
         self._requests = _RequestBook()
         self._usage_dirty: set[str] = set()          # nodes whose cpu/memory sums are not in NodeInfo yet
+        self._cordoned: set[str] = set()             # nodes with spec.unschedulable
         self.synced = False
         self.generation = 0
 
@@ -154,13 +178,20 @@ class ClusterInventory:
             if old is not None:
                 for r in old.allocatable:
                     self._index.get(r, set()).discard(name)
+                self._cordoned.discard(name)
                 self._changed()
 
     def _set_node(self, name: str, info: NodeInfo) -> None:
-        info = replace(info, used=dict(self._used.get(name, {})), facts=self._facts_with_usage(info))
+        held = {r: dict(by) for r, by in self._held.get(name, {}).items()}
+        info = replace(info, used=dict(self._used.get(name, {})), held_by_priority=held,
+                       facts=self._facts_with_usage(info))
         self._usage_dirty.discard(name)
         old = self._nodes.get(name)
         self._nodes[name] = info
+        if info.schedulable:
+            self._cordoned.discard(name)
+        else:
+            self._cordoned.add(name)
         for r in set(info.allocatable) | set(old.allocatable if old else ()):
             members = self._index.setdefault(r, set())
             if info.schedulable and info.free(r) > 0:
@@ -215,7 +246,7 @@ class ClusterInventory:
             if assumed is not None and not info.node:
                 # the watch is older than our bind: keep the assumption until it catches up
                 self._assumed[info.uid] = assumed
-                info = replace(info, node=assumed[0].node)
+                info = replace(info, node=assumed.pod.node)
             self._add_pod(info)
             return info
 
@@ -229,7 +260,11 @@ class ClusterInventory:
                 self._remove_pod(old)
 
     def replace_pods(self, objs: Iterable[Mapping[str, Any]]) -> None:
-        """Relist: forget every pod not in ``objs`` (its delete event may have been missed)."""
+        """Relist: forget every pod not in ``objs`` (its delete event may have been missed).
+
+        An assumed pod missing from the list stays while its Binding may postdate the list (in flight,
+        unknown outcome: its deadline settles it, or bound less than ASSUME_TTL ago); a pod bound longer
+        ago than that would be in any list taken since, so it is gone."""
         with self._lock:
             seen, listed = set(), set()
             for obj in objs:
@@ -238,7 +273,12 @@ class ClusterInventory:
                     seen.add(info.uid)
                 uid = ((obj.get("metadata") or {}) if isinstance(obj, Mapping) else {}).get("uid")
                 listed.add(str(uid or ""))
-            for uid in [u for u in self._pods if u not in seen and u not in self._assumed]:
+            settled = self._clock() - ASSUME_TTL
+            for uid in [u for u in self._pods if u not in seen]:
+                assumed = self._assumed.get(uid)
+                if assumed is not None and (assumed.bound_at is None or assumed.bound_at > settled):
+                    continue
+                self._assumed.pop(uid, None)
                 self._remove_pod(self._pods[uid])
             for uid in [u for u in self._requests.by_uid if u not in listed]:
                 self._usage_dirty.update(self._requests.set(uid, "", 0, 0))
@@ -266,7 +306,9 @@ class ClusterInventory:
         self._nodes = {fresh[n]: replace(info, name=fresh[n]) for n, info in self._nodes.items()}
         self._gpu_problems = {fresh.get(n, n): p for n, p in self._gpu_problems.items()}
         self._used = {fresh.get(n, n): used for n, used in self._used.items()}
+        self._held = {fresh.get(n, n): held for n, held in self._held.items()}
         self._index = {r: {fresh.get(n, n) for n in members} for r, members in self._index.items()}
+        self._cordoned = {fresh.get(n, n) for n in self._cordoned}
         self._changed()
 
     def assume(self, pod: PodInfo, node: str) -> PodInfo:
@@ -276,9 +318,17 @@ class ClusterInventory:
             if old is not None:
                 self._remove_pod(old)
             placed = replace(pod, node=node)
-            self._assumed[pod.uid] = (placed, self._clock() + ASSUME_TTL)
+            self._assumed[pod.uid] = _Assumption(placed, self._clock() + ASSUME_TTL)
             self._add_pod(placed)
             return placed
+
+    def finish_binding(self, uid: str) -> None:
+        """The Binding of an assumed pod succeeded: keep it until the watch confirms or deletes the pod
+        (kube-scheduler's FinishBinding). No-op when the watch already confirmed it."""
+        with self._lock:
+            assumed = self._assumed.get(uid)
+            if assumed is not None and assumed.bound_at is None:
+                self._assumed[uid] = replace(assumed, bound_at=self._clock())
 
     def forget(self, uid: str) -> None:
         """Undo an assume whose bind failed."""
@@ -287,9 +337,10 @@ class ClusterInventory:
                 self._remove_pod(self._pods[uid])
 
     def expire_assumed(self) -> int:
+        """Drop assumptions whose Binding has no known outcome and the watch never showed; bound ones stay."""
         now = self._clock()
         with self._lock:
-            stale = [uid for uid, (_, deadline) in self._assumed.items() if deadline < now]
+            stale = [uid for uid, a in self._assumed.items() if a.bound_at is None and a.deadline < now]
             for uid in stale:
                 self.forget(uid)
             return len(stale)
@@ -297,14 +348,14 @@ class ClusterInventory:
     def _add_pod(self, info: PodInfo) -> None:
         self._pods[info.uid] = info
         if info.holds_slices:
-            self._account(info.node, info.demand, +1)
+            self._account(info, +1)
         elif _waiting(info):
             self._wait(info.demand, +1)
 
     def _remove_pod(self, info: PodInfo) -> None:
         self._pods.pop(info.uid, None)
         if info.holds_slices:
-            self._account(info.node, info.demand, -1)
+            self._account(info, -1)
         elif _waiting(info):
             self._wait(info.demand, -1)
 
@@ -317,12 +368,24 @@ class ClusterInventory:
         # its own); only tell generation watchers (the reconciler) that something moved
         self.generation += 1
 
-    def _account(self, node: str, demand: Mapping[str, int], sign: int) -> None:
+    def _account(self, info: PodInfo, sign: int) -> None:
+        """Add (+1) or remove (-1) the slices ``info`` holds on its node, in total and per its priority."""
+        node, priority = info.node, info.priority
         used = self._used.setdefault(node, {})
-        for r, n in demand.items():
+        held = self._held.setdefault(node, {})
+        for r, n in info.demand.items():
             used[r] = used.get(r, 0) + sign * n
             if used[r] == 0:
                 del used[r]
+            by = held.setdefault(r, {})
+            by[priority] = by.get(priority, 0) + sign * n
+            if by[priority] == 0:
+                del by[priority]
+                if not by:
+                    del held[r]
+        self._priorities[priority] = self._priorities.get(priority, 0) + sign
+        if self._priorities[priority] == 0:
+            del self._priorities[priority]
         if node in self._nodes:
             self._set_node(node, self._nodes[node])
         else:
@@ -357,10 +420,13 @@ class ClusterInventory:
                 self._frozen = (
                     dict(self._nodes),
                     {r: frozenset(s) for r, s in self._index.items() if s},
+                    frozenset(self._cordoned),
                 )
-            nodes, index = self._frozen
+            nodes, index, cordoned = self._frozen
             synced, pending = self.synced, dict(self._pending)
-        return ClusterSnapshot.build(nodes, index, rules, self._clock() if now is None else now, synced, pending)
+            lowest = min(self._priorities, default=NO_HOLDER)  # a handful of distinct priorities at most
+        return ClusterSnapshot.build(nodes, index, rules, self._clock() if now is None else now, synced, pending,
+                                     lowest, cordoned)
 
 
 def load_list(inventory: ClusterInventory, doc: Mapping[str, Any]) -> int:

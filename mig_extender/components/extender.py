@@ -19,7 +19,7 @@ from cachetools import TTLCache
 
 from ..cluster.inventory import ClusterInventory
 from ..cluster.rulestore import RuleStore, update_with_retry
-from ..core.planner import FilterDecision, PlanSettings, expired_rules, filter_pod, score_nodes
+from ..core.planner import NOT_SYNCED, FilterDecision, PlanSettings, expired_rules, filter_pod, score_nodes
 from ..core.resources import PodInfo, pod_info
 from ..core.rules import Phase, Rule
 from ..core.snapshot import ClusterSnapshot
@@ -53,6 +53,10 @@ class BindConflict(BindError):
     """The node no longer has room for the pod (another bind won the last slice)."""
 
 
+class NotReady(BindError):
+    """The caches have not synced since start: the node's free slices are unknown, so nothing is bound."""
+
+
 FILTERED_PODS = 20_000  # pods between their /filter and their /bind, kept at most...
 FILTERED_TTL = 300.0    # ...this long (a scheduling cycle takes milliseconds; retries filter again)
 
@@ -78,7 +82,10 @@ class ExtenderService:
         self.expire_rules = True
 
     def snapshot(self) -> ClusterSnapshot:
-        return self.inventory.snapshot(self.store.list(), self.clock())
+        """The inventory with the stored rules; not ``synced`` until the rule store is synced too (without
+        its reservations a promised slice would look free)."""
+        snap = self.inventory.snapshot(self.store.list(), self.clock())
+        return snap if self.store.synced or not snap.synced else replace(snap, synced=False)
 
     def readiness_problems(self) -> list[str]:
         return readiness_problems(self.inventory, self.store, self.checks)
@@ -136,7 +143,8 @@ class ExtenderService:
         against books that include the first. The API call runs outside the lock. The scheduler sends only
         names: the pod's demand comes from the inventory or, when the watch has not delivered the pod yet,
         from its /filter call. A pod known to neither asks for no MIG slice as far as we know: it is
-        bound without assuming, and the watch counts it.
+        bound without assuming, and the watch counts it. Before the caches have synced nothing is bound
+        (NotReady): neither the node's usage nor, after a restart, the pod's demand is known.
         """
         pod = self.inventory.pod(uid)
         if pod is None:
@@ -146,6 +154,8 @@ class ExtenderService:
             pod = PodInfo(namespace=namespace, name=name, uid=uid)
         with self._commit:
             snap = self.snapshot()
+            if not snap.synced:  # after a restart, before the pod list: every slice would look free
+                raise NotReady(f"{NOT_SYNCED}; the scheduler will retry")
             if pod.wants_mig and pod.node != node:
                 for resource, n in pod.demand.items():
                     free = snap.free(node, resource, pod)
@@ -165,6 +175,8 @@ class ExtenderService:
                     log.warning("binding %s/%s to %s: outcome unknown (%s); its slices stay booked until the "
                                 "watch shows the pod", namespace, name, node, exc)
             raise BindError(f"binding {namespace}/{name} to {node}: {exc}") from exc
+        if pod.wants_mig:
+            self.inventory.finish_binding(uid)  # bound: booked until the watch shows the pod, however late
         rule = snap.rule_for(pod)
         if rule is not None and rule.reserved_for(pod):
             held = rule.reservation(snap.now)

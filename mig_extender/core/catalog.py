@@ -36,7 +36,8 @@ or a size in the name, to a model.
 
 Memory in profile names drifts between drivers (``7g.79gb`` vs ``7g.80gb``, ``3g.39gb``): profiles are
 keyed on compute slices and memory slices, and a name resolves through known aliases or, failing
-that, to the profile with the same compute slices and the nearest memory (within ``_MEMORY_DRIFT``).
+that, to the profile with the same compute slices and the nearest memory at or above the name's (within
+``_MEMORY_DRIFT``). An alias or a drifted name never resolves to less memory than it states.
 """
 
 from __future__ import annotations
@@ -121,7 +122,11 @@ class GpuModel:
         return hash(self.name)
 
     def profile(self, name: str) -> Profile:
-        """The profile called ``name`` (canonical name, alias, or drifted memory); ProfileError if none."""
+        """The profile called ``name`` (canonical name, alias, or drifted memory); ProfileError if none.
+
+        Drift resolves upward only, to a profile with the same or more memory than the name says (drivers
+        round a slice's memory down: 79 for 80, 39 for 40). Resolving down would let ``1g.20gb`` on an
+        H200 mean its 1g.18gb, and a pod that asked for 20 GB be given 18."""
         found = _profile_index(self).get(name)
         if found is not None:
             return found
@@ -130,11 +135,11 @@ class GpuModel:
             p for p in self.profiles
             if p.compute_slices == shape.compute_slices
             and p.media_extensions == shape.media_extensions
-            and abs(p.memory_gb - shape.memory_gb) <= _MEMORY_DRIFT
+            and 0 <= p.memory_gb - shape.memory_gb <= _MEMORY_DRIFT
         ]
         if not near:
             raise ProfileError(f"{self.name} has no MIG profile {name!r}")
-        return min(near, key=lambda p: abs(p.memory_gb - shape.memory_gb))
+        return min(near, key=lambda p: p.memory_gb - shape.memory_gb)
 
     def find(self, name: str, strict: bool = False) -> Profile | None:
         """Like ``profile`` but None when absent; ``strict`` accepts only names and known aliases."""
@@ -361,7 +366,9 @@ def resource_shape(resource: str) -> ProfileShape:
 
 
 def canonical_shape(resource: str, gpu: GpuModel | None) -> ProfileShape:
-    """The shape of ``resource`` on a node of model ``gpu``: aliases resolve to the catalog's memory."""
+    """The shape of a slice ``resource`` offered by a node of model ``gpu``: aliases and drift resolve to
+    the catalog's memory, which is never less than the name's. What a *pod* asks for is the name's own
+    shape (``resource_shape``), whatever the node."""
     if gpu is not None:
         found = gpu.find(resource_profile_name(resource))
         if found is not None:

@@ -15,8 +15,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
-from .catalog import ProfileError, ProfileShape, can_substitute, canonical_shape, waste
-from .placement import placement_problem
+from .catalog import ProfileError, ProfileShape, can_substitute, canonical_shape, resource_shape, waste
+from .placement import placement_problem, tolerates_unschedulable
 from .podspec import restart_blocker
 from .resources import PodInfo, ResourceCount
 from .rules import Phase, Rule, new_rule
@@ -60,24 +60,35 @@ class PlanSettings:
 
 @dataclass(frozen=True)
 class Insufficient:
-    """Why one node cannot take a pod: like kube-scheduler's InsufficientResource."""
+    """Why one node cannot take a pod: like kube-scheduler's InsufficientResource, plus what preemption
+    could free (``relievable``: slices held here by pods of strictly lower priority than the pod; 0 for a
+    pod with preemptionPolicy Never)."""
 
     resource: str
     requested: int
     free: int
     allocatable: int
     reserved: int = 0
+    relievable: int = 0
 
     @property
     def unresolvable(self) -> bool:
-        """No such slices on the node at all: evicting pods (preemption) cannot help."""
-        return self.allocatable == 0
+        """Evicting pods (preemption) cannot help. As kube-scheduler's fitsRequest
+        (pkg/scheduler/framework/plugins/noderesources/fit.go: ``Unresolvable: podRequest... >
+        nodeInfo.GetAllocatable()...``) when more slices are requested than the node has; and, unlike
+        cpu, also when the free slices and those lower-priority pods hold fall short: the scheduler can
+        evict only those (defaultpreemption isPreemptionAllowed), and reservations are no pods at all."""
+        return self.requested > self.allocatable or self.free + self.relievable < self.requested
 
     def __str__(self) -> str:
-        if self.unresolvable:
+        if self.allocatable == 0:
             return f"{self.resource}: none on this node"
+        if self.requested > self.allocatable:
+            return f"{self.resource}: {self.requested} requested, the node has {self.allocatable}"
         held = f", {self.reserved} reserved for substitutions" if self.reserved else ""
-        return f"{self.resource}: {max(self.free, 0)} free of {self.allocatable}{held}, {self.requested} requested"
+        lower = f", {self.relievable} held by lower-priority pods" if self.relievable else ""
+        return (f"{self.resource}: {max(self.free, 0)} free of {self.allocatable}{held}{lower}, "
+                f"{self.requested} requested")
 
 
 @dataclass(frozen=True)
@@ -102,6 +113,28 @@ _UNKNOWN_NODE = UnknownNode()
 
 
 @dataclass(frozen=True)
+class NodeUnschedulable:
+    """The node is cordoned and the pod does not tolerate node.kubernetes.io/unschedulable."""
+
+    def __str__(self) -> str:
+        return "node is unschedulable"
+
+
+_UNSCHEDULABLE = NodeUnschedulable()
+
+
+@dataclass(frozen=True)
+class NotSynced:
+    """The node and pod caches (or the rule store) have not synced since the extender started."""
+
+    def __str__(self) -> str:
+        return "mig-extender inventory not synced yet"
+
+
+NOT_SYNCED = NotSynced()
+
+
+@dataclass(frozen=True)
 class ReservedElsewhere:
     def __str__(self) -> str:
         return "fits, but this pod's slice is reserved on another node"
@@ -110,58 +143,114 @@ class ReservedElsewhere:
 _ELSEWHERE = ReservedElsewhere()
 
 
+_Reasons = dict[tuple[str, int, int, int, int, int], Insufficient]  # one object per distinct shortfall
+
+
 def _fit(snap: ClusterSnapshot, pod: PodInfo, candidates: Sequence[str]) -> tuple[list[str], dict, dict]:
     """(passing nodes, failed reasons, unresolvable reasons) for ``pod`` over ``candidates``.
 
-    The filter's hot loop, O(candidates) with a few dict reads per node: the pod's own reservation is
-    found once, not per node, and nodes with the same numbers share one reason object (a 5,000-node
-    answer repeats a handful of distinct reasons).
+    The filter's hot loop, O(candidates) with a few dict reads per node, and nodes with the same numbers
+    share one reason object (a 5,000-node answer repeats a handful of distinct reasons). A cordoned node
+    fails as unschedulable unless the pod tolerates node.kubernetes.io/unschedulable; then its slices
+    count like any node's (kube-scheduler's NodeUnschedulable plugin, which normally removes such nodes
+    before we are asked). Whether preemption could relieve a shortfall needs a per-node priority lookup
+    only when some pod below this one's priority holds a slice somewhere (``snap.lowest_priority``); with
+    one priority in the cluster every shortfall is unresolvable at no cost.
     """
-    nodes, reserved = snap.nodes, snap.reserved
-    own = snap.own_reservation(pod) if snap.rules else None
-    own_node, own_resource, own_count = (own[0], own[1].resource, own[1].count) if own else ("", "", 0)
     demand = list(pod.demand.items())
-    passed: list[str] = []
+    tolerant = tolerates_unschedulable(pod.placement.tolerations)
+    relief = pod.preemption_policy != "Never" and pod.priority > snap.lowest_priority
     failed: dict[str, object] = {}
     unresolvable: dict[str, object] = {}
-    reasons: dict[tuple[str, int, int, int, int], Insufficient] = {}
+    reasons: _Reasons = {}
+    passed: list[str] = []
     if len(demand) == 1:
-        # One MIG type (the usual pod): a node outside the free index has none of it free, so it fails
-        # without arithmetic, and it can hold no reservation of that type (reservations are carved
-        # from free slices); only its allocatable is read, for the reason text.
-        (resource, n), = demand
-        holders = snap.free_index.get(resource, frozenset())
-        # One lookup per candidate in the index: the names arrive as fresh strings, so each lookup
-        # hashes and compares against the inventory's copy (the bulk of a 5,000-node filter); the rest
-        # of the partition is identity-fast lookups in a set of the very same objects.
-        holding = [node for node in candidates if node in holders]
-        if len(holding) < len(candidates):
-            kept = set(holding)
-            for node in [node for node in candidates if node not in kept]:
-                info = nodes.get(node)
-                if info is None:
-                    failed[node] = _UNKNOWN_NODE
-                    continue
-                total = info.allocatable.get(resource, 0)
-                key = (resource, n, 0, total, 0)
-                reason = reasons.get(key)
-                if reason is None:
-                    reason = reasons[key] = Insufficient(resource, n, 0, total, 0)
-                (unresolvable if total == 0 else failed)[node] = reason
-        candidates = holding
-        if n == 1:
-            # a node with a free slice of the type and no reservation at all certainly fits: no arithmetic
-            if reserved:
-                passed = [node for node in candidates if node not in reserved]
-                candidates = [node for node in candidates if node in reserved]
+        passed, candidates = _fit_one_type(snap, demand[0], candidates, tolerant, relief,
+                                           failed, unresolvable, reasons)
+    passed += _fit_by_arithmetic(snap, pod, demand, candidates, tolerant, relief, failed, unresolvable, reasons)
+    return passed, failed, unresolvable
+
+
+def _fit_one_type(snap: ClusterSnapshot, want: tuple[str, int], candidates: Sequence[str], tolerant: bool,
+                  relief: bool, failed: dict, unresolvable: dict, reasons: _Reasons) -> tuple[list[str], list[str]]:
+    """The usual pod (one MIG type) through the free index: (certainly passing, still to compute).
+
+    A schedulable node outside the index has none of the type free, so it fails without arithmetic, and
+    it can hold no reservation of that type (reservations are carved from free slices); only its
+    allocatable is read, for the reason. The index leaves cordoned nodes out: those get the unschedulable
+    answer, or arithmetic for a tolerating pod; so do nodes lower-priority pods could make room on.
+    """
+    resource, n = want
+    nodes = snap.nodes
+    holders = snap.free_index.get(resource, frozenset())
+    # One lookup per candidate in the index: the names arrive as fresh strings, so each lookup hashes and
+    # compares against the inventory's copy (the bulk of a 5,000-node filter); the rest of the partition
+    # is identity-fast lookups in a set of the very same objects.
+    holding = [node for node in candidates if node in holders]
+    later: list[str] = []
+    if len(holding) < len(candidates):
+        kept = set(holding)
+        outside = [node for node in candidates if node not in kept]
+        if snap.cordoned or relief:
+            outside, later = _set_aside(snap, outside, tolerant, relief, unresolvable)
+        for node in outside:  # nothing free, nothing preemption could free
+            info = nodes.get(node)
+            if info is None:
+                failed[node] = _UNKNOWN_NODE
+                continue
+            total = info.allocatable.get(resource, 0)
+            key = (resource, n, 0, total, 0, 0)
+            reason = reasons.get(key)
+            if reason is None:
+                reason = reasons[key] = Insufficient(resource, n, 0, total, 0)
+            unresolvable[node] = reason
+    if n > 1:
+        return [], holding + later
+    # a node with a free slice of the type and no reservation at all certainly fits: no arithmetic
+    reserved = snap.reserved
+    if not reserved:
+        return holding, later
+    return [node for node in holding if node not in reserved], [node for node in holding if node in reserved] + later
+
+
+def _set_aside(snap: ClusterSnapshot, outside: list[str], tolerant: bool, relief: bool,
+               unresolvable: dict) -> tuple[list[str], list[str]]:
+    """Of nodes outside the free index: (plainly short, to compute). Cordoned ones fail as unschedulable
+    or, for a tolerating pod, are computed; with lower-priority holders about, every known node is."""
+    cordoned, nodes = snap.cordoned, snap.nodes
+    short, later = [], []
+    for node in outside:
+        if node in cordoned:
+            if tolerant:
+                later.append(node)
             else:
-                passed, candidates = candidates, []
+                unresolvable[node] = _UNSCHEDULABLE
+        elif relief and node in nodes:
+            later.append(node)
+        else:
+            short.append(node)
+    return short, later
+
+
+def _fit_by_arithmetic(snap: ClusterSnapshot, pod: PodInfo, demand: list[tuple[str, int]],
+                       candidates: Sequence[str], tolerant: bool, relief: bool,
+                       failed: dict, unresolvable: dict, reasons: _Reasons) -> list[str]:
+    """Free slices per node and type (reservations of others subtracted, the pod's own added back):
+    the nodes of ``candidates`` that fit; the others go to ``failed`` or ``unresolvable``."""
+    nodes, reserved, priority, cordoned = snap.nodes, snap.reserved, pod.priority, snap.cordoned
+    if cordoned and not tolerant:
+        unresolvable.update((node, _UNSCHEDULABLE) for node in candidates if node in cordoned)
+        candidates = [node for node in candidates if node not in cordoned]
+    own = snap.own_reservation(pod) if snap.rules else None  # found once, not per node
+    own_node, own_resource, own_count = (own[0], own[1].resource, own[1].count) if own else ("", "", 0)
+    passed = []
     for node in candidates:
         info = nodes.get(node)
         if info is None:
             failed[node] = _UNKNOWN_NODE
             continue
         alloc, used, held = info.allocatable, info.used, reserved.get(node)
+        short: Insufficient | None = None
         for resource, n in demand:
             total = alloc.get(resource, 0)
             taken = held.get(resource, 0) if held else 0
@@ -169,15 +258,20 @@ def _fit(snap: ClusterSnapshot, pod: PodInfo, candidates: Sequence[str]) -> tupl
             if node == own_node and resource == own_resource:
                 free += own_count
             if free < n:
-                key = (resource, n, free, total, taken)
+                lower = info.held_below(resource, priority) if relief else 0
+                key = (resource, n, free, total, taken, lower)
                 reason = reasons.get(key)
                 if reason is None:
-                    reason = reasons[key] = Insufficient(resource, n, free, total, taken)
-                (unresolvable if total == 0 else failed)[node] = reason
-                break
-        else:
+                    reason = reasons[key] = Insufficient(resource, n, free, total, taken, lower)
+                if short is None or reason.unresolvable:
+                    short = reason  # one shortfall preemption cannot relieve makes the node unresolvable
+                if reason.unresolvable:
+                    break
+        if short is None:
             passed.append(node)
-    return passed, failed, unresolvable
+        else:
+            (unresolvable if short.unresolvable else failed)[node] = short
+    return passed
 
 
 def filter_pod(pod: PodInfo, candidates: Sequence[str], snap: ClusterSnapshot,
@@ -187,6 +281,8 @@ def filter_pod(pod: PodInfo, candidates: Sequence[str], snap: ClusterSnapshot,
         return FilterDecision(passed=(), error="; ".join(pod.problems))
     if not pod.wants_mig:
         return FilterDecision(passed=tuple(candidates))
+    if not snap.synced:
+        return _not_synced(candidates)
     passed, failed, unresolvable = _fit(snap, pod, candidates)
     own = snap.own_reservation(pod) if snap.rules and len(passed) > 1 else None
     if own is not None and own[0] in passed:
@@ -225,6 +321,18 @@ def _spent_note(existing: Rule | None, pod: PodInfo) -> str:
     return f"rule {existing.name} is {existing.phase}{taker}: no substitute is held for this pod"
 
 
+def _not_synced(candidates: Sequence[str]) -> FilterDecision:
+    """Every node fails until the caches have synced: nodes are listed before the paginated pod list, so
+    in between every slice looks free and a pass would over-commit (the kubelet rejects the pod).
+
+    Resolvable (FailedNodes): we do not know that preemption cannot help, and a pod nominated on a node
+    whose victims are still terminating keeps that nomination only while the node is not
+    UnschedulableAndUnresolvable (defaultpreemption PodEligibleToPreemptOthers). Either way the pod is
+    retried: a pod rejected only by an extender goes back through the backoff queue
+    (backend/queue/scheduling_queue.go, no rejector plugins)."""
+    return FilterDecision((), failed=dict.fromkeys(candidates, NOT_SYNCED))
+
+
 def substitution_blocker(pod: PodInfo, settings: PlanSettings) -> str:
     """Why ``pod`` may not be substituted at all ('' when it may)."""
     if not settings.substitution:
@@ -252,33 +360,30 @@ def choose_substitute(pod: PodInfo, candidates: Iterable[str], snap: ClusterSnap
 
     Types are tried least waste first and the search stops at the first waste level with a feasible
     node: with the cluster sold out this is on every scheduling attempt, and scanning every candidate
-    for every type cost ~70 ms at 5,000 nodes. A type's waste is read on one node holding it; a
-    resource name means the same shape on every GPU model that has it (aliases only absorb drift).
+    for every type cost ~70 ms at 5,000 nodes. A type's waste is read on one node holding it (a resource
+    name means the same shape on every GPU model that has it; aliases only absorb drift).
+
+    The demand's shape is the requested name's own (``1g.20gb`` asks for 20 GB on any node), never a
+    node model's reading of it: drift resolved per model once turned ``1g.20gb`` into an H200's
+    ``1g.18gb`` and substituted the smaller slice at zero waste.
     """
     if substitution_blocker(pod, settings):
         return None
     want = pod.single_demand
     assert want is not None
-    candidate_set = candidates if isinstance(candidates, (set, frozenset)) else set(candidates)
-    requested_on: dict[object, ProfileShape] = {}  # per GPU model: canonical_shape costs ~5 us a call
-
-    def requested_for(gpu: object) -> ProfileShape:
-        shape = requested_on.get(gpu)
-        if shape is None:
-            shape = requested_on[gpu] = canonical_shape(want.resource, gpu)  # type: ignore[arg-type]
-        return shape
-
-    levels: dict[tuple[int, int, int], list[str]] = {}
     try:
-        for resource, holders in snap.free_index.items():
-            if resource == want.resource or not holders:
-                continue
-            info = snap.nodes.get(next(iter(holders)))
-            offered = info.shapes.get(resource) if info is not None else None
-            if offered is not None and can_substitute(requested_for(info.gpu), offered):
-                levels.setdefault(waste(requested_for(info.gpu), offered), []).append(resource)
+        requested = resource_shape(want.resource)
     except ProfileError:
-        return None
+        return None  # counted exactly by name, but no shape to compare a substitute with
+    candidate_set = candidates if isinstance(candidates, (set, frozenset)) else set(candidates)
+    levels: dict[tuple[int, int, int], list[str]] = {}
+    for resource, holders in snap.free_index.items():
+        if resource == want.resource or not holders:
+            continue
+        info = snap.nodes.get(next(iter(holders)))
+        offered = info.shapes.get(resource) if info is not None else None
+        if offered is not None and can_substitute(requested, offered):
+            levels.setdefault(waste(requested, offered), []).append(resource)
     best: tuple[tuple, str, str] | None = None
     for level in sorted(levels):
         for resource in levels[level]:
@@ -289,13 +394,7 @@ def choose_substitute(pod: PodInfo, candidates: Iterable[str], snap: ClusterSnap
             for node in nodes:
                 info = snap.nodes[node]
                 offered = info.shapes.get(resource)
-                if offered is None:
-                    continue
-                try:
-                    requested = requested_for(info.gpu)
-                except ProfileError:
-                    continue
-                if not can_substitute(requested, offered):
+                if offered is None or not can_substitute(requested, offered):
                     continue
                 extra = waste(requested, offered)
                 if best is not None and extra > best[0][0]:

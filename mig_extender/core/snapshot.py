@@ -1,8 +1,9 @@
 """An immutable view of the cluster's MIG capacity: what every decision reads. Pure.
 
-A snapshot holds, per node, allocatable and used slices of each ``nvidia.com/mig-*`` resource, the
-reservations of active substitution rules, and an index from resource to the nodes that still have
-some free, so a filter call costs O(candidate nodes), never O(pods). It is built by
+A snapshot holds, per node, allocatable and used slices of each ``nvidia.com/mig-*`` resource (and who
+holds them, by pod priority, for what preemption could free), the reservations of active substitution
+rules, the cordoned nodes, and an index from resource to the schedulable nodes that still have some
+free, so a filter call costs O(candidate nodes), never O(pods). It is built by
 ``inventory.ClusterInventory`` (live cluster) or from a ``kubectl get nodes,pods -o json`` file, and
 never changes once built: one request reads one snapshot from start to end.
 """
@@ -25,6 +26,9 @@ LABEL_MEMORY = "nvidia.com/gpu.memory"  # MiB, per GPU
 LABEL_COUNT = "nvidia.com/gpu.count"
 
 EMPTY: Mapping[str, int] = MappingProxyType({})
+# ClusterSnapshot.lowest_priority when no pod holds a slice: above any pod priority (an int32), so no pod
+# outranks it and no filter looks for lower-priority holders
+NO_HOLDER = 2**31
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,8 @@ class NodeInfo:
     schedulable: bool = True
     problems: tuple[str, ...] = ()
     facts: NodeFacts | None = None  # labels, taints, cpu/memory: for placement checks (None: unknown, no check)
+    # resource -> pod priority -> slices held by bound pods of that priority: what preemption could free
+    held_by_priority: Mapping[str, Mapping[int, int]] = field(default_factory=dict)
 
     def free(self, resource: str) -> int:
         """Free slices ignoring reservations (the snapshot adds those)."""
@@ -150,6 +156,12 @@ class NodeInfo:
         """Compute slices held by pods (reservations not included): fixed for this NodeInfo."""
         return self.used_compute()
 
+    def held_below(self, resource: str, priority: int) -> int:
+        """Slices of ``resource`` held by pods of strictly lower priority than ``priority``: the most a
+        preemption for a pod of that priority could free here (kube-scheduler evicts only lower ones)."""
+        held = self.held_by_priority.get(resource)
+        return sum(n for p, n in held.items() if p < priority) if held else 0
+
     def placement_problem(self, placement: Placement) -> str:
         """Why a pod with ``placement`` cannot run here apart from MIG ('' when it can, or when unknown)."""
         return placement_problem(placement, self.facts) if self.facts is not None else ""
@@ -174,13 +186,23 @@ class ClusterSnapshot:
     # resource -> slices wanted by pods that wait unbound for exactly that type: they have the first claim
     # on a freed slice, before a substitution or a restore takes it
     pending: Mapping[str, int] = field(default_factory=dict)
+    # the lowest priority of any pod holding a slice: a pod at or below it can preempt no slice anywhere,
+    # so the filter skips every per-node priority lookup (one priority in the cluster: the usual case).
+    # NO_HOLDER when unknown (a snapshot built without the inventory): nothing counts as relievable.
+    lowest_priority: int = NO_HOLDER
+    # names of the cordoned nodes (NodeInfo.schedulable False): usually none, and then the filter reads no
+    # node's flag at all
+    cordoned: frozenset[str] = frozenset()
 
     @classmethod
     def build(cls, nodes: Mapping[str, NodeInfo], free_index: Mapping[str, frozenset[str]] | None = None,
               rules: Iterable[Rule] = (), now: float = 0.0, synced: bool = True,
-              pending: Mapping[str, int] | None = None) -> ClusterSnapshot:
+              pending: Mapping[str, int] | None = None, lowest_priority: int = NO_HOLDER,
+              cordoned: frozenset[str] | None = None) -> ClusterSnapshot:
         if free_index is None:
             free_index = build_free_index(nodes.values())
+        if cordoned is None:
+            cordoned = frozenset(name for name, info in nodes.items() if not info.schedulable)
         rules = tuple(rules)
         reserved: dict[str, dict[str, int]] = {}
         for rule in rules:
@@ -193,6 +215,7 @@ class ClusterSnapshot:
             nodes=nodes, free_index=free_index, rules=rules, now=now, synced=synced, reserved=reserved,
             rules_by_name={r.name: r for r in rules},
             rules_by_pod_uid=newest_rule_per_pod(rules), pending=pending or {},
+            lowest_priority=lowest_priority, cordoned=cordoned,
         )
 
     def free(self, node: str, resource: str, pod: PodInfo | None = None) -> int:

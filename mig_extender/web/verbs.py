@@ -19,7 +19,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from ..components.extender import BindConflict, BindError, ExtenderService
+from ..components.extender import BindConflict, BindError, ExtenderService, NotReady
 from ..core.planner import FilterDecision
 from ..core.resources import DemandError
 
@@ -64,6 +64,9 @@ def verb(name: str) -> Callable[[Callable[[Mapping[str, Any]], Any]], Callable[[
                 result = _empty_result(name, str(exc))
             except BindConflict as exc:  # lost the last slice to a concurrent bind: the scheduler retries
                 status, outcome = 409, "conflict"
+                result = _empty_result(name, str(exc))
+            except NotReady as exc:  # caches not synced yet: the scheduler forgets the pod and retries
+                status, outcome = 503, "not_ready"
                 result = _empty_result(name, str(exc))
             except BindError as exc:  # the API server refused or could not be reached
                 status, outcome = 502, "error"

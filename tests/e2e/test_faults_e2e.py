@@ -70,7 +70,8 @@ def test_api_server_restart_extender_answers_from_cache_and_recovers(
     filt = f"{stack.extender.url}/filter"
     recorded = requests.post(filt, json={"Pod": pod_json(ns, "want-1g", MIG_5, "uid-want-1g"), "NodeNames": [node]},
                              timeout=5).json()
-    assert "substitute nvidia.com/mig-2g.10gb recorded" in recorded["FailedNodes"][node]
+    # sold out and nothing of lower priority holds a slice: unresolvable (issue 13 item 10)
+    assert "substitute nvidia.com/mig-2g.10gb recorded" in recorded["FailedAndUnresolvableNodes"][node]
     rules_before = {r["name"] for r in stack.extender.rules()}
 
     cluster.stop_apiserver()
@@ -84,7 +85,7 @@ def test_api_server_restart_extender_answers_from_cache_and_recovers(
             assert out["NodeNames"] == [node] and out["Error"] == ""
             out = requests.post(filt, json={"Pod": pod_json(ns, "p2g", MIG_10, "uid-p2g"), "NodeNames": [node]},
                                 timeout=5).json()
-            assert out["NodeNames"] == [] and "reserved" in out["FailedNodes"][node]
+            assert out["NodeNames"] == [] and "reserved" in out["FailedAndUnresolvableNodes"][node]
             answered += 2
             time.sleep(0.1)
         _, text = wait_for(lambda: (r := readyz(stack))[0] == 503 and r, timeout=10,

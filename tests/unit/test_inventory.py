@@ -175,3 +175,99 @@ def test_item9_inventory_books_cpu_and_memory_of_every_bound_pod() -> None:
     inv.upsert_pod(web)
     inv.delete_pod(web["metadata"]["uid"])
     assert inv.snapshot(usage=True).nodes["n1"].facts.used_memory_bytes == 0
+
+
+def test_item13_gated_pods_are_not_waiting_demand_until_their_gates_are_removed() -> None:
+    """A pod held by spec.schedulingGates (Kueue's admission gate, say) is not scheduled, so it must not
+    claim freed slices ahead of substitutions and restores; the update that removes the gate adds it."""
+    inv = inventory_of(make_node("n1", mig={"1g.5gb": 1}))
+    pod = make_pod(mig={"1g.5gb": 1})
+    pod["spec"]["schedulingGates"] = [{"name": "kueue.x-k8s.io/admission"}]
+    inv.upsert_pod(pod)
+    assert inv.snapshot().pending == {}
+    del pod["spec"]["schedulingGates"]
+    inv.upsert_pod(pod)
+    assert inv.snapshot().pending == {res("1g.5gb"): 1}
+    inv.delete_pod(pod["metadata"]["uid"])
+    assert inv.snapshot().pending == {}
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_item11_a_successful_binding_stays_booked_while_the_watch_lags() -> None:
+    """kube-scheduler's cache never expires an assumed pod once its Binding succeeded (v1.36
+    pkg/scheduler/backend/cache has no expiry; earlier releases set durationToExpireAssumedPod = 0):
+    only the watch confirms or deletes it. Here no event comes for 60 s after the bind."""
+    clock = Clock()
+    inv = ClusterInventory(clock=clock)
+    inv.upsert_node(make_node("n1", mig={"1g.5gb": 1}))
+    pod = make_pod(mig={"1g.5gb": 1})
+    inv.assume(inv.upsert_pod(pod), "n1")
+    inv.finish_binding(pod["metadata"]["uid"])
+    clock.now += 60
+    assert inv.expire_assumed() == 0
+    assert inv.snapshot().free("n1", res("1g.5gb")) == 0
+    inv.upsert_pod(make_pod(mig={"1g.5gb": 1}, node="n1", uid=pod["metadata"]["uid"]))  # the watch confirms
+    clock.now += 600
+    assert inv.expire_assumed() == 0 and inv.snapshot().free("n1", res("1g.5gb")) == 0
+    inv.delete_pod(pod["metadata"]["uid"])
+    assert inv.snapshot().free("n1", res("1g.5gb")) == 1
+
+
+def test_item11_a_bound_pod_missing_from_a_later_relist_is_dropped() -> None:
+    """A bound assumption never expires, so a delete the watch missed must still release it: a relist
+    that does not hold the pod, taken well after the Binding succeeded, shows the pod is gone. A relist
+    right after the bind may predate it and keeps the slice booked."""
+    clock = Clock()
+    inv = ClusterInventory(clock=clock)
+    inv.upsert_node(make_node("n1", mig={"1g.5gb": 1}))
+    pod = make_pod(mig={"1g.5gb": 1})
+    inv.assume(inv.upsert_pod(pod), "n1")
+    inv.finish_binding(pod["metadata"]["uid"])
+    inv.replace_pods([])
+    assert inv.snapshot().free("n1", res("1g.5gb")) == 0
+    clock.now += 60
+    inv.replace_pods([])
+    assert inv.snapshot().free("n1", res("1g.5gb")) == 1
+
+
+def test_item10_slices_held_per_priority_follow_pod_events() -> None:
+    """Kept per node, resource and priority as pods come and go (never a scan of pods per filter)."""
+    inv = inventory_of(make_node("n1", mig={"1g.5gb": 3, "2g.10gb": 1}))
+    low, high = make_pod(mig={"1g.5gb": 2}, node="n1"), make_pod(mig={"1g.5gb": 1, "2g.10gb": 1}, node="n1")
+    low["spec"]["priority"], high["spec"]["priority"] = -5, 1000
+    inv.upsert_pod(low)
+    inv.upsert_pod(high)
+    snap = inv.snapshot()
+    assert snap.nodes["n1"].held_by_priority == {res("1g.5gb"): {-5: 2, 1000: 1}, res("2g.10gb"): {1000: 1}}
+    assert snap.lowest_priority == -5
+    assert snap.nodes["n1"].held_below(res("1g.5gb"), 1000) == 2 and snap.nodes["n1"].held_below(res("1g.5gb"), -5) == 0
+    low["status"]["phase"] = "Succeeded"
+    inv.upsert_pod(low)
+    snap = inv.snapshot()
+    assert snap.nodes["n1"].held_by_priority == {res("1g.5gb"): {1000: 1}, res("2g.10gb"): {1000: 1}}
+    assert snap.lowest_priority == 1000
+    inv.delete_pod(high["metadata"]["uid"])
+    snap = inv.snapshot()
+    assert snap.nodes["n1"].held_by_priority == {} and snap.lowest_priority > 2**31 - 1  # nobody holds anything
+
+
+def test_cordoned_nodes_follow_node_events() -> None:
+    """The filter reads cordons from this set (no per-node flag read when it is empty)."""
+    inv = inventory_of(make_node("n1", mig={"1g.5gb": 1}), make_node("n2", mig={"1g.5gb": 1}))
+    assert inv.snapshot().cordoned == frozenset()
+    inv.upsert_node(make_node("n1", mig={"1g.5gb": 1}, unschedulable=True))
+    assert inv.snapshot().cordoned == {"n1"}
+    inv.replace_nodes([make_node("n1", mig={"1g.5gb": 1}, unschedulable=True), make_node("n2", mig={"1g.5gb": 1})])
+    assert inv.snapshot().cordoned == {"n1"}
+    inv.upsert_node(make_node("n1", mig={"1g.5gb": 1}))
+    assert inv.snapshot().cordoned == frozenset()
+    inv.upsert_node(make_node("n2", mig={"1g.5gb": 1}, unschedulable=True))
+    inv.delete_node("n2")
+    assert inv.snapshot().cordoned == frozenset()

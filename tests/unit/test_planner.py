@@ -8,6 +8,8 @@ import pytest
 
 from mig_extender.core.planner import (
     Insufficient,
+    NodeUnschedulable,
+    NotSynced,
     PlanSettings,
     Policy,
     choose_substitute,
@@ -49,7 +51,8 @@ def test_sold_out_profile_records_least_waste_substitute() -> None:
     pod = pod_info(make_pod("infer-b-x", mig={"1g.5gb": 1}, owner=("ReplicaSet", "infer-b", "rs-b")))
     d = filter_pod(pod, ["gpu-a"], snap)
     assert d.passed == ()
-    assert isinstance(d.failed["gpu-a"], Insufficient) and d.failed["gpu-a"].free == 0
+    # one priority in the cluster: no preemption could free a slice (item 10), so unresolvable
+    assert isinstance(d.unresolvable["gpu-a"], Insufficient) and d.unresolvable["gpu-a"].free == 0
     assert d.record is not None
     assert d.record.substitute == ResourceCount(res("2g.10gb"), 1) and d.record.node == "gpu-a"
     assert d.record.owner.uid == "rs-b" and d.record.phase is Phase.RECORDED
@@ -72,7 +75,7 @@ def test_reserved_slices_do_not_pass_other_pods_exact_requests() -> None:
     base = (walkthrough_node(), make_pod(mig={"1g.5gb": 2}, node="gpu-a"))
     rule = filter_pod(pod_info(make_pod(mig={"1g.5gb": 1})), ["gpu-a"], snapshot_of(*base)).record
     d = filter_pod(pod_info(make_pod(mig={"2g.10gb": 1})), ["gpu-a"], snapshot_of(*base, rules=(rule,)))
-    assert d.passed == () and "1 reserved for substitutions" in str(d.failed["gpu-a"])
+    assert d.passed == () and "1 reserved for substitutions" in str(d.unresolvable["gpu-a"])  # see item 10
 
 
 def test_the_upgraded_replacement_may_use_its_own_reservation() -> None:
@@ -478,3 +481,149 @@ def test_item6_a_listed_owner_that_renames_its_pods_gets_its_rule_applied() -> N
     renamed = pod_info(make_pod("worker-fghij", mig={"1g.5gb": 1}, owner=RAY))
     assert not rule.awaits_upgrade(renamed)  # item 5: until the waiting pod is restarted it is not a replacement
     assert rule.restarting(rule.created + 2).awaits_upgrade(renamed)
+
+
+def test_item13_a_gated_pod_does_not_block_a_substitution() -> None:
+    base = (make_node("n", A40, {"1g.5gb": 1, "2g.10gb": 1, "3g.20gb": 1}), make_pod(mig={"1g.5gb": 1}, node="n"))
+    gated = make_pod("gated-2g", mig={"2g.10gb": 1})
+    gated["spec"]["schedulingGates"] = [{"name": "kueue.x-k8s.io/admission"}]
+    rule = choose_substitute(pod_info(make_pod(mig={"1g.5gb": 1})), {"n"}, snapshot_of(*base, gated))
+    assert rule.substitute.resource == res("2g.10gb")  # the gated pod is not waiting for the 2g yet
+
+
+def test_item1_filter_refuses_until_synced() -> None:
+    snap = replace(snapshot_of(walkthrough_node()), synced=False)
+    d = filter_pod(pod_info(make_pod(mig={"1g.5gb": 1})), ["gpu-a", "ghost"], snap)
+    assert d.passed == () and d.record is None and not d.unresolvable
+    assert d.failed == {"gpu-a": NotSynced(), "ghost": NotSynced()}
+    assert d.failed["gpu-a"] is d.failed["ghost"]  # one reason object for every node
+    plain = filter_pod(pod_info(make_pod()), ["gpu-a", "ghost"], snap)
+    assert plain.passed == ("gpu-a", "ghost") and not plain.failed
+
+
+TOLERATE_CORDON = [{"key": "node.kubernetes.io/unschedulable", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+def _tolerating(pod: dict) -> dict:
+    pod["spec"]["tolerations"] = TOLERATE_CORDON
+    return pod
+
+
+@pytest.mark.parametrize("mig", [
+    pytest.param({"1g.5gb": 1}, id="one-type"),
+    pytest.param({"1g.5gb": 2}, id="one-type-two-slices"),
+    pytest.param({"1g.5gb": 1, "2g.10gb": 1}, id="two-types"),
+])
+def test_item12_a_cordoned_node_fails_every_pod_alike_as_unschedulable(mig: dict) -> None:
+    snap = snapshot_of(make_node("cordoned", A40, {"1g.5gb": 4, "2g.10gb": 1}, unschedulable=True))
+    d = filter_pod(pod_info(make_pod(mig=mig)), ["cordoned"], snap)
+    assert d.passed == () and not d.failed and d.unresolvable == {"cordoned": NodeUnschedulable()}
+    assert str(d.unresolvable["cordoned"]) == "node is unschedulable"
+
+
+@pytest.mark.parametrize("mig, fits", [
+    pytest.param({"1g.5gb": 1}, True, id="one-type"),
+    pytest.param({"1g.5gb": 1, "2g.10gb": 1}, True, id="two-types"),
+    pytest.param({"2g.10gb": 2}, False, id="short"),
+])
+def test_item12_a_pod_tolerating_the_cordon_counts_the_slices_normally(mig: dict, fits: bool) -> None:
+    snap = snapshot_of(make_node("cordoned", A40, {"1g.5gb": 4, "2g.10gb": 1}, unschedulable=True))
+    d = filter_pod(pod_info(_tolerating(make_pod(mig=mig))), ["cordoned"], snap)
+    if fits:
+        assert d.passed == ("cordoned",)
+    else:  # short of slices like any node (which map says whether preemption helps is items 10 and 16)
+        assert d.passed == () and {**d.failed, **d.unresolvable} == {"cordoned": Insufficient(res("2g.10gb"), 2, 1, 1)}
+
+
+def _spellings(prof) -> set[str]:
+    """A catalog profile's name, its aliases and every drifted spelling within 2 GB either way."""
+    me = "+me" if prof.media_extensions else ""
+    drifted = {f"{prof.compute_slices}g.{prof.memory_gb + d}gb{me}" for d in (-2, -1, 1, 2) if prof.memory_gb + d > 0}
+    return {prof.name, *prof.aliases, *drifted}
+
+
+def test_item2_a_substitute_never_has_less_compute_or_memory_than_the_name_asked_for() -> None:
+    """Property over the whole catalog: for every model, profile and drifted spelling, on a node of every
+    model offering all its profiles, the chosen substitute's real slice (the catalog's profile on that
+    node) has at least the compute and memory the requested *name* says, and media engines if asked."""
+    from mig_extender.core.catalog import MODELS, parse_profile_name, resource_profile_name
+
+    nodes = {m.name: snapshot_of(make_node("n", m.name, {prof.name: 1 for prof in m.profiles})) for m in MODELS}
+    checked = 0
+    for asked_model in MODELS:
+        for prof in asked_model.profiles:
+            for name in sorted(_spellings(prof)):
+                want = parse_profile_name(name)
+                pod = pod_info(make_pod(mig={name: 1}))
+                for node_model in MODELS:
+                    rule = choose_substitute(pod, {"n"}, nodes[node_model.name])
+                    if rule is None:
+                        continue
+                    got = node_model.find(resource_profile_name(rule.substitute.resource), strict=True).shape
+                    assert got.compute_slices >= want.compute_slices and got.memory_gb >= want.memory_gb, \
+                        (name, node_model.name, got.name)
+                    assert got.media_extensions or not want.media_extensions, (name, node_model.name, got.name)
+                    checked += 1
+    assert checked > 500  # the property was exercised, not vacuously true
+
+
+@pytest.mark.parametrize("layout, held, mig, reason", [
+    pytest.param({"1g.5gb": 1}, 0, {"1g.5gb": 2}, Insufficient(res("1g.5gb"), 2, 1, 1), id="free-but-too-few"),
+    pytest.param({"1g.5gb": 1}, 1, {"1g.5gb": 2}, Insufficient(res("1g.5gb"), 2, 0, 1), id="none-free-too-few"),
+    pytest.param({"1g.5gb": 1, "2g.10gb": 1}, 0, {"1g.5gb": 2, "2g.10gb": 1}, Insufficient(res("1g.5gb"), 2, 1, 1),
+                 id="two-types"),
+    pytest.param({"2g.10gb": 1}, 0, {"1g.5gb": 1}, Insufficient(res("1g.5gb"), 1, 0, 0), id="none-on-node"),
+])
+def test_item16_more_slices_than_the_node_has_is_unresolvable(layout: dict, held: int, mig: dict,
+                                                              reason: Insufficient) -> None:
+    """As kube-scheduler's fitsRequest (noderesources/fit.go): Unresolvable when requested > allocatable,
+    however many pods preemption would evict."""
+    objects = [make_node("n", A40, layout)] + [make_pod(mig={"1g.5gb": 1}, node="n")] * held
+    d = filter_pod(pod_info(make_pod(mig=mig)), ["n"], snapshot_of(*objects))
+    assert d.passed == () and not d.failed and d.unresolvable == {"n": reason}
+    assert reason.unresolvable
+
+
+def _prio(pod: dict, priority: int, policy: str = "") -> dict:
+    pod["spec"]["priority"] = priority
+    if policy:
+        pod["spec"]["preemptionPolicy"] = policy
+    return pod
+
+
+@pytest.mark.parametrize("holders, pod, reason, resolvable", [
+    pytest.param([0, 0], _prio(make_pod(mig={"1g.5gb": 1}), 0), Insufficient(res("1g.5gb"), 1, 0, 2), False,
+                 id="one-priority"),
+    pytest.param([0, 0], _prio(make_pod(mig={"1g.5gb": 1}), 100), Insufficient(res("1g.5gb"), 1, 0, 2, 0, 2), True,
+                 id="lower-priority-holders"),
+    pytest.param([100, 0], _prio(make_pod(mig={"1g.5gb": 1}), 100), Insufficient(res("1g.5gb"), 1, 0, 2, 0, 1), True,
+                 id="one-lower-holder-is-enough"),
+    pytest.param([100, 100], _prio(make_pod(mig={"1g.5gb": 1}), 100), Insufficient(res("1g.5gb"), 1, 0, 2), False,
+                 id="equal-priority-is-not-lower"),
+    pytest.param([100, 0], _prio(make_pod(mig={"1g.5gb": 2}), 100), Insufficient(res("1g.5gb"), 2, 0, 2, 0, 1), False,
+                 id="lower-holders-too-few"),
+    pytest.param([0, 0], _prio(make_pod(mig={"1g.5gb": 1}), 100, "Never"), Insufficient(res("1g.5gb"), 1, 0, 2), False,
+                 id="preemption-policy-never"),
+    pytest.param([0, 0], _prio(make_pod(mig={"1g.5gb": 1, "2g.10gb": 1}), 100),
+                 Insufficient(res("1g.5gb"), 1, 0, 2, 0, 2), True, id="two-types"),
+])
+def test_item10_a_shortfall_is_resolvable_only_if_lower_priority_pods_hold_enough(
+        holders: list[int], pod: dict, reason: Insufficient, resolvable: bool) -> None:
+    """kube-scheduler preempts only pods of strictly lower priority (defaultpreemption isPreemptionAllowed)
+    and never for a preemptionPolicy: Never pod: a MIG shortfall nothing evictable could relieve goes to
+    FailedAndUnresolvableNodes, or the scheduler evicts CPU victims for a node we refuse again."""
+    snap = snapshot_of(make_node("n", A40, {"1g.5gb": 2, "2g.10gb": 1}),
+                       *(_prio(make_pod(mig={"1g.5gb": 1}, node="n"), p) for p in holders))
+    d = filter_pod(pod_info(pod), ["n"], snap)
+    assert d.passed == ()
+    assert (d.failed if resolvable else d.unresolvable) == {"n": reason}
+    assert not (d.unresolvable if resolvable else d.failed)
+
+
+def test_item10_a_single_priority_cluster_answers_every_shortfall_unresolvable_with_shared_reasons() -> None:
+    """The common case costs what it did: no per-node priority lookup, one reason object per shortfall."""
+    snap = snapshot_of(*(make_node(f"n{i}", A40, {"1g.5gb": 1}) for i in range(4)),
+                       *(make_pod(mig={"1g.5gb": 1}, node=f"n{i}") for i in range(4)))
+    assert snap.lowest_priority == 0
+    d = filter_pod(pod_info(make_pod(mig={"1g.5gb": 1})), [f"n{i}" for i in range(4)], snap)
+    assert not d.failed and len(d.unresolvable) == 4 and len({id(r) for r in d.unresolvable.values()}) == 1
