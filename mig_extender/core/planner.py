@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from itertools import compress
+from operator import attrgetter
 
 from .catalog import (
     GpuModel,
@@ -419,25 +421,39 @@ def why_not_substituted(pod: PodInfo, nodes: Iterable[str], snap: ClusterSnapsho
     want = pod.single_demand
     assert want is not None
     requested = resource_shape(want.resource)
-    blocked = _Blocked(snap, want.count, NoCompatibleFree(requested.name))
-    free_here = _compatible_free_types(requested, snap)
-    by_model: dict[int, NoLargerProfile | None] = {}  # id(GpuModel) -> its reason, None: it has a larger one
-    out: dict[str, object] = {}
-    nodes_info, cordoned = snap.nodes, snap.cordoned
-    for node in nodes:
-        info = nodes_info.get(node)
-        if info is None or info.gpu is None or node in cordoned:
-            continue
-        key = id(info.gpu)
-        if key not in by_model:
-            by_model[key] = _no_larger_profile(requested, info.gpu)
-        reason = by_model[key]
-        if reason is None:
-            types = free_here.get(node)
-            out[node] = blocked.why(node, types) if types else blocked.none_free
-        else:
-            out[node] = reason
+    none_free = NoCompatibleFree(requested.name)
+    # C-speed passes over the nodes (map/filter/fromkeys), Python only once per GPU model
+    nodes = list(nodes)
+    found = list(map(snap.nodes.get, nodes))
+    known = list(compress(nodes, found))  # the caller's strings: cheaper to hash again than the inventory's
+    infos = list(filter(None, found))     # unknown nodes are left out: their reason says it
+    gpus = list(map(_GPU_OF, infos))
+    models = dict(zip(map(id, gpus), gpus, strict=True))
+    by_model = {key: _model_reason(requested, gpu, none_free) for key, gpu in models.items()}
+    if len(by_model) == 1:  # one GPU model in the answer: the usual cluster
+        only = next(iter(by_model.values()))
+        out: dict[str, object] = dict.fromkeys(known, only) if only is not None else {}
+    else:
+        out = {node: reason for node, reason in zip(known, map(by_model.__getitem__, map(id, gpus)), strict=True)
+               if reason is not None}
+    blocked = _Blocked(snap, want.count, none_free)
+    for node, types in _compatible_free_types(requested, snap).items():  # the few nodes with a free one
+        if out.get(node) is none_free:
+            out[node] = blocked.why(node, types)
+    for node in snap.cordoned:  # usually none; theirs is "node is unschedulable" (or they are computed)
+        out.pop(node, None)
     return out
+
+
+_GPU_OF = attrgetter("gpu")
+
+
+def _model_reason(requested: ProfileShape, gpu: GpuModel | None, none_free: NoCompatibleFree) -> object | None:
+    """Per GPU model: NoLargerProfile, ``none_free`` (it has one: whether it is free is per node), or None
+    for a node whose GPU is not recognised (its own reason says so)."""
+    if gpu is None:
+        return None
+    return _no_larger_profile(requested, gpu) or none_free
 
 
 def _no_larger_profile(requested: ProfileShape, gpu: GpuModel) -> NoLargerProfile | None:
