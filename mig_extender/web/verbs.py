@@ -130,17 +130,25 @@ def _nodes(body: Mapping[str, Any]) -> tuple[list[str], list[Mapping[str, Any]] 
 
 def _reasons(reasons: Mapping[str, object], note: object, why_not: Mapping[str, object]) -> dict[str, str]:
     """Node -> text: its reason, why no substitute is there (``why_not``), then the note. Nodes share
-    reason objects, so each distinct pair is formatted once (a 5,000-node answer holds a handful)."""
+    reason objects, so each distinct reason (or pair) is formatted once (5,000 nodes hold a handful)."""
     suffix = f"; {note}" if note else ""
-    texts: dict[tuple[int, int], str] = {}
     out = {}
+    if not why_not:  # the usual answer: one lookup per node, as before per-node reasons existed
+        texts: dict[int, str] = {}
+        for node, reason in reasons.items():
+            text = texts.get(id(reason))
+            if text is None:
+                text = texts[id(reason)] = f"{reason}{suffix}"
+            out[node] = text
+        return out
+    pairs: dict[tuple[int, int], str] = {}
     for node, reason in reasons.items():
-        why = why_not.get(node) if why_not else None
+        why = why_not.get(node)
         key = (id(reason), id(why))
-        text = texts.get(key)
+        text = pairs.get(key)
         if text is None:
             middle = f"; not substituted here: {why}" if why is not None else ""
-            text = texts[key] = f"{reason}{middle}{suffix}"
+            text = pairs[key] = f"{reason}{middle}{suffix}"
         out[node] = text
     return out
 
