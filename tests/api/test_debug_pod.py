@@ -78,3 +78,12 @@ def test_disabled_with_the_other_debug_endpoints() -> None:
     client = create_app(Settings(debug_endpoints=False), service).test_client()
     assert client.get("/debug/pods/default/p").status_code == 404
     assert client.get("/debug/rules").status_code == 404
+
+
+def test_before_the_caches_sync_every_node_says_not_synced(service, client) -> None:
+    """After an extender restart, before the pod list: the dry run answers what /filter would, not synced."""
+    service.inventory.upsert_pod(pending({"1g.10gb": 1}, name="early-x", uid="u-early-x"))
+    service.inventory.synced = False
+    out = _explain(client, "default", "early-x").get_json()
+    assert {(v["verdict"], v["reason"]["kind"]) for v in out["decision"]["nodes"]} == {("fails", "NotSynced")}
+    assert out["decision"]["would_record"] is None
