@@ -45,7 +45,7 @@ from mig_extender.core.catalog import model  # noqa: E402
 from mig_extender.sim.cluster import gpu_layouts  # noqa: E402
 from mig_extender.sim.stats import percentile  # noqa: E402
 
-SAMPLES = REPO / ".." / "shared" / "samples"
+SAMPLES = Path(os.environ.get("SAMPLES", REPO / ".." / "shared" / "samples"))  # override from a worktree
 GPU = model("A100-80GB")
 TARGET_P99_MS = 5.0
 

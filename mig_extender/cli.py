@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from . import __version__
 from .components.settings import LOG_LEVELS, Settings, SettingsError
@@ -93,6 +93,13 @@ def _parser() -> argparse.ArgumentParser:
                    "GPU feature discovery product (NVIDIA-A100-SXM4-40GB) (default: every model)")
     _scheduler_config_parser(sub.add_parser("scheduler-config",
                                             help="write the KubeSchedulerConfiguration for the extender"))
+    e = sub.add_parser("explain", help="why a pod is (not) placed or substituted: each node's verdict and the "
+                                       "pod's rules, from a running extender's /debug/pods")
+    e.add_argument("pod", metavar="NAMESPACE/NAME")
+    e.add_argument("--url", default=f"http://{Settings.bind}", metavar="URL",
+                   help="the extender's address (default: %(default)s; kubectl port-forward to reach one in "
+                        "a cluster)")
+    e.add_argument("--timeout", type=_seconds, default=10.0, metavar="SECONDS", help="default: %(default)s")
 
     from .sim.runner import add_arguments as simulate_arguments  # its flags live beside the simulator
 
@@ -342,6 +349,88 @@ def _scheduler_config(args: argparse.Namespace) -> None:
         raise SettingsError(f"cannot write --out {args.out}: {exc.strerror or exc}") from None
 
 
+def _fetch_explanation(args: argparse.Namespace) -> dict[str, Any]:
+    """GET /debug/pods/<ns>/<name> from the extender at --url; a SettingsError (one line) for every user
+    mistake: a malformed pod name, an address nobody answers on, an unknown pod, no debug endpoints."""
+    import json
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    namespace, _, name = args.pod.partition("/")
+    if not namespace or not name or "/" in name:
+        raise SettingsError(f"give the pod as NAMESPACE/NAME, got {args.pod!r}")
+    if not args.url.startswith(("http://", "https://")):
+        raise SettingsError(f"--url must start with http:// or https://, got {args.url!r}")
+    url = args.url.rstrip("/")
+    path = f"/debug/pods/{urllib.parse.quote(namespace, safe='')}/{urllib.parse.quote(name, safe='')}"
+    try:
+        with urllib.request.urlopen(url + path, timeout=args.timeout) as resp:
+            body = resp.read()
+    except urllib.error.HTTPError as exc:
+        raise SettingsError(_http_error(exc, args.url, namespace, name)) from None
+    except (urllib.error.URLError, OSError) as exc:
+        why = getattr(exc, "reason", None) or exc
+        raise SettingsError(f"--url {args.url}: cannot reach the extender "
+                            f"({getattr(why, 'strerror', None) or why})") from None
+    except ValueError as exc:  # urllib's word for a URL it cannot use ("no host given")
+        raise SettingsError(f"--url {args.url}: {exc}") from None
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise SettingsError(f"--url {args.url}: the answer is not JSON ({exc})") from None
+
+
+def _http_error(exc: Any, url: str, namespace: str, name: str) -> str:
+    """The one line for an HTTP error answer: the extender's own words for an unknown pod."""
+    import json
+
+    try:
+        said = str(json.loads(exc.read()).get("Error", ""))
+    except (ValueError, AttributeError):
+        said = ""
+    if exc.code == 404 and said.startswith(f"pod {namespace}/{name} "):
+        return said
+    if exc.code == 404:
+        return f"--url {url}: no /debug/pods there (not mig-extender serve, or started with --no-debug-endpoints)"
+    return f"--url {url}: HTTP {exc.code} {said or exc.reason}"
+
+
+def render_explanation(doc: dict[str, Any]) -> str:
+    """The /debug/pods answer as text: the pod, the decision, a node | verdict | reason table, its rules."""
+    pod, decision = doc["pod"], doc["decision"]
+    demand = ", ".join(f"{n} x {r}" for r, n in sorted(pod["demand"].items())) or "no MIG"
+    where = f"bound to {pod['node']}" if pod["node"] else "not bound"
+    out = [f"pod {pod['namespace']}/{pod['name']} (uid {pod['uid']}): {demand}; {pod['phase']}, {where} "
+           f"[seen by: {pod['source']}]"]
+    if decision["error"]:
+        out.append(f"cannot be evaluated: {decision['error']}")
+    chosen = decision["would_record"]
+    if chosen is not None:
+        out.append(f"decision: no node fits; would record substitute {chosen['substitute']['count']} x "
+                   f"{chosen['substitute']['resource']} on {chosen['node']}")
+    if decision["note"]:
+        out.append(f"note: {decision['note']['text']}")
+    rows = [("NODE", "VERDICT", "REASON")]
+    for v in decision["nodes"]:
+        reason = v["reason"]["text"] if v["reason"] else ""
+        if v["substitute"]:
+            reason += f"; not substituted here: {v['substitute']['text']}"
+        rows.append((v["node"], v["verdict"], reason))
+    out.extend(_table(rows))
+    out.append("")
+    rules = [("RULE", "PHASE", "ORIGINAL", "SUBSTITUTE", "NODE", "MESSAGE")]
+    rules += [(r["name"], r["phase"], r["original"]["resource"], r["substitute"]["resource"], r["node"],
+               r["message"]) for r in doc["rules"]]
+    out.extend(_table(rules) if len(rules) > 1 else ["rules: none"])
+    return "\n".join(out) + "\n"
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in rows]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -359,6 +448,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(render_catalog(args.gpu))
         elif args.command == "scheduler-config":
             _scheduler_config(args)
+        elif args.command == "explain":
+            sys.stdout.write(render_explanation(_fetch_explanation(args)))
         elif args.command == "simulate":
             from .sim.runner import main as simulate
 

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from cachetools import TTLCache
@@ -55,6 +55,27 @@ class BindConflict(BindError):
 
 class NotReady(BindError):
     """The caches have not synced since start: the node's free slices are unknown, so nothing is bound."""
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What /debug/pods/<ns>/<name> shows: the pod as the extender knows it, its rules, and what /filter
+    would decide for it now over every known node (computed, never recorded)."""
+
+    pod: PodInfo
+    source: str                 # "inventory" (the watch), or "filter-cache" (seen only by /filter so far)
+    rules: tuple[Rule, ...]     # every rule about the pod, any phase, oldest first
+    nodes: tuple[str, ...]      # the nodes the dry run was asked about: all in the inventory
+    decision: FilterDecision
+    now: float
+
+
+def rule_concerns(rule: Rule, pod: PodInfo) -> bool:
+    """Is ``rule`` about ``pod``: recorded for it, applied to or bound as it, or named on it."""
+    if rule.namespace != pod.namespace:
+        return False
+    return (rule.name == pod.rule_name or pod.uid in (rule.pod_uid, rule.bound_pod, rule.restored_pod)
+            or pod.name in (rule.pod_name, rule.applied_pod))
 
 
 FILTERED_PODS = 20_000  # pods between their /filter and their /bind, kept at most...
@@ -192,3 +213,25 @@ class ExtenderService:
             self.metrics.rules.labels(event).inc()
         else:
             log.warning("rule %s/%s: %s not stored (gone, or repeated conflicts)", rule.namespace, rule.name, event)
+
+    def explain(self, namespace: str, name: str) -> Explanation | None:
+        """A dry run of the filter for the pod ``namespace/name`` over every known node: no rule recorded,
+        applied or cancelled, nothing assumed. None when neither the watch nor /filter has shown the pod
+        (or it asks for no MIG slice). O(pods + nodes): for humans, never on the scheduler's path."""
+        found = self._find_pod(namespace, name)
+        if found is None:
+            return None
+        pod, source = found
+        snap = self.snapshot()
+        nodes = tuple(sorted(snap.nodes))
+        rules = tuple(sorted((r for r in snap.rules if rule_concerns(r, pod)), key=lambda r: (r.created, r.name)))
+        return Explanation(pod, source, rules, nodes, filter_pod(pod, nodes, snap, self.plan), snap.now)
+
+    def _find_pod(self, namespace: str, name: str) -> tuple[PodInfo, str] | None:
+        """The pod from the inventory, else from the /filter cache (the watch may lag a new pod)."""
+        for pod in self.inventory.pods():
+            if pod.name == name and pod.namespace == namespace:
+                return pod, "inventory"
+        with self._filtered_lock:
+            cached = [p for p in self._filtered.values() if p.name == name and p.namespace == namespace]
+        return (cached[-1], "filter-cache") if cached else None

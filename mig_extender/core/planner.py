@@ -14,11 +14,22 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from itertools import compress
+from operator import attrgetter
 
-from .catalog import ProfileError, ProfileShape, can_substitute, canonical_shape, resource_shape, waste
+from .catalog import (
+    GpuModel,
+    ProfileError,
+    ProfileShape,
+    can_substitute,
+    canonical_shape,
+    resource_profile_name,
+    resource_shape,
+    waste,
+)
 from .placement import placement_problem, tolerates_unschedulable
 from .podspec import restart_blocker
-from .resources import PodInfo, ResourceCount
+from .resources import ANN_SUBSTITUTE, PodInfo, ResourceCount
 from .rules import Phase, Rule, new_rule
 from .snapshot import ClusterSnapshot
 
@@ -105,7 +116,11 @@ class FilterDecision:
     record: Rule | None = None       # a new substitution to store
     cancel: Rule | None = None       # a rule made moot: the pod fits as it is now
     apply: Rule | None = None        # a Recorded rule whose rewritten replacement pod has arrived
-    note: str = ""                   # appended to every failure reason ("substitute ... recorded")
+    note: object = ""                # appended to every failure reason ("substitute ... recorded",
+                                     # SubstitutionBlocked)
+    # node -> why no substitute was found there (NoLargerProfile, SubstituteReserved...): only when the
+    # pod may be substituted and none was; appended to that node's failure reason
+    unsubstituted: Mapping[str, object] = field(default_factory=dict)
     error: str = ""                  # the request could not be evaluated
 
 
@@ -141,6 +156,70 @@ class ReservedElsewhere:
 
 
 _ELSEWHERE = ReservedElsewhere()
+
+
+# Why no substitute: pod-wide (SubstitutionBlocked, the filter's ``note``) or per node (``unsubstituted``).
+# Nodes share these objects, one per distinct reason, so the edge formats each once.
+
+
+@dataclass(frozen=True)
+class SubstitutionBlocked:
+    """The pod may not be substituted on any node (opted out, several MIG types, an owner nothing would
+    recreate it from, substitution disabled...): one reason for the whole answer."""
+
+    why: str
+
+    def __str__(self) -> str:
+        return f"not substituted: {self.why}"
+
+
+@dataclass(frozen=True)
+class NoLargerProfile:
+    """No profile of this node's GPU model can stand in for the requested shape: no layout change or
+    freed slice will ever give this pod a substitute here."""
+
+    requested: str  # the requested shape, e.g. "1g.20gb"
+    gpu: str        # the node's GPU model
+
+    def __str__(self) -> str:
+        return f"no profile on this GPU is at least {self.requested}"
+
+
+@dataclass(frozen=True)
+class NoCompatibleFree:
+    """The GPU model has larger profiles, but none of this node's slices that could stand in is free."""
+
+    requested: str
+
+    def __str__(self) -> str:
+        return f"no slice of at least {self.requested} free on this node"
+
+
+@dataclass(frozen=True)
+class SubstituteReserved:
+    """A compatible slice is free but set aside by another rule (a recorded substitution or a restore)."""
+
+    resource: str
+    rule: str
+    namespace: str
+    pod: str
+
+    def __str__(self) -> str:
+        return (f"compatible {resource_profile_name(self.resource)} free but reserved for "
+                f"{self.namespace}/{self.pod} (rule {self.rule})")
+
+
+@dataclass(frozen=True)
+class SubstituteQueued:
+    """A compatible slice is free, but pods wait unbound for exactly that type: they have the first claim
+    (``ClusterSnapshot.pending``), so a substitution does not take it from them."""
+
+    resource: str
+    waiting: int  # slices of the type pending pods ask for
+
+    def __str__(self) -> str:
+        return (f"compatible {resource_profile_name(self.resource)} free, but pending pods wait for "
+                f"{self.waiting} of exactly that type (the queue has first claim)")
 
 
 _Reasons = dict[tuple[str, int, int, int, int, int], Insufficient]  # one object per distinct shortfall
@@ -304,12 +383,146 @@ def filter_pod(pod: PodInfo, candidates: Sequence[str], snap: ClusterSnapshot,
         return FilterDecision((), failed, unresolvable, note=note)
     rule = choose_substitute(pod, candidates, snap, settings)
     if rule is None:
-        # say so when the pod's owner is why (the reconciler's Event MigSubstitutionSkipped says it too)
-        blocked = restart_blocker(pod.owner, settings.restartable_owners)
-        note = f"not substituted: {blocked}" if blocked else _spent_note(existing, pod)
-        return FilterDecision((), failed, unresolvable, note=note)
+        return _no_substitute(pod, failed, unresolvable, snap, settings, existing)
     note = f"substitute {rule.substitute.resource} recorded on {rule.node}"
     return FilterDecision((), failed, unresolvable, record=rule, note=note)
+
+
+def _no_substitute(pod: PodInfo, failed: dict, unresolvable: dict, snap: ClusterSnapshot,
+                   settings: PlanSettings, existing: Rule | None) -> FilterDecision:
+    """Every node failed and no substitute was found: say why, for the whole pod (opted out, owner nothing
+    recreates: the reconciler's Event MigSubstitutionSkipped says that too) or else per node."""
+    blocked = substitution_blocker(pod, settings) or _shapeless(pod)
+    if blocked:
+        return FilterDecision((), failed, unresolvable, note=SubstitutionBlocked(blocked))
+    why = why_not_substituted(pod, [*failed, *unresolvable], snap)
+    return FilterDecision((), failed, unresolvable, note=_spent_note(existing, pod), unsubstituted=why)
+
+
+def _shapeless(pod: PodInfo) -> str:
+    want = pod.single_demand
+    try:
+        resource_shape(want.resource) if want is not None else None
+    except ProfileError:
+        return f"{want.resource} names no MIG shape to compare a substitute with"
+    return ""
+
+
+def why_not_substituted(pod: PodInfo, nodes: Iterable[str], snap: ClusterSnapshot) -> dict[str, object]:
+    """Node -> why no slice there may stand in for ``pod``'s single MIG demand (after choose_substitute
+    found none). Nodes failed for another reason first (unknown, cordoned, GPU not recognised) are left
+    out: their own reason says it.
+
+    On the sold-out path of every /filter call, so no O(nodes x profiles) scan: whether a GPU model has
+    any profile large enough is decided once per model, the nodes holding a free compatible slice come
+    from the free index once per compatible type, and every other node costs two dict reads and shares
+    one reason object.
+    """
+    want = pod.single_demand
+    assert want is not None
+    requested = resource_shape(want.resource)
+    none_free = NoCompatibleFree(requested.name)
+    # C-speed passes over the nodes (map/filter/fromkeys), Python only once per GPU model
+    nodes = list(nodes)
+    found = list(map(snap.nodes.get, nodes))
+    known = list(compress(nodes, found))  # the caller's strings: cheaper to hash again than the inventory's
+    infos = list(filter(None, found))     # unknown nodes are left out: their reason says it
+    gpus = list(map(_GPU_OF, infos))
+    models = dict(zip(map(id, gpus), gpus, strict=True))
+    by_model = {key: _model_reason(requested, gpu, none_free) for key, gpu in models.items()}
+    if len(by_model) == 1:  # one GPU model in the answer: the usual cluster
+        only = next(iter(by_model.values()))
+        out: dict[str, object] = dict.fromkeys(known, only) if only is not None else {}
+    else:
+        out = {node: reason for node, reason in zip(known, map(by_model.__getitem__, map(id, gpus)), strict=True)
+               if reason is not None}
+    blocked = _Blocked(snap, want.count, none_free)
+    for node, types in _compatible_free_types(requested, snap).items():  # the few nodes with a free one
+        if out.get(node) is none_free:
+            out[node] = blocked.why(node, types)
+    for node in snap.cordoned:  # usually none; theirs is "node is unschedulable" (or they are computed)
+        out.pop(node, None)
+    return out
+
+
+_GPU_OF = attrgetter("gpu")
+
+
+def _model_reason(requested: ProfileShape, gpu: GpuModel | None, none_free: NoCompatibleFree) -> object | None:
+    """Per GPU model: NoLargerProfile, ``none_free`` (it has one: whether it is free is per node), or None
+    for a node whose GPU is not recognised (its own reason says so)."""
+    if gpu is None:
+        return None
+    return _no_larger_profile(requested, gpu) or none_free
+
+
+def _no_larger_profile(requested: ProfileShape, gpu: GpuModel) -> NoLargerProfile | None:
+    """The model's own reason when none of its profiles could ever hold the request (None: one could;
+    a re-partition or a freed slice may still give the pod room here)."""
+    if any(can_substitute(requested, p.shape) for p in gpu.profiles):
+        return None
+    return NoLargerProfile(requested.name, gpu.name)
+
+
+def _compatible_free_types(requested: ProfileShape, snap: ClusterSnapshot) -> dict[str, list[str]]:
+    """Node -> the types other than the requested one that could stand in and have a free slice there,
+    from the free index (a resource name means the same shape on every model): O(nodes holding one)."""
+    types = []
+    for resource, holders in snap.free_index.items():
+        if not holders or resource == requested.resource:
+            continue
+        try:
+            offered = resource_shape(resource)
+        except ProfileError:
+            continue
+        if can_substitute(requested, offered):  # as choose_substitute: any other name that fits
+            types.append((waste(requested, offered), resource, holders))
+    out: dict[str, list[str]] = {}
+    for _, resource, holders in sorted(types, key=lambda t: t[:2]):  # least waste first: the one reported
+        for node in holders:
+            out.setdefault(node, []).append(resource)
+    return out
+
+
+class _Blocked:
+    """Why a node's free compatible slices were not taken: the queue's claim, or another rule's
+    reservation. Each reason is built once per type or rule and shared; the cluster-wide sums
+    (``spare``) and the reservation map are computed at most once per call."""
+
+    def __init__(self, snap: ClusterSnapshot, count: int, none_free: NoCompatibleFree) -> None:
+        self.snap, self.count, self.none_free = snap, count, none_free
+        self._queued: dict[str, SubstituteQueued | None] = {}
+        self._holders: dict[tuple[str, str], SubstituteReserved] | None = None
+
+    def why(self, node: str, types: list[str]) -> object:
+        for resource in types:
+            queued = self._queue(resource)
+            if queued is not None:
+                return queued
+        for resource in types:
+            if self.snap.free(node, resource) < self.count:
+                held = self._reservations().get((node, resource))
+                if held is not None:
+                    return held
+        return self.none_free  # free, but fewer than the pod asks for
+
+    def _queue(self, resource: str) -> SubstituteQueued | None:
+        if resource not in self._queued:
+            snap = self.snap
+            waiting = snap.pending.get(resource, 0)
+            self._queued[resource] = (SubstituteQueued(resource, waiting)
+                                      if waiting and snap.spare(resource) < self.count else None)
+        return self._queued[resource]
+
+    def _reservations(self) -> dict[tuple[str, str], SubstituteReserved]:
+        if self._holders is None:
+            self._holders = {}
+            for rule in self.snap.rules:
+                held = rule.reservation(self.snap.now)
+                if held is not None:
+                    self._holders.setdefault((held[0], held[1].resource), SubstituteReserved(
+                        held[1].resource, rule.name, rule.namespace, rule.applied_pod or rule.pod_name))
+        return self._holders
 
 
 def _spent_note(existing: Rule | None, pod: PodInfo) -> str:
@@ -338,7 +551,7 @@ def substitution_blocker(pod: PodInfo, settings: PlanSettings) -> str:
     if not settings.substitution:
         return "substitution disabled"
     if not pod.may_substitute:
-        return "pod opted out of substitution"
+        return f"pod opted out of substitution ({ANN_SUBSTITUTE}=false)"
     if pod.single_demand is None:
         return "pod asks for more than one MIG type"
     if pod.rule_name or pod.original_demand is not None:

@@ -128,23 +128,35 @@ def _nodes(body: Mapping[str, Any]) -> tuple[list[str], list[Mapping[str, Any]] 
     return out, items
 
 
-def _reasons(reasons: Mapping[str, object], note: str) -> dict[str, str]:
-    """Node -> text; nodes share reason objects, so each distinct reason is formatted once."""
+def _reasons(reasons: Mapping[str, object], note: object, why_not: Mapping[str, object]) -> dict[str, str]:
+    """Node -> text: its reason, why no substitute is there (``why_not``), then the note. Nodes share
+    reason objects, so each distinct reason (or pair) is formatted once (5,000 nodes hold a handful)."""
     suffix = f"; {note}" if note else ""
-    texts: dict[int, str] = {}
     out = {}
+    if not why_not:  # the usual answer: one lookup per node, as before per-node reasons existed
+        texts: dict[int, str] = {}
+        for node, reason in reasons.items():
+            text = texts.get(id(reason))
+            if text is None:
+                text = texts[id(reason)] = f"{reason}{suffix}"
+            out[node] = text
+        return out
+    pairs: dict[tuple[int, int], str] = {}
     for node, reason in reasons.items():
-        text = texts.get(id(reason))
+        why = why_not.get(node)
+        key = (id(reason), id(why))
+        text = pairs.get(key)
         if text is None:
-            text = texts[id(reason)] = f"{reason}{suffix}"
+            middle = f"; not substituted here: {why}" if why is not None else ""
+            text = pairs[key] = f"{reason}{middle}{suffix}"
         out[node] = text
     return out
 
 
 def encode_filter(decision: FilterDecision, objects: list[Mapping[str, Any]] | None) -> dict[str, Any]:
     result: dict[str, Any] = {
-        "FailedNodes": _reasons(decision.failed, decision.note),
-        "FailedAndUnresolvableNodes": _reasons(decision.unresolvable, decision.note),
+        "FailedNodes": _reasons(decision.failed, decision.note, decision.unsubstituted),
+        "FailedAndUnresolvableNodes": _reasons(decision.unresolvable, decision.note, decision.unsubstituted),
         "Error": decision.error,
     }
     if objects is None:

@@ -60,3 +60,36 @@ def test_pods_without_mig_requests_never_reach_the_extender(
     cluster.core.create_namespaced_pod(namespace, make_pod("mig", mig={"1g.5gb": 1}, scheduler_name="mig-scheduler"))
     wait_running(cluster.core, namespace, "mig")
     assert extender.metric("mig_extender_requests_total", verb="bind") == before["bind"] + 1  # the probe can fail
+
+
+def _failed_scheduling(cluster: E2ECluster, namespace: str, pod: str) -> list[str]:
+    """The messages of kube-scheduler's FailedScheduling events on ``pod``: what `kubectl describe pod` shows."""
+    selector = f"involvedObject.kind=Pod,involvedObject.name={pod}"
+    return [e.message or "" for e in cluster.core.list_namespaced_event(namespace, field_selector=selector).items
+            if e.reason == "FailedScheduling"]
+
+
+def test_describe_pod_says_per_node_why_no_substitute(
+    cluster: E2ECluster, extender: ExtenderProcess, mig_scheduler: MigScheduler, namespace: str, fleet: Fleet
+) -> None:
+    """Issue 16 "why not substituted": the FailedNodes texts reach the pod's FailedScheduling event. An
+    opted-out pod is told so; a pod no profile of the node's GPU could hold is told that, per node."""
+    node = fleet.add("sold", resources={MIG_1G: 1, "nvidia.com/mig-2g.10gb": 1})
+    filler = make_pod("filler", mig={"1g.5gb": 1}, node_name=node)
+    cluster.core.create_namespaced_pod(namespace, filler)
+    wait_running(cluster.core, namespace, "filler")
+    wait_for(lambda: extender.inventory(node)["nodes"][0]["resources"][MIG_1G]["used"] == 1, timeout=30,
+             what=f"filler counted on {node}")
+
+    exact = make_pod("exact", mig={"1g.5gb": 1}, scheduler_name="mig-scheduler")
+    exact["metadata"]["annotations"] = {"mig-extender.io/substitute": "false"}
+    cluster.core.create_namespaced_pod(namespace, exact)
+    opted = "not substituted: pod opted out of substitution (mig-extender.io/substitute=false)"
+    wait_for(lambda: any(opted in m for m in _failed_scheduling(cluster, namespace, "exact")), timeout=60,
+             what="a FailedScheduling event saying the pod opted out")
+
+    cluster.core.create_namespaced_pod(namespace, make_pod("huge", mig={"7g.80gb": 1}, scheduler_name="mig-scheduler"))
+    larger = "not substituted here: no profile on this GPU is at least 7g.80gb"
+    wait_for(lambda: any(larger in m for m in _failed_scheduling(cluster, namespace, "huge")), timeout=60,
+             what="a FailedScheduling event saying no profile is large enough")
+    assert all(r["pod"]["name"] not in ("exact", "huge") for r in extender.rules())  # nothing recorded

@@ -379,7 +379,7 @@ def test_item6_unknown_owner_pod_is_never_restarted_and_told_why() -> None:
     worker = w.add(make_pod("ray-worker", mig={"1g.5gb": 1}, owner=RAY))
     snap = w.inventory.snapshot(w.store.list(), w.now)
     decision = filter_pod(pod_info(worker), ["gpu-a"], snap)
-    assert decision.record is None and "ray.io/RayCluster" in decision.note
+    assert decision.record is None and "ray.io/RayCluster" in str(decision.note)
     for _ in range(3):
         w.now += 2
         w.reconciler.run_once()
