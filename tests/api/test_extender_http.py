@@ -328,3 +328,16 @@ def test_item1_bind_refuses_until_synced(client, service) -> None:
     assert service.snapshot().free("gpu-b", "nvidia.com/mig-1g.10gb") == 1  # nothing assumed
     service.inventory.synced = True
     assert bind(client, pod, "gpu-b").status_code == 200
+
+
+def test_debug_rules_shows_a_preemption_hold_with_its_victims(client, service) -> None:
+    import time
+
+    from mig_extender.core.resources import pod_info
+    from mig_extender.core.rules import preemption_hold
+
+    pod = pending({"1g.10gb": 1})
+    service.store.record(preemption_hold(pod_info(pod), "gpu-b", ["victim-uid"], time.time(), 60.0))
+    (rule,) = client.get("/debug/rules").get_json()
+    assert rule["victims"] == ["victim-uid"] and rule["phase"] == "Recorded"
+    assert rule["reserved"] == {"node": "gpu-b", "resource": "nvidia.com/mig-1g.10gb", "count": 1}
