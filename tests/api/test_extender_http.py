@@ -148,7 +148,7 @@ def test_oversized_body_is_413(client) -> None:
 
 
 def test_unknown_verb_and_method_are_json_errors(client) -> None:
-    assert client.post("/preempt", json={}).status_code == 404
+    assert client.post("/unreserve", json={}).status_code == 404
     assert client.get("/filter").status_code == 405
     assert "Error" in client.get("/filter").get_json()
 

@@ -161,3 +161,27 @@ def test_job_victim_gets_disruption_target_and_the_job_does_not_fail(stack: Stac
              what="urgent Running")
     status = batch.read_namespaced_job("train", ns).status
     assert not status.failed and not any(c.type == "Failed" and c.status == "True" for c in status.conditions or [])
+
+
+def test_node_short_of_cpu_and_mig_goes_through_the_preempt_verb(stack: Stack, ns: str, fleet: Any) -> None:
+    """kube-scheduler's dry run picks the CPU hog alone; the preempt verb adds the pod whose MIG slice must
+    go too, and kube-scheduler deletes both (our reconciler leaves a CPU-short node to it)."""
+    fleet.add("pv", "A100-40GB", {MIG_5: 2, "cpu": "4"})
+    stack.core.create_namespaced_pod(ns, pod_spec("plain", LOW))
+    wait_for(lambda: stack.core.read_namespaced_pod("plain", ns).status.phase == "Running", timeout=60,
+             what="plain Running")
+    time.sleep(1.1)  # startTime has second resolution: plain is the older, more important one
+    hog = pod_spec("hog", LOW)
+    hog["spec"]["containers"][0]["resources"]["limits"]["cpu"] = "3"
+    stack.core.create_namespaced_pod(ns, hog)
+    wait_for(lambda: stack.core.read_namespaced_pod("hog", ns).status.phase == "Running", timeout=60,
+             what="hog Running")
+    before = stack.extender.metric("mig_extender_requests_total", verb="preempt", outcome="ok")
+    urgent = pod_spec("urgent", HIGH)
+    urgent["spec"]["containers"][0]["resources"]["limits"].update({MIG_5: "2", "cpu": "2"})
+    stack.core.create_namespaced_pod(ns, urgent)
+    wait_for(lambda: stack.core.read_namespaced_pod("urgent", ns).status.phase == "Running", timeout=30,
+             what="urgent Running")
+    assert (stack.extender.metric("mig_extender_requests_total", verb="preempt", outcome="ok")) > before
+    assert [p.metadata.name for p in stack.pods(ns) if p.metadata.name in ("plain", "hog")] == []
+    assert [r for r in stack.rules(ns) if r["spec"].get("preemption")] == []  # kube-scheduler acted, not us
