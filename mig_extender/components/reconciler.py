@@ -233,7 +233,8 @@ class Reconciler:
             if self._transition(rule, lambda r: r.expired(snap.now), counts, "expired") is not None:
                 pod = pods.get(rule.pod_uid)
                 if pod is not None:
-                    self._event(pod, "MigSubstitutionExpired", f"{rule.substitute} was reserved on {rule.node} but "
+                    what = "held for this preemptor" if rule.is_hold else "reserved"
+                    self._event(pod, "MigSubstitutionExpired", f"{rule.substitute} was {what} on {rule.node} but "
                                                                f"not used in time; reservation released", warning=True)
         for rule in finished_rules(snap, self.retention):
             self.store.delete(rule)

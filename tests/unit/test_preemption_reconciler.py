@@ -234,6 +234,11 @@ def test_hold_expires_after_grace_plus_margin() -> None:
     w.reconciler.run_once()
     w.now += 5 + PreemptionSettings().reservation_margin
     assert w.holds()[0].reservation(w.now) is None
+    w.reconciler.preemption = PreemptionSettings(enabled=False)  # only the expiry, no second preemption
+    w.reconciler.run_once()
+    assert w.holds()[0].phase is Phase.EXPIRED
+    assert any(reason == "MigSubstitutionExpired" and "held for this preemptor" in message
+               for _, reason, message in w.actions.events)
 
 
 def test_two_preemptors_are_never_promised_the_same_slice() -> None:
