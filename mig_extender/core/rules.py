@@ -144,8 +144,9 @@ class Rule:
         return pod.name == name
 
     def _waits_for_workload_of(self, pod: PodInfo) -> bool:
-        """Recorded for a pod of ``pod``'s workload with ``pod``'s demand, and not recorded for ``pod`` itself."""
-        return (self.phase is Phase.RECORDED and pod.namespace == self.namespace
+        """Recorded for a pod of ``pod``'s workload with ``pod``'s demand, and not recorded for ``pod`` itself.
+        Never a preemption hold: it belongs to its preemptor, which is not restarted or replaced."""
+        return (self.phase is Phase.RECORDED and not self.is_hold and pod.namespace == self.namespace
                 and pod.uid != self.pod_uid and self._same_workload(pod, self.pod_name)
                 and pod.demand.get(self.original.resource) == self.original.count)
 

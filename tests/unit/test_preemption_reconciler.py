@@ -310,3 +310,20 @@ def test_hold_round_trips_through_the_migsubstitution_object() -> None:
     back = rule_from_object(rule_to_object(hold))
     assert (back.victims, back.is_hold, back.original, back.substitute) == (
         hold.victims, True, hold.original, hold.substitute)
+
+
+def test_a_hold_is_never_offered_to_a_sibling_of_the_preemptor() -> None:
+    from dataclasses import replace
+
+    from mig_extender.core.rules import rule_for_new_pod, unmarked_rules_for
+
+    w = World()
+    w.low("low-a")
+    w.low("low-b")
+    w.high()
+    w.reconciler.run_once()
+    (hold,) = w.holds()
+    sibling = pod_info(prioritised(make_pod("urgent-2", mig={MIG: 1}, owner=("ReplicaSet", "hi", "rs-hi")), HIGH))
+    marked = replace(hold, restart_at=w.now - 1)  # even a (never written) restart mark must not hand it over
+    assert unmarked_rules_for(sibling, [hold], w.now) == []
+    assert rule_for_new_pod(sibling, [marked], w.now) is None
