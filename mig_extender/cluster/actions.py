@@ -115,12 +115,14 @@ class KubeActions:
 
     def nominate(self, namespace: str, name: str, uid: str, node: str) -> bool:
         """Set the preemptor's status.nominatedNodeName, as kube-scheduler's PostFilter result does, so its
-        in-tree filters count the pod on that node. False when the pod is gone or replaced."""
+        in-tree filters count the pod on that node. False when the pod is gone or replaced (404, 409 on the
+        uid), or already bound: with short grace periods the scheduler may bind it first, and the API
+        refuses the field on a bound pod (422)."""
         try:
             raw(self._core.patch_namespaced_pod_status, name, namespace,
                 {"metadata": {"uid": uid}, "status": {"nominatedNodeName": node}}, _content_type=MERGE_PATCH)
         except ApiException as exc:
-            if exc.status in (404, 409):
+            if exc.status in (404, 409, 422):
                 return False
             raise
         return True

@@ -442,8 +442,12 @@ class Reconciler:
         """After the hold: delete the victims, nominate the node, tell the preemptor (docs order 2-4)."""
         self._delete_victims(rule, pods, counts)
         pod = plan.pod
-        if rule.is_hold and self.actions.nominate(pod.namespace, pod.name, pod.uid, rule.node):
-            counts["nominated"] += 1
+        try:
+            if rule.is_hold and self.actions.nominate(pod.namespace, pod.name, pod.uid, rule.node):
+                counts["nominated"] += 1
+        except Exception as exc:  # only a hint for kube-scheduler: the hold already gives the pod its node
+            counts["nominate_failed"] += 1
+            log.warning("nominatedNodeName of %s not set: %s", pod.key, exc)
         names = ", ".join(f"{v.namespace}/{v.name}" for v in plan.victims)
         self._event(pod, "Preempting", f"preempting {len(plan.victims)} lower-priority pod(s) on {rule.node} for "
                                        f"{rule.substitute}: {names} (rule {rule.name})")

@@ -327,3 +327,25 @@ def test_a_hold_is_never_offered_to_a_sibling_of_the_preemptor() -> None:
     marked = replace(hold, restart_at=w.now - 1)  # even a (never written) restart mark must not hand it over
     assert unmarked_rules_for(sibling, [hold], w.now) == []
     assert rule_for_new_pod(sibling, [marked], w.now) is None
+
+
+@pytest.mark.parametrize("status, expected", [
+    pytest.param(422, False, id="preemptor-already-bound-422"),
+    pytest.param(409, False, id="preemptor-replaced-409"),
+    pytest.param(404, False, id="preemptor-gone-404"),
+])
+def test_nominating_a_preemptor_bound_meanwhile_is_no_error(status: int, expected: bool) -> None:
+    """With a grace period of 0 the scheduler can bind the preemptor before nominatedNodeName is written:
+    the API then refuses the field (422, 'may not be set on pods that are already bound')."""
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    from mig_extender.cluster.actions import KubeActions
+
+    actions = KubeActions(client.ApiClient())
+
+    def refuse(*args, **kwargs):
+        raise ApiException(status=status, reason="refused")
+
+    actions._core.patch_namespaced_pod_status = refuse
+    assert actions.nominate("default", "urgent", "uid-1", "gpu-a") is expected
