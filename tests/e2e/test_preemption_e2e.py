@@ -185,3 +185,34 @@ def test_node_short_of_cpu_and_mig_goes_through_the_preempt_verb(stack: Stack, n
     assert (stack.extender.metric("mig_extender_requests_total", verb="preempt", outcome="ok")) > before
     assert [p.metadata.name for p in stack.pods(ns) if p.metadata.name in ("plain", "hog")] == []
     assert [r for r in stack.rules(ns) if r["spec"].get("preemption")] == []  # kube-scheduler acted, not us
+
+
+def test_a_new_leader_finishes_a_preemption_whose_leader_died_before_the_deletes(
+    stack: Stack, ns: str, fleet: Any
+) -> None:
+    """The hold is persisted, then the leader dies before deleting anything: the next leader deletes the
+    hold's victims (not victims of a plan of its own: the hold names the older pod, which the planner
+    would spare) and the preemptor runs."""
+    import json
+
+    from mig_extender.core.resources import pod_info
+    from mig_extender.core.rules import preemption_hold, rule_to_object
+
+    node = fleet.add("pl", "A100-40GB", {MIG_5: 2})
+    low_deployment(stack, ns, "low", 2)
+    older = min(running(stack, ns, "app=low"), key=lambda p: (p.status.start_time, p.metadata.name))
+    stack.stop_reconciler()
+    try:
+        stack.core.create_namespaced_pod(ns, pod_spec("urgent", HIGH))
+        raw = stack.core.read_namespaced_pod("urgent", ns, _preload_content=False)
+        urgent = pod_info(json.loads(raw.data))
+        hold = rule_to_object(preemption_hold(urgent, node, [older.metadata.uid], time.time(), 120.0))
+        stack.custom.create_namespaced_custom_object("mig-extender.io", "v1alpha1", ns, "migsubstitutions", hold)
+        stays(lambda: stack.core.read_namespaced_pod("urgent", ns).status.phase == "Pending", duration=3,
+              what="urgent Pending while nobody acts on the hold")
+    finally:
+        stack.start_reconciler()
+    wait_for(lambda: stack.core.read_namespaced_pod("urgent", ns).status.phase == "Running", timeout=30,
+             what="urgent Running once the new leader re-issued the delete")
+    survivors = uids(running(stack, ns, "app=low"))
+    assert older.metadata.uid not in survivors and len(survivors) == 1
