@@ -168,6 +168,13 @@ def _reconcile_parser(r: argparse.ArgumentParser) -> None:
                    help="restores one pass may start, each restarts a pod (default: %(default)s; 0: no restores)")
     r.add_argument("--restores-in-flight", type=_integer, default=PlanSettings.restores_in_flight, metavar="N",
                    help="restores under way at once (default: %(default)s)")
+    r.add_argument("--no-preemption", action="store_true",
+                   help="never preempt lower-priority pods for a pending MIG pod (docs/preemption.md)")
+    r.add_argument("--preemptions-per-pass", type=_integer, default=Settings.preemptions_per_pass, metavar="N",
+                   help="preemptions one pass may start (default: %(default)s)")
+    r.add_argument("--preemption-margin", type=_seconds, default=Settings.preemption_margin, metavar="SECONDS",
+                   help="a preemption keeps the freed slices for its pod for the victims' grace period plus "
+                        "this (default: %(default)g)")
     r.add_argument("--dry-run", action="store_true", help="log every write (restarts, rule updates, events) "
                                                           "instead of sending it; takes no Lease")
     r.add_argument("--restartable-owners", default=None, metavar="KIND,...", help=RESTARTABLE_HELP)
@@ -311,7 +318,10 @@ def _reconcile(args: argparse.Namespace) -> None:
                        in_cluster=args.in_cluster, namespace=args.namespace, rule_ttl=args.rule_ttl,
                        restore_ttl=args.restore_ttl, restores_per_pass=args.restores_per_pass,
                        restores_in_flight=args.restores_in_flight, threads=2,
-                       log_level=args.log_level).validate()
+                       log_level=args.log_level, preemptions_per_pass=args.preemptions_per_pass,
+                       preemption_margin=args.preemption_margin).validate()
+    if args.no_preemption:
+        settings = replace(settings, preemption=False)
     if args.restartable_owners is not None:
         settings = replace(settings, restartable_owners=args.restartable_owners).validate()
     settings = _with_cluster(settings, "reconcile")

@@ -224,7 +224,8 @@ def build_reconciler(settings: Settings, lease_name: str, identity: str, dry_run
         is_leader = elector.is_leader
     metrics = Metrics()
     reconciler = Reconciler(inventory, build_store(settings, api), KubeActions(api), settings.plan, metrics,
-                            is_leader=is_leader, retention=settings.retention)
+                            is_leader=is_leader, retention=settings.retention,
+                            preemption=settings.preemption_settings)
     metrics.watch(lambda: inventory.snapshot(reconciler.store.list()))
     if (check := _staleness(informers, settings)) is not None:
         reconciler.checks.append(check)

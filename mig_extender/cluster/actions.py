@@ -21,8 +21,11 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from ..core.podspec import Restart, RestartOutcome, dry_run_copy
+from ..core.preemption import DISRUPTION_MESSAGE, DISRUPTION_REASON, Deletion
 from ..core.rules import ANN_RECREATE
 from .client import JSON, MERGE_PATCH, JsonPoster, raw
+
+STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"  # merges status.conditions by type
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,7 @@ class KubeActions:
     def __init__(self, api: client.ApiClient, component: str = "mig-extender-reconciler") -> None:
         self._core = client.CoreV1Api(api)
         self._batch = client.BatchV1Api(api)
+        self._policy = client.PolicyV1Api(api)
         self._custom = client.CustomObjectsApi(api)
         self._events = client.EventsV1Api(api)
         self.component = component
@@ -86,6 +90,50 @@ class KubeActions:
                 return RestartOutcome(Restart.REFUSED, _api_message(exc))
             raise
         return RestartOutcome(Restart.EVICTED)
+
+    def preempt(self, namespace: str, name: str, uid: str) -> Deletion:
+        """Delete a preemption victim as kube-scheduler does (``Executor.PreemptPod``, framework/preemption):
+        first the DisruptionTarget condition (reason PreemptionByScheduler), so a Job whose
+        podFailurePolicy ignores DisruptionTarget does not count the pod as failed, then a DELETE with the
+        pod's own grace period. There is no Eviction: kube-scheduler honours PDBs only through its choice of
+        victims, and so do we. The uid precondition makes a repeated call (a new leader) harmless."""
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        condition = {"type": "DisruptionTarget", "status": "True", "reason": DISRUPTION_REASON,
+                     "message": DISRUPTION_MESSAGE, "lastTransitionTime": now}
+        try:
+            # metadata.uid in a patch is a precondition (409 on a namesake): the new pod is never touched
+            raw(self._core.patch_namespaced_pod_status, name, namespace,
+                {"metadata": {"uid": uid}, "status": {"conditions": [condition]}}, _content_type=STRATEGIC_MERGE_PATCH)
+            raw(self._core.delete_namespaced_pod, name, namespace, body={"preconditions": {"uid": uid}})
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                return Deletion.GONE
+            if exc.status == 429:
+                return Deletion.THROTTLED
+            raise
+        return Deletion.DELETED
+
+    def nominate(self, namespace: str, name: str, uid: str, node: str) -> bool:
+        """Set the preemptor's status.nominatedNodeName, as kube-scheduler's PostFilter result does, so its
+        in-tree filters count the pod on that node. False when the pod is gone or replaced (404, 409 on the
+        uid), or already bound: with short grace periods the scheduler may bind it first, and the API
+        refuses the field on a bound pod (422)."""
+        try:
+            raw(self._core.patch_namespaced_pod_status, name, namespace,
+                {"metadata": {"uid": uid}, "status": {"nominatedNodeName": node}}, _content_type=MERGE_PATCH)
+        except ApiException as exc:
+            if exc.status in (404, 409, 422):
+                return False
+            raise
+        return True
+
+    def list_pdbs(self) -> list[dict[str, Any]]:
+        """Every PodDisruptionBudget (policy/v1): read once per reconciler pass that has a preemptor."""
+        return list(raw(self._policy.list_pod_disruption_budget_for_all_namespaces).get("items") or [])
+
+    def list_pods(self, namespace: str) -> list[dict[str, Any]]:
+        """The pods of one namespace (their labels decide which PDBs cover them)."""
+        return list(raw(self._core.list_namespaced_pod, namespace).get("items") or [])
 
     def replacement_problem(self, manifest: JSON) -> str:
         """Why the API server would refuse to create ``manifest`` ('' when it would accept it): a server-side

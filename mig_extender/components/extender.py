@@ -20,6 +20,7 @@ from cachetools import TTLCache
 from ..cluster.inventory import ClusterInventory
 from ..cluster.rulestore import RuleStore, update_with_retry
 from ..core.planner import NOT_SYNCED, FilterDecision, PlanSettings, expired_rules, filter_pod, score_nodes
+from ..core.preemption import NO_BUDGETS, PreemptAnswer, Victims, pods_by_node, process_preemption
 from ..core.resources import PodInfo, pod_info
 from ..core.rules import Phase, Rule
 from ..core.snapshot import ClusterSnapshot
@@ -154,6 +155,27 @@ class ExtenderService:
         if not pod.wants_mig:
             return [(n, 0) for n in nodes]
         return score_nodes(pod, nodes, self.snapshot(), self.plan.policy)
+
+    def preempt(self, pod_obj: Mapping[str, Any], proposed: Mapping[str, Victims]) -> PreemptAnswer:
+        """The ``preempt`` verb: kube-scheduler's victims per node, plus those MIG needs (core/preemption.py).
+
+        Not the hot path: kube-scheduler calls it only after its own dry run found victims for what it
+        counts, so grouping the inventory's MIG pods by node (O(MIG pods)) is affordable here. The
+        extender keeps no PDB informer: added victims count no violation, and kube-scheduler's own count
+        for a node is kept as the lower bound (the reconciler's path reads PDBs)."""
+        pod = pod_info(pod_obj)
+        snap = self.snapshot()
+        if not snap.synced:
+            return PreemptAnswer({}, error=NOT_SYNCED)
+        answer = process_preemption(pod, proposed, snap, pods_by_node(self.inventory.pods()), NO_BUDGETS,
+                                    self.plan)
+        kept = {node: replace(v, pdb_violations=max(v.pdb_violations, proposed[node].pdb_violations))
+                for node, v in answer.nodes.items()}
+        return replace(answer, nodes=kept)
+
+    def victim(self, uid: str) -> PodInfo:
+        """A victim named by uid only (NodeNameToMetaVictims): the inventory's pod, else one that frees nothing."""
+        return self.inventory.pod(uid) or PodInfo(namespace="", name="", uid=uid)
 
     def bind(self, namespace: str, name: str, uid: str, node: str) -> None:
         """The commit point: check the node still has room, assume the pod, then create the Binding.

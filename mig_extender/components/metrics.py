@@ -36,6 +36,10 @@ class Metrics:
                              "restored)", ["event"], registry=r)
         self.actions = Counter("mig_extender_reconciler_actions_total", "Reconciler actions by kind and outcome",
                                ["action", "outcome"], registry=r)
+        self.preemptions = Counter("mig_extender_preemptions_total",
+                                   "Preemption decisions for pending MIG pods by reason (planned, no_candidate, "
+                                   "an ineligibility such as policy_never, or a failure such as throttled)",
+                                   ["reason"], registry=r)
         self.webhook = Counter("mig_extender_webhook_mutations_total", "Webhook answers by result",
                                ["result"], registry=r)
         self.webhook_claims = Counter("mig_extender_webhook_claims_total",

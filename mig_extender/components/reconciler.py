@@ -17,6 +17,11 @@ least every ``period`` seconds; a failing step is logged and retried next pass, 
               restart would harm: Event MigRestoreSkipped. A refused restart (PDB 429, a bare pod's
               replacement the API would refuse) returns the rule to Applied, releases the original slice
               and retries after a backoff (Event MigRestoreDeferred).
+    preempt:  a pending MIG pod the scheduler found unschedulable that outranks slice holders (docs/
+              preemption.md): plan (core/preemption.py), persist a hold (a MigSubstitution with victims)
+              BEFORE any delete, then per victim DisruptionTarget + DELETE, nominatedNodeName, Events
+              Preempted. A live hold whose victims are not terminating yet gets its deletes re-issued (a
+              leader that died in between, a 429), so the next leader finishes what the last one began.
     explain:  a pending pod whose type is sold out and that would be substituted, were it not for an
               owner nothing known recreates it: Event MigSubstitutionSkipped says so
 
@@ -59,8 +64,19 @@ from ..core.podspec import (
     replacement_pod,
     restart_blocker,
 )
+from ..core.preemption import (
+    DISRUPTION_REASON,
+    Deletion,
+    NoPlan,
+    PreemptionPlan,
+    PreemptionSettings,
+    budgets_from_objects,
+    plan_preemption,
+    pods_by_node,
+    preemptors,
+)
 from ..core.resources import PodInfo
-from ..core.rules import Phase, Rule
+from ..core.rules import Phase, Rule, new_rule, preemption_hold
 from .extender import readiness_problems
 from .metrics import Metrics
 
@@ -76,6 +92,10 @@ class Actions(Protocol):
     def finish_recreate(self, rule_ns: str, rule_name: str, manifest_json: str) -> str: ...
     def event(self, namespace: str, pod_name: str, pod_uid: str, reason: str, message: str,
               warning: bool = False, action: str = "Reconcile") -> None: ...
+    def preempt(self, namespace: str, name: str, uid: str) -> Deletion: ...
+    def nominate(self, namespace: str, name: str, uid: str, node: str) -> bool: ...
+    def list_pdbs(self) -> list[dict[str, Any]]: ...
+    def list_pods(self, namespace: str) -> list[dict[str, Any]]: ...
 
 
 class Reconciler:
@@ -83,8 +103,9 @@ class Reconciler:
     def __init__(self, inventory: ClusterInventory, store: RuleStore, actions: Actions,
                  plan: PlanSettings | None = None, metrics: Metrics | None = None,
                  clock: Callable[[], float] = time.time, is_leader: Callable[[], bool] = lambda: True,
-                 retention: float = 3600.0) -> None:
+                 retention: float = 3600.0, preemption: PreemptionSettings | None = None) -> None:
         self.inventory, self.store, self.actions, self.plan = inventory, store, actions, plan or PlanSettings()
+        self.preemption = preemption or PreemptionSettings()
         self.metrics = metrics or Metrics()
         self.clock, self.is_leader, self.retention = clock, is_leader, retention
         # (rule, what) already announced or started recently: no event spam, no second restart while the
@@ -96,6 +117,8 @@ class Reconciler:
         self._job_verdicts: TTLCache[str, str] = TTLCache(maxsize=10_000, ttl=30.0, timer=clock)
         # pod uids told why they were not substituted (once an hour, not every pass)
         self._explained: TTLCache[str, bool] = TTLCache(maxsize=50_000, ttl=3600.0, timer=clock)
+        # pod uid -> why no preemption was planned for it: counted once a minute, not every pass
+        self._no_plan: TTLCache[str, str] = TTLCache(maxsize=50_000, ttl=60.0, timer=clock)
         self.passes = 0
         self.last_pass = 0.0
         self.last_error = ""
@@ -107,7 +130,7 @@ class Reconciler:
         counts: Counter[str] = Counter()
         if not self.is_leader():
             return counts
-        for step in (self._observe, self._expire, self._upgrade, self._restore, self._explain):
+        for step in (self._observe, self._expire, self._upgrade, self._restore, self._preempt, self._explain):
             try:
                 step(counts)
             except Exception as exc:
@@ -210,7 +233,8 @@ class Reconciler:
             if self._transition(rule, lambda r: r.expired(snap.now), counts, "expired") is not None:
                 pod = pods.get(rule.pod_uid)
                 if pod is not None:
-                    self._event(pod, "MigSubstitutionExpired", f"{rule.substitute} was reserved on {rule.node} but "
+                    what = "held for this preemptor" if rule.is_hold else "reserved"
+                    self._event(pod, "MigSubstitutionExpired", f"{rule.substitute} was {what} on {rule.node} but "
                                                                f"not used in time; reservation released", warning=True)
         for rule in finished_rules(snap, self.retention):
             self.store.delete(rule)
@@ -341,6 +365,108 @@ class Reconciler:
                 out[rule.name] = verdict
         return out
 
+    # -- preempt ----------------------------------------------------------------------------------
+
+    def _preempt(self, counts: Counter[str]) -> None:
+        """Resume the holds under way, then plan new preemptions for the pods that wait (docs/preemption.md)."""
+        if not self.preemption.enabled:
+            return
+        snap, pods = self._snapshot()
+        for rule in snap.rules:
+            if rule.is_preemption and rule.reservation(snap.now) is not None:
+                self._delete_victims(rule, pods, counts)
+        waiting = preemptors(snap, pods.values())
+        if not waiting:
+            return
+        by_node, budgets = pods_by_node(pods.values()), self._budgets()
+        preempted = {uid for r in snap.rules if r.is_preemption for uid in r.victims}
+        started = 0
+        for pod in waiting:
+            if started >= self.preemption.per_pass:
+                break
+            plan = plan_preemption(pod, snap, by_node, budgets, _placement_ok(snap), self.plan,
+                                   preempted=preempted)
+            if isinstance(plan, NoPlan):
+                self._count_no_plan(pod, plan)
+                continue
+            rule = self._record_preemption(plan, snap, counts)
+            if rule is None:
+                continue
+            snap = snap.with_rule(rule)  # the next preemptor of this pass is not promised these slices
+            started += 1
+            self._announce_preemption(rule, plan, pods, counts)
+
+    def _budgets(self) -> Any:
+        """PDBs and the labels of the pods in their namespaces (kube-scheduler reads them from its
+        informers; we list them here, once per pass that has a preemptor: never on /filter)."""
+        pdbs = self.actions.list_pdbs()
+        namespaces = sorted({(p.get("metadata") or {}).get("namespace") or "default" for p in pdbs})
+        objs = [o for ns in namespaces for o in self.actions.list_pods(ns)]
+        return budgets_from_objects(pdbs, objs)
+
+    def _count_no_plan(self, pod: PodInfo, plan: NoPlan) -> None:
+        reason = plan.reason.name.lower()
+        if self._no_plan.get(pod.uid) != reason:
+            self._no_plan[pod.uid] = reason
+            self.metrics.preemptions.labels(reason).inc()
+
+    def _record_preemption(self, plan: PreemptionPlan, snap: Any, counts: Counter[str]) -> Rule | None:
+        """Persist the reservation before any victim is touched; the stored rule decides (another leader
+        may have recorded it first, with its own victims)."""
+        pod, now = plan.pod, snap.now
+        ttl = max((v.grace for v in plan.victims), default=0.0) + self.preemption.reservation_margin
+        earlier = snap.rule_for(pod)
+        after = earlier.name if earlier is not None and earlier.pod_uid == pod.uid else ""
+        victims = [v.uid for v in plan.victims]
+        if plan.substitute is None:
+            rule = preemption_hold(pod, plan.node, victims, now, ttl, after)
+        else:  # runs on a larger slice: the ordinary substitution (restart, webhook) plus the victims
+            want = pod.single_demand
+            assert want is not None  # a substitute plan exists only for a single-type pod
+            rule = replace(new_rule(pod, want, plan.substitute, plan.node, now, max(ttl, self.plan.rule_ttl), after),
+                           victims=tuple(victims))
+        try:
+            stored = self.store.record(rule)
+        except Exception as exc:  # nothing deleted yet: the next pass plans again
+            self.metrics.preemptions.labels("record_failed").inc()
+            log.warning("preemption for %s not recorded (%s); retrying next pass", pod.key, exc)
+            return None
+        if not stored.is_preemption or stored.phase is not Phase.RECORDED:
+            return None
+        counts["preemption_recorded"] += 1
+        self.metrics.preemptions.labels("planned").inc()
+        return stored
+
+    def _announce_preemption(self, rule: Rule, plan: PreemptionPlan, pods: Mapping[str, PodInfo],
+                             counts: Counter[str]) -> None:
+        """After the hold: delete the victims, nominate the node, tell the preemptor (docs order 2-4)."""
+        self._delete_victims(rule, pods, counts)
+        pod = plan.pod
+        try:
+            if rule.is_hold and self.actions.nominate(pod.namespace, pod.name, pod.uid, rule.node):
+                counts["nominated"] += 1
+        except Exception as exc:  # only a hint for kube-scheduler: the hold already gives the pod its node
+            counts["nominate_failed"] += 1
+            log.warning("nominatedNodeName of %s not set: %s", pod.key, exc)
+        names = ", ".join(f"{v.namespace}/{v.name}" for v in plan.victims)
+        self._event(pod, "Preempting", f"preempting {len(plan.victims)} lower-priority pod(s) on {rule.node} for "
+                                       f"{rule.substitute}: {names} (rule {rule.name})")
+
+    def _delete_victims(self, rule: Rule, pods: Mapping[str, PodInfo], counts: Counter[str]) -> None:
+        """DisruptionTarget + DELETE for each victim not terminating yet (prepareCandidate skips those).
+        Idempotent: uid preconditions, and a pod already gone or replaced is skipped."""
+        for uid in rule.victims:
+            victim = pods.get(uid)
+            if victim is None or victim.terminating:
+                continue
+            outcome = self.actions.preempt(victim.namespace, victim.name, victim.uid)
+            counts[f"preempt_{outcome}"] += 1
+            if outcome is Deletion.THROTTLED:
+                self.metrics.preemptions.labels("throttled").inc()
+            if outcome is Deletion.DELETED:
+                self._event(victim, "Preempted", f"Preempted by pod {rule.pod_uid} on node {rule.node} "
+                                                 f"({DISRUPTION_REASON}; {rule.namespace}/{rule.pod_name})")
+
     # -- explain ----------------------------------------------------------------------------------
 
     def _explain(self, counts: Counter[str]) -> None:
@@ -380,3 +506,12 @@ class Reconciler:
 
     def readiness_problems(self) -> list[str]:
         return readiness_problems(self.inventory, self.store, self.checks)
+
+
+def _placement_ok(snap: Any) -> Callable[[PodInfo, str], bool]:
+    """kube-scheduler's view of a node's other constraints (nodeSelector, required affinity, taints,
+    cpu/memory), for preemption candidates: a node the pod cannot run on anyway frees nothing for it."""
+    def ok(pod: PodInfo, node: str) -> bool:
+        info = snap.nodes.get(node)
+        return info is not None and not info.placement_problem(pod.placement)
+    return ok

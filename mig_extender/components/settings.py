@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, fields, replace
 
 from ..core.planner import PlanSettings, Policy
+from ..core.preemption import PreemptionSettings
 
 ENV_PREFIX = "MIG_EXTENDER_"
 # an owner kind as --restartable-owners takes it: Kind, or group/Kind (the group of the owner's apiVersion)
@@ -25,7 +26,9 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 # Settings that have a command-line flag; the others are set by environment variable only.
 _FLAGS = {"bind": "--bind", "ops_bind": "--metrics-bind", "rule_store": "--rule-store", "rule_ttl": "--rule-ttl",
           "restore_ttl": "--restore-ttl", "restores_per_pass": "--restores-per-pass",
-          "restores_in_flight": "--restores-in-flight", "policy": "--policy", "threads": "--threads",
+          "restores_in_flight": "--restores-in-flight",
+          "preemptions_per_pass": "--preemptions-per-pass", "preemption_margin": "--preemption-margin",
+          "preemption": "--no-preemption", "policy": "--policy", "threads": "--threads",
           "namespace": "--namespace", "log_level": "--log-level"}
 
 
@@ -67,6 +70,10 @@ class Settings:
     # so pods of any other owner are left as they are (restarting them duplicates or fails them). Empty by
     # default: we cannot know what an unknown controller does with a deleted pod
     restartable_owners: str = ""
+    # MIG-aware priority preemption by the reconciler (docs/preemption.md); each default is PreemptionSettings'
+    preemption: bool = PreemptionSettings.enabled
+    preemptions_per_pass: int = PreemptionSettings.per_pass
+    preemption_margin: float = PreemptionSettings.reservation_margin
     # /debug/* serve rule and inventory details; turn off where the port is reachable by others
     debug_endpoints: bool = True
     # largest request body accepted (bytes): 5,000 full Node objects (nodeCacheCapable: false) are ~25 MB
@@ -116,6 +123,11 @@ class Settings:
         for name in ("rule_ttl", "restore_ttl", "retention", "stale_after"):
             if getattr(self, name) <= 0:
                 errors.append(f"{flag_of(name)} must be > 0 seconds, got {getattr(self, name):g}")
+        if self.preemption_margin < 0:
+            errors.append(f"{flag_of('preemption_margin')} must be >= 0 seconds, got {self.preemption_margin:g}")
+        if self.preemptions_per_pass < 1:
+            errors.append(f"{flag_of('preemptions_per_pass')} must be >= 1 (--no-preemption turns it off), "
+                          f"got {self.preemptions_per_pass}")
         for name in ("restores_per_pass", "restores_in_flight"):
             if getattr(self, name) < 0:
                 errors.append(f"{flag_of(name)} must be >= 0 (0 turns restores off), got {getattr(self, name)}")
@@ -145,6 +157,11 @@ class Settings:
         return PlanSettings(rule_ttl=self.rule_ttl, restore_ttl=self.restore_ttl, policy=Policy(self.policy),
                             substitution=self.substitution, restores_per_pass=self.restores_per_pass,
                             restores_in_flight=self.restores_in_flight, restartable_owners=self.owner_kinds)
+
+    @property
+    def preemption_settings(self) -> PreemptionSettings:
+        return PreemptionSettings(enabled=self.preemption, per_pass=self.preemptions_per_pass,
+                                  reservation_margin=self.preemption_margin)
 
     def with_env(self, environ: dict[str, str] | None = None) -> Settings:
         """Overlay ``MIG_EXTENDER_<FIELD>`` environment variables (flags given explicitly win later)."""

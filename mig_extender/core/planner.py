@@ -372,6 +372,8 @@ def filter_pod(pod: PodInfo, candidates: Sequence[str], snap: ClusterSnapshot,
                 failed[node] = _ELSEWHERE
         passed = [own[0]]
     existing = snap.rule_for(pod)
+    if existing is not None and existing.is_hold and existing.reserved_for(pod):
+        return _held_for_preemptor(existing, passed, failed, unresolvable)
     waiting = existing is not None and existing.phase is Phase.RECORDED and existing.pod_uid == pod.uid
     arrived = existing is not None and existing.phase is Phase.RECORDED and existing.reserved_for(pod)
     if arrived:
@@ -523,6 +525,17 @@ class _Blocked:
                     self._holders.setdefault((held[0], held[1].resource), SubstituteReserved(
                         held[1].resource, rule.name, rule.namespace, rule.applied_pod or rule.pod_name))
         return self._holders
+
+
+def _held_for_preemptor(hold: Rule, passed: list[str], failed: dict, unresolvable: dict) -> FilterDecision:
+    """A preemptor with a live hold: it passes where it fits (its own reservation counted back); else it
+    waits, and the reason names the node and the victims still holding the slices. No substitute is
+    recorded meanwhile: the slices being freed are already promised to it."""
+    if passed:
+        return FilterDecision(tuple(passed), failed, unresolvable)
+    note = (f"preemption: {hold.substitute} reserved on {hold.node}, waiting for {len(hold.victims)} "
+            f"preempted pod(s) to terminate")
+    return FilterDecision((), failed, unresolvable, note=note)
 
 
 def _spent_note(existing: Rule | None, pod: PodInfo) -> str:
@@ -701,6 +714,10 @@ def plan_upgrades(snap: ClusterSnapshot, pods: Mapping[str, PodInfo],
         if rule.phase is not Phase.RECORDED or rule.is_expired(snap.now):
             continue
         pod = pods.get(rule.pod_uid)
+        if rule.is_hold:  # a preemption hold restarts nobody; it ends once its pod is placed or gone
+            if pod is None or pod.node:
+                cancel.append(rule)
+            continue
         if pod is None:
             continue  # already restarted: the webhook will apply the rule to its replacement
         if pod.node or restart_blocker(pod.owner, settings.restartable_owners) is not None:

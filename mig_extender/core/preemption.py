@@ -42,6 +42,7 @@ from .catalog import ProfileError, ProfileShape, can_substitute, canonical_shape
 from .placement import requirement_matches
 from .planner import PlanSettings, substitution_blocker
 from .resources import PodInfo, ResourceCount
+from .rules import ACTIVE_PHASES
 from .snapshot import ClusterSnapshot, NodeInfo
 
 # pickOneNodeForPreemption adds MaxInt32+1 to every priority before summing, so that a node with a few
@@ -464,6 +465,62 @@ def _node_verdict(pod: PodInfo, node: str, snap: ClusterSnapshot, node_ok: NodeO
     if not node_ok(pod, node):
         return NodeVerdict.CONSTRAINTS
     return None
+
+
+@dataclass(frozen=True)
+class PreemptionSettings:
+    """How the reconciler preempts for pending MIG pods. Times in seconds."""
+
+    enabled: bool = True            # False (--no-preemption): MIG pods never preempt (pre-issue-14 behaviour)
+    per_pass: int = 4               # preemptions one reconciler pass may start (as restores are limited)
+    reservation_margin: float = 60.0  # a hold lasts the victims' longest grace period plus this, then expires:
+                                      # time for the kubelet to finish them and the scheduler's backoff (<= 10 s)
+
+
+def preemptors(snap: ClusterSnapshot, pods: Iterable[PodInfo]) -> list[PodInfo]:
+    """Pending MIG pods the reconciler may preempt for, highest priority first, then oldest.
+
+    Only pods a scheduler already found unschedulable (PodScheduled=False/Unschedulable: preemption is
+    kube-scheduler's PostFilter, after a failed cycle), that outrank some slice holder, are offered to a
+    scheduler (not gated) and have no live rule of their own (a hold, or a substitution under way).
+    O(pods): for the reconciler's pass, never /filter.
+    """
+    found = []
+    for pod in pods:
+        if (not pod.wants_mig or pod.node or pod.terminating or pod.gated or pod.phase != "Pending"
+                or not pod.unschedulable or pod.priority <= snap.lowest_priority):
+            continue
+        rule = snap.rule_for(pod)
+        if rule is not None and rule.pod_uid == pod.uid and rule.phase in ACTIVE_PHASES \
+                and not rule.is_expired(snap.now):
+            continue
+        found.append(pod)
+    found.sort(key=lambda p: (-p.priority, p.created, p.namespace, p.name))
+    return found
+
+
+def pods_by_node(pods: Iterable[PodInfo]) -> dict[str, list[PodInfo]]:
+    """node -> the pods holding slices on it (what preemption may free)."""
+    out: dict[str, list[PodInfo]] = {}
+    for pod in pods:
+        if pod.holds_slices:
+            out.setdefault(pod.node, []).append(pod)
+    return out
+
+
+class Deletion(str, Enum):
+    """What became of deleting one preemption victim (the reconciler counts these)."""
+
+    DELETED = "deleted"        # DisruptionTarget set, DELETE accepted (its own grace period applies)
+    GONE = "gone"              # already gone or replaced (404, or 409 on the uid precondition): nothing to do
+    THROTTLED = "throttled"    # 429 (API priority and fairness): retried next pass, the hold stays
+
+    def __str__(self) -> str:
+        return self.value
+
+
+DISRUPTION_REASON = "PreemptionByScheduler"
+DISRUPTION_MESSAGE = "mig-scheduler: preempting to accommodate a higher priority pod"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -101,6 +101,19 @@ class Rule:
     claimed_until: float = 0.0  # a webhook replica handed the rule to a new pod; others leave it alone until then
     restore_attempts: int = 0   # restarts for a restore that were refused (PDB, invalid replacement)
     retry_restore_at: float = 0.0  # no new restore attempt before this time (backoff after a refusal)
+    # uids of the lower-priority pods preempted so that this rule's slices free up (docs/preemption.md);
+    # empty for a plain substitution. With substitute == original the rule is a *hold*: the pending pod
+    # keeps its own profile and the rule only reserves the slices being freed for it (a nominated pod).
+    victims: tuple[str, ...] = ()
+
+    @property
+    def is_preemption(self) -> bool:
+        return bool(self.victims)
+
+    @property
+    def is_hold(self) -> bool:
+        """A preemption for the pod's own profile: nothing to rewrite, nobody to restart, only a reservation."""
+        return self.is_preemption and self.original == self.substitute
 
     # -- reservations -------------------------------------------------------------------------------
 
@@ -131,8 +144,9 @@ class Rule:
         return pod.name == name
 
     def _waits_for_workload_of(self, pod: PodInfo) -> bool:
-        """Recorded for a pod of ``pod``'s workload with ``pod``'s demand, and not recorded for ``pod`` itself."""
-        return (self.phase is Phase.RECORDED and pod.namespace == self.namespace
+        """Recorded for a pod of ``pod``'s workload with ``pod``'s demand, and not recorded for ``pod`` itself.
+        Never a preemption hold: it belongs to its preemptor, which is not restarted or replaced."""
+        return (self.phase is Phase.RECORDED and not self.is_hold and pod.namespace == self.namespace
                 and pod.uid != self.pod_uid and self._same_workload(pod, self.pod_name)
                 and pod.demand.get(self.original.resource) == self.original.count)
 
@@ -166,6 +180,8 @@ class Rule:
     def reserved_for(self, pod: PodInfo) -> bool:
         """May ``pod`` use this rule's reservation? The rewritten replacement carries the rule's name
         (the webhook stamps it; the rule may still read Recorded until someone marks it Applied)."""
+        if self.is_hold:  # the preemptor itself, as kube-scheduler counts a nominated pod for itself only
+            return self.phase is Phase.RECORDED and pod.uid == self.pod_uid
         if self.phase in (Phase.RECORDED, Phase.APPLIED) and not self.bound_pod:
             return pod.rule_name == self.name and pod.namespace == self.namespace
         return self.awaits_restore(pod)
@@ -177,6 +193,9 @@ class Rule:
                        message=f"replacement pod {pod_name} rewritten to {self.substitute}")
 
     def bound(self, pod_uid: str, pod_name: str, node: str, now: float) -> Rule:
+        if self.is_hold:  # the preemptor is bound: its reservation became usage, and there is nothing to restore
+            return replace(self, phase=Phase.EXPIRED, bound_pod=pod_uid, updated=now,
+                           message=f"preemptor {pod_name} bound to {node}; reservation released")
         if self.phase is Phase.RESTORING:
             return replace(self, phase=Phase.RESTORED, updated=now, restored_pod=pod_uid,
                            message=f"pod {pod_name} back on {self.original} on {node}")
@@ -239,6 +258,21 @@ class Rule:
             held = self.reservation(now)
             out["reserved"] = {"node": held[0], "resource": held[1].resource, "count": held[1].count} if held else None
         return out
+
+
+def preemption_hold(pod: PodInfo, node: str, victims: Iterable[str], now: float, ttl: float,
+                    after: str = "") -> Rule:
+    """The record of a preemption for ``pod``'s own profile on ``node``: persisted before any victim is
+    deleted, so a new leader re-issues the deletes and no other pod is promised the slices being freed."""
+    want = pod.single_demand
+    if want is None:
+        raise ValueError(f"pod {pod.key} asks for no single MIG type: no preemption hold")
+    names = tuple(victims)
+    return Rule(
+        name=rule_name(pod, after), namespace=pod.namespace, pod_name=pod.name, pod_uid=pod.uid, owner=pod.owner,
+        original=want, substitute=want, node=node, created=now, expires=now + ttl, updated=now, victims=names,
+        message=f"preempting {len(names)} lower-priority pod(s) on {node}; {want} reserved for this pod",
+    )
 
 
 def rule_for_new_pod(pod: PodInfo, rules: Iterable[Rule], now: float, skip: Collection[str] = ()) -> Rule | None:
@@ -330,6 +364,8 @@ def rule_to_object(rule: Rule) -> dict[str, Any]:
         "substitute": {"resource": rule.substitute.resource, "count": rule.substitute.count},
         "nodeName": rule.node,
     }
+    if rule.victims:
+        spec["preemption"] = {"victims": list(rule.victims)}
     if rule.expires:
         spec["expiresAt"] = _time_text(rule.expires)  # an empty string is not a valid date-time: omit
     if rule.owner is not None:
@@ -381,6 +417,7 @@ def rule_from_object(obj: Mapping[str, Any]) -> Rule:
             claimed_until=parse_time(status.get("claimedUntil")),
             restore_attempts=int(status.get("restoreAttempts") or 0),
             retry_restore_at=parse_time(status.get("retryRestoreAt")),
+            victims=tuple(str(v) for v in (spec.get("preemption") or {}).get("victims") or ()),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"MigSubstitution {meta.get('namespace')}/{meta.get('name')} is malformed: {exc}") from exc

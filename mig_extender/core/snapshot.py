@@ -218,6 +218,12 @@ class ClusterSnapshot:
             lowest_priority=lowest_priority, cordoned=cordoned,
         )
 
+    def with_rule(self, rule: Rule) -> ClusterSnapshot:
+        """This snapshot plus ``rule`` (and its reservation): the reconciler plans the next preemption of
+        a pass over the holds made earlier in it, so two preemptors are never promised the same slices."""
+        return ClusterSnapshot.build(self.nodes, self.free_index, (*self.rules, rule), self.now, self.synced,
+                                     self.pending, self.lowest_priority, self.cordoned)
+
     def free(self, node: str, resource: str, pod: PodInfo | None = None) -> int:
         """Free slices of ``resource`` on ``node`` for ``pod``: reservations of other pods subtracted."""
         info = self.nodes.get(node)

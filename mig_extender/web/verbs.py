@@ -1,4 +1,4 @@
-"""The scheduler-extender HTTP verbs: POST /filter, /prioritize, /bind. Thin adapters.
+"""The scheduler-extender HTTP verbs: POST /filter, /prioritize, /bind, /preempt. Thin adapters.
 
 Each handler decodes kube-scheduler's wire format (ExtenderArgs, ExtenderBindingArgs), calls the
 ExtenderService once, and encodes the answer (ExtenderFilterResult, HostPriorityList,
@@ -21,7 +21,8 @@ from werkzeug.exceptions import HTTPException
 
 from ..components.extender import BindConflict, BindError, ExtenderService, NotReady
 from ..core.planner import FilterDecision
-from ..core.resources import DemandError
+from ..core.preemption import PreemptAnswer, Victims
+from ..core.resources import DemandError, pod_info
 
 log = logging.getLogger(__name__)
 bp = Blueprint("extender", __name__)
@@ -39,6 +40,8 @@ def _empty_result(verb: str, message: str) -> Any:
     if verb == "filter":
         return {"Nodes": None, "NodeNames": None, "FailedNodes": {}, "FailedAndUnresolvableNodes": {},
                 "Error": message}
+    if verb == "preempt":
+        return {"NodeNameToMetaVictims": None, "Error": message}
     return {"Error": message}
 
 
@@ -195,3 +198,38 @@ def bind(body: Mapping[str, Any]) -> dict[str, Any]:
         fields[key] = value
     _service().bind(fields["PodNamespace"], fields["PodName"], fields["PodUID"], fields["Node"])
     return {"Error": ""}
+
+
+def _victims(body: Mapping[str, Any]) -> dict[str, Victims]:
+    """ExtenderPreemptionArgs -> node -> Victims: full pods (NodeNameToVictims, nodeCacheCapable false) or
+    uids (NodeNameToMetaVictims), looked up in the inventory; an unknown uid frees nothing."""
+    full = body.get("NodeNameToVictims")
+    key, given = ("NodeNameToVictims", full) if full is not None else (
+        "NodeNameToMetaVictims", body.get("NodeNameToMetaVictims") or {})
+    if not isinstance(given, Mapping):
+        raise WireError(f"ExtenderPreemptionArgs.{key} must be an object")
+    out = {}
+    for node, entry in given.items():
+        pods = entry.get("Pods") if isinstance(entry, Mapping) else None
+        if not isinstance(pods, list) or not all(isinstance(p, Mapping) for p in pods):
+            raise WireError(f"ExtenderPreemptionArgs.{key}[{node}].Pods must be a list of objects")
+        if full is None and not all(isinstance(p.get("UID"), str) for p in pods):
+            raise WireError(f"ExtenderPreemptionArgs.{key}[{node}].Pods[].UID must be a string")
+        infos = [pod_info(p) for p in pods] if full is not None else [_service().victim(p["UID"]) for p in pods]
+        violations = entry.get("NumPDBViolations") or 0
+        out[node] = Victims(tuple(infos), violations if isinstance(violations, int) else 0)
+    return out
+
+
+def encode_preempt(answer: PreemptAnswer) -> dict[str, Any]:
+    """ExtenderPreemptionResult: victims by uid, in the order decided; only nodes that were asked about."""
+    nodes = {node: {"Pods": [{"UID": p.uid} for p in v.pods], "NumPDBViolations": v.pdb_violations}
+             for node, v in answer.nodes.items()}
+    return {"NodeNameToMetaVictims": nodes, **({"Error": answer.error} if answer.error else {})}
+
+
+@bp.post("/preempt")
+@verb("preempt")
+def preempt(body: Mapping[str, Any]) -> dict[str, Any]:
+    pod = _pod(body)
+    return encode_preempt(_service().preempt(pod, _victims(body)))

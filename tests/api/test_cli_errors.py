@@ -104,6 +104,9 @@ CASES = [
     pytest.param(["reconcile", "--kubeconfig", "{tmp}/kubeconfig", "--restores-per-pass", "-1"],
                  "mig-extender reconcile: --restores-per-pass must be >= 0 (0 turns restores off), got -1",
                  id="restores-negative"),
+    pytest.param(["reconcile", "--kubeconfig", "{tmp}/kubeconfig", "--preemptions-per-pass", "0"],
+                 "mig-extender reconcile: --preemptions-per-pass must be >= 1 (--no-preemption turns it off), "
+                 "got 0", id="preemptions-per-pass-zero"),
     pytest.param(["serve", "--snapshot", SNAPSHOT, "--policy", "fastest"],
                  "mig-extender serve: --policy must be one of pack, spread, got 'fastest'", id="policy"),
     pytest.param(["serve", "--snapshot", SNAPSHOT, "--bind", "127.0.0.1:{port}"],

@@ -148,7 +148,7 @@ def test_oversized_body_is_413(client) -> None:
 
 
 def test_unknown_verb_and_method_are_json_errors(client) -> None:
-    assert client.post("/preempt", json={}).status_code == 404
+    assert client.post("/unreserve", json={}).status_code == 404
     assert client.get("/filter").status_code == 405
     assert "Error" in client.get("/filter").get_json()
 
@@ -328,3 +328,16 @@ def test_item1_bind_refuses_until_synced(client, service) -> None:
     assert service.snapshot().free("gpu-b", "nvidia.com/mig-1g.10gb") == 1  # nothing assumed
     service.inventory.synced = True
     assert bind(client, pod, "gpu-b").status_code == 200
+
+
+def test_debug_rules_shows_a_preemption_hold_with_its_victims(client, service) -> None:
+    import time
+
+    from mig_extender.core.resources import pod_info
+    from mig_extender.core.rules import preemption_hold
+
+    pod = pending({"1g.10gb": 1})
+    service.store.record(preemption_hold(pod_info(pod), "gpu-b", ["victim-uid"], time.time(), 60.0))
+    (rule,) = client.get("/debug/rules").get_json()
+    assert rule["victims"] == ["victim-uid"] and rule["phase"] == "Recorded"
+    assert rule["reserved"] == {"node": "gpu-b", "resource": "nvidia.com/mig-1g.10gb", "count": 1}

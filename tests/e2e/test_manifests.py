@@ -390,7 +390,11 @@ RBAC_CASES = [
     # the reconciler
     check(RECONCILER_SA, "watch", "pods", ALL),
     check(RECONCILER_SA, "create", "pods"),
-    check(RECONCILER_SA, "delete", "pods", allowed=False),  # restarts are evictions only (item 7)
+    # restarts are evictions only (issue 13 item 7); preemption deletes its victims as kube-scheduler does
+    # (issue 14: DisruptionTarget first, a uid precondition, PDBs honoured through the choice of victims)
+    check(RECONCILER_SA, "delete", "pods"),
+    check(RECONCILER_SA, "patch", "pods/status"),
+    check(RECONCILER_SA, "list", "policy:poddisruptionbudgets", ALL),
     check(RECONCILER_SA, "create", "pods/eviction"),
     check(RECONCILER_SA, "list", "nodes", ALL),
     check(RECONCILER_SA, "get", "batch:jobs"),  # a Job's podFailurePolicy and failure counts

@@ -299,7 +299,8 @@ EXPECTED_PERMISSIONS = {
         | {("", "namespaces", "", v) for v in READ},
     },
     "mig-extender-reconciler": {
-        "": {("", "pods", "", v) for v in (*READ, "create")} | {("", "pods/eviction", "", "create")}
+        "": {("", "pods", "", v) for v in (*READ, "create", "delete")} | {("", "pods/eviction", "", "create")}
+        | {("", "pods/status", "", "patch"), ("policy", "poddisruptionbudgets", "", "list")}
         | {("", "nodes", "", v) for v in READ} | {("batch", "jobs", "", "get")}
         | RULES | RULE_WRITES | {("mig-extender.io", "migsubstitutions", "", "delete")} | RULE_STATUS | EVENTS,
         NAMESPACE: _lease("mig-extender-reconciler"),
@@ -410,8 +411,11 @@ def test_crd_printer_columns() -> None:
 def test_crd_schema_has_the_contract_fields() -> None:
     props = crd_schema()["properties"]
     spec, status = props["spec"]["properties"], props["status"]["properties"]
-    assert set(spec) == {"podName", "podUID", "owner", "original", "substitute", "nodeName", "expiresAt"}
+    assert set(spec) == {"podName", "podUID", "owner", "original", "substitute", "nodeName", "expiresAt",
+                         "preemption"}
     assert set(spec["owner"]["properties"]) == {"kind", "name", "uid", "apiVersion"}
+    assert set(spec["preemption"]["properties"]) == {"victims"}  # issue 14: a preemption hold's victims
+    assert "preemption" not in props["spec"]["required"]
     assert "owner" not in props["spec"]["required"]
     assert set(status) == {"phase", "appliedPod", "boundPod", "restoreNode", "restoredPod", "message",
                            "createdAt", "updatedAt", "expiresAt", "restartAt", "claimedUntil", "restoreAttempts",

@@ -20,6 +20,10 @@ from mig_extender.components.settings import Settings, SettingsError
                                         "got 'loud'", id="log-level"),
     pytest.param({"threads": 0, "max_body_bytes": 10}, "--threads must be >= 1, got 0; "
                  "MIG_EXTENDER_MAX_BODY_BYTES must be >= 1024, got 10", id="all-errors-at-once"),
+    pytest.param({"preemptions_per_pass": 0}, "--preemptions-per-pass must be >= 1 (--no-preemption turns it "
+                 "off), got 0", id="preemptions-per-pass"),
+    pytest.param({"preemption_margin": -1.0}, "--preemption-margin must be >= 0 seconds, got -1",
+                 id="preemption-margin"),
     pytest.param({"snapshot": "a.json", "kubeconfig": "k"}, "give at most one of --snapshot, --kubeconfig, "
                                                             "--in-cluster", id="two-sources"),
 ])
@@ -53,3 +57,11 @@ def test_default_kubeconfig_is_kubeconfig_env_then_home(tmp_path: Path) -> None:
     (tmp_path / ".kube" / "config").write_text("{}")
     assert default_kubeconfig({}, tmp_path) == (str(tmp_path / ".kube" / "config"), "~/.kube/config")
     assert default_kubeconfig({"KUBECONFIG": "/a:/b"}, tmp_path) == ("/a:/b", "$KUBECONFIG")
+
+
+def test_preemption_settings_are_nested_with_their_defaults_given_once() -> None:
+    from mig_extender.core.preemption import PreemptionSettings
+
+    assert Settings().preemption_settings == PreemptionSettings()
+    off = replace(Settings(), preemption=False, preemptions_per_pass=2, preemption_margin=5.0).preemption_settings
+    assert off == PreemptionSettings(enabled=False, per_pass=2, reservation_margin=5.0)

@@ -12,7 +12,9 @@ What it does, like the real kubelet as far as scheduling tests can tell:
   (podresources.py) and counting only admitted pods that are not terminal; a pod that does not fit
   fails with reason `OutOf<resource>` (what a kubelet does after an over-commit), one that fits is
   marked Running and Ready; every decision is recorded (`decisions()`, `rejections()`);
-- finalizes deletions at once (grace period 0);
+- finalizes deletions at once (grace period 0); a pod kept by a finalizer (a Job's tracking finalizer)
+  is first marked Failed, as the kubelet (1.27+) moves a deleted pod to a terminal phase, so its
+  controller can count it and drop the finalizer;
 - list+watch with resourceVersion resume and relist on 410 (reflector.py).
 
 Decisions are made in watch order on one thread, so admission on a node is serialized exactly as in
@@ -450,7 +452,10 @@ class FakeKubelet:
         if meta.get("deletionTimestamp"):
             if uid not in self._finalizing:
                 self._finalizing.add(uid)
-                self._submit(self._delete_pod, meta["namespace"], meta["name"], uid)
+                if meta.get("finalizers") and phase not in TERMINAL:
+                    self._submit(self._fail_then_delete, meta["namespace"], meta["name"], uid)
+                else:
+                    self._submit(self._delete_pod, meta["namespace"], meta["name"], uid)
             return
         if phase == "Running" and uid not in self._decided:
             # running before we started (a restarted harness): it already holds its resources
@@ -563,6 +568,11 @@ class FakeKubelet:
                     log.error("status of %s/%s not written: %s", namespace, name, exc)
                     return
             time.sleep(0.2 * (attempt + 1))
+
+    def _fail_then_delete(self, namespace: str, name: str, uid: str) -> None:
+        """The kubelet's terminal phase for a deleted pod (its containers were killed), then the delete."""
+        self._write_status(namespace, name, uid, {"phase": "Failed", "reason": "Terminated"})
+        self._delete_pod(namespace, name, uid)
 
     def _delete_pod(self, namespace: str, name: str, uid: str) -> None:
         body = {"gracePeriodSeconds": 0, "preconditions": {"uid": uid}}
