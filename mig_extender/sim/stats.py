@@ -11,6 +11,8 @@ Integrals are exact (piecewise constant between events). Definitions:
   larger substitute is allocated the substitute's slices.
 * ``utilisation``: allocated compute slice-seconds / (physical compute slices x duration);
   ``requested_utilisation`` counts what the running pods asked for instead (useful work).
+* ``arrivals`` = ``placed`` + ``waiting_at_end`` (never placed, still waiting at the end);
+  ``in_restart_at_end``: pods placed before that were waiting for their replacement at the end.
 * ``restarts`` = ``upgrades`` + ``restores``: pods deleted and recreated by the policy.
 * ``restore_delay_p50``: seconds from the first reconciler pass that saw a free slice of an upgraded
   pod's own type to the pod running on it again (restored pods only; null when none).
@@ -153,7 +155,10 @@ class Tally:
             "preempted": self.preempted,
             "arrivals": self.arrivals,
             "placed": placed,
-            "waiting_at_end": self.waiting_now,
+            # never placed and still waiting, so placed + waiting_at_end == arrivals; pods placed before
+            # and now between a delete (restore, preemption) and their replacement running, apart
+            "waiting_at_end": len(self.unstarted),
+            "in_restart_at_end": self.waiting_now - len(self.unstarted),
             "reservations_expired": self.expired,
             "bound_off_reservation": self.off_reservation,
             "events": self.events,
