@@ -25,6 +25,8 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("upgrades", "  upgrades", "int"),
     ("restores", "  restores", "int"),
     ("restore_delay_p50", "restore delay p50 (s)", "f1"),
+    ("waiting_at_end", "never placed, waiting at end", "int"),
+    ("in_restart_at_end", "placed, in restart at end", "int"),
     ("stranded_slices", "stranded free slices at end", "int"),
     ("preemptions", "preemptions", "int"),
     ("preempted", "  pods preempted", "int"),
@@ -63,6 +65,7 @@ def table(results: Mapping[str, RunResult], header: Sequence[str] = ()) -> str:
     lines = list(header)
     rows = [(label, [results[p].metrics.get(metric) for p in policies], kind) for metric, label, kind in ROWS]
     rows += _class_rows(results, policies)
+    rows += profile_rows(results, policies)
     width = max(len(label) for label, _, _ in rows)
     lines.append("")
     lines.append(" " * width + "  " + "  ".join(p.rjust(c) for p, c in zip(policies, cols, strict=True)))
@@ -82,6 +85,31 @@ def _class_rows(results: Mapping[str, RunResult], policies: Sequence[str]) -> li
         for metric, label, kind in CLASS_ROWS:
             values = [((results[p].metrics.get("by_class") or {}).get(klass) or {}).get(metric) for p in policies]
             rows.append((f"[{klass}] {label}", values, kind))
+    return rows
+
+
+# per requested profile: (metric of by_profile[profile], row label, format)
+PROFILE_ROWS: tuple[tuple[str, str, str], ...] = (
+    ("time_to_run_p50", "time to run p50 (s)", "f1"),
+    ("time_to_run_p99", "time to run p99 (s)", "f1"),
+)
+
+
+def profile_rows(results: Mapping[str, RunResult] | Mapping[str, Mapping[str, Any]],
+                 policies: Sequence[str]) -> list[tuple[str, list[Any], str]]:
+    """Rows per requested profile (smallest first); ``results``: RunResults or their metrics."""
+    def metrics(p: str) -> Mapping[str, Any]:
+        r = results[p]
+        return r.metrics if isinstance(r, RunResult) else r
+
+    profiles: list[str] = []
+    for p in policies:
+        profiles += [k for k in metrics(p).get("by_profile") or {} if k not in profiles]
+    rows = []
+    for profile in profiles:
+        for metric, label, kind in PROFILE_ROWS:
+            values = [((metrics(p).get("by_profile") or {}).get(profile) or {}).get(metric) for p in policies]
+            rows.append((f"[{profile}] {label}", values, kind))
     return rows
 
 

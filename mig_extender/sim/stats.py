@@ -18,6 +18,8 @@ Integrals are exact (piecewise constant between events). Definitions:
   pod's own type to the pod running on it again (restored pods only; null when none).
 * ``stranded_slices``: free compute slices (allocatable, unreserved) at the end while pods still wait.
 * ``preemptions``: preemption plans carried out (one preemptor each); ``preempted``: victims evicted.
+* ``by_profile``: per requested profile (``1g.10gb``...), its ``arrivals``, ``placed`` and
+  ``time_to_run_p50/p99`` (same definition as above): no class of pod may starve for the others' sake.
 * ``by_class`` (runs with ``--priorities`` only): per priority class, highest first, its ``arrivals``,
   ``placed``, ``time_to_run_p50/p99`` (same definition as above) and the pods of it ``preempted``.
 """
@@ -29,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core.catalog import resource_profile_name
 from .workload import Job
 
 METRICS = (
@@ -80,6 +83,8 @@ class Tally:
         self.class_arrivals: dict[str, int] = {}
         self.class_preempted: dict[str, int] = {}
         self.class_priority: dict[str, int] = {}
+        self.profile_ttr: dict[str, list[float]] = {}       # requested profile -> time to run of the placed
+        self.profile_of: dict[int, str] = {}                # job seq -> its requested profile
         self.events = 0
         self.timeline: list[tuple[float, int, float, int]] = []
         self._step = duration / max(samples, 1)
@@ -104,6 +109,8 @@ class Tally:
         self.arrivals += 1
         self.waiting_now += 1
         self.unstarted[job.seq] = job.arrival
+        self.profile_of[job.seq] = profile = resource_profile_name(job.resource)
+        self.profile_ttr.setdefault(profile, [])
         if job.klass:
             self.class_arrivals[job.klass] = self.class_arrivals.get(job.klass, 0) + 1
             self.class_priority[job.klass] = job.priority
@@ -117,6 +124,7 @@ class Tally:
         self.requested += job.compute_demand
         if first:
             self.ttr.append(now - self.unstarted.pop(job.seq))
+            self.profile_ttr[self.profile_of[job.seq]].append(self.ttr[-1])
             klass = self.class_waiting.pop(job.seq, "")
             if klass:
                 self.class_ttr[klass].append(self.ttr[-1])
@@ -163,10 +171,27 @@ class Tally:
             "bound_off_reservation": self.off_reservation,
             "events": self.events,
         }
+        metrics["by_profile"] = self._by_profile()
         if self.class_arrivals:
             metrics["by_class"] = self._by_class()
         metrics.update(extra or {})
         return RunResult(policy, metrics, self.timeline)
+
+    def _by_profile(self) -> dict[str, dict[str, Any]]:
+        """Per requested profile, smallest first; jobs never placed count with their wait so far."""
+        censored: dict[str, list[float]] = {}
+        for seq, arrival in self.unstarted.items():
+            censored.setdefault(self.profile_of[seq], []).append(self.duration - arrival)
+        out = {}
+        for profile in sorted(self.profile_ttr, key=_profile_order):
+            ttr = self.profile_ttr[profile] + censored.get(profile, [])
+            out[profile] = {
+                "arrivals": len(ttr),
+                "placed": len(self.profile_ttr[profile]),
+                "time_to_run_p50": _round(percentile(ttr, 50)),
+                "time_to_run_p99": _round(percentile(ttr, 99)),
+            }
+        return out
 
     def _by_class(self) -> dict[str, dict[str, Any]]:
         """Per class, highest priority first; jobs never placed count with their wait so far (as above)."""
@@ -185,6 +210,12 @@ class Tally:
                 "preempted": self.class_preempted.get(klass, 0),
             }
         return out
+
+
+def _profile_order(profile: str) -> tuple[int, str]:
+    """``2g.20gb`` before ``10g...``: by compute slices, then name."""
+    head = profile.split("g.", 1)[0]
+    return (int(head) if head.isdigit() else 0, profile)
 
 
 def _round(x: float | None) -> float | None:

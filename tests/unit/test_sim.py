@@ -261,3 +261,17 @@ def test_issue17_placed_and_waiting_add_up_to_arrivals_with_restarts_reported_ap
         assert m["in_restart_at_end"] >= 0
         found_restarting |= m["in_restart_at_end"] > 0
     assert found_restarting, "no seed ended with a pod in restart: the case is not exercised"
+
+
+def test_issue17_time_to_run_is_reported_per_requested_profile() -> None:
+    """Issue 17: no class may starve for the others' sake, so the run reports each profile's percentiles."""
+    cfg = SimConfig(nodes=4, load=1.2, duration=3600.0, seed=1, mean_lifetime=300.0)
+    m = run(cfg, ("stock",))["stock"]
+    profiles = m["by_profile"]
+    assert list(profiles) == ["1g.5gb", "2g.10gb", "3g.20gb"]
+    assert sum(p["arrivals"] for p in profiles.values()) == m["arrivals"]
+    assert sum(p["placed"] for p in profiles.values()) == m["placed"]
+    # stock never substitutes: some profile waits at the end, and its tail is the run's worst
+    assert max(p["time_to_run_p99"] for p in profiles.values()) >= m["time_to_run_p99"]
+    out = simulate("--nodes", "4", "--duration", "1800", "--policies", "stock")[1]
+    assert "[2g.10gb] time to run p99 (s)" in out
