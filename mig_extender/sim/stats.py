@@ -54,7 +54,8 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 class RunResult:
     policy: str
     metrics: dict[str, Any]
-    timeline: list[tuple[float, int, float, int]] = field(default_factory=list)  # t, running, util, waiting
+    # t, running, allocated util, pods not running, requested (useful) util, restarts so far
+    timeline: list[tuple[float, int, float, int, float, int]] = field(default_factory=list)
 
 
 class Tally:
@@ -86,14 +87,15 @@ class Tally:
         self.profile_ttr: dict[str, list[float]] = {}       # requested profile -> time to run of the placed
         self.profile_of: dict[int, str] = {}                # job seq -> its requested profile
         self.events = 0
-        self.timeline: list[tuple[float, int, float, int]] = []
+        self.timeline: list[tuple[float, int, float, int, float, int]] = []
         self._step = duration / max(samples, 1)
         self._next_sample = 0.0
 
     def advance(self, t: float) -> None:
         while self._next_sample <= t and self._next_sample <= self.duration:
             self.timeline.append((round(self._next_sample, 3), self.running,
-                                  round(self.allocated / self.capacity, 4), self.waiting_now))
+                                  round(self.allocated / self.capacity, 4), self.waiting_now,
+                                  round(self.requested / self.capacity, 4), self.upgrades + self.restores))
             self._next_sample += self._step
         dt = t - self.t
         if dt > 0:

@@ -275,3 +275,32 @@ def test_issue17_time_to_run_is_reported_per_requested_profile() -> None:
     assert max(p["time_to_run_p99"] for p in profiles.values()) >= m["time_to_run_p99"]
     out = simulate("--nodes", "4", "--duration", "1800", "--policies", "stock")[1]
     assert "[2g.10gb] time to run p99 (s)" in out
+
+
+def test_issue17_plot_marks_the_burst_where_the_workload_puts_it() -> None:
+    """Issue 17: the plot shades the burst; its window is the one workload.synthetic draws arrivals in."""
+    from mig_extender.sim.runner import burst_window, plot_title
+
+    cfg = SimConfig(nodes=2, duration=1200.0, load=0.5, burst="2g:40@300", seed=3)
+    prep = prepare(cfg)
+    start, end = burst_window(cfg, prep.duration)
+    burst = [j for j in prep.jobs if start <= j.arrival <= end and j.resource.endswith("2g.10gb")]
+    assert len(burst) >= 40
+    middle = burst_window(replace(cfg, burst="2g:40"), prep.duration)
+    assert middle == (prep.duration / 2, prep.duration / 2 + 60.0)
+    assert burst_window(replace(cfg, burst=""), prep.duration) is None
+    assert plot_title(cfg, prep) == ("synthetic, mix 1g=0.5,2g=0.3,3g=0.2: 2 nodes x 8 A100-40GB, all-balanced "
+                                     "layout, load 0.5, seed 3, burst 2g:40@300")
+
+
+def test_issue17_plot_draws_waiting_restarts_and_useful_utilisation(tmp_path: Path) -> None:
+    """The PNG is written with the three panels' data (needs the [plot] extra)."""
+    pytest.importorskip("matplotlib")
+    from mig_extender.sim.report import plot
+
+    cfg = SimConfig(nodes=2, duration=1200.0, load=1.2, burst="1g:40@300", seed=3)
+    prep = prepare(cfg)
+    results = run_all(prep, ("stock", "upgrade"), cfg.mech, jobs=1)
+    assert all(len(point) == 6 for r in results.values() for point in r.timeline)
+    plot(results, str(tmp_path / "p.png"), "t", (300.0, 360.0))
+    assert (tmp_path / "p.png").stat().st_size > 10_000
