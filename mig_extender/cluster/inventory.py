@@ -369,8 +369,11 @@ class ClusterInventory:
             self._pending[r] = self._pending.get(r, 0) + sign * n
             if self._pending[r] <= 0:
                 del self._pending[r]
-            if not info.created:
-                continue  # no age known: it claims, but cannot make the queue look older
+            if not info.created or n != 1:
+                # no age known: it claims, but cannot make the queue look older. A pod asking for several
+                # slices of one type waits for a node to free them all and can head its queue for hours
+                # (8 x 7g on the Alibaba trace: 4,349 s): its age would keep every pod from aging
+                continue
             waiters = self._waiters.setdefault(r, {})
             if sign > 0:
                 waiters[info.uid] = info.created

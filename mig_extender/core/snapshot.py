@@ -186,7 +186,8 @@ class ClusterSnapshot:
     # resource -> slices wanted by pods that wait unbound for exactly that type: they have the first claim
     # on a freed slice, before a substitution or a restore takes it
     pending: Mapping[str, int] = field(default_factory=dict)
-    # resource -> creationTimestamp (epoch s) of the oldest pod waiting for exactly it: a claim by pods
+    # resource -> creationTimestamp (epoch s) of the oldest pod waiting for exactly one slice of it (a pod
+    # asking for several waits for a whole node and would stop all aging behind it): a claim by pods
     # younger than the one asking for a substitute does not hold (aging, see planner._claimed_by_queue);
     # a resource missing here claims as before (no ages known)
     pending_since: Mapping[str, float] = field(default_factory=dict)

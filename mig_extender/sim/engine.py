@@ -172,23 +172,24 @@ class _PodsOnNodes(Mapping[str, Sequence[PodInfo]]):
 
 
 class _OldestQueued(Mapping[str, float]):
-    """resource -> creation time of the oldest pod queued for exactly it (the snapshots' pending_since),
-    read live from the queue heads (each queue is FIFO, so its head is its oldest pod)."""
+    """resource -> creation time of the oldest pod queued for exactly one slice of it (the snapshots'
+    pending_since, as the inventory keeps it: multi-slice pods' ages are left out), read live from the
+    queue heads (each queue is FIFO, so its head is its oldest pod)."""
 
     def __init__(self, queues: Mapping[Key, deque[_Work]]) -> None:
         self.queues = queues
 
     def __getitem__(self, resource: str) -> float:
-        found = [q[0].pod.created for key, q in self.queues.items() if key[0] == resource and q]
+        found = [q[0].pod.created for key, q in self.queues.items() if key[0] == resource and key[1] == 1 and q]
         if not found:
             raise KeyError(resource)
         return min(found)
 
     def __iter__(self) -> Iterator[str]:
-        return iter({key[0] for key, q in self.queues.items() if q})
+        return iter({key[0] for key, q in self.queues.items() if q and key[1] == 1})
 
     def __len__(self) -> int:
-        return len({key[0] for key, q in self.queues.items() if q})
+        return len({key[0] for key, q in self.queues.items() if q and key[1] == 1})
 
 
 class Engine:
