@@ -27,6 +27,7 @@ pays nothing when nothing happened. Pure Python; thread-safe with one lock.
 
 from __future__ import annotations
 
+import heapq
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -151,6 +152,10 @@ class ClusterInventory:
         self._held: dict[str, dict[str, dict[int, int]]] = {}  # node -> resource -> pod priority -> slices
         self._priorities: dict[int, int] = {}        # pod priority -> pods holding slices at it
         self._pending: dict[str, int] = {}           # resource -> slices wanted by unbound, live pods
+        # resource -> uid -> creation time of those pods, and a heap of (created, uid) with lazy deletion:
+        # the oldest waiter per resource in O(log pods) amortised (the snapshots' pending_since, aging)
+        self._waiters: dict[str, dict[str, float]] = {}
+        self._oldest: dict[str, list[tuple[float, str]]] = {}
         self._index: dict[str, set[str]] = {}
         self._gpu_problems: dict[str, GpuProblem] = {}  # node -> why its GPU is not (fully) recognised
         self._frozen: tuple[Mapping[str, NodeInfo], Mapping[str, frozenset[str]], frozenset[str]] | None = None
@@ -350,20 +355,31 @@ class ClusterInventory:
         if info.holds_slices:
             self._account(info, +1)
         elif _waiting(info):
-            self._wait(info.demand, +1)
+            self._wait(info, +1)
 
     def _remove_pod(self, info: PodInfo) -> None:
         self._pods.pop(info.uid, None)
         if info.holds_slices:
             self._account(info, -1)
         elif _waiting(info):
-            self._wait(info.demand, -1)
+            self._wait(info, -1)
 
-    def _wait(self, demand: Mapping[str, int], sign: int) -> None:
-        for r, n in demand.items():
+    def _wait(self, info: PodInfo, sign: int) -> None:
+        for r, n in info.demand.items():
             self._pending[r] = self._pending.get(r, 0) + sign * n
             if self._pending[r] <= 0:
                 del self._pending[r]
+            if not info.created or n != 1:
+                # no age known: it claims, but cannot make the queue look older. A pod asking for several
+                # slices of one type waits for a node to free them all and can head its queue for hours
+                # (8 x 7g on the Alibaba trace: 4,349 s): its age would keep every pod from aging
+                continue
+            waiters = self._waiters.setdefault(r, {})
+            if sign > 0:
+                waiters[info.uid] = info.created
+                heapq.heappush(self._oldest.setdefault(r, []), (info.created, info.uid))
+            else:
+                waiters.pop(info.uid, None)
         # nodes and the free index are unchanged: keep their cached copy (snapshot() copies pending on
         # its own); only tell generation watchers (the reconciler) that something moved
         self.generation += 1
@@ -424,9 +440,24 @@ class ClusterInventory:
                 )
             nodes, index, cordoned = self._frozen
             synced, pending = self.synced, dict(self._pending)
+            since = self._pending_since()
             lowest = min(self._priorities, default=NO_HOLDER)  # a handful of distinct priorities at most
         return ClusterSnapshot.build(nodes, index, rules, self._clock() if now is None else now, synced, pending,
-                                     lowest, cordoned)
+                                     lowest, cordoned, since)
+
+    def _pending_since(self) -> dict[str, float]:
+        """resource -> creation time of its oldest waiting pod; heap entries of pods gone are dropped here."""
+        out = {}
+        for r, heap in list(self._oldest.items()):
+            waiters = self._waiters.get(r, {})
+            while heap and waiters.get(heap[0][1]) != heap[0][0]:
+                heapq.heappop(heap)
+            if heap:
+                out[r] = heap[0][0]
+            else:
+                del self._oldest[r]
+                self._waiters.pop(r, None)
+        return out
 
 
 def load_list(inventory: ClusterInventory, doc: Mapping[str, Any]) -> int:

@@ -186,6 +186,11 @@ class ClusterSnapshot:
     # resource -> slices wanted by pods that wait unbound for exactly that type: they have the first claim
     # on a freed slice, before a substitution or a restore takes it
     pending: Mapping[str, int] = field(default_factory=dict)
+    # resource -> creationTimestamp (epoch s) of the oldest pod waiting for exactly one slice of it (a pod
+    # asking for several waits for a whole node and would stop all aging behind it): a claim by pods
+    # younger than the one asking for a substitute does not hold (aging, see planner._claimed_by_queue);
+    # a resource missing here claims as before (no ages known)
+    pending_since: Mapping[str, float] = field(default_factory=dict)
     # the lowest priority of any pod holding a slice: a pod at or below it can preempt no slice anywhere,
     # so the filter skips every per-node priority lookup (one priority in the cluster: the usual case).
     # NO_HOLDER when unknown (a snapshot built without the inventory): nothing counts as relievable.
@@ -198,7 +203,8 @@ class ClusterSnapshot:
     def build(cls, nodes: Mapping[str, NodeInfo], free_index: Mapping[str, frozenset[str]] | None = None,
               rules: Iterable[Rule] = (), now: float = 0.0, synced: bool = True,
               pending: Mapping[str, int] | None = None, lowest_priority: int = NO_HOLDER,
-              cordoned: frozenset[str] | None = None) -> ClusterSnapshot:
+              cordoned: frozenset[str] | None = None,
+              pending_since: Mapping[str, float] | None = None) -> ClusterSnapshot:
         if free_index is None:
             free_index = build_free_index(nodes.values())
         if cordoned is None:
@@ -215,6 +221,7 @@ class ClusterSnapshot:
             nodes=nodes, free_index=free_index, rules=rules, now=now, synced=synced, reserved=reserved,
             rules_by_name={r.name: r for r in rules},
             rules_by_pod_uid=newest_rule_per_pod(rules), pending=pending or {},
+            pending_since=pending_since or {},
             lowest_priority=lowest_priority, cordoned=cordoned,
         )
 

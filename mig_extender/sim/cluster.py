@@ -223,9 +223,10 @@ class SimCluster:
         """Nodes with at least one free slice of ``resource`` (reservations not subtracted), oldest first."""
         return self._free.get(resource, {})
 
-    def snapshot(self, rules: Iterable[Rule], now: float, pending: Mapping[str, int] | None = None) -> ClusterSnapshot:
+    def snapshot(self, rules: Iterable[Rule], now: float, pending: Mapping[str, int] | None = None,
+                 pending_since: Mapping[str, float] | None = None) -> ClusterSnapshot:
         return ClusterSnapshot.build(self.nodes, self.free_index, rules, now,  # type: ignore[arg-type]
-                                     pending=pending)
+                                     pending=pending, pending_since=pending_since)
 
     # -- catalog facts about this cluster -------------------------------------------------------
 

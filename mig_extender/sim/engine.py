@@ -171,6 +171,27 @@ class _PodsOnNodes(Mapping[str, Sequence[PodInfo]]):
         return len(self.works)
 
 
+class _OldestQueued(Mapping[str, float]):
+    """resource -> creation time of the oldest pod queued for exactly one slice of it (the snapshots'
+    pending_since, as the inventory keeps it: multi-slice pods' ages are left out), read live from the
+    queue heads (each queue is FIFO, so its head is its oldest pod)."""
+
+    def __init__(self, queues: Mapping[Key, deque[_Work]]) -> None:
+        self.queues = queues
+
+    def __getitem__(self, resource: str) -> float:
+        found = [q[0].pod.created for key, q in self.queues.items() if key[0] == resource and key[1] == 1 and q]
+        if not found:
+            raise KeyError(resource)
+        return min(found)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter({key[0] for key, q in self.queues.items() if q and key[1] == 1})
+
+    def __len__(self) -> int:
+        return len({key[0] for key, q in self.queues.items() if q and key[1] == 1})
+
+
 class Engine:
     def __init__(self, spec: ClusterSpec, jobs: Sequence[Job], policy: PolicySpec, duration: float,
                  mech: Mechanics = Mechanics(), demand: dict[int, float] | None = None,
@@ -217,6 +238,7 @@ class Engine:
         self.running_priorities: dict[int, int] = {}
         self._pods_on = _PodsOnNodes(self.running_on)
         self._nominees: dict[int, _Work] = {}                # preemptor's job seq -> its workload, while nominated
+        self._oldest = _OldestQueued(self.queues)
 
     # -- event plumbing -------------------------------------------------------------------------
 
@@ -265,15 +287,16 @@ class Engine:
 
     # -- pods and the scheduling queue ------------------------------------------------------------
 
-    @staticmethod
-    def _pod(job: Job, gen: int, demand: tuple[str, int] | None = None,
+    def _pod(self, job: Job, gen: int, demand: tuple[str, int] | None = None,
              annotations: dict[str, str] | None = None) -> PodInfo:
+        """The workload's pod number ``gen``: the first is created at the job's arrival, a replacement now."""
         resource, count = demand or (job.resource, job.count)
         # one ReplicaSet per job: replacements get new names and uids; rules match them by owner uid
         return PodInfo(namespace=NAMESPACE, name=f"job-{job.seq}-{gen}", uid=f"uid-{job.seq}-{gen}",
                        demand={resource: count},
                        owner=Owner("ReplicaSet", f"job-{job.seq}", f"rs-{job.seq}", "apps/v1"),
-                       annotations=annotations or _NO_ANNOTATIONS, priority=job.priority)
+                       annotations=annotations or _NO_ANNOTATIONS, priority=job.priority,
+                       created=job.arrival if gen == 0 else self.now)
 
     def _key(self, pod: PodInfo) -> Key:
         ((resource, count),) = pod.demand.items()
@@ -334,13 +357,17 @@ class Engine:
         """The live queue demand (read by the planner through the snapshot), for a queue-aware policy."""
         return self.waiting_for if self.policy.queue_aware else None
 
+    def _pending_since(self) -> Mapping[str, float] | None:
+        """The oldest queued pod's creation time per resource (live view), for a queue-aware policy."""
+        return self._oldest if self.policy.queue_aware else None
+
     def _snapshot(self) -> ClusterSnapshot:
         """The snapshot the scheduler would see now. Nodes are read live; only the reservations and the
         time are frozen in it: while no reservation changed or ran out, the last one is reused with the
         new time (``replace`` keeps its reservation maps, the planner stamps new rules with ``now``)."""
         if self._snap is None or self._snap_gen != self.rules_gen or self.now >= self._snap_until:
             rules = list(self.pending_rules.values()) if self.policy.reservations else []
-            self._snap = self.cluster.snapshot(rules, self.now, self._pending())
+            self._snap = self.cluster.snapshot(rules, self.now, self._pending(), self._pending_since())
             if self.nominated:
                 self._snap = replace(self._snap, reserved=_merged(self._snap.reserved, self.nominated))
             self._snap_gen = self.rules_gen

@@ -269,7 +269,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=int, default=0,
                    help="worker processes (default: one per core, at most one per policy)")
     p.add_argument("--json", action="store_true", help="print one JSON object {policy: {metric: value}}")
-    p.add_argument("--plot", metavar="FILE.png", default="", help="running pods and utilisation over time (matplotlib)")
+    p.add_argument("--plot", metavar="FILE.png", default="",
+                   help="pods waiting, restarts and useful utilisation over time, per policy "
+                        "(needs the [plot] extra: pip install 'mig-extender[plot]')")
     p.add_argument("--progress", action="store_true", help="progress bar on stderr even when it is not a terminal")
 
 
@@ -289,6 +291,24 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
     )
 
 
+def plot_title(cfg: SimConfig, prep: Prepared) -> str:
+    """One short line a reader takes in at a glance: workload, cluster, load, seed (the table has the rest)."""
+    what = f"Alibaba {cfg.trace_file}" if cfg.workload == "alibaba" else f"synthetic, mix {cfg.mix}"
+    spec = prep.spec
+    gpus = "+".join(m.name for m in spec.models)
+    return (f"{what}: {spec.nodes} nodes x {spec.gpus_per_node} {gpus}, {spec.layout} layout, "
+            f"load {cfg.load:g}, seed {cfg.seed}" + (f", burst {cfg.burst}" if cfg.burst else ""))
+
+
+def burst_window(cfg: SimConfig, duration: float) -> tuple[float, float] | None:
+    """(start, end) of the synthetic burst in seconds, as workload.synthetic places it; None without one."""
+    if not cfg.burst or cfg.workload != "synthetic":
+        return None
+    burst = Burst.parse(cfg.burst)
+    start = duration / 2 if burst.at is None else burst.at
+    return start, start + burst.window
+
+
 def main(args: argparse.Namespace) -> int:
     """Run the simulation the flags describe; ValueError (bad flags) is the caller's exit code 2."""
     cfg = config_from_args(args)
@@ -306,7 +326,7 @@ def main(args: argparse.Namespace) -> int:
         sys.stdout.write(table(results, prep.header))
     if args.plot:
         try:
-            plot(results, args.plot, " | ".join(prep.header[:1]))
+            plot(results, args.plot, plot_title(cfg, prep), burst_window(cfg, prep.duration))
         except PlotUnavailable as exc:
             raise ValueError(str(exc)) from exc
         print(f"plot written to {args.plot}", file=sys.stderr)

@@ -11,11 +11,15 @@ Integrals are exact (piecewise constant between events). Definitions:
   larger substitute is allocated the substitute's slices.
 * ``utilisation``: allocated compute slice-seconds / (physical compute slices x duration);
   ``requested_utilisation`` counts what the running pods asked for instead (useful work).
+* ``arrivals`` = ``placed`` + ``waiting_at_end`` (never placed, still waiting at the end);
+  ``in_restart_at_end``: pods placed before that were waiting for their replacement at the end.
 * ``restarts`` = ``upgrades`` + ``restores``: pods deleted and recreated by the policy.
 * ``restore_delay_p50``: seconds from the first reconciler pass that saw a free slice of an upgraded
   pod's own type to the pod running on it again (restored pods only; null when none).
 * ``stranded_slices``: free compute slices (allocatable, unreserved) at the end while pods still wait.
 * ``preemptions``: preemption plans carried out (one preemptor each); ``preempted``: victims evicted.
+* ``by_profile``: per requested profile (``1g.10gb``...), its ``arrivals``, ``placed`` and
+  ``time_to_run_p50/p99`` (same definition as above): no class of pod may starve for the others' sake.
 * ``by_class`` (runs with ``--priorities`` only): per priority class, highest first, its ``arrivals``,
   ``placed``, ``time_to_run_p50/p99`` (same definition as above) and the pods of it ``preempted``.
 """
@@ -27,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core.catalog import resource_profile_name
 from .workload import Job
 
 METRICS = (
@@ -49,7 +54,8 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 class RunResult:
     policy: str
     metrics: dict[str, Any]
-    timeline: list[tuple[float, int, float, int]] = field(default_factory=list)  # t, running, util, waiting
+    # t, running, allocated util, pods not running, requested (useful) util, restarts so far
+    timeline: list[tuple[float, int, float, int, float, int]] = field(default_factory=list)
 
 
 class Tally:
@@ -78,15 +84,18 @@ class Tally:
         self.class_arrivals: dict[str, int] = {}
         self.class_preempted: dict[str, int] = {}
         self.class_priority: dict[str, int] = {}
+        self.profile_ttr: dict[str, list[float]] = {}       # requested profile -> time to run of the placed
+        self.profile_of: dict[int, str] = {}                # job seq -> its requested profile
         self.events = 0
-        self.timeline: list[tuple[float, int, float, int]] = []
+        self.timeline: list[tuple[float, int, float, int, float, int]] = []
         self._step = duration / max(samples, 1)
         self._next_sample = 0.0
 
     def advance(self, t: float) -> None:
         while self._next_sample <= t and self._next_sample <= self.duration:
             self.timeline.append((round(self._next_sample, 3), self.running,
-                                  round(self.allocated / self.capacity, 4), self.waiting_now))
+                                  round(self.allocated / self.capacity, 4), self.waiting_now,
+                                  round(self.requested / self.capacity, 4), self.upgrades + self.restores))
             self._next_sample += self._step
         dt = t - self.t
         if dt > 0:
@@ -102,6 +111,8 @@ class Tally:
         self.arrivals += 1
         self.waiting_now += 1
         self.unstarted[job.seq] = job.arrival
+        self.profile_of[job.seq] = profile = resource_profile_name(job.resource)
+        self.profile_ttr.setdefault(profile, [])
         if job.klass:
             self.class_arrivals[job.klass] = self.class_arrivals.get(job.klass, 0) + 1
             self.class_priority[job.klass] = job.priority
@@ -115,6 +126,7 @@ class Tally:
         self.requested += job.compute_demand
         if first:
             self.ttr.append(now - self.unstarted.pop(job.seq))
+            self.profile_ttr[self.profile_of[job.seq]].append(self.ttr[-1])
             klass = self.class_waiting.pop(job.seq, "")
             if klass:
                 self.class_ttr[klass].append(self.ttr[-1])
@@ -153,15 +165,35 @@ class Tally:
             "preempted": self.preempted,
             "arrivals": self.arrivals,
             "placed": placed,
-            "waiting_at_end": self.waiting_now,
+            # never placed and still waiting, so placed + waiting_at_end == arrivals; pods placed before
+            # and now between a delete (restore, preemption) and their replacement running, apart
+            "waiting_at_end": len(self.unstarted),
+            "in_restart_at_end": self.waiting_now - len(self.unstarted),
             "reservations_expired": self.expired,
             "bound_off_reservation": self.off_reservation,
             "events": self.events,
         }
+        metrics["by_profile"] = self._by_profile()
         if self.class_arrivals:
             metrics["by_class"] = self._by_class()
         metrics.update(extra or {})
         return RunResult(policy, metrics, self.timeline)
+
+    def _by_profile(self) -> dict[str, dict[str, Any]]:
+        """Per requested profile, smallest first; jobs never placed count with their wait so far."""
+        censored: dict[str, list[float]] = {}
+        for seq, arrival in self.unstarted.items():
+            censored.setdefault(self.profile_of[seq], []).append(self.duration - arrival)
+        out = {}
+        for profile in sorted(self.profile_ttr, key=_profile_order):
+            ttr = self.profile_ttr[profile] + censored.get(profile, [])
+            out[profile] = {
+                "arrivals": len(ttr),
+                "placed": len(self.profile_ttr[profile]),
+                "time_to_run_p50": _round(percentile(ttr, 50)),
+                "time_to_run_p99": _round(percentile(ttr, 99)),
+            }
+        return out
 
     def _by_class(self) -> dict[str, dict[str, Any]]:
         """Per class, highest priority first; jobs never placed count with their wait so far (as above)."""
@@ -180,6 +212,12 @@ class Tally:
                 "preempted": self.class_preempted.get(klass, 0),
             }
         return out
+
+
+def _profile_order(profile: str) -> tuple[int, str]:
+    """``2g.20gb`` before ``10g...``: by compute slices, then name."""
+    head = profile.split("g.", 1)[0]
+    return (int(head) if head.isdigit() else 0, profile)
 
 
 def _round(x: float | None) -> float | None:

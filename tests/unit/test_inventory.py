@@ -271,3 +271,21 @@ def test_cordoned_nodes_follow_node_events() -> None:
     inv.upsert_node(make_node("n2", mig={"1g.5gb": 1}, unschedulable=True))
     inv.delete_node("n2")
     assert inv.snapshot().cordoned == frozenset()
+
+
+def test_issue17_pending_since_follows_the_oldest_single_slice_waiter() -> None:
+    """The snapshot's pending_since (aging) is the oldest unbound pod asking for one slice of a type; it
+    moves on when that pod binds or is deleted, and pods asking for several slices never set it."""
+    inv = inventory_of(make_node("n1", "A100-40GB", {"1g.5gb": 2}))
+    old = make_pod("old", mig={"1g.5gb": 1}, uid="u-old", created="2026-01-01T00:00:00Z")
+    young = make_pod("young", mig={"1g.5gb": 1}, uid="u-young", created="2026-01-01T00:10:00Z")
+    several = make_pod("several", mig={"1g.5gb": 2}, uid="u-several", created="2025-12-31T00:00:00Z")
+    for pod in (young, several, old):
+        inv.upsert_pod(pod)
+    since = inv.snapshot().pending_since
+    assert since == {res("1g.5gb"): 1767225600.0}  # old's, not several's (a day older)
+    inv.upsert_pod({**old, "spec": {**old["spec"], "nodeName": "n1"}, "status": {"phase": "Running"}})
+    assert inv.snapshot().pending_since == {res("1g.5gb"): 1767225600.0 + 600}
+    inv.delete_pod("u-young")
+    assert inv.snapshot().pending_since == {}
+    assert inv.snapshot().pending == {res("1g.5gb"): 2}  # the multi-slice pod still claims

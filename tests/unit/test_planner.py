@@ -627,3 +627,31 @@ def test_item10_a_single_priority_cluster_answers_every_shortfall_unresolvable_w
     assert snap.lowest_priority == 0
     d = filter_pod(pod_info(make_pod(mig={"1g.5gb": 1})), [f"n{i}" for i in range(4)], snap)
     assert not d.failed and len(d.unresolvable) == 4 and len({id(r) for r in d.unresolvable.values()}) == 1
+
+
+def _iso(epoch: float) -> str:
+    from datetime import UTC, datetime
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@pytest.mark.parametrize(("asker_age", "queue_age", "expected"), [
+    pytest.param(60.0, 30.0, "3g.20gb", id="young-pod-leaves-the-2g-to-its-queue"),
+    pytest.param(600.0, 900.0, "3g.20gb", id="old-pod-but-the-2g-queue-waits-longer"),
+    pytest.param(600.0, 30.0, "2g.10gb", id="pod-waiting-past-aging-outranks-a-younger-2g-queue"),
+    pytest.param(600.0, 30.0, "2g.10gb", id="an-older-pod-asking-for-several-2g-slices-does-not-stop-aging"),
+])
+def test_issue17_aging_a_long_waiting_pod_outranks_younger_queued_pods(asker_age: float, queue_age: float,
+                                                                       expected: str,
+                                                                       request: pytest.FixtureRequest) -> None:
+    """Issue 17: a type in short supply starved behind the queue of a type it could use; a pod pending
+    longer than PlanSettings.aging (and longer than every pod of that queue) takes the least-waste slice."""
+    now = 1_800_000_000.0
+    base = (make_node("n", A40, {"1g.5gb": 1, "2g.10gb": 1, "3g.20gb": 1}), make_pod(mig={"1g.5gb": 1}, node="n"))
+    queued_2g = make_pod("wants-2g", mig={"2g.10gb": 1}, created=_iso(now - queue_age))
+    pod = pod_info(make_pod("asker", mig={"1g.5gb": 1}, created=_iso(now - asker_age)))
+    extra = ()
+    if "several" in request.node.callspec.id:  # older than the asker, but waits for a whole GPU's 2g slices
+        extra = (make_pod("wants-3x2g", mig={"2g.10gb": 3}, created=_iso(now - 2 * asker_age)),)
+    snap = snapshot_of(*base, queued_2g, *extra, now=now)
+    rule = choose_substitute(pod, {"n"}, snap, PlanSettings(aging=300.0))
+    assert rule is not None and rule.substitute.resource == res(expected)
