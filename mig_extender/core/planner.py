@@ -11,7 +11,7 @@ booleans; only the edges format them. No flask, kubernetes or cachetools here, a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
@@ -376,36 +376,22 @@ def choose_substitute(pod: PodInfo, candidates: Iterable[str], snap: ClusterSnap
     except ProfileError:
         return None  # counted exactly by name, but no shape to compare a substitute with
     candidate_set = candidates if isinstance(candidates, (set, frozenset)) else set(candidates)
-    levels: dict[tuple[int, int, int], list[str]] = {}
+    levels: dict[tuple[int, int, int], list[tuple[str, ProfileShape]]] = {}
     for resource, holders in snap.free_index.items():
         if resource == want.resource or not holders:
             continue
         info = snap.nodes.get(next(iter(holders)))
         offered = info.shapes.get(resource) if info is not None else None
         if offered is not None and can_substitute(requested, offered):
-            levels.setdefault(waste(requested, offered), []).append(resource)
+            levels.setdefault(waste(requested, offered), []).append((resource, offered))
     best: tuple[tuple, str, str] | None = None
     for level in sorted(levels):
-        for resource in levels[level]:
+        for resource, offered in levels[level]:
             if snap.pending.get(resource) and snap.spare(resource) < want.count:
                 continue  # pods wait for exactly this type: its free slices are theirs first
-            holders = snap.free_index[resource]
-            nodes = holders & candidate_set if len(holders) < len(candidate_set) else candidate_set & holders
-            for node in nodes:
-                info = snap.nodes[node]
-                offered = info.shapes.get(resource)
-                if offered is None or not can_substitute(requested, offered):
-                    continue
-                extra = waste(requested, offered)
-                if best is not None and extra > best[0][0]:
-                    continue  # cannot win: skip the costlier terms below
-                free = snap.free(node, resource)
-                if free < want.count or (best is not None and (extra, free - want.count) > best[0][:2]):
-                    continue
-                left_compute = info.total_compute - info.busy_compute - offered.compute_slices * want.count
-                cost = (extra, free - want.count, left_compute, node)
-                if best is None or cost < best[0]:
-                    best = (cost, node, resource)
+            found = _cheapest_holder(snap, resource, offered, requested, want.count, candidate_set)
+            if found is not None and (best is None or found < best[0]):
+                best = (found, found[3], resource)
         if best is not None:
             break  # a cheaper level had nothing feasible; every later level wastes more
     if best is None:
@@ -414,6 +400,43 @@ def choose_substitute(pod: PodInfo, candidates: Iterable[str], snap: ClusterSnap
     prior = snap.rules_by_pod_uid.get(pod.uid)  # the pod's newest rule, spent: the new one needs its own name
     return new_rule(pod, want, ResourceCount(resource, want.count), node, snap.now, settings.rule_ttl,
                     after=prior.name if prior is not None else "")
+
+
+def _cheapest_holder(snap: ClusterSnapshot, resource: str, offered: ProfileShape, requested: ProfileShape,
+                     count: int, candidates: Set[str]) -> tuple[tuple[int, int, int], int, int, str] | None:
+    """The cost ``(waste, free left, compute left, node)`` of the best candidate to take ``count`` slices of
+    ``resource`` from, or None.
+
+    Reads the snapshot's FreeOrder, sorted by (free, idle compute, name) without reservations: the first
+    candidate in it without a reservation of this type is the best of those, usually the first entry. The
+    few nodes that hold reservations of it, and any node whose GPU reads the name as another shape (an
+    alias), are costed one by one, as the plain definition does.
+    """
+    nodes = snap.nodes
+    extra = waste(requested, offered)
+    reserved = set(snap.reserved_nodes(resource))
+    holders = snap.nodes_with_free(resource)
+    odd = [node for node in reserved if node in holders and node in candidates]
+    best = None
+    for free, idle, node in snap.free_order.of(resource, count):
+        if node not in candidates or node in reserved:
+            continue
+        if nodes[node].shapes.get(resource) != offered:
+            odd.append(node)
+            continue
+        best = (extra, free - count, idle - offered.compute_slices * count, node)
+        break
+    for node in odd:
+        info = nodes[node]
+        shape = info.shapes.get(resource)
+        free = snap.free(node, resource)
+        if shape is None or free < count or not can_substitute(requested, shape):
+            continue
+        cost = (waste(requested, shape), free - count,
+                info.total_compute - info.busy_compute - shape.compute_slices * count, node)
+        if best is None or cost < best:
+            best = cost
+    return best
 
 
 # --------------------------------------------------------------------------------------------------

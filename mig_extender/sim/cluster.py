@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from ..core.catalog import GpuModel, Profile, ProfileError, can_substitute, pack, resource_profile_name
 from ..core.rules import Rule
-from ..core.snapshot import ClusterSnapshot, NodeInfo
+from ..core.snapshot import ClusterSnapshot, FreeOrder, NodeInfo
 
 # Named per-GPU layouts, by compute slices of each instance ("1g" = the model's 1-compute-slice
 # profile with the least memory). Keyed by the model's compute slices (7: A100/H100/H200/B200, 4: A30).
@@ -224,8 +224,10 @@ class SimCluster:
         return self._free.get(resource, {})
 
     def snapshot(self, rules: Iterable[Rule], now: float, pending: Mapping[str, int] | None = None) -> ClusterSnapshot:
+        # nodes and the free index are live views: the substitute order must not be memoised over them
+        order = FreeOrder(self.nodes, self.free_index, memo=False)  # type: ignore[arg-type]
         return ClusterSnapshot.build(self.nodes, self.free_index, rules, now,  # type: ignore[arg-type]
-                                     pending=pending)
+                                     pending=pending, free_order=order)
 
     # -- catalog facts about this cluster -------------------------------------------------------
 
