@@ -20,7 +20,7 @@ from .placement import placement_problem, tolerates_unschedulable
 from .podspec import restart_blocker
 from .resources import PodInfo, ResourceCount
 from .rules import Phase, Rule, new_rule
-from .snapshot import ClusterSnapshot
+from .snapshot import ClusterSnapshot, NodeInfo
 
 MAX_SCORE = 10  # kube-scheduler's extender MaxExtenderPriority
 
@@ -457,6 +457,7 @@ def score_nodes(pod: PodInfo, nodes: Sequence[str], snap: ClusterSnapshot,
     demand = list(pod.demand.items())
     single = demand[0] if len(demand) == 1 else None
     spread = policy is Policy.SPREAD
+    key = (single, spread)
     all_nodes, reserved = snap.nodes, snap.reserved
     out = []
     for node in nodes:
@@ -464,16 +465,14 @@ def score_nodes(pod: PodInfo, nodes: Sequence[str], snap: ClusterSnapshot,
         if info is None or info.total_compute == 0:
             out.append((node, 0))
             continue
-        shapes, alloc, used = info.shapes, info.allocatable, info.used
-        if single is not None and node not in reserved:  # the usual case: plain arithmetic, no copies
-            r, n = single
-            shape, a = shapes.get(r), alloc.get(r, 0)
-            busy = info.busy_compute + (shape.compute_slices * n if shape else 0)
-            fit = 1.0 - max(a - used.get(r, 0) - n, 0) / a if a else 0.0
-            score = round(MAX_SCORE * (0.7 * min(busy / info.total_compute, 1.0) + 0.3 * fit))
-            score = MAX_SCORE - score if spread else score
-            out.append((node, max(0, min(MAX_SCORE, score))))
+        if single is not None and node not in reserved:  # the usual case: remembered on the node's state
+            memo = info.scores
+            score = memo.get(key)
+            if score is None:
+                score = memo[key] = _single_score(info, single, spread)
+            out.append((node, score))
             continue
+        shapes, alloc, used = info.shapes, info.allocatable, info.used
         held = dict(reserved.get(node) or {})
         if own is not None and own[0] == node:
             held[own[1].resource] = held.get(own[1].resource, 0) - own[1].count
@@ -487,6 +486,18 @@ def score_nodes(pod: PodInfo, nodes: Sequence[str], snap: ClusterSnapshot,
         score = MAX_SCORE - score if spread else score
         out.append((node, max(0, min(MAX_SCORE, score))))
     return out
+
+
+def _single_score(info: NodeInfo, want: tuple[str, int], spread: bool) -> int:
+    """The score of a node without reservations for a pod asking for one type: a function of the node's
+    state alone, so NodeInfo.scores keeps it until the node changes (a new NodeInfo)."""
+    r, n = want
+    shape, a = info.shapes.get(r), info.allocatable.get(r, 0)
+    busy = info.busy_compute + (shape.compute_slices * n if shape else 0)
+    fit = 1.0 - max(a - info.used.get(r, 0) - n, 0) / a if a else 0.0
+    score = round(MAX_SCORE * (0.7 * min(busy / info.total_compute, 1.0) + 0.3 * fit))
+    score = MAX_SCORE - score if spread else score
+    return max(0, min(MAX_SCORE, score))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -44,6 +44,15 @@ _FILL: Mapping[int, Mapping[int, Sequence[int]]] = {
 }
 
 
+
+class LiveNodeInfo(NodeInfo):
+    """A NodeInfo over the simulator's live usage map (``used`` changes in place): scores computed from
+    it must not be remembered the way the inventory's immutable NodeInfos remember them."""
+
+    @property
+    def scores(self) -> dict[tuple, int]:  # type: ignore[override]
+        return {}
+
 class LayoutError(ValueError):
     """A layout name or spec that does not give a valid MIG layout on the chosen GPU."""
 
@@ -175,7 +184,7 @@ class SimCluster:
             used: dict[str, int] = {}
             self._used[name] = used
             # plain dicts, read-only by convention (MappingProxyType lookups cost ~10x a dict's)
-            self.nodes[name] = NodeInfo(name=name, gpu=model, allocatable=alloc, used=used,
+            self.nodes[name] = LiveNodeInfo(name=name, gpu=model, allocatable=alloc, used=used,
                                         gpu_count=spec.gpus_per_node)
             self.order.append(name)
             for r in alloc:
