@@ -45,7 +45,7 @@ from mig_extender.core.catalog import model  # noqa: E402
 from mig_extender.sim.cluster import gpu_layouts  # noqa: E402
 from mig_extender.sim.stats import percentile  # noqa: E402
 
-SAMPLES = Path(os.environ.get("SAMPLES", REPO / ".." / "shared" / "samples"))  # override from a worktree
+SAMPLES = Path(os.environ.get("SAMPLES") or REPO / ".." / "shared" / "samples")  # $SAMPLES: from a worktree
 GPU = model("A100-80GB")
 TARGET_P99_MS = 5.0
 
@@ -218,6 +218,8 @@ def bench_size(nodes: int, args: argparse.Namespace, workdir: Path) -> list[dict
                                      "NodeNames": None},
         }
         for (mode, verb), body in bodies.items():
+            if mode not in args.modes:
+                continue
             data = json.dumps(body, separators=(",", ":")).encode()
 
             def post(conn: http.client.HTTPConnection, _: int, data: bytes = data, verb: str = verb) -> None:
@@ -309,6 +311,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=30.0, help="time cap per measurement")
     ap.add_argument("--concurrency", type=int, default=1, help="client threads (kube-scheduler calls one at a time)")
     ap.add_argument("--json", action="store_true", help="print the rows as one JSON object")
+    ap.add_argument("--modes", default="names,full", type=lambda v: v.split(","),
+                    help="ExtenderArgs shapes to measure: names (nodeCacheCapable), full (Node objects)")
     args = ap.parse_args()
     sizes = args.nodes or [100, 1000, 5000]
     rows: list[dict[str, Any]] = []

@@ -37,11 +37,23 @@ from typing import Any
 from ..core.placement import NodeFacts
 from ..core.resources import DemandError, PodInfo, mig_allocatable, pod_info, quantity_scaled
 from ..core.rules import Rule
-from ..core.snapshot import LABEL_COUNT, NO_HOLDER, ClusterSnapshot, GpuProblem, NodeInfo, recognise_gpu
+from ..core.snapshot import (
+    LABEL_COUNT,
+    NO_HOLDER,
+    ClusterSnapshot,
+    FreeOrder,
+    GpuProblem,
+    NodeInfo,
+    recognise_gpu,
+)
 
 # seconds a bind whose outcome is unknown may wait for the watch to show it; also how long after a
 # successful Binding a relist that lacks the pod may still predate it (a paged list takes seconds)
 ASSUME_TTL = 30.0
+
+
+# what snapshot() shares until something changes: nodes, free index, cordoned nodes, the substitute order
+_Frozen = tuple[Mapping[str, NodeInfo], Mapping[str, frozenset[str]], frozenset[str], FreeOrder]
 
 
 @dataclass(frozen=True)
@@ -158,7 +170,7 @@ class ClusterInventory:
         self._oldest: dict[str, list[tuple[float, str]]] = {}
         self._index: dict[str, set[str]] = {}
         self._gpu_problems: dict[str, GpuProblem] = {}  # node -> why its GPU is not (fully) recognised
-        self._frozen: tuple[Mapping[str, NodeInfo], Mapping[str, frozenset[str]], frozenset[str]] | None = None
+        self._frozen: _Frozen | None = None
         self._requests = _RequestBook()
         self._usage_dirty: set[str] = set()          # nodes whose cpu/memory sums are not in NodeInfo yet
         self._cordoned: set[str] = set()             # nodes with spec.unschedulable
@@ -433,17 +445,15 @@ class ClusterInventory:
             if self._usage_dirty and (usage or self._frozen is None):
                 self._fold_usage()
             if self._frozen is None:
-                self._frozen = (
-                    dict(self._nodes),
-                    {r: frozenset(s) for r, s in self._index.items() if s},
-                    frozenset(self._cordoned),
-                )
-            nodes, index, cordoned = self._frozen
+                nodes, index = dict(self._nodes), {r: frozenset(s) for r, s in self._index.items() if s}
+                # one FreeOrder per inventory state: the substitute search's sort is paid once, not per call
+                self._frozen = (nodes, index, frozenset(self._cordoned), FreeOrder(nodes, index))
+            nodes, index, cordoned, order = self._frozen
             synced, pending = self.synced, dict(self._pending)
             since = self._pending_since()
             lowest = min(self._priorities, default=NO_HOLDER)  # a handful of distinct priorities at most
         return ClusterSnapshot.build(nodes, index, rules, self._clock() if now is None else now, synced, pending,
-                                     lowest, cordoned, since)
+                                     lowest, cordoned, since, order)
 
     def _pending_since(self) -> dict[str, float]:
         """resource -> creation time of its oldest waiting pod; heap entries of pods gone are dropped here."""

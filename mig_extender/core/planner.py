@@ -11,7 +11,7 @@ booleans; only the edges format them. No flask, kubernetes or cachetools here, a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from itertools import compress
@@ -31,7 +31,7 @@ from .placement import placement_problem, tolerates_unschedulable
 from .podspec import restart_blocker
 from .resources import ANN_SUBSTITUTE, PodInfo, ResourceCount
 from .rules import Phase, Rule, new_rule
-from .snapshot import ClusterSnapshot
+from .snapshot import ClusterSnapshot, NodeInfo
 
 MAX_SCORE = 10  # kube-scheduler's extender MaxExtenderPriority
 
@@ -606,36 +606,22 @@ def choose_substitute(pod: PodInfo, candidates: Iterable[str], snap: ClusterSnap
     except ProfileError:
         return None  # counted exactly by name, but no shape to compare a substitute with
     candidate_set = candidates if isinstance(candidates, (set, frozenset)) else set(candidates)
-    levels: dict[tuple[int, int, int], list[str]] = {}
+    levels: dict[tuple[int, int, int], list[tuple[str, ProfileShape]]] = {}
     for resource, holders in snap.free_index.items():
         if resource == want.resource or not holders:
             continue
         info = snap.nodes.get(next(iter(holders)))
         offered = info.shapes.get(resource) if info is not None else None
         if offered is not None and can_substitute(requested, offered):
-            levels.setdefault(waste(requested, offered), []).append(resource)
+            levels.setdefault(waste(requested, offered), []).append((resource, offered))
     best: tuple[tuple, str, str] | None = None
     for level in sorted(levels):
-        for resource in levels[level]:
+        for resource, offered in levels[level]:
             if _claimed_by_queue(snap, resource, want.count, pod.created, settings.aging):
                 continue  # pods wait for exactly this type: its free slices are theirs first
-            holders = snap.free_index[resource]
-            nodes = holders & candidate_set if len(holders) < len(candidate_set) else candidate_set & holders
-            for node in nodes:
-                info = snap.nodes[node]
-                offered = info.shapes.get(resource)
-                if offered is None or not can_substitute(requested, offered):
-                    continue
-                extra = waste(requested, offered)
-                if best is not None and extra > best[0][0]:
-                    continue  # cannot win: skip the costlier terms below
-                free = snap.free(node, resource)
-                if free < want.count or (best is not None and (extra, free - want.count) > best[0][:2]):
-                    continue
-                left_compute = info.total_compute - info.busy_compute - offered.compute_slices * want.count
-                cost = (extra, free - want.count, left_compute, node)
-                if best is None or cost < best[0]:
-                    best = (cost, node, resource)
+            found = _cheapest_holder(snap, resource, offered, requested, want.count, candidate_set)
+            if found is not None and (best is None or found < best[0]):
+                best = (found, found[3], resource)
         if best is not None:
             break  # a cheaper level had nothing feasible; every later level wastes more
     if best is None:
@@ -667,6 +653,43 @@ def _claimed_by_queue(snap: ClusterSnapshot, resource: str, count: int, created:
     return snap.spare(resource) < count
 
 
+def _cheapest_holder(snap: ClusterSnapshot, resource: str, offered: ProfileShape, requested: ProfileShape,
+                     count: int, candidates: Set[str]) -> tuple[tuple[int, int, int], int, int, str] | None:
+    """The cost ``(waste, free left, compute left, node)`` of the best candidate to take ``count`` slices of
+    ``resource`` from, or None.
+
+    Reads the snapshot's FreeOrder, sorted by (free, idle compute, name) without reservations: the first
+    candidate in it without a reservation of this type is the best of those, usually the first entry. The
+    few nodes that hold reservations of it, and any node whose GPU reads the name as another shape (an
+    alias), are costed one by one, as the plain definition does.
+    """
+    nodes = snap.nodes
+    extra = waste(requested, offered)
+    reserved = set(snap.reserved_nodes(resource))
+    holders = snap.nodes_with_free(resource)
+    odd = [node for node in reserved if node in holders and node in candidates]
+    best = None
+    for free, idle, node in snap.free_order.of(resource, count):
+        if node not in candidates or node in reserved:
+            continue
+        if nodes[node].shapes.get(resource) != offered:
+            odd.append(node)
+            continue
+        best = (extra, free - count, idle - offered.compute_slices * count, node)
+        break
+    for node in odd:
+        info = nodes[node]
+        shape = info.shapes.get(resource)
+        free = snap.free(node, resource)
+        if shape is None or free < count or not can_substitute(requested, shape):
+            continue
+        cost = (waste(requested, shape), free - count,
+                info.total_compute - info.busy_compute - shape.compute_slices * count, node)
+        if best is None or cost < best:
+            best = cost
+    return best
+
+
 # --------------------------------------------------------------------------------------------------
 # Scores
 
@@ -685,6 +708,7 @@ def score_nodes(pod: PodInfo, nodes: Sequence[str], snap: ClusterSnapshot,
     demand = list(pod.demand.items())
     single = demand[0] if len(demand) == 1 else None
     spread = policy is Policy.SPREAD
+    key = (single, spread)
     all_nodes, reserved = snap.nodes, snap.reserved
     out = []
     for node in nodes:
@@ -692,16 +716,14 @@ def score_nodes(pod: PodInfo, nodes: Sequence[str], snap: ClusterSnapshot,
         if info is None or info.total_compute == 0:
             out.append((node, 0))
             continue
-        shapes, alloc, used = info.shapes, info.allocatable, info.used
-        if single is not None and node not in reserved:  # the usual case: plain arithmetic, no copies
-            r, n = single
-            shape, a = shapes.get(r), alloc.get(r, 0)
-            busy = info.busy_compute + (shape.compute_slices * n if shape else 0)
-            fit = 1.0 - max(a - used.get(r, 0) - n, 0) / a if a else 0.0
-            score = round(MAX_SCORE * (0.7 * min(busy / info.total_compute, 1.0) + 0.3 * fit))
-            score = MAX_SCORE - score if spread else score
-            out.append((node, max(0, min(MAX_SCORE, score))))
+        if single is not None and node not in reserved:  # the usual case: remembered on the node's state
+            memo = info.scores
+            score = memo.get(key)
+            if score is None:
+                score = memo[key] = _single_score(info, single, spread)
+            out.append((node, score))
             continue
+        shapes, alloc, used = info.shapes, info.allocatable, info.used
         held = dict(reserved.get(node) or {})
         if own is not None and own[0] == node:
             held[own[1].resource] = held.get(own[1].resource, 0) - own[1].count
@@ -715,6 +737,18 @@ def score_nodes(pod: PodInfo, nodes: Sequence[str], snap: ClusterSnapshot,
         score = MAX_SCORE - score if spread else score
         out.append((node, max(0, min(MAX_SCORE, score))))
     return out
+
+
+def _single_score(info: NodeInfo, want: tuple[str, int], spread: bool) -> int:
+    """The score of a node without reservations for a pod asking for one type: a function of the node's
+    state alone, so NodeInfo.scores keeps it until the node changes (a new NodeInfo)."""
+    r, n = want
+    shape, a = info.shapes.get(r), info.allocatable.get(r, 0)
+    busy = info.busy_compute + (shape.compute_slices * n if shape else 0)
+    fit = 1.0 - max(a - info.used.get(r, 0) - n, 0) / a if a else 0.0
+    score = round(MAX_SCORE * (0.7 * min(busy / info.total_compute, 1.0) + 0.3 * fit))
+    score = MAX_SCORE - score if spread else score
+    return max(0, min(MAX_SCORE, score))
 
 
 # --------------------------------------------------------------------------------------------------

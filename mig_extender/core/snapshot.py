@@ -10,6 +10,7 @@ never changes once built: one request reads one snapshot from start to end.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -148,6 +149,13 @@ class NodeInfo:
         return out  # a plain dict: read-only by convention, ~10x faster to read than a MappingProxyType
 
     @cached_property
+    def scores(self) -> dict[tuple, int]:
+        """Scores computed for this node state, by (pod shape, policy): /prioritize asks again for every
+        pod and most nodes have not changed since (planner._single_score; issue 19: 27 ms p99 at 5,000
+        names before). A node that changes is a new NodeInfo, with an empty memo."""
+        return {}
+
+    @cached_property
     def total_compute(self) -> int:
         return sum(self.shapes[r].compute_slices * n for r, n in self.allocatable.items() if r in self.shapes)
 
@@ -169,6 +177,48 @@ class NodeInfo:
     def used_compute(self, extra: Mapping[str, int] = EMPTY) -> int:
         return sum(self.shapes[r].compute_slices * (self.used.get(r, 0) + extra.get(r, 0))
                    for r in self.allocatable if r in self.shapes)
+
+
+class FreeOrder:
+    """Per resource, the schedulable nodes with a free slice of it, in the substitute search's order:
+    ``(free, idle compute, name)`` ascending, reservations not subtracted (the search corrects the few
+    nodes that hold one). Built lazily, once per resource, from nodes that never change: the inventory
+    hands the same FreeOrder to every snapshot until a node changes, so a sold-out ``/filter`` reads the
+    first few entries instead of every holder (issue 19: 33 ms at 5,000 nodes before).
+
+    The memo is the only mutable part; two threads building the same entry at once both compute the
+    same value, so it needs no lock. ``memo=False`` is for the simulator, whose snapshots read live,
+    changing nodes: every call sorts afresh.
+    """
+
+    __slots__ = ("_free", "_index", "_nodes", "_orders")
+
+    def __init__(self, nodes: Mapping[str, NodeInfo], free_index: Mapping[str, frozenset[str]],
+                 memo: bool = True) -> None:
+        self._nodes, self._index = nodes, free_index
+        self._orders: dict[str, tuple[tuple[int, int, str], ...]] | None = {} if memo else None
+        self._free: dict[str, int] | None = {} if memo else None
+
+    def of(self, resource: str, at_least: int = 1) -> tuple[tuple[int, int, str], ...]:
+        """``(free, idle compute, node)`` of the holders of ``resource``, fewest free first; only those with
+        ``at_least`` free (before reservations)."""
+        order = self._orders.get(resource) if self._orders is not None else None
+        if order is None:
+            nodes = self._nodes
+            order = tuple(sorted((info.free(resource), info.total_compute - info.busy_compute, name)
+                                 for name, info in ((n, nodes[n]) for n in self._index.get(resource, ()))))
+            if self._orders is not None:
+                self._orders[resource] = order
+        return order[bisect_left(order, (at_least,)):] if at_least > 1 else order
+
+    def total_free(self, resource: str) -> int:
+        """Free slices of ``resource`` on schedulable nodes, reservations not subtracted."""
+        total = self._free.get(resource) if self._free is not None else None
+        if total is None:
+            total = sum(entry[0] for entry in self.of(resource))
+            if self._free is not None:
+                self._free[resource] = total
+        return total
 
 
 @dataclass(frozen=True)
@@ -198,13 +248,21 @@ class ClusterSnapshot:
     # names of the cordoned nodes (NodeInfo.schedulable False): usually none, and then the filter reads no
     # node's flag at all
     cordoned: frozenset[str] = frozenset()
+    # the substitute search's index over ``nodes`` and ``free_index`` (shared by snapshots of one inventory
+    # state); None only while __post_init__ has not made one
+    free_order: FreeOrder | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.free_order is None:
+            object.__setattr__(self, "free_order", FreeOrder(self.nodes, self.free_index))
 
     @classmethod
     def build(cls, nodes: Mapping[str, NodeInfo], free_index: Mapping[str, frozenset[str]] | None = None,
               rules: Iterable[Rule] = (), now: float = 0.0, synced: bool = True,
               pending: Mapping[str, int] | None = None, lowest_priority: int = NO_HOLDER,
               cordoned: frozenset[str] | None = None,
-              pending_since: Mapping[str, float] | None = None) -> ClusterSnapshot:
+              pending_since: Mapping[str, float] | None = None,
+              free_order: FreeOrder | None = None) -> ClusterSnapshot:
         if free_index is None:
             free_index = build_free_index(nodes.values())
         if cordoned is None:
@@ -222,7 +280,7 @@ class ClusterSnapshot:
             rules_by_name={r.name: r for r in rules},
             rules_by_pod_uid=newest_rule_per_pod(rules), pending=pending or {},
             pending_since=pending_since or {},
-            lowest_priority=lowest_priority, cordoned=cordoned,
+            lowest_priority=lowest_priority, cordoned=cordoned, free_order=free_order,
         )
 
     def with_rule(self, rule: Rule) -> ClusterSnapshot:
@@ -270,9 +328,18 @@ class ClusterSnapshot:
     def spare(self, resource: str) -> int:
         """Free slices of ``resource`` cluster-wide (after reservations) beyond what pending pods wait for.
 
-        O(nodes with a free slice of it): for the reconciler and the sold-out path, not per candidate."""
-        free = sum(max(self.free(node, resource), 0) for node in self.nodes_with_free(resource))
+        O(reservations) once the free order has the resource's total: the sold-out path asks on every call."""
+        holders = self.nodes_with_free(resource)
+        free = self.free_order.total_free(resource)
+        for node in self.reserved_nodes(resource):
+            if node in holders:  # the total counts its free slices whole: count what is left after the reservation
+                own = self.nodes[node].free(resource)
+                free += max(self.free(node, resource), 0) - own
         return free - self.pending.get(resource, 0)
+
+    def reserved_nodes(self, resource: str) -> list[str]:
+        """Nodes where active rules reserve slices of ``resource``: O(nodes with reservations)."""
+        return [node for node, held in self.reserved.items() if held.get(resource)]
 
 
 def build_free_index(nodes: Iterable[NodeInfo]) -> dict[str, frozenset[str]]:

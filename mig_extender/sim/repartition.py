@@ -30,8 +30,7 @@ from dataclasses import dataclass, field, replace
 
 from ..core.catalog import GpuModel
 from ..core.repartition import Demand, GpuState, NodeGpus, NodePlan, RepartitionSettings, plan_repartition, track_demand
-from ..core.snapshot import NodeInfo
-from .cluster import ClusterSpec, SimCluster
+from .cluster import ClusterSpec, LiveNodeInfo, SimCluster
 from .engine import POLICIES as ENGINE_POLICIES
 from .engine import Engine, Mechanics, PolicySpec, _Work
 from .stats import RunResult
@@ -130,7 +129,8 @@ class RepartitionCluster(SimCluster):
 
     def _set_allocatable(self, node: str, alloc: dict[str, int]) -> None:
         old = self.nodes[node]
-        self.nodes[node] = NodeInfo(name=node, gpu=old.gpu, allocatable=alloc, used=old.used, gpu_count=old.gpu_count)
+        self.nodes[node] = LiveNodeInfo(name=node, gpu=old.gpu, allocatable=alloc, used=old.used,
+                                        gpu_count=old.gpu_count)
 
     def start_change(self, plan: NodePlan, now: float, downtime: float) -> None:
         """The label is written: the node's free slices vanish, the changed GPUs get their target."""
