@@ -45,7 +45,7 @@ from mig_extender.core.catalog import model  # noqa: E402
 from mig_extender.sim.cluster import gpu_layouts  # noqa: E402
 from mig_extender.sim.stats import percentile  # noqa: E402
 
-SAMPLES = REPO / ".." / "shared" / "samples"
+SAMPLES = Path(os.environ.get("SAMPLES") or REPO / ".." / "shared" / "samples")  # $SAMPLES: from a worktree
 GPU = model("A100-80GB")
 TARGET_P99_MS = 5.0
 
@@ -218,6 +218,8 @@ def bench_size(nodes: int, args: argparse.Namespace, workdir: Path) -> list[dict
                                      "NodeNames": None},
         }
         for (mode, verb), body in bodies.items():
+            if mode not in args.modes:
+                continue
             data = json.dumps(body, separators=(",", ":")).encode()
 
             def post(conn: http.client.HTTPConnection, _: int, data: bytes = data, verb: str = verb) -> None:
@@ -265,7 +267,7 @@ def bench_webhook(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     port = free_port()
     log = (workdir / "webhook.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mig_extender.cli", "webhook", "--bind", f"127.0.0.1:{port}",
+        [sys.executable, "-m", "mig_extender.cli", "webhook", "--no-cluster", "--bind", f"127.0.0.1:{port}",
          "--tls-cert", str(certs / "tls.crt"), "--tls-key", str(certs / "tls.key"), "--log-level", "warning"],
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True)
@@ -309,6 +311,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=30.0, help="time cap per measurement")
     ap.add_argument("--concurrency", type=int, default=1, help="client threads (kube-scheduler calls one at a time)")
     ap.add_argument("--json", action="store_true", help="print the rows as one JSON object")
+    ap.add_argument("--modes", default="names,full", type=lambda v: v.split(","),
+                    help="ExtenderArgs shapes to measure: names (nodeCacheCapable), full (Node objects)")
     args = ap.parse_args()
     sizes = args.nodes or [100, 1000, 5000]
     rows: list[dict[str, Any]] = []

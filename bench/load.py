@@ -186,8 +186,9 @@ def webhook_phase(seconds: float, limit: int, threads: int) -> dict[str, Any]:
                        capture_output=True, cwd=ROOT)
         port = free_port()
         url, ca = f"https://127.0.0.1:{port}", str(Path(tmp) / "ca.crt")
-        proc = start([sys.executable, "-m", "mig_extender.cli", "webhook", "--bind", f"127.0.0.1:{port}",
-                      "--tls-cert", f"{tmp}/tls.crt", "--tls-key", f"{tmp}/tls.key", "--log-level", "warning"],
+        proc = start([sys.executable, "-m", "mig_extender.cli", "webhook", "--no-cluster",
+                      "--bind", f"127.0.0.1:{port}", "--tls-cert", f"{tmp}/tls.crt", "--tls-key", f"{tmp}/tls.key",
+                      "--log-level", "warning"],
                      url + "/readyz", verify=ca)
         try:
             review = json.loads((FIXTURES / "admission-review-pod-create.json").read_text())

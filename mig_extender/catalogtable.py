@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from .core.catalog import MODELS, model, substitutes
+from .core.catalog import MODELS, lookup_models, substitutes
 
 
 def render_catalog(gpu: str | None = None) -> str:
-    models = [model(gpu)] if gpu else list(MODELS)
+    """Every model, or those ``gpu`` names (a model, a family or a GPU feature discovery product)."""
+    models = list(lookup_models(gpu)) if gpu else list(MODELS)
     out: list[str] = []
     for m in models:
         out.append(f"{m.name}  ({m.compute_slices} compute slices, {m.memory_slices} memory slices, {m.memory_gb} GB)")

@@ -9,14 +9,16 @@ scheduler replica (only the leader is called), not by adding workers. Apps are b
 
 from __future__ import annotations
 
+import errno
 import gc
 import json
 import logging
 import os
 import socket
+import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -25,16 +27,72 @@ from .cluster.inventory import ClusterInventory, load_list
 from .cluster.rulestore import MemoryRuleStore, RuleStore
 from .components.extender import ExtenderService
 from .components.metrics import Metrics
-from .components.settings import Settings
+from .components.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
 HOUSEKEEPING_SECONDS = 5.0
+
+
+# --------------------------------------------------------------------------------------------------
+# Checks the CLI runs before gunicorn starts: a worker that fails to boot prints a 40-line traceback
+# and gunicorn's own bind retries take 5 s, so every mistake a user can make is caught here first.
+
+
+def read_snapshot(path: str) -> Mapping[str, Any]:
+    """The v1 List in ``path``; SettingsError says what is wrong with the file in one line."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except FileNotFoundError:
+        raise SettingsError(f"--snapshot {path}: no such file") from None
+    except json.JSONDecodeError as exc:
+        where = f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+        raise SettingsError(f"--snapshot {path}: not JSON ({where})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"--snapshot {path}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("items"), list):
+        raise SettingsError(f"--snapshot {path}: not a v1 List with an 'items' array "
+                            "(write one with kubectl get nodes,pods -A -o json)")
+    return doc
+
+
+def check_address(flag: str, address: str) -> None:
+    """SettingsError unless this process could listen on ``address`` now (gunicorn would retry 5 s)."""
+    host, _, port = address.rpartition(":")
+    try:
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM,
+                                                              flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise SettingsError(f"{flag} {address}: cannot resolve {host!r} ({exc.strerror})") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+        try:
+            probe.bind(sockaddr)
+        except OSError as exc:
+            hint = {errno.EADDRINUSE: "address already in use",
+                    errno.EADDRNOTAVAIL: "not an address of this machine",
+                    errno.EACCES: "permission denied (ports below 1024 need privileges)"}
+            raise SettingsError(f"{flag} {address}: {hint.get(exc.errno, exc.strerror)}") from None
+
+
+def check_tls(cert: str, key: str) -> None:
+    """SettingsError unless ``cert`` and ``key`` load as a server certificate and its key."""
+    for flag, path in (("--tls-cert", cert), ("--tls-key", key)):
+        if not os.path.isfile(path):
+            raise SettingsError(f"{flag} {path}: no such file")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError):
+        raise SettingsError(f"--tls-cert {cert} / --tls-key {key}: not a PEM certificate and its key") from None
 
 
 def _logging(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("urllib3", "kubernetes"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # urllib3 logs each of its three retries of every call while the API server is away; the informer's
+    # own warning says it once per attempt. Other urllib3 warnings (a full connection pool) stay.
+    logging.getLogger("urllib3.connectionpool").addFilter(lambda record: not record.getMessage().startswith("Retrying"))
 
 
 def build_store(settings: Settings, api: Any = None) -> RuleStore:
@@ -48,18 +106,30 @@ def build_store(settings: Settings, api: Any = None) -> RuleStore:
 def _cluster(settings: Settings, inventory: ClusterInventory) -> tuple[Any, list[Any]]:
     """Fill ``inventory`` from the snapshot file or live informers; returns (api client or None, informers)."""
     if settings.snapshot:
-        with open(settings.snapshot, encoding="utf-8") as fh:
-            count = load_list(inventory, json.load(fh))
-        log.info("loaded %d objects from %s (no cluster: binds are recorded, not sent)", count, settings.snapshot)
+        load_list(inventory, read_snapshot(settings.snapshot))
+        snap = inventory.snapshot()
+        log.info("serving the cluster saved in %s: %d nodes, %d MIG pods; no API server, so binds are "
+                 "recorded here and not sent", settings.snapshot, len(snap.nodes), len(inventory.pods()))
         return None, []
     if settings.has_cluster:
-        from .cluster.client import api_client
+        from .cluster.client import api_client, describe_client_config
         from .cluster.informer import start_inventory_informers
 
+        log.info("watching the cluster through %s", describe_client_config(settings.kubeconfig, settings.in_cluster))
         api = api_client(settings.kubeconfig, settings.in_cluster)
         return api, start_inventory_informers(api, inventory)
-    inventory.synced = True  # no cluster at all: ready, and every MIG pod fails with a clear reason
+    inventory.synced = True  # tests and simulations only: the CLI refuses to start without a source
     return None, []
+
+
+def _disconnected(informers: list[Any]) -> Callable[[], dict[str, float]]:
+    """Per watch, seconds since it lost the API server (0 while connected), for the metrics."""
+    def seconds() -> dict[str, float]:
+        now = time.time()
+        return {i.name: (now - i.disconnected_since) if i.disconnected_since is not None else 0.0
+                for i in informers}
+
+    return seconds
 
 
 def _staleness(informers: list[Any], settings: Settings) -> Callable[[], str] | None:
@@ -86,16 +156,39 @@ def build_service(settings: Settings) -> ExtenderService:
     informers = [*informers, *([service.store.informer] if getattr(service.store, "informer", None) else [])]
     if (check := _staleness(informers, settings)) is not None:
         service.checks.append(check)
+    metrics.watch_health(service.readiness_problems, _disconnected(informers))
     _every(HOUSEKEEPING_SECONDS, service.housekeeping, "housekeeping")
+    _report_gpu_problems(inventory, api)
     _freeze_heap_when_synced(inventory)
     return service
+
+
+def _report_gpu_problems(inventory: ClusterInventory, api: Any) -> None:
+    """Nodes whose GPU is not recognised: once each in the log and, with a cluster, as a node Event.
+    Its own thread, so a slow API server delays neither scheduling calls nor housekeeping."""
+    from .components.gpureport import GpuProblemReporter
+
+    write = None
+    if api is not None:
+        from .cluster.actions import NodeEvents
+
+        write = NodeEvents(api, component="extender").warn
+    reporter = GpuProblemReporter(inventory.gpu_problems, write)
+
+    def report() -> None:
+        if inventory.synced:  # a half-listed cluster would report nodes whose labels are still coming
+            reporter.run_once()
+
+    _every(HOUSEKEEPING_SECONDS, report, "gpu-problems")
 
 
 def build_webhook(settings: Settings) -> Any:
     from .components.webhook import WebhookService
 
     if not settings.has_cluster:
-        return WebhookService(MemoryRuleStore(retention=settings.retention))
+        service = WebhookService(MemoryRuleStore(retention=settings.retention))
+        service.metrics.watch_health(service.readiness_problems, dict)
+        return service
     from .cluster.client import api_client
     from .cluster.informer import start_label_informer
 
@@ -103,10 +196,14 @@ def build_webhook(settings: Settings) -> Any:
     namespaces, lookup = start_label_informer(api)
     service = WebhookService(build_store(settings, api), lookup)
     service.checks.append(lambda: "" if namespaces.synced.is_set() else "namespace labels not synced")
+    informers = [namespaces, *([service.store.informer] if getattr(service.store, "informer", None) else [])]
+    service.metrics.watch_health(service.readiness_problems, _disconnected(informers))
     return service
 
 
 def build_reconciler(settings: Settings, lease_name: str, identity: str, dry_run: bool) -> Any:
+    """The leader-elected reconciler. ``dry_run``: every write of its API client is logged and held back
+    (cluster/dryrun.py), and it takes no Lease (it must never keep the real reconciler from leading)."""
     from .cluster.actions import KubeActions
     from .cluster.leases import LeaseElector
     from .components.reconciler import Reconciler
@@ -115,14 +212,26 @@ def build_reconciler(settings: Settings, lease_name: str, identity: str, dry_run
         raise ValueError("reconcile needs a cluster (--kubeconfig or --in-cluster)")
     inventory = ClusterInventory()
     api, informers = _cluster(settings, inventory)
-    elector = LeaseElector(api, settings.namespace, lease_name, identity).run()
-    _ON_EXIT.append(elector.stop)  # release the Lease on a graceful stop: the standby takes over at once
+    is_leader: Callable[[], bool] = lambda: True  # noqa: E731 - a dry run logs what a leader would do
+    if dry_run:
+        from .cluster.dryrun import sandbox
+
+        sandbox(api)
+        log.warning("dry run: no write reaches the API server (each is logged as 'dry-run: would ...')")
+    else:
+        elector = LeaseElector(api, settings.namespace, lease_name, identity).run()
+        _ON_EXIT.append(elector.stop)  # release the Lease on a graceful stop: the standby takes over at once
+        is_leader = elector.is_leader
     metrics = Metrics()
-    reconciler = Reconciler(inventory, build_store(settings, api), KubeActions(api, dry_run=dry_run),
-                            settings.plan, metrics, is_leader=elector.is_leader, retention=settings.retention)
+    reconciler = Reconciler(inventory, build_store(settings, api), KubeActions(api), settings.plan, metrics,
+                            is_leader=is_leader, retention=settings.retention,
+                            preemption=settings.preemption_settings)
     metrics.watch(lambda: inventory.snapshot(reconciler.store.list()))
     if (check := _staleness(informers, settings)) is not None:
         reconciler.checks.append(check)
+    store_informer = getattr(reconciler.store, "informer", None)
+    metrics.watch_health(reconciler.readiness_problems,
+                         _disconnected([*informers, *([store_informer] if store_informer else [])]))
     threading.Thread(target=reconciler.run, args=(threading.Event(),), name="reconcile", daemon=True).start()
     log.info("reconciler %s started; acting only while holding Lease %s/%s", identity, settings.namespace, lease_name)
     return reconciler
@@ -153,7 +262,8 @@ def _every(seconds: float, task: Callable[[], None], name: str) -> None:
 
 
 def _freeze_heap_when_synced(inventory: ClusterInventory) -> None:
-    """Once the first full list is in, move every object alive to the GC's permanent generation.
+    """Once the first full list is in, say what the inventory holds, and move every object alive to the
+    GC's permanent generation.
 
     The initial list leaves a large, long-lived heap (about 300 MB at 5,000 nodes); a full collection
     walks all of it, 250-300 ms measured at that size, and one would land on some scheduling call.
@@ -162,9 +272,14 @@ def _freeze_heap_when_synced(inventory: ClusterInventory) -> None:
     def freeze() -> None:
         while not inventory.synced:
             time.sleep(0.5)
+        nodes = inventory.snapshot().nodes
+        log.info("inventory synced: %d nodes (%d with MIG slices, %d with an unrecognised GPU), %d MIG pods",
+                 len(nodes), sum(1 for n in nodes.values() if n.allocatable), len(inventory.gpu_problems()),
+                 len(inventory.pods()))
         gc.collect()
         gc.freeze()
-        log.info("inventory synced: %d objects moved out of the collector's reach", gc.get_freeze_count())
+        log.debug("froze %d long-lived objects: full garbage collections no longer scan them",
+                  gc.get_freeze_count())
 
     threading.Thread(target=freeze, name="gc-freeze", daemon=True).start()
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
+import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from mig_extender.cluster.inventory import ClusterInventory
@@ -22,6 +25,18 @@ PRODUCTS = {
     "H200-141GB": ("NVIDIA-H200", 143771),
     "B200-180GB": ("NVIDIA-B200", 183359),
     "A30-24GB": ("NVIDIA-A30", 24576),
+    # the models issue 16 added: GPU feature discovery's product string and memory label (MiB)
+    "GH200-96GB": ("NVIDIA-GH200-480GB", 97871),
+    "GH200-144GB": ("NVIDIA-GH200-144G-HBM3e", 147456),
+    "GB200-186GB": ("NVIDIA-GB200", 190464),
+    "B300-288GB": ("NVIDIA-B300-SXM6-AC", 275456),
+    "GB300-288GB": ("NVIDIA-GB300", 284672),
+    "RTX-PRO-6000-96GB": ("NVIDIA-RTX-PRO-6000-Blackwell-Server-Edition", 98304),
+    "H20-96GB": ("NVIDIA-H20", 98304),
+    "H800-80GB": ("NVIDIA-H800", 81920),
+    "H800-94GB": ("NVIDIA-H800-NVL", 96256),
+    "A800-40GB": ("NVIDIA-A800-SXM4-40GB", 40960),
+    "A800-80GB": ("NVIDIA-A800-SXM4-80GB", 81920),
 }
 
 
@@ -44,17 +59,22 @@ def make_node(name: str, gpu: str | None = "A100-40GB", mig: Mapping[str, int] |
             "status": {"capacity": dict(alloc), "allocatable": alloc}}
 
 
+OWNER_API_VERSIONS = {"Job": "batch/v1", "ReplicationController": "v1"}
+
+
 def make_pod(name: str = "", namespace: str = "default", mig: Mapping[str, Any] | None = None,
-             node: str = "", phase: str = "", owner: tuple[str, str, str] | None = None,
+             node: str = "", phase: str = "", owner: tuple[str, ...] | None = None,
              annotations: Mapping[str, str] | None = None, init_mig: Mapping[str, Any] | None = None,
              uid: str | None = None, terminating: bool = False, containers: int = 1,
              created: str = "") -> dict[str, Any]:
-    """A pod JSON; ``owner`` is (kind, name, uid) of its controller."""
+    """A pod JSON; ``owner`` is (kind, name, uid[, apiVersion]) of its controller (apiVersion defaults to
+    the built-in kind's: apps/v1, batch/v1 for a Job)."""
     n = next(_uids)
     meta: dict[str, Any] = {"name": name or f"pod-{n}", "namespace": namespace,
                             "uid": uid if uid is not None else f"uid-{n:04d}"}
     if owner:
-        meta["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": owner[0], "name": owner[1], "uid": owner[2],
+        api_version = OWNER_API_VERSIONS.get(owner[0], "apps/v1") if len(owner) < 4 else owner[3]
+        meta["ownerReferences"] = [{"apiVersion": api_version, "kind": owner[0], "name": owner[1], "uid": owner[2],
                                     "controller": True}]
     if annotations:
         meta["annotations"] = dict(annotations)
@@ -73,6 +93,17 @@ def make_pod(name: str = "", namespace: str = "default", mig: Mapping[str, Any] 
         spec["nodeName"] = node
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec,
             "status": {"phase": phase or ("Running" if node else "Pending")}}
+
+
+RECORDED_REVIEW = json.loads((Path(__file__).parent / "fixtures/admission-review-pod-create.json").read_text())
+
+
+def admission_review(pod: Mapping[str, Any], operation: str = "CREATE", dry_run: bool = False) -> dict[str, Any]:
+    """The recorded AdmissionReview (a ReplicaSet's pod CREATE) carrying ``pod`` instead."""
+    body = copy.deepcopy(RECORDED_REVIEW)
+    body["request"].update(object=copy.deepcopy(dict(pod)), operation=operation, dryRun=dry_run,
+                           namespace=pod["metadata"]["namespace"])
+    return body
 
 
 def inventory_of(*objects: Mapping[str, Any]) -> ClusterInventory:

@@ -1,12 +1,14 @@
 """Every change mig-extender makes to the cluster: Bindings, restarts, bare-pod recreation, Events.
 
-One owner for side effects (as the descheduler's evictions package): each mutating call can run dry
-(``dry_run=True`` logs what it would do), carries a uid precondition where it restarts a pod, and none is
-made on the extender's filter path. Must not: decide which pod to act on (the planner does).
+One owner for side effects (as the descheduler's evictions package): restarts always go through the
+Eviction API with a uid precondition, a 429 is a typed outcome (``Restart.REFUSED``), and none is made on
+the extender's filter path. A dry run is a sandboxed API client (cluster/dryrun.py), not a flag here.
+Must not: decide which pod to act on (the planner does).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -18,9 +20,12 @@ from urllib.parse import quote
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from ..core.podspec import selector_matches
+from ..core.podspec import Restart, RestartOutcome, dry_run_copy
+from ..core.preemption import DISRUPTION_MESSAGE, DISRUPTION_REASON, Deletion
 from ..core.rules import ANN_RECREATE
 from .client import JSON, MERGE_PATCH, JsonPoster, raw
+
+STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"  # merges status.conditions by type
 
 log = logging.getLogger(__name__)
 
@@ -39,75 +44,132 @@ class KubeBinder:
 
 
 class KubeActions:
-    """Every change the reconciler makes to the cluster. ``dry_run`` logs instead of acting."""
+    """Every change the reconciler makes to the cluster. A dry run swaps the API client for a sandboxed one
+    (cluster/dryrun.py) that logs every write instead of sending it: this class does not branch on it."""
 
-    def __init__(self, api: client.ApiClient, component: str = "mig-extender-reconciler",
-                 dry_run: bool = False) -> None:
+    def __init__(self, api: client.ApiClient, component: str = "mig-extender-reconciler") -> None:
         self._core = client.CoreV1Api(api)
+        self._batch = client.BatchV1Api(api)
         self._policy = client.PolicyV1Api(api)
         self._custom = client.CustomObjectsApi(api)
         self._events = client.EventsV1Api(api)
         self.component = component
-        self.dry_run = dry_run
         self.host = os.environ.get("HOSTNAME", "")
 
     def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._read(self._core.read_namespaced_pod, name, namespace)
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Job owning a pod: its podFailurePolicy and failure counts decide whether a restart is free."""
+        return self._read(self._batch.read_namespaced_job, name, namespace)
+
+    @staticmethod
+    def _read(call: Any, name: str, namespace: str) -> dict[str, Any] | None:
         try:
-            return raw(self._core.read_namespaced_pod, name, namespace)
+            return raw(call, name, namespace)
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
 
-    def pdb_covers(self, pod: JSON) -> bool:
-        labels = (pod.get("metadata") or {}).get("labels") or {}
-        pdbs = raw(self._policy.list_namespaced_pod_disruption_budget, pod["metadata"]["namespace"])
-        return any(selector_matches((p.get("spec") or {}).get("selector"), labels) for p in pdbs.get("items") or [])
-
-    def evict_or_delete(self, pod: JSON) -> str:
-        """Restart a controller-owned pod: the Eviction API when a PDB covers it, else a delete. The uid
-        precondition makes a repeated call (another leader, a retry) a no-op instead of a second restart."""
+    def evict(self, pod: JSON) -> RestartOutcome:
+        """Restart a pod through the Eviction API: the API server enforces PodDisruptionBudgets (429 when one
+        refuses) and sets the DisruptionTarget condition, which a Job's podFailurePolicy can ignore (a plain
+        delete would count against its backoffLimit). The uid precondition makes a repeated call (another
+        leader, a retry) a no-op instead of a second restart."""
         meta = pod["metadata"]
         ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
-        use_eviction = self.pdb_covers(pod)
-        if self.dry_run:
-            log.info("dry-run: would %s pod %s/%s", "evict" if use_eviction else "delete", ns, name)
-            return "dry-run"
-        options = {"preconditions": {"uid": uid}}
+        body = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name, "namespace": ns},
+                "deleteOptions": {"preconditions": {"uid": uid}}}
         try:
-            if use_eviction:
-                body = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name, "namespace": ns},
-                        "deleteOptions": options}
-                raw(self._core.create_namespaced_pod_eviction, name, ns, body)
-                return "evicted"
-            raw(self._core.delete_namespaced_pod, name, ns, body=options)
-            return "deleted"
+            raw(self._core.create_namespaced_pod_eviction, name, ns, body)
         except ApiException as exc:
             if exc.status in (404, 409):
-                return "gone"
+                return RestartOutcome(Restart.GONE)
+            if exc.status == 429:
+                return RestartOutcome(Restart.REFUSED, _api_message(exc))
             raise
+        return RestartOutcome(Restart.EVICTED)
 
-    def stash_and_delete_bare_pod(self, rule_ns: str, rule_name: str, pod: JSON, replacement: JSON) -> str:
-        """Write the replacement manifest onto the rule first, then delete the pod: if we die in between,
-        whoever leads next finds the manifest and creates the pod (``finish_recreate``)."""
-        meta = pod["metadata"]
-        if self.dry_run:
-            log.info("dry-run: would recreate bare pod %s/%s", meta["namespace"], meta["name"])
-            return "dry-run"
-        patch = {"metadata": {"annotations": {ANN_RECREATE: json.dumps(replacement, separators=(",", ":"))}}}
+    def preempt(self, namespace: str, name: str, uid: str) -> Deletion:
+        """Delete a preemption victim as kube-scheduler does (``Executor.PreemptPod``, framework/preemption):
+        first the DisruptionTarget condition (reason PreemptionByScheduler), so a Job whose
+        podFailurePolicy ignores DisruptionTarget does not count the pod as failed, then a DELETE with the
+        pod's own grace period. There is no Eviction: kube-scheduler honours PDBs only through its choice of
+        victims, and so do we. The uid precondition makes a repeated call (a new leader) harmless."""
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        condition = {"type": "DisruptionTarget", "status": "True", "reason": DISRUPTION_REASON,
+                     "message": DISRUPTION_MESSAGE, "lastTransitionTime": now}
+        try:
+            # metadata.uid in a patch is a precondition (409 on a namesake): the new pod is never touched
+            raw(self._core.patch_namespaced_pod_status, name, namespace,
+                {"metadata": {"uid": uid}, "status": {"conditions": [condition]}}, _content_type=STRATEGIC_MERGE_PATCH)
+            raw(self._core.delete_namespaced_pod, name, namespace, body={"preconditions": {"uid": uid}})
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                return Deletion.GONE
+            if exc.status == 429:
+                return Deletion.THROTTLED
+            raise
+        return Deletion.DELETED
+
+    def nominate(self, namespace: str, name: str, uid: str, node: str) -> bool:
+        """Set the preemptor's status.nominatedNodeName, as kube-scheduler's PostFilter result does, so its
+        in-tree filters count the pod on that node. False when the pod is gone or replaced (404, 409 on the
+        uid), or already bound: with short grace periods the scheduler may bind it first, and the API
+        refuses the field on a bound pod (422)."""
+        try:
+            raw(self._core.patch_namespaced_pod_status, name, namespace,
+                {"metadata": {"uid": uid}, "status": {"nominatedNodeName": node}}, _content_type=MERGE_PATCH)
+        except ApiException as exc:
+            if exc.status in (404, 409, 422):
+                return False
+            raise
+        return True
+
+    def list_pdbs(self) -> list[dict[str, Any]]:
+        """Every PodDisruptionBudget (policy/v1): read once per reconciler pass that has a preemptor."""
+        return list(raw(self._policy.list_pod_disruption_budget_for_all_namespaces).get("items") or [])
+
+    def list_pods(self, namespace: str) -> list[dict[str, Any]]:
+        """The pods of one namespace (their labels decide which PDBs cover them)."""
+        return list(raw(self._core.list_namespaced_pod, namespace).get("items") or [])
+
+    def replacement_problem(self, manifest: JSON) -> str:
+        """Why the API server would refuse to create ``manifest`` ('' when it would accept it): a server-side
+        dry run (``dryRun=All``, nothing is stored) under a generated name, the old pod still holding the real
+        one. Validation, admission webhooks and quota all run as for the real create."""
+        ns = manifest["metadata"].get("namespace", "default")
+        try:
+            raw(self._core.create_namespaced_pod, ns, dry_run_copy(manifest), dry_run="All")
+        except ApiException as exc:
+            if 400 <= exc.status < 500 and exc.status != 429:
+                return _api_message(exc)
+            raise
+        return ""
+
+    def stash_and_evict_bare_pod(self, rule_ns: str, rule_name: str, pod: JSON, replacement: JSON) -> RestartOutcome:
+        """A bare pod has nobody to recreate it: check the replacement would be accepted (else leave the pod
+        alone), write it onto the rule, then evict the pod. If we die after the eviction, whoever leads next
+        finds the manifest and creates the pod (``finish_recreate``); a refused eviction clears the stash."""
+        problem = self.replacement_problem(replacement)
+        if problem:
+            return RestartOutcome(Restart.INVALID, problem)
+        self._set_stash(rule_ns, rule_name, json.dumps(replacement, separators=(",", ":")))
+        outcome = self.evict(pod)
+        if outcome.kind is Restart.REFUSED:
+            self._set_stash(rule_ns, rule_name, None)
+        return outcome
+
+    def _set_stash(self, rule_ns: str, rule_name: str, manifest_json: str | None) -> None:
+        patch = {"metadata": {"annotations": {ANN_RECREATE: manifest_json}}}
         raw(self._custom.patch_namespaced_custom_object,
             "mig-extender.io", "v1alpha1", rule_ns, "migsubstitutions", rule_name, patch,
             _content_type=MERGE_PATCH)
-        try:
-            raw(self._core.delete_namespaced_pod, meta["name"], meta["namespace"],
-                body={"preconditions": {"uid": meta["uid"]}})
-        except ApiException as exc:
-            if exc.status not in (404, 409):
-                raise
-        return "deleted"
 
     def finish_recreate(self, rule_ns: str, rule_name: str, manifest_json: str) -> str:
-        """Create the stashed bare pod once its predecessor is gone, then clear the stash. Idempotent."""
+        """Create the stashed bare pod once its predecessor is gone, then clear the stash. Idempotent; a
+        create the API refuses keeps the stash (raised: counted per rule, retried, never dropped)."""
         manifest = json.loads(manifest_json)
         ns, name = manifest["metadata"].get("namespace", rule_ns), manifest["metadata"]["name"]
         current = self.get_pod(ns, name)
@@ -115,26 +177,18 @@ class KubeActions:
             return "waiting"  # the old pod is still terminating
         outcome = "exists"
         if current is None:
-            if self.dry_run:
-                return "dry-run"
             try:
                 raw(self._core.create_namespaced_pod, ns, manifest)
                 outcome = "created"
             except ApiException as exc:
                 if exc.status != 409:
                     raise
-        patch = {"metadata": {"annotations": {ANN_RECREATE: None}}}
-        raw(self._custom.patch_namespaced_custom_object,
-            "mig-extender.io", "v1alpha1", rule_ns, "migsubstitutions", rule_name, patch,
-            _content_type=MERGE_PATCH)
+        self._set_stash(rule_ns, rule_name, None)
         return outcome
 
     def event(self, namespace: str, pod_name: str, pod_uid: str, reason: str, message: str,
               warning: bool = False, action: str = "Reconcile") -> None:
         """An events.k8s.io/v1 Event on the pod (``kubectl describe pod`` shows it). Never raises."""
-        if self.dry_run:
-            log.info("dry-run: event %s on %s/%s: %s", reason, namespace, pod_name, message)
-            return
         now = datetime.now(timezone.utc)
         instance = self.host or self.component
         body = {
@@ -150,3 +204,53 @@ class KubeActions:
             raw(self._events.create_namespaced_event, namespace, body)
         except Exception as exc:
             log.warning("event %s on %s/%s not recorded: %s", reason, namespace, pod_name, exc)
+
+
+class NodeEvents:
+    """Warning Events on Nodes (``kubectl describe node`` shows them), each written once per node, reason
+    and message: the Event's name is derived from them and the node's uid, so the other extender replica,
+    or this one after a restart, gets 409 instead of writing a duplicate. Node Events live in namespace
+    ``default``, as the kubelet's do."""
+
+    NAMESPACE = "default"
+
+    def __init__(self, api: client.ApiClient, component: str = "mig-extender") -> None:
+        self._core = client.CoreV1Api(api)
+        self._events = client.EventsV1Api(api)
+        self.component = component
+        self.host = os.environ.get("HOSTNAME", "")
+
+    def warn(self, node: str, reason: str, message: str) -> str:
+        """'created', 'exists' (written before) or 'gone' (no such node); raises ApiException otherwise."""
+        try:
+            uid = (raw(self._core.read_node, node, _request_timeout=10).get("metadata") or {}).get("uid", "")
+        except ApiException as exc:
+            if exc.status == 404:
+                return "gone"
+            raise
+        digest = hashlib.sha256(f"{uid}/{reason}/{message}".encode()).hexdigest()[:12]
+        now = datetime.now(timezone.utc)
+        body = {
+            "apiVersion": "events.k8s.io/v1", "kind": "Event",
+            "metadata": {"name": f"{node[:200]}.{reason.lower()}.{digest}", "namespace": self.NAMESPACE},
+            "eventTime": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "reportingController": f"mig-extender.io/{self.component}",
+            "reportingInstance": self.host or self.component,
+            "action": "Inventory", "reason": reason, "note": message[:1024], "type": "Warning",
+            "regarding": {"apiVersion": "v1", "kind": "Node", "name": node, "uid": uid},
+        }
+        try:
+            raw(self._events.create_namespaced_event, self.NAMESPACE, body, _request_timeout=10)
+        except ApiException as exc:
+            if exc.status == 409:
+                return "exists"
+            raise
+        return "created"
+
+
+def _api_message(exc: ApiException) -> str:
+    """The Status message of an API error (what a PDB refusal or a validation error says), else its reason."""
+    try:
+        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
+    except (ValueError, AttributeError):
+        return str(exc.reason)

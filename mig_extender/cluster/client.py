@@ -7,7 +7,9 @@ path for the hot Binding write. Must not: decide anything, or hold state beyond 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -16,6 +18,61 @@ from kubernetes.client.rest import ApiException
 
 JSON = Mapping[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
+SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+
+
+class ClientConfigError(ValueError):
+    """A kubeconfig or service account that cannot be used; one line, naming what to fix."""
+
+
+def in_a_pod(environ: Mapping[str, str] | None = None, token: Path = SERVICE_ACCOUNT_TOKEN) -> str:
+    """'' when the in-cluster configuration is there, else why not (as client-go's InClusterConfig checks)."""
+    env = os.environ if environ is None else environ
+    for var in ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"):
+        if not env.get(var):
+            return f"not running in a pod ({var} is not set)"
+    if not token.is_file():
+        return f"no service account token at {token}"
+    return ""
+
+
+def default_kubeconfig(environ: Mapping[str, str] | None = None, home: Path | None = None) -> tuple[str, str]:
+    """(path, where it came from) as kubectl finds it outside a pod: $KUBECONFIG, else ~/.kube/config.
+
+    ('', why there is none) when neither is there."""
+    env = os.environ if environ is None else environ
+    if env.get("KUBECONFIG"):
+        return env["KUBECONFIG"], "$KUBECONFIG"
+    path = (home or Path.home()) / ".kube" / "config"
+    if path.is_file():
+        return str(path), "~/.kube/config"
+    return "", f"$KUBECONFIG is not set and {path} does not exist"
+
+
+def describe_client_config(kubeconfig: str = "", in_cluster: bool = False) -> str:
+    """Load the client configuration as ``api_client`` will (no API call) and say what it points at.
+
+    Raises ClientConfigError for a missing file, a file that is not a kubeconfig, or no pod around."""
+    cfg = client.Configuration()
+    if in_cluster:
+        why = in_a_pod()
+        if why:
+            raise ClientConfigError(why)
+        try:
+            config.load_incluster_config(client_configuration=cfg)
+        except config.ConfigException as exc:
+            raise ClientConfigError(str(exc)) from exc
+        return f"the pod's service account, API server {cfg.host}"
+    paths = [p for p in kubeconfig.split(os.pathsep) if p]
+    if not any(os.path.isfile(p) for p in paths):
+        raise ClientConfigError("not a file" if any(os.path.exists(p) for p in paths) else "no such file")
+    try:
+        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+        _, current = config.list_kube_config_contexts(config_file=kubeconfig)
+    except Exception as exc:  # the loader raises whatever its YAML and dict walking meet (TypeError, ...)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ClientConfigError(f"not a usable kubeconfig ({first})") from exc
+    return f"kubeconfig {kubeconfig}, context {current.get('name', '?')}, API server {cfg.host}"
 
 
 def api_client(kubeconfig: str = "", in_cluster: bool = False) -> client.ApiClient:

@@ -9,6 +9,7 @@ cachetools caches are not thread-safe, so every access holds the store's lock.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -17,7 +18,9 @@ from typing import Protocol
 
 from cachetools import TTLCache
 
-from ..core.rules import Rule
+from ..core.rules import IllegalTransition, Rule, check_transition
+
+log = logging.getLogger(__name__)
 
 
 class ConflictError(RuntimeError):
@@ -34,27 +37,48 @@ class RuleStore(Protocol):
 
     def get(self, namespace: str, name: str) -> Rule | None: ...
 
-    def fetch(self, namespace: str, name: str) -> Rule | None:
-        """The current rule from the source of truth (after a conflict), bypassing any cache."""
+    def fetch(self, namespace: str, name: str, timeout: float | None = None) -> Rule | None:
+        """The current rule from the source of truth (after a conflict), bypassing any cache. ``timeout``:
+        seconds the call may take at most (the webhook's calls run inside the API server's admission
+        deadline); None: the client's default."""
         ...
 
     def record(self, rule: Rule) -> Rule:
         """Create ``rule``; if one of that name exists already, return it unchanged (idempotent)."""
         ...
 
-    def update(self, rule: Rule) -> Rule:
-        """Replace the stored rule; ConflictError if it changed since ``rule`` was read."""
+    def update(self, rule: Rule, timeout: float | None = None) -> Rule:
+        """Replace the stored rule; ConflictError if it changed since ``rule`` was read (a compare-and-swap
+        on its resourceVersion). ``timeout`` as for ``fetch``."""
         ...
 
     def delete(self, rule: Rule) -> None: ...
 
 
-def update_with_retry(store: RuleStore, rule: Rule, change: Callable[[Rule], Rule], attempts: int = 3) -> Rule | None:
+def update_with_retry(store: RuleStore, rule: Rule, change: Callable[[Rule], Rule], attempts: int = 3,
+                      refused: Callable[[str], None] | None = None) -> Rule | None:
     """Store ``change(rule)``; on a conflict re-read the rule from the source of truth and apply ``change``
-    to that, so a transition is decided on fresh state. None when the rule is gone or keeps conflicting."""
+    to that. None when the rule is gone, keeps conflicting, or the write is refused.
+
+    Every attempt is checked against the phase machine (core/rules.py TRANSITIONS), and a retry only
+    proceeds while the fresh rule is still in the phase the change was decided for: a change made for an
+    Applied rule means nothing for one that has since become Restoring or Expired (the next pass decides
+    again from a fresh snapshot). A refusal is logged and reported to ``refused`` (the caller counts it).
+    """
+    decided_in = rule.phase
     for _ in range(attempts):
         try:
-            return store.update(change(rule))
+            if rule.phase is not decided_in:
+                raise IllegalTransition(f"rule {rule.namespace}/{rule.name} is {rule.phase} now, the change was "
+                                        f"decided while it was {decided_in}")
+            after = change(rule)
+            check_transition(rule, after)
+            return store.update(after)
+        except IllegalTransition as exc:
+            log.warning("transition refused: %s", exc)
+            if refused is not None:
+                refused(str(exc))
+            return None
         except ConflictError:
             fresh = store.fetch(rule.namespace, rule.name)
             if fresh is None:
@@ -84,7 +108,7 @@ class MemoryRuleStore:
         with self._lock:
             return self._rules.get((namespace, name))
 
-    def fetch(self, namespace: str, name: str) -> Rule | None:
+    def fetch(self, namespace: str, name: str, timeout: float | None = None) -> Rule | None:
         return self.get(namespace, name)
 
     def record(self, rule: Rule) -> Rule:
@@ -95,7 +119,7 @@ class MemoryRuleStore:
                 return existing
             return self._put(rule)
 
-    def update(self, rule: Rule) -> Rule:
+    def update(self, rule: Rule, timeout: float | None = None) -> Rule:
         with self._lock:
             key = (rule.namespace, rule.name)
             current = self._rules.get(key)

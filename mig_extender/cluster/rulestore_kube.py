@@ -30,6 +30,11 @@ log = logging.getLogger(__name__)
 _GONE = object()  # tombstone in the overlay: deleted by us, the watch may not know yet
 
 
+def _bounded(timeout: float | None) -> dict[str, Any]:
+    """The generated client's per-call timeout (connect and read), when the caller bounds the call."""
+    return {} if timeout is None else {"_request_timeout": timeout}
+
+
 def _rv(rule: Rule) -> int:
     try:
         return int(rule.resource_version)
@@ -117,10 +122,11 @@ class KubeRuleStore:
         with self._lock:
             return self._merged().get((namespace, name))
 
-    def fetch(self, namespace: str, name: str) -> Rule | None:
+    def fetch(self, namespace: str, name: str, timeout: float | None = None) -> Rule | None:
         """A fresh read from the API (after a conflict), bypassing the cache."""
         try:
-            obj = raw(self._api.get_namespaced_custom_object, API_GROUP, API_VERSION, namespace, PLURAL, name)
+            obj = raw(self._api.get_namespaced_custom_object, API_GROUP, API_VERSION, namespace, PLURAL, name,
+                      **_bounded(timeout))
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -155,7 +161,7 @@ class KubeRuleStore:
         except ConflictError:
             return self.fetch(rule.namespace, rule.name) or created
 
-    def update(self, rule: Rule) -> Rule:
+    def update(self, rule: Rule, timeout: float | None = None) -> Rule:
         body = {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "MigSubstitution",
                 "metadata": {"name": rule.name, "namespace": rule.namespace,
                              "resourceVersion": rule.resource_version},
@@ -164,7 +170,7 @@ class KubeRuleStore:
             body["metadata"].pop("resourceVersion")
         try:
             obj = raw(self._api.replace_namespaced_custom_object_status, API_GROUP, API_VERSION, rule.namespace,
-                      PLURAL, rule.name, body)
+                      PLURAL, rule.name, body, **_bounded(timeout))
         except ApiException as exc:
             if exc.status in (404, 409):
                 raise ConflictError(f"rule {rule.namespace}/{rule.name}: {exc.reason}") from exc

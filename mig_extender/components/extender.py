@@ -12,14 +12,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from cachetools import TTLCache
 
 from ..cluster.inventory import ClusterInventory
 from ..cluster.rulestore import RuleStore, update_with_retry
-from ..core.planner import FilterDecision, PlanSettings, expired_rules, filter_pod, score_nodes
+from ..core.planner import NOT_SYNCED, FilterDecision, PlanSettings, expired_rules, filter_pod, score_nodes
+from ..core.preemption import NO_BUDGETS, PreemptAnswer, Victims, pods_by_node, process_preemption
 from ..core.resources import PodInfo, pod_info
 from ..core.rules import Phase, Rule
 from ..core.snapshot import ClusterSnapshot
@@ -53,6 +54,31 @@ class BindConflict(BindError):
     """The node no longer has room for the pod (another bind won the last slice)."""
 
 
+class NotReady(BindError):
+    """The caches have not synced since start: the node's free slices are unknown, so nothing is bound."""
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What /debug/pods/<ns>/<name> shows: the pod as the extender knows it, its rules, and what /filter
+    would decide for it now over every known node (computed, never recorded)."""
+
+    pod: PodInfo
+    source: str                 # "inventory" (the watch), or "filter-cache" (seen only by /filter so far)
+    rules: tuple[Rule, ...]     # every rule about the pod, any phase, oldest first
+    nodes: tuple[str, ...]      # the nodes the dry run was asked about: all in the inventory
+    decision: FilterDecision
+    now: float
+
+
+def rule_concerns(rule: Rule, pod: PodInfo) -> bool:
+    """Is ``rule`` about ``pod``: recorded for it, applied to or bound as it, or named on it."""
+    if rule.namespace != pod.namespace:
+        return False
+    return (rule.name == pod.rule_name or pod.uid in (rule.pod_uid, rule.bound_pod, rule.restored_pod)
+            or pod.name in (rule.pod_name, rule.applied_pod))
+
+
 FILTERED_PODS = 20_000  # pods between their /filter and their /bind, kept at most...
 FILTERED_TTL = 300.0    # ...this long (a scheduling cycle takes milliseconds; retries filter again)
 
@@ -78,7 +104,10 @@ class ExtenderService:
         self.expire_rules = True
 
     def snapshot(self) -> ClusterSnapshot:
-        return self.inventory.snapshot(self.store.list(), self.clock())
+        """The inventory with the stored rules; not ``synced`` until the rule store is synced too (without
+        its reservations a promised slice would look free)."""
+        snap = self.inventory.snapshot(self.store.list(), self.clock())
+        return snap if self.store.synced or not snap.synced else replace(snap, synced=False)
 
     def readiness_problems(self) -> list[str]:
         return readiness_problems(self.inventory, self.store, self.checks)
@@ -127,6 +156,27 @@ class ExtenderService:
             return [(n, 0) for n in nodes]
         return score_nodes(pod, nodes, self.snapshot(), self.plan.policy)
 
+    def preempt(self, pod_obj: Mapping[str, Any], proposed: Mapping[str, Victims]) -> PreemptAnswer:
+        """The ``preempt`` verb: kube-scheduler's victims per node, plus those MIG needs (core/preemption.py).
+
+        Not the hot path: kube-scheduler calls it only after its own dry run found victims for what it
+        counts, so grouping the inventory's MIG pods by node (O(MIG pods)) is affordable here. The
+        extender keeps no PDB informer: added victims count no violation, and kube-scheduler's own count
+        for a node is kept as the lower bound (the reconciler's path reads PDBs)."""
+        pod = pod_info(pod_obj)
+        snap = self.snapshot()
+        if not snap.synced:
+            return PreemptAnswer({}, error=NOT_SYNCED)
+        answer = process_preemption(pod, proposed, snap, pods_by_node(self.inventory.pods()), NO_BUDGETS,
+                                    self.plan)
+        kept = {node: replace(v, pdb_violations=max(v.pdb_violations, proposed[node].pdb_violations))
+                for node, v in answer.nodes.items()}
+        return replace(answer, nodes=kept)
+
+    def victim(self, uid: str) -> PodInfo:
+        """A victim named by uid only (NodeNameToMetaVictims): the inventory's pod, else one that frees nothing."""
+        return self.inventory.pod(uid) or PodInfo(namespace="", name="", uid=uid)
+
     def bind(self, namespace: str, name: str, uid: str, node: str) -> None:
         """The commit point: check the node still has room, assume the pod, then create the Binding.
 
@@ -136,7 +186,8 @@ class ExtenderService:
         against books that include the first. The API call runs outside the lock. The scheduler sends only
         names: the pod's demand comes from the inventory or, when the watch has not delivered the pod yet,
         from its /filter call. A pod known to neither asks for no MIG slice as far as we know: it is
-        bound without assuming, and the watch counts it.
+        bound without assuming, and the watch counts it. Before the caches have synced nothing is bound
+        (NotReady): neither the node's usage nor, after a restart, the pod's demand is known.
         """
         pod = self.inventory.pod(uid)
         if pod is None:
@@ -146,6 +197,8 @@ class ExtenderService:
             pod = PodInfo(namespace=namespace, name=name, uid=uid)
         with self._commit:
             snap = self.snapshot()
+            if not snap.synced:  # after a restart, before the pod list: every slice would look free
+                raise NotReady(f"{NOT_SYNCED}; the scheduler will retry")
             if pod.wants_mig and pod.node != node:
                 for resource, n in pod.demand.items():
                     free = snap.free(node, resource, pod)
@@ -165,6 +218,8 @@ class ExtenderService:
                     log.warning("binding %s/%s to %s: outcome unknown (%s); its slices stay booked until the "
                                 "watch shows the pod", namespace, name, node, exc)
             raise BindError(f"binding {namespace}/{name} to {node}: {exc}") from exc
+        if pod.wants_mig:
+            self.inventory.finish_binding(uid)  # bound: booked until the watch shows the pod, however late
         rule = snap.rule_for(pod)
         if rule is not None and rule.reserved_for(pod):
             held = rule.reservation(snap.now)
@@ -180,3 +235,25 @@ class ExtenderService:
             self.metrics.rules.labels(event).inc()
         else:
             log.warning("rule %s/%s: %s not stored (gone, or repeated conflicts)", rule.namespace, rule.name, event)
+
+    def explain(self, namespace: str, name: str) -> Explanation | None:
+        """A dry run of the filter for the pod ``namespace/name`` over every known node: no rule recorded,
+        applied or cancelled, nothing assumed. None when neither the watch nor /filter has shown the pod
+        (or it asks for no MIG slice). O(pods + nodes): for humans, never on the scheduler's path."""
+        found = self._find_pod(namespace, name)
+        if found is None:
+            return None
+        pod, source = found
+        snap = self.snapshot()
+        nodes = tuple(sorted(snap.nodes))
+        rules = tuple(sorted((r for r in snap.rules if rule_concerns(r, pod)), key=lambda r: (r.created, r.name)))
+        return Explanation(pod, source, rules, nodes, filter_pod(pod, nodes, snap, self.plan), snap.now)
+
+    def _find_pod(self, namespace: str, name: str) -> tuple[PodInfo, str] | None:
+        """The pod from the inventory, else from the /filter cache (the watch may lag a new pod)."""
+        for pod in self.inventory.pods():
+            if pod.name == name and pod.namespace == namespace:
+                return pod, "inventory"
+        with self._filtered_lock:
+            cached = [p for p in self._filtered.values() if p.name == name and p.namespace == namespace]
+        return (cached[-1], "filter-cache") if cached else None

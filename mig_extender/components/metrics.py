@@ -7,12 +7,14 @@ pays for them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from ..core.catalog import ProfileError, resource_shape
+from ..core.rules import Phase
 from ..core.snapshot import ClusterSnapshot
 
 # Extender verbs answer in about a millisecond; the buckets resolve 0.25 ms .. 1 s.
@@ -34,15 +36,45 @@ class Metrics:
                              "restored)", ["event"], registry=r)
         self.actions = Counter("mig_extender_reconciler_actions_total", "Reconciler actions by kind and outcome",
                                ["action", "outcome"], registry=r)
+        self.preemptions = Counter("mig_extender_preemptions_total",
+                                   "Preemption decisions for pending MIG pods by reason (planned, no_candidate, "
+                                   "an ineligibility such as policy_never, or a failure such as throttled)",
+                                   ["reason"], registry=r)
         self.webhook = Counter("mig_extender_webhook_mutations_total", "Webhook answers by result",
                                ["result"], registry=r)
+        self.webhook_claims = Counter("mig_extender_webhook_claims_total",
+                                      "Webhook claims of a rule in the API by outcome (won; lost to another pod; "
+                                      "error: API unreachable, slow or refusing, the pod admitted unchanged)",
+                                      ["outcome"], registry=r)
 
     def watch(self, snapshot: Callable[[], ClusterSnapshot]) -> None:
         """Export slice and rule gauges computed from ``snapshot()`` at every scrape."""
         self.registry.register(_SnapshotCollector(snapshot))
 
+    def watch_health(self, problems: Callable[[], list[str]],
+                     disconnected: Callable[[], Mapping[str, float]]) -> None:
+        """Export readiness (what /readyz says) and, per watch, the seconds it has been cut off from the API
+        (0 while connected): the alerts 'not ready' and 'watch stale' need them as numbers."""
+        self.registry.register(_HealthCollector(problems, disconnected))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _HealthCollector(Collector):
+    def __init__(self, problems: Callable[[], list[str]], disconnected: Callable[[], Mapping[str, float]]) -> None:
+        self._problems, self._disconnected = problems, disconnected
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        ready = GaugeMetricFamily("mig_extender_ready", "1 when /readyz answers ok (caches synced, watches fresh)")
+        ready.add_metric([], 0 if self._problems() else 1)
+        yield ready
+        cut = GaugeMetricFamily("mig_extender_watch_disconnected_seconds",
+                                "Seconds a watch has failed to reach the API server (0 while connected)",
+                                labels=["watch"])
+        for name, seconds in sorted(self._disconnected().items()):
+            cut.add_metric([name], seconds)
+        yield cut
 
 
 class _SnapshotCollector(Collector):
@@ -82,3 +114,24 @@ class _SnapshotCollector(Collector):
         nodes = GaugeMetricFamily("mig_extender_nodes", "Nodes in the inventory")
         nodes.add_metric([], len(snap.nodes))
         yield nodes
+        yield _waste(snap)
+
+
+def _waste(snap: ClusterSnapshot) -> GaugeMetricFamily:
+    """What pods running on a substitute (Applied rules) hold beyond what they asked for."""
+    compute = memory = 0
+    for rule in snap.rules:
+        if rule.phase is not Phase.APPLIED:
+            continue
+        try:
+            want, got = resource_shape(rule.original.resource), resource_shape(rule.substitute.resource)
+        except ProfileError:
+            continue
+        compute += (got.compute_slices * rule.substitute.count) - (want.compute_slices * rule.original.count)
+        memory += (got.memory_gb * rule.substitute.count) - (want.memory_gb * rule.original.count)
+    waste = GaugeMetricFamily("mig_extender_substitution_waste",
+                              "Compute slices and GB of MIG memory held by substituted pods beyond their requests",
+                              labels=["unit"])
+    waste.add_metric(["compute_slices"], compute)
+    waste.add_metric(["memory_gb"], memory)
+    return waste

@@ -5,14 +5,31 @@ the Lease holder acts. A pass runs when the inventory changes (a pod ends, a nod
 least every ``period`` seconds; a failing step is logged and retried next pass, never kills the loop.
 
     observe:  rewritten pod seen -> rule Applied; it is bound -> bound (Event MigSubstituted);
-              restore's replacement bound -> Restored (Event MigRestored); stashed bare pod -> create it
-    expire:   rules past their expiry -> Expired; finished rules past retention -> deleted
-    upgrade:  Recorded rule, its pod still Pending -> restart it (Event MigUpgrading)
+              restore's replacement bound -> Restored (Event MigRestored); stashed bare pod -> create it.
+              Each rule on its own: an error in one is counted (rule_errors) and the others go on.
+    expire:   rules past their expiry -> Expired; finished rules past retention -> deleted (never one
+              still holding a bare pod's stashed manifest)
+    upgrade:  Recorded rule, its pod still Pending -> mark the rule (its replacement may take it), then
+              restart the pod (Event MigUpgrading); a Job pod only when the restart cannot fail the Job
+              (else the rule is cancelled, Event MigUpgradeSkipped)
     restore:  original type free again -> biggest waster first: reserve the original (rule Restoring),
-              then restart the pod (Event MigRestoring); opted-out or looping pods: Event MigRestoreSkipped
+              then restart the pod (Event MigRestoring); opted-out, looping, unknown-owner pods and Jobs a
+              restart would harm: Event MigRestoreSkipped. A refused restart (PDB 429, a bare pod's
+              replacement the API would refuse) returns the rule to Applied, releases the original slice
+              and retries after a backoff (Event MigRestoreDeferred).
+    preempt:  a pending MIG pod the scheduler found unschedulable that outranks slice holders (docs/
+              preemption.md): plan (core/preemption.py), persist a hold (a MigSubstitution with victims)
+              BEFORE any delete, then per victim DisruptionTarget + DELETE, nominatedNodeName, Events
+              Preempted. A live hold whose victims are not terminating yet gets its deletes re-issued (a
+              leader that died in between, a 429), so the next leader finishes what the last one began.
+    explain:  a pending pod whose type is sold out and that would be substituted, were it not for an
+              owner nothing known recreates it: Event MigSubstitutionSkipped says so
 
-Restarts are idempotent (uid preconditions, rule phases), so a new leader after a crash resumes, it does
-not repeat. Nothing here imports the kubernetes client: side effects go through ``Actions``.
+Only pods something recreates are restarted (core/podspec.py restart_blocker): ReplicaSet, StatefulSet,
+Job, ReplicationController, the kinds in --restartable-owners, and bare pods (we recreate those). Every
+restart goes through the Eviction API (PDBs enforced, DisruptionTarget set). Restarts are idempotent (uid
+preconditions, rule phases), so a new leader after a crash resumes, it does not repeat. Nothing here
+imports the kubernetes client: side effects go through ``Actions``.
 """
 
 from __future__ import annotations
@@ -22,6 +39,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
@@ -29,10 +47,36 @@ from cachetools import TTLCache
 
 from ..cluster.inventory import ClusterInventory
 from ..cluster.rulestore import RuleStore, update_with_retry
-from ..core.planner import PlanSettings, expired_rules, finished_rules, plan_restores, plan_upgrades
-from ..core.podspec import replacement_pod
-from ..core.resources import RENAMING_OWNERS, PodInfo
-from ..core.rules import Phase, Rule
+from ..core.planner import (
+    PlanSettings,
+    choose_substitute,
+    expired_rules,
+    finished_rules,
+    plan_restores,
+    plan_upgrades,
+)
+from ..core.podspec import (
+    Restart,
+    RestartOutcome,
+    is_job_owner,
+    job_restart_problem,
+    owner_label,
+    replacement_pod,
+    restart_blocker,
+)
+from ..core.preemption import (
+    DISRUPTION_REASON,
+    Deletion,
+    NoPlan,
+    PreemptionPlan,
+    PreemptionSettings,
+    budgets_from_objects,
+    plan_preemption,
+    pods_by_node,
+    preemptors,
+)
+from ..core.resources import PodInfo
+from ..core.rules import Phase, Rule, new_rule, preemption_hold
 from .extender import readiness_problems
 from .metrics import Metrics
 
@@ -41,12 +85,17 @@ log = logging.getLogger(__name__)
 
 class Actions(Protocol):
     def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None: ...
-    def evict_or_delete(self, pod: Mapping[str, Any]) -> str: ...
-    def stash_and_delete_bare_pod(self, rule_ns: str, rule_name: str, pod: Mapping[str, Any],
-                                  replacement: Mapping[str, Any]) -> str: ...
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    def evict(self, pod: Mapping[str, Any]) -> RestartOutcome: ...
+    def stash_and_evict_bare_pod(self, rule_ns: str, rule_name: str, pod: Mapping[str, Any],
+                                 replacement: Mapping[str, Any]) -> RestartOutcome: ...
     def finish_recreate(self, rule_ns: str, rule_name: str, manifest_json: str) -> str: ...
     def event(self, namespace: str, pod_name: str, pod_uid: str, reason: str, message: str,
               warning: bool = False, action: str = "Reconcile") -> None: ...
+    def preempt(self, namespace: str, name: str, uid: str) -> Deletion: ...
+    def nominate(self, namespace: str, name: str, uid: str, node: str) -> bool: ...
+    def list_pdbs(self) -> list[dict[str, Any]]: ...
+    def list_pods(self, namespace: str) -> list[dict[str, Any]]: ...
 
 
 class Reconciler:
@@ -54,13 +103,22 @@ class Reconciler:
     def __init__(self, inventory: ClusterInventory, store: RuleStore, actions: Actions,
                  plan: PlanSettings | None = None, metrics: Metrics | None = None,
                  clock: Callable[[], float] = time.time, is_leader: Callable[[], bool] = lambda: True,
-                 retention: float = 3600.0) -> None:
+                 retention: float = 3600.0, preemption: PreemptionSettings | None = None) -> None:
         self.inventory, self.store, self.actions, self.plan = inventory, store, actions, plan or PlanSettings()
+        self.preemption = preemption or PreemptionSettings()
         self.metrics = metrics or Metrics()
         self.clock, self.is_leader, self.retention = clock, is_leader, retention
         # (rule, what) already announced or started recently: no event spam, no second restart while the
         # watch has not yet shown the first one's effect
         self._done: TTLCache[tuple[str, str], bool] = TTLCache(maxsize=50_000, ttl=60.0, timer=clock)
+        # Job uid -> our restarts of its pods the Job's status may not count yet (each may count as a failure)
+        self._job_restarts: TTLCache[str, int] = TTLCache(maxsize=10_000, ttl=120.0, timer=clock)
+        # Job uid -> why its pods are not restored ('' when they may be): one read of the Job per 30 s
+        self._job_verdicts: TTLCache[str, str] = TTLCache(maxsize=10_000, ttl=30.0, timer=clock)
+        # pod uids told why they were not substituted (once an hour, not every pass)
+        self._explained: TTLCache[str, bool] = TTLCache(maxsize=50_000, ttl=3600.0, timer=clock)
+        # pod uid -> why no preemption was planned for it: counted once a minute, not every pass
+        self._no_plan: TTLCache[str, str] = TTLCache(maxsize=50_000, ttl=60.0, timer=clock)
         self.passes = 0
         self.last_pass = 0.0
         self.last_error = ""
@@ -72,7 +130,7 @@ class Reconciler:
         counts: Counter[str] = Counter()
         if not self.is_leader():
             return counts
-        for step in (self._observe, self._expire, self._upgrade, self._restore):
+        for step in (self._observe, self._expire, self._upgrade, self._restore, self._preempt, self._explain):
             try:
                 step(counts)
             except Exception as exc:
@@ -84,11 +142,12 @@ class Reconciler:
         if any(v for k, v in counts.items()):
             log.info("reconcile pass: %s", ", ".join(f"{k}={v}" for k, v in sorted(counts.items()) if v))
         for action, n in counts.items():
-            self.metrics.actions.labels(action, "ok" if action != "errors" else "error").inc(n)
+            self.metrics.actions.labels(action, "error" if action in ("errors", "rule_errors") else "ok").inc(n)
         return counts
 
     def _snapshot(self) -> tuple[Any, dict[str, PodInfo]]:
-        return self.inventory.snapshot(self.store.list(), self.clock()), {p.uid: p for p in self.inventory.pods()}
+        snap = self.inventory.snapshot(self.store.list(), self.clock(), usage=True)  # cpu/memory for placement
+        return snap, {p.uid: p for p in self.inventory.pods()}
 
     def _once(self, rule: Rule, what: str) -> bool:
         """True the first time (per TTL) ``what`` happens to ``rule``."""
@@ -99,7 +158,11 @@ class Reconciler:
         return True
 
     def _transition(self, rule: Rule, change: Callable[[Rule], Rule], counts: Counter[str], event: str) -> Rule | None:
-        stored = update_with_retry(self.store, rule, change)
+        def refused(why: str) -> None:
+            counts["transition_refused"] += 1
+            self.metrics.rules.labels("refused").inc()
+
+        stored = update_with_retry(self.store, rule, change, refused=refused)
         if stored is not None:
             counts[event] += 1
             self.metrics.rules.labels(event).inc()
@@ -118,32 +181,40 @@ class Reconciler:
                 by_rule.setdefault(f"{pod.namespace}/{pod.rule_name}", []).append(pod)
         now = self.clock()
         for rule in snap.rules:
-            if rule.stash:
-                outcome = self.actions.finish_recreate(rule.namespace, rule.name, rule.stash)
-                counts[f"recreate_{outcome}"] += 1
-            carriers = by_rule.get(f"{rule.namespace}/{rule.name}", [])
-            if rule.phase is Phase.RECORDED and carriers:
-                rule = self._transition(rule, lambda r, p=carriers[0]: r.applied(p.name, now, self.plan.rule_ttl),
-                                        counts, "applied") or rule
-            if rule.phase is Phase.APPLIED:
-                bound = next((p for p in carriers if p.node and p.uid != rule.bound_pod), None)
-                if bound is not None and not rule.bound_pod:
-                    rule = self._transition(rule, lambda r, p=bound: r.bound(p.uid, p.name, p.node, now),
-                                            counts, "bound") or rule
-                if (rule.bound_pod and now - rule.updated < self.ANNOUNCE_WINDOW
-                        and (pod := pods.get(rule.bound_pod)) is not None and self._once(rule, "substituted")):
-                    self._event(pod, "MigSubstituted",
-                                f"running on {rule.substitute.resource} instead of {rule.original.resource} "
-                                f"(sold out when it was scheduled; rule {rule.name}); it will be restored when "
-                                f"{rule.original.resource} frees up")
-            if rule.phase is Phase.RESTORING:
-                rule = self._observe_restore(rule, pods, counts, now)
-            # announced however it got there (the extender's bind usually makes the transition), once, and
-            # only while fresh, so a new leader does not repeat old news
-            if (rule.phase is Phase.RESTORED and now - rule.updated < self.ANNOUNCE_WINDOW
-                    and (pod := pods.get(rule.restored_pod)) is not None and self._once(rule, "restored")):
-                self._event(pod, "MigRestored", f"back on its requested {rule.original.resource} on {pod.node} "
-                                                f"(was {rule.substitute.resource}; rule {rule.name})")
+            try:
+                self._observe_rule(rule, by_rule.get(f"{rule.namespace}/{rule.name}", []), pods, counts, now)
+            except Exception as exc:  # one bad rule (a stash the API refuses...) must not stall the others
+                counts["rule_errors"] += 1
+                self.last_error = f"rule {rule.namespace}/{rule.name}: {exc}"
+                log.exception("observing rule %s/%s failed; retrying next pass", rule.namespace, rule.name)
+
+    def _observe_rule(self, rule: Rule, carriers: list[PodInfo], pods: Mapping[str, PodInfo],
+                      counts: Counter[str], now: float) -> None:
+        if rule.stash:
+            outcome = self.actions.finish_recreate(rule.namespace, rule.name, rule.stash)
+            counts[f"recreate_{outcome}"] += 1
+        if rule.phase is Phase.RECORDED and carriers:
+            rule = self._transition(rule, lambda r, p=carriers[0]: r.applied(p.name, now, self.plan.rule_ttl),
+                                    counts, "applied") or rule
+        if rule.phase is Phase.APPLIED:
+            bound = next((p for p in carriers if p.node and p.uid != rule.bound_pod), None)
+            if bound is not None and not rule.bound_pod:
+                rule = self._transition(rule, lambda r, p=bound: r.bound(p.uid, p.name, p.node, now),
+                                        counts, "bound") or rule
+            if (rule.bound_pod and now - rule.updated < self.ANNOUNCE_WINDOW
+                    and (pod := pods.get(rule.bound_pod)) is not None and self._once(rule, "substituted")):
+                self._event(pod, "MigSubstituted",
+                            f"running on {rule.substitute.resource} instead of {rule.original.resource} "
+                            f"(sold out when it was scheduled; rule {rule.name}); it will be restored when "
+                            f"{rule.original.resource} frees up")
+        if rule.phase is Phase.RESTORING:
+            rule = self._observe_restore(rule, pods, counts, now)
+        # announced however it got there (the extender's bind usually makes the transition), once, and
+        # only while fresh, so a new leader does not repeat old news
+        if (rule.phase is Phase.RESTORED and now - rule.updated < self.ANNOUNCE_WINDOW
+                and (pod := pods.get(rule.restored_pod)) is not None and self._once(rule, "restored")):
+            self._event(pod, "MigRestored", f"back on its requested {rule.original.resource} on {pod.node} "
+                                            f"(was {rule.substitute.resource}; rule {rule.name})")
 
     def _observe_restore(self, rule: Rule, pods: Mapping[str, PodInfo], counts: Counter[str], now: float) -> Rule:
         arrived = next((p for p in pods.values() if p.node and rule.awaits_restore(p)), None)
@@ -153,7 +224,7 @@ class Reconciler:
             return done or rule
         old = pods.get(rule.bound_pod)
         if old is not None and not old.terminating and self._once(rule, "restore-restart"):
-            self._restart(rule, old, counts, restore=True)  # resumes a restore whose restart never happened
+            self._restart_for_restore(rule, old, counts)  # resumes a restore whose restart never happened
         return rule
 
     def _expire(self, counts: Counter[str]) -> None:
@@ -162,7 +233,8 @@ class Reconciler:
             if self._transition(rule, lambda r: r.expired(snap.now), counts, "expired") is not None:
                 pod = pods.get(rule.pod_uid)
                 if pod is not None:
-                    self._event(pod, "MigSubstitutionExpired", f"{rule.substitute} was reserved on {rule.node} but "
+                    what = "held for this preemptor" if rule.is_hold else "reserved"
+                    self._event(pod, "MigSubstitutionExpired", f"{rule.substitute} was {what} on {rule.node} but "
                                                                f"not used in time; reservation released", warning=True)
         for rule in finished_rules(snap, self.retention):
             self.store.delete(rule)
@@ -174,16 +246,44 @@ class Reconciler:
         for rule in cancel:
             self._transition(rule, lambda r: r.expired(snap.now), counts, "cancelled")
         for up in upgrades:
-            if not self._once(up.rule, "upgrade-restart"):
+            # a Job whose restart would count as a failure is refused before the rule is handed over
+            if self._upgrade_refused(up.rule, up.pod, self._job_problem(up.pod, restore=False), counts, snap.now):
+                continue
+            rule = self._mark_restart(up.rule, counts)
+            if rule is None or not self._once(rule, "upgrade-restart"):
                 continue
             self._event(up.pod, "MigUpgrading", f"{up.rule.original.resource} is sold out on every node that fits; "
                                                 f"restarting so it runs on {up.rule.substitute.resource}, reserved on "
                                                 f"{up.rule.node} (rule {up.rule.name})")
-            self._restart(up.rule, up.pod, counts, restore=False)
+            outcome = self._restart(up.rule, up.pod, counts, restore=False)
+            if outcome.kind is Restart.INVALID:
+                self._upgrade_refused(up.rule, up.pod, f"its replacement would be refused: {outcome.detail}",
+                                      counts, snap.now)
+
+    def _upgrade_refused(self, rule: Rule, pod: PodInfo, why: str, counts: Counter[str], now: float) -> bool:
+        """Cancel an upgrade that must not happen (its reservation goes back at once), and say why."""
+        if not why:
+            return False
+        self._transition(rule, lambda r: r.expired(now), counts, "cancelled")
+        self._event(pod, "MigUpgradeSkipped", f"not restarted onto {rule.substitute.resource}: {why}", warning=True)
+        return True
+
+    def _mark_restart(self, rule: Rule, counts: Counter[str]) -> Rule | None:
+        """Durably hand ``rule`` to its pod's replacement before the pod is restarted (``Rule.restarting``).
+
+        A rule marked already (a leader died between the mark and the restart) is restarted again as it
+        is. On a conflict the fresh rule decides: None when it is gone or no longer Recorded (nothing to
+        restart for)."""
+        if rule.restart_at:
+            return rule
+        now = self.clock()
+        marked = self._transition(rule, lambda r: r.restarting(now) if r.phase is Phase.RECORDED else r, counts,
+                                  "restart_marked")
+        return marked if marked is not None and marked.phase is Phase.RECORDED else None
 
     def _restore(self, counts: Counter[str]) -> None:
         snap, pods = self._snapshot()
-        plans, skips = plan_restores(snap, pods, self.plan)
+        plans, skips = plan_restores(snap, pods, self.plan, self._job_blocks(snap, pods))
         for skip in skips:
             if self._once(skip.rule, "skip:" + skip.reason):
                 self._event(skip.pod, "MigRestoreSkipped", skip.reason, warning=True)
@@ -197,25 +297,199 @@ class Reconciler:
                                                   f"for this workload; restarting to move it back from "
                                                   f"{rule.substitute.resource} (rule {rule.name})")
             self._once(rule, "restore-restart")
-            self._restart(rule, plan.pod, counts, restore=True)
+            self._restart_for_restore(rule, plan.pod, counts)
 
     def _reserve_original(self, rule: Rule, node: str) -> Rule:
         return rule.restoring(node, self.clock(), self.plan.restore_ttl)
 
-    def _restart(self, rule: Rule, pod: PodInfo, counts: Counter[str], restore: bool) -> None:
-        """Controller-owned pods (ReplicaSet, Job, StatefulSet...) are evicted or deleted and their
-        controller recreates them; bare pods are recreated by us from a manifest stashed on the rule."""
+    def _restart_for_restore(self, rule: Rule, pod: PodInfo, counts: Counter[str]) -> None:
+        """Restart for a restore; a refusal sends the rule back to Applied (original released) with a backoff,
+        or it would sit Restoring until it expired and the pod would never be restored (issue 13 item 4)."""
+        outcome = self._restart(rule, pod, counts, restore=True)
+        if outcome.kind not in (Restart.REFUSED, Restart.INVALID, Restart.BLOCKED):
+            return
+        backoff = self.plan.restore_backoff_after(rule.restore_attempts + 1)
+        why = outcome.detail or str(outcome.kind)
+        if self._transition(rule, lambda r: r.restore_deferred(self.clock(), backoff, why), counts,
+                            "restore_deferred") is not None:
+            self._event(pod, "MigRestoreDeferred", f"restart refused ({why}); {rule.original.resource} on "
+                                                   f"{rule.restore_node} released, next try in {int(backoff)}s",
+                        warning=True)
+
+    def _restart(self, rule: Rule, pod: PodInfo, counts: Counter[str], restore: bool) -> RestartOutcome:
+        """Controller-owned pods are evicted and their controller recreates them; bare pods are recreated by
+        us from a manifest stashed on the rule; pods nothing known recreates are left alone."""
+        kind = "restore" if restore else "upgrade"
+        outcome = self._restart_outcome(rule, pod, restore)
+        if outcome.kind is Restart.EVICTED and pod.owner is not None and is_job_owner(pod.owner):
+            self._job_restarts[pod.owner.uid] = self._job_restarts.get(pod.owner.uid, 0) + 1
+        counts[f"{kind}_{outcome.kind}"] += 1
+        return outcome
+
+    def _restart_outcome(self, rule: Rule, pod: PodInfo, restore: bool) -> RestartOutcome:
+        blocker = restart_blocker(pod.owner, self.plan.restartable_owners)
+        if blocker is not None:
+            return RestartOutcome(Restart.BLOCKED, str(blocker))
         obj = self.actions.get_pod(pod.namespace, pod.name)
         if obj is None or obj["metadata"].get("uid") != pod.uid:
+            return RestartOutcome(Restart.GONE)
+        if pod.owner is not None:
+            return self.actions.evict(obj)
+        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        manifest = replacement_pod(obj, rule if restore else None, stamp if restore else "")
+        return self.actions.stash_and_evict_bare_pod(rule.namespace, rule.name, obj, manifest)
+
+    # -- Jobs -------------------------------------------------------------------------------------
+
+    def _job_problem(self, pod: PodInfo, restore: bool) -> str:
+        """Why restarting this Job pod could harm its Job ('' if it cannot, or the pod is no Job's)."""
+        if pod.owner is None or not is_job_owner(pod.owner):
+            return ""
+        job = self.actions.get_job(pod.namespace, pod.owner.name)
+        if job is None or (job.get("metadata") or {}).get("uid") != pod.owner.uid:
+            return f"its Job {pod.owner.name} is gone"
+        problem = job_restart_problem(job, restore, self._job_restarts.get(pod.owner.uid, 0))
+        return str(problem) if problem is not None else ""
+
+    def _job_blocks(self, snap: Any, pods: Mapping[str, PodInfo]) -> dict[str, str]:
+        """Rule name -> why its Job pod must not be restarted for a restore, for upgraded Job pods."""
+        out: dict[str, str] = {}
+        for rule in snap.rules:
+            pod = pods.get(rule.bound_pod) if rule.phase is Phase.APPLIED and rule.bound_pod else None
+            if pod is None or pod.owner is None or not is_job_owner(pod.owner):
+                continue
+            verdict = self._job_verdicts.get(pod.owner.uid)
+            if verdict is None:
+                verdict = self._job_verdicts[pod.owner.uid] = self._job_problem(pod, restore=True)
+            if verdict:
+                out[rule.name] = verdict
+        return out
+
+    # -- preempt ----------------------------------------------------------------------------------
+
+    def _preempt(self, counts: Counter[str]) -> None:
+        """Resume the holds under way, then plan new preemptions for the pods that wait (docs/preemption.md)."""
+        if not self.preemption.enabled:
             return
-        kind = "restore" if restore else "upgrade"
-        if pod.owner is not None and (pod.owner.kind in RENAMING_OWNERS or pod.owner.kind == "StatefulSet"):
-            outcome = self.actions.evict_or_delete(obj)
-        else:
-            stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-            manifest = replacement_pod(obj, rule if restore else None, stamp if restore else "")
-            outcome = self.actions.stash_and_delete_bare_pod(rule.namespace, rule.name, obj, manifest)
-        counts[f"{kind}_{outcome}"] += 1
+        snap, pods = self._snapshot()
+        for rule in snap.rules:
+            if rule.is_preemption and rule.reservation(snap.now) is not None:
+                self._delete_victims(rule, pods, counts)
+        waiting = preemptors(snap, pods.values())
+        if not waiting:
+            return
+        by_node, budgets = pods_by_node(pods.values()), self._budgets()
+        preempted = {uid for r in snap.rules if r.is_preemption for uid in r.victims}
+        started = 0
+        for pod in waiting:
+            if started >= self.preemption.per_pass:
+                break
+            plan = plan_preemption(pod, snap, by_node, budgets, _placement_ok(snap), self.plan,
+                                   preempted=preempted)
+            if isinstance(plan, NoPlan):
+                self._count_no_plan(pod, plan)
+                continue
+            rule = self._record_preemption(plan, snap, counts)
+            if rule is None:
+                continue
+            snap = snap.with_rule(rule)  # the next preemptor of this pass is not promised these slices
+            started += 1
+            self._announce_preemption(rule, plan, pods, counts)
+
+    def _budgets(self) -> Any:
+        """PDBs and the labels of the pods in their namespaces (kube-scheduler reads them from its
+        informers; we list them here, once per pass that has a preemptor: never on /filter)."""
+        pdbs = self.actions.list_pdbs()
+        namespaces = sorted({(p.get("metadata") or {}).get("namespace") or "default" for p in pdbs})
+        objs = [o for ns in namespaces for o in self.actions.list_pods(ns)]
+        return budgets_from_objects(pdbs, objs)
+
+    def _count_no_plan(self, pod: PodInfo, plan: NoPlan) -> None:
+        reason = plan.reason.name.lower()
+        if self._no_plan.get(pod.uid) != reason:
+            self._no_plan[pod.uid] = reason
+            self.metrics.preemptions.labels(reason).inc()
+
+    def _record_preemption(self, plan: PreemptionPlan, snap: Any, counts: Counter[str]) -> Rule | None:
+        """Persist the reservation before any victim is touched; the stored rule decides (another leader
+        may have recorded it first, with its own victims)."""
+        pod, now = plan.pod, snap.now
+        ttl = max((v.grace for v in plan.victims), default=0.0) + self.preemption.reservation_margin
+        earlier = snap.rule_for(pod)
+        after = earlier.name if earlier is not None and earlier.pod_uid == pod.uid else ""
+        victims = [v.uid for v in plan.victims]
+        if plan.substitute is None:
+            rule = preemption_hold(pod, plan.node, victims, now, ttl, after)
+        else:  # runs on a larger slice: the ordinary substitution (restart, webhook) plus the victims
+            want = pod.single_demand
+            assert want is not None  # a substitute plan exists only for a single-type pod
+            rule = replace(new_rule(pod, want, plan.substitute, plan.node, now, max(ttl, self.plan.rule_ttl), after),
+                           victims=tuple(victims))
+        try:
+            stored = self.store.record(rule)
+        except Exception as exc:  # nothing deleted yet: the next pass plans again
+            self.metrics.preemptions.labels("record_failed").inc()
+            log.warning("preemption for %s not recorded (%s); retrying next pass", pod.key, exc)
+            return None
+        if not stored.is_preemption or stored.phase is not Phase.RECORDED:
+            return None
+        counts["preemption_recorded"] += 1
+        self.metrics.preemptions.labels("planned").inc()
+        return stored
+
+    def _announce_preemption(self, rule: Rule, plan: PreemptionPlan, pods: Mapping[str, PodInfo],
+                             counts: Counter[str]) -> None:
+        """After the hold: delete the victims, nominate the node, tell the preemptor (docs order 2-4)."""
+        self._delete_victims(rule, pods, counts)
+        pod = plan.pod
+        try:
+            if rule.is_hold and self.actions.nominate(pod.namespace, pod.name, pod.uid, rule.node):
+                counts["nominated"] += 1
+        except Exception as exc:  # only a hint for kube-scheduler: the hold already gives the pod its node
+            counts["nominate_failed"] += 1
+            log.warning("nominatedNodeName of %s not set: %s", pod.key, exc)
+        names = ", ".join(f"{v.namespace}/{v.name}" for v in plan.victims)
+        self._event(pod, "Preempting", f"preempting {len(plan.victims)} lower-priority pod(s) on {rule.node} for "
+                                       f"{rule.substitute}: {names} (rule {rule.name})")
+
+    def _delete_victims(self, rule: Rule, pods: Mapping[str, PodInfo], counts: Counter[str]) -> None:
+        """DisruptionTarget + DELETE for each victim not terminating yet (prepareCandidate skips those).
+        Idempotent: uid preconditions, and a pod already gone or replaced is skipped."""
+        for uid in rule.victims:
+            victim = pods.get(uid)
+            if victim is None or victim.terminating:
+                continue
+            outcome = self.actions.preempt(victim.namespace, victim.name, victim.uid)
+            counts[f"preempt_{outcome}"] += 1
+            if outcome is Deletion.THROTTLED:
+                self.metrics.preemptions.labels("throttled").inc()
+            if outcome is Deletion.DELETED:
+                self._event(victim, "Preempted", f"Preempted by pod {rule.pod_uid} on node {rule.node} "
+                                                 f"({DISRUPTION_REASON}; {rule.namespace}/{rule.pod_name})")
+
+    # -- explain ----------------------------------------------------------------------------------
+
+    def _explain(self, counts: Counter[str]) -> None:
+        """Tell a pending pod why it waits although a larger slice is free: nothing known recreates it."""
+        snap, pods = self._snapshot()
+        for pod in pods.values():
+            if (pod.node or pod.terminating or pod.owner is None or pod.uid in self._explained
+                    or pod.single_demand is None):
+                continue
+            why = restart_blocker(pod.owner, self.plan.restartable_owners)
+            want = pod.single_demand
+            if why is None or any(snap.free(n, want.resource) >= want.count
+                                  for n in snap.nodes_with_free(want.resource)):
+                continue
+            allowed = replace(self.plan, restartable_owners=frozenset({owner_label(pod.owner)}))
+            rule = choose_substitute(pod, snap.nodes.keys(), snap, allowed)
+            if rule is None:
+                continue
+            self._explained[pod.uid] = True
+            counts["substitution_skipped"] += 1
+            self._event(pod, "MigSubstitutionSkipped", f"{want.resource} is sold out and {rule.substitute.resource} "
+                                                       f"is free on {rule.node}, but the pod is not restarted onto "
+                                                       f"it: {why}", warning=True)
 
     # -- loop -------------------------------------------------------------------------------------
 
@@ -232,3 +506,12 @@ class Reconciler:
 
     def readiness_problems(self) -> list[str]:
         return readiness_problems(self.inventory, self.store, self.checks)
+
+
+def _placement_ok(snap: Any) -> Callable[[PodInfo, str], bool]:
+    """kube-scheduler's view of a node's other constraints (nodeSelector, required affinity, taints,
+    cpu/memory), for preemption candidates: a node the pod cannot run on anyway frees nothing for it."""
+    def ok(pod: PodInfo, node: str) -> bool:
+        info = snap.nodes.get(node)
+        return info is not None and not info.placement_problem(pod.placement)
+    return ok

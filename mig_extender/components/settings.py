@@ -7,15 +7,34 @@ reads the environment on its own.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, fields, replace
 
 from ..core.planner import PlanSettings, Policy
+from ..core.preemption import PreemptionSettings
 
 ENV_PREFIX = "MIG_EXTENDER_"
+# an owner kind as --restartable-owners takes it: Kind, or group/Kind (the group of the owner's apiVersion)
+_OWNER_KIND = re.compile(r"^([a-z0-9]([a-z0-9.-]*[a-z0-9])?/)?[A-Z][A-Za-z0-9]*$")
 
 
 class SettingsError(ValueError):
-    """A setting that cannot work; the message names it."""
+    """A setting that cannot work; the message names it by its flag."""
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+# Settings that have a command-line flag; the others are set by environment variable only.
+_FLAGS = {"bind": "--bind", "ops_bind": "--metrics-bind", "rule_store": "--rule-store", "rule_ttl": "--rule-ttl",
+          "restore_ttl": "--restore-ttl", "restores_per_pass": "--restores-per-pass",
+          "restores_in_flight": "--restores-in-flight",
+          "preemptions_per_pass": "--preemptions-per-pass", "preemption_margin": "--preemption-margin",
+          "preemption": "--no-preemption", "policy": "--policy", "threads": "--threads",
+          "namespace": "--namespace", "log_level": "--log-level"}
+
+
+def flag_of(field_name: str) -> str:
+    """How a user sets ``field_name``: its flag, else its environment variable."""
+    return _FLAGS.get(field_name) or ENV_PREFIX + field_name.upper()
 
 
 @dataclass(frozen=True)
@@ -46,6 +65,15 @@ class Settings:
     restores_in_flight: int = 4
     policy: str = Policy.PACK.value
     substitution: bool = True
+    # owner kinds, comma-separated, that recreate a deleted pod besides the built-in ReplicaSet, StatefulSet,
+    # Job and ReplicationController ("ray.io/RayCluster" or "RayCluster"): a substitution restarts the pod,
+    # so pods of any other owner are left as they are (restarting them duplicates or fails them). Empty by
+    # default: we cannot know what an unknown controller does with a deleted pod
+    restartable_owners: str = ""
+    # MIG-aware priority preemption by the reconciler (docs/preemption.md); each default is PreemptionSettings'
+    preemption: bool = PreemptionSettings.enabled
+    preemptions_per_pass: int = PreemptionSettings.per_pass
+    preemption_margin: float = PreemptionSettings.reservation_margin
     # /debug/* serve rule and inventory details; turn off where the port is reachable by others
     debug_endpoints: bool = True
     # largest request body accepted (bytes): 5,000 full Node objects (nodeCacheCapable: false) are ~25 MB
@@ -60,29 +88,57 @@ class Settings:
     log_level: str = "info"
 
     def validate(self) -> Settings:
-        sources = [bool(self.snapshot), bool(self.kubeconfig), self.in_cluster]
-        if sum(sources) > 1:
-            raise SettingsError("give at most one of --snapshot, --kubeconfig, --in-cluster")
+        """Self, or SettingsError naming every bad setting at once by its flag (or environment variable)."""
+        errors = [e for e in (self._source_error(), *self._address_errors(), *self._value_errors()) if e]
+        if errors:
+            raise SettingsError("; ".join(errors))
+        return self
+
+    def _source_error(self) -> str:
+        if sum([bool(self.snapshot), bool(self.kubeconfig), self.in_cluster]) > 1:
+            return "give at most one of --snapshot, --kubeconfig, --in-cluster"
+        if self.rule_store == "kube" and self.snapshot:
+            return "--rule-store kube needs a cluster, not --snapshot"
+        return ""
+
+    def _address_errors(self) -> list[str]:
+        errors = []
         for flag, value in (("--bind", self.bind), ("--metrics-bind", self.ops_bind)):
             host, sep, port = value.rpartition(":")
             if (value or flag == "--bind") and (not sep or not host or not port.isdigit() or not 0 < int(port) < 65536):
-                raise SettingsError(f"{flag} must be HOST:PORT, got {value!r}")
+                errors.append(f"{flag} must be HOST:PORT, got {value!r}")
         if self.ops_bind and self.ops_bind.rpartition(":")[2] == self.bind.rpartition(":")[2]:
-            raise SettingsError("--metrics-bind needs a port of its own")
+            errors.append("--metrics-bind needs a port of its own")
+        return errors
+
+    def _value_errors(self) -> list[str]:
+        errors = []
         if self.rule_store not in ("", "memory", "kube"):
-            raise SettingsError(f"--rule-store must be memory or kube, got {self.rule_store!r}")
-        if self.rule_store == "kube" and self.snapshot:
-            raise SettingsError("--rule-store kube needs a cluster, not --snapshot")
+            errors.append(f"{flag_of('rule_store')} must be one of memory, kube, got {self.rule_store!r}")
         if self.policy not in {p.value for p in Policy}:
-            raise SettingsError(f"--policy must be one of {[p.value for p in Policy]}, got {self.policy!r}")
+            policies = ", ".join(p.value for p in Policy)
+            errors.append(f"{flag_of('policy')} must be one of {policies}, got {self.policy!r}")
+        if self.log_level.lower() not in LOG_LEVELS:
+            errors.append(f"{flag_of('log_level')} must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         for name in ("rule_ttl", "restore_ttl", "retention", "stale_after"):
             if getattr(self, name) <= 0:
-                raise SettingsError(f"{name} must be > 0 seconds")
-        if self.restores_per_pass < 0 or self.restores_in_flight < 0:
-            raise SettingsError("restores_per_pass and restores_in_flight must be >= 0 (0 turns restores off)")
-        if self.threads < 1 or self.max_body_bytes < 1024:
-            raise SettingsError("threads must be >= 1 and max_body_bytes >= 1024")
-        return self
+                errors.append(f"{flag_of(name)} must be > 0 seconds, got {getattr(self, name):g}")
+        if self.preemption_margin < 0:
+            errors.append(f"{flag_of('preemption_margin')} must be >= 0 seconds, got {self.preemption_margin:g}")
+        if self.preemptions_per_pass < 1:
+            errors.append(f"{flag_of('preemptions_per_pass')} must be >= 1 (--no-preemption turns it off), "
+                          f"got {self.preemptions_per_pass}")
+        for name in ("restores_per_pass", "restores_in_flight"):
+            if getattr(self, name) < 0:
+                errors.append(f"{flag_of(name)} must be >= 0 (0 turns restores off), got {getattr(self, name)}")
+        if self.threads < 1:
+            errors.append(f"{flag_of('threads')} must be >= 1, got {self.threads}")
+        if self.max_body_bytes < 1024:
+            errors.append(f"{flag_of('max_body_bytes')} must be >= 1024, got {self.max_body_bytes}")
+        bad = [k for k in self.owner_kinds if not _OWNER_KIND.match(k)]
+        if bad:
+            errors.append(f"--restartable-owners takes Kind or group/Kind (e.g. ray.io/RayCluster), got {bad}")
+        return errors
 
     @property
     def has_cluster(self) -> bool:
@@ -93,10 +149,19 @@ class Settings:
         return self.rule_store or ("kube" if self.has_cluster else "memory")
 
     @property
+    def owner_kinds(self) -> frozenset[str]:
+        return frozenset(k.strip() for k in self.restartable_owners.split(",") if k.strip())
+
+    @property
     def plan(self) -> PlanSettings:
         return PlanSettings(rule_ttl=self.rule_ttl, restore_ttl=self.restore_ttl, policy=Policy(self.policy),
                             substitution=self.substitution, restores_per_pass=self.restores_per_pass,
-                            restores_in_flight=self.restores_in_flight)
+                            restores_in_flight=self.restores_in_flight, restartable_owners=self.owner_kinds)
+
+    @property
+    def preemption_settings(self) -> PreemptionSettings:
+        return PreemptionSettings(enabled=self.preemption, per_pass=self.preemptions_per_pass,
+                                  reservation_margin=self.preemption_margin)
 
     def with_env(self, environ: dict[str, str] | None = None) -> Settings:
         """Overlay ``MIG_EXTENDER_<FIELD>`` environment variables (flags given explicitly win later)."""

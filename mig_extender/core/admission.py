@@ -2,12 +2,14 @@
 
 ``mutate()`` is pure (AdmissionReview in, response + chosen rule out) and has no side effects: it only
 rewrites the pod (requests and limits of the original MIG resource -> the substitute, in every container
-and init container) and stamps the rule's name and the original demand in annotations. The extender and
-the reconciler mark the rule Applied when they see that pod, so the webhook makes no API call and
-``sideEffects: None`` is true. The claims that keep one replica from handing the same rule to two pods
-created back to back are passed in (``claimed``; components/webhook.py keeps them). Pods without MIG
-requests or with the opt-out annotation pass untouched. Every failure answers ``allowed: true`` without a
-patch: the webhook must never block pod creation.
+and init container) and stamps the rule's name and the original demand in annotations. The one write,
+claiming the chosen rule in the API so that no other webhook replica hands it to a second pod, is
+components/webhook.py's (never on a dryRun request: ``sideEffects: NoneOnDryRun``); rules claimed there
+come in already claimed, and names a replica just lost are passed in (``skip``). The extender and the
+reconciler mark the rule Applied when they see the pod. Pods without MIG requests pass untouched; the
+opt-out annotation disables substitution only (an opted-in namespace's MIG pods still get
+``schedulerName``). Every failure answers ``allowed: true`` without a patch: the webhook must never block
+pod creation.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from .resources import (
     ANN_SUBSTITUTED,
     LABEL_SCHEDULER_OPT_IN,
     DemandError,
+    PodInfo,
     pod_info,
 )
 from .rules import Rule, rule_for_new_pod
@@ -88,30 +91,50 @@ def _annotate(meta: Mapping[str, Any], values: Mapping[str, str]) -> list[dict[s
     return [{"op": "add", "path": "/metadata/annotations/" + escape(k), "value": v} for k, v in values.items()]
 
 
-def mutate(review: Mapping[str, Any], rules: Iterable[Rule], claimed: Collection[str] = (),
-           namespace_labels: Mapping[str, str] | None = None, now: float | None = None) -> Mutation:
-    """Decide the patch for one AdmissionReview. Raises ReviewError only when there is no uid to answer."""
-    uid = review_uid(review)
+def _created_pod(review: Mapping[str, Any]) -> tuple[Mapping[str, Any] | None, PodInfo | None, str]:
+    """(object, pod, error) of a Pod CREATE review; (None, None, "") for any other request."""
     req = review["request"]
     if req.get("operation") != "CREATE" or (req.get("kind") or {}).get("kind") != "Pod":
-        return Mutation(uid)
+        return None, None, ""
     obj = req.get("object")
     if not isinstance(obj, Mapping):
-        return Mutation(uid, result="error", message="request.object is not a Pod")
+        return None, None, "request.object is not a Pod"
     try:
         pod = pod_info(obj)
     except DemandError as exc:
-        return Mutation(uid, result="error", message=str(exc))
-    if not pod.wants_mig or not pod.may_substitute:
-        return Mutation(uid)
+        return None, None, str(exc)
     if not obj.get("metadata", {}).get("namespace") and req.get("namespace"):
         pod = replace(pod, namespace=str(req["namespace"]))
+    return obj, pod, ""
+
+
+def substitution_candidate(review: Mapping[str, Any]) -> PodInfo | None:
+    """The pod of a CREATE review that a rule could be handed to (it asks for MIG and has not opted out);
+    None for every other request. Raises ReviewError when there is no uid to answer."""
+    review_uid(review)
+    _, pod, _ = _created_pod(review)
+    return pod if pod is not None and pod.wants_mig and pod.may_substitute else None
+
+
+def mutate(review: Mapping[str, Any], rules: Iterable[Rule], skip: Collection[str] = (),
+           namespace_labels: Mapping[str, str] | None = None, now: float | None = None) -> Mutation:
+    """Decide the patch for one AdmissionReview. Raises ReviewError only when there is no uid to answer."""
+    uid = review_uid(review)
+    obj, pod, error = _created_pod(review)
+    if error:
+        return Mutation(uid, result="error", message=error)
+    if obj is None or pod is None or not pod.wants_mig:
+        return Mutation(uid)
     patch: list[dict[str, Any]] = []
     result = "untouched"
+    # every MIG pod of an opted-in namespace goes to our scheduler, opted out of substitution or not: two
+    # schedulers placing pods on the same slices would count them differently
     if (namespace_labels or {}).get(LABEL_SCHEDULER_OPT_IN) == "true" and pod.scheduler == "default-scheduler":
         patch.append({"op": "add", "path": "/spec/schedulerName", "value": SCHEDULER_NAME})
         result = "scheduler"
-    rule = rule_for_new_pod(pod, rules, time.time() if now is None else now, claimed)
+    if not pod.may_substitute:
+        return Mutation(uid, patch, result=result)
+    rule = rule_for_new_pod(pod, rules, time.time() if now is None else now, skip)
     if rule is None:
         return Mutation(uid, patch, result=result)
     ops = _rewrite(obj["spec"], rule)

@@ -13,9 +13,31 @@ The guide also states that on the 7-slice GPUs a 3g and a 4g GPU instance cannot
 though their memory slices would not overlap (we encode that as ``exclusive_pairs``), and that at most
 one media-extension (``+me``) instance exists per GPU (there is one set of JPEG/OFA engines).
 
+Models added for issue 16 (the guide's "Supported GPUs" table and its deployment considerations list
+them; memory and maximum instances come from that table): GB200 (186 GB, 7 instances), H100 on GH200
+(96 GB), H20 (96 GB), RTX PRO 6000 Blackwell (96 GB, 4 instances), B300 and GB300. The guide's
+per-product profile tables were not readable here beyond A30 and A100, so each new table's profile
+names and instance counts are NVIDIA's own ``nvidia-smi mig -lgip`` output as recorded in NVIDIA's
+MIG manager default configuration (github.com/NVIDIA/mig-parted, deployments/systemd/config-default.yaml
+at v0.15.0, one ``device-filter`` per PCI device, and the pull requests that added each device: #139
+GH200 144G HBM3e, #166 and #187 B200, #224 RTX PRO 6000 Blackwell; NVIDIA/gpu-operator#1303 GB200).
+The seven-slice models share A100's instance counts and profile ids, so they share its placements.
+RTX PRO 6000 Blackwell has four slices (4 x 1g, 2 x 2g, 1 x 4g, like A30); its placements are taken
+to be aligned as A30's (no ``-lgipp`` output was found), which only the simulator and this table use.
+Its ``+gfx``, ``-me`` and ``+me.all`` variants are not modelled. H800 and A800 (export variants) have
+the same device groups as H100 and A100 in that file, hence the same tables. Not in the catalog, for
+want of a sourced table: RTX PRO 5000 Blackwell (48 GB, 2 instances), RTX PRO 4500 Blackwell and the
+Thor iGPU.
+
+GPU feature discovery's ``nvidia.com/gpu.product`` label is the NVML device name with spaces turned
+into dashes (``NVIDIA-A100-SXM4-40GB``, ``NVIDIA-GH200-480GB``, ``NVIDIA-RTX-PRO-6000-Blackwell-Server-
+Edition``); ``match_product`` maps it to a family and, with the ``nvidia.com/gpu.memory`` label
+or a size in the name, to a model.
+
 Memory in profile names drifts between drivers (``7g.79gb`` vs ``7g.80gb``, ``3g.39gb``): profiles are
 keyed on compute slices and memory slices, and a name resolves through known aliases or, failing
-that, to the profile with the same compute slices and the nearest memory (within ``_MEMORY_DRIFT``).
+that, to the profile with the same compute slices and the nearest memory at or above the name's (within
+``_MEMORY_DRIFT``). An alias or a drifted name never resolves to less memory than it states.
 """
 
 from __future__ import annotations
@@ -100,7 +122,11 @@ class GpuModel:
         return hash(self.name)
 
     def profile(self, name: str) -> Profile:
-        """The profile called ``name`` (canonical name, alias, or drifted memory); ProfileError if none."""
+        """The profile called ``name`` (canonical name, alias, or drifted memory); ProfileError if none.
+
+        Drift resolves upward only, to a profile with the same or more memory than the name says (drivers
+        round a slice's memory down: 79 for 80, 39 for 40). Resolving down would let ``1g.20gb`` on an
+        H200 mean its 1g.18gb, and a pod that asked for 20 GB be given 18."""
         found = _profile_index(self).get(name)
         if found is not None:
             return found
@@ -109,11 +135,11 @@ class GpuModel:
             p for p in self.profiles
             if p.compute_slices == shape.compute_slices
             and p.media_extensions == shape.media_extensions
-            and abs(p.memory_gb - shape.memory_gb) <= _MEMORY_DRIFT
+            and 0 <= p.memory_gb - shape.memory_gb <= _MEMORY_DRIFT
         ]
         if not near:
             raise ProfileError(f"{self.name} has no MIG profile {name!r}")
-        return min(near, key=lambda p: abs(p.memory_gb - shape.memory_gb))
+        return min(near, key=lambda p: p.memory_gb - shape.memory_gb)
 
     def find(self, name: str, strict: bool = False) -> Profile | None:
         """Like ``profile`` but None when absent; ``strict`` accepts only names and known aliases."""
@@ -175,19 +201,41 @@ def _a30() -> GpuModel:
     return GpuModel("A30-24GB", "A30", 24, 4, 4, profiles)
 
 
-# Order matters for the label-less fallback in model_for_resources(): most common models first.
+def _rtx_pro_6000() -> GpuModel:
+    profiles = (
+        Profile("1g.24gb", 1, 1, 24, 4, (0, 1, 2, 3)),
+        Profile("1g.24gb+me", 1, 1, 24, 1, (0, 1, 2, 3), media_extensions=True),
+        Profile("2g.48gb", 2, 2, 48, 2, (0, 2)),
+        Profile("4g.96gb", 4, 4, 96, 1, (0,), full_gpu=True),
+    )
+    return GpuModel("RTX-PRO-6000-96GB", "RTX-PRO-6000", 96, 4, 4, profiles)
+
+
+_A100_80_ALIASES = {"3g.40gb": ("3g.39gb",), "4g.40gb": ("4g.39gb",), "7g.80gb": ("7g.79gb",)}
+_H100_94_ALIASES = {"3g.47gb": ("3g.46gb",), "4g.47gb": ("4g.46gb",), "7g.94gb": ("7g.93gb",)}
+
+# Order matters for the label-less fallback in detect_gpu(): most common models first, and a model
+# whose tables another shares (H800 = H100, A800 = A100, H20 = GH200) after it.
 MODELS: tuple[GpuModel, ...] = (
     _seven_slice_model("A100-40GB", "A100", 40, (5, 10, 20, 40)),
-    _seven_slice_model("A100-80GB", "A100", 80, (10, 20, 40, 80),
-                       {"3g.40gb": ("3g.39gb",), "4g.40gb": ("4g.39gb",), "7g.80gb": ("7g.79gb",)}),
-    _seven_slice_model("H100-80GB", "H100", 80, (10, 20, 40, 80),
-                       {"3g.40gb": ("3g.39gb",), "4g.40gb": ("4g.39gb",), "7g.80gb": ("7g.79gb",)}),
-    _seven_slice_model("H100-94GB", "H100", 94, (12, 24, 47, 94),
-                       {"3g.47gb": ("3g.46gb",), "4g.47gb": ("4g.46gb",), "7g.94gb": ("7g.93gb",)}),
+    _seven_slice_model("A100-80GB", "A100", 80, (10, 20, 40, 80), _A100_80_ALIASES),
+    _seven_slice_model("H100-80GB", "H100", 80, (10, 20, 40, 80), _A100_80_ALIASES),
+    _seven_slice_model("H100-94GB", "H100", 94, (12, 24, 47, 94), _H100_94_ALIASES),
     _seven_slice_model("H200-141GB", "H200", 141, (18, 35, 71, 141),
                        {"7g.141gb": ("7g.140gb",)}),
     _seven_slice_model("B200-180GB", "B200", 180, (23, 45, 90, 180)),
     _a30(),
+    _seven_slice_model("GH200-96GB", "GH200", 96, (12, 24, 48, 96)),
+    _seven_slice_model("GH200-144GB", "GH200", 144, (18, 36, 72, 144)),
+    _seven_slice_model("GB200-186GB", "GB200", 186, (23, 47, 93, 186)),
+    _seven_slice_model("B300-288GB", "B300", 269, (34, 67, 135, 269)),
+    _seven_slice_model("GB300-288GB", "GB300", 278, (35, 70, 139, 278)),
+    _rtx_pro_6000(),
+    _seven_slice_model("H20-96GB", "H20", 96, (12, 24, 48, 96)),
+    _seven_slice_model("H800-80GB", "H800", 80, (10, 20, 40, 80), _A100_80_ALIASES),
+    _seven_slice_model("H800-94GB", "H800", 94, (12, 24, 47, 94), _H100_94_ALIASES),
+    _seven_slice_model("A800-40GB", "A800", 40, (5, 10, 20, 40)),
+    _seven_slice_model("A800-80GB", "A800", 80, (10, 20, 40, 80), _A100_80_ALIASES),
 )
 MODELS_BY_NAME: Mapping[str, GpuModel] = {m.name: m for m in MODELS}
 
@@ -198,6 +246,88 @@ def model(name: str) -> GpuModel:
         if m.name.lower() == name.lower():
             return m
     raise ProfileError(f"unknown GPU model {name!r}; known: {', '.join(MODELS_BY_NAME)}")
+
+
+# --------------------------------------------------------------------------------------------------
+# GPU names as operators and GPU feature discovery write them
+
+FAMILIES: tuple[str, ...] = tuple(dict.fromkeys(m.family for m in MODELS))
+# A family must stand alone in a product name: GH200 is not H200, and H200 is not H20.
+_FAMILY_RE = re.compile(r"(?:^|[^A-Z0-9])(" + "|".join(sorted(map(re.escape, FAMILIES), key=len, reverse=True))
+                        + r")(?=$|[^0-9])")
+_SIZE_RE = re.compile(r"(?:^|[^A-Z0-9])(\d{2,3})GB?(?=$|[^A-Z0-9])")
+# Products whose name carries no size but implies one (the NVL boards are the 94 GB H100/H800).
+_IMPLIED_GB = {"H100-NVL": 94, "H800-NVL": 94}
+
+
+@dataclass(frozen=True)
+class ProductMatch:
+    """What a product name says: its family (None when no catalog family appears in it), the GPU memory
+    it implies (GB, None when unknown) and the catalog models it may be, best first."""
+
+    family: str | None
+    memory_gb: int | None
+    models: tuple[GpuModel, ...]
+
+
+def _normalise(product: str) -> str:
+    return re.sub(r"[\s_]+", "-", product.strip().upper())
+
+
+def _size_fits(m: GpuModel, gb: float) -> bool:
+    """Drivers and NVML report a little less than the catalog size (97871 MiB on a 96 GB GH200)."""
+    return abs(m.memory_gb - gb) <= max(3.0, 0.03 * m.memory_gb)
+
+
+def match_product(product: str, memory_mib: object = None) -> ProductMatch:
+    """The catalog models a ``nvidia.com/gpu.product`` value (and ``nvidia.com/gpu.memory``, MiB) may be.
+
+    The memory label wins over sizes in the name: a GH200's ``480GB`` is the superchip's CPU memory.
+    A size that fits no model of the family gives no model (an unknown variant, never a near miss);
+    no size at all gives every model of the family.
+    """
+    name = _normalise(product)
+    found = _FAMILY_RE.search(name)
+    if not found:
+        return ProductMatch(None, None, ())
+    family = [m for m in MODELS if m.family == found.group(1)]
+    size = _memory_label_gb(name, memory_mib)
+    if size is not None:
+        return ProductMatch(found.group(1), round(size), tuple(m for m in family if _size_fits(m, size)))
+    in_name = [m for gb in _SIZE_RE.findall(name) for m in family if _size_fits(m, int(gb))]
+    implied = next((gb for key, gb in _IMPLIED_GB.items() if key in name), None)
+    if not in_name and implied is not None:
+        in_name = [m for m in family if _size_fits(m, implied)]
+    if in_name:
+        return ProductMatch(found.group(1), in_name[0].memory_gb, tuple(dict.fromkeys(in_name)))
+    return ProductMatch(found.group(1), family[0].memory_gb if len(family) == 1 else None, tuple(family))
+
+
+def _memory_label_gb(name: str, memory_mib: object) -> float | None:
+    """GB from the memory label; ignored under the ``single`` strategy, where it is the slice's memory."""
+    if memory_mib is None or "-MIG-" in name:
+        return None
+    try:
+        mib = float(str(memory_mib))
+    except ValueError:
+        return None
+    return mib / 1024 if mib > 0 else None
+
+
+def lookup_models(name: str) -> tuple[GpuModel, ...]:
+    """What an operator may call a GPU: a model (``A100-40GB``), a family (``A100``: all its models) or
+    a GPU feature discovery product (``NVIDIA-A100-SXM4-40GB``). ProfileError says what is accepted."""
+    exact = [m for m in MODELS if m.name.lower() == name.strip().lower()]
+    if exact:
+        return tuple(exact)
+    family = [m for m in MODELS if m.family == _normalise(name)]
+    if family:
+        return tuple(family)
+    matched = match_product(name).models
+    if matched:
+        return matched
+    raise ProfileError(f"unknown GPU {name!r}; give a model ({', '.join(MODELS_BY_NAME)}), a family "
+                       f"({', '.join(FAMILIES)}) or a GPU feature discovery product such as NVIDIA-A100-SXM4-40GB")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -236,7 +366,9 @@ def resource_shape(resource: str) -> ProfileShape:
 
 
 def canonical_shape(resource: str, gpu: GpuModel | None) -> ProfileShape:
-    """The shape of ``resource`` on a node of model ``gpu``: aliases resolve to the catalog's memory."""
+    """The shape of a slice ``resource`` offered by a node of model ``gpu``: aliases and drift resolve to
+    the catalog's memory, which is never less than the name's. What a *pod* asks for is the name's own
+    shape (``resource_shape``), whatever the node."""
     if gpu is not None:
         found = gpu.find(resource_profile_name(resource))
         if found is not None:

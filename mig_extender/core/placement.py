@@ -62,7 +62,7 @@ def _number(text: str) -> int | None:
         return None
 
 
-def _expression_matches(expr: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+def requirement_matches(expr: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
     """One NodeSelectorRequirement (In, NotIn, Exists, DoesNotExist, Gt, Lt) against ``labels``."""
     key, op, values = expr.get("key"), expr.get("operator"), list(expr.get("values") or [])
     present = key in labels
@@ -87,9 +87,9 @@ def _term_matches(term: Mapping[str, Any], labels: Mapping[str, str], node_name:
     fields = list(term.get("matchFields") or [])
     if not exprs and not fields:
         return False  # an empty term matches no node (nodeaffinity: "a null or empty term matches no objects")
-    if not all(_expression_matches(e, labels) for e in exprs):
+    if not all(requirement_matches(e, labels) for e in exprs):
         return False
-    return all(f.get("key") == "metadata.name" and _expression_matches(f, {"metadata.name": node_name})
+    return all(f.get("key") == "metadata.name" and requirement_matches(f, {"metadata.name": node_name})
                for f in fields)
 
 

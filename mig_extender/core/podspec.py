@@ -1,21 +1,167 @@
-"""Pure transforms of pod manifests for the reconciler's restarts of bare pods. No API calls.
+"""Pure decisions and transforms for the reconciler's pod restarts. No API calls.
+
+Who may be restarted: a pod comes back after a restart only if something recreates it. ReplicaSets,
+ReplicationControllers, StatefulSets and Jobs do; a bare pod is recreated by the reconciler itself from a
+stashed manifest; any other owner (RayCluster, PyTorchJob, JobSet, Argo Workflow, LeaderWorkerSet...) is
+unknown: recreating it ourselves would duplicate it (its controller recreates it too) and deleting it may
+fail a workflow step, so such pods are never restarted unless the operator names their kind in
+``--restartable-owners`` (``restart_blocker``). Job pods have one more condition (``job_restart_problem``).
 
 A bare pod has no controller to recreate it, so the reconciler deletes it and creates it again under
-the same name. ``replacement_pod`` strips what the API server owns (uid, resourceVersion, status, the
-binding) and, for a restore, puts the original MIG demand back and drops our upgrade annotations.
+the same name. ``replacement_pod`` strips what the API server owns or refuses on create (uid,
+resourceVersion, status, the binding, ephemeral containers) and, for a restore, puts the original MIG
+demand back and drops our upgrade annotations.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
-from .resources import ANN_ORIGINAL, ANN_RESTORED_AT, ANN_RULE, ANN_SUBSTITUTED
+from .resources import ANN_ORIGINAL, ANN_RESTORED_AT, ANN_RULE, ANN_SUBSTITUTED, Owner
 from .rules import Rule
 
+# Set by the API server (metadata) or refused on create: ``spec.ephemeralContainers`` may only be added
+# through the pods/ephemeralcontainers subresource of an existing pod ("Forbidden: cannot be set on create").
 _SERVER_META = ("uid", "resourceVersion", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds",
                 "managedFields", "generation", "selfLink")
+_REFUSED_SPEC = ("nodeName", "ephemeralContainers")
+
+# Owners known to recreate a deleted pod: (API group, kind). Anything else must be listed by the operator.
+RECREATING_OWNERS = frozenset({("apps", "ReplicaSet"), ("apps", "StatefulSet"), ("batch", "Job"),
+                               ("", "ReplicationController")})
+
+
+class Restart(str, Enum):
+    """What became of one restart request (the reconciler counts these and reacts to REFUSED/INVALID)."""
+
+    EVICTED = "evicted"      # the Eviction API accepted it (DisruptionTarget set, pod deleted)
+    GONE = "gone"            # the pod had already gone or been replaced (uid precondition): nothing to do
+    REFUSED = "refused"      # 429: a PodDisruptionBudget (or API throttling) refused the eviction
+    INVALID = "invalid"      # a bare pod's replacement would be refused on create: the pod was left alone
+    BLOCKED = "blocked"      # nothing recreates this pod (unknown owner): not restarted
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class RestartOutcome:
+    kind: Restart
+    detail: str = ""         # the API's message for REFUSED/INVALID, for the Event
+
+
+def owner_group(owner: Owner) -> str:
+    """The API group of an ownerReference's apiVersion ('' for the core group, ``apps`` for apps/v1)."""
+    group, sep, _ = owner.api_version.rpartition("/")
+    return group if sep else ""
+
+
+def owner_label(owner: Owner) -> str:
+    group = owner_group(owner)
+    return f"{group}/{owner.kind}" if group else owner.kind
+
+
+@dataclass(frozen=True)
+class UnknownOwner:
+    """Nothing known recreates a deleted pod of this owner, so the pod must not be restarted."""
+
+    owner: str   # group/Kind (Kind for the core group)
+    name: str
+
+    def __str__(self) -> str:
+        return (f"its owner {self.owner} {self.name} is not known to recreate deleted pods "
+                "(list the kind in --restartable-owners if it does)")
+
+
+def restart_blocker(owner: Owner | None, restartable: Collection[str] = ()) -> UnknownOwner | None:
+    """Why a pod with ``owner`` must not be restarted (None when it may): nothing known recreates it.
+
+    ``restartable`` are the operator's extra owners, each ``group/Kind`` (``ray.io/RayCluster``) or a bare
+    ``Kind`` (any group). Built-ins match on group and kind, so e.g. Volcano's ``batch.volcano.sh/Job`` is
+    not taken for a Kubernetes Job.
+    """
+    if owner is None:
+        return None  # a bare pod: the reconciler recreates it itself
+    group = owner_group(owner)
+    if (group, owner.kind) in RECREATING_OWNERS or owner.kind in restartable or f"{group}/{owner.kind}" in restartable:
+        return None
+    return UnknownOwner(owner_label(owner), owner.name)
+
+
+def is_job_owner(owner: Owner | None) -> bool:
+    return owner is not None and owner.kind == "Job" and owner_group(owner) == "batch"
+
+
+def ignores_disruptions(policy: Mapping[str, Any] | None) -> bool:
+    """Does a Job's podFailurePolicy ignore pods with the DisruptionTarget condition, so an eviction does not
+    count against backoffLimit?
+
+    The Job controller takes the first rule that matches a failed pod (pkg/controller/job
+    pod_failure_policy.go, matchPodFailurePolicy). An ``onPodConditions: [{type: DisruptionTarget}]`` rule
+    with ``action: Ignore`` does it, unless an ``onExitCodes`` rule comes first: the evicted container's
+    exit code (e.g. 137) might match that one instead, so we then assume the restart counts.
+    """
+    for rule in (policy or {}).get("rules") or []:
+        if not isinstance(rule, Mapping):
+            continue
+        if rule.get("onExitCodes"):
+            return False
+        for condition in rule.get("onPodConditions") or []:
+            if (isinstance(condition, Mapping) and condition.get("type") == "DisruptionTarget"
+                    and condition.get("status", "True") == "True"):
+                return rule.get("action") == "Ignore"
+    return False
+
+
+@dataclass(frozen=True)
+class JobRestartCounts:
+    """Restarting a pod of this Job would count against its ``backoffLimit`` (no podFailurePolicy rule
+    ignores DisruptionTarget) and is not worth it, or could fail the Job."""
+
+    job: str
+    restore: bool            # a restore is never worth a failure: the pod runs fine where it is
+    failed: int = 0          # status.failed + uncounted failures + our restarts under way
+    limit: int | None = None  # backoffLimit; None with backoffLimitPerIndex (not tracked per index here)
+
+    def __str__(self) -> str:
+        rule = "no podFailurePolicy rule ignoring DisruptionTarget"
+        if self.restore:
+            return f"Job {self.job} has {rule}: a restart would count against its backoffLimit"
+        if self.limit is None:
+            return f"Job {self.job} uses backoffLimitPerIndex with {rule}"
+        return (f"Job {self.job} has {rule} and {self.failed} failed or restarting pods of backoffLimit "
+                f"{self.limit}: one more restart could fail the Job")
+
+
+def job_restart_problem(job: Mapping[str, Any], restore: bool, restarts_under_way: int = 0) -> JobRestartCounts | None:
+    """Why restarting a pod of ``job`` could harm it (None when it cannot).
+
+    The Job controller counts a deleted, unfinished pod as failed (pkg/controller/job/job_controller.go,
+    isPodFailed: ``DeletionTimestamp != nil && Phase != Succeeded``) and fails the Job once more pods
+    failed than ``backoffLimit`` allows; an eviction is a delete too. With a podFailurePolicy that ignores
+    DisruptionTarget (the Eviction API sets it) the restart is free. Without one: never for a restore (the
+    pod runs fine where it is), and an upgrade only while ``status.failed`` (plus failures not yet counted
+    and our restarts under way) stays below ``backoffLimit``.
+    """
+    spec = job.get("spec") if isinstance(job.get("spec"), Mapping) else {}
+    status = job.get("status") if isinstance(job.get("status"), Mapping) else {}
+    if ignores_disruptions(spec.get("podFailurePolicy")):
+        return None
+    name = str((job.get("metadata") or {}).get("name", ""))
+    if restore:
+        return JobRestartCounts(name, restore=True)
+    if spec.get("backoffLimitPerIndex") is not None:
+        return JobRestartCounts(name, restore=False)
+    limit = spec.get("backoffLimit", 6)
+    uncounted = (status.get("uncountedTerminatedPods") or {}).get("failed") or []
+    failed = int(status.get("failed") or 0) + len(uncounted) + restarts_under_way
+    if not isinstance(limit, int) or failed >= limit:
+        return JobRestartCounts(name, restore=False, failed=failed, limit=limit if isinstance(limit, int) else 0)
+    return None
 
 
 def replacement_pod(pod: Mapping[str, Any], restore: Rule | None = None, restored_at: str = "") -> dict[str, Any]:
@@ -26,7 +172,8 @@ def replacement_pod(pod: Mapping[str, Any], restore: Rule | None = None, restore
     for key in _SERVER_META:
         meta.pop(key, None)
     spec = out.setdefault("spec", {})
-    spec.pop("nodeName", None)
+    for key in _REFUSED_SPEC:
+        spec.pop(key, None)
     if restore is not None:
         new, old = restore.original.resource, restore.substitute.resource
         for section in ("initContainers", "containers"):
@@ -44,22 +191,12 @@ def replacement_pod(pod: Mapping[str, Any], restore: Rule | None = None, restore
     return out
 
 
-def selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bool:
-    """A metav1.LabelSelector against ``labels`` (an empty selector matches everything, as for PDBs)."""
-    if selector is None:
-        return False
-    for key, value in (selector.get("matchLabels") or {}).items():
-        if labels.get(key) != value:
-            return False
-    for expr in selector.get("matchExpressions") or []:
-        key, op, values = expr.get("key"), expr.get("operator"), expr.get("values") or []
-        present = key in labels
-        if op == "In" and (not present or labels[key] not in values):
-            return False
-        if op == "NotIn" and present and labels[key] in values:
-            return False
-        if op == "Exists" and not present:
-            return False
-        if op == "DoesNotExist" and present:
-            return False
-    return True
+def dry_run_copy(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """``manifest`` under a generated name, for a server-side dry-run create while the original name is
+    still taken by the pod it replaces (the API server validates and admits it exactly as the real create,
+    apart from the name)."""
+    out = copy.deepcopy(dict(manifest))
+    meta = out.setdefault("metadata", {})
+    name = str(meta.pop("name", "") or meta.get("generateName", "") or "pod")
+    meta["generateName"] = name[:40].rstrip("-") + "-"
+    return out

@@ -179,6 +179,8 @@ class PodInfo:
     gated: bool = False      # spec.schedulingGates non-empty: the scheduler does not consider the pod yet
     started: float = 0.0     # status.startTime as epoch seconds (preemption prefers victims started last)
     placement: Placement = NO_CONSTRAINTS  # nodeSelector, required affinity, tolerations, cpu/memory requests
+    grace: float = 30.0      # spec.terminationGracePeriodSeconds: how long a preemption victim may hold its slices
+    unschedulable: bool = False  # PodScheduled=False/Unschedulable: a scheduler tried and found no node
 
     @property
     def key(self) -> str:
@@ -281,7 +283,23 @@ def pod_info(pod: Mapping[str, Any]) -> PodInfo:
         gated=bool(spec.get("schedulingGates")),
         started=parse_time(status.get("startTime")),
         placement=placement_of(spec),
+        grace=_grace(spec.get("terminationGracePeriodSeconds")),
+        unschedulable=_unschedulable(status.get("conditions")),
     )
+
+
+def _grace(value: Any) -> float:
+    """spec.terminationGracePeriodSeconds; the API server's default (30) when absent or malformed."""
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 30.0
+
+
+def _unschedulable(conditions: Any) -> bool:
+    """PodScheduled=False with reason Unschedulable: the scheduler's last attempt found no node
+    (kube-scheduler's handleSchedulingFailure writes it); preemption waits for that verdict."""
+    for cond in conditions if isinstance(conditions, list) else ():
+        if isinstance(cond, Mapping) and cond.get("type") == "PodScheduled":
+            return cond.get("status") == "False" and cond.get("reason") == "Unschedulable"
+    return False
 
 
 def _priority(value: Any) -> int:

@@ -3,10 +3,20 @@
 One rule carries one substitution through its whole life::
 
     Recorded --webhook rewrites the replacement pod--> Applied --pod bound--> Applied(bound)
-        |                                                 |                        |
-        +--------- expiry (reservation released) -------> Expired                  | original type frees up
-                                                                                   v
+        |                                                 |                       |   ^
+        +--------- expiry (reservation released) -------> Expired                 |   | restart refused (PDB 429,
+                                                             ^                    |   | bad replacement): original
+                                                             | expiry             v   | released, retried after backoff
                            Restored <--replacement bound-- Restoring (original reserved on restore_node)
+
+While Recorded the rule belongs to the pending pod it was recorded for. The reconciler marks it
+(``restarting``: status.restartAt) just before it restarts that pod; only then may the webhook hand it to a
+new pod of the workload (the replacement), claiming it (``claimed``: status.claimedUntil) with a
+compare-and-swap so that of two webhook replicas admitting two pods at once only one hands it out.
+
+Expired and Restored are final. ``TRANSITIONS`` lists every allowed (from, to) pair; the rule store's
+``update_with_retry`` checks each write against it, on every retry, so a change decided on a stale copy
+can never move a rule backwards (an Expired restore becoming Applied again).
 
 While Recorded or Applied-but-unbound the rule reserves its substitute slice on ``node`` so no other
 pending pod is promised it; while Restoring it reserves the original slice on ``restore_node`` so the
@@ -24,7 +34,7 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
-from .resources import RENAMING_OWNERS, Owner, PodInfo, ResourceCount, parse_time
+from .resources import Owner, PodInfo, ResourceCount, parse_time
 
 
 class Phase(str, Enum):
@@ -42,6 +52,26 @@ class Phase(str, Enum):
 CLOCK_SKEW = 5.0
 
 ACTIVE_PHASES = frozenset({Phase.RECORDED, Phase.APPLIED, Phase.RESTORING})
+
+# Every allowed (from, to) phase pair: the diagram above as data. Same-phase writes of the active phases
+# record progress within a phase (bound, restore attempts); the final phases are never written again.
+TRANSITIONS = frozenset({
+    (Phase.RECORDED, Phase.RECORDED), (Phase.RECORDED, Phase.APPLIED), (Phase.RECORDED, Phase.EXPIRED),
+    (Phase.APPLIED, Phase.APPLIED), (Phase.APPLIED, Phase.RESTORING), (Phase.APPLIED, Phase.EXPIRED),
+    (Phase.RESTORING, Phase.RESTORING), (Phase.RESTORING, Phase.RESTORED), (Phase.RESTORING, Phase.EXPIRED),
+    (Phase.RESTORING, Phase.APPLIED),
+})
+
+
+class IllegalTransition(ValueError):
+    """A write that would move a rule along an edge the phase machine does not have."""
+
+
+def check_transition(before: Rule, after: Rule) -> None:
+    """Raise IllegalTransition unless ``before`` -> ``after`` is an edge of the phase machine."""
+    if (before.phase, after.phase) not in TRANSITIONS:
+        raise IllegalTransition(f"rule {before.namespace}/{before.name}: {before.phase} -> {after.phase} "
+                                "is not an allowed transition")
 
 
 @dataclass(frozen=True)
@@ -67,6 +97,23 @@ class Rule:
     message: str = ""
     resource_version: str = ""
     stash: str = ""          # a bare pod's manifest waiting to be created again (JSON), see kube.KubeActions
+    restart_at: float = 0.0  # when the reconciler began restarting pod_uid: from then on its replacement may take it
+    claimed_until: float = 0.0  # a webhook replica handed the rule to a new pod; others leave it alone until then
+    restore_attempts: int = 0   # restarts for a restore that were refused (PDB, invalid replacement)
+    retry_restore_at: float = 0.0  # no new restore attempt before this time (backoff after a refusal)
+    # uids of the lower-priority pods preempted so that this rule's slices free up (docs/preemption.md);
+    # empty for a plain substitution. With substitute == original the rule is a *hold*: the pending pod
+    # keeps its own profile and the rule only reserves the slices being freed for it (a nominated pod).
+    victims: tuple[str, ...] = ()
+
+    @property
+    def is_preemption(self) -> bool:
+        return bool(self.victims)
+
+    @property
+    def is_hold(self) -> bool:
+        """A preemption for the pod's own profile: nothing to rewrite, nobody to restart, only a reservation."""
+        return self.is_preemption and self.original == self.substitute
 
     # -- reservations -------------------------------------------------------------------------------
 
@@ -87,16 +134,37 @@ class Rule:
     # -- matching -----------------------------------------------------------------------------------
 
     def _same_workload(self, pod: PodInfo, name: str) -> bool:
-        """Is ``pod`` the one its controller (or our reconciler) made to replace pod ``name``?"""
-        if self.owner and self.owner.kind in RENAMING_OWNERS:
+        """Is ``pod`` the one its controller (or our reconciler) made to replace pod ``name``?
+
+        Bare pods and StatefulSet pods come back under their name (a StatefulSet's siblings share its uid);
+        every other controller may rename (ReplicaSet, Job, and operators listed in --restartable-owners
+        such as RayCluster, whose workers get generated names), so the owner's uid decides."""
+        if self.owner and self.owner.kind != "StatefulSet":
             return pod.owner is not None and pod.owner.uid == self.owner.uid
         return pod.name == name
 
-    def awaits_upgrade(self, pod: PodInfo) -> bool:
-        """A Recorded rule waits for the replacement of the pending pod to rewrite it (webhook)."""
-        return (self.phase is Phase.RECORDED and pod.namespace == self.namespace
+    def _waits_for_workload_of(self, pod: PodInfo) -> bool:
+        """Recorded for a pod of ``pod``'s workload with ``pod``'s demand, and not recorded for ``pod`` itself.
+        Never a preemption hold: it belongs to its preemptor, which is not restarted or replaced."""
+        return (self.phase is Phase.RECORDED and not self.is_hold and pod.namespace == self.namespace
                 and pod.uid != self.pod_uid and self._same_workload(pod, self.pod_name)
                 and pod.demand.get(self.original.resource) == self.original.count)
+
+    def awaits_upgrade(self, pod: PodInfo) -> bool:
+        """A Recorded rule waits for the replacement of the pending pod to rewrite it (webhook).
+
+        Only once the reconciler has marked the pending pod's restart (``restarting``), and only for a pod
+        created after that: a ReplicaSet's pods all carry the same owner uid, so without the mark a new
+        pod of a scale-up took the pending pod's rule and the pending pod was never restarted. At admission
+        a pod has no creationTimestamp yet (the API server sets it after the webhooks): it is being created
+        now, after the mark the webhook sees. CLOCK_SKEW allows for the API server's clock against ours.
+        """
+        return (self.restart_at > 0 and self._waits_for_workload_of(pod)
+                and (not pod.created or pod.created >= self.restart_at - CLOCK_SKEW))
+
+    def is_claimed(self, now: float) -> bool:
+        """Handed to a new pod by a webhook replica, and that pod may still be on its way (see ``claimed``)."""
+        return now < self.claimed_until
 
     def awaits_restore(self, pod: PodInfo) -> bool:
         """A Restoring rule waits for the upgraded pod's replacement, which asks for the original type.
@@ -112,6 +180,8 @@ class Rule:
     def reserved_for(self, pod: PodInfo) -> bool:
         """May ``pod`` use this rule's reservation? The rewritten replacement carries the rule's name
         (the webhook stamps it; the rule may still read Recorded until someone marks it Applied)."""
+        if self.is_hold:  # the preemptor itself, as kube-scheduler counts a nominated pod for itself only
+            return self.phase is Phase.RECORDED and pod.uid == self.pod_uid
         if self.phase in (Phase.RECORDED, Phase.APPLIED) and not self.bound_pod:
             return pod.rule_name == self.name and pod.namespace == self.namespace
         return self.awaits_restore(pod)
@@ -123,6 +193,9 @@ class Rule:
                        message=f"replacement pod {pod_name} rewritten to {self.substitute}")
 
     def bound(self, pod_uid: str, pod_name: str, node: str, now: float) -> Rule:
+        if self.is_hold:  # the preemptor is bound: its reservation became usage, and there is nothing to restore
+            return replace(self, phase=Phase.EXPIRED, bound_pod=pod_uid, updated=now,
+                           message=f"preemptor {pod_name} bound to {node}; reservation released")
         if self.phase is Phase.RESTORING:
             return replace(self, phase=Phase.RESTORED, updated=now, restored_pod=pod_uid,
                            message=f"pod {pod_name} back on {self.original} on {node}")
@@ -132,6 +205,39 @@ class Rule:
     def restoring(self, node: str, now: float, ttl: float) -> Rule:
         return replace(self, phase=Phase.RESTORING, restore_node=node, updated=now, expires=now + ttl,
                        message=f"restoring to {self.original}: reserved on {node}")
+
+    def restarting(self, now: float) -> Rule:
+        """The reconciler is about to restart the pending pod: hand the rule over to its replacement.
+
+        Written before the eviction or delete, so no webhook replica can see the replacement before the
+        mark; until then the rule belongs to the pending pod alone (a sibling created by a scale-up must not
+        take it, or the pending pod is never restarted). A rule marked already keeps its first mark."""
+        if self.restart_at:
+            return self
+        return replace(self, restart_at=now,
+                       message=f"restarting pod {self.pod_name}: its replacement gets {self.substitute} on {self.node}")
+
+    def claimed(self, now: float, ttl: float) -> Rule:
+        """A webhook replica hands the rule to the pod it is admitting, for ``ttl`` seconds.
+
+        Stored with a compare-and-swap, so of two replicas admitting two pods at once one wins. The claim
+        names no pod (a generateName pod has no name during admission) and expires: a pod refused by a
+        later admission plugin never appears, and the rule must not stay held for it. Once the pod is seen
+        the rule turns Applied and the claim no longer matters."""
+        return replace(self, claimed_until=now + ttl,
+                       message=f"handed to a new pod of the workload; {self.substitute} stays reserved on {self.node}")
+    def restore_deferred(self, now: float, backoff: float, why: str) -> Rule:
+        """The restore's restart was refused: back to Applied (bound), the original slice released, the
+        next attempt not before ``now + backoff``."""
+        return replace(self, phase=Phase.APPLIED, restore_node="", updated=now,
+                       restore_attempts=self.restore_attempts + 1, retry_restore_at=now + backoff,
+                       message=f"restore deferred: {why}")
+
+    @property
+    def was_restore(self) -> bool:
+        """Did this rule start a restore (Restoring, Restored, or a restore that expired)?"""
+        return self.phase in (Phase.RESTORING, Phase.RESTORED) or (
+            self.phase is Phase.EXPIRED and bool(self.restore_node))
 
     def expired(self, now: float) -> Rule:
         return replace(self, phase=Phase.EXPIRED, updated=now,
@@ -143,7 +249,7 @@ class Rule:
         """JSON for /debug/rules and the simulator; stable keys."""
         out = asdict(self)
         out["phase"] = str(self.phase)
-        for key in ("created", "expires", "updated"):
+        for key in ("created", "expires", "updated", "restart_at", "claimed_until"):
             out[key] = _rfc3339(out[key])
         out["pod"] = {"namespace": self.namespace, "name": self.pod_name, "uid": self.pod_uid}
         out["original"] = {"resource": self.original.resource, "count": self.original.count}
@@ -154,12 +260,38 @@ class Rule:
         return out
 
 
-def rule_for_new_pod(pod: PodInfo, rules: Iterable[Rule], now: float, claimed: Collection[str] = ()) -> Rule | None:
+def preemption_hold(pod: PodInfo, node: str, victims: Iterable[str], now: float, ttl: float,
+                    after: str = "") -> Rule:
+    """The record of a preemption for ``pod``'s own profile on ``node``: persisted before any victim is
+    deleted, so a new leader re-issues the deletes and no other pod is promised the slices being freed."""
+    want = pod.single_demand
+    if want is None:
+        raise ValueError(f"pod {pod.key} asks for no single MIG type: no preemption hold")
+    names = tuple(victims)
+    return Rule(
+        name=rule_name(pod, after), namespace=pod.namespace, pod_name=pod.name, pod_uid=pod.uid, owner=pod.owner,
+        original=want, substitute=want, node=node, created=now, expires=now + ttl, updated=now, victims=names,
+        message=f"preempting {len(names)} lower-priority pod(s) on {node}; {want} reserved for this pod",
+    )
+
+
+def rule_for_new_pod(pod: PodInfo, rules: Iterable[Rule], now: float, skip: Collection[str] = ()) -> Rule | None:
     """The Recorded rule a newly created pod takes: the oldest unexpired, unclaimed one waiting for a
-    replacement of its workload (``awaits_upgrade``). The webhook rewrites the pod per this rule; the
-    simulator's webhook step calls the same choice."""
-    waiting = [r for r in rules if r.name not in claimed and r.awaits_upgrade(pod) and now < r.expires]
+    replacement of its workload (``awaits_upgrade``), leaving out the names in ``skip`` (claims this
+    replica just lost). The webhook rewrites the pod per this rule; the simulator's webhook step calls
+    the same choice."""
+    waiting = [r for r in rules if r.name not in skip and r.awaits_upgrade(pod) and now < r.expires
+               and not r.is_claimed(now)]
     return min(waiting, key=lambda r: (r.created, r.name), default=None)
+
+
+def unmarked_rules_for(pod: PodInfo, rules: Iterable[Rule], now: float) -> list[Rule]:
+    """Rules ``pod`` would take but for the restart mark, oldest first: the reconciler writes the mark and
+    at once restarts the pending pod, so the replacement can reach a webhook whose watch has not shown the
+    mark yet. The webhook reads these again from the source of truth before turning the pod away."""
+    stale = [r for r in rules if not r.restart_at and r._waits_for_workload_of(pod) and now < r.expires
+             and not r.is_claimed(now)]
+    return sorted(stale, key=lambda r: (r.created, r.name))
 
 
 def _rfc3339(epoch: float) -> str:
@@ -169,17 +301,34 @@ def _rfc3339(epoch: float) -> str:
 _DNS_UNSAFE = re.compile(r"[^a-z0-9-]+")
 
 
-def rule_name(pod: PodInfo) -> str:
-    """A stable, DNS-1123 name for the rule of ``pod``: retrying the same pod records the same rule."""
-    digest = hashlib.sha256(f"{pod.namespace}/{pod.name}/{pod.uid}".encode()).hexdigest()[:10]
+def rule_name(pod: PodInfo, after: str = "") -> str:
+    """A stable, DNS-1123 name for a rule of ``pod``: retrying the same pod records the same rule.
+
+    ``after``: the name of the pod's newest rule, when it has one already (expired, or handed to another
+    pod). Its successor gets a name of its own, or recording it would return the old rule under the same
+    name; deriving it from the predecessor (not from a clock) keeps it stable, so two replicas that know
+    the same rules still record one rule, and a replica that missed the newest rule collides with it."""
+    key = f"{pod.namespace}/{pod.name}/{pod.uid}" + (f"/after/{after}" if after else "")
+    digest = hashlib.sha256(key.encode()).hexdigest()[:10]
     base = _DNS_UNSAFE.sub("-", pod.name.lower()).strip("-")[:40] or "pod"
     return f"{base}-{digest}"
 
 
+def newest_rule_per_pod(rules: Iterable[Rule]) -> dict[str, Rule]:
+    """pod uid -> that pod's most recently recorded rule (a pod may have had several, see rule_name)."""
+    newest: dict[str, Rule] = {}
+    for rule in rules:
+        if rule.pod_uid:
+            held = newest.get(rule.pod_uid)
+            if held is None or (rule.created, rule.name) > (held.created, held.name):
+                newest[rule.pod_uid] = rule
+    return newest
+
+
 def new_rule(pod: PodInfo, original: ResourceCount, substitute: ResourceCount, node: str,
-             now: float, ttl: float) -> Rule:
+             now: float, ttl: float, after: str = "") -> Rule:
     return Rule(
-        name=rule_name(pod), namespace=pod.namespace, pod_name=pod.name, pod_uid=pod.uid, owner=pod.owner,
+        name=rule_name(pod, after), namespace=pod.namespace, pod_name=pod.name, pod_uid=pod.uid, owner=pod.owner,
         original=original, substitute=substitute, node=node, created=now, expires=now + ttl, updated=now,
         message=f"{original.resource} sold out on every candidate; {substitute} reserved on {node}",
     )
@@ -215,6 +364,8 @@ def rule_to_object(rule: Rule) -> dict[str, Any]:
         "substitute": {"resource": rule.substitute.resource, "count": rule.substitute.count},
         "nodeName": rule.node,
     }
+    if rule.victims:
+        spec["preemption"] = {"victims": list(rule.victims)}
     if rule.expires:
         spec["expiresAt"] = _time_text(rule.expires)  # an empty string is not a valid date-time: omit
     if rule.owner is not None:
@@ -232,7 +383,10 @@ def rule_status(rule: Rule) -> dict[str, Any]:
     status = {"phase": str(rule.phase), "appliedPod": rule.applied_pod, "boundPod": rule.bound_pod,
               "restoreNode": rule.restore_node, "restoredPod": rule.restored_pod, "message": rule.message,
               "createdAt": _time_text(rule.created), "updatedAt": _time_text(rule.updated or rule.created),
-              "expiresAt": _time_text(rule.expires)}
+              "expiresAt": _time_text(rule.expires), "restartAt": _time_text(rule.restart_at),
+              "claimedUntil": _time_text(rule.claimed_until),
+              "restoreAttempts": rule.restore_attempts or "",
+              "retryRestoreAt": _time_text(rule.retry_restore_at)}
     return {k: v for k, v in status.items() if v != ""}
 
 
@@ -259,6 +413,11 @@ def rule_from_object(obj: Mapping[str, Any]) -> Rule:
             updated=parse_time(status.get("updatedAt")) or created, message=str(status.get("message", "")),
             resource_version=str(meta.get("resourceVersion", "")),
             stash=str((meta.get("annotations") or {}).get(ANN_RECREATE, "")),
+            restart_at=parse_time(status.get("restartAt")),
+            claimed_until=parse_time(status.get("claimedUntil")),
+            restore_attempts=int(status.get("restoreAttempts") or 0),
+            retry_restore_at=parse_time(status.get("retryRestoreAt")),
+            victims=tuple(str(v) for v in (spec.get("preemption") or {}).get("victims") or ()),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"MigSubstitution {meta.get('namespace')}/{meta.get('name')} is malformed: {exc}") from exc

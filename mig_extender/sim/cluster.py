@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from ..core.catalog import GpuModel, Profile, ProfileError, can_substitute, pack, resource_profile_name
 from ..core.rules import Rule
-from ..core.snapshot import ClusterSnapshot, NodeInfo
+from ..core.snapshot import ClusterSnapshot, FreeOrder, NodeInfo
 
 # Named per-GPU layouts, by compute slices of each instance ("1g" = the model's 1-compute-slice
 # profile with the least memory). Keyed by the model's compute slices (7: A100/H100/H200/B200, 4: A30).
@@ -43,6 +43,15 @@ _FILL: Mapping[int, Mapping[int, Sequence[int]]] = {
     4: {1: [1] * 4, 2: [2, 2], 4: [4]},
 }
 
+
+
+class LiveNodeInfo(NodeInfo):
+    """A NodeInfo over the simulator's live usage map (``used`` changes in place): scores computed from
+    it must not be remembered the way the inventory's immutable NodeInfos remember them."""
+
+    @property
+    def scores(self) -> dict[tuple, int]:  # type: ignore[override]
+        return {}
 
 class LayoutError(ValueError):
     """A layout name or spec that does not give a valid MIG layout on the chosen GPU."""
@@ -155,22 +164,27 @@ class SimCluster:
         layouts = {m.name: gpu_layouts(m, spec.layout, demand, spec.nodes * spec.gpus_per_node // len(spec.models))
                    for m in spec.models}
         self.layouts = layouts
+        # node -> each GPU's layout, in GPU order (the repartitioning simulation changes them)
+        self.gpu_layouts: dict[str, list[tuple[str, ...]]] = {}
         gpu_index: dict[str, int] = {}
         for i in range(spec.nodes):
             model = spec.model_of(i)
             alloc: dict[str, int] = {}
+            per_gpu = []
             for _ in range(spec.gpus_per_node):
                 k = gpu_index.get(model.name, 0)
                 gpu_index[model.name] = k + 1
                 # spread the layouts over nodes: GPU k of the model gets layout k % len (round robin)
-                for name in layouts[model.name][k % len(layouts[model.name])]:
+                per_gpu.append(layouts[model.name][k % len(layouts[model.name])])
+                for name in per_gpu[-1]:
                     resource = model.profile(name).resource
                     alloc[resource] = alloc.get(resource, 0) + 1
             name = node_name(i)
+            self.gpu_layouts[name] = per_gpu
             used: dict[str, int] = {}
             self._used[name] = used
             # plain dicts, read-only by convention (MappingProxyType lookups cost ~10x a dict's)
-            self.nodes[name] = NodeInfo(name=name, gpu=model, allocatable=alloc, used=used,
+            self.nodes[name] = LiveNodeInfo(name=name, gpu=model, allocatable=alloc, used=used,
                                         gpu_count=spec.gpus_per_node)
             self.order.append(name)
             for r in alloc:
@@ -218,9 +232,12 @@ class SimCluster:
         """Nodes with at least one free slice of ``resource`` (reservations not subtracted), oldest first."""
         return self._free.get(resource, {})
 
-    def snapshot(self, rules: Iterable[Rule], now: float, pending: Mapping[str, int] | None = None) -> ClusterSnapshot:
+    def snapshot(self, rules: Iterable[Rule], now: float, pending: Mapping[str, int] | None = None,
+                 pending_since: Mapping[str, float] | None = None) -> ClusterSnapshot:
+        # nodes and the free index are live views: the substitute order must not be memoised over them
+        order = FreeOrder(self.nodes, self.free_index, memo=False)  # type: ignore[arg-type]
         return ClusterSnapshot.build(self.nodes, self.free_index, rules, now,  # type: ignore[arg-type]
-                                     pending=pending)
+                                     pending=pending, pending_since=pending_since, free_order=order)
 
     # -- catalog facts about this cluster -------------------------------------------------------
 

@@ -11,7 +11,13 @@ the live components make it:
   to the substitute and stamped with the rule's name and the original demand;
 * the reconciler, every ``reconcile_interval``: observe (rewritten pod running -> rule bound, restore's
   replacement running -> Restored), ``expired_rules``, ``plan_upgrades`` (restart the pending pod),
-  ``plan_restores`` (reserve the original, restart the upgraded pod).
+  ``plan_restores`` (reserve the original, restart the upgraded pod);
+* preemption (policies with ``preemption``): when a pod fits nowhere and no substitute is free,
+  ``preemption.plan_preemption`` picks the node and victims (``stock``: its own profile only, as
+  kube-scheduler counting MIG would). The freed slices are reserved for the preemptor (the snapshot's
+  ``reserved``, like a nominated pod), the victims hold theirs for ``grace_period`` and then stop, the
+  preemptor is bound there at once (or, on a substitute, gets the substitution recorded there), and each
+  victim's workload re-queues ``restart_delay`` later with the running time it has left.
 
 The loop only models what happens around the decisions::
 
@@ -22,10 +28,11 @@ The loop only models what happens around the decisions::
        | substitute recorded -> next reconciler pass deletes it; |   v
        +-- replacement restart_delay later, rewritten ------------+  (remaining lifetime is kept)
 
-Like kube-scheduler, a pod that failed is not retried until something it could use was freed, and a
-filter call sees the first ``feasible_nodes`` nodes with a free slice of the pod's resource (the
-scheduler stops filtering once it has enough feasible nodes; the pod's own reservation is always among
-them). Must not: decide fit, substitution or restore itself, or import flask/kubernetes/cachetools.
+Like kube-scheduler, a pod that failed is not retried until something it could use was freed, the
+queue is ordered by priority, then arrival, and a filter call sees the first ``feasible_nodes`` nodes
+with a free slice of the pod's resource (the scheduler stops filtering once it has enough feasible
+nodes; the pod's own reservation is always among them). Must not: decide fit, substitution, restore
+or preemption itself, or import flask/kubernetes/cachetools.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ import bisect
 import heapq
 import math
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import islice
 from types import MappingProxyType
@@ -50,8 +57,9 @@ from ..core.planner import (
     score_nodes,
     substitution_blocker,
 )
+from ..core.preemption import PreemptionPlan, plan_preemption
 from ..core.resources import ANN_ORIGINAL, ANN_RULE, ANN_SUBSTITUTED, Owner, PodInfo
-from ..core.rules import Phase, Rule, rule_for_new_pod
+from ..core.rules import Phase, Rule, new_rule, rule_for_new_pod
 from ..core.snapshot import ClusterSnapshot
 from .cluster import ClusterSpec, SimCluster
 from .stats import RunResult, Tally
@@ -73,6 +81,7 @@ class PolicySpec:
     reservations nothing is "in flight": the peer strategy restores one pod every pass (with no limit
     at all it restarted ~5 pods per arrival in an overloaded run: a restored pod loses its free slice
     to a pending pod, is upgraded again, restored again...).
+    ``preemption``: a pod that still fits nowhere evicts lower-priority pods (``plan_preemption``).
     """
 
     name: str
@@ -80,12 +89,15 @@ class PolicySpec:
     reservations: bool = True
     first_fit: bool = False
     queue_aware: bool = False
+    preemption: bool = False
 
 
 POLICIES: dict[str, PolicySpec] = {
-    "stock": PolicySpec("stock", PlanSettings(substitution=False), reservations=False),
+    # kube-scheduler counting MIG itself: exact type only, and its default preemption
+    "stock": PolicySpec("stock", PlanSettings(substitution=False), reservations=False, preemption=True),
     "upgrade": PolicySpec("upgrade", PlanSettings(restores_per_pass=1), reservations=False, first_fit=True),
     "mig-extender": PolicySpec("mig-extender", PlanSettings(), queue_aware=True),
+    "mig-extender+preempt": PolicySpec("mig-extender+preempt", PlanSettings(), queue_aware=True, preemption=True),
 }
 
 
@@ -101,6 +113,7 @@ class Mechanics:
     # one packs first (placed/utilisation/waste moved < 0.2% between 8 and 32) and costs ~5 us per node
     feasible_nodes: int = 16
     samples: int = 200                # points of the utilisation timeline
+    grace_period: float = 30.0        # a preempted pod holds its slices this long (terminationGracePeriodSeconds)
 
 
 @dataclass(eq=False)
@@ -111,6 +124,7 @@ class _Work:
     pod: PodInfo
     gen: int = 0
     state: str = "pending"           # pending | awaiting (upgrade recorded) | restarting | running | done
+                                     # | nominated (waits for its victims) | terminating (a victim)
     node: str = ""
     held: tuple[str, int] = ("", 0)
     held_compute: int = 0
@@ -121,6 +135,9 @@ class _Work:
     upgraded_at: float = 0.0         # when its rule was bound (it runs on the substitute since)
     restorable_since: float = -1.0   # first reconciler pass after that which saw its original type free
     restoring: bool = False
+    nomination: PreemptionPlan | None = None  # while nominated: the plan it waits on
+    waiting_on: set[str] = field(default_factory=set)  # uids of its victims not gone yet
+    holding_up: set[int] = field(default_factory=set)  # as a victim: job seqs of the preemptors waiting for it
 
 
 @dataclass(order=True)
@@ -132,9 +149,47 @@ class _Event:
     gen: int = field(compare=False, default=0)
 
 
-_ARRIVE, _DEPART, _CREATE, _PASS, _RECONCILE = range(5)
+_ARRIVE, _DEPART, _CREATE, _PASS, _RECONCILE, _TERMINATE = range(6)
 _NO_ANNOTATIONS = MappingProxyType({})
-Key = tuple[str, int, bool]  # (resource, count, may substitute): pods of one key fail or fit alike
+# (resource, count, may substitute, priority): pods of one key fail or fit alike
+Key = tuple[str, int, bool, int]
+
+
+class _PodsOnNodes(Mapping[str, Sequence[PodInfo]]):
+    """node -> the pods running there, the view plan_preemption reads (built per node on demand)."""
+
+    def __init__(self, works: Mapping[str, Mapping[str, _Work]]) -> None:
+        self.works = works
+
+    def __getitem__(self, node: str) -> Sequence[PodInfo]:
+        return [w.pod for w in self.works[node].values()]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.works)
+
+    def __len__(self) -> int:
+        return len(self.works)
+
+
+class _OldestQueued(Mapping[str, float]):
+    """resource -> creation time of the oldest pod queued for exactly one slice of it (the snapshots'
+    pending_since, as the inventory keeps it: multi-slice pods' ages are left out), read live from the
+    queue heads (each queue is FIFO, so its head is its oldest pod)."""
+
+    def __init__(self, queues: Mapping[Key, deque[_Work]]) -> None:
+        self.queues = queues
+
+    def __getitem__(self, resource: str) -> float:
+        found = [q[0].pod.created for key, q in self.queues.items() if key[0] == resource and key[1] == 1 and q]
+        if not found:
+            raise KeyError(resource)
+        return min(found)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter({key[0] for key, q in self.queues.items() if q and key[1] == 1})
+
+    def __len__(self) -> int:
+        return len({key[0] for key, q in self.queues.items() if q and key[1] == 1})
 
 
 class Engine:
@@ -175,6 +230,15 @@ class Engine:
         self._snap: ClusterSnapshot | None = None
         self._snap_gen = -1
         self._snap_until = 0.0
+        # preemption: running pods by node (victims to choose from), slices promised to nominated preemptors,
+        # and how many pods run per priority (no lower-priority pod running: nothing to plan)
+        self.running_on: dict[str, dict[str, _Work]] = {}
+        self.victims: dict[str, _Work] = {}                  # uid -> terminating victim
+        self.nominated: dict[str, dict[str, int]] = {}       # node -> resource -> slices promised
+        self.running_priorities: dict[int, int] = {}
+        self._pods_on = _PodsOnNodes(self.running_on)
+        self._nominees: dict[int, _Work] = {}                # preemptor's job seq -> its workload, while nominated
+        self._oldest = _OldestQueued(self.queues)
 
     # -- event plumbing -------------------------------------------------------------------------
 
@@ -205,6 +269,9 @@ class Engine:
                 self._create(w)
             elif ev.kind == _PASS:
                 self._retry_pass()
+            elif ev.kind == _TERMINATE:
+                if w.state == "terminating" and w.gen == ev.gen:
+                    self._terminated(w)
             else:
                 self._reconcile()
                 self._at(self.now + self.mech.reconcile_interval, _RECONCILE)
@@ -213,22 +280,27 @@ class Engine:
         if self.progress is not None:
             self.progress(1.0)
         self.tally.events = count
-        return self.tally.result(self.policy.name, self.cluster.free_compute(self._snapshot().reserved))
+        # slices promised to nominated preemptors are still held by their victims: not free, not stranded
+        rules = list(self.pending_rules.values()) if self.policy.reservations else []
+        reserved = self.cluster.snapshot(rules, self.now).reserved
+        return self.tally.result(self.policy.name, self.cluster.free_compute(reserved))
 
     # -- pods and the scheduling queue ------------------------------------------------------------
 
-    @staticmethod
-    def _pod(job: Job, gen: int, demand: tuple[str, int] | None = None,
+    def _pod(self, job: Job, gen: int, demand: tuple[str, int] | None = None,
              annotations: dict[str, str] | None = None) -> PodInfo:
+        """The workload's pod number ``gen``: the first is created at the job's arrival, a replacement now."""
         resource, count = demand or (job.resource, job.count)
         # one ReplicaSet per job: replacements get new names and uids; rules match them by owner uid
         return PodInfo(namespace=NAMESPACE, name=f"job-{job.seq}-{gen}", uid=f"uid-{job.seq}-{gen}",
-                       demand={resource: count}, owner=Owner("ReplicaSet", f"job-{job.seq}", f"rs-{job.seq}"),
-                       annotations=annotations or _NO_ANNOTATIONS)
+                       demand={resource: count},
+                       owner=Owner("ReplicaSet", f"job-{job.seq}", f"rs-{job.seq}", "apps/v1"),
+                       annotations=annotations or _NO_ANNOTATIONS, priority=job.priority,
+                       created=job.arrival if gen == 0 else self.now)
 
     def _key(self, pod: PodInfo) -> Key:
         ((resource, count),) = pod.demand.items()
-        return resource, count, not substitution_blocker(pod, self.plan)
+        return resource, count, not substitution_blocker(pod, self.plan), pod.priority
 
     def _arrive(self, w: _Work) -> None:
         self.tally.arrived(w.job)
@@ -242,7 +314,7 @@ class Engine:
             queue = self.queues.get(key)
             if queue is None:
                 queue = self.queues[key] = deque()
-                resource, _, may_substitute = key
+                resource, _, may_substitute, _ = key
                 for r in (resource, *(self._compatible_with(resource) if may_substitute else ())):
                     self.triggers.setdefault(r, set()).add(key)
             queue.append(w)
@@ -265,18 +337,19 @@ class Engine:
                 self._at(self._pass_at, _PASS)
 
     def _retry_pass(self) -> None:
-        """Pending pods in FIFO order; a kind whose oldest pod fails waits for the next free."""
-        heads = [(q[0].job.seq, key) for key in self.dirty if (q := self.queues.get(key))]
+        """Pending pods by priority, then FIFO (kube-scheduler's PrioritySort); a kind whose oldest pod
+        fails waits for the next free."""
+        heads = [(-key[3], q[0].job.seq, key) for key in self.dirty if (q := self.queues.get(key))]
         self.dirty.clear()
         heapq.heapify(heads)
         while heads:
-            _, key = heapq.heappop(heads)
+            _, _, key = heapq.heappop(heads)
             queue = self.queues[key]
             if self._attempt(queue[0]):
                 queue.popleft()
                 self.waiting_for[key[0]] -= key[1]
                 if queue:
-                    heapq.heappush(heads, (queue[0].job.seq, key))
+                    heapq.heappush(heads, (-key[3], queue[0].job.seq, key))
 
     # -- one scheduling cycle: /filter, /prioritize, /bind ----------------------------------------
 
@@ -284,13 +357,19 @@ class Engine:
         """The live queue demand (read by the planner through the snapshot), for a queue-aware policy."""
         return self.waiting_for if self.policy.queue_aware else None
 
+    def _pending_since(self) -> Mapping[str, float] | None:
+        """The oldest queued pod's creation time per resource (live view), for a queue-aware policy."""
+        return self._oldest if self.policy.queue_aware else None
+
     def _snapshot(self) -> ClusterSnapshot:
         """The snapshot the scheduler would see now. Nodes are read live; only the reservations and the
         time are frozen in it: while no reservation changed or ran out, the last one is reused with the
         new time (``replace`` keeps its reservation maps, the planner stamps new rules with ``now``)."""
         if self._snap is None or self._snap_gen != self.rules_gen or self.now >= self._snap_until:
             rules = list(self.pending_rules.values()) if self.policy.reservations else []
-            self._snap = self.cluster.snapshot(rules, self.now, self._pending())
+            self._snap = self.cluster.snapshot(rules, self.now, self._pending(), self._pending_since())
+            if self.nominated:
+                self._snap = replace(self._snap, reserved=_merged(self._snap.reserved, self.nominated))
             self._snap_gen = self.rules_gen
             self._snap_until = min((r.expires for r in rules), default=math.inf)
         elif self._snap.now != self.now:
@@ -307,13 +386,12 @@ class Engine:
             best = max(range(len(scores)), key=lambda i: (scores[i][1], -i))
             self._bind(w, scores[best][0], snap)
             return True
-        if substitution_blocker(pod, self.plan):
-            return False
-        rule = self._first_fit(pod, snap) if self.policy.first_fit else self._least_waste(pod, snap)
-        if rule is None:
-            return False
-        self._record(w, rule)
-        return True
+        if not substitution_blocker(pod, self.plan):
+            rule = self._first_fit(pod, snap) if self.policy.first_fit else self._least_waste(pod, snap)
+            if rule is not None:
+                self._record(w, rule)
+                return True
+        return self.policy.preemption and self._preempt(w, snap)
 
     def _feasible(self, pod: PodInfo, snap: ClusterSnapshot) -> tuple[str, ...]:
         ((resource, _),) = pod.demand.items()
@@ -388,7 +466,10 @@ class Engine:
         ((resource, count),) = pod.demand.items()
         w.held_compute = self.cluster.allocate(node, resource, count)
         w.held = (resource, count)
-        w.pod = replace(pod, node=node, phase="Running")
+        w.pod = replace(pod, node=node, phase="Running", started=self.now)
+        if self.policy.preemption:
+            self.running_on.setdefault(node, {})[w.pod.uid] = w
+            self.running_priorities[w.job.priority] = self.running_priorities.get(w.job.priority, 0) + 1
         w.node, w.state, w.run_since = node, "running", self.now
         self._at(self.now + w.remaining, _DEPART, w, w.gen)
         self.tally.started(w.job, w.held_compute, self.now, first=w.started < 0)
@@ -416,6 +497,9 @@ class Engine:
             self._forget_rule(rule.name)  # the workload is gone: nothing left to restore
 
     def _stop(self, w: _Work) -> None:
+        if self.policy.preemption:
+            del self.running_on[w.node][w.pod.uid]
+            self.running_priorities[w.job.priority] -= 1
         resource, count = w.held
         self.cluster.release(w.node, resource, count)
         self.tally.stopped(w.job, w.held_compute)
@@ -435,8 +519,106 @@ class Engine:
             pod = self._pod(w.job, w.gen, (sub.resource, sub.count),
                             {ANN_ORIGINAL: str(rule.original), ANN_SUBSTITUTED: str(sub), ANN_RULE: rule.name})
         w.pod = pod
+        if w.waiting_on:  # a preemptor's rewritten replacement: it waits for the victims, nominated
+            w.state = "nominated"
+            return
         w.state = "pending"
         self._submit(w)
+
+    # -- preemption -----------------------------------------------------------------------------
+
+    def _preempt(self, w: _Work, snap: ClusterSnapshot) -> bool:
+        """PostFilter: plan a preemption for ``w``; True when it is nominated and waits for its victims.
+
+        The freed slices are the preemptor's from now on: its own profile through a reservation on the
+        node (a nominated pod, as kube-scheduler counts it), a substitute through the rule recorded on
+        the node at once, so the restart that rewrites the pod overlaps the victims' grace period.
+        """
+        if not any(n for p, n in self.running_priorities.items() if p < w.job.priority):
+            return False  # nobody to preempt: skip the node scan
+        plan = plan_preemption(w.pod, snap, self._pods_on, settings=self.plan)
+        if not isinstance(plan, PreemptionPlan):
+            return False
+        self.tally.preemptions += 1
+        if plan.substitute is not None:
+            want = w.pod.single_demand
+            assert want is not None
+            self._record(w, new_rule(w.pod, want, plan.substitute, plan.node, self.now, self.plan.rule_ttl))
+        else:
+            self._promise(plan.node, plan.take, +1)
+            w.state = "nominated"
+        w.nomination = plan
+        w.waiting_on = {v.uid for v in plan.victims}
+        for victim in plan.victims:
+            if victim.uid not in self.victims:
+                self._evict(self.running_on[plan.node][victim.uid])
+            self.victims[victim.uid].holding_up.add(w.job.seq)
+        self._nominees[w.job.seq] = w
+        return True
+
+    def _promise(self, node: str, take: Mapping[str, int], sign: int) -> None:
+        """Reserve (sign +1) or release (-1) slices on ``node`` for a nominated preemptor."""
+        held = self.nominated.setdefault(node, {})
+        for resource, count in take.items():
+            held[resource] = held.get(resource, 0) + sign * count
+            if not held[resource]:
+                del held[resource]
+        if not held:
+            del self.nominated[node]
+        self.rules_gen += 1  # the snapshot's reservations changed
+
+    def _evict(self, victim: _Work) -> None:
+        """Delete a victim with its grace period: it holds its slices until it is gone (or done sooner)."""
+        self.tally.preempted_pod(victim.job)
+        self.victims[victim.pod.uid] = victim
+        victim.state = "terminating"
+        victim.pod = replace(victim.pod, terminating=True)
+        self.running_on[victim.node][victim.pod.uid] = victim
+        left = victim.remaining - (self.now - victim.run_since)
+        self._at(self.now + max(min(self.mech.grace_period, left), 0.0), _TERMINATE, victim, victim.gen)
+        rule = self._rule_of(victim)
+        if rule is not None:
+            self._forget_rule(rule.name)  # its replacement comes from the template: its own type again
+
+    def _terminated(self, victim: _Work) -> None:
+        """A victim is gone: its workload re-queues; preemptors waiting on nothing else take their node."""
+        uid = victim.pod.uid
+        self.victims.pop(uid, None)
+        self._stop(victim)
+        if victim.remaining <= 0:
+            victim.state = "done"
+        else:
+            victim.state = "restarting"
+            self.tally.waiting(+1)
+            self._at(self.now + self.mech.restart_delay, _CREATE, victim)
+        for seq in sorted(victim.holding_up):
+            w = self._nominees.get(seq)
+            if w is not None:
+                w.waiting_on.discard(uid)
+                if not w.waiting_on:
+                    self._take_nomination(w)
+        victim.holding_up = set()
+
+    def _take_nomination(self, w: _Work) -> None:
+        """Victims gone: the nominated node is tried first (schedulePod's evaluateNominatedNode)."""
+        plan = w.nomination
+        assert plan is not None
+        del self._nominees[w.job.seq]
+        w.nomination = None
+        if plan.substitute is None:
+            self._promise(plan.node, plan.take, -1)
+        if w.state != "nominated":
+            return  # a substitute's pod is still restarting: its replacement finds the rule's reservation
+        w.state = "pending"
+        snap = self._snapshot()
+        decision = filter_pod(w.pod, [plan.node], snap, self.exact)
+        if decision.apply is not None:  # the rewritten replacement: the extender marks its rule Applied
+            self._set_rule(decision.apply.applied(w.pod.name, self.now, self.plan.rule_ttl))
+            snap = self._snapshot()
+        if decision.passed:
+            self._bind(w, plan.node, snap)
+        else:
+            self._submit(w)  # taken after all (another preemptor's promise on the same slices): queue again
 
     # -- rules ----------------------------------------------------------------------------------
 
@@ -543,6 +725,7 @@ class Engine:
         for rule in cancel:
             self._set_rule(rule.expired(self.now))
         for up in upgrades:
+            self._set_rule(up.rule.restarting(self.now))  # the reconciler's mark: the replacement may take it
             w = self.works[up.rule.name]
             w.state = "restarting"
             self.tally.upgrades += 1
@@ -619,6 +802,16 @@ class Engine:
         if orig is None or sub is None:
             return None  # plan_restores skips it as well
         return tuple(-x for x in waste(orig, sub)), -rule.created, rule.name
+
+def _merged(a: Mapping[str, Mapping[str, int]], b: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:
+    """Two node -> resource -> slices maps added up."""
+    out = {node: dict(per) for node, per in a.items()}
+    for node, per in b.items():
+        into = out.setdefault(node, {})
+        for resource, count in per.items():
+            into[resource] = into.get(resource, 0) + count
+    return out
+
 
 def run_policy(spec: ClusterSpec, jobs: Sequence[Job], policy: str, duration: float, mech: Mechanics = Mechanics(),
                demand: dict[int, float] | None = None,

@@ -23,15 +23,26 @@ from pathlib import Path
 from typing import Any
 
 from ..core.catalog import ProfileError, model
-from . import alibaba
+from . import alibaba, repartition
 from .cluster import LAYOUT_NAMES, ClusterSpec, LayoutError, SimCluster
 from .engine import POLICIES, Mechanics, run_policy
 from .fluid import run_bound
 from .report import PlotUnavailable, as_json, plot, table
 from .stats import RunResult
-from .workload import DEFAULT_MIX, Burst, Job, compute_shares, mix_shares, parse_mix, synthetic
+from .workload import (
+    DEFAULT_MIX,
+    Burst,
+    Job,
+    assign_priorities,
+    compute_shares,
+    mix_shares,
+    parse_mix,
+    parse_priorities,
+    synthetic,
+)
 
-ALL_POLICIES = ("stock", "upgrade", "mig-extender", "bound")
+ALL_POLICIES = ("stock", "upgrade", "mig-extender", "mig-extender+preempt", "bound")
+KNOWN_POLICIES = (*ALL_POLICIES, *repartition.POLICIES)  # the default runs ALL_POLICIES
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -51,6 +62,7 @@ class SimConfig:
     mean_lifetime: float = 1800.0
     lifetime: str = "exp"
     burst: str = ""
+    priorities: str = ""           # "high=0.2": 20% of jobs in class high (priority 1000), the rest default (0)
     policies: tuple[str, ...] = ALL_POLICIES
     mech: Mechanics = field(default_factory=Mechanics)
 
@@ -112,14 +124,19 @@ def prepare(cfg: SimConfig) -> Prepared:
         layout = cfg.layout or "all-balanced"
     else:
         raise ValueError(f"--workload must be synthetic or alibaba, got {cfg.workload!r}")
+    classes = parse_priorities(cfg.priorities) if cfg.priorities else ()
+    if classes:
+        jobs = assign_priorities(jobs, classes, cfg.seed)
+        header.append("priority classes: " + ", ".join(f"{c.name} ({c.value}) {c.share:.0%}" for c in classes)
+                      + f"; preempted pods hold their slices {cfg.mech.grace_period:g}s")
     spec = ClusterSpec(nodes, cfg.gpus_per_node, models, layout)
     try:
         cluster = SimCluster(spec, demand)
     except LayoutError as exc:
         raise ValueError(str(exc)) from exc
-    unknown = [p for p in cfg.policies if p not in ALL_POLICIES]
+    unknown = [p for p in cfg.policies if p not in KNOWN_POLICIES]
     if unknown or not cfg.policies:
-        raise ValueError(f"--policies: unknown {unknown}; choose from {','.join(ALL_POLICIES)}")
+        raise ValueError(f"--policies: unknown {unknown}; choose from {','.join(KNOWN_POLICIES)}")
     per_model = "; ".join(f"{m}: " + ", ".join(f"{n}x " + "+".join(one) if n > 1 else "+".join(one)
                                                for one, n in Counter(ls).items())
                           for m, ls in cluster.layouts.items())
@@ -137,6 +154,8 @@ def run_one(prep: Prepared, policy: str, mech: Mechanics,
     cpu = time.process_time()
     if policy == "bound":
         result = run_bound(SimCluster(prep.spec, prep.demand), prep.jobs, prep.duration, mech.samples, progress)
+    elif policy in repartition.POLICIES:
+        result = repartition.run_policy(prep.spec, prep.jobs, policy, prep.duration, mech, prep.demand, progress)
     else:
         result = run_policy(prep.spec, prep.jobs, policy, prep.duration, mech, prep.demand, progress)
     result.metrics["sim_seconds"] = round(time.perf_counter() - started, 2)
@@ -231,12 +250,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="simulated time (default 4 h; alibaba: the whole rescaled trace)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--policies", default=",".join(ALL_POLICIES),
-                   help="comma-separated subset of " + ",".join(ALL_POLICIES))
+                   help="comma-separated subset of " + ",".join(KNOWN_POLICIES))
     p.add_argument("--mix", default=d.mix, help="synthetic profile mix PROFILE=WEIGHT,... (1g or 1g.10gb)")
     p.add_argument("--mean-lifetime", type=float, default=d.mean_lifetime, metavar="SECONDS")
     p.add_argument("--lifetime", choices=("exp", "lognormal"), default=d.lifetime)
     p.add_argument("--burst", default="", metavar="PROFILE:COUNT[@SECONDS]",
                    help="extra pods of one profile arriving within 60 s (default: mid-run)")
+    p.add_argument("--priorities", default="", metavar="NAME[:PRIORITY]=SHARE,...",
+                   help="priority classes, e.g. high=0.2 (20%% of jobs at priority 1000, the rest default 0); "
+                        "the report adds time to run per class and preemptions")
+    p.add_argument("--grace-period", type=float, default=m.grace_period, metavar="SECONDS",
+                   help="how long a preempted pod keeps its slices")
     p.add_argument("--restart-delay", type=float, default=m.restart_delay, metavar="SECONDS")
     p.add_argument("--retry-interval", type=float, default=m.retry_interval, metavar="SECONDS")
     p.add_argument("--reconcile-interval", type=float, default=m.reconcile_interval, metavar="SECONDS")
@@ -245,22 +269,44 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=int, default=0,
                    help="worker processes (default: one per core, at most one per policy)")
     p.add_argument("--json", action="store_true", help="print one JSON object {policy: {metric: value}}")
-    p.add_argument("--plot", metavar="FILE.png", default="", help="running pods and utilisation over time (matplotlib)")
+    p.add_argument("--plot", metavar="FILE.png", default="",
+                   help="pods waiting, restarts and useful utilisation over time, per policy "
+                        "(needs the [plot] extra: pip install 'mig-extender[plot]')")
     p.add_argument("--progress", action="store_true", help="progress bar on stderr even when it is not a terminal")
 
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
     mech = Mechanics(restart_delay=args.restart_delay, retry_interval=args.retry_interval,
-                     reconcile_interval=args.reconcile_interval, feasible_nodes=args.feasible_nodes)
-    if min(mech.restart_delay, mech.retry_interval) < 0 or mech.reconcile_interval <= 0 or mech.feasible_nodes < 1:
+                     reconcile_interval=args.reconcile_interval, feasible_nodes=args.feasible_nodes,
+                     grace_period=args.grace_period)
+    if (min(mech.restart_delay, mech.retry_interval, mech.grace_period) < 0 or mech.reconcile_interval <= 0
+            or mech.feasible_nodes < 1):
         raise ValueError("delays must be >= 0, --reconcile-interval > 0 and --feasible-nodes >= 1")
     return SimConfig(
         workload=args.workload, trace_dir=args.trace_dir, trace_file=args.trace_file, nodes=args.nodes,
         gpus_per_node=args.gpus_per_node, gpus=tuple(g.strip() for g in args.gpu.split(",") if g.strip()),
         layout=args.layout, load=args.load, duration=args.duration, seed=args.seed, mix=args.mix,
-        mean_lifetime=args.mean_lifetime, lifetime=args.lifetime, burst=args.burst,
+        mean_lifetime=args.mean_lifetime, lifetime=args.lifetime, burst=args.burst, priorities=args.priorities,
         policies=tuple(p.strip() for p in args.policies.split(",") if p.strip()), mech=mech,
     )
+
+
+def plot_title(cfg: SimConfig, prep: Prepared) -> str:
+    """One short line a reader takes in at a glance: workload, cluster, load, seed (the table has the rest)."""
+    what = f"Alibaba {cfg.trace_file}" if cfg.workload == "alibaba" else f"synthetic, mix {cfg.mix}"
+    spec = prep.spec
+    gpus = "+".join(m.name for m in spec.models)
+    return (f"{what}: {spec.nodes} nodes x {spec.gpus_per_node} {gpus}, {spec.layout} layout, "
+            f"load {cfg.load:g}, seed {cfg.seed}" + (f", burst {cfg.burst}" if cfg.burst else ""))
+
+
+def burst_window(cfg: SimConfig, duration: float) -> tuple[float, float] | None:
+    """(start, end) of the synthetic burst in seconds, as workload.synthetic places it; None without one."""
+    if not cfg.burst or cfg.workload != "synthetic":
+        return None
+    burst = Burst.parse(cfg.burst)
+    start = duration / 2 if burst.at is None else burst.at
+    return start, start + burst.window
 
 
 def main(args: argparse.Namespace) -> int:
@@ -280,7 +326,7 @@ def main(args: argparse.Namespace) -> int:
         sys.stdout.write(table(results, prep.header))
     if args.plot:
         try:
-            plot(results, args.plot, " | ".join(prep.header[:1]))
+            plot(results, args.plot, plot_title(cfg, prep), burst_window(cfg, prep.duration))
         except PlotUnavailable as exc:
             raise ValueError(str(exc)) from exc
         print(f"plot written to {args.plot}", file=sys.stderr)

@@ -11,10 +11,17 @@ Integrals are exact (piecewise constant between events). Definitions:
   larger substitute is allocated the substitute's slices.
 * ``utilisation``: allocated compute slice-seconds / (physical compute slices x duration);
   ``requested_utilisation`` counts what the running pods asked for instead (useful work).
+* ``arrivals`` = ``placed`` + ``waiting_at_end`` (never placed, still waiting at the end);
+  ``in_restart_at_end``: pods placed before that were waiting for their replacement at the end.
 * ``restarts`` = ``upgrades`` + ``restores``: pods deleted and recreated by the policy.
 * ``restore_delay_p50``: seconds from the first reconciler pass that saw a free slice of an upgraded
   pod's own type to the pod running on it again (restored pods only; null when none).
 * ``stranded_slices``: free compute slices (allocatable, unreserved) at the end while pods still wait.
+* ``preemptions``: preemption plans carried out (one preemptor each); ``preempted``: victims evicted.
+* ``by_profile``: per requested profile (``1g.10gb``...), its ``arrivals``, ``placed`` and
+  ``time_to_run_p50/p99`` (same definition as above): no class of pod may starve for the others' sake.
+* ``by_class`` (runs with ``--priorities`` only): per priority class, highest first, its ``arrivals``,
+  ``placed``, ``time_to_run_p50/p99`` (same definition as above) and the pods of it ``preempted``.
 """
 
 from __future__ import annotations
@@ -24,11 +31,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core.catalog import resource_profile_name
 from .workload import Job
 
 METRICS = (
     "placed_fraction", "pending_pod_seconds", "time_to_run_p50", "time_to_run_p99", "waste_slice_fraction",
     "utilisation", "requested_utilisation", "restarts", "upgrades", "restores", "restore_delay_p50", "stranded_slices",
+    "preemptions", "preempted",
 )
 
 
@@ -45,7 +54,8 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 class RunResult:
     policy: str
     metrics: dict[str, Any]
-    timeline: list[tuple[float, int, float, int]] = field(default_factory=list)  # t, running, util, waiting
+    # t, running, allocated util, pods not running, requested (useful) util, restarts so far
+    timeline: list[tuple[float, int, float, int, float, int]] = field(default_factory=list)
 
 
 class Tally:
@@ -67,15 +77,25 @@ class Tally:
         self.unstarted: dict[int, float] = {}
         self.restore_delays: list[float] = []
         self.upgrades = self.restores = self.expired = self.off_reservation = 0
+        self.preemptions = self.preempted = 0
+        # per priority class (jobs with a class only): time to run, arrivals, victims; priority for the order
+        self.class_ttr: dict[str, list[float]] = {}
+        self.class_waiting: dict[int, str] = {}
+        self.class_arrivals: dict[str, int] = {}
+        self.class_preempted: dict[str, int] = {}
+        self.class_priority: dict[str, int] = {}
+        self.profile_ttr: dict[str, list[float]] = {}       # requested profile -> time to run of the placed
+        self.profile_of: dict[int, str] = {}                # job seq -> its requested profile
         self.events = 0
-        self.timeline: list[tuple[float, int, float, int]] = []
+        self.timeline: list[tuple[float, int, float, int, float, int]] = []
         self._step = duration / max(samples, 1)
         self._next_sample = 0.0
 
     def advance(self, t: float) -> None:
         while self._next_sample <= t and self._next_sample <= self.duration:
             self.timeline.append((round(self._next_sample, 3), self.running,
-                                  round(self.allocated / self.capacity, 4), self.waiting_now))
+                                  round(self.allocated / self.capacity, 4), self.waiting_now,
+                                  round(self.requested / self.capacity, 4), self.upgrades + self.restores))
             self._next_sample += self._step
         dt = t - self.t
         if dt > 0:
@@ -91,6 +111,13 @@ class Tally:
         self.arrivals += 1
         self.waiting_now += 1
         self.unstarted[job.seq] = job.arrival
+        self.profile_of[job.seq] = profile = resource_profile_name(job.resource)
+        self.profile_ttr.setdefault(profile, [])
+        if job.klass:
+            self.class_arrivals[job.klass] = self.class_arrivals.get(job.klass, 0) + 1
+            self.class_priority[job.klass] = job.priority
+            self.class_ttr.setdefault(job.klass, [])
+            self.class_waiting[job.seq] = job.klass
 
     def started(self, job: Job, allocated: int, now: float, first: bool) -> None:
         self.waiting_now -= 1
@@ -99,6 +126,15 @@ class Tally:
         self.requested += job.compute_demand
         if first:
             self.ttr.append(now - self.unstarted.pop(job.seq))
+            self.profile_ttr[self.profile_of[job.seq]].append(self.ttr[-1])
+            klass = self.class_waiting.pop(job.seq, "")
+            if klass:
+                self.class_ttr[klass].append(self.ttr[-1])
+
+    def preempted_pod(self, job: Job) -> None:
+        self.preempted += 1
+        if job.klass:
+            self.class_preempted[job.klass] = self.class_preempted.get(job.klass, 0) + 1
 
     def stopped(self, job: Job, allocated: int) -> None:
         self.running -= 1
@@ -125,15 +161,63 @@ class Tally:
             "restores": self.restores,
             "restore_delay_p50": _round(percentile(self.restore_delays, 50)),
             "stranded_slices": stranded if self.waiting_now > 0 else 0,
+            "preemptions": self.preemptions,
+            "preempted": self.preempted,
             "arrivals": self.arrivals,
             "placed": placed,
-            "waiting_at_end": self.waiting_now,
+            # never placed and still waiting, so placed + waiting_at_end == arrivals; pods placed before
+            # and now between a delete (restore, preemption) and their replacement running, apart
+            "waiting_at_end": len(self.unstarted),
+            "in_restart_at_end": self.waiting_now - len(self.unstarted),
             "reservations_expired": self.expired,
             "bound_off_reservation": self.off_reservation,
             "events": self.events,
         }
+        metrics["by_profile"] = self._by_profile()
+        if self.class_arrivals:
+            metrics["by_class"] = self._by_class()
         metrics.update(extra or {})
         return RunResult(policy, metrics, self.timeline)
+
+    def _by_profile(self) -> dict[str, dict[str, Any]]:
+        """Per requested profile, smallest first; jobs never placed count with their wait so far."""
+        censored: dict[str, list[float]] = {}
+        for seq, arrival in self.unstarted.items():
+            censored.setdefault(self.profile_of[seq], []).append(self.duration - arrival)
+        out = {}
+        for profile in sorted(self.profile_ttr, key=_profile_order):
+            ttr = self.profile_ttr[profile] + censored.get(profile, [])
+            out[profile] = {
+                "arrivals": len(ttr),
+                "placed": len(self.profile_ttr[profile]),
+                "time_to_run_p50": _round(percentile(ttr, 50)),
+                "time_to_run_p99": _round(percentile(ttr, 99)),
+            }
+        return out
+
+    def _by_class(self) -> dict[str, dict[str, Any]]:
+        """Per class, highest priority first; jobs never placed count with their wait so far (as above)."""
+        censored: dict[str, list[float]] = {}
+        for seq, klass in self.class_waiting.items():
+            censored.setdefault(klass, []).append(self.duration - self.unstarted[seq])
+        out = {}
+        for klass in sorted(self.class_arrivals, key=lambda k: (-self.class_priority[k], k)):
+            ttr = self.class_ttr[klass] + censored.get(klass, [])
+            out[klass] = {
+                "priority": self.class_priority[klass],
+                "arrivals": self.class_arrivals[klass],
+                "placed": len(self.class_ttr[klass]),
+                "time_to_run_p50": _round(percentile(ttr, 50)),
+                "time_to_run_p99": _round(percentile(ttr, 99)),
+                "preempted": self.class_preempted.get(klass, 0),
+            }
+        return out
+
+
+def _profile_order(profile: str) -> tuple[int, str]:
+    """``2g.20gb`` before ``10g...``: by compute slices, then name."""
+    head = profile.split("g.", 1)[0]
+    return (int(head) if head.isdigit() else 0, profile)
 
 
 def _round(x: float | None) -> float | None:

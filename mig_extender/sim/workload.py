@@ -5,6 +5,8 @@ one MIG resource, and must run for ``lifetime`` seconds of running time; restart
 they do not reset it. The synthetic generator makes Poisson arrivals whose offered demand (arrival
 rate x compute slices x mean lifetime) is ``load`` times the cluster's physical compute slices, with
 a profile mix and exponential or lognormal lifetimes, plus an optional burst of one profile.
+``assign_priorities`` then gives every job of any workload a priority class (``--priorities high=0.2``)
+from its own random stream, so adding classes leaves the arrivals, lifetimes and profiles as they were.
 
 Must not: know about policies or the planner; it only produces jobs.
 """
@@ -14,7 +16,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..core.catalog import GpuModel
 from .cluster import LayoutError, resolve_profile
@@ -33,6 +35,8 @@ class Job:
     compute: int        # compute slices of one instance
     memory: int         # memory slices of one instance
     model: str          # GPU model the resource name belongs to
+    priority: int = 0   # spec.priority of its pods (what preemption compares)
+    klass: str = ""     # its priority class name ("" when the run has no classes)
 
     @property
     def compute_demand(self) -> int:
@@ -167,3 +171,55 @@ def mix_shares(mix: Mapping[str, float], model: GpuModel) -> dict[int, float]:
             continue
         out[g] = out.get(g, 0.0) + w * g
     return out
+
+
+# Priority values of the class names a user need not spell out (PriorityClass values are user-chosen;
+# these only order the classes). Any other name needs NAME:VALUE.
+KNOWN_PRIORITIES: Mapping[str, int] = {"high": 1000, "default": 0, "low": -1000}
+DEFAULT_CLASS = "default"
+
+
+@dataclass(frozen=True)
+class PriorityClass:
+    name: str
+    value: int
+    share: float
+
+
+def parse_priorities(text: str) -> tuple[PriorityClass, ...]:
+    """``high=0.2`` or ``high=0.2,low:-50=0.3`` -> classes; the share left over is ``default`` (priority 0).
+
+    Shares are fractions of all jobs (0..1, summing to at most 1); ValueError says what is wrong.
+    """
+    classes: dict[str, PriorityClass] = {}
+    for item in (i.strip() for i in text.split(",") if i.strip()):
+        head, sep, share_text = item.rpartition("=")
+        name, colon, value_text = head.partition(":")
+        name = name.strip()
+        try:
+            share = float(share_text)
+            value = int(value_text) if colon else KNOWN_PRIORITIES[name]
+        except ValueError as exc:
+            raise ValueError(f"--priorities item {item!r} must be NAME[:PRIORITY]=SHARE") from exc
+        except KeyError as exc:
+            raise ValueError(f"--priorities item {item!r}: give {name!r} a value, like {name}:500=0.1 "
+                             f"(known without one: {', '.join(KNOWN_PRIORITIES)})") from exc
+        if not sep or not name or not 0 <= share <= 1 or name in classes:
+            raise ValueError(f"--priorities item {item!r} must be NAME[:PRIORITY]=SHARE, SHARE in 0..1, each NAME once")
+        classes[name] = PriorityClass(name, value, share)
+    total = sum(c.share for c in classes.values())
+    if total > 1 + 1e-9:
+        raise ValueError(f"--priorities shares sum to {total:g} > 1")
+    if DEFAULT_CLASS not in classes and total < 1 - 1e-9:
+        classes[DEFAULT_CLASS] = PriorityClass(DEFAULT_CLASS, KNOWN_PRIORITIES[DEFAULT_CLASS], 1 - total)
+    return tuple(sorted(classes.values(), key=lambda c: -c.value))
+
+
+def assign_priorities(jobs: Sequence[Job], classes: Sequence[PriorityClass], seed: int) -> list[Job]:
+    """Each job drawn into a class by its share, from a stream of its own (the jobs themselves unchanged)."""
+    if not classes:
+        return list(jobs)
+    rng = random.Random(seed + 15_485_863)
+    weights = [c.share for c in classes]
+    return [replace(j, priority=c.value, klass=c.name) for j, c in zip(jobs, rng.choices(classes, weights, k=len(jobs)),
+                                                                     strict=True)]

@@ -1,4 +1,5 @@
-"""Operations endpoints: /healthz, /readyz, /metrics and (unless disabled) /debug/rules, /debug/inventory.
+"""Operations endpoints: /healthz, /readyz, /metrics and (unless disabled) /debug/rules, /debug/inventory,
+/debug/pods/<ns>/<name> (why a pod is or is not placed or substituted; ``mig-extender explain`` prints it).
 
 They serve every component (extender, webhook, reconciler): each registers itself as
 ``app.extensions["mig_extender_ops"]`` with ``readiness_problems()`` and ``metrics``.
@@ -9,11 +10,12 @@ names and node usage, so they can be turned off (``--no-debug-endpoints``) where
 
 from __future__ import annotations
 
+from dataclasses import fields, is_dataclass
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from ..components.extender import ExtenderService
+from ..components.extender import Explanation, ExtenderService
 
 ops = Blueprint("ops", __name__)
 debug = Blueprint("debug", __name__)
@@ -55,7 +57,8 @@ def rules() -> Response:
 
 @debug.get("/debug/inventory")
 def inventory() -> Response:
-    """Per node: GPU model and, per MIG resource, allocatable/used/reserved/free. ``?node=NAME`` filters."""
+    """Per node: GPU model, what is wrong with its recognition, and per MIG resource allocatable/used/
+    reserved/free; ``problems`` lists the nodes that have some. ``?node=NAME`` filters."""
     snap = _service().snapshot()
     only = request.args.get("node")
     out: list[dict[str, Any]] = []
@@ -67,6 +70,7 @@ def inventory() -> Response:
         out.append({
             "node": name,
             "gpu": info.gpu.name if info.gpu else None,
+            "problems": list(info.problems),
             "schedulable": info.schedulable,
             "resources": {
                 r: {"allocatable": a, "used": info.used.get(r, 0), "reserved": reserved.get(r, 0),
@@ -74,4 +78,59 @@ def inventory() -> Response:
                 for r, a in sorted(info.allocatable.items())
             },
         })
-    return jsonify({"synced": snap.synced, "nodes": out})
+    problems = {n["node"]: n["problems"] for n in out if n["problems"]}
+    return jsonify({"synced": snap.synced, "problems": problems, "nodes": out})
+
+
+@debug.get("/debug/pods/<namespace>/<name>")
+def pod(namespace: str, name: str) -> Response:
+    """The pod's demand, its rules (any phase) and the decision /filter would make for it now, per node:
+    a dry run, nothing recorded. 404 when the extender has not seen the pod (or it asks for no MIG)."""
+    found = _service().explain(namespace, name)
+    if found is None:
+        response = jsonify({"Error": f"pod {namespace}/{name} not known to mig-extender (no such pod, not "
+                                     "seen yet, or it asks for no MIG slice)"})
+        response.status_code = 404
+        return response
+    return jsonify(explanation_json(found))
+
+
+def reason_json(reason: object) -> dict[str, Any] | None:
+    """A typed reason as JSON: its kind (the class name), its text and its fields."""
+    if reason is None or reason == "":
+        return None
+    if isinstance(reason, str):  # a note made of words only ("substitute ... recorded on ...")
+        return {"kind": "Note", "text": reason}
+    out: dict[str, Any] = {"kind": type(reason).__name__, "text": str(reason)}
+    if is_dataclass(reason):
+        out.update((f.name, getattr(reason, f.name)) for f in fields(reason))
+    if hasattr(reason, "unresolvable"):
+        out["unresolvable"] = reason.unresolvable
+    return out
+
+
+def explanation_json(found: Explanation) -> dict[str, Any]:
+    pod, decision = found.pod, found.decision
+    verdicts, passed = [], set(decision.passed)
+    for node in found.nodes:
+        if node in passed:
+            verdict, reason = "fits", None
+        elif node in decision.unresolvable:
+            verdict, reason = "unresolvable", decision.unresolvable[node]
+        else:
+            verdict, reason = "fails", decision.failed.get(node)
+        verdicts.append({"node": node, "verdict": verdict, "reason": reason_json(reason),
+                         "substitute": reason_json(decision.unsubstituted.get(node))})
+    chosen = decision.record
+    return {
+        "pod": {"namespace": pod.namespace, "name": pod.name, "uid": pod.uid, "node": pod.node or None,
+                "phase": pod.phase, "demand": dict(pod.demand), "priority": pod.priority, "source": found.source},
+        "rules": [r.to_dict(found.now) for r in found.rules],
+        "decision": {
+            "error": decision.error or None,
+            # the planner's note would say "recorded", but a dry run records nothing: would_record says it
+            "note": reason_json(decision.note) if chosen is None else None,
+            "would_record": chosen.to_dict(found.now) if chosen is not None else None,
+            "nodes": verdicts,
+        },
+    }

@@ -148,7 +148,7 @@ def test_oversized_body_is_413(client) -> None:
 
 
 def test_unknown_verb_and_method_are_json_errors(client) -> None:
-    assert client.post("/preempt", json={}).status_code == 404
+    assert client.post("/unreserve", json={}).status_code == 404
     assert client.get("/filter").status_code == 405
     assert "Error" in client.get("/filter").get_json()
 
@@ -176,6 +176,21 @@ def test_health_ready_metrics_and_inventory(client, service) -> None:
     assert inv["nodes"][0]["gpu"] == "A100-80GB"
     assert inv["nodes"][0]["resources"]["nvidia.com/mig-1g.10gb"] == {"allocatable": 2, "used": 0, "reserved": 0,
                                                                       "free": 2}
+    assert inv["nodes"][0]["problems"] == []
+
+
+def test_debug_inventory_reports_a_node_whose_gpu_is_unknown(service, client) -> None:
+    """Issue 16: not a silent `gpu: null`; the problem says what the extender does instead."""
+    from mig_extender.core.snapshot import UnknownGpu
+    from tests.builders import make_node
+
+    service.inventory.upsert_node(make_node("gpu-x", None, {"1g.20gb": 1},
+                                            labels={"nvidia.com/gpu.product": "NVIDIA-Future-X1"}))
+    body = client.get("/debug/inventory").get_json()
+    problem = str(UnknownGpu("NVIDIA-Future-X1", None, "A100-80GB"))
+    assert [(n["node"], n["gpu"], n["problems"]) for n in body["nodes"] if n["problems"]] == [
+        ("gpu-x", "A100-80GB", [problem])]
+    assert body["problems"] == {"gpu-x": [problem]}
 
 
 def test_debug_endpoints_can_be_disabled(service) -> None:
@@ -236,7 +251,7 @@ def test_rule_store_outage_still_answers_and_promises_nothing(client, service) -
         service.inventory.upsert_pod(make_pod(mig={"1g.10gb": 1}, node="gpu-a" if i < 2 else "gpu-b"))
     out = client.post("/filter", json={"Pod": pending({"1g.10gb": 1}), "NodeNames": ["gpu-a", "gpu-b"]})
     assert out.status_code == 200 and out.get_json()["NodeNames"] == []
-    assert "could not be stored" in out.get_json()["FailedNodes"]["gpu-a"]
+    assert "could not be stored" in out.get_json()["FailedAndUnresolvableNodes"]["gpu-a"]  # sold out: item 10
     assert service.snapshot().reserved == {}
 
 
@@ -252,3 +267,77 @@ def test_housekeeping_expires_rules_only_where_it_owns_them(client, service, own
     (after,) = service.store.list()
     assert str(after.phase) == phase
     assert service.snapshot().reserved == {}  # either way the reservation is void once expired
+
+
+def test_item11_bound_pod_keeps_its_slice_through_housekeeping_while_the_watch_lags(client, service) -> None:
+    """The Binding succeeded but the watch delivers nothing for 60 s: housekeeping must not forget the
+    pod, or the next filter offers its slice again (the kubelet then rejects one of the two pods)."""
+    now = [1000.0]
+    service.inventory._clock = lambda: now[0]
+    pod = pending({"2g.20gb": 1})
+    assert client.post("/filter", json={"Pod": pod, "NodeNames": ["gpu-a"]}).get_json()["NodeNames"] == ["gpu-a"]
+    assert bind(client, pod, "gpu-a").status_code == 200
+    now[0] += 60
+    service.housekeeping()
+    other = pending({"2g.20gb": 1})
+    assert client.post("/filter", json={"Pod": other, "NodeNames": ["gpu-a"]}).get_json()["NodeNames"] == []
+    assert service.snapshot().free("gpu-a", "nvidia.com/mig-2g.20gb") == 0
+
+
+NOT_SYNCED = "mig-extender inventory not synced yet"
+
+
+def test_item1_filter_refuses_until_synced(client, service) -> None:
+    """After a restart nodes are listed before the (paginated) pod list: every slice looks free. Until
+    both caches have synced each node fails with a reason the scheduler retries, and no rule is recorded."""
+    for _ in range(3):  # sell out 1g.10gb: a synced extender would record a substitute
+        service.inventory.upsert_pod(make_pod(mig={"1g.10gb": 1}, node="gpu-a"))
+    service.inventory.synced = False
+    out = client.post("/filter", json={"Pod": pending({"1g.10gb": 1}), "NodeNames": ["gpu-a", "gpu-b"]}).get_json()
+    assert out["NodeNames"] == [] and out["Error"] == "" and out["FailedAndUnresolvableNodes"] == {}
+    assert out["FailedNodes"] == {"gpu-a": NOT_SYNCED, "gpu-b": NOT_SYNCED}
+    assert service.store.list() == []
+    service.inventory.synced = True
+    out = client.post("/filter", json={"Pod": pending({"1g.10gb": 1}), "NodeNames": ["gpu-a", "gpu-b"]}).get_json()
+    assert out["NodeNames"] == ["gpu-b"]
+
+
+def test_item1_filter_refuses_until_the_rule_store_synced(client, service) -> None:
+    """Reservations live in the rule store: without them a reserved slice would look free."""
+    class Syncing(type(service.store)):
+        synced = False
+
+    service.store.__class__ = Syncing
+    out = client.post("/filter", json={"Pod": pending({"1g.10gb": 1}), "NodeNames": ["gpu-a"]}).get_json()
+    assert out["NodeNames"] == [] and out["FailedNodes"] == {"gpu-a": NOT_SYNCED}
+
+
+def test_item1_pods_without_mig_pass_untouched_while_not_synced(client, service) -> None:
+    service.inventory.synced = False
+    out = client.post("/filter", json={"Pod": make_pod(), "NodeNames": ["gpu-a", "cpu-c"]}).get_json()
+    assert out["NodeNames"] == ["gpu-a", "cpu-c"] and out["FailedNodes"] == {}
+
+
+def test_item1_bind_refuses_until_synced(client, service) -> None:
+    pod = pending({"1g.10gb": 1})
+    client.post("/filter", json={"Pod": pod, "NodeNames": ["gpu-b"]})
+    service.inventory.synced = False
+    resp = bind(client, pod, "gpu-b")
+    assert resp.status_code == 503 and NOT_SYNCED in resp.get_json()["Error"]
+    assert service.binder.calls == []
+    assert service.snapshot().free("gpu-b", "nvidia.com/mig-1g.10gb") == 1  # nothing assumed
+    service.inventory.synced = True
+    assert bind(client, pod, "gpu-b").status_code == 200
+
+
+def test_debug_rules_shows_a_preemption_hold_with_its_victims(client, service) -> None:
+    import time
+
+    from mig_extender.core.resources import pod_info
+    from mig_extender.core.rules import preemption_hold
+
+    pod = pending({"1g.10gb": 1})
+    service.store.record(preemption_hold(pod_info(pod), "gpu-b", ["victim-uid"], time.time(), 60.0))
+    (rule,) = client.get("/debug/rules").get_json()
+    assert rule["victims"] == ["victim-uid"] and rule["phase"] == "Recorded"
+    assert rule["reserved"] == {"node": "gpu-b", "resource": "nvidia.com/mig-1g.10gb", "count": 1}

@@ -1,5 +1,6 @@
 """Faults on the real control plane: the API server goes away, a reconciler leader dies, the webhook
-process dies, two writers race on one rule, and no component leaks a credential into its logs.
+process dies, two writers race on one rule, two webhook replicas race to hand out one rule, and no
+component leaks a credential into its logs.
 
 Uses the full stack of testenv/stack.py. Each test says what it tried and how long recovery took
 (the [e2e] lines of the session summary, quoted in docs/reliability.md).
@@ -8,8 +9,10 @@ Uses the full stack of testenv/stack.py. Each test says what it tried and how lo
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
@@ -19,8 +22,10 @@ import yaml
 
 from mig_extender.cluster.rulestore import ConflictError
 from mig_extender.cluster.rulestore_kube import KubeRuleStore
-from mig_extender.core.resources import PodInfo, ResourceCount
+from mig_extender.components.webhook import WebhookService
+from mig_extender.core.resources import ANN_RULE, Owner, PodInfo, ResourceCount
 from mig_extender.core.rules import new_rule
+from tests.builders import admission_review
 
 from .testenv.cluster import E2ECluster
 from .testenv.stack import NS_LABEL, SCHEDULER, Stack
@@ -65,7 +70,8 @@ def test_api_server_restart_extender_answers_from_cache_and_recovers(
     filt = f"{stack.extender.url}/filter"
     recorded = requests.post(filt, json={"Pod": pod_json(ns, "want-1g", MIG_5, "uid-want-1g"), "NodeNames": [node]},
                              timeout=5).json()
-    assert "substitute nvidia.com/mig-2g.10gb recorded" in recorded["FailedNodes"][node]
+    # sold out and nothing of lower priority holds a slice: unresolvable (issue 13 item 10)
+    assert "substitute nvidia.com/mig-2g.10gb recorded" in recorded["FailedAndUnresolvableNodes"][node]
     rules_before = {r["name"] for r in stack.extender.rules()}
 
     cluster.stop_apiserver()
@@ -79,7 +85,7 @@ def test_api_server_restart_extender_answers_from_cache_and_recovers(
             assert out["NodeNames"] == [node] and out["Error"] == ""
             out = requests.post(filt, json={"Pod": pod_json(ns, "p2g", MIG_10, "uid-p2g"), "NodeNames": [node]},
                                 timeout=5).json()
-            assert out["NodeNames"] == [] and "reserved" in out["FailedNodes"][node]
+            assert out["NodeNames"] == [] and "reserved" in out["FailedAndUnresolvableNodes"][node]
             answered += 2
             time.sleep(0.1)
         _, text = wait_for(lambda: (r := readyz(stack))[0] == 503 and r, timeout=10,
@@ -193,3 +199,82 @@ def test_no_credential_reaches_any_log(stack: Stack, cluster: E2ECluster) -> Non
         for key in keys:
             body = "".join(key.splitlines()[1:-1])[:40]
             assert body not in text, f"a private key appears in {log}"
+
+
+RACE_OWNER = Owner("ReplicaSet", "web", "rs-race")  # no apiVersion: no ownerReference for the GC to chase
+
+
+def generated_pod(ns: str, mig: str = MIG_5) -> dict[str, Any]:
+    """A new pod of ReplicaSet web as admission sees it: generateName, no name, no uid."""
+    pod = make_pod("unused", resources={mig: "1"}, scheduler_name=SCHEDULER)
+    pod["metadata"] = {"generateName": "web-", "namespace": ns, "ownerReferences": [{
+        "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": RACE_OWNER.name, "uid": RACE_OWNER.uid,
+        "controller": True}]}
+    return pod
+
+
+def marked_rule(store: KubeRuleStore, ns: str, pod_name: str) -> Any:
+    """A rule for a pending pod of ReplicaSet web whose restart the reconciler has begun."""
+    pending = PodInfo(namespace=ns, name=pod_name, uid=f"uid-{pod_name}", owner=RACE_OWNER)
+    rule = store.record(new_rule(pending, ResourceCount(MIG_5, 1), ResourceCount(MIG_10, 1), "n", time.time(), 120))
+    return store.update(rule.restarting(time.time()))
+
+
+def race(replicas: list[WebhookService], ns: str) -> list[dict[str, Any]]:
+    """Each replica admits a new pod of ReplicaSet web, all released at the same instant."""
+    barrier = threading.Barrier(len(replicas), timeout=10)
+
+    def admit(replica: WebhookService) -> dict[str, Any]:
+        body = admission_review(generated_pod(ns))
+        barrier.wait()
+        return replica.review(body)
+
+    with ThreadPoolExecutor(len(replicas)) as pool:
+        return list(pool.map(admit, replicas))
+
+
+def test_item15_two_webhook_replicas_race_on_one_rule_through_the_api(stack: Stack, ns: str, e2e_report: Any) -> None:
+    """Issue 13 item 15 on the real API server: two webhook replicas (two WebhookService objects, each with
+    its own KubeRuleStore and watch) admit a new pod each at the same instant, both seeing the same
+    unclaimed rule: the claim is a compare-and-swap on the MigSubstitution, so exactly one pod gets it."""
+    stores = [KubeRuleStore(stack.api).start(), KubeRuleStore(stack.api).start()]
+    replicas = [WebhookService(store) for store in stores]
+    rounds, winners = 5, []
+
+    def seen_by_all(rule: Any) -> bool:
+        return all((got := s.get(ns, rule.name)) is not None and got.resource_version == rule.resource_version
+                   for s in stores)
+
+    try:
+        assert all(store.wait_synced(30) for store in stores)
+        for n in range(rounds):
+            rule = marked_rule(stores[0], ns, f"race-{n}")
+            wait_for(lambda r=rule: seen_by_all(r), timeout=15, what="both replicas' watches showing the rule")
+            answers = race(replicas, ns)
+            patched = [i for i, answer in enumerate(answers) if "patch" in answer["response"]]
+            assert len(patched) == 1, answers
+            winners.extend(patched)
+            assert stores[1].fetch(ns, rule.name).claimed_until > time.time()
+    finally:
+        for store in stores:
+            store.stop()
+    claims = {o: sum(r.metrics.webhook_claims.labels(o)._value.get() for r in replicas) for o in ("won", "lost")}
+    assert claims == {"won": rounds, "lost": rounds}
+    e2e_report(f"two webhook replicas, {rounds} races on one rule each: one winner every time (replica 0 won "
+               f"{winners.count(0)}, replica 1 won {winners.count(1)}), {int(claims['lost'])} claims lost")
+
+
+def test_item15_dry_run_pod_create_is_rewritten_but_claims_nothing(stack: Stack, ns: str) -> None:
+    """The stack's webhook behind the real API server: a dryRun create shows the rewrite, writes no claim
+    (sideEffects NoneOnDryRun); the real create then claims the rule."""
+    store = KubeRuleStore(stack.api)
+    rule = marked_rule(store, ns, "dry")
+
+    def rewritten(dry_run: str | None) -> Any:
+        made = stack.core.create_namespaced_pod(ns, generated_pod(ns), dry_run=dry_run)
+        return made if (made.metadata.annotations or {}).get(ANN_RULE) == rule.name else None
+
+    wait_for(lambda: rewritten("All"), timeout=15, what="a dryRun create rewritten by the webhook")
+    assert store.fetch(ns, rule.name).claimed_until == 0
+    assert rewritten(None) is not None
+    assert store.fetch(ns, rule.name).claimed_until > time.time()

@@ -173,3 +173,36 @@ def test_extender_restart_between_rule_and_recreation_loses_nothing(stack: Stack
         timeout=90,
         what="second Running on 2g.10gb after the restart",
     )
+
+
+def test_item5_scale_up_sibling_does_not_take_the_pending_pods_rule(stack: Stack, ns: str, fleet: Any) -> None:
+    """Issue 13 item 5 on the real control plane: pod P of a Deployment waits for a sold-out 1g.5gb and its
+    rule is recorded; the Deployment is scaled up (as an HPA would) before the reconciler restarts P. The
+    new sibling is admitted unchanged (the rule is P's until P is restarted); P's replacement takes it."""
+    fleet.add("i5", "A100-40GB", {MIG_5: 1, MIG_10: 1})
+    stack.run_holder(ns, MIG_5)
+    stack.stop_reconciler()  # P stays pending with its rule Recorded: the window a scale-up falls into
+    try:
+        stack.apps.create_namespaced_deployment(ns, deployment("web"))
+        (rule,) = wait_for(lambda: stack.rules(ns), timeout=60, what="a rule for web's pending pod")
+        (pending,) = stack.pods(ns, "app=web")
+        assert rule["spec"]["podUID"] == pending.metadata.uid and "restartAt" not in rule["status"]
+
+        stack.apps.patch_namespaced_deployment_scale("web", ns, {"spec": {"replicas": 2}})
+        (sibling,) = wait_for(lambda: [p for p in stack.pods(ns, "app=web") if p.metadata.uid != pending.metadata.uid],
+                              timeout=30, what="the scale-up's new pod")
+        assert ANN_RULE not in (sibling.metadata.annotations or {})
+        assert MIG_5 in sibling.spec.containers[0].resources.limits
+    finally:
+        stack.start_reconciler()
+
+    def replacement() -> Any:
+        return next((p for p in running_with(stack, ns, "web", MIG_10)
+                     if p.metadata.uid not in (pending.metadata.uid, sibling.metadata.uid)), None)
+
+    upgraded = wait_for(replacement, timeout=90, what="P's replacement Running on 2g.10gb")
+    assert upgraded.metadata.annotations[ANN_RULE] == rule["metadata"]["name"]
+    taken = stack.custom.get_namespaced_custom_object("mig-extender.io", "v1alpha1", ns, "migsubstitutions",
+                                                      rule["metadata"]["name"])
+    assert taken["status"]["appliedPod"] == upgraded.metadata.name and taken["status"]["restartAt"]
+    assert ANN_RULE not in (stack.core.read_namespaced_pod(sibling.metadata.name, ns).metadata.annotations or {})

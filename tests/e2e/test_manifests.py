@@ -42,7 +42,7 @@ from .testenv import procs
 from .testenv.binaries import REPO_ROOT
 from .testenv.cluster import E2ECluster
 from .testenv.extender import ExtenderProcess, cli_argv
-from .testenv.wait import wait_for
+from .testenv.wait import stays, wait_for
 
 NAMESPACE = "mig-extender"
 MANIFESTS = REPO_ROOT / "manifests"
@@ -184,14 +184,34 @@ def test_cert_manager_overlay_differs_from_the_base_only_by_cert_manager(install
     assert "Warning" not in result.stderr, result.stderr
 
 
-def test_samples_pass_server_side_dry_run(installed: Installed, namespace: str) -> None:
-    """The walkthrough workloads, moved into this test's namespace (mig-demo is not created here)."""
-    docs = installed.kubectl.build(MANIFESTS / "samples")
+def test_monitoring_component_builds_and_its_dashboard_configmap_is_accepted(installed: Installed) -> None:
+    """manifests/monitoring/ through kubectl's kustomize: the Prometheus Operator objects (whose CRDs this
+    cluster lacks, so only built) and the dashboard ConfigMap, which the API server must accept."""
+    docs = installed.kubectl.build(MANIFESTS / "monitoring")
+    assert sorted(d["kind"] for d in docs) == ["ConfigMap", "PodMonitor", "PodMonitor", "PodMonitor", "PrometheusRule"]
+    assert all(d["metadata"]["namespace"] == NAMESPACE for d in docs)
+    (configmap,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(configmap["data"]["mig-extender.json"])["uid"] == "mig-extender"
+    result = installed.kubectl("apply", "--server-side", "--dry-run=server", f"--field-manager={FIELD_MANAGER}",
+                               "-f", "-", stdin=dump([configmap]))
+    assert "(server dry run)" in result.stdout, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("variant, slice_", [("", "nvidia.com/mig-1g.5gb"), ("h100-80gb", "nvidia.com/mig-1g.10gb"),
+                                             ("h200-141gb", "nvidia.com/mig-1g.18gb")])
+def test_samples_pass_server_side_dry_run(installed: Installed, namespace: str, variant: str, slice_: str) -> None:
+    """The walkthrough workloads (and their H100/H200 variants, built by kubectl's own kustomize), moved
+    into this test's namespace (mig-demo is not created here)."""
+    docs = installed.kubectl.build(MANIFESTS / "samples" / variant)
     assert [d["metadata"]["name"] for d in docs if d["kind"] == "Namespace"] == ["mig-demo"]
     workloads = [d for d in docs if d["kind"] != "Namespace"]
     for doc in workloads:
         doc["metadata"]["namespace"] = namespace
     assert sorted(d["metadata"]["name"] for d in workloads) == ["infer-a", "infer-b", "infer-bare", "infer-exact"]
+    for doc in workloads:
+        spec = doc["spec"] if doc["kind"] == "Pod" else doc["spec"]["template"]["spec"]
+        assert [r for r in spec["containers"][0]["resources"]["limits"] if r.startswith("nvidia.com/")] == [slice_]
     result = installed.kubectl("apply", "--server-side", "--dry-run=server", f"--field-manager={FIELD_MANAGER}",
                                "-f", "-", stdin=dump(workloads))
     assert result.stdout.count("(server dry run)") == 4, result.stdout
@@ -251,9 +271,12 @@ def test_crd_takes_every_transition_the_reconciler_identity_writes(
         for change in (lambda r: r.applied("infer-b-7d9f-fghij", now, 300.0),
                        lambda r: r.bound(str(uuid.uuid4()), "infer-b-7d9f-fghij", "gpu-node-1", now),
                        lambda r: r.restoring("gpu-node-2", now, 120.0),
+                       lambda r: r.restore_deferred(now, 30.0, "PDB refused the eviction"),
+                       lambda r: r.restoring("gpu-node-2", now + 31, 120.0),
                        lambda r: r.bound(str(uuid.uuid4()), "infer-b-7d9f-klmno", "gpu-node-2", now)):
             rule = store.update(change(rule))
         assert rule.phase is Phase.RESTORED and store.fetch(namespace, rule.name) == rule
+        assert rule.restore_attempts == 1 and rule.retry_restore_at == pytest.approx(now + 30.0, abs=1e-3)
         store.delete(rule)
     with pytest.raises(ApiException) as gone:
         custom.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, rule.name)
@@ -351,7 +374,8 @@ RBAC_CASES = [
     check(WEBHOOK_SA, "list", MIG, ALL),
     check(WEBHOOK_SA, "watch", MIG, ALL),
     check(WEBHOOK_SA, "watch", "namespaces", ALL),
-    # the webhook writes nothing (sideEffects: None): no rule status, no events
+    # the webhook's one write is the claim of a rule (an update of its status); no patch, no events
+    check(WEBHOOK_SA, "update", MIG + "/status"),
     check(WEBHOOK_SA, "patch", MIG + "/status", allowed=False),
     check(WEBHOOK_SA, "create", "events", allowed=False),
     check(WEBHOOK_SA, "delete", "pods", allowed=False),
@@ -366,10 +390,15 @@ RBAC_CASES = [
     # the reconciler
     check(RECONCILER_SA, "watch", "pods", ALL),
     check(RECONCILER_SA, "create", "pods"),
+    # restarts are evictions only (issue 13 item 7); preemption deletes its victims as kube-scheduler does
+    # (issue 14: DisruptionTarget first, a uid precondition, PDBs honoured through the choice of victims)
     check(RECONCILER_SA, "delete", "pods"),
+    check(RECONCILER_SA, "patch", "pods/status"),
+    check(RECONCILER_SA, "list", "policy:poddisruptionbudgets", ALL),
     check(RECONCILER_SA, "create", "pods/eviction"),
     check(RECONCILER_SA, "list", "nodes", ALL),
-    check(RECONCILER_SA, "list", "policy:poddisruptionbudgets"),
+    check(RECONCILER_SA, "get", "batch:jobs"),  # a Job's podFailurePolicy and failure counts
+    check(RECONCILER_SA, "update", "batch:jobs", allowed=False),
     check(RECONCILER_SA, "delete", MIG),
     check(RECONCILER_SA, "patch", MIG),
     check(RECONCILER_SA, "update", MIG + "/status"),
@@ -464,11 +493,13 @@ def test_webhook_syncs_as_its_service_account(cluster: E2ECluster, installed: In
 def test_reconciler_syncs_and_leads_as_its_service_account(
     cluster: E2ECluster, installed: Installed, coordination: client.CoordinationV1Api
 ) -> None:
+    """A real (not dry-run) reconciler: a dry run takes no Lease (issue 13 item 17). No rule exists in the
+    cluster at this point, so it has nothing to act on; restores are off to be sure."""
     port = procs.free_port()
     identity = f"e2e-manifests-{uuid.uuid4().hex[:6]}"
     log = cluster.log_path("manifests-reconciler")
     argv = cli_argv("reconcile", "--kubeconfig", str(sa_kubeconfig(cluster, RECONCILER_SA)), "--namespace", NAMESPACE,
-                    "--metrics-bind", f"127.0.0.1:{port}", "--identity", identity, "--dry-run")
+                    "--metrics-bind", f"127.0.0.1:{port}", "--identity", identity, "--restores-per-pass", "0")
     process = _started("manifests-reconciler", argv, log, f"http://127.0.0.1:{port}/readyz")
     try:
         wait_for(lambda: coordination.read_namespaced_lease("mig-extender-reconciler", NAMESPACE).spec.holder_identity
@@ -477,6 +508,29 @@ def test_reconciler_syncs_and_leads_as_its_service_account(
     finally:
         process.stop()
         delete_lease(coordination, NAMESPACE, "mig-extender-reconciler")
+
+
+def test_item17_dry_run_reconciler_syncs_and_writes_nothing_as_its_service_account(
+    cluster: E2ECluster, installed: Installed, coordination: client.CoordinationV1Api
+) -> None:
+    port = procs.free_port()
+    identity = f"e2e-dry-{uuid.uuid4().hex[:6]}"
+    log = cluster.log_path("manifests-reconciler-dry")
+    argv = cli_argv("reconcile", "--kubeconfig", str(sa_kubeconfig(cluster, RECONCILER_SA)), "--namespace", NAMESPACE,
+                    "--metrics-bind", f"127.0.0.1:{port}", "--identity", identity, "--dry-run")
+    process = _started("manifests-reconciler-dry", argv, log, f"http://127.0.0.1:{port}/readyz")  # synced
+
+    def lease_holder() -> str:
+        try:
+            return coordination.read_namespaced_lease("mig-extender-reconciler", NAMESPACE).spec.holder_identity or ""
+        except ApiException:
+            return ""
+
+    try:
+        stays(lambda: lease_holder() != identity, duration=5, what="no Lease taken by the dry run")
+        assert not _log_problems(log) and "dry run: no write reaches the API server" in log.read_text()
+    finally:
+        process.stop()
 
 
 # ---- kube-scheduler loads the committed configuration ------------------------------------------------------

@@ -10,6 +10,10 @@ from typing import Any
 
 import pytest
 
+from mig_extender.core.catalog import model
+from mig_extender.core.repartition import STATE_FAILED, STATE_PENDING, STATE_SUCCESS, NamedConfig
+
+from .testenv.migmanager import decide, gpus_in_use
 from .testenv.podresources import effective_requests, first_shortfall
 from .testenv.reflector import Reflector
 
@@ -143,3 +147,37 @@ def test_effective_requests_follow_the_kubelet_rules() -> None:
     assert requests["cpu"] == Decimal("5.1")
     assert requests["nvidia.com/mig-1g.5gb"] == 1
     assert requests["pods"] == 1
+
+
+# ---- the fake MIG manager's verdicts (tests/e2e/testenv/migmanager.py) ------------------------------
+
+L33 = ("3g.40gb", "3g.40gb")
+L1 = ("1g.10gb",) * 7
+MIG_CONFIGS = {c.name: c for c in (NamedConfig("all-3g", all=L33), NamedConfig("all-1g", all=L1),
+                                   NamedConfig("gpu1-1g", devices={1: L1}),
+                                   NamedConfig("broken", all=("1g.10gb",) * 8))}
+R3 = "nvidia.com/mig-3g.40gb"
+
+
+@pytest.mark.parametrize(("config", "used", "state", "target"), [
+    pytest.param("all-1g", {}, STATE_PENDING, (L1, L1), id="idle node: apply"),
+    pytest.param("all-3g", {}, STATE_SUCCESS, (L33, L33), id="already applied: success at once"),
+    pytest.param("nope", {}, STATE_FAILED, None, id="unknown name: failed"),
+    pytest.param("broken", {}, STATE_FAILED, None, id="invalid layout: failed"),
+    pytest.param("all-1g", {R3: 1}, STATE_FAILED, (L1, L1), id="a pod on GPU 0: refuses, evicts nothing"),
+    pytest.param("gpu1-1g", {R3: 1}, STATE_PENDING, (L33, L1), id="per-GPU config leaves the busy GPU alone"),
+    pytest.param("gpu1-1g", {R3: 3}, STATE_FAILED, (L33, L1), id="pods on both GPUs: refuses"),
+])
+def test_fake_mig_manager_decides_like_the_real_one(config: str, used: dict[str, int], state: str,
+                                                    target: tuple | None) -> None:
+    outcome = decide(model("A100-80GB"), (L33, L33), used, config, MIG_CONFIGS)
+    assert (outcome.state, outcome.target) == (state, target)
+    if state == STATE_FAILED:
+        assert outcome.reason
+
+
+def test_fake_device_plugin_hands_out_instances_lowest_gpu_first() -> None:
+    gpu = model("A100-80GB")
+    assert gpus_in_use(gpu, (L33, L33), {R3: 2}) == {0}
+    assert gpus_in_use(gpu, (L33, L33), {R3: 3}) == {0, 1}
+    assert gpus_in_use(gpu, (L1, L33), {R3: 1}) == {1}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mig_extender.cluster.inventory import ClusterInventory, load_list
-from mig_extender.core.snapshot import detect_gpu
+from mig_extender.core.snapshot import UnknownGpu, detect_gpu
 from tests.builders import inventory_of, make_node, make_pod, res
 
 
@@ -138,3 +138,154 @@ def test_a_full_node_list_re_keys_names_without_changing_the_books() -> None:
     inv.upsert_pod(make_pod(mig={"1g.5gb": 1}, node="".join(["n", "2"])))
     assert inv.snapshot().free("n2", res("1g.5gb")) == 1
     assert inv.snapshot().nodes_with_free(res("1g.5gb")) == {"n1", "n2"}
+
+
+def test_node_with_an_unknown_gpu_keeps_its_problem_through_pod_events() -> None:
+    """Issue 16: a MIG node whose GPU is unknown is reported, not silently `gpu: null`."""
+    node = make_node("x1", None, {"1g.5gb": 2}, labels={"nvidia.com/gpu.product": "NVIDIA-Future-X1"})
+    inv = inventory_of(node, make_node("a1", mig={"1g.5gb": 1}))
+    problem = UnknownGpu("NVIDIA-Future-X1", None, "A100-40GB")
+    assert inv.gpu_problems() == {"x1": problem}
+    inv.upsert_pod(make_pod(mig={"1g.5gb": 1}, node="x1"))  # a pod event rebuilds the node's NodeInfo
+    assert inv.snapshot().nodes["x1"].problems == (str(problem),) and inv.snapshot().nodes["a1"].problems == ()
+    node["metadata"]["labels"]["nvidia.com/gpu.product"] = "NVIDIA-A100-SXM4-40GB"  # the label is fixed
+    inv.upsert_node(node)
+    assert inv.gpu_problems() == {} and inv.snapshot().nodes["x1"].problems == ()
+    inv.upsert_node(make_node("x2", None, {"5g.77gb": 1}))
+    inv.delete_node("x2")
+    assert inv.gpu_problems() == {}
+
+
+def test_item9_inventory_books_cpu_and_memory_of_every_bound_pod() -> None:
+    """NodeFacts.used_* come from ALL bound pods (not only MIG ones); /filter's cached snapshot is kept."""
+    inv = inventory_of(make_node("n1", "A100-40GB", {"1g.5gb": 2}))
+    cached = inv.snapshot()
+    web = make_pod("web", node="n1")  # no MIG at all
+    web["spec"]["containers"][0]["resources"] = {"requests": {"cpu": "1500m", "memory": "1Gi"}}
+    inv.upsert_pod(web)
+    assert inv.snapshot() is not None and inv.snapshot().nodes is cached.nodes  # the filter's cache survives
+    facts = inv.snapshot(usage=True).nodes["n1"].facts
+    assert (facts.used_cpu_milli, facts.used_memory_bytes) == (1500, 1024 ** 3)
+    done = dict(web, status={"phase": "Succeeded"})
+    inv.upsert_pod(done)
+    assert inv.snapshot(usage=True).nodes["n1"].facts.used_cpu_milli == 0  # a finished pod holds nothing
+    inv.upsert_pod(web)
+    inv.replace_pods([])  # relist without it: its delete event was missed
+    assert inv.snapshot(usage=True).nodes["n1"].facts.used_cpu_milli == 0
+    inv.upsert_pod(web)
+    inv.delete_pod(web["metadata"]["uid"])
+    assert inv.snapshot(usage=True).nodes["n1"].facts.used_memory_bytes == 0
+
+
+def test_item13_gated_pods_are_not_waiting_demand_until_their_gates_are_removed() -> None:
+    """A pod held by spec.schedulingGates (Kueue's admission gate, say) is not scheduled, so it must not
+    claim freed slices ahead of substitutions and restores; the update that removes the gate adds it."""
+    inv = inventory_of(make_node("n1", mig={"1g.5gb": 1}))
+    pod = make_pod(mig={"1g.5gb": 1})
+    pod["spec"]["schedulingGates"] = [{"name": "kueue.x-k8s.io/admission"}]
+    inv.upsert_pod(pod)
+    assert inv.snapshot().pending == {}
+    del pod["spec"]["schedulingGates"]
+    inv.upsert_pod(pod)
+    assert inv.snapshot().pending == {res("1g.5gb"): 1}
+    inv.delete_pod(pod["metadata"]["uid"])
+    assert inv.snapshot().pending == {}
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_item11_a_successful_binding_stays_booked_while_the_watch_lags() -> None:
+    """kube-scheduler's cache never expires an assumed pod once its Binding succeeded (v1.36
+    pkg/scheduler/backend/cache has no expiry; earlier releases set durationToExpireAssumedPod = 0):
+    only the watch confirms or deletes it. Here no event comes for 60 s after the bind."""
+    clock = Clock()
+    inv = ClusterInventory(clock=clock)
+    inv.upsert_node(make_node("n1", mig={"1g.5gb": 1}))
+    pod = make_pod(mig={"1g.5gb": 1})
+    inv.assume(inv.upsert_pod(pod), "n1")
+    inv.finish_binding(pod["metadata"]["uid"])
+    clock.now += 60
+    assert inv.expire_assumed() == 0
+    assert inv.snapshot().free("n1", res("1g.5gb")) == 0
+    inv.upsert_pod(make_pod(mig={"1g.5gb": 1}, node="n1", uid=pod["metadata"]["uid"]))  # the watch confirms
+    clock.now += 600
+    assert inv.expire_assumed() == 0 and inv.snapshot().free("n1", res("1g.5gb")) == 0
+    inv.delete_pod(pod["metadata"]["uid"])
+    assert inv.snapshot().free("n1", res("1g.5gb")) == 1
+
+
+def test_item11_a_bound_pod_missing_from_a_later_relist_is_dropped() -> None:
+    """A bound assumption never expires, so a delete the watch missed must still release it: a relist
+    that does not hold the pod, taken well after the Binding succeeded, shows the pod is gone. A relist
+    right after the bind may predate it and keeps the slice booked."""
+    clock = Clock()
+    inv = ClusterInventory(clock=clock)
+    inv.upsert_node(make_node("n1", mig={"1g.5gb": 1}))
+    pod = make_pod(mig={"1g.5gb": 1})
+    inv.assume(inv.upsert_pod(pod), "n1")
+    inv.finish_binding(pod["metadata"]["uid"])
+    inv.replace_pods([])
+    assert inv.snapshot().free("n1", res("1g.5gb")) == 0
+    clock.now += 60
+    inv.replace_pods([])
+    assert inv.snapshot().free("n1", res("1g.5gb")) == 1
+
+
+def test_item10_slices_held_per_priority_follow_pod_events() -> None:
+    """Kept per node, resource and priority as pods come and go (never a scan of pods per filter)."""
+    inv = inventory_of(make_node("n1", mig={"1g.5gb": 3, "2g.10gb": 1}))
+    low, high = make_pod(mig={"1g.5gb": 2}, node="n1"), make_pod(mig={"1g.5gb": 1, "2g.10gb": 1}, node="n1")
+    low["spec"]["priority"], high["spec"]["priority"] = -5, 1000
+    inv.upsert_pod(low)
+    inv.upsert_pod(high)
+    snap = inv.snapshot()
+    assert snap.nodes["n1"].held_by_priority == {res("1g.5gb"): {-5: 2, 1000: 1}, res("2g.10gb"): {1000: 1}}
+    assert snap.lowest_priority == -5
+    assert snap.nodes["n1"].held_below(res("1g.5gb"), 1000) == 2 and snap.nodes["n1"].held_below(res("1g.5gb"), -5) == 0
+    low["status"]["phase"] = "Succeeded"
+    inv.upsert_pod(low)
+    snap = inv.snapshot()
+    assert snap.nodes["n1"].held_by_priority == {res("1g.5gb"): {1000: 1}, res("2g.10gb"): {1000: 1}}
+    assert snap.lowest_priority == 1000
+    inv.delete_pod(high["metadata"]["uid"])
+    snap = inv.snapshot()
+    assert snap.nodes["n1"].held_by_priority == {} and snap.lowest_priority > 2**31 - 1  # nobody holds anything
+
+
+def test_cordoned_nodes_follow_node_events() -> None:
+    """The filter reads cordons from this set (no per-node flag read when it is empty)."""
+    inv = inventory_of(make_node("n1", mig={"1g.5gb": 1}), make_node("n2", mig={"1g.5gb": 1}))
+    assert inv.snapshot().cordoned == frozenset()
+    inv.upsert_node(make_node("n1", mig={"1g.5gb": 1}, unschedulable=True))
+    assert inv.snapshot().cordoned == {"n1"}
+    inv.replace_nodes([make_node("n1", mig={"1g.5gb": 1}, unschedulable=True), make_node("n2", mig={"1g.5gb": 1})])
+    assert inv.snapshot().cordoned == {"n1"}
+    inv.upsert_node(make_node("n1", mig={"1g.5gb": 1}))
+    assert inv.snapshot().cordoned == frozenset()
+    inv.upsert_node(make_node("n2", mig={"1g.5gb": 1}, unschedulable=True))
+    inv.delete_node("n2")
+    assert inv.snapshot().cordoned == frozenset()
+
+
+def test_issue17_pending_since_follows_the_oldest_single_slice_waiter() -> None:
+    """The snapshot's pending_since (aging) is the oldest unbound pod asking for one slice of a type; it
+    moves on when that pod binds or is deleted, and pods asking for several slices never set it."""
+    inv = inventory_of(make_node("n1", "A100-40GB", {"1g.5gb": 2}))
+    old = make_pod("old", mig={"1g.5gb": 1}, uid="u-old", created="2026-01-01T00:00:00Z")
+    young = make_pod("young", mig={"1g.5gb": 1}, uid="u-young", created="2026-01-01T00:10:00Z")
+    several = make_pod("several", mig={"1g.5gb": 2}, uid="u-several", created="2025-12-31T00:00:00Z")
+    for pod in (young, several, old):
+        inv.upsert_pod(pod)
+    since = inv.snapshot().pending_since
+    assert since == {res("1g.5gb"): 1767225600.0}  # old's, not several's (a day older)
+    inv.upsert_pod({**old, "spec": {**old["spec"], "nodeName": "n1"}, "status": {"phase": "Running"}})
+    assert inv.snapshot().pending_since == {res("1g.5gb"): 1767225600.0 + 600}
+    inv.delete_pod("u-young")
+    assert inv.snapshot().pending_since == {}
+    assert inv.snapshot().pending == {res("1g.5gb"): 2}  # the multi-slice pod still claims

@@ -177,6 +177,18 @@ def test_dockerfile_entrypoint_is_the_console_script() -> None:
     assert "mig-extender = mig_extender.cli:main" in setup["options.entry_points"]["console_scripts"]
 
 
+def test_license_file_is_the_license_the_package_declares() -> None:
+    """Issue 16: setup.cfg and the image label say Apache-2.0; the text was missing."""
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    assert setup["metadata"]["license"] == "Apache-2.0"
+    assert "LICENSE" in setup["metadata"]["license_files"].split()
+    text = (ROOT / "LICENSE").read_text()
+    assert "Apache License" in text.splitlines()[1] and "Version 2.0, January 2004" in text
+    assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in text
+    assert "END OF TERMS AND CONDITIONS" in text
+
+
 def test_dockerignore_admits_exactly_what_the_package_build_reads() -> None:
     lines = [ln.strip() for ln in (ROOT / ".dockerignore").read_text().splitlines()
              if ln.strip() and not ln.startswith("#")]
@@ -282,12 +294,14 @@ EXPECTED_PERMISSIONS = {
         | {("", "pods/binding", "", "create")} | RULES | RULE_WRITES | RULE_STATUS | EVENTS,
         NAMESPACE: _lease("mig-scheduler"),
     },
-    "mig-extender-webhook": {  # reads only: the webhook has no side effects
-        "": RULES | {("", "namespaces", "", v) for v in READ},
+    "mig-extender-webhook": {  # reads, and the claim: one status update of a rule (never on a dryRun request)
+        "": RULES | {("mig-extender.io", "migsubstitutions/status", "", "update")}
+        | {("", "namespaces", "", v) for v in READ},
     },
     "mig-extender-reconciler": {
         "": {("", "pods", "", v) for v in (*READ, "create", "delete")} | {("", "pods/eviction", "", "create")}
-        | {("", "nodes", "", v) for v in READ} | {("policy", "poddisruptionbudgets", "", v) for v in READ}
+        | {("", "pods/status", "", "patch"), ("policy", "poddisruptionbudgets", "", "list")}
+        | {("", "nodes", "", v) for v in READ} | {("batch", "jobs", "", "get")}
         | RULES | RULE_WRITES | {("mig-extender.io", "migsubstitutions", "", "delete")} | RULE_STATUS | EVENTS,
         NAMESPACE: _lease("mig-extender-reconciler"),
     },
@@ -376,7 +390,14 @@ def test_crd_is_the_one_the_code_reads_and_writes() -> None:
     assert spec["names"]["singular"] == "migsubstitution" and spec["names"]["shortNames"] == ["migsub"]
     assert spec["scope"] == "Namespaced"
     assert version["served"] and version["storage"] and version["subresources"] == {"status": {}}
-    assert (MANIFESTS / "crd.yaml").resolve() == (BASE / "crd.yaml").resolve()
+
+
+def test_the_crd_is_in_one_file() -> None:
+    """Issue 16: manifests/crd.yaml was a second copy (a symlink: two identical files in a tarball or on
+    Windows). The install (kustomize) and the test control plane read manifests/base/crd.yaml."""
+    files = [p for p in MANIFESTS.rglob("*.yaml")
+             if any(d.get("kind") == "CustomResourceDefinition" for d in load_docs(p))]
+    assert files == [BASE / "crd.yaml"] and not files[0].is_symlink()
 
 
 def test_crd_printer_columns() -> None:
@@ -390,13 +411,17 @@ def test_crd_printer_columns() -> None:
 def test_crd_schema_has_the_contract_fields() -> None:
     props = crd_schema()["properties"]
     spec, status = props["spec"]["properties"], props["status"]["properties"]
-    assert set(spec) == {"podName", "podUID", "owner", "original", "substitute", "nodeName", "expiresAt"}
+    assert set(spec) == {"podName", "podUID", "owner", "original", "substitute", "nodeName", "expiresAt",
+                         "preemption"}
     assert set(spec["owner"]["properties"]) == {"kind", "name", "uid", "apiVersion"}
+    assert set(spec["preemption"]["properties"]) == {"victims"}  # issue 14: a preemption hold's victims
+    assert "preemption" not in props["spec"]["required"]
     assert "owner" not in props["spec"]["required"]
     assert set(status) == {"phase", "appliedPod", "boundPod", "restoreNode", "restoredPod", "message",
-                           "createdAt", "updatedAt", "expiresAt"}
+                           "createdAt", "updatedAt", "expiresAt", "restartAt", "claimedUntil", "restoreAttempts",
+                           "retryRestoreAt"}
     assert status["phase"]["enum"] == [p.value for p in Phase]
-    for key in ("createdAt", "updatedAt", "expiresAt"):
+    for key in ("createdAt", "updatedAt", "expiresAt", "restartAt", "claimedUntil", "retryRestoreAt"):
         assert status[key]["format"] == "date-time"
     for side in ("original", "substitute"):
         count = spec[side]["properties"]["count"]
@@ -541,8 +566,9 @@ def test_webhook_configuration_is_the_contract() -> None:
     hook = webhook()
     assert hook["rules"] == [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
                               "resources": ["pods"], "scope": "Namespaced"}]
+    # NoneOnDryRun: the webhook claims a rule in the API (a status write), except for a dryRun request
     assert (hook["failurePolicy"], hook["timeoutSeconds"], hook["sideEffects"], hook["reinvocationPolicy"]) == (
-        "Ignore", 3, "None", "Never")
+        "Ignore", 3, "NoneOnDryRun", "Never")
     assert hook["admissionReviewVersions"] == ["v1"]
     assert hook["namespaceSelector"] == {"matchExpressions": [{
         "key": "kubernetes.io/metadata.name", "operator": "NotIn",
@@ -622,7 +648,7 @@ def test_walkthrough_deployments_ask_for_one_1g_5gb_on_mig_scheduler(name: str) 
 def test_bare_pod_sample_relies_on_the_namespace_opt_in() -> None:
     pod = one("Pod", "infer-bare", samples())
     assert "schedulerName" not in pod["spec"]
-    namespace = kustomization(MANIFESTS / "samples")["namespace"]
+    namespace = kustomization(MANIFESTS / "samples" / "base")["namespace"]
     assert one("Namespace", namespace, samples())["metadata"]["labels"][LABEL_SCHEDULER_OPT_IN] == "true"
 
 
@@ -631,9 +657,40 @@ def test_opt_out_sample_carries_the_annotation_on_its_pods() -> None:
     assert pod_meta(deployment)["annotations"][ANN_SUBSTITUTE] == "false"
 
 
+def patched(directory: Path) -> list[dict[str, Any]]:
+    """The objects of a kustomization whose patches are JSON patches with a kind target, applied."""
+    import jsonpatch
+
+    docs = [json.loads(json.dumps(d)) for d in resources_of(directory)]
+    for entry in kustomization(directory).get("patches") or []:
+        ops = yaml.safe_load(entry["patch"])
+        docs = [jsonpatch.apply_patch(d, ops) if d["kind"] == entry["target"]["kind"] else d for d in docs]
+    return docs
+
+
+@pytest.mark.parametrize("variant, gpu", [("h100-80gb", "H100-80GB"), ("h200-141gb", "H200-141GB")])
+def test_gpu_variants_of_the_samples_ask_for_that_gpus_smallest_slice(variant: str, gpu: str) -> None:
+    """Issue 16: samples for H100/H200 nodes, not only A100-40GB: the same workloads, each asking for one
+    slice of the GPU's smallest profile (as the A100-40GB ones ask for 1g.5gb)."""
+    from mig_extender.core.catalog import model
+
+    smallest = min((p for p in model(gpu).profiles if not p.media_extensions),
+                   key=lambda p: (p.compute_slices, p.memory_gb)).resource
+    base_docs, docs = samples(), patched(MANIFESTS / "samples" / variant)
+    assert [(d["kind"], d["metadata"]["name"]) for d in docs] == [(d["kind"], d["metadata"]["name"]) for d in base_docs]
+    for doc, original in zip(docs, base_docs, strict=True):
+        if doc["kind"] == "Namespace":
+            continue
+        limits = all_containers(pod_spec(doc))[0]["resources"]["limits"]
+        before = dict(all_containers(pod_spec(original))[0]["resources"]["limits"])
+        assert limits == {**{k: v for k, v in before.items() if not k.startswith("nvidia.com/")}, smallest: 1}
+        assert pod_meta(doc).get("annotations") == pod_meta(original).get("annotations")
+
+
 def test_install_doc_covers_every_step() -> None:
     text = (ROOT / "docs" / "install.md").read_text()
     for needle in ("mig.strategy=mixed", "docker build -t", "mig-extender certs", "kubectl apply -k manifests/",
                    "caBundle", f"{LABEL_SCHEDULER_OPT_IN}=true", "kubectl apply -k manifests/samples/",
-                   "kubectl get migsubstitutions -A", "describe pod <pod-name>", "manifests/overlays/cert-manager/"):
+                   "kubectl get migsubstitutions -A", "describe pod <pod-name>", "manifests/overlays/cert-manager/",
+                   "kubectl apply -k manifests/monitoring/", "manifests/samples/h100-80gb/", "--rule-ttl"):
         assert needle in text, needle

@@ -130,3 +130,29 @@ def test_model_lookup_is_case_insensitive_and_errors_list_models() -> None:
     assert p.model("a100-40gb").name == "A100-40GB"
     with pytest.raises(ProfileError, match="known: A100-40GB"):
         p.model("V100")
+
+
+def test_item2_every_alias_in_the_catalog_names_the_same_or_less_memory() -> None:
+    """An alias absorbs a driver's rounding of the same slice (7g.79gb for 7g.80gb): resolving it may
+    only keep or raise the memory the name promises, never lower it."""
+    for m in p.MODELS:
+        for prof in m.profiles:
+            for alias in prof.aliases:
+                shape = p.parse_profile_name(alias)
+                assert (shape.compute_slices, shape.media_extensions) == (prof.compute_slices, prof.media_extensions)
+                assert shape.memory_gb <= prof.memory_gb, f"{m.name}: alias {alias} of {prof.name}"
+
+
+@pytest.mark.parametrize("gpu, name", [
+    pytest.param("H200-141GB", "1g.20gb", id="h200-1g20-not-1g18"),
+    pytest.param("A100-80GB", "1g.12gb", id="a100-80-1g12-not-1g10"),
+    pytest.param("H100-80GB", "1g.12gb", id="h100-80-1g12-not-1g10"),
+    pytest.param("B200-180GB", "1g.24gb", id="b200-1g24-not-1g23"),
+    pytest.param("A100-40GB", "3g.21gb", id="a100-40-3g21-not-3g20"),
+])
+def test_item2_drift_never_resolves_a_name_to_less_memory(gpu: str, name: str) -> None:
+    found = p.model(gpu).find(name)
+    assert found is None or found.memory_gb >= p.parse_profile_name(name).memory_gb
+    with pytest.raises(ProfileError):
+        p.model(gpu).profile(name)
+    assert p.canonical_shape(p.profile_resource(name), p.model(gpu)) == p.parse_profile_name(name)

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import base64
 import json
+from dataclasses import replace
 
+import jsonpatch
 import pytest
 
 from mig_extender.cluster.rulestore import MemoryRuleStore
+from mig_extender.components.extender import ExtenderService
 from mig_extender.components.reconciler import Reconciler
-from mig_extender.core.planner import filter_pod
-from mig_extender.core.podspec import replacement_pod, selector_matches
+from mig_extender.components.webhook import WebhookService
+from mig_extender.core.planner import PlanSettings, filter_pod
+from mig_extender.core.podspec import Restart, RestartOutcome, replacement_pod
 from mig_extender.core.resources import ANN_ORIGINAL, ANN_RESTORE, ANN_RESTORED_AT, ANN_RULE, pod_info
 from mig_extender.core.rules import Phase
-from tests.builders import inventory_of, make_node, make_pod, res
+from tests.builders import admission_review, inventory_of, make_node, make_pod, res
 
 
 class FakeActions:
@@ -22,17 +27,22 @@ class FakeActions:
         self.pods: dict[str, dict] = {}
         self.calls: list[tuple] = []
         self.events: list[tuple[str, str]] = []
+        self.jobs: dict[str, dict] = {}
+        self.answer = RestartOutcome(Restart.EVICTED)  # what every restart returns
 
     def get_pod(self, namespace: str, name: str):
         return self.pods.get(name)
 
-    def evict_or_delete(self, pod) -> str:
-        self.calls.append(("restart", pod["metadata"]["name"]))
-        return "deleted"
+    def get_job(self, namespace: str, name: str):
+        return self.jobs.get(name)
 
-    def stash_and_delete_bare_pod(self, rule_ns, rule_name, pod, replacement) -> str:
+    def evict(self, pod) -> RestartOutcome:
+        self.calls.append(("restart", pod["metadata"]["name"]))
+        return self.answer
+
+    def stash_and_evict_bare_pod(self, rule_ns, rule_name, pod, replacement) -> RestartOutcome:
         self.calls.append(("stash", pod["metadata"]["name"], replacement))
-        return "deleted"
+        return self.answer
 
     def finish_recreate(self, rule_ns, rule_name, manifest_json) -> str:
         self.calls.append(("recreate", json.loads(manifest_json)["metadata"]["name"]))
@@ -88,13 +98,13 @@ def test_walkthrough_upgrade_then_restore() -> None:
     pending = w.add(make_pod("infer-b-2", mig={"1g.5gb": 1}, owner=OWNER))
     rule = w.record_for(pending)
     assert rule.substitute.resource == res("2g.10gb")
-    assert w.reconciler.run_once()["upgrade_deleted"] == 0  # too young: webhooks may not have seen it yet
+    assert w.reconciler.run_once()["upgrade_evicted"] == 0  # too young: webhooks may not have seen it yet
 
     w.now += 1.5
     counts = w.reconciler.run_once()  # upgrade: restart the pending pod
-    assert counts["upgrade_deleted"] == 1 and ("restart", "infer-b-2") in w.actions.calls
+    assert counts["upgrade_evicted"] == 1 and ("restart", "infer-b-2") in w.actions.calls
     assert ("infer-b-2", "MigUpgrading") in w.actions.events
-    assert w.reconciler.run_once()["upgrade_deleted"] == 0  # no second restart of the same pod
+    assert w.reconciler.run_once()["upgrade_evicted"] == 0  # no second restart of the same pod
 
     w.now += 3
     up = w.replace_with_upgraded(pending, rule, "infer-b-3", OWNER)
@@ -209,21 +219,308 @@ def test_a_failing_step_is_counted_and_the_pass_goes_on() -> None:
     assert counts["errors"] == 1 and "API down" in w.reconciler.last_error
 
 
-@pytest.mark.parametrize("selector, labels, match", [
-    ({}, {"a": "1"}, True), (None, {"a": "1"}, False), ({"matchLabels": {"a": "1"}}, {"a": "1"}, True),
-    ({"matchLabels": {"a": "2"}}, {"a": "1"}, False),
-    ({"matchExpressions": [{"key": "a", "operator": "In", "values": ["1", "2"]}]}, {"a": "1"}, True),
-    ({"matchExpressions": [{"key": "a", "operator": "NotIn", "values": ["1"]}]}, {"a": "1"}, False),
-    ({"matchExpressions": [{"key": "b", "operator": "Exists"}]}, {"a": "1"}, False),
-    ({"matchExpressions": [{"key": "b", "operator": "DoesNotExist"}]}, {"a": "1"}, True),
-])
-def test_pdb_selectors(selector, labels, match) -> None:
-    assert selector_matches(selector, labels) is match
-
-
 def test_replacement_pod_strips_server_fields() -> None:
     pod = make_pod("x", mig={"1g.5gb": 1}, node="n1")
     pod["metadata"].update(resourceVersion="5", creationTimestamp="t", managedFields=[{}])
     out = replacement_pod(pod)
     assert set(out["metadata"]) == {"name", "namespace"} and "status" not in out and "nodeName" not in out["spec"]
     assert pod["spec"]["nodeName"] == "n1"  # the input is not modified
+
+
+# -- issue 13 item 5: a rule belongs to its pending pod until the reconciler restarts that pod -------------
+
+
+def sold_out_world() -> tuple[World, dict, object]:
+    """gpu-a's 1g.5gb slices both taken (one by a running sibling), and pod infer-b-2 pending with a rule."""
+    w = World()
+    w.add(make_pod("infer-b-1", mig={"1g.5gb": 1}, node="gpu-a", owner=OWNER))
+    w.add(make_pod("blocker", mig={"1g.5gb": 1}, node="gpu-a"))
+    pending = w.add(make_pod("infer-b-2", mig={"1g.5gb": 1}, owner=OWNER))
+    return w, pending, w.record_for(pending)
+
+
+def rule_stamped_on(pod: dict, answer: dict) -> str:
+    """The rule name the webhook's patch stamps on ``pod`` ('' when it did not rewrite it)."""
+    ops = json.loads(base64.b64decode(answer["response"].get("patch") or b"W10="))
+    return (jsonpatch.apply_patch(pod, ops)["metadata"].get("annotations") or {}).get(ANN_RULE, "")
+
+
+def test_item5_rule_is_marked_before_its_pod_is_restarted_and_only_then_handed_over() -> None:
+    """The HPA scale-up's pod, created while infer-b-2 waits, is admitted unchanged; the reconciler writes the
+    restart mark before it deletes infer-b-2 (a webhook replica must see it when the replacement arrives),
+    and the replacement takes the rule."""
+    w, _, rule = sold_out_world()
+    webhook = WebhookService(w.store, clock=lambda: w.now)
+    scale_up = make_pod(mig={"1g.5gb": 1}, owner=OWNER, uid="")
+    assert rule_stamped_on(scale_up, webhook.review(admission_review(scale_up))) == ""
+
+    seen_at_restart: list = []
+    restart = w.actions.evict
+    w.actions.evict = lambda pod: seen_at_restart.extend(w.store.list()) or restart(pod)  # type: ignore
+    w.now += 1.5
+    assert w.reconciler.run_once()["upgrade_evicted"] == 1
+    (marked,) = seen_at_restart
+    assert (marked.phase, marked.restart_at) == (Phase.RECORDED, w.now)
+
+    replacement = make_pod(mig={"1g.5gb": 1}, owner=OWNER, uid="")
+    assert rule_stamped_on(replacement, webhook.review(admission_review(replacement))) == rule.name
+
+
+def test_item5_a_new_leader_restarts_a_pod_whose_rule_was_marked_but_not_restarted() -> None:
+    """The old leader wrote the mark and died before the delete: the next leader restarts the pod, and
+    keeps the mark it finds (no second write)."""
+    w, _, rule = sold_out_world()
+    marked = w.store.update(rule.restarting(w.now))
+    w.now += 1.5
+    fresh = Reconciler(w.inventory, w.store, w.actions, clock=lambda: w.now)
+    assert fresh.run_once()["upgrade_evicted"] == 1 and ("restart", "infer-b-2") in w.actions.calls
+    assert w.store.get(rule.namespace, rule.name).resource_version == marked.resource_version
+
+
+class LaggingStore:
+    """A rule store whose list() (the watch cache) is behind: writes and fresh reads go to ``store``."""
+
+    def __init__(self, store: MemoryRuleStore, stale: list) -> None:
+        self.store, self.stale = store, stale
+
+    def __getattr__(self, name: str):
+        return getattr(self.store, name)
+
+    def list(self) -> list:
+        return list(self.stale)
+
+
+@pytest.mark.parametrize("meanwhile, restarted", [
+    pytest.param(lambda store, rule: store.delete(rule), False, id="rule-deleted"),
+    pytest.param(lambda store, rule: store.update(rule.expired(rule.created)), False, id="rule-cancelled"),
+    pytest.param(lambda store, rule: store.update(replace(rule, message="touched")), True, id="rule-touched"),
+])
+def test_item5_mark_conflict_rereads_and_restarts_only_for_a_rule_still_recorded(meanwhile, restarted: bool) -> None:
+    """The mark write gets 409 (the cache was stale): decide again on the fresh rule; a rule deleted or
+    cancelled meanwhile restarts nothing."""
+    w, _, rule = sold_out_world()
+    stale = w.store.list()
+    meanwhile(w.store, rule)
+    w.now += 1.5
+    reconciler = Reconciler(w.inventory, LaggingStore(w.store, stale), w.actions, clock=lambda: w.now)  # type: ignore
+    reconciler.run_once()
+    assert (("restart", "infer-b-2") in w.actions.calls) is restarted
+
+
+def test_item5_filter_note_never_claims_a_rule_that_was_not_recorded() -> None:
+    """infer-b-2's rule went to another pod (taken in the window before the fix): its next /filter must
+    record a rule of its own, under a new name, not hand back the taken one while saying 'recorded'."""
+    w, pending, rule = sold_out_world()
+    w.inventory.upsert_node(make_node("gpu-b", "A100-40GB", {"1g.5gb": 1, "2g.10gb": 1}))
+    w.inventory.upsert_pod(make_pod("b-holder", mig={"1g.5gb": 1}, node="gpu-b"))
+    w.store.update(rule.applied("infer-b-9", w.now, 120.0))
+    extender = ExtenderService(w.inventory, w.store, PlanSettings(), clock=lambda: w.now)
+    decision = extender.filter(pending, ["gpu-a", "gpu-b"])
+    assert "recorded" in decision.note and decision.record is not None
+    stored = w.store.get(rule.namespace, decision.record.name)
+    assert stored is not None and stored.name != rule.name
+    assert (stored.phase, stored.pod_uid) == (Phase.RECORDED, pending["metadata"]["uid"])
+
+
+# ---- issue 13 ------------------------------------------------------------------------------------
+
+
+def upgraded_and_freed(w: World, owner: tuple | None = OWNER, name: str = "p2") -> tuple[dict, object]:
+    """A pod upgraded onto 2g.10gb and bound, then its original 1g.5gb frees up: a restore is due."""
+    a1 = w.add(make_pod("a1", mig={"1g.5gb": 2}, node="gpu-a"))
+    pending = w.add(make_pod("p", mig={"1g.5gb": 1}, owner=owner))
+    rule = w.record_for(pending)
+    up = w.replace_with_upgraded(pending, rule, name, owner)
+    w.reconciler.run_once()
+    w.remove(a1)
+    w.now += 1
+    return up, rule
+
+
+def test_item4_restore_refused_by_pdb_is_retried() -> None:
+    w = World()
+    upgraded_and_freed(w)
+    w.actions.answer = RestartOutcome(Restart.REFUSED, "Cannot evict pod as it would violate the pod's disruption "
+                                                        "budget.")
+    counts = w.reconciler.run_once()
+    assert counts["restoring"] == 1 and counts["restore_refused"] == 1 and counts["restore_deferred"] == 1
+    (rule,) = w.store.list()
+    assert rule.phase is Phase.APPLIED and rule.restore_node == "" and rule.restore_attempts == 1
+    assert w.inventory.snapshot(w.store.list(), w.now).free("gpu-a", res("1g.5gb")) == 2  # original released
+    assert ("p2", "MigRestoreDeferred") in w.actions.events
+    w.now += 5
+    assert w.reconciler.run_once()["restoring"] == 0  # backing off, not hammering the PDB
+    w.actions.answer = RestartOutcome(Restart.EVICTED)
+    w.now = rule.retry_restore_at + 1
+    counts = w.reconciler.run_once()
+    assert counts["restoring"] == 1 and counts["restore_evicted"] == 1
+    assert w.actions.calls.count(("restart", "p2")) == 2 and w.store.list()[0].phase is Phase.RESTORING
+
+
+def test_item4_second_refusal_backs_off_longer() -> None:
+    w = World()
+    upgraded_and_freed(w)
+    w.actions.answer = RestartOutcome(Restart.REFUSED, "pdb")
+    w.reconciler.run_once()
+    first = w.store.list()[0]
+    w.now = first.retry_restore_at + 1
+    w.reconciler.run_once()
+    second = w.store.list()[0]
+    assert second.restore_attempts == 2
+    assert second.retry_restore_at - second.updated == 2 * (first.retry_restore_at - first.updated)
+
+
+RAY = ("RayCluster", "ray-1", "ray-uid", "ray.io/v1")
+
+
+def test_item6_unknown_owner_pod_is_never_restarted_and_told_why() -> None:
+    w = World()
+    w.add(make_pod("a1", mig={"1g.5gb": 2}, node="gpu-a"))
+    worker = w.add(make_pod("ray-worker", mig={"1g.5gb": 1}, owner=RAY))
+    snap = w.inventory.snapshot(w.store.list(), w.now)
+    decision = filter_pod(pod_info(worker), ["gpu-a"], snap)
+    assert decision.record is None and "ray.io/RayCluster" in str(decision.note)
+    for _ in range(3):
+        w.now += 2
+        w.reconciler.run_once()
+    assert w.actions.calls == [] and w.store.list() == []
+    told = [e for e in w.actions.events if e[1] == "MigSubstitutionSkipped"]
+    assert told == [("ray-worker", "MigSubstitutionSkipped")]
+
+
+def test_item6_unknown_owner_rule_from_before_is_cancelled_not_executed() -> None:
+    """A rule recorded for such a pod (by an older extender) is dropped, and the pod is not touched."""
+    w = World()
+    w.add(make_pod("a1", mig={"1g.5gb": 2}, node="gpu-a"))
+    worker = w.add(make_pod("ray-worker", mig={"1g.5gb": 1}, owner=RAY))
+    listed = PlanSettings(restartable_owners=frozenset({"RayCluster"}))
+    snap = w.inventory.snapshot(w.store.list(), w.now)
+    w.store.record(filter_pod(pod_info(worker), ["gpu-a"], snap, listed).record)
+    w.now += 2
+    counts = w.reconciler.run_once()
+    assert counts["cancelled"] == 1 and w.actions.calls == [] and w.store.list()[0].phase is Phase.EXPIRED
+
+
+def test_item6_listed_owner_is_evicted_not_recreated_by_us() -> None:
+    w = World()
+    w.reconciler.plan = PlanSettings(restartable_owners=frozenset({"ray.io/RayCluster"}))
+    w.add(make_pod("a1", mig={"1g.5gb": 2}, node="gpu-a"))
+    worker = w.add(make_pod("ray-worker", mig={"1g.5gb": 1}, owner=RAY))
+    snap = w.inventory.snapshot(w.store.list(), w.now)
+    w.store.record(filter_pod(pod_info(worker), ["gpu-a"], snap, w.reconciler.plan).record)
+    w.now += 2
+    w.reconciler.run_once()
+    assert w.actions.calls == [("restart", "ray-worker")]  # evicted: its operator recreates it, we do not
+
+
+JOB = ("Job", "train", "job-uid")
+
+
+def a_job(backoff_limit: int, failed: int = 0, ignore_disruptions: bool = False) -> dict:
+    spec: dict = {"backoffLimit": backoff_limit}
+    if ignore_disruptions:
+        spec["podFailurePolicy"] = {"rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]}
+    return {"metadata": {"name": "train", "uid": "job-uid"}, "spec": spec, "status": {"failed": failed}}
+
+
+@pytest.mark.parametrize("job, restarted", [
+    pytest.param(a_job(0), False, id="backoff-0-no-policy-skipped"),
+    pytest.param(a_job(0, ignore_disruptions=True), True, id="backoff-0-disruption-ignored"),
+    pytest.param(a_job(2, failed=1), True, id="room-in-backoff-limit"),
+    pytest.param(a_job(2, failed=2), False, id="no-room-left"),
+])
+def test_item7_job_upgrade_only_when_it_cannot_fail_the_job(job: dict, restarted: bool) -> None:
+    w = World()
+    w.actions.jobs["train"] = job
+    w.add(make_pod("a1", mig={"1g.5gb": 2}, node="gpu-a"))
+    pending = w.add(make_pod("train-x", mig={"1g.5gb": 1}, owner=JOB))
+    w.record_for(pending)
+    w.now += 1.5
+    counts = w.reconciler.run_once()
+    assert (("restart", "train-x") in w.actions.calls) is restarted
+    assert (counts["cancelled"] == 1 and ("train-x", "MigUpgradeSkipped") in w.actions.events) is not restarted
+
+
+def test_item7_two_job_pods_do_not_share_one_failure_of_room() -> None:
+    """backoffLimit 1, none failed yet: the first restart takes the room, the second must not."""
+    w = World()
+    w.inventory = inventory_of(make_node("gpu-a", "A100-40GB", {"1g.5gb": 2, "2g.10gb": 2}))
+    w.inventory._clock = lambda: w.now
+    w.reconciler.inventory = w.inventory
+    w.actions.jobs["train"] = a_job(1)
+    w.add(make_pod("a1", mig={"1g.5gb": 2}, node="gpu-a"))
+    first, second = (w.add(make_pod(n, mig={"1g.5gb": 1}, owner=JOB)) for n in ("train-1", "train-2"))
+    w.record_for(first)
+    w.record_for(second)
+    w.now += 1.5
+    w.reconciler.run_once()
+    assert sum(1 for c in w.actions.calls if c[0] == "restart") == 1
+
+
+def test_item7_job_pod_without_disruption_policy_is_not_restored() -> None:
+    w = World()
+    w.actions.jobs["train"] = a_job(6)
+    upgraded_and_freed(w, owner=JOB)
+    counts = w.reconciler.run_once()
+    assert counts["restoring"] == 0 and ("p2", "MigRestoreSkipped") in w.actions.events
+    assert not [c for c in w.actions.calls if c[0] == "restart"]
+    w.actions.jobs["train"] = a_job(6, ignore_disruptions=True)
+    w.now += 31  # the Job's verdict is re-read
+    assert w.reconciler.run_once()["restoring"] == 1
+
+
+def test_item8_bare_pod_whose_replacement_is_refused_is_left_alone() -> None:
+    w = World()
+    w.add(make_pod("blocker", mig={"1g.5gb": 2}, node="gpu-a"))
+    w.record_for(w.add(make_pod("solo", mig={"1g.5gb": 1})))
+    w.actions.answer = RestartOutcome(Restart.INVALID, "spec.ephemeralContainers: Forbidden")
+    w.now += 1.5
+    counts = w.reconciler.run_once()
+    assert counts["upgrade_invalid"] == 1 and counts["cancelled"] == 1
+    assert ("solo", "MigUpgradeSkipped") in w.actions.events and "solo" in w.actions.pods
+
+
+def test_item8_one_bad_stash_does_not_stall_the_others() -> None:
+    w = World()
+    w.add(make_pod("blocker", mig={"1g.5gb": 2}, node="gpu-a"))
+    bad = w.record_for(w.add(make_pod("bad", mig={"1g.5gb": 1})))
+    w.store.update(replace(bad, stash="{not json"))
+    pending = w.add(make_pod("p", mig={"1g.5gb": 1}, owner=OWNER))
+    good = w.record_for(pending)
+    w.replace_with_upgraded(pending, good, "p2", OWNER)
+    counts = w.reconciler.run_once()
+    assert counts["rule_errors"] == 1 and counts["applied"] == 1 and counts["bound"] == 1
+
+
+def test_item8_a_rule_holding_a_stash_is_never_garbage_collected() -> None:
+    w = World()
+    w.add(make_pod("blocker", mig={"1g.5gb": 2}, node="gpu-a"))
+    rule = w.record_for(w.add(make_pod("solo", mig={"1g.5gb": 1})))
+    w.store.update(replace(rule.expired(w.now), stash=json.dumps({"metadata": {"name": "solo"}})))
+    w.actions.finish_recreate = lambda *a: (_ for _ in ()).throw(RuntimeError("create refused"))
+    w.now += 2 * 3600  # past the reconciler's retention (1 h), within the memory store's (10 h)
+    counts = w.reconciler.run_once()
+    assert counts["deleted"] == 0 and w.store.list()[0].stash
+
+
+def test_item8_rule_errors_are_metered_as_errors() -> None:
+    w = World()
+    w.add(make_pod("blocker", mig={"1g.5gb": 2}, node="gpu-a"))
+    bad = w.record_for(w.add(make_pod("bad", mig={"1g.5gb": 1})))
+    w.store.update(replace(bad, stash="{not json"))
+    w.reconciler.run_once()
+    assert w.reconciler.metrics.actions.labels("rule_errors", "error")._value.get() == 1
+
+
+def test_item4_a_new_leader_resuming_a_refused_restore_defers_it() -> None:
+    """The old leader wrote Restoring and died before its eviction; the new one's eviction gets 429."""
+    w = World()
+    upgraded_and_freed(w)
+    (bound,) = w.store.list()
+    w.store.update(bound.restoring("gpu-a", w.now, 120.0))
+    w.actions.answer = RestartOutcome(Restart.REFUSED, "pdb")
+    fresh = Reconciler(w.inventory, w.store, w.actions, clock=lambda: w.now)
+    counts = fresh.run_once()
+    assert counts["restore_refused"] == 1 and counts["restore_deferred"] == 1
+    (rule,) = w.store.list()
+    assert rule.phase is Phase.APPLIED and rule.restore_node == "" and ("p2", "MigRestoreDeferred") in w.actions.events

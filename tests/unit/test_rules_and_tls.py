@@ -29,7 +29,8 @@ def a_rule(owner: Owner | None = RS_OWNER):
 @pytest.mark.parametrize("phase", list(Phase))
 def test_rule_round_trips_through_the_object(phase: Phase) -> None:
     rule = replace(a_rule(), phase=phase, applied_pod="web-y", bound_pod="uid-y", restore_node="gpu-b",
-                   resource_version="42", updated=1795458200.5)
+                   resource_version="42", updated=1795458200.5, restart_at=1795458141.75,
+                   claimed_until=1795458171.5, restore_attempts=2, retry_restore_at=1795458300.5)
     assert rule_from_object(rule_to_object(rule)) == rule
 
 
@@ -80,3 +81,10 @@ def test_tls_context_reloads_changed_files_and_keeps_the_old_pair_on_garbage(tmp
     assert ctx.check() is True and ctx.reloads == 1
     (tmp_path / "tls.crt").write_text("garbage")
     assert ctx.check() is False and isinstance(ctx.context, ssl.SSLContext)
+
+
+def test_debug_rules_show_the_mark_and_the_claim_as_times() -> None:
+    """/debug/rules (Rule.to_dict) writes every time the way the MigSubstitution status does."""
+    out = replace(a_rule(), restart_at=1795458141.0).claimed(1795458142.0, 30.0).to_dict()
+    assert (out["restart_at"], out["claimed_until"]) == ("2026-11-23T18:22:21Z", "2026-11-23T18:22:52Z")
+    assert a_rule().to_dict()["restart_at"] == ""

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
+from kubernetes import client
 
 from mig_extender.cluster.rulestore import ConflictError, MemoryRuleStore, update_with_retry
+from mig_extender.cluster.rulestore_kube import KubeRuleStore
 from mig_extender.core.resources import PodInfo, ResourceCount
-from mig_extender.core.rules import Phase, new_rule
+from mig_extender.core.rules import TRANSITIONS, Phase, new_rule, rule_to_object
 
 
 def a_rule():
@@ -35,7 +39,7 @@ def test_stale_write_is_a_conflict() -> None:
 def test_update_with_retry_decides_again_on_the_fresh_rule() -> None:
     store = MemoryRuleStore()
     stale = store.record(a_rule())
-    store.update(stale.applied("winner", 1001.0, 60.0))  # someone else got there first
+    store.update(replace(stale, applied_pod="winner"))  # someone else wrote first (same phase)
     seen = []
 
     def change(rule):
@@ -44,7 +48,7 @@ def test_update_with_retry_decides_again_on_the_fresh_rule() -> None:
 
     stored = update_with_retry(store, stale, change)
     assert seen == ["", "winner"]  # tried on the stale copy, refused, re-read, applied to the fresh one
-    assert stored.message == "after winner" and stored.phase is Phase.APPLIED
+    assert stored.message == "after winner" and stored.phase is Phase.RECORDED
 
 
 def test_update_with_retry_gives_up_on_a_deleted_rule() -> None:
@@ -60,3 +64,76 @@ def test_finished_rules_fall_out_after_retention() -> None:
     store.record(a_rule())
     now[0] = 11
     assert store.list() == []
+
+
+class RecordingObjectsApi:
+    """Stands in for the generated CustomObjectsApi: answers with the object written, records the kwargs."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict]] = []
+
+    def _answer(self, name: str, obj: dict, kwargs: dict):
+        self.calls.append((name, kwargs))
+        return SimpleNamespace(data=json.dumps(obj).encode(), release_conn=lambda: None)
+
+    def replace_namespaced_custom_object_status(self, group, version, namespace, plural, name, body, **kwargs):
+        body = {**rule_to_object(a_rule()), "status": body["status"]}
+        body["metadata"]["resourceVersion"] = "8"
+        return self._answer("update", body, kwargs)
+
+    def get_namespaced_custom_object(self, group, version, namespace, plural, name, **kwargs):
+        return self._answer("fetch", {**rule_to_object(a_rule()), "metadata": {
+            **rule_to_object(a_rule())["metadata"], "resourceVersion": "8"}}, kwargs)
+
+
+@pytest.mark.parametrize("timeout", [pytest.param(0.7, id="bounded"), pytest.param(None, id="client-default")])
+def test_item15_kube_store_bounds_the_calls_the_webhook_makes(timeout: float | None) -> None:
+    """The webhook's claim and re-read must end inside the API server's 3 s admission deadline: the
+    timeout reaches the client as _request_timeout, and only when the caller gives one."""
+    store = KubeRuleStore(client.ApiClient())
+    api = store._api = RecordingObjectsApi()  # type: ignore[assignment]
+    claimed = store.update(a_rule().claimed(1000.0, 30.0), timeout=timeout)
+    store.fetch("ns", claimed.name, timeout=timeout)
+    assert claimed.claimed_until == 1030.0
+    expected = {} if timeout is None else {"_request_timeout": timeout}
+    assert [(name, {k: v for k, v in kw.items() if k != "_preload_content"}) for name, kw in api.calls] == [
+        ("update", expected), ("fetch", expected)]
+
+
+def test_item14_retried_transition_cannot_resurrect_an_expired_rule() -> None:
+    """A restore decided on a stale Restoring copy must not turn the (meanwhile) Expired rule Applied."""
+    store = MemoryRuleStore()
+    bound = store.record(a_rule())
+    bound = store.update(bound.bound("uid-p2", "p2", "n", 1001.0))
+    restoring = store.update(bound.restoring("n", 1002.0, 60.0))
+    store.update(restoring.expired(1100.0))  # another writer expired it first
+    refused: list[str] = []
+    stored = update_with_retry(store, restoring, lambda r: r.restore_deferred(1101.0, 30.0, "refused"),
+                               refused=refused.append)
+    assert stored is None and store.get("ns", bound.name).phase is Phase.EXPIRED
+    assert len(refused) == 1 and "Expired" in refused[0]
+
+
+@pytest.mark.parametrize("before, after, allowed", [
+    pytest.param(Phase.RECORDED, Phase.APPLIED, True, id="recorded-applied"),
+    pytest.param(Phase.APPLIED, Phase.RESTORING, True, id="applied-restoring"),
+    pytest.param(Phase.RESTORING, Phase.APPLIED, True, id="restoring-deferred"),
+    pytest.param(Phase.RESTORING, Phase.RESTORED, True, id="restoring-restored"),
+    pytest.param(Phase.EXPIRED, Phase.APPLIED, False, id="expired-applied"),
+    pytest.param(Phase.EXPIRED, Phase.EXPIRED, False, id="expired-expired"),
+    pytest.param(Phase.RESTORED, Phase.RESTORING, False, id="restored-restoring"),
+    pytest.param(Phase.RECORDED, Phase.RESTORING, False, id="recorded-restoring"),
+])
+def test_item14_transition_table(before: Phase, after: Phase, allowed: bool) -> None:
+    assert ((before, after) in TRANSITIONS) is allowed
+
+
+def test_item14_a_phase_change_between_decision_and_retry_is_refused() -> None:
+    """The change was decided for an Applied rule; the fresh one is Restoring: deciding again is the caller's job."""
+    store = MemoryRuleStore()
+    stale = store.record(a_rule())
+    stale = store.update(stale.bound("uid-p2", "p2", "n", 1001.0))
+    store.update(stale.restoring("n", 1002.0, 60.0))
+    refused: list[str] = []
+    assert update_with_retry(store, stale, lambda r: r.bound("uid-x", "x", "n", 1003.0), refused=refused.append) is None
+    assert store.get("ns", stale.name).phase is Phase.RESTORING and refused

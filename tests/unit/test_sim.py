@@ -246,3 +246,61 @@ def test_simulator_imports_no_framework() -> None:
         roots = {name.split(".")[0] for name in names}
         assert not roots & forbidden, f"{path.name} imports {roots & forbidden}"
         assert not {name.lstrip(".") for name in names} & edges, f"{path.name} imports an edge module"
+
+
+@pytest.mark.parametrize("policy", ["upgrade", "mig-extender"])
+def test_issue17_placed_and_waiting_add_up_to_arrivals_with_restarts_reported_apart(policy: str) -> None:
+    """Issue 17: a restored pod waiting for its replacement was counted in waiting_at_end although it had
+    been placed, so placed + waiting_at_end exceeded arrivals for the policies that restart."""
+    found_restarting = False
+    for seed in (1, 2, 3):
+        cfg = SimConfig(nodes=4, load=1.2, duration=3600.0, seed=seed, mean_lifetime=300.0)
+        m = run(cfg, (policy,))[policy]
+        assert m["restarts"] > 0
+        assert m["placed"] + m["waiting_at_end"] == m["arrivals"]
+        assert m["in_restart_at_end"] >= 0
+        found_restarting |= m["in_restart_at_end"] > 0
+    assert found_restarting, "no seed ended with a pod in restart: the case is not exercised"
+
+
+def test_issue17_time_to_run_is_reported_per_requested_profile() -> None:
+    """Issue 17: no class may starve for the others' sake, so the run reports each profile's percentiles."""
+    cfg = SimConfig(nodes=4, load=1.2, duration=3600.0, seed=1, mean_lifetime=300.0)
+    m = run(cfg, ("stock",))["stock"]
+    profiles = m["by_profile"]
+    assert list(profiles) == ["1g.5gb", "2g.10gb", "3g.20gb"]
+    assert sum(p["arrivals"] for p in profiles.values()) == m["arrivals"]
+    assert sum(p["placed"] for p in profiles.values()) == m["placed"]
+    # stock never substitutes: some profile waits at the end, and its tail is the run's worst
+    assert max(p["time_to_run_p99"] for p in profiles.values()) >= m["time_to_run_p99"]
+    out = simulate("--nodes", "4", "--duration", "1800", "--policies", "stock")[1]
+    assert "[2g.10gb] time to run p99 (s)" in out
+
+
+def test_issue17_plot_marks_the_burst_where_the_workload_puts_it() -> None:
+    """Issue 17: the plot shades the burst; its window is the one workload.synthetic draws arrivals in."""
+    from mig_extender.sim.runner import burst_window, plot_title
+
+    cfg = SimConfig(nodes=2, duration=1200.0, load=0.5, burst="2g:40@300", seed=3)
+    prep = prepare(cfg)
+    start, end = burst_window(cfg, prep.duration)
+    burst = [j for j in prep.jobs if start <= j.arrival <= end and j.resource.endswith("2g.10gb")]
+    assert len(burst) >= 40
+    middle = burst_window(replace(cfg, burst="2g:40"), prep.duration)
+    assert middle == (prep.duration / 2, prep.duration / 2 + 60.0)
+    assert burst_window(replace(cfg, burst=""), prep.duration) is None
+    assert plot_title(cfg, prep) == ("synthetic, mix 1g=0.5,2g=0.3,3g=0.2: 2 nodes x 8 A100-40GB, all-balanced "
+                                     "layout, load 0.5, seed 3, burst 2g:40@300")
+
+
+def test_issue17_plot_draws_waiting_restarts_and_useful_utilisation(tmp_path: Path) -> None:
+    """The PNG is written with the three panels' data (needs the [plot] extra)."""
+    pytest.importorskip("matplotlib")
+    from mig_extender.sim.report import plot
+
+    cfg = SimConfig(nodes=2, duration=1200.0, load=1.2, burst="1g:40@300", seed=3)
+    prep = prepare(cfg)
+    results = run_all(prep, ("stock", "upgrade"), cfg.mech, jobs=1)
+    assert all(len(point) == 6 for r in results.values() for point in r.timeline)
+    plot(results, str(tmp_path / "p.png"), "t", (300.0, 360.0))
+    assert (tmp_path / "p.png").stat().st_size > 10_000

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import base64
-import copy
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from pathlib import Path
 
 import jsonpatch
 import pytest
 
-from mig_extender.cluster.rulestore import MemoryRuleStore
+from mig_extender.cluster.rulestore import ConflictError, MemoryRuleStore
 from mig_extender.components.settings import Settings
 from mig_extender.components.webhook import WebhookService
 from mig_extender.core.admission import ReviewError, escape, mutate
@@ -24,22 +24,24 @@ from mig_extender.core.resources import (
     pod_info,
 )
 from mig_extender.core.rules import new_rule
+from mig_extender.core.schedconfig import SCHEDULER_NAME
 from mig_extender.web.app import create_webhook_app
-from tests.builders import make_pod, res
+from tests.builders import RECORDED_REVIEW, admission_review, make_pod, res
 
-RECORDED = json.loads((Path(__file__).resolve().parents[1] / "fixtures/admission-review-pod-create.json").read_text())
+RECORDED = RECORDED_REVIEW
 NOW = 1000.0
+review = admission_review
 
 
-def review(pod: dict, operation: str = "CREATE", dry_run: bool = False) -> dict:
-    body = copy.deepcopy(RECORDED)
-    body["request"].update(object=pod, operation=operation, dryRun=dry_run, namespace=pod["metadata"]["namespace"])
-    return body
+MARK = 950.0  # when the reconciler began restarting the pending pod (rule.restart_at)
 
 
-def rs_rule(original: str = "1g.10gb", substitute: str = "2g.20gb", uid: str = "rs-1", pod_uid: str = "old"):
+def rs_rule(original: str = "1g.10gb", substitute: str = "2g.20gb", uid: str = "rs-1", pod_uid: str = "old",
+            marked: bool = True):
+    """A ReplicaSet pod's rule; ``marked``: its pending pod is being restarted (the replacement may take it)."""
     pending = pod_info(make_pod("web-old", mig={original: 1}, owner=("ReplicaSet", "web", uid), uid=pod_uid))
-    return new_rule(pending, ResourceCount(res(original), 1), ResourceCount(res(substitute), 1), "gpu-a", 900.0, 300.0)
+    rule = new_rule(pending, ResourceCount(res(original), 1), ResourceCount(res(substitute), 1), "gpu-a", 900.0, 300.0)
+    return rule.restarting(MARK) if marked else rule
 
 
 def apply_patch(pod: dict, response: dict) -> dict:
@@ -90,17 +92,35 @@ def test_pods_the_rule_is_not_for_pass_untouched(pod: dict, why: str) -> None:
     assert m.patch == [] and m.rule is None, why
 
 
-def test_expired_claimed_and_non_create_requests_are_untouched() -> None:
+def test_expired_claimed_skipped_and_non_create_requests_are_untouched() -> None:
     pod = make_pod(mig={"1g.10gb": 1}, owner=("ReplicaSet", "web", "rs-1"))
     rule = rs_rule()
     assert mutate(review(pod), [rule], now=rule.expires + 1).rule is None
-    assert mutate(review(pod), [rule], claimed={rule.name}, now=NOW).rule is None
+    assert mutate(review(pod), [rule.claimed(NOW - 1, 30.0)], now=NOW).rule is None
+    assert mutate(review(pod), [rule.claimed(NOW - 31, 30.0)], now=NOW).rule == rule.claimed(NOW - 31, 30.0)
+    assert mutate(review(pod), [rule], skip={rule.name}, now=NOW).rule is None
     assert mutate(review(pod, operation="UPDATE"), [rule], now=NOW).rule is None
+
+
+@pytest.mark.parametrize("marked, created, takes", [
+    pytest.param(False, "", False, id="sibling-before-the-restart"),
+    pytest.param(True, "", True, id="replacement-after-the-restart"),
+    pytest.param(True, "1970-01-01T00:10:00Z", False, id="pod-created-long-before-the-restart"),
+])
+def test_item5_sibling_pod_does_not_steal_pending_pods_rule(marked: bool, created: str, takes: bool) -> None:
+    """Issue 13 item 5: a rule belongs to the pending pod it was recorded for until the reconciler restarts
+    that pod; a new pod of the same ReplicaSet (an HPA scale-up) created before then must not take it, or
+    the pending pod is never restarted. At admission the pod has no creationTimestamp (the API server sets
+    it after the webhooks), so only the restart mark decides; a pod created before the mark never takes it."""
+    rule = rs_rule(marked=marked)
+    pod = make_pod(mig={"1g.10gb": 1}, owner=("ReplicaSet", "web", "rs-1"), uid="", created=created)
+    assert (mutate(review(pod), [rule], now=NOW).rule == rule) is takes
 
 
 def test_bare_pod_is_matched_by_name() -> None:
     pending = pod_info(make_pod("solo", mig={"1g.10gb": 1}, uid="u-old"))
     rule = new_rule(pending, ResourceCount(res("1g.10gb"), 1), ResourceCount(res("2g.20gb"), 1), "n", 900.0, 300.0)
+    rule = rule.restarting(MARK)  # the reconciler deleted it and creates it again under its name
     assert mutate(review(make_pod("solo", mig={"1g.10gb": 1}, uid="")), [rule], now=NOW).rule == rule
     assert mutate(review(make_pod("other", mig={"1g.10gb": 1}, uid="")), [rule], now=NOW).rule is None
 
@@ -120,6 +140,24 @@ def test_scheduler_injection_only_for_opted_in_namespaces() -> None:
     assert mutate(review(pod), [], namespace_labels={}, now=NOW).patch == []
     plain = make_pod()  # no MIG: never touched, even when opted in
     assert mutate(review(plain), [], namespace_labels={LABEL_SCHEDULER_OPT_IN: "true"}, now=NOW).patch == []
+
+
+SCHEDULER_OP = {"op": "add", "path": "/spec/schedulerName", "value": SCHEDULER_NAME}
+
+
+@pytest.mark.parametrize("annotations, labels, patch, result", [
+    pytest.param({ANN_SUBSTITUTE: "false"}, {LABEL_SCHEDULER_OPT_IN: "true"}, [SCHEDULER_OP], "scheduler",
+                 id="opted-out-pod-opted-in-namespace"),
+    pytest.param({ANN_SUBSTITUTE: "false"}, {}, [], "untouched", id="opted-out-pod-plain-namespace"),
+])
+def test_item3_opted_out_mig_pod_still_gets_the_scheduler(annotations: dict, labels: dict, patch: list,
+                                                          result: str) -> None:
+    """Issue 13 item 3: opting out of substitution must not leave a MIG pod on the default scheduler in an
+    opted-in namespace (two schedulers would count the same slices differently); the rule it would
+    otherwise match is still not applied."""
+    pod = make_pod(mig={"1g.10gb": 1}, owner=("ReplicaSet", "web", "rs-1"), annotations=annotations)
+    m = mutate(review(pod), [rs_rule()], namespace_labels=labels, now=NOW)
+    assert (m.patch, m.rule, m.result) == (patch, None, result)
 
 
 @pytest.mark.parametrize("body", [None, [], {}, {"request": {}}, {"request": {"uid": 5}}])
@@ -188,3 +226,154 @@ def test_webhook_metrics_and_health(store: MemoryRuleStore) -> None:
     client.post("/mutate", json=RECORDED)
     assert client.get("/healthz").status_code == 200 and client.get("/readyz").status_code == 200
     assert 'mig_extender_webhook_mutations_total{result="untouched"} 1.0' in client.get("/metrics").data.decode()
+
+
+# -- issue 13 item 15: a rule is claimed through the store (compare-and-swap), not in a replica's memory ------
+
+
+class ReadTogether(MemoryRuleStore):
+    """Two replicas' caches: the first ``readers`` list() calls wait for each other, so every replica decides
+    on the rules as they were before any of them claimed one (as two informers lagging behind each other)."""
+
+    def __init__(self, readers: int = 2) -> None:
+        super().__init__()
+        self._barrier = threading.Barrier(readers, timeout=5)
+        self._waiting = readers
+        self._count = threading.Lock()
+
+    def list(self):
+        rules = super().list()
+        with self._count:
+            wait, self._waiting = self._waiting > 0, self._waiting - 1
+        if wait:
+            self._barrier.wait()
+        return rules
+
+
+def generated_pod() -> dict:
+    """A ReplicaSet's new pod as admission sees it: generateName, no name, no uid, no creationTimestamp."""
+    pod = make_pod(mig={"1g.10gb": 1}, owner=("ReplicaSet", "web", "rs-1"), uid="")
+    pod["metadata"]["generateName"] = pod["metadata"].pop("name")[:4] + "-"
+    return pod
+
+
+def stamped(pod: dict, answer: dict) -> str:
+    """The rule name the answer's patch stamps on ``pod`` ('' when it does not substitute)."""
+    if "patch" not in answer["response"]:
+        return ""
+    return (apply_patch(pod, answer)["metadata"].get("annotations") or {}).get(ANN_RULE, "")
+
+
+def admit(service: WebhookService, dry_run: bool = False) -> str:
+    """Admit a new pod of ReplicaSet web through ``service``; the rule it was handed, or ''."""
+    pod = generated_pod()
+    return stamped(pod, service.review(review(pod, dry_run=dry_run)))
+
+
+@pytest.mark.parametrize("rules", [pytest.param(1, id="one-rule-one-winner"),
+                                   pytest.param(2, id="two-rules-the-loser-takes-the-next")])
+def test_item15_two_webhook_replicas_hand_one_rule_to_one_pod(rules: int) -> None:
+    """Issue 13 item 15: the manifests run two webhook replicas; each kept its claims in its own memory, so
+    a burst of one ReplicaSet's pods could be handed the same rule twice. The claim is now a
+    compare-and-swap on the rule: exactly one replica wins it, the other tries the next eligible rule."""
+    store = ReadTogether()
+    recorded = [store.record(replace(rs_rule(pod_uid=f"old-{i}"), expires=NOW + 300, created=900.0 + i))
+                for i in range(rules)]
+    replicas = [WebhookService(store, clock=lambda: NOW) for _ in range(2)]
+    pods = [generated_pod() for _ in replicas]
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda i: replicas[i].review(review(pods[i])), range(2)))
+    names = sorted(stamped(pod, answer) for pod, answer in zip(pods, answers, strict=True))
+    assert names == sorted([r.name for r in recorded] + [""] * (2 - rules))
+    for rule in recorded:
+        claimed = store.get(rule.namespace, rule.name)
+        assert claimed.claimed_until == NOW + replicas[0].claim_ttl and claimed.applied_pod == ""
+    lost = sum(r.metrics.webhook_claims.labels("lost")._value.get() for r in replicas)
+    assert lost == 1
+
+
+class FailingWrites(MemoryRuleStore):
+    """Reads work; every write fails the way ``failure`` says (the API server down, slow, or contended)."""
+
+    def __init__(self, failure: Exception) -> None:
+        super().__init__()
+        self.failure = failure
+        self.writes: list[float | None] = []
+
+    def update(self, rule, timeout=None):
+        self.writes.append(timeout)
+        raise self.failure
+
+
+@pytest.mark.parametrize("failure, outcome", [
+    pytest.param(RuntimeError("connection refused"), "error", id="api-down"),
+    pytest.param(TimeoutError("read timed out"), "error", id="timeout"),
+    pytest.param(ConflictError("409"), "lost", id="conflict-storm"),
+])
+def test_item15_a_failed_claim_admits_the_pod_unchanged_and_counts_it(failure: Exception, outcome: str) -> None:
+    """The claim is an API call: when it fails the pod is admitted without substitution (never blocked),
+    the scheduler still injected, the failure counted, and every call bounded in time."""
+    store = FailingWrites(failure)
+    store.record(replace(rs_rule(), expires=NOW + 300))
+    service = WebhookService(store, lambda ns: {LABEL_SCHEDULER_OPT_IN: "true"}, clock=lambda: NOW)
+    pod = generated_pod()
+    answer = service.review(review(pod))
+    assert answer["response"]["allowed"] is True and stamped(pod, answer) == ""
+    assert apply_patch(pod, answer)["spec"]["schedulerName"] == SCHEDULER_NAME
+    assert service.metrics.webhook_claims.labels(outcome)._value.get() == 1
+    assert store.writes and all(t is not None and 0 < t <= service.api_timeout for t in store.writes)
+
+
+class CountingWrites(MemoryRuleStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def update(self, rule, timeout=None):
+        self.writes += 1
+        return super().update(rule, timeout)
+
+
+def test_item15_dry_run_writes_nothing_and_claims_expire() -> None:
+    """A dryRun request makes no write (sideEffects: NoneOnDryRun); a claim whose pod never materialised
+    (a later admission plugin refused it) stops holding the rule after claim_ttl."""
+    now = [NOW]
+    store = CountingWrites()
+    rule = store.record(replace(rs_rule(), expires=NOW + 300))
+    service = WebhookService(store, clock=lambda: now[0], claim_ttl=30.0)
+    assert admit(service, dry_run=True) == rule.name
+    assert store.writes == 0
+    assert admit(service) == rule.name  # claimed; a later admission plugin refuses the pod
+    now[0] += 29.0
+    assert admit(service) == ""
+    now[0] += 2.0
+    assert admit(service) == rule.name
+    assert store.writes == 2
+
+
+class LaggingMarks(MemoryRuleStore):
+    """The webhook's watch has not delivered the reconciler's restart mark yet: list() shows rules as they
+    were recorded; fetch() reads the source of truth."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fetches = 0
+
+    def list(self):
+        return [replace(r, restart_at=0.0) for r in super().list()]
+
+    def fetch(self, namespace, name, timeout=None):
+        self.fetches += 1
+        return super().fetch(namespace, name)
+
+
+def test_item15_replacement_admitted_before_the_watch_shows_the_mark_still_gets_the_rule() -> None:
+    """The reconciler writes the mark and at once restarts the pod; its replacement can reach the webhook
+    before the webhook's watch delivers the mark. A rule of the workload that looks unmarked is read fresh
+    (one bounded GET) before the pod is turned away; pods of other workloads cost no API call."""
+    store = LaggingMarks()
+    rule = store.record(replace(rs_rule(), expires=NOW + 300))
+    service = WebhookService(store, clock=lambda: NOW)
+    other = make_pod(mig={"1g.10gb": 1}, owner=("ReplicaSet", "other", "rs-2"), uid="")
+    assert stamped(other, service.review(review(other))) == "" and store.fetches == 0
+    assert admit(service) == rule.name and store.fetches == 1

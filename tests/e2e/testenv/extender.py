@@ -23,9 +23,10 @@ from .binaries import REPO_ROOT
 NO_PROXY = {"http": "", "https": ""}
 
 
-def cli_argv(*args: str) -> list[str]:
-    """`mig-extender ARGS` from this checkout, installed (`pip install -e .`) or not."""
-    return [sys.executable, "-m", "mig_extender.cli", *args]
+def cli_argv(*args: str, module: str = "mig_extender.cli") -> list[str]:
+    """`mig-extender ARGS` from this checkout, installed (`pip install -e .`) or not; ``module`` may name a
+    wrapper that runs the same CLI (e.g. testenv.slowlist, a fault injector)."""
+    return [sys.executable, "-m", module, *args]
 
 
 class ExtenderProcess:
@@ -37,8 +38,10 @@ class ExtenderProcess:
         args: Sequence[str] = (),
         env: dict[str, str] | None = None,
         die_with_parent: bool = True,
+        module: str = "mig_extender.cli",
     ) -> None:
         self.kubeconfig = kubeconfig
+        self.module = module
         self.log = log
         self.args = tuple(args)
         self.env = env
@@ -63,7 +66,8 @@ class ExtenderProcess:
                 time.sleep(1.0)
             self.port = port or procs.free_port()
             argv = cli_argv(
-                "serve", "--bind", f"127.0.0.1:{self.port}", "--kubeconfig", str(self.kubeconfig), *self.args
+                "serve", "--bind", f"127.0.0.1:{self.port}", "--kubeconfig", str(self.kubeconfig), *self.args,
+                module=self.module,
             )
             self.process = procs.start(
                 "mig-extender", argv, self.log, env=self.env, cwd=REPO_ROOT, die_with_parent=self.die_with_parent
@@ -88,6 +92,20 @@ class ExtenderProcess:
 
     def alive(self) -> bool:
         return self.process is not None and self.process.alive()
+
+    def worker_pids(self) -> list[int]:
+        """The gunicorn workers: children of the master (the process started), from /proc."""
+        if self.process is None:
+            return []
+        master, out = self.process.pid, []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue  # exited meanwhile
+            if int(fields[1]) == master:  # field 4 of stat, after "pid (comm) state"
+                out.append(int(stat.parent.name))
+        return out
 
     def ready(self) -> bool:
         try:

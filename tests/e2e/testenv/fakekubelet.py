@@ -28,7 +28,7 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -133,6 +133,7 @@ class FakeKubelet:
         self._decisions: list[Admission] = []
         self._pending_writes: set[Future[None]] = set()
         self._held: list[tuple[str, dict[str, Any]]] | None = None  # pod events deferred by holding_pods()
+        self._node_observers: list[Callable[[dict[str, Any]], None]] = []
         self._writers = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="fakekubelet-write")
         self._node_reflector = Reflector(
             "nodes",
@@ -323,12 +324,31 @@ class FakeKubelet:
             elif _rv(node) >= state.resource_version:
                 state.allocatable, state.resource_version = allocatable, _rv(node)
 
+    def observe_nodes(self, callback: Callable[[dict[str, Any]], None]) -> None:
+        """Call ``callback(node)`` for every node the watch lists or changes (not deletions), on the
+        watch thread and without the lock: node agents (the fake MIG manager) hook in here. It must
+        return quickly."""
+        self._node_observers.append(callback)
+
+    def unobserve_nodes(self, callback: Callable[[dict[str, Any]], None]) -> None:
+        if callback in self._node_observers:
+            self._node_observers.remove(callback)
+
+    def _tell_observers(self, nodes: list[dict[str, Any]]) -> None:
+        for node in nodes:
+            for callback in list(self._node_observers):
+                try:
+                    callback(node)
+                except Exception:
+                    log.exception("node observer failed on %s", node["metadata"]["name"])
+
     def _on_node_list(self, items: list[dict[str, Any]]) -> None:
         with self._lock:
             for gone in set(self._nodes) - {n["metadata"]["name"] for n in items}:
                 self._nodes.pop(gone)
             for node in items:
                 self._learn_node(node)
+        self._tell_observers(items)
 
     def _on_node_event(self, kind: str, node: dict[str, Any]) -> None:
         if kind == "DELETED":
@@ -336,6 +356,7 @@ class FakeKubelet:
                 self._nodes.pop(node["metadata"]["name"], None)
         else:
             self._learn_node(node)
+            self._tell_observers([node])
 
     def _heartbeat_loop(self) -> None:
         last_status = time.monotonic()

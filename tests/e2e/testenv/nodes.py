@@ -195,9 +195,11 @@ class NodeRegistry:
                 patch["spec"] = {"taints": taints}
             raw(self.core.patch_node, name, patch, _content_type=MERGE_PATCH)
         # a merge patch merges maps key by key (RFC 7386): a resource that went away must be sent as null
+        # or it stays in capacity and allocatable with its old quantity
         gone = {key: None for key in old_capacity if key not in capacity}
-        patch = {**status, "capacity": {**gone, **status["capacity"]}, "allocatable": {**gone, **status["allocatable"]}}
-        stored = raw(self.core.patch_node_status, name, {"status": patch}, _content_type=MERGE_PATCH)
+        status["capacity"] = {**gone, **status["capacity"]}
+        status["allocatable"] = {**gone, **status["allocatable"]}
+        stored = raw(self.core.patch_node_status, name, {"status": status}, _content_type=MERGE_PATCH)
         return self.clear_startup_taints(stored)
 
     def clear_startup_taints(self, node: Mapping[str, Any]) -> dict[str, Any]:

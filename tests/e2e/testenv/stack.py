@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,7 @@ class Stack:
     # -- components -----------------------------------------------------------------------------
 
     def apply_crd(self) -> None:
-        crd = yaml.safe_load((REPO_ROOT / "manifests/crd.yaml").read_text())
+        crd = yaml.safe_load((REPO_ROOT / "manifests/base/crd.yaml").read_text())
         ext = client.ApiextensionsV1Api(self.api)
         with contextlib.suppress(ApiException):
             ext.create_custom_resource_definition(crd)
@@ -147,7 +148,7 @@ class Stack:
                         {"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}
                     ],
                     "failurePolicy": "Ignore",
-                    "sideEffects": "None",
+                    "sideEffects": "NoneOnDryRun",  # as manifests/base/webhook.yaml: the claim is a write
                     "timeoutSeconds": 3,
                     "admissionReviewVersions": ["v1"],
                     "reinvocationPolicy": "Never",
@@ -162,7 +163,8 @@ class Stack:
     def stop_webhook(self) -> None:
         self._stop("lifecycle-webhook")
 
-    def start_reconciler(self, identity: str = "reconciler-1") -> None:
+    def start_reconciler(self, identity: str = "reconciler-1", env: dict[str, str] | None = None) -> None:
+        """``env``: extra environment (e.g. MIG_EXTENDER_RESTARTABLE_OWNERS) on top of this process's."""
         port = procs.free_port()
         argv = cli_argv(
             "reconcile",
@@ -175,7 +177,8 @@ class Stack:
             "--log-level",
             "debug",
         )
-        self._start(f"lifecycle-{identity}", argv, lambda: self._get(f"http://127.0.0.1:{port}/readyz", False))
+        self._start(f"lifecycle-{identity}", argv, lambda: self._get(f"http://127.0.0.1:{port}/readyz", False),
+                    env={**os.environ, **env} if env else None)
 
     def stop_reconciler(self, identity: str = "reconciler-1") -> None:
         """A graceful stop (SIGTERM): the reconciler releases its Lease on the way out."""
@@ -209,8 +212,8 @@ class Stack:
         assert done.returncode == 0, f"{argv}: {done.stderr}"
         return done.stdout
 
-    def _start(self, name: str, argv: list[str], ready: Any) -> None:
-        proc = procs.start(name, argv, self.cluster.log_path(name), cwd=REPO_ROOT, die_with_parent=True)
+    def _start(self, name: str, argv: list[str], ready: Any, env: dict[str, str] | None = None) -> None:
+        proc = procs.start(name, argv, self.cluster.log_path(name), env=env, cwd=REPO_ROOT, die_with_parent=True)
         self.procs[name] = proc
         procs.wait_ready(proc, ready, 60)
 
