@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.api.test_gunicorn import free_port
+from tests.api.served import free_port, serving_example_snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
 FILTER_BODY = json.loads((ROOT / "examples/filter-1g.json").read_text())
@@ -25,25 +23,8 @@ SOLD_OUT_POD = FILTER_BODY["Pod"]["metadata"]["name"]  # infer-b-...: asks for 1
 
 @pytest.fixture(scope="module")
 def served() -> Iterator[tuple[str, str]]:
-    port, ops = free_port(), free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mig_extender.cli", "serve", "--snapshot", str(ROOT / "examples/cluster-snapshot.json"),
-         "--bind", f"127.0.0.1:{port}", "--metrics-bind", f"127.0.0.1:{ops}"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, env=_env())
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            if requests.get(url + "/readyz", timeout=1).status_code == 200:
-                break
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    else:
-        os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail("mig-extender serve did not become ready: " + proc.stdout.read().decode()[-2000:])
-    yield url, f"http://127.0.0.1:{ops}"
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=15)
+    with serving_example_snapshot(env=_env()) as s:
+        yield s.url, s.ops
 
 
 def _env() -> dict[str, str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,36 +13,15 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.api.served import free_port, serving_example_snapshot
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def served():
-    port, ops = free_port(), free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mig_extender.cli", "serve", "--snapshot", str(ROOT / "examples/cluster-snapshot.json"),
-         "--bind", f"127.0.0.1:{port}", "--metrics-bind", f"127.0.0.1:{ops}"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 20
-    while time.time() < deadline:
-        try:
-            if requests.get(url + "/readyz", timeout=1).status_code == 200:
-                break
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    else:
-        os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail("mig-extender serve did not become ready: " + proc.stdout.read().decode()[-2000:])
-    yield url, proc, f"http://127.0.0.1:{ops}"
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=15)
+    with serving_example_snapshot(ready_within=20) as s:
+        yield s.url, s.proc, s.ops
 
 
 def test_readme_curl_session(served) -> None:
