@@ -36,9 +36,14 @@ def _bounded(timeout: float | None) -> dict[str, Any]:
 
 
 def _rv(rule: Rule) -> int:
+    return _rv_text(rule.resource_version)
+
+
+def _rv_text(version: Any) -> int:
+    """A resourceVersion as a number, for ordering copies of one object (-1 when absent or opaque)."""
     try:
-        return int(rule.resource_version)
-    except ValueError:
+        return int(version)
+    except (TypeError, ValueError):
         return -1
 
 
@@ -89,6 +94,13 @@ class KubeRuleStore:
         with self._lock:
             if kind == "DELETED":
                 self._informed.pop(key, None)
+                # someone else (the garbage collector, a user) deleted it: the delete is newer than any
+                # version we wrote before it, so our overlay copy goes too, or it kept the rule and its
+                # reservation alive until the overlay's TTL (soak D2). A copy newer than the deleted object
+                # is one we recreated since; a late DELETED of the old object must not hide it.
+                mine = self._overlay.get(key)
+                if mine is not None and mine is not _GONE and _rv(mine) <= _rv_text(meta.get("resourceVersion")):
+                    del self._overlay[key]
                 return
             rule = self._read(obj)
             if rule is not None:

@@ -28,11 +28,9 @@ PLAN = {"seconds": 60.0, "actions_per_second": 3.0, "fault_every": 6.0, "warmup"
         "quiet_every": 20.0, "settle": 45.0, "cycle_faults": True}
 # invariant -> the known, unfixed defect that breaks it (xfail until its fix merges; see docs/reliability.md)
 KNOWN: dict[str, str] = {
-    "5-no-rule-leak": "NOT an issue-13 item: two defects this soak found (docs/reliability.md, soak D2 and D3): "
-                      "a MigSubstitution deleted by someone else (GC of its ReplicaSet or Job) stays in the "
-                      "writer's overlay (rulestore_kube._on_event pops only the informed copy) and keeps its "
-                      "reservation up to 60 s; an Applied rule whose pod is deleted never reaches a terminal "
-                      "phase (reconciler has no such transition)",
+    "5-no-rule-leak": "soak D3, open: an Applied rule whose pod is deleted never reaches a terminal phase (the "
+                      "reconciler has no such transition; docs/reliability.md). D2 (a GC-deleted rule kept in "
+                      "the writer's overlay) is fixed",
     "6-no-restart-loop": "soak D7, open: a restore reserves its slice, but the extender binds another pod there "
                          "before its rule watch shows the reservation, so the restored pod is upgraded again "
                          "(docs/reliability.md). Issue 13 item 9 (placement, expired restores as loops) is "

@@ -137,3 +137,21 @@ def test_item14_a_phase_change_between_decision_and_retry_is_refused() -> None:
     refused: list[str] = []
     assert update_with_retry(store, stale, lambda r: r.bound("uid-x", "x", "n", 1003.0), refused=refused.append) is None
     assert store.get("ns", stale.name).phase is Phase.RESTORING and refused
+
+
+@pytest.mark.parametrize(("written_rv", "deleted_rv", "listed"), [
+    pytest.param("5", "7", False, id="our-write-then-deleted-by-someone-else"),
+    pytest.param("9", "7", True, id="a-late-delete-of-an-older-copy-keeps-our-newer-write"),
+])
+def test_soak_d2_a_rule_deleted_by_someone_else_leaves_the_writers_overlay(written_rv: str, deleted_rv: str,
+                                                                           listed: bool) -> None:
+    """Soak defect D2: the garbage collector deleted a rule (its ReplicaSet went away) that this process
+    had written; the DELETED event dropped only the informed copy, so the overlay kept the rule, and its
+    reservation, for up to 60 s. A delete is newer than every version before it, so it wins over our own
+    write of an older version; a DELETED event of an older object must not hide a newer one we recreated."""
+    store = KubeRuleStore(client.ApiClient())
+    rule = replace(a_rule(), resource_version=written_rv)
+    store._remember(rule)
+    gone = rule_to_object(replace(rule, resource_version=deleted_rv))
+    store._on_event("DELETED", gone)
+    assert ([r.name for r in store.list()] == [rule.name]) is listed
