@@ -27,10 +27,6 @@ ANN_RULE = f"{GROUP}/rule"                      # name of the MigSubstitution ru
 ANN_RESTORED_AT = f"{GROUP}/restored-at"        # RFC 3339 time of the last restore (loop guard)
 LABEL_SCHEDULER_OPT_IN = f"{GROUP}/inject-scheduler"  # namespace label: "true" sets schedulerName
 
-# Controllers that recreate a deleted pod under a *new* name (match rules by owner uid);
-# StatefulSets and bare pods come back under the same name (match by name).
-RENAMING_OWNERS = frozenset({"ReplicaSet", "Job", "ReplicationController", "DaemonSet"})
-
 # ASCII digits only, as the API server's quantity grammar (\d would also take e.g. Arabic-Indic digits)
 _QUANTITY_RE = re.compile(
     r"^(?P<num>[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?)(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|[mkMGTPE])?$")
