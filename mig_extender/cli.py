@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import __version__
-from .components.settings import LOG_LEVELS, Settings, SettingsError
+from .components.settings import LOG_LEVELS, REPARTITION_MODES, Settings, SettingsError
 from .core.planner import PlanSettings, Policy
 
 
@@ -178,7 +178,26 @@ def _reconcile_parser(r: argparse.ArgumentParser) -> None:
     r.add_argument("--dry-run", action="store_true", help="log every write (restarts, rule updates, events) "
                                                           "instead of sending it; takes no Lease")
     r.add_argument("--restartable-owners", default=None, metavar="KIND,...", help=RESTARTABLE_HELP)
+    _add_repartition_flags(r)
     _add_log_level(r)
+
+
+def _add_repartition_flags(r: argparse.ArgumentParser) -> None:
+    r.add_argument("--repartition", type=_one_of(*REPARTITION_MODES), default=None, metavar="{off,advise,on}",
+                   help="change the MIG layout of idle GPUs on nodes labelled mig-extender.io/repartition=true "
+                        "through the MIG manager: advise = Events and /debug/repartition only "
+                        f"(default: {Settings.repartition}; docs/repartition.md)")
+    r.add_argument("--mig-configs", default=None, metavar="FILE",
+                   help="the MIG manager's config.yaml (or its ConfigMap): the config names it may set")
+    for flag, name, kind, what in (
+            ("--repartition-window", "repartition_window", _seconds, "seconds demand must persist"),
+            ("--repartition-cooldown", "repartition_cooldown", _seconds, "seconds a changed node is left alone"),
+            ("--repartition-in-flight", "repartition_in_flight", _integer, "GPUs being changed at once"),
+            ("--repartition-timeout", "repartition_timeout", _seconds, "seconds before a change is rolled back"),
+            ("--repartition-settle", "repartition_settle", _seconds,
+             "seconds between reserving a node and writing its label")):
+        r.add_argument(flag, dest=name, type=kind, default=None, metavar="N",
+                       help=f"{what} (default: {getattr(Settings, name):g})")
 
 
 def _certs_parser(k: argparse.ArgumentParser) -> None:
@@ -324,11 +343,29 @@ def _reconcile(args: argparse.Namespace) -> None:
         settings = replace(settings, preemption=False)
     if args.restartable_owners is not None:
         settings = replace(settings, restartable_owners=args.restartable_owners).validate()
+    settings = _repartition_settings(settings, args)
     settings = _with_cluster(settings, "reconcile")
     identity = args.identity or default_identity()
     _check_serving(settings, None, bind_flag="--metrics-bind")
     Application(settings, lambda: create_ops_app(
         settings, build_reconciler(settings, args.lease_name, identity, args.dry_run))).run()
+
+
+def _repartition_settings(settings: Settings, args: argparse.Namespace) -> Settings:
+    """Flags given override the environment; the name map is read now, so a bad file is one line here."""
+    given = {name: getattr(args, name) for name in ("repartition", "mig_configs", "repartition_window",
+                                                     "repartition_cooldown", "repartition_in_flight",
+                                                     "repartition_timeout", "repartition_settle")
+             if getattr(args, name) is not None}
+    settings = replace(settings, **given).validate()
+    if settings.mig_configs:
+        from .components.repartitioner import ConfigError, load_mig_configs
+
+        try:
+            load_mig_configs(settings.mig_configs)
+        except ConfigError as exc:
+            raise SettingsError(str(exc)) from None
+    return settings
 
 
 def _certs(args: argparse.Namespace) -> None:

@@ -227,6 +227,7 @@ def build_reconciler(settings: Settings, lease_name: str, identity: str, dry_run
                             is_leader=is_leader, retention=settings.retention,
                             preemption=settings.preemption_settings)
     metrics.watch(lambda: inventory.snapshot(reconciler.store.list()))
+    reconciler.repartitioner = _repartitioner(settings, api, metrics)
     if (check := _staleness(informers, settings)) is not None:
         reconciler.checks.append(check)
     store_informer = getattr(reconciler.store, "informer", None)
@@ -235,6 +236,18 @@ def build_reconciler(settings: Settings, lease_name: str, identity: str, dry_run
     threading.Thread(target=reconciler.run, args=(threading.Event(),), name="reconcile", daemon=True).start()
     log.info("reconciler %s started; acting only while holding Lease %s/%s", identity, settings.namespace, lease_name)
     return reconciler
+
+
+def _repartitioner(settings: Settings, api: Any, metrics: Metrics) -> Any:
+    """The repartition actuator. Built in every mode: with ``off`` it only finishes changes recorded on
+    nodes (a reservation left behind would hold its node for good) and starts none."""
+    from .cluster.actions import NodeEvents, NodeLabels
+    from .components.repartitioner import Repartitioner, load_mig_configs
+
+    configs = load_mig_configs(settings.mig_configs) if settings.mig_configs else ()
+    log.info("repartition %s; %d named MIG configs", settings.repartition, len(configs))
+    return Repartitioner(settings.repartition, settings.repartition_settings, configs, NodeLabels(api),
+                         NodeEvents(api, component="reconciler"), metrics)
 
 
 _ON_EXIT: list[Callable[[], None]] = []

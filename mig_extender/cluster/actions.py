@@ -13,7 +13,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import Mapping
 from datetime import datetime, timezone
+from enum import Enum
 from typing import Any
 from urllib.parse import quote
 
@@ -222,6 +224,10 @@ class NodeEvents:
 
     def warn(self, node: str, reason: str, message: str) -> str:
         """'created', 'exists' (written before) or 'gone' (no such node); raises ApiException otherwise."""
+        return self.write(node, reason, message, warning=True)
+
+    def write(self, node: str, reason: str, message: str, warning: bool = False, action: str = "Inventory") -> str:
+        """An Event on ``node``, Normal or Warning; returns as ``warn``."""
         try:
             uid = (raw(self._core.read_node, node, _request_timeout=10).get("metadata") or {}).get("uid", "")
         except ApiException as exc:
@@ -236,7 +242,7 @@ class NodeEvents:
             "eventTime": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
             "reportingController": f"mig-extender.io/{self.component}",
             "reportingInstance": self.host or self.component,
-            "action": "Inventory", "reason": reason, "note": message[:1024], "type": "Warning",
+            "action": action, "reason": reason, "note": message[:1024], "type": "Warning" if warning else "Normal",
             "regarding": {"apiVersion": "v1", "kind": "Node", "name": node, "uid": uid},
         }
         try:
@@ -246,6 +252,53 @@ class NodeEvents:
                 return "exists"
             raise
         return "created"
+
+
+class NodeWrite(str, Enum):
+    """How a write to a Node ended: the repartitioner retries CONFLICT and THROTTLED next pass."""
+
+    DONE = "done"
+    CONFLICT = "conflict"    # 409: the Node changed since it was read (resourceVersion precondition)
+    THROTTLED = "throttled"  # 429
+    GONE = "gone"            # 404
+
+
+class NodeLabels:
+    """Labels and annotations of Nodes (the repartitioner's writes: the MIG manager's
+    ``nvidia.com/mig.config`` and our change record). One merge patch per call, so a label and the
+    annotation that explains it are written together or not at all."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self._core = client.CoreV1Api(api)
+
+    def read(self, node: str) -> dict[str, Any] | None:
+        """The Node as the API server has it now (None when gone): fresher than any watch."""
+        try:
+            return raw(self._core.read_node, node, _request_timeout=10)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def patch(self, node: str, labels: Mapping[str, str | None] | None = None,
+              annotations: Mapping[str, str | None] | None = None, resource_version: str = "") -> NodeWrite:
+        """Set (or, for None, remove) these labels and annotations; with ``resource_version`` only if the
+        Node has not changed since (a merge patch carrying metadata.resourceVersion is conditional)."""
+        meta: dict[str, Any] = {}
+        if labels:
+            meta["labels"] = dict(labels)
+        if annotations:
+            meta["annotations"] = dict(annotations)
+        if resource_version:
+            meta["resourceVersion"] = resource_version
+        try:
+            raw(self._core.patch_node, node, {"metadata": meta}, _content_type=MERGE_PATCH, _request_timeout=10)
+        except ApiException as exc:
+            outcome = {409: NodeWrite.CONFLICT, 429: NodeWrite.THROTTLED, 404: NodeWrite.GONE}.get(exc.status)
+            if outcome is None:
+                raise
+            return outcome
+        return NodeWrite.DONE
 
 
 def _api_message(exc: ApiException) -> str:

@@ -35,9 +35,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..core.placement import NodeFacts
+from ..core.repartition_change import ANN_CHANGE, ANNOTATIONS
 from ..core.resources import DemandError, PodInfo, mig_allocatable, pod_info, quantity_scaled
 from ..core.rules import Rule
 from ..core.snapshot import (
+    EMPTY_TEXT,
     LABEL_COUNT,
     NO_HOLDER,
     ClusterSnapshot,
@@ -80,6 +82,7 @@ def read_node(obj: Mapping[str, Any], used: Mapping[str, int] | None = None) -> 
     spec = obj.get("spec") if isinstance(obj.get("spec"), Mapping) else {}
     status = obj.get("status") if isinstance(obj.get("status"), Mapping) else {}
     labels = meta.get("labels") if isinstance(meta.get("labels"), Mapping) else {}
+    annotations = meta.get("annotations") if isinstance(meta.get("annotations"), Mapping) else {}
     alloc = mig_allocatable(status)
     try:
         count = int(labels.get(LABEL_COUNT, 0))
@@ -97,7 +100,14 @@ def read_node(obj: Mapping[str, Any], used: Mapping[str, int] | None = None) -> 
         schedulable=not unschedulable,
         problems=(str(gpu.problem),) if gpu.problem else (),
         facts=node_facts(name, labels, spec, status, unschedulable),
+        repartition=_ours(annotations),
     ), gpu.problem
+
+
+def _ours(annotations: Mapping[str, Any]) -> Mapping[str, str]:
+    """The repartition annotations (core/repartition_change.py); the shared empty map for most nodes."""
+    found = {k: str(annotations[k]) for k in ANNOTATIONS if annotations.get(k)}
+    return found or EMPTY_TEXT
 
 
 def node_facts(name: str, labels: Mapping[str, Any], spec: Mapping[str, Any], status: Mapping[str, Any],
@@ -174,6 +184,7 @@ class ClusterInventory:
         self._requests = _RequestBook()
         self._usage_dirty: set[str] = set()          # nodes whose cpu/memory sums are not in NodeInfo yet
         self._cordoned: set[str] = set()             # nodes with spec.unschedulable
+        self._repartitioning: set[str] = set()       # nodes a repartition holds (annotation ANN_CHANGE)
         self.synced = False
         self.generation = 0
 
@@ -196,6 +207,7 @@ class ClusterInventory:
                 for r in old.allocatable:
                     self._index.get(r, set()).discard(name)
                 self._cordoned.discard(name)
+                self._repartitioning.discard(name)
                 self._changed()
 
     def _set_node(self, name: str, info: NodeInfo) -> None:
@@ -209,6 +221,10 @@ class ClusterInventory:
             self._cordoned.discard(name)
         else:
             self._cordoned.add(name)
+        if ANN_CHANGE in info.repartition:
+            self._repartitioning.add(name)
+        else:
+            self._repartitioning.discard(name)
         for r in set(info.allocatable) | set(old.allocatable if old else ()):
             members = self._index.setdefault(r, set())
             if info.schedulable and info.free(r) > 0:
@@ -326,6 +342,7 @@ class ClusterInventory:
         self._held = {fresh.get(n, n): held for n, held in self._held.items()}
         self._index = {r: {fresh.get(n, n) for n in members} for r, members in self._index.items()}
         self._cordoned = {fresh.get(n, n) for n in self._cordoned}
+        self._repartitioning = {fresh.get(n, n) for n in self._repartitioning}
         self._changed()
 
     def assume(self, pod: PodInfo, node: str) -> PodInfo:
@@ -452,8 +469,9 @@ class ClusterInventory:
             synced, pending = self.synced, dict(self._pending)
             since = self._pending_since()
             lowest = min(self._priorities, default=NO_HOLDER)  # a handful of distinct priorities at most
+            held = frozenset(self._repartitioning)
         return ClusterSnapshot.build(nodes, index, rules, self._clock() if now is None else now, synced, pending,
-                                     lowest, cordoned, since, order)
+                                     lowest, cordoned, since, order, held)
 
     def _pending_since(self) -> dict[str, float]:
         """resource -> creation time of its oldest waiting pod; heap entries of pods gone are dropped here."""

@@ -40,6 +40,10 @@ class Metrics:
                                    "Preemption decisions for pending MIG pods by reason (planned, no_candidate, "
                                    "an ineligibility such as policy_never, or a failure such as throttled)",
                                    ["reason"], registry=r)
+        self.repartitions = Counter("mig_extender_repartitions_total",
+                                    "Repartition steps by outcome (advised, reserved, applied, repartitioned, "
+                                    "failed_<reason>, aborted_<reason>, conflict, throttled)",
+                                    ["outcome"], registry=r)
         self.webhook = Counter("mig_extender_webhook_mutations_total", "Webhook answers by result",
                                ["result"], registry=r)
         self.webhook_claims = Counter("mig_extender_webhook_claims_total",

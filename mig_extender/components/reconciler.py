@@ -123,6 +123,7 @@ class Reconciler:
         self.last_pass = 0.0
         self.last_error = ""
         self.checks: list[Callable[[], str]] = []  # extra readiness checks (watch staleness)
+        self.repartitioner: Any = None  # components/repartitioner.py when --repartition is wired in
 
     # -- one pass ---------------------------------------------------------------------------------
 
@@ -130,7 +131,8 @@ class Reconciler:
         counts: Counter[str] = Counter()
         if not self.is_leader():
             return counts
-        for step in (self._observe, self._expire, self._upgrade, self._restore, self._preempt, self._explain):
+        for step in (self._observe, self._expire, self._upgrade, self._restore, self._preempt, self._explain,
+                     self._repartition):
             try:
                 step(counts)
             except Exception as exc:
@@ -490,6 +492,11 @@ class Reconciler:
             self._event(pod, "MigSubstitutionSkipped", f"{want.resource} is sold out and {rule.substitute.resource} "
                                                        f"is free on {rule.node}, but the pod is not restarted onto "
                                                        f"it: {why}", warning=True)
+
+    def _repartition(self, counts: Counter[str]) -> None:
+        """Follow and start MIG layout changes (components/repartitioner.py), over this pass's snapshot."""
+        if self.repartitioner is not None:
+            self.repartitioner.run_once(self.inventory.snapshot(self.store.list(), self.clock()), counts)
 
     # -- loop -------------------------------------------------------------------------------------
 

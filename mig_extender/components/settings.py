@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields, replace
 
 from ..core.planner import PlanSettings, Policy
 from ..core.preemption import PreemptionSettings
+from ..core.repartition import RepartitionSettings
 
 ENV_PREFIX = "MIG_EXTENDER_"
 # an owner kind as --restartable-owners takes it: Kind, or group/Kind (the group of the owner's apiVersion)
@@ -29,7 +30,11 @@ _FLAGS = {"bind": "--bind", "ops_bind": "--metrics-bind", "rule_store": "--rule-
           "restores_in_flight": "--restores-in-flight",
           "preemptions_per_pass": "--preemptions-per-pass", "preemption_margin": "--preemption-margin",
           "preemption": "--no-preemption", "policy": "--policy", "threads": "--threads",
-          "namespace": "--namespace", "log_level": "--log-level"}
+          "namespace": "--namespace", "log_level": "--log-level", "repartition": "--repartition",
+          "repartition_window": "--repartition-window", "repartition_cooldown": "--repartition-cooldown",
+          "repartition_in_flight": "--repartition-in-flight", "repartition_timeout": "--repartition-timeout",
+          "repartition_settle": "--repartition-settle", "mig_configs": "--mig-configs"}
+REPARTITION_MODES = ("off", "advise", "on")
 
 
 def flag_of(field_name: str) -> str:
@@ -74,6 +79,17 @@ class Settings:
     preemption: bool = PreemptionSettings.enabled
     preemptions_per_pass: int = PreemptionSettings.per_pass
     preemption_margin: float = PreemptionSettings.reservation_margin
+    # repartitioning idle GPUs through the MIG manager (docs/repartition.md): off, advise (Events and
+    # /debug/repartition only) or on. Off by default: it changes node labels the GPU operator acts on
+    repartition: str = "off"
+    # the planner's and actuator's knobs; each default, its unit and why are RepartitionSettings'
+    repartition_window: float = RepartitionSettings.window
+    repartition_cooldown: float = RepartitionSettings.cooldown
+    repartition_in_flight: int = RepartitionSettings.max_in_flight
+    repartition_timeout: float = RepartitionSettings.timeout
+    repartition_settle: float = RepartitionSettings.settle
+    # the MIG manager's config.yaml (or its ConfigMap): the names --repartition=on may set
+    mig_configs: str = ""
     # /debug/* serve rule and inventory details; turn off where the port is reachable by others
     debug_endpoints: bool = True
     # largest request body accepted (bytes): 5,000 full Node objects (nodeCacheCapable: false) are ~25 MB
@@ -135,10 +151,34 @@ class Settings:
             errors.append(f"{flag_of('threads')} must be >= 1, got {self.threads}")
         if self.max_body_bytes < 1024:
             errors.append(f"{flag_of('max_body_bytes')} must be >= 1024, got {self.max_body_bytes}")
+        errors += self._repartition_errors()
         bad = [k for k in self.owner_kinds if not _OWNER_KIND.match(k)]
         if bad:
             errors.append(f"--restartable-owners takes Kind or group/Kind (e.g. ray.io/RayCluster), got {bad}")
         return errors
+
+    def _repartition_errors(self) -> list[str]:
+        errors = []
+        if self.repartition not in REPARTITION_MODES:
+            errors.append(f"{flag_of('repartition')} must be one of {', '.join(REPARTITION_MODES)}, "
+                          f"got {self.repartition!r}")
+        if self.repartition == "on" and not self.mig_configs:
+            errors.append(f"{flag_of('repartition')}=on needs {flag_of('mig_configs')} FILE: the MIG manager's "
+                          "config names are all it can set")
+        for name in ("repartition_window", "repartition_cooldown", "repartition_settle"):
+            if getattr(self, name) < 0:
+                errors.append(f"{flag_of(name)} must be >= 0 seconds, got {getattr(self, name):g}")
+        if self.repartition_timeout <= 0:
+            errors.append(f"{flag_of('repartition_timeout')} must be > 0 seconds, got {self.repartition_timeout:g}")
+        if self.repartition_in_flight < 1:
+            errors.append(f"{flag_of('repartition_in_flight')} must be >= 1, got {self.repartition_in_flight}")
+        return errors
+
+    @property
+    def repartition_settings(self) -> RepartitionSettings:
+        return RepartitionSettings(window=self.repartition_window, cooldown=self.repartition_cooldown,
+                                   max_in_flight=self.repartition_in_flight, settle=self.repartition_settle,
+                                   timeout=self.repartition_timeout)
 
     @property
     def has_cluster(self) -> bool:

@@ -66,6 +66,12 @@ class RepartitionSettings:
     cooldown: float = 1800.0     # a GPU changed this recently is not changed again
     max_in_flight: int = 4       # GPUs being repartitioned at once, cluster-wide
     min_served: int = 1          # waiting slices (pods, for one-slice pods) a change must serve
+    # the live actuator only (core/repartition_change.py): a reservation waits ``settle`` before the label
+    # is written (every extender's watch must have delivered it, as rules wait PlanSettings.settle), and a
+    # change the MIG manager has not finished after ``timeout`` is rolled back (it can wedge in pending,
+    # gpu-operator #2833; a real apply takes one to a few minutes, a reboot more)
+    settle: float = 5.0
+    timeout: float = 600.0
 
 
 @dataclass(frozen=True)

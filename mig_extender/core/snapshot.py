@@ -27,6 +27,7 @@ LABEL_MEMORY = "nvidia.com/gpu.memory"  # MiB, per GPU
 LABEL_COUNT = "nvidia.com/gpu.count"
 
 EMPTY: Mapping[str, int] = MappingProxyType({})
+EMPTY_TEXT: Mapping[str, str] = MappingProxyType({})
 # ClusterSnapshot.lowest_priority when no pod holds a slice: above any pod priority (an int32), so no pod
 # outranks it and no filter looks for lower-priority holders
 NO_HOLDER = 2**31
@@ -132,6 +133,9 @@ class NodeInfo:
     facts: NodeFacts | None = None  # labels, taints, cpu/memory: for placement checks (None: unknown, no check)
     # resource -> pod priority -> slices held by bound pods of that priority: what preemption could free
     held_by_priority: Mapping[str, Mapping[int, int]] = field(default_factory=dict)
+    # the repartition annotations on the Node (core/repartition_change.py), usually none: a change under
+    # way holds every MIG slice of the node (ClusterSnapshot.held_nodes)
+    repartition: Mapping[str, str] = field(default_factory=lambda: EMPTY_TEXT)
 
     def free(self, resource: str) -> int:
         """Free slices ignoring reservations (the snapshot adds those)."""
@@ -251,6 +255,11 @@ class ClusterSnapshot:
     # the substitute search's index over ``nodes`` and ``free_index`` (shared by snapshots of one inventory
     # state); None only while __post_init__ has not made one
     free_order: FreeOrder | None = field(default=None, compare=False, repr=False)
+    # nodes a repartition holds (annotation mig-extender.io/repartition-change): every MIG slice there
+    # counts as reserved in ``reserved``, so /filter, substitution, restores and preemption leave them
+    # alone while the MIG manager works; ``rules_reserved`` is the rules' share alone
+    held_nodes: frozenset[str] = frozenset()
+    rules_reserved: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.free_order is None:
@@ -262,7 +271,7 @@ class ClusterSnapshot:
               pending: Mapping[str, int] | None = None, lowest_priority: int = NO_HOLDER,
               cordoned: frozenset[str] | None = None,
               pending_since: Mapping[str, float] | None = None,
-              free_order: FreeOrder | None = None) -> ClusterSnapshot:
+              free_order: FreeOrder | None = None, held_nodes: frozenset[str] = frozenset()) -> ClusterSnapshot:
         if free_index is None:
             free_index = build_free_index(nodes.values())
         if cordoned is None:
@@ -275,8 +284,12 @@ class ClusterSnapshot:
                 node, rc = held
                 per_node = reserved.setdefault(node, {})
                 per_node[rc.resource] = per_node.get(rc.resource, 0) + rc.count
+        by_rules = reserved
+        if held_nodes:
+            reserved = {**reserved, **_holds(nodes, held_nodes, reserved)}
         return cls(
             nodes=nodes, free_index=free_index, rules=rules, now=now, synced=synced, reserved=reserved,
+            held_nodes=held_nodes, rules_reserved=by_rules,
             rules_by_name={r.name: r for r in rules},
             rules_by_pod_uid=newest_rule_per_pod(rules), pending=pending or {},
             pending_since=pending_since or {},
@@ -287,7 +300,12 @@ class ClusterSnapshot:
         """This snapshot plus ``rule`` (and its reservation): the reconciler plans the next preemption of
         a pass over the holds made earlier in it, so two preemptors are never promised the same slices."""
         return ClusterSnapshot.build(self.nodes, self.free_index, (*self.rules, rule), self.now, self.synced,
-                                     self.pending, self.lowest_priority, self.cordoned)
+                                     self.pending, self.lowest_priority, self.cordoned,
+                                     held_nodes=self.held_nodes)
+
+    def rule_reserved(self, node: str) -> Mapping[str, int]:
+        """Slices of each resource rules reserve on ``node`` (a repartition's hold not included)."""
+        return self.rules_reserved.get(node, EMPTY)
 
     def free(self, node: str, resource: str, pod: PodInfo | None = None) -> int:
         """Free slices of ``resource`` on ``node`` for ``pod``: reservations of other pods subtracted."""
@@ -340,6 +358,20 @@ class ClusterSnapshot:
     def reserved_nodes(self, resource: str) -> list[str]:
         """Nodes where active rules reserve slices of ``resource``: O(nodes with reservations)."""
         return [node for node, held in self.reserved.items() if held.get(resource)]
+
+
+def _holds(nodes: Mapping[str, NodeInfo], held: frozenset[str],
+           by_rules: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:
+    """Reservations of the held nodes: all their MIG allocatable, plus what rules reserve there, so even
+    a pod whose own rule reserves a slice on such a node (its reservation is added back) finds none."""
+    out = {}
+    for name in held:
+        info = nodes.get(name)
+        if info is None:
+            continue
+        rules = by_rules.get(name, EMPTY)
+        out[name] = {r: info.allocatable.get(r, 0) + rules.get(r, 0) for r in {*info.allocatable, *rules}}
+    return out
 
 
 def build_free_index(nodes: Iterable[NodeInfo]) -> dict[str, frozenset[str]]:

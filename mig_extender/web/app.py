@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException
 from ..components.extender import ExtenderService
 from ..components.settings import Settings
 from ..components.webhook import WebhookService
-from .debug import debug, ops
+from .debug import debug, ops, repartition
 from .verbs import bp as extender_bp
 from .webhook import webhook_bp
 from .wirejson import OrjsonProvider
@@ -76,5 +76,8 @@ def create_webhook_app(settings: Settings, service: WebhookService) -> Flask:
 
 
 def create_ops_app(settings: Settings, component: Any) -> Flask:
-    """Only /healthz, /readyz and /metrics (the reconciler)."""
-    return _base(settings, component)
+    """/healthz, /readyz and /metrics (the reconciler), and /debug/repartition when it repartitions."""
+    app = _base(settings, component)
+    if settings.debug_endpoints and getattr(component, "repartitioner", None) is not None:
+        app.register_blueprint(repartition)
+    return app

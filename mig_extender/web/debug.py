@@ -19,6 +19,7 @@ from ..components.extender import Explanation, ExtenderService
 
 ops = Blueprint("ops", __name__)
 debug = Blueprint("debug", __name__)
+repartition = Blueprint("repartition", __name__)
 
 
 def _service() -> ExtenderService:
@@ -93,6 +94,12 @@ def pod(namespace: str, name: str) -> Response:
         response.status_code = 404
         return response
     return jsonify(explanation_json(found))
+
+
+@repartition.get("/debug/repartition")
+def repartition_status() -> Response:
+    """The repartitioner's last pass: mode, demand, changes under way, plans and why not (reconciler)."""
+    return jsonify(_component().repartitioner.status_json())
 
 
 def reason_json(reason: object) -> dict[str, Any] | None:

@@ -1,0 +1,301 @@
+"""The repartition actuator: turn the planner's decisions into MIG manager labels, leader only.
+
+Each reconciler pass (``run_once``, called by the Lease holder only) does two things:
+
+1. **Follow** every change recorded on a Node (annotation ``ANN_CHANGE``, core/repartition_change.py):
+   the pure ``next_step`` decides from the annotation, the MIG manager's labels, the allocatable and
+   the clock; this module writes what it says (apply, finish, roll back, abort) and the node Events
+   ``MigRepartitioning``, ``MigRepartitioned``, ``MigRepartitionFailed``. Changes are followed in every
+   mode, ``off`` included: a reservation left behind would keep the node out of scheduling for good.
+2. **Plan** (``advise`` and ``on``): track the demand substitution leaves waiting, run the planner over
+   the same snapshot (opted-in nodes only, label ``mig-extender.io/repartition=true``), and in ``on``
+   reserve each planned node: read it fresh, then write the change record with the Node's
+   resourceVersion as a precondition (a second leader, or a node changed meanwhile, gets 409 and the
+   node is planned again next pass). ``advise`` writes only the Event ``MigRepartitionAdvised``.
+
+Everything a change needs is on the Node, so a new leader resumes it (it never starts a second one on
+a node that holds a record: the planner skips such nodes, and the reservation's precondition refuses a
+record written meanwhile), and a wedged change still times out (the deadline is in the record). What
+lives in memory only: the demand's first-seen times (a new leader waits one more ``window``) and which
+Events were written (a new leader may try once more: their names are derived from their content, so
+the API answers 409). Nothing here deletes or evicts a pod.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+from cachetools import TTLCache
+
+from ..cluster.actions import NodeWrite
+from ..core.catalog import MODELS
+from ..core.repartition import (
+    LABEL_MIG_CONFIG,
+    LABEL_MIG_CONFIG_STATE,
+    LABEL_REPARTITION,
+    NamedConfig,
+    NodePlan,
+    RepartitionPlan,
+    RepartitionSettings,
+    plan_repartition,
+    track_demand,
+)
+from ..core.repartition_change import (
+    ANN_CHANGE,
+    ANN_LAST,
+    EVENT_ADVISED,
+    EVENT_DONE,
+    EVENT_FAILED,
+    EVENT_STARTED,
+    Abort,
+    Apply,
+    Change,
+    ChangePhase,
+    Finish,
+    RollBack,
+    Wait,
+    changes_on,
+    config_problems,
+    describe,
+    last_json,
+    live_demand,
+    new_change,
+    next_step,
+    observe,
+    parse_mig_configs,
+    planner_nodes,
+)
+from ..core.snapshot import ClusterSnapshot
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+MODES = ("off", "advise", "on")
+
+
+class NodeWriter(Protocol):
+    def read(self, node: str) -> dict[str, Any] | None: ...
+    def patch(self, node: str, labels: Mapping[str, str | None] | None = None,
+              annotations: Mapping[str, str | None] | None = None, resource_version: str = "") -> NodeWrite: ...
+
+
+class NodeEventWriter(Protocol):
+    def write(self, node: str, reason: str, message: str, warning: bool = False, action: str = "Inventory") -> str: ...
+
+
+class ConfigError(ValueError):
+    """A --mig-configs file that cannot be used; the message lists every problem."""
+
+
+def load_mig_configs(path: str) -> tuple[NamedConfig, ...]:
+    """The name map from a file: the MIG manager's ``config.yaml`` or the whole ConfigMap holding it.
+    YAML comes with the kubernetes client (PyYAML is its dependency), so this adds none."""
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"--mig-configs {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--mig-configs {path}: not YAML ({str(exc).splitlines()[0]})") from None
+    if isinstance(doc, Mapping) and doc.get("kind") == "ConfigMap":
+        texts = [v for v in (doc.get("data") or {}).values() if isinstance(v, str)]
+        doc = yaml.safe_load(texts[0]) if len(texts) == 1 else None
+    configs, problems = parse_mig_configs(doc)
+    problems += config_problems(configs, MODELS)
+    if problems:
+        raise ConfigError(f"--mig-configs {path}: " + "; ".join(problems))
+    return configs
+
+
+@dataclass(frozen=True)
+class Status:
+    """The last pass, for /debug/repartition."""
+
+    mode: str
+    at: float
+    plan: RepartitionPlan | None
+    in_flight: Mapping[str, dict[str, Any]]
+    demand: Mapping[str, Any]
+
+
+class Repartitioner:
+    EVENT_MEMO = 3600.0  # seconds an Event written is not written again by this process
+
+    def __init__(self, mode: str, settings: RepartitionSettings, configs: Sequence[NamedConfig],
+                 nodes: NodeWriter, events: NodeEventWriter, metrics: Metrics | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.mode, self.settings, self.configs = mode, settings, tuple(configs)
+        self.nodes, self.events, self.clock = nodes, events, clock
+        self.metrics = metrics or Metrics()
+        self._demand: dict[str, Any] = {}
+        self._said: TTLCache[tuple[str, str, str], bool] = TTLCache(maxsize=10_000, ttl=self.EVENT_MEMO, timer=clock)
+        self.status = Status(mode, 0.0, None, {}, {})
+
+    # -- one pass ---------------------------------------------------------------------------------
+
+    def run_once(self, snap: ClusterSnapshot, counts: Counter[str]) -> None:
+        """Follow the changes under way, then (advise, on) plan new ones. Called by the leader only."""
+        changes = changes_on(snap)
+        in_flight: dict[str, dict[str, Any]] = {}
+        for node, change in changes.items():
+            in_flight[node] = self._follow(snap, node, change, counts)
+        plan = None
+        if self.mode != "off" and snap.synced:
+            self._demand = track_demand(self._demand, live_demand(snap), snap.now)
+            plan = plan_repartition(planner_nodes(snap, changes), self._demand, snap.now, self.settings,
+                                    self.configs)
+            for node_plan in plan.plans:
+                self._start(node_plan, snap.now, counts)
+        self.status = Status(self.mode, snap.now, plan, in_flight,
+                             {r: {"slices": d.slices, "since": d.since} for r, d in self._demand.items()})
+
+    # -- following a change -----------------------------------------------------------------------
+
+    def _follow(self, snap: ClusterSnapshot, node: str, change: Change | None, counts: Counter[str]) -> dict[str, Any]:
+        step = next_step(change, observe(snap.nodes[node], snap), snap.now, self.settings)
+        shown = {**(describe(change) if change is not None else {}), "step": type(step).__name__}
+        if isinstance(step, Wait):
+            shown["waiting"] = step.why
+            if step.until is not None:
+                shown["until"] = step.until
+            if change is not None and change.phase is ChangePhase.APPLYING:
+                self._say(node, EVENT_STARTED, _started_text(change), warning=False)  # a new leader's first pass
+            return shown
+        assert change is not None or isinstance(step, Abort)
+        if isinstance(step, Apply):
+            self._apply(node, change, snap.now, counts)
+        elif isinstance(step, Finish):
+            self._end(node, change, {}, last_json(snap.now, "success"), counts, "repartitioned")
+            self._say(node, EVENT_DONE, f"{change.config} applied to GPU(s) {_gpus(change)} in "
+                                        f"{step.seconds:.0f}s; now {_layouts(change.after)}")
+        elif isinstance(step, RollBack):
+            self._end(node, change, {LABEL_MIG_CONFIG: step.to}, last_json(snap.now, step.reason), counts,
+                      "failed_" + step.reason)
+            back = f"label set back to {step.to}" if step.to else f"label {LABEL_MIG_CONFIG} removed"
+            self._say(node, EVENT_FAILED, f"{step.reason}: {step.detail}; {back}, reservation released",
+                      warning=True)
+        elif isinstance(step, Abort):
+            self._end(node, change, {}, None, counts, "aborted_" + step.reason)
+            self._say(node, EVENT_FAILED, f"{step.reason}: {step.detail}; reservation released", warning=True)
+        return shown
+
+    def _apply(self, node: str, change: Change, now: float, counts: Counter[str]) -> None:
+        """Label and phase in one patch, on the Node as it is now: our record still there, unchanged."""
+        fresh = self.nodes.read(node)
+        if fresh is None or _annotations(fresh).get(ANN_CHANGE) != change.to_json():
+            counts["repartition_conflict"] += 1
+            return  # released or rewritten meanwhile: the next pass reads it again
+        applying = Change(change.config, change.previous, change.before, change.after, change.serves,
+                          change.started, ChangePhase.APPLYING, now)
+        outcome = self.nodes.patch(node, labels={LABEL_MIG_CONFIG: change.config, LABEL_MIG_CONFIG_STATE: None},
+                                   annotations={ANN_CHANGE: applying.to_json()},
+                                   resource_version=_resource_version(fresh))
+        self._count(counts, "applied" if outcome is NodeWrite.DONE else outcome.value)
+        if outcome is NodeWrite.DONE:
+            log.info("repartition %s: %s=%s", node, LABEL_MIG_CONFIG, change.config)
+            self._say(node, EVENT_STARTED, _started_text(applying))
+
+    def _end(self, node: str, change: Change | None, labels: Mapping[str, str | None], last: str | None,
+             counts: Counter[str], outcome: str) -> None:
+        annotations: dict[str, str | None] = {ANN_CHANGE: None}
+        if last is not None:
+            annotations[ANN_LAST] = last
+        written = self.nodes.patch(node, labels=labels, annotations=annotations)
+        self._count(counts, outcome if written is NodeWrite.DONE else written.value)
+        log.info("repartition %s ended: %s (%s)", node, outcome, written.value)
+
+    # -- starting one -----------------------------------------------------------------------------
+
+    def _start(self, plan: NodePlan, now: float, counts: Counter[str]) -> None:
+        if self.mode == "advise" or plan.config is None:
+            config = plan.config or "(no named config covers it)"
+            self._say(plan.node, EVENT_ADVISED, f"would set {LABEL_MIG_CONFIG}={config}: GPU(s) "
+                                                f"{', '.join(str(c.index) for c in plan.changes)} to "
+                                                f"{_layouts(c.after for c in plan.changes)} for {_serves(plan)}")
+            self._count(counts, "advised")
+            return
+        fresh = self.nodes.read(plan.node)
+        if fresh is None:
+            return
+        if _annotations(fresh).get(ANN_CHANGE) or _labels(fresh).get(LABEL_REPARTITION) != "true":
+            self._count(counts, "conflict")  # our view lags: a change or the opt-out is there already
+            return
+        change = new_change(plan, _labels(fresh).get(LABEL_MIG_CONFIG), now)
+        outcome = self.nodes.patch(plan.node, annotations={ANN_CHANGE: change.to_json()},
+                                   resource_version=_resource_version(fresh))
+        self._count(counts, "reserved" if outcome is NodeWrite.DONE else outcome.value)
+        if outcome is NodeWrite.DONE:
+            log.info("repartition %s reserved for %s (%s)", plan.node, plan.config, _serves(plan))
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _say(self, node: str, reason: str, message: str, warning: bool = False) -> None:
+        """An Event once: this process remembers it, and the API refuses a second with the same content."""
+        key = (node, reason, message)
+        if key in self._said:
+            return
+        try:
+            self.events.write(node, reason, message, warning=warning, action="Repartition")
+            self._said[key] = True
+        except Exception as exc:  # an Event is a report, never a reason to stop a change
+            log.warning("event %s on node %s not written: %s", reason, node, exc)
+
+    def _count(self, counts: Counter[str], outcome: str) -> None:
+        counts["repartition_" + outcome] += 1
+        self.metrics.repartitions.labels(outcome).inc()
+
+    def status_json(self) -> dict[str, Any]:
+        """What /debug/repartition shows: mode, demand, changes under way, the last plan and why not."""
+        s = self.status
+        out: dict[str, Any] = {"mode": s.mode, "at": s.at, "demand": dict(s.demand), "inFlight": dict(s.in_flight),
+                               "configs": sorted({c.name for c in self.configs})}
+        if s.plan is not None:
+            out["plans"] = [{"node": p.node, "config": p.config, "gpus": [c.index for c in p.changes],
+                             "after": ["+".join(c.after) for c in p.changes],
+                             "serves": {x.resource: x.slices for x in p.serves}} for p in s.plan.plans]
+            out["whyNot"] = [_reason(r) for r in (*s.plan.waiting, *s.plan.unserved, *s.plan.skipped,
+                                                  *([s.plan.budget] if s.plan.budget else []))]
+        return out
+
+
+def _reason(reason: Any) -> dict[str, Any]:
+    return {"kind": type(reason).__name__, **vars(reason)}
+
+
+def _labels(obj: Mapping[str, Any]) -> Mapping[str, str]:
+    return (obj.get("metadata") or {}).get("labels") or {}
+
+
+def _annotations(obj: Mapping[str, Any]) -> Mapping[str, str]:
+    return (obj.get("metadata") or {}).get("annotations") or {}
+
+
+def _resource_version(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("resourceVersion") or "")
+
+
+def _gpus(change: Change) -> str:
+    return ", ".join(str(i) for i in change.gpus)
+
+
+def _layouts(layouts: Any) -> str:
+    return ", ".join("+".join(x) or "empty" for x in layouts)
+
+
+def _serves(plan: NodePlan) -> str:
+    return ", ".join(f"{s.slices} x {s.resource}" for s in plan.serves) or "nothing"
+
+
+def _started_text(change: Change) -> str:
+    serves = ", ".join(f"{k} x {r}" for r, k in sorted(change.serves.items())) or "nothing"
+    before = _layouts(change.before[i] for i in change.gpus)
+    after = _layouts(change.after[i] for i in change.gpus)
+    return (f"{LABEL_MIG_CONFIG}={change.config} (was {change.previous or 'unset'}): GPU(s) {_gpus(change)} "
+            f"from {before} to {after} for {serves} waiting; no MIG pod is placed on the node meanwhile "
+            f"(change of {int(change.started)})")

@@ -1,0 +1,411 @@
+"""One repartition of one node, as a state machine over what the API shows: pure.
+
+The actuator (components/repartitioner.py) keeps everything about a change on the Node itself, in
+annotation ``ANN_CHANGE``, so a new leader (or the same one after a restart) resumes from the API, not
+from memory, and the extender's inventory reads the same annotation as a reservation of every MIG
+slice of the node (core/snapshot.py ``held_nodes``)::
+
+      (none) --reserve: annotation, phase reserving (resourceVersion precondition)--> reserving
+      reserving --a MIG pod or a rule reservation on the node--> Abort(GpuBusy)      (label never written)
+      reserving --settle seconds passed, node idle--> Apply: ONE patch writes the label
+                  nvidia.com/mig.config=<target>, clears the stale mig.config.state and sets phase applying
+      applying  --state success and allocatable split = the target layouts--> Finish
+      applying  --state failed--> RollBack(MigManagerFailed): label back to the previous value
+      applying  --timeout seconds since Apply, any other state (pending, rebooting, none)--> RollBack(Timeout)
+      applying  --the label now names another config (someone else changed it)--> Abort(LabelChanged)
+      unreadable annotation --> Abort(Unreadable)
+
+Apply is one merge patch on purpose: any view of the node (a lagging watch included) that shows phase
+``applying`` also shows our label, and a state label in it was written by the MIG manager after our
+write (we removed the old one in the same patch), so a ``failed`` or ``success`` left by an earlier
+change is never taken for this one's. Every outcome removes the annotation, which releases the
+reservation; Finish and RollBack also record ``ANN_LAST`` (when, how), which the planner's cooldown
+reads. Nothing here deletes or evicts a pod.
+
+Pure: no flask, kubernetes or cachetools; time is the ``now`` parameter.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from types import MappingProxyType
+from typing import Any
+
+from .catalog import GpuModel, ProfileError, resource_profile_name
+from .repartition import (
+    LABEL_MIG_CONFIG,
+    LABEL_MIG_CONFIG_STATE,
+    LABEL_REPARTITION,
+    STATE_FAILED,
+    STATE_SUCCESS,
+    GpuState,
+    Layout,
+    NamedConfig,
+    NodeGpus,
+    NodePlan,
+    RepartitionSettings,
+    node_from_counts,
+    normal,
+    split_layouts,
+)
+from .rules import Phase
+from .snapshot import ClusterSnapshot, NodeInfo
+
+# On the Node: the change under way (JSON, see Change) and the last change's end (JSON: at, outcome)
+ANN_CHANGE = "mig-extender.io/repartition-change"
+ANN_LAST = "mig-extender.io/repartition-last"
+ANNOTATIONS = (ANN_CHANGE, ANN_LAST)
+
+EVENT_ADVISED = "MigRepartitionAdvised"
+EVENT_STARTED = "MigRepartitioning"
+EVENT_DONE = "MigRepartitioned"
+EVENT_FAILED = "MigRepartitionFailed"
+
+# why a change ended without its layout (the Event's text starts with it)
+GPU_BUSY = "GpuBusy"
+MIG_MANAGER_FAILED = "MigManagerFailed"
+TIMEOUT = "Timeout"
+LABEL_CHANGED = "LabelChanged"
+UNREADABLE = "Unreadable"
+
+
+class ChangePhase(str, Enum):
+    RESERVING = "reserving"  # the node is reserved; the label is not written yet
+    APPLYING = "applying"    # the label is written; the MIG manager works
+
+
+@dataclass(frozen=True)
+class Change:
+    """A repartition under way, as recorded in ``ANN_CHANGE``. ``previous`` is the label value before
+    (None: the node had no label), what a rollback writes back."""
+
+    config: str
+    previous: str | None
+    before: tuple[Layout, ...]
+    after: tuple[Layout, ...]
+    serves: Mapping[str, int]
+    started: float
+    phase: ChangePhase = ChangePhase.RESERVING
+    applied_at: float | None = None
+
+    @property
+    def gpus(self) -> tuple[int, ...]:
+        return tuple(i for i, (a, b) in enumerate(zip(self.before, self.after, strict=True)) if a != b)
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "config": self.config, "previous": self.previous, "before": [list(x) for x in self.before],
+            "after": [list(x) for x in self.after], "gpus": list(self.gpus), "serves": dict(self.serves),
+            "started": self.started, "phase": self.phase.value, "appliedAt": self.applied_at,
+        }, sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> Change | None:
+        """The recorded change, or None when the text is not one (edited by hand, another version)."""
+        try:
+            d = json.loads(text)
+            before = tuple(normal(x) for x in d["before"])
+            after = tuple(normal(x) for x in d["after"])
+            if len(before) != len(after) or not isinstance(d["config"], str):
+                return None
+            applied = d.get("appliedAt")
+            return cls(d["config"], d.get("previous"), before, after,
+                       MappingProxyType({str(k): int(v) for k, v in (d.get("serves") or {}).items()}),
+                       float(d["started"]), ChangePhase(d.get("phase", "reserving")),
+                       float(applied) if applied is not None else None)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return None
+
+
+def new_change(plan: NodePlan, previous: str | None, now: float) -> Change:
+    """The record a reservation writes for ``plan`` (which names its config)."""
+    changed = {c.index: c.before for c in plan.changes}
+    current = tuple(changed.get(i, lay) for i, lay in enumerate(plan.layouts))
+    return Change(plan.config or "", previous, current, plan.layouts,
+                  MappingProxyType({s.resource: s.slices for s in plan.serves}), now)
+
+
+def last_change_at(text: str) -> float | None:
+    """When the last change ended, from ``ANN_LAST`` (None when unknown)."""
+    try:
+        return float(json.loads(text)["at"])
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def last_json(now: float, outcome: str) -> str:
+    return json.dumps({"at": now, "outcome": outcome}, sort_keys=True, separators=(",", ":"))
+
+
+# --------------------------------------------------------------------------------------------------
+# What the node shows, and the next step
+
+
+@dataclass(frozen=True)
+class Observed:
+    """The node as the inventory shows it: the MIG manager's two labels, its MIG allocatable split into
+    per-GPU layouts (None when it does not split: the device plugin is paused), and whether a MIG pod
+    holds a slice or a rule reserves one there."""
+
+    config: str | None
+    state: str | None
+    layouts: tuple[Layout, ...] | None
+    busy: bool
+
+
+@dataclass(frozen=True)
+class Wait:
+    why: str
+    until: float | None = None
+
+
+@dataclass(frozen=True)
+class Apply:
+    """Write the label (and phase applying) now."""
+
+
+@dataclass(frozen=True)
+class Finish:
+    seconds: float  # since the label was written
+
+
+@dataclass(frozen=True)
+class Abort:
+    """Release the reservation and leave the label as it is."""
+
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class RollBack:
+    """Put the label back to ``to`` (None: remove it), release the reservation."""
+
+    reason: str
+    detail: str
+    to: str | None
+
+
+Step = Wait | Apply | Finish | Abort | RollBack
+
+
+def same_layouts(a: Sequence[Layout], b: Sequence[Layout]) -> bool:
+    """Equal as multisets of per-GPU layouts: the allocatable says which layouts, not which GPU has which."""
+    return sorted(normal(x) for x in a) == sorted(normal(x) for x in b)
+
+
+def next_step(change: Change | None, seen: Observed, now: float, settings: RepartitionSettings) -> Step:
+    """What to do about the change recorded on a node, given what the node shows now (see the module
+    docstring's diagram)."""
+    if change is None:
+        return Abort(UNREADABLE, f"annotation {ANN_CHANGE} is not a change this version can read")
+    if change.phase is ChangePhase.RESERVING:
+        return _reserving(change, seen, now, settings)
+    return _applying(change, seen, now, settings)
+
+
+def _reserving(change: Change, seen: Observed, now: float, settings: RepartitionSettings) -> Step:
+    if seen.busy:
+        # a Binding in flight when the reservation was written, or a rule recorded from a stale view
+        return Abort(GPU_BUSY, "a MIG pod was placed on the node before the reservation reached every "
+                               "extender; nothing was changed")
+    ready = change.started + settings.settle
+    if now < ready:
+        return Wait("settling: every extender must see the reservation before the label is written", ready)
+    return Apply()
+
+
+def _applying(change: Change, seen: Observed, now: float, settings: RepartitionSettings) -> Step:
+    applied = change.applied_at if change.applied_at is not None else change.started
+    if seen.config != change.config:
+        return Abort(LABEL_CHANGED, f"{LABEL_MIG_CONFIG} is now {seen.config!r}, not {change.config!r}: "
+                                    "someone else changed it; left as it is")
+    if seen.state == STATE_FAILED:
+        return RollBack(MIG_MANAGER_FAILED, f"the MIG manager reported {LABEL_MIG_CONFIG_STATE}=failed for "
+                                            f"{change.config}", change.previous)
+    if seen.state == STATE_SUCCESS and seen.layouts is not None and same_layouts(seen.layouts, change.after):
+        return Finish(now - applied)
+    deadline = applied + settings.timeout
+    if now >= deadline:
+        state = seen.state or "not reported"
+        return RollBack(TIMEOUT, f"{LABEL_MIG_CONFIG_STATE} {state} {int(now - applied)}s after "
+                                 f"{change.config} was set (timeout {settings.timeout:g}s)", change.previous)
+    if seen.state == STATE_SUCCESS:
+        return Wait("success reported; waiting for the device plugin to advertise the new layout", deadline)
+    return Wait(f"MIG manager state {seen.state or 'not reported yet'}", deadline)
+
+
+# --------------------------------------------------------------------------------------------------
+# From a snapshot: what the planner and the state machine read
+
+
+def observe(info: NodeInfo, snap: ClusterSnapshot) -> Observed:
+    labels = info.facts.labels if info.facts is not None else {}
+    layouts = None
+    if info.gpu is not None and info.gpu_count > 0:
+        layouts = split_layouts(info.gpu, _profile_counts(info), info.gpu_count)
+    busy = any(n > 0 for n in info.used.values()) or bool(snap.rule_reserved(info.name))
+    return Observed(labels.get(LABEL_MIG_CONFIG), labels.get(LABEL_MIG_CONFIG_STATE), layouts, busy)
+
+
+def _profile_counts(info: NodeInfo) -> dict[str, int]:
+    """Profile name -> instances advertised (resources not of the node's model are left out)."""
+    out: dict[str, int] = {}
+    assert info.gpu is not None
+    for resource, n in info.allocatable.items():
+        try:
+            found = info.gpu.find(resource_profile_name(resource))
+        except ProfileError:
+            continue
+        if found is not None:
+            out[found.name] = out.get(found.name, 0) + n
+    return out
+
+
+def live_demand(snap: ClusterSnapshot) -> dict[str, int]:
+    """Per resource, the slices pods wait for (unbound, ungated) plus those of pods running on a
+    substitute (their restore needs a slice of the original type)."""
+    out = {r: n for r, n in snap.pending.items() if n > 0}
+    for rule in snap.rules:
+        if rule.phase is Phase.APPLIED and rule.bound_pod and not rule.is_hold:
+            r = rule.original.resource
+            out[r] = out.get(r, 0) + rule.original.count
+    return out
+
+
+def planner_nodes(snap: ClusterSnapshot, changes: Mapping[str, Change | None]) -> list[NodeGpus]:
+    """Every node with a known GPU model and count, as the planner sees it. A node with a change under
+    way is what its record says (its GPUs carry their targets: they count against the budget and their
+    new slices against the demand), whatever its allocatable shows mid-change."""
+    out = []
+    for name in sorted(snap.nodes):
+        info = snap.nodes[name]
+        if info.gpu is None or info.gpu_count <= 0:
+            continue
+        labels = info.facts.labels if info.facts is not None else {}
+        opted_in = labels.get(LABEL_REPARTITION) == "true"
+        last = last_change_at(info.repartition.get(ANN_LAST, "")) if info.repartition else None
+        if name in changes:
+            change = changes[name]
+            if change is None:  # unreadable: it still holds the node; the planner must leave it alone
+                out.append(NodeGpus(name, info.gpu, (GpuState(0, (), None, target=()),), opted_in))
+                continue
+            gpus = tuple(GpuState(i, b, None, target=a if a != b else None, changed_at=last)
+                         for i, (b, a) in enumerate(zip(change.before, change.after, strict=True)))
+            out.append(NodeGpus(name, info.gpu, gpus, opted_in))
+            continue
+        node = node_from_counts(name, info.gpu, _resources_by_name(info), info.used, info.gpu_count,
+                                opted_in=opted_in, reserved=snap.rule_reserved(name), changed_at=last)
+        if node is not None:
+            out.append(node)
+    return out
+
+
+def _resources_by_name(info: NodeInfo) -> dict[str, int]:
+    """The node's MIG allocatable without resources its model lacks (node_from_counts refuses those)."""
+    assert info.gpu is not None
+    out = {}
+    for r, n in info.allocatable.items():
+        try:
+            if info.gpu.find(resource_profile_name(r)) is not None:
+                out[r] = n
+        except ProfileError:
+            continue
+    return out
+
+
+def changes_on(snap: ClusterSnapshot) -> dict[str, Change | None]:
+    """Node -> its recorded change (None when unreadable), for the nodes that hold one."""
+    out: dict[str, Change | None] = {}
+    for name in sorted(snap.held_nodes):
+        info = snap.nodes.get(name)
+        if info is not None:
+            out[name] = Change.from_json(info.repartition.get(ANN_CHANGE, ""))
+    return out
+
+
+def describe(change: Change) -> dict[str, Any]:
+    """A change as /debug/repartition shows it."""
+    return {"config": change.config, "previous": change.previous, "phase": change.phase.value,
+            "gpus": list(change.gpus), "before": ["+".join(x) for x in change.before],
+            "after": ["+".join(x) for x in change.after], "serves": dict(change.serves),
+            "started": change.started, "appliedAt": change.applied_at}
+
+
+# --------------------------------------------------------------------------------------------------
+# The name map: the MIG manager's ConfigMap as mig-extender reads it
+
+
+def parse_mig_configs(doc: Any) -> tuple[tuple[NamedConfig, ...], list[str]]:
+    """The named configs of a mig-parted config (``version: v1``, ``mig-configs: {name: [groups]}``, the
+    ``config.yaml`` of the MIG manager's ConfigMap), and every problem found, at once.
+
+    A group is ``devices: all`` or ``devices: [i, ...]`` with ``mig-enabled: true`` and ``mig-devices:
+    {profile: count}``. A config with several ``devices: all`` groups (mig-parted's ``device-filter``
+    variants per GPU model) becomes one NamedConfig per group under the same name; the planner uses the
+    one valid on the node's model (``NamedConfig.problems``). Groups with ``mig-enabled: false`` are
+    not targets (a change turns MIG layouts into other MIG layouts), so such configs are left out.
+    """
+    table = doc.get("mig-configs") if isinstance(doc, Mapping) else None
+    if not isinstance(table, Mapping) or not table:
+        return (), ["no mig-configs: give the MIG manager's config.yaml (version: v1, mig-configs: ...)"]
+    out: list[NamedConfig] = []
+    problems: list[str] = []
+    for name, groups in table.items():
+        found, why = _named(str(name), groups)
+        out.extend(found)
+        problems.extend(why)
+    if not out and not problems:
+        problems.append("no config in mig-configs has a MIG layout (mig-enabled: true with mig-devices)")
+    return tuple(out), problems
+
+
+def _named(name: str, groups: Any) -> tuple[list[NamedConfig], list[str]]:
+    if not isinstance(groups, list) or not groups:
+        return [], [f"{name}: must be a list of device groups"]
+    alls: list[Layout] = []
+    devices: dict[int, Layout] = {}
+    for g in groups:
+        if not isinstance(g, Mapping):
+            return [], [f"{name}: each device group must be a mapping"]
+        if g.get("mig-enabled") is not True:
+            return [], []  # MIG off on some GPUs: not a target (see parse_mig_configs)
+        layout, why = _layout(name, g.get("mig-devices"))
+        if why:
+            return [], [why]
+        which = g.get("devices")
+        if which == "all":
+            alls.append(layout)
+        elif isinstance(which, list) and which and all(isinstance(i, int) and i >= 0 for i in which):
+            devices.update((i, layout) for i in which)
+        else:
+            return [], [f"{name}: devices must be 'all' or a list of GPU indices, got {which!r}"]
+    if alls and devices:
+        return [], [f"{name}: mixes 'devices: all' with GPU indices"]
+    if alls:
+        return [NamedConfig(name, all=lay) for lay in dict.fromkeys(alls)], []
+    return [NamedConfig(name, devices=devices)], []
+
+
+def _layout(name: str, devices: Any) -> tuple[Layout, str]:
+    if not isinstance(devices, Mapping) or not devices:
+        return (), f"{name}: mig-devices must map profile names to counts"
+    out: list[str] = []
+    for profile, count in devices.items():
+        if not isinstance(count, int) or count < 0:
+            return (), f"{name}: mig-devices {profile}: count must be a whole number, got {count!r}"
+        out.extend([str(profile)] * count)
+    return normal(out), ""
+
+
+def config_problems(configs: Sequence[NamedConfig], models: Sequence[GpuModel]) -> list[str]:
+    """Configs valid on no model of the catalog (a typo in a profile name, a layout no GPU can hold)."""
+    out = []
+    for c in configs:
+        if all(c.problems(m) for m in models):
+            out.append(f"{c.name}: {'+'.join(c.all or ()) or 'its layouts'} is a valid layout on no GPU model "
+                       f"of the catalog")
+    return out

@@ -1,0 +1,223 @@
+"""The repartition actuator's pure parts: the state machine over label, state and time
+(core/repartition_change.py), the change record on the Node, and the reservation a change makes: the
+extender's /filter must place no MIG pod on a node a repartition holds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mig_extender.core.planner import filter_pod
+from mig_extender.core.repartition import (
+    LABEL_MIG_CONFIG,
+    LABEL_MIG_CONFIG_STATE,
+    LABEL_REPARTITION,
+    GpuChange,
+    NodePlan,
+    RepartitionSettings,
+    Serves,
+)
+from mig_extender.core.repartition_change import (
+    ANN_CHANGE,
+    ANN_LAST,
+    GPU_BUSY,
+    LABEL_CHANGED,
+    MIG_MANAGER_FAILED,
+    TIMEOUT,
+    UNREADABLE,
+    Abort,
+    Apply,
+    Change,
+    ChangePhase,
+    Finish,
+    Observed,
+    RollBack,
+    Wait,
+    changes_on,
+    live_demand,
+    new_change,
+    next_step,
+    observe,
+    planner_nodes,
+)
+from mig_extender.core.resources import pod_info
+from tests.builders import inventory_of, make_node, make_pod
+
+L33 = ("3g.40gb", "3g.40gb")
+L7 = ("7g.80gb",)
+S = RepartitionSettings(settle=5.0, timeout=60.0)
+T0 = 1000.0
+
+
+def change(phase: ChangePhase = ChangePhase.RESERVING, applied: float | None = None, previous: str | None = "old",
+           ) -> Change:
+    return Change("all-7g", previous, (L33, L33), (L7, L7), {"nvidia.com/mig-7g.80gb": 2}, T0, phase, applied)
+
+
+def seen(config: str | None = "all-7g", state: str | None = None, layouts: tuple | None = None,
+         busy: bool = False) -> Observed:
+    return Observed(config, state, layouts, busy)
+
+
+APPLYING = change(ChangePhase.APPLYING, applied=T0 + 5)
+
+
+@pytest.mark.parametrize(("record", "node", "now", "want"), [
+    pytest.param(change(), seen("old"), T0 + 1, Wait("settling: every extender must see the reservation before "
+                                                     "the label is written", T0 + 5), id="reserving-settles-first"),
+    pytest.param(change(), seen("old"), T0 + 5, Apply(), id="reserving-settled-idle-applies"),
+    pytest.param(change(), seen("old", busy=True), T0 + 5,
+                 Abort(GPU_BUSY, "a MIG pod was placed on the node before the reservation reached every extender; "
+                                 "nothing was changed"), id="reserving-busy-aborts-without-a-label"),
+    pytest.param(change(), seen("old", busy=True), T0 + 1,
+                 Abort(GPU_BUSY, "a MIG pod was placed on the node before the reservation reached every extender; "
+                                 "nothing was changed"), id="reserving-busy-aborts-even-while-settling"),
+    pytest.param(APPLYING, seen(state=None), T0 + 6, Wait("MIG manager state not reported yet", T0 + 65),
+                 id="applying-no-state-yet-waits"),
+    pytest.param(APPLYING, seen(state="pending"), T0 + 30, Wait("MIG manager state pending", T0 + 65),
+                 id="applying-pending-waits"),
+    pytest.param(APPLYING, seen(state="success", layouts=(L7, L7)), T0 + 35, Finish(30.0),
+                 id="applying-success-with-new-layout-finishes"),
+    pytest.param(APPLYING, seen(state="success", layouts=(L33, L33)), T0 + 35,
+                 Wait("success reported; waiting for the device plugin to advertise the new layout", T0 + 65),
+                 id="applying-success-but-old-allocatable-waits"),
+    pytest.param(APPLYING, seen(state="success", layouts=None), T0 + 35,
+                 Wait("success reported; waiting for the device plugin to advertise the new layout", T0 + 65),
+                 id="applying-success-but-plugin-paused-waits"),
+    pytest.param(APPLYING, seen(state="failed"), T0 + 7,
+                 RollBack(MIG_MANAGER_FAILED, "the MIG manager reported nvidia.com/mig.config.state=failed for "
+                                              "all-7g", "old"), id="applying-failed-rolls-back"),
+    pytest.param(change(ChangePhase.APPLYING, T0 + 5, previous=None), seen(state="failed"), T0 + 7,
+                 RollBack(MIG_MANAGER_FAILED, "the MIG manager reported nvidia.com/mig.config.state=failed for "
+                                              "all-7g", None), id="applying-failed-without-previous-removes-label"),
+    pytest.param(APPLYING, seen(state="pending"), T0 + 65,
+                 RollBack(TIMEOUT, "nvidia.com/mig.config.state pending 60s after all-7g was set (timeout 60s)",
+                          "old"), id="applying-wedged-pending-times-out"),
+    pytest.param(APPLYING, seen(state="rebooting"), T0 + 70,
+                 RollBack(TIMEOUT, "nvidia.com/mig.config.state rebooting 65s after all-7g was set (timeout 60s)",
+                          "old"), id="applying-rebooting-too-long-times-out"),
+    pytest.param(APPLYING, seen(state=None), T0 + 65,
+                 RollBack(TIMEOUT, "nvidia.com/mig.config.state not reported 60s after all-7g was set (timeout "
+                                   "60s)", "old"), id="applying-mig-manager-absent-times-out"),
+    pytest.param(APPLYING, seen("someone-else", state="success"), T0 + 7,
+                 Abort(LABEL_CHANGED, "nvidia.com/mig.config is now 'someone-else', not 'all-7g': someone else "
+                                      "changed it; left as it is"), id="applying-label-changed-by-others-lets-go"),
+    pytest.param(None, seen(), T0, Abort(UNREADABLE, f"annotation {ANN_CHANGE} is not a change this version can "
+                                                     "read"), id="unreadable-record-releases"),
+])
+def test_next_step(record: Change | None, node: Observed, now: float, want: object) -> None:
+    assert next_step(record, node, now, S) == want
+
+
+def test_timeout_is_measured_from_the_label_write_not_the_reservation() -> None:
+    late = change(ChangePhase.APPLYING, applied=T0 + 50)
+    assert isinstance(next_step(late, seen(state="pending"), T0 + 65, S), Wait)
+
+
+@pytest.mark.parametrize("record", [
+    pytest.param(change(), id="reserving"),
+    pytest.param(APPLYING, id="applying"),
+    pytest.param(change(previous=None), id="no-previous-label"),
+])
+def test_change_record_round_trips(record: Change) -> None:
+    assert Change.from_json(record.to_json()) == record
+
+
+@pytest.mark.parametrize("text", [
+    pytest.param("", id="empty"),
+    pytest.param("{", id="not-json"),
+    pytest.param(json.dumps({"config": "x"}), id="fields-missing"),
+    pytest.param(json.dumps({"config": "x", "before": [["3g.40gb"]], "after": [], "started": 1}),
+                 id="gpu-counts-differ"),
+    pytest.param(json.dumps({"config": "x", "before": [], "after": [], "started": 1, "phase": "weird"}),
+                 id="bad-phase"),
+])
+def test_unreadable_records_are_none(text: str) -> None:
+    assert Change.from_json(text) is None
+
+
+def test_new_change_records_the_whole_node_before_and_after() -> None:
+    plan = NodePlan("n", (GpuChange(1, L33, L7),), (L33, L7), (Serves("nvidia.com/mig-7g.80gb", 1),), "gpu1-7g")
+    got = new_change(plan, None, T0)
+    assert got == Change("gpu1-7g", None, (L33, L33), (L33, L7), {"nvidia.com/mig-7g.80gb": 1}, T0)
+    assert got.gpus == (1,)
+
+
+# --------------------------------------------------------------------------------------------------
+# The reservation: a node holding a change is full for every MIG pod
+
+
+def node_json(name: str, annotations: dict[str, str] | None = None, mig: dict[str, int] | None = None,
+              labels: dict[str, str] | None = None) -> dict:
+    obj = make_node(name, gpu="A100-80GB", mig=mig if mig is not None else {"3g.40gb": 4},
+                    labels={"nvidia.com/gpu.count": "2", LABEL_REPARTITION: "true", **(labels or {})})
+    if annotations:
+        obj["metadata"]["annotations"] = annotations
+    return obj
+
+
+HELD = {ANN_CHANGE: change().to_json()}
+
+
+def test_filter_places_no_mig_pod_on_a_node_a_repartition_holds() -> None:
+    inv = inventory_of(node_json("held", HELD), node_json("free"))
+    pod = pod_info(make_pod("p", mig={"3g.40gb": 1}))
+    decision = filter_pod(pod, ["held", "free"], inv.snapshot(now=T0))
+    assert decision.passed == ("free",)
+    assert "held" in decision.failed or "held" in decision.unresolvable
+
+
+def test_held_node_offers_no_substitute_either() -> None:
+    inv = inventory_of(node_json("held", HELD))
+    pod = pod_info(make_pod("p", mig={"1g.10gb": 1}, owner=("ReplicaSet", "rs", "rs-uid")))
+    decision = filter_pod(pod, ["held"], inv.snapshot(now=T0))
+    assert decision.passed == () and decision.record is None
+
+
+def test_hold_covers_the_new_layout_when_allocatable_comes_back_changed() -> None:
+    inv = inventory_of(node_json("held", HELD, mig={"7g.80gb": 2}))
+    pod = pod_info(make_pod("p", mig={"7g.80gb": 1}))
+    assert filter_pod(pod, ["held"], inv.snapshot(now=T0)).passed == ()
+
+
+def test_removing_the_annotation_releases_the_node() -> None:
+    inv = inventory_of(node_json("held", HELD))
+    inv.upsert_node(node_json("held"))
+    pod = pod_info(make_pod("p", mig={"3g.40gb": 1}))
+    assert filter_pod(pod, ["held"], inv.snapshot(now=T0)).passed == ("held",)
+
+
+def test_only_the_change_annotation_holds_the_node() -> None:
+    inv = inventory_of(node_json("done", {ANN_LAST: json.dumps({"at": T0, "outcome": "success"})}))
+    assert inv.snapshot(now=T0).held_nodes == frozenset()
+    pod = pod_info(make_pod("p", mig={"3g.40gb": 1}))
+    assert filter_pod(pod, ["done"], inv.snapshot(now=T0)).passed == ("done",)
+
+
+# --------------------------------------------------------------------------------------------------
+# What the actuator reads from a snapshot
+
+
+def test_observe_reads_the_labels_the_split_and_busy() -> None:
+    node = node_json("n", labels={LABEL_MIG_CONFIG: "all-3g", LABEL_MIG_CONFIG_STATE: "success"})
+    pod = make_pod("p", mig={"3g.40gb": 1}, node="n", phase="Running")
+    snap = inventory_of(node, pod).snapshot(now=T0)
+    assert observe(snap.nodes["n"], snap) == Observed("all-3g", "success", (L33, L33), True)
+
+
+def test_observe_paused_device_plugin_does_not_split() -> None:
+    snap = inventory_of(node_json("n", mig={"3g.40gb": 0})).snapshot(now=T0)
+    assert observe(snap.nodes["n"], snap).layouts in (None, ((), ()))
+
+
+def test_planner_sees_a_held_node_by_its_record_with_targets() -> None:
+    snap = inventory_of(node_json("held", HELD, mig={})).snapshot(now=T0)
+    (node,) = planner_nodes(snap, changes_on(snap))
+    assert node.changing and [g.target for g in node.gpus] == [L7, L7]
+
+
+def test_live_demand_counts_pending_pods() -> None:
+    snap = inventory_of(node_json("n"), make_pod("w", mig={"7g.80gb": 1}),
+                        make_pod("v", mig={"7g.80gb": 1})).snapshot(now=T0)
+    assert live_demand(snap) == {"nvidia.com/mig-7g.80gb": 2}

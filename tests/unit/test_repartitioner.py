@@ -1,0 +1,377 @@
+"""The repartition actuator (components/repartitioner.py) over a fake API: what it writes to Nodes and
+which Events it sends, pass by pass, including a new leader taking over and the API refusing writes.
+
+The fake API keeps Node objects with resourceVersions (a patch carrying one is conditional, as on the
+real API server) and feeds every write back into the inventory, as the watch would; ``lag=True``
+holds writes back from the inventory (a lagging watch)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from mig_extender.cluster.actions import NodeWrite
+from mig_extender.cluster.inventory import ClusterInventory
+from mig_extender.components.repartitioner import ConfigError, Repartitioner, load_mig_configs
+from mig_extender.core.repartition import (
+    LABEL_MIG_CONFIG,
+    LABEL_MIG_CONFIG_STATE,
+    LABEL_REPARTITION,
+    NamedConfig,
+    RepartitionSettings,
+)
+from mig_extender.core.repartition_change import ANN_CHANGE, ANN_LAST, Change, ChangePhase
+from tests.builders import make_node, make_pod
+
+L33 = ("3g.40gb", "3g.40gb")
+L7 = ("7g.80gb",)
+CONFIGS = (NamedConfig("all-3g.40gb", all=L33), NamedConfig("all-7g.80gb", all=L7))
+SETTINGS = RepartitionSettings(window=60.0, cooldown=600.0, settle=5.0, timeout=100.0)
+T0 = 10_000.0
+R7 = "nvidia.com/mig-7g.80gb"
+
+
+class FakeApi:
+    """Nodes by name; writes bump resourceVersion and reach the inventory unless ``lag``."""
+
+    def __init__(self, inventory: ClusterInventory) -> None:
+        self.inventory = inventory
+        self.objs: dict[str, dict[str, Any]] = {}
+        self.rv = 1
+        self.lag = False
+        self.patches: list[tuple[str, dict[str, Any]]] = []
+        self.events: list[tuple[str, str, str, bool]] = []
+        self.refuse: NodeWrite | None = None
+
+    def put(self, obj: dict[str, Any]) -> None:
+        self.rv += 1
+        obj["metadata"]["resourceVersion"] = str(self.rv)
+        self.objs[obj["metadata"]["name"]] = obj
+        if not self.lag:
+            self.inventory.upsert_node(copy.deepcopy(obj))
+
+    def sync(self) -> None:
+        for obj in self.objs.values():
+            self.inventory.upsert_node(copy.deepcopy(obj))
+
+    # NodeWriter
+    def read(self, node: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.objs.get(node))
+
+    def patch(self, node: str, labels: Any = None, annotations: Any = None, resource_version: str = "") -> NodeWrite:
+        if self.refuse is not None:
+            return self.refuse
+        obj = self.objs.get(node)
+        if obj is None:
+            return NodeWrite.GONE
+        if resource_version and obj["metadata"]["resourceVersion"] != resource_version:
+            return NodeWrite.CONFLICT
+        obj = copy.deepcopy(obj)
+        for key, values in (("labels", labels), ("annotations", annotations)):
+            target = obj["metadata"].setdefault(key, {})
+            for k, v in (values or {}).items():
+                if v is None:
+                    target.pop(k, None)
+                else:
+                    target[k] = v
+        self.patches.append((node, {"labels": dict(labels or {}), "annotations": dict(annotations or {})}))
+        self.put(obj)
+        return NodeWrite.DONE
+
+    # NodeEventWriter
+    def write(self, node: str, reason: str, message: str, warning: bool = False, action: str = "") -> str:
+        self.events.append((node, reason, message, warning))
+        return "created"
+
+    # helpers for the tests: what the MIG manager and the device plugin would do
+    def mig_manager(self, node: str, state: str, mig: dict[str, int] | None = None) -> None:
+        obj = copy.deepcopy(self.objs[node])
+        obj["metadata"]["labels"][LABEL_MIG_CONFIG_STATE] = state
+        if mig is not None:
+            alloc = {k: v for k, v in obj["status"]["allocatable"].items() if not k.startswith("nvidia.com/mig-")}
+            alloc.update({f"nvidia.com/mig-{p}": str(n) for p, n in mig.items()})
+            obj["status"]["allocatable"] = obj["status"]["capacity"] = alloc
+        self.put(obj)
+
+    def labels(self, node: str) -> dict[str, str]:
+        return self.objs[node]["metadata"].get("labels", {})
+
+    def annotations(self, node: str) -> dict[str, str]:
+        return self.objs[node]["metadata"].get("annotations", {})
+
+    def reasons(self) -> list[str]:
+        return [e[1] for e in self.events]
+
+
+class World:
+    def __init__(self, opted_in: bool = True, waiting: int = 2, label: str | None = "all-3g.40gb") -> None:
+        self.clock = T0
+        self.inventory = ClusterInventory(clock=lambda: self.clock)
+        self.api = FakeApi(self.inventory)
+        labels = {"nvidia.com/gpu.count": "2"}
+        if opted_in:
+            labels[LABEL_REPARTITION] = "true"
+        if label:
+            labels[LABEL_MIG_CONFIG] = label
+        self.api.put(make_node("gpu-1", gpu="A100-80GB", mig={"3g.40gb": 4}, labels=labels))
+        for i in range(waiting):
+            self.inventory.upsert_pod(make_pod(f"big-{i}", mig={"7g.80gb": 1}))
+        self.inventory.synced = True
+
+    def actuator(self, mode: str = "on", settings: RepartitionSettings = SETTINGS) -> Repartitioner:
+        return Repartitioner(mode, settings, CONFIGS, self.api, self.api, clock=lambda: self.clock)
+
+    def run(self, rep: Repartitioner, at: float) -> Counter[str]:
+        self.clock = at
+        counts: Counter[str] = Counter()
+        rep.run_once(self.inventory.snapshot(now=at), counts)
+        return counts
+
+    def change(self) -> Change | None:
+        text = self.api.annotations("gpu-1").get(ANN_CHANGE)
+        return Change.from_json(text) if text else None
+
+
+def test_idle_opted_in_node_goes_through_reserve_apply_finish() -> None:
+    w = World()
+    rep = w.actuator()
+    w.run(rep, T0)  # demand first seen: too young
+    assert w.api.patches == []
+    w.run(rep, T0 + 60)
+    change = w.change()
+    assert change is not None and change.phase is ChangePhase.RESERVING
+    assert (change.config, change.previous, change.after) == ("all-7g.80gb", "all-3g.40gb", (L7, L7))
+    assert LABEL_MIG_CONFIG_STATE not in w.api.labels("gpu-1") and w.api.labels("gpu-1")[LABEL_MIG_CONFIG] == \
+        "all-3g.40gb"  # reserved only: the MIG manager has not been asked yet
+    w.run(rep, T0 + 62)  # settling
+    assert w.change().phase is ChangePhase.RESERVING
+    w.run(rep, T0 + 65)
+    assert w.change().phase is ChangePhase.APPLYING
+    assert w.api.labels("gpu-1")[LABEL_MIG_CONFIG] == "all-7g.80gb"
+    assert w.api.reasons() == ["MigRepartitioning"]
+    w.api.mig_manager("gpu-1", "pending", {"3g.40gb": 0})
+    w.run(rep, T0 + 70)
+    w.api.mig_manager("gpu-1", "success", {"7g.80gb": 2})
+    w.run(rep, T0 + 90)
+    assert ANN_CHANGE not in w.api.annotations("gpu-1")
+    assert json.loads(w.api.annotations("gpu-1")[ANN_LAST])["outcome"] == "success"
+    assert w.api.reasons() == ["MigRepartitioning", "MigRepartitioned"]
+    assert w.inventory.snapshot(now=T0 + 90).held_nodes == frozenset()
+
+
+def test_reservation_holds_the_node_from_the_first_write() -> None:
+    w = World()
+    rep = w.actuator()
+    w.run(rep, T0)
+    w.run(rep, T0 + 60)
+    snap = w.inventory.snapshot(now=T0 + 60)
+    assert snap.held_nodes == {"gpu-1"} and snap.free("gpu-1", "nvidia.com/mig-3g.40gb") == 0
+
+
+def test_node_not_opted_in_is_never_written() -> None:
+    w = World(opted_in=False)
+    rep = w.actuator()
+    for t in (T0, T0 + 60, T0 + 120):
+        w.run(rep, t)
+    assert w.api.patches == [] and w.api.events == []
+    assert {"kind": "NodeSkipped", "node": "gpu-1", "why": "not-opted-in"} in rep.status_json()["whyNot"]
+
+
+def test_advise_writes_one_event_and_no_label() -> None:
+    w = World()
+    rep = w.actuator("advise")
+    for t in (T0, T0 + 60, T0 + 65, T0 + 120):
+        w.run(rep, t)
+    assert w.api.patches == []
+    assert w.api.reasons() == ["MigRepartitionAdvised"]
+    assert rep.status_json()["plans"] == [{"node": "gpu-1", "config": "all-7g.80gb", "gpus": [0, 1],
+                                           "after": ["7g.80gb", "7g.80gb"], "serves": {R7: 2}}]
+
+
+def start_applying(w: World, rep: Repartitioner) -> None:
+    w.run(rep, T0)
+    w.run(rep, T0 + 60)
+    w.run(rep, T0 + 65)
+    assert w.change().phase is ChangePhase.APPLYING
+
+
+def test_failed_state_rolls_back_the_label_and_says_why() -> None:
+    w = World()
+    rep = w.actuator()
+    start_applying(w, rep)
+    w.api.mig_manager("gpu-1", "failed")
+    w.run(rep, T0 + 70)
+    assert w.change() is None and w.api.labels("gpu-1")[LABEL_MIG_CONFIG] == "all-3g.40gb"
+    _, reason, message, warning = w.api.events[-1]
+    assert (reason, warning) == ("MigRepartitionFailed", True) and message.startswith("MigManagerFailed")
+    assert json.loads(w.api.annotations("gpu-1")[ANN_LAST])["outcome"] == "MigManagerFailed"
+
+
+def test_failed_node_is_not_changed_again_within_the_cooldown() -> None:
+    w = World()
+    rep = w.actuator()
+    start_applying(w, rep)
+    w.api.mig_manager("gpu-1", "failed")
+    w.run(rep, T0 + 70)
+    patches = len(w.api.patches)
+    w.run(rep, T0 + 200)
+    assert len(w.api.patches) == patches
+    w.run(rep, T0 + 70 + SETTINGS.cooldown)
+    assert w.change() is not None  # the cooldown is over: tried again
+
+
+def test_failed_state_left_by_an_earlier_change_is_not_read_as_this_ones() -> None:
+    w = World()
+    w.api.mig_manager("gpu-1", "failed")  # an older failure still on the node
+    rep = w.actuator()
+    start_applying(w, rep)
+    assert LABEL_MIG_CONFIG_STATE not in w.api.labels("gpu-1")  # cleared in the same patch as the label
+    w.run(rep, T0 + 66)
+    assert w.change().phase is ChangePhase.APPLYING
+
+
+def test_wedged_pending_times_out_and_rolls_back() -> None:
+    w = World()
+    rep = w.actuator()
+    start_applying(w, rep)
+    w.api.mig_manager("gpu-1", "pending", {"3g.40gb": 0})
+    w.run(rep, T0 + 65 + SETTINGS.timeout - 1)
+    assert w.change() is not None
+    w.run(rep, T0 + 65 + SETTINGS.timeout)
+    assert w.change() is None and w.api.labels("gpu-1")[LABEL_MIG_CONFIG] == "all-3g.40gb"
+    assert w.api.events[-1][2].startswith("Timeout: nvidia.com/mig.config.state pending")
+
+
+def test_rollback_without_a_previous_label_removes_ours() -> None:
+    w = World(label=None)
+    rep = w.actuator()
+    start_applying(w, rep)
+    w.api.mig_manager("gpu-1", "failed")
+    w.run(rep, T0 + 70)
+    assert LABEL_MIG_CONFIG not in w.api.labels("gpu-1")
+
+
+def test_new_leader_resumes_the_change_and_times_out_a_wedged_one() -> None:
+    w = World()
+    start_applying(w, w.actuator())
+    w.api.mig_manager("gpu-1", "pending", {"3g.40gb": 0})
+    successor = w.actuator()  # nothing in memory: only what the API shows
+    w.run(successor, T0 + 80)
+    assert w.change().phase is ChangePhase.APPLYING
+    assert sum(1 for _, p in w.api.patches if ANN_CHANGE in p["annotations"]) == 2  # reserve + apply, no second
+    # the successor announces the change it found, with the very same text: NodeEvents derives the Event's
+    # name from it, so the API answers 409 when the old leader had written it
+    first, again = w.api.events
+    assert first == again and first[1] == "MigRepartitioning"
+    w.run(successor, T0 + 65 + SETTINGS.timeout)
+    assert w.change() is None and w.api.reasons()[-1] == "MigRepartitionFailed"
+
+
+def test_new_leader_finishes_a_reservation_the_old_one_made() -> None:
+    w = World()
+    old = w.actuator()
+    w.run(old, T0)
+    w.run(old, T0 + 60)
+    successor = w.actuator()
+    w.run(successor, T0 + 61)
+    assert w.change().phase is ChangePhase.RESERVING
+    w.run(successor, T0 + 65)
+    assert w.change().phase is ChangePhase.APPLYING
+
+
+def test_pod_placed_before_the_reservation_settled_aborts_without_a_label() -> None:
+    w = World()
+    rep = w.actuator()
+    w.run(rep, T0)
+    w.run(rep, T0 + 60)
+    w.inventory.upsert_pod(make_pod("late", mig={"3g.40gb": 1}, node="gpu-1", phase="Running"))
+    w.run(rep, T0 + 65)
+    assert w.change() is None and w.api.labels("gpu-1")[LABEL_MIG_CONFIG] == "all-3g.40gb"
+    assert w.api.events[-1][2].startswith("GpuBusy")
+
+
+def test_conflict_on_reserve_writes_nothing() -> None:
+    w = World()
+    rep = w.actuator()
+    w.run(rep, T0)
+    w.api.refuse = NodeWrite.CONFLICT
+    counts = w.run(rep, T0 + 60)
+    assert counts["repartition_conflict"] == 1 and w.change() is None
+
+
+def test_throttled_apply_is_retried_next_pass() -> None:
+    w = World()
+    rep = w.actuator()
+    w.run(rep, T0)
+    w.run(rep, T0 + 60)
+    w.api.refuse = NodeWrite.THROTTLED
+    assert w.run(rep, T0 + 65)["repartition_throttled"] == 1
+    w.api.refuse = None
+    w.run(rep, T0 + 66)
+    assert w.change().phase is ChangePhase.APPLYING
+
+
+def test_lagging_watch_never_starts_a_second_change() -> None:
+    """The inventory has not seen our reservation yet: the planner plans the node again, and the fresh
+    read before the write finds the record."""
+    w = World()
+    rep = w.actuator()
+    w.run(rep, T0)
+    w.api.lag = True
+    w.run(rep, T0 + 60)
+    counts = w.run(rep, T0 + 61)
+    assert counts["repartition_conflict"] == 1
+    assert sum(1 for _, p in w.api.patches if ANN_CHANGE in p["annotations"]) == 1
+
+
+def test_label_changed_by_someone_else_is_left_alone() -> None:
+    w = World()
+    rep = w.actuator()
+    start_applying(w, rep)
+    obj = copy.deepcopy(w.api.objs["gpu-1"])
+    obj["metadata"]["labels"][LABEL_MIG_CONFIG] = "all-1g.10gb"
+    w.api.put(obj)
+    w.run(rep, T0 + 70)
+    assert w.change() is None and w.api.labels("gpu-1")[LABEL_MIG_CONFIG] == "all-1g.10gb"
+
+
+def test_off_still_finishes_a_change_under_way_and_starts_none() -> None:
+    w = World()
+    start_applying(w, w.actuator())
+    off = w.actuator("off")
+    w.api.mig_manager("gpu-1", "success", {"7g.80gb": 2})
+    w.run(off, T0 + 80)
+    assert w.change() is None and w.api.reasons()[-1] == "MigRepartitioned"
+    patches = len(w.api.patches)
+    w.run(off, T0 + 5000)
+    assert len(w.api.patches) == patches
+
+
+@pytest.mark.parametrize(("text", "error"), [
+    pytest.param("version: v1\n", "no mig-configs", id="no-configs"),
+    pytest.param("mig-configs:\n  x:\n    - devices: all\n      mig-enabled: true\n      mig-devices: {'5g.99gb': 1}\n",
+                 "x: 5g.99gb is a valid layout on no GPU model", id="unknown-profile"),
+    pytest.param("mig-configs:\n  x:\n    - devices: some\n      mig-enabled: true\n"
+                 "      mig-devices: {'1g.10gb': 7}\n",
+                 "x: devices must be 'all' or a list of GPU indices", id="bad-devices"),
+    pytest.param("mig-configs: [", "not YAML", id="not-yaml"),
+])
+def test_bad_name_map_is_one_error(tmp_path: Any, text: str, error: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=error):
+        load_mig_configs(str(path))
+
+
+def test_name_map_reads_the_configmap_and_per_gpu_configs(tmp_path: Any) -> None:
+    inner = ("version: v1\nmig-configs:\n  all-7g.80gb:\n    - devices: all\n      mig-enabled: true\n"
+             "      mig-devices: {'7g.80gb': 1}\n  gpu1-1g:\n    - devices: [1]\n      mig-enabled: true\n"
+             "      mig-devices: {'1g.10gb': 7}\n  all-disabled:\n    - devices: all\n      mig-enabled: false\n")
+    path = tmp_path / "cm.yaml"
+    path.write_text(json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "data": {"config.yaml": inner}}))
+    assert load_mig_configs(str(path)) == (NamedConfig("all-7g.80gb", all=L7),
+                                           NamedConfig("gpu1-1g", devices={1: ("1g.10gb",) * 7}))
