@@ -302,6 +302,7 @@ EXPECTED_PERMISSIONS = {
         "": {("", "pods", "", v) for v in (*READ, "create", "delete")} | {("", "pods/eviction", "", "create")}
         | {("", "pods/status", "", "patch"), ("policy", "poddisruptionbudgets", "", "list")}
         | {("", "nodes", "", v) for v in READ} | {("batch", "jobs", "", "get")}
+        | {("", "nodes", "", "patch")}  # repartitioning: nvidia.com/mig.config and the change record
         | RULES | RULE_WRITES | {("mig-extender.io", "migsubstitutions", "", "delete")} | RULE_STATUS | EVENTS,
         NAMESPACE: _lease("mig-extender-reconciler"),
     },
