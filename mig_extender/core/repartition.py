@@ -338,8 +338,8 @@ def node_from_counts(name: str, gpu: GpuModel, allocatable: Mapping[str, int], u
                      changed_at: float | None = None) -> NodeGpus | None:
     """A node of the live inventory (counts per resource) as per-GPU states, see the module docstring.
 
-    None when the counts do not split into ``gpu_count`` valid layouts: the node is mid-change or its
-    labels are wrong, and the planner must leave it alone.
+    None when the counts do not split into ``gpu_count`` valid layouts with an instance on every GPU:
+    the node is mid-change, runs a GPU with MIG off, or its labels are wrong; the planner leaves it alone.
     """
     counts: dict[str, int] = {}
     for resource, n in allocatable.items():
@@ -348,7 +348,9 @@ def node_from_counts(name: str, gpu: GpuModel, allocatable: Mapping[str, int], u
             return None
         counts[found.name] = counts.get(found.name, 0) + n
     layouts = split_layouts(gpu, counts, gpu_count)
-    if layouts is None:
+    if layouts is None or not all(layouts):
+        # a GPU without MIG instances: the device plugin is paused (a change under way, a wedged one) or
+        # the GPU runs with MIG off (its nvidia.com/gpu pods are not in these counts): unknown, not idle
         return None
     idle = not any(n > 0 for n in used.values())
     gpus = tuple(GpuState(i, lay, EMPTY if idle else None, changed_at=changed_at) for i, lay in enumerate(layouts))

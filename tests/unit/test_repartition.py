@@ -299,3 +299,15 @@ def test_node_from_counts_calls_gpus_idle_only_when_the_node_is() -> None:
     assert node_from_counts("a", A80, {G1: 15}, {}, 2) is None
     plan = plan_repartition([busy], {G7: old(1)}, NOW, S)
     assert plan.plans == () and {s.why for s in plan.skipped} == {SKIP_BUSY}
+
+
+@pytest.mark.parametrize("alloc", [
+    pytest.param({}, id="no-mig-resources"),
+    pytest.param({G1: 0}, id="device-plugin-paused"),
+    pytest.param({G1: 7}, id="one-gpu-without-instances"),
+])
+def test_node_from_counts_leaves_gpus_without_mig_instances_alone(alloc: dict[str, int]) -> None:
+    """Defect: no MIG allocatable split into empty per-GPU layouts, which count as idle GPUs, so the
+    planner turned a node whose device plugin is paused (mid-change, wedged) or whose GPUs run with MIG
+    off (nvidia.com/gpu pods the inventory does not count) into a repartition candidate."""
+    assert node_from_counts("a", A80, alloc, {}, 2) is None
