@@ -40,6 +40,8 @@ from .repartition import (
     LABEL_MIG_CONFIG_STATE,
     LABEL_REPARTITION,
     STATE_FAILED,
+    STATE_PENDING,
+    STATE_REBOOTING,
     STATE_SUCCESS,
     GpuState,
     Layout,
@@ -297,6 +299,8 @@ def planner_nodes(snap: ClusterSnapshot, changes: Mapping[str, Change | None]) -
                          for i, (b, a) in enumerate(zip(change.before, change.after, strict=True)))
             out.append(NodeGpus(name, info.gpu, gpus, opted_in))
             continue
+        if labels.get(LABEL_MIG_CONFIG_STATE) in (STATE_PENDING, STATE_REBOOTING):
+            continue  # the MIG manager works on someone else's change: its layout is about to move
         node = node_from_counts(name, info.gpu, _resources_by_name(info), info.used, info.gpu_count,
                                 opted_in=opted_in, reserved=snap.rule_reserved(name), changed_at=last)
         if node is not None:

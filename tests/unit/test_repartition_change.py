@@ -221,3 +221,9 @@ def test_live_demand_counts_pending_pods() -> None:
     snap = inventory_of(node_json("n"), make_pod("w", mig={"7g.80gb": 1}),
                         make_pod("v", mig={"7g.80gb": 1})).snapshot(now=T0)
     assert live_demand(snap) == {"nvidia.com/mig-7g.80gb": 2}
+
+
+@pytest.mark.parametrize("state", [pytest.param("pending", id="pending"), pytest.param("rebooting", id="rebooting")])
+def test_node_the_mig_manager_is_changing_for_someone_else_is_not_planned(state: str) -> None:
+    snap = inventory_of(node_json("n", labels={LABEL_MIG_CONFIG_STATE: state})).snapshot(now=T0)
+    assert planner_nodes(snap, changes_on(snap)) == []
