@@ -35,7 +35,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..core.placement import NodeFacts
-from ..core.repartition_change import ANN_CHANGE, ANNOTATIONS
+from ..core.repartition_change import ANN_CHANGE, ANNOTATIONS, holds
 from ..core.resources import DemandError, PodInfo, mig_allocatable, pod_info, quantity_scaled
 from ..core.rules import Rule
 from ..core.snapshot import (
@@ -184,7 +184,8 @@ class ClusterInventory:
         self._requests = _RequestBook()
         self._usage_dirty: set[str] = set()          # nodes whose cpu/memory sums are not in NodeInfo yet
         self._cordoned: set[str] = set()             # nodes with spec.unschedulable
-        self._repartitioning: set[str] = set()       # nodes a repartition holds (annotation ANN_CHANGE)
+        self._repartitioning: set[str] = set()       # nodes with a change record (annotation ANN_CHANGE)...
+        self._holding: set[str] = set()              # ...and those it holds (core/repartition_change.holds)
         self.synced = False
         self.generation = 0
 
@@ -208,6 +209,7 @@ class ClusterInventory:
                     self._index.get(r, set()).discard(name)
                 self._cordoned.discard(name)
                 self._repartitioning.discard(name)
+                self._holding.discard(name)
                 self._changed()
 
     def _set_node(self, name: str, info: NodeInfo) -> None:
@@ -221,10 +223,10 @@ class ClusterInventory:
             self._cordoned.discard(name)
         else:
             self._cordoned.add(name)
-        if ANN_CHANGE in info.repartition:
-            self._repartitioning.add(name)
-        else:
-            self._repartitioning.discard(name)
+        record = info.repartition.get(ANN_CHANGE)
+        labels = info.facts.labels if info.facts is not None else {}
+        (self._repartitioning.add if record else self._repartitioning.discard)(name)
+        (self._holding.add if record and holds(record, labels) else self._holding.discard)(name)
         for r in set(info.allocatable) | set(old.allocatable if old else ()):
             members = self._index.setdefault(r, set())
             if info.schedulable and info.free(r) > 0:
@@ -343,6 +345,7 @@ class ClusterInventory:
         self._index = {r: {fresh.get(n, n) for n in members} for r, members in self._index.items()}
         self._cordoned = {fresh.get(n, n) for n in self._cordoned}
         self._repartitioning = {fresh.get(n, n) for n in self._repartitioning}
+        self._holding = {fresh.get(n, n) for n in self._holding}
         self._changed()
 
     def assume(self, pod: PodInfo, node: str) -> PodInfo:
@@ -469,9 +472,9 @@ class ClusterInventory:
             synced, pending = self.synced, dict(self._pending)
             since = self._pending_since()
             lowest = min(self._priorities, default=NO_HOLDER)  # a handful of distinct priorities at most
-            held = frozenset(self._repartitioning)
+            held, recorded = frozenset(self._holding), frozenset(self._repartitioning)
         return ClusterSnapshot.build(nodes, index, rules, self._clock() if now is None else now, synced, pending,
-                                     lowest, cordoned, since, order, held)
+                                     lowest, cordoned, since, order, held, recorded)
 
     def _pending_since(self) -> dict[str, float]:
         """resource -> creation time of its oldest waiting pod; heap entries of pods gone are dropped here."""

@@ -130,6 +130,20 @@ def new_change(plan: NodePlan, previous: str | None, now: float) -> Change:
                   MappingProxyType({s.resource: s.slices for s in plan.serves}), now)
 
 
+def holds(record: str, labels: Mapping[str, str]) -> bool:
+    """Whether a node with change record ``record`` is held (no MIG pod placed there).
+
+    Until the MIG manager reports ``success`` for this change: it writes that before the device plugin
+    is back (mig-parted deployments/gpu-operator/reconfigure-mig.sh re-enables the plugin, then sets the
+    state), so the allocatable update that follows requeues the waiting pods onto a node already free
+    (kube-scheduler requeues a pod NodeResourcesFit rejected on that update, not on our record's
+    removal). Only a ``success`` seen in phase ``applying`` counts: Apply removed any older one. An
+    unreadable record holds."""
+    change = Change.from_json(record)
+    return change is None or not (change.phase is ChangePhase.APPLYING
+                                   and labels.get(LABEL_MIG_CONFIG_STATE) == STATE_SUCCESS)
+
+
 def last_change_at(text: str) -> float | None:
     """When the last change ended, from ``ANN_LAST`` (None when unknown)."""
     try:
@@ -324,7 +338,7 @@ def _resources_by_name(info: NodeInfo) -> dict[str, int]:
 def changes_on(snap: ClusterSnapshot) -> dict[str, Change | None]:
     """Node -> its recorded change (None when unreadable), for the nodes that hold one."""
     out: dict[str, Change | None] = {}
-    for name in sorted(snap.held_nodes):
+    for name in sorted(snap.repartitioning):
         info = snap.nodes.get(name)
         if info is not None:
             out[name] = Change.from_json(info.repartition.get(ANN_CHANGE, ""))

@@ -255,10 +255,13 @@ class ClusterSnapshot:
     # the substitute search's index over ``nodes`` and ``free_index`` (shared by snapshots of one inventory
     # state); None only while __post_init__ has not made one
     free_order: FreeOrder | None = field(default=None, compare=False, repr=False)
-    # nodes a repartition holds (annotation mig-extender.io/repartition-change): every MIG slice there
-    # counts as reserved in ``reserved``, so /filter, substitution, restores and preemption leave them
-    # alone while the MIG manager works; ``rules_reserved`` is the rules' share alone
+    # nodes a repartition holds (annotation mig-extender.io/repartition-change, until the MIG manager
+    # reports success: core/repartition_change.holds): every MIG slice there counts as reserved in
+    # ``reserved``, so /filter, substitution, restores and preemption leave them alone while the MIG
+    # manager works; ``repartitioning`` is every node with a change record (the actuator follows them);
+    # ``rules_reserved`` is the rules' share of ``reserved`` alone
     held_nodes: frozenset[str] = frozenset()
+    repartitioning: frozenset[str] = frozenset()
     rules_reserved: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -271,7 +274,8 @@ class ClusterSnapshot:
               pending: Mapping[str, int] | None = None, lowest_priority: int = NO_HOLDER,
               cordoned: frozenset[str] | None = None,
               pending_since: Mapping[str, float] | None = None,
-              free_order: FreeOrder | None = None, held_nodes: frozenset[str] = frozenset()) -> ClusterSnapshot:
+              free_order: FreeOrder | None = None, held_nodes: frozenset[str] = frozenset(),
+              repartitioning: frozenset[str] = frozenset()) -> ClusterSnapshot:
         if free_index is None:
             free_index = build_free_index(nodes.values())
         if cordoned is None:
@@ -289,7 +293,7 @@ class ClusterSnapshot:
             reserved = {**reserved, **_holds(nodes, held_nodes, reserved)}
         return cls(
             nodes=nodes, free_index=free_index, rules=rules, now=now, synced=synced, reserved=reserved,
-            held_nodes=held_nodes, rules_reserved=by_rules,
+            held_nodes=held_nodes, repartitioning=repartitioning | held_nodes, rules_reserved=by_rules,
             rules_by_name={r.name: r for r in rules},
             rules_by_pod_uid=newest_rule_per_pod(rules), pending=pending or {},
             pending_since=pending_since or {},
@@ -301,7 +305,7 @@ class ClusterSnapshot:
         a pass over the holds made earlier in it, so two preemptors are never promised the same slices."""
         return ClusterSnapshot.build(self.nodes, self.free_index, (*self.rules, rule), self.now, self.synced,
                                      self.pending, self.lowest_priority, self.cordoned,
-                                     held_nodes=self.held_nodes)
+                                     held_nodes=self.held_nodes, repartitioning=self.repartitioning)
 
     def rule_reserved(self, node: str) -> Mapping[str, int]:
         """Slices of each resource rules reserve on ``node`` (a repartition's hold not included)."""

@@ -227,3 +227,33 @@ def test_live_demand_counts_pending_pods() -> None:
 def test_node_the_mig_manager_is_changing_for_someone_else_is_not_planned(state: str) -> None:
     snap = inventory_of(node_json("n", labels={LABEL_MIG_CONFIG_STATE: state})).snapshot(now=T0)
     assert planner_nodes(snap, changes_on(snap)) == []
+
+
+def applying_json() -> str:
+    return change(ChangePhase.APPLYING, applied=T0 + 5).to_json()
+
+
+@pytest.mark.parametrize(("record", "state", "held"), [
+    pytest.param(change().to_json(), None, True, id="reserving"),
+    pytest.param(change().to_json(), "success", True, id="reserving-with-an-old-success-label"),
+    pytest.param(applying_json(), None, True, id="applying-no-state"),
+    pytest.param(applying_json(), "pending", True, id="applying-pending"),
+    pytest.param(applying_json(), "failed", True, id="applying-failed-until-rolled-back"),
+    pytest.param(applying_json(), "success", False, id="applying-success-lifts-the-hold"),
+    pytest.param("not json", "success", True, id="unreadable-holds"),
+])
+def test_hold_lifts_when_the_mig_manager_reports_success(record: str, state: str | None, held: bool) -> None:
+    """Defect (seen in e2e): the hold lasted until the actuator removed its record, after the new allocatable
+    had arrived. kube-scheduler requeues a pod that NodeResourcesFit rejected elsewhere on the node's
+    allocatable update (pkg/scheduler/framework/plugins/noderesources/fit.go isSchedulableAfterNodeChange),
+    not on the annotation's removal, so the waiting pod, retried while the hold was still there, sat in
+    the unschedulable queue for up to 5 minutes. The MIG manager writes success before the device plugin
+    is back (mig-parted reconfigure-mig.sh), so lifting the hold on success lets the allocatable update
+    requeue it onto a free node."""
+    labels = {LABEL_MIG_CONFIG_STATE: state} if state else {}
+    inv = inventory_of(node_json("n", {ANN_CHANGE: record}, mig={"7g.80gb": 2}, labels=labels))
+    snap = inv.snapshot(now=T0)
+    pod = pod_info(make_pod("p", mig={"7g.80gb": 1}))
+    assert (filter_pod(pod, ["n"], snap).passed == ()) is held
+    assert ("n" in snap.held_nodes) is held
+    assert "n" in changes_on(snap)  # the actuator still follows it to its end
