@@ -107,6 +107,17 @@ CASES = [
     pytest.param(["reconcile", "--kubeconfig", "{tmp}/kubeconfig", "--preemptions-per-pass", "0"],
                  "mig-extender reconcile: --preemptions-per-pass must be >= 1 (--no-preemption turns it off), "
                  "got 0", id="preemptions-per-pass-zero"),
+    pytest.param(["reconcile", "--kubeconfig", "{tmp}/kubeconfig", "--repartition", "on"],
+                 "mig-extender reconcile: --repartition=on needs --mig-configs FILE: the MIG manager's config names "
+                 "are all it can set", id="repartition-on-without-names"),
+    pytest.param(["reconcile", "--kubeconfig", "{tmp}/kubeconfig", "--repartition", "yes"],
+                 "mig-extender reconcile: --repartition must be one of off, advise, on, got 'yes'",
+                 id="repartition-mode"),
+    pytest.param(["reconcile", "--kubeconfig", "{tmp}/kubeconfig", "--repartition", "advise", "--mig-configs",
+                  "{tmp}/bad-kubeconfig"],
+                 "mig-extender reconcile: --mig-configs {tmp}/bad-kubeconfig: not YAML", id="mig-configs-not-yaml"),
+    pytest.param(["reconcile", "--kubeconfig", "{tmp}/kubeconfig", "--mig-configs", "{tmp}/array.json"],
+                 "mig-extender reconcile: --mig-configs {tmp}/array.json: no mig-configs", id="mig-configs-empty"),
     pytest.param(["serve", "--snapshot", SNAPSHOT, "--policy", "fastest"],
                  "mig-extender serve: --policy must be one of pack, spread, got 'fastest'", id="policy"),
     pytest.param(["serve", "--snapshot", SNAPSHOT, "--bind", "127.0.0.1:{port}"],
