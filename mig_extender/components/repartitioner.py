@@ -40,6 +40,7 @@ from ..core.repartition import (
     LABEL_MIG_CONFIG,
     LABEL_MIG_CONFIG_STATE,
     LABEL_REPARTITION,
+    Demand,
     NamedConfig,
     NodePlan,
     RepartitionPlan,
@@ -133,7 +134,7 @@ class Repartitioner:
         self.mode, self.settings, self.configs = mode, settings, tuple(configs)
         self.nodes, self.events, self.clock = nodes, events, clock
         self.metrics = metrics or Metrics()
-        self._demand: dict[str, Any] = {}
+        self._demand: dict[str, Demand] = {}  # track_demand's first-seen times, between passes
         self._said: TTLCache[tuple[str, str, str], bool] = TTLCache(maxsize=10_000, ttl=self.EVENT_MEMO, timer=clock)
         self.status = Status(mode, 0.0, None, {}, {})
 
