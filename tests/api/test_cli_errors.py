@@ -61,11 +61,12 @@ def clean_env(tmp: Path, **extra: str) -> dict[str, str]:
     return {**env, "HOME": str(tmp / "home"), "PYTHONPATH": str(ROOT), **extra}
 
 
-def run(args: list[str], env: dict[str, str]) -> tuple[int, str, float]:
-    start = time.monotonic()
+def run(args: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run the CLI; the subprocess timeout is the "does not hang retrying" guard (no wall-clock assert: the
+    guide keeps timing out of tests, and a loaded CI machine made a 10 s bound flaky)."""
     done = subprocess.run([sys.executable, "-m", "mig_extender.cli", *args], capture_output=True, text=True,
                           env=env, timeout=60, cwd=ROOT)
-    return done.returncode, done.stderr, time.monotonic() - start
+    return done.returncode, done.stderr
 
 
 CASES = [
@@ -152,14 +153,13 @@ CASES = [
 @pytest.mark.parametrize("args, message", CASES)
 def test_user_mistake_is_one_line_and_exit_2(tmp: Path, busy_port: int, args: list[str], message: str) -> None:
     fill = {"tmp": str(tmp), "port": str(busy_port)}
-    code, stderr, seconds = run([a.format(**fill) for a in args], clean_env(tmp))
+    code, stderr = run([a.format(**fill) for a in args], clean_env(tmp))
     assert (code, stderr.count("\n")) == (2, 1), stderr
     assert stderr.startswith(message.format(**fill)), stderr
-    assert seconds < 10, f"took {seconds:.1f}s"
 
 
 def test_kubeconfig_from_the_environment_is_checked_like_the_flag(tmp: Path) -> None:
-    code, stderr, _ = run(["serve"], clean_env(tmp, KUBECONFIG="/nonexistent"))
+    code, stderr = run(["serve"], clean_env(tmp, KUBECONFIG="/nonexistent"))
     assert (code, stderr) == (2, "mig-extender serve: $KUBECONFIG /nonexistent: no such file\n")
 
 
