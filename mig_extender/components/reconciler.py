@@ -8,7 +8,8 @@ least every ``period`` seconds; a failing step is logged and retried next pass, 
               restore's replacement bound -> Restored (Event MigRestored); stashed bare pod -> create it.
               Each rule on its own: an error in one is counted (rule_errors) and the others go on.
     expire:   rules past their expiry -> Expired; finished rules past retention -> deleted (never one
-              still holding a bare pod's stashed manifest)
+              still holding a bare pod's stashed manifest); Applied rules whose pod the API no longer
+              has -> Expired (soak D3)
     upgrade:  Recorded rule, its pod still Pending -> mark the rule (its replacement may take it), then
               restart the pod (Event MigUpgrading); a Job pod only when the restart cannot fail the Job
               (else the rule is cancelled, Event MigUpgradeSkipped)
@@ -49,11 +50,13 @@ from ..cluster.inventory import ClusterInventory
 from ..cluster.rulestore import RuleStore, update_with_retry
 from ..core.planner import (
     PlanSettings,
+    PodGone,
     choose_substitute,
     expired_rules,
     finished_rules,
     plan_restores,
     plan_upgrades,
+    rules_whose_pod_is_gone,
 )
 from ..core.podspec import (
     Restart,
@@ -75,7 +78,7 @@ from ..core.preemption import (
     pods_by_node,
     preemptors,
 )
-from ..core.resources import PodInfo
+from ..core.resources import ANN_RULE, PodInfo
 from ..core.rules import Phase, Rule, new_rule, preemption_hold
 from .extender import readiness_problems
 from .metrics import Metrics
@@ -239,6 +242,32 @@ class Reconciler:
         for rule in finished_rules(snap, self.retention):
             self.store.delete(rule)
             counts["deleted"] += 1
+        self._finish_rules_whose_pod_is_gone(snap, pods, counts)
+
+    def _finish_rules_whose_pod_is_gone(self, snap: Any, pods: Mapping[str, PodInfo], counts: Counter[str]) -> None:
+        """Soak D3: an Applied rule whose pod was deleted (by its user, a scale-down, a node drain) finishes.
+
+        Our watch may lag (a pod the extender just bound, a bare pod we just created), so each candidate is
+        looked up in the API first. A write that conflicts is retried only while the rule is still Applied
+        (update_with_retry), so a restore that began meanwhile is left alone; a leader that dies before the
+        write leaves the rule to the next one, which decides the same."""
+        for gone in rules_whose_pod_is_gone(snap, pods, self.plan.gone_grace):
+            if self._pod_still_there(gone):
+                continue
+            self._transition(gone.rule, lambda r, g=gone: r.pod_gone(g.pod_name, self.clock()), counts, "pod_gone")
+
+    def _pod_still_there(self, gone: PodGone) -> bool:
+        """Does the API still have the pod (same uid; or, not yet bound, carrying the rule)? A pod of the same
+        name and another uid is a new pod (StatefulSet, bare pod recreated by its user), not this one."""
+        if not gone.pod_name:
+            return False
+        obj = self.actions.get_pod(gone.rule.namespace, gone.pod_name)
+        if obj is None:
+            return False
+        meta = obj.get("metadata") or {}
+        if gone.pod_uid:
+            return meta.get("uid") == gone.pod_uid
+        return (meta.get("annotations") or {}).get(ANN_RULE) == gone.rule.name
 
     def _upgrade(self, counts: Counter[str]) -> None:
         snap, pods = self._snapshot()

@@ -63,6 +63,10 @@ class PlanSettings:
     # a substitute (aging: the longest waiter gets first claim). Shorter pays waste (a small pod on a large
     # slice) for the tail; longer lets one type's queue starve behind another's (issue 17)
     aging: float = 300.0
+    # an Applied rule's pod missing from our watch this long after the rule's last change is looked up in
+    # the API; gone there (no pod of that name and uid) -> the rule finishes (soak D3). Short: the API
+    # lookup, not this wait, is what tells a deleted pod from a watch that lags
+    gone_grace: float = 10.0
 
     def restore_backoff_after(self, attempts: int) -> float:
         """Seconds to wait before the next restore after ``attempts`` refusals (1 -> restore_backoff)."""
@@ -916,6 +920,38 @@ def plan_restores(snap: ClusterSnapshot, pods: Mapping[str, PodInfo], settings: 
 def expired_rules(snap: ClusterSnapshot) -> list[Rule]:
     """Active rules past their expiry: their reservations are already void; mark them Expired."""
     return [r for r in snap.rules if r.is_expired(snap.now)]
+
+
+@dataclass(frozen=True)
+class PodGone:
+    """An Applied rule whose pod our watch no longer has: finish it once the API confirms the pod is gone.
+
+    ``pod_uid`` is the bound pod's uid; '' for a rewritten replacement not bound yet, which is recognised
+    by the rule name it carries instead (it was never bound, so no uid was recorded)."""
+
+    rule: Rule
+    pod_name: str
+    pod_uid: str
+
+
+def rules_whose_pod_is_gone(snap: ClusterSnapshot, pods: Mapping[str, PodInfo], grace: float) -> list[PodGone]:
+    """Applied rules whose pod (bound, or rewritten and not yet bound) is missing from ``pods`` ``grace``
+    seconds after the rule last changed (soak D3: such a rule stayed Applied for ever, and while unbound
+    kept its reservation until its TTL). Never one holding a stash: that bare pod is ours to recreate, and
+    never a Restoring rule, whose restart hands it to the replacement. Nothing while the pods are not
+    synced (every pod would look gone). The caller confirms each in the API: our watch may lag."""
+    if not snap.synced:
+        return []
+    carried = {(p.namespace, p.rule_name) for p in pods.values() if p.rule_name}
+    out = []
+    for rule in snap.rules:
+        if rule.phase is not Phase.APPLIED or rule.stash or snap.now - rule.updated < grace:
+            continue
+        if rule.bound_pod and rule.bound_pod not in pods:
+            out.append(PodGone(rule, rule.applied_pod, rule.bound_pod))
+        elif not rule.bound_pod and (rule.namespace, rule.name) not in carried:
+            out.append(PodGone(rule, rule.applied_pod, ""))
+    return out
 
 
 def finished_rules(snap: ClusterSnapshot, retention: float) -> list[Rule]:

@@ -243,6 +243,13 @@ class Rule:
         return replace(self, phase=Phase.EXPIRED, updated=now,
                        message=f"expired in phase {self.phase} without being used")
 
+    def pod_gone(self, pod_name: str, now: float) -> Rule:
+        """The pod this Applied rule was bound to (or rewritten for) no longer exists and nobody restarts it:
+        the rule is done (Expired: its reservation, if any, goes back; kept until retention like any
+        finished rule, so the loop guard and /debug/rules still see it)."""
+        return replace(self, phase=Phase.EXPIRED, updated=now,
+                       message=f"its pod {pod_name or self.applied_pod} is gone; nothing left to restore")
+
     # -- presentation -------------------------------------------------------------------------------
 
     def to_dict(self, now: float | None = None) -> dict[str, Any]:
