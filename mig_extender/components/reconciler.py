@@ -79,7 +79,7 @@ from ..core.preemption import (
     preemptors,
 )
 from ..core.resources import ANN_RULE, PodInfo
-from ..core.rules import Phase, Rule, new_rule, preemption_hold
+from ..core.rules import Phase, Rule, match_restores, new_rule, preemption_hold
 from .extender import readiness_problems
 from .metrics import Metrics
 
@@ -183,16 +183,19 @@ class Reconciler:
             if pod.rule_name:
                 by_rule.setdefault(f"{pod.namespace}/{pod.rule_name}", []).append(pod)
         now = self.clock()
+        # one new pod finishes at most one restore (soak D4): matched once for the whole pass
+        arrivals = match_restores(snap.rules, (p for p in pods.values() if p.node))
         for rule in snap.rules:
             try:
-                self._observe_rule(rule, by_rule.get(f"{rule.namespace}/{rule.name}", []), pods, counts, now)
+                self._observe_rule(rule, by_rule.get(f"{rule.namespace}/{rule.name}", []), pods, counts, now,
+                                   arrivals.get((rule.namespace, rule.name)))
             except Exception as exc:  # one bad rule (a stash the API refuses...) must not stall the others
                 counts["rule_errors"] += 1
                 self.last_error = f"rule {rule.namespace}/{rule.name}: {exc}"
                 log.exception("observing rule %s/%s failed; retrying next pass", rule.namespace, rule.name)
 
     def _observe_rule(self, rule: Rule, carriers: list[PodInfo], pods: Mapping[str, PodInfo],
-                      counts: Counter[str], now: float) -> None:
+                      counts: Counter[str], now: float, arrived: PodInfo | None = None) -> None:
         if rule.stash:
             outcome = self.actions.finish_recreate(rule.namespace, rule.name, rule.stash)
             counts[f"recreate_{outcome}"] += 1
@@ -211,7 +214,7 @@ class Reconciler:
                             f"(sold out when it was scheduled; rule {rule.name}); it will be restored when "
                             f"{rule.original.resource} frees up")
         if rule.phase is Phase.RESTORING:
-            rule = self._observe_restore(rule, pods, counts, now)
+            rule = self._observe_restore(rule, pods, counts, now, arrived)
         # announced however it got there (the extender's bind usually makes the transition), once, and
         # only while fresh, so a new leader does not repeat old news
         if (rule.phase is Phase.RESTORED and now - rule.updated < self.ANNOUNCE_WINDOW
@@ -219,8 +222,9 @@ class Reconciler:
             self._event(pod, "MigRestored", f"back on its requested {rule.original.resource} on {pod.node} "
                                             f"(was {rule.substitute.resource}; rule {rule.name})")
 
-    def _observe_restore(self, rule: Rule, pods: Mapping[str, PodInfo], counts: Counter[str], now: float) -> Rule:
-        arrived = next((p for p in pods.values() if p.node and rule.awaits_restore(p)), None)
+    def _observe_restore(self, rule: Rule, pods: Mapping[str, PodInfo], counts: Counter[str], now: float,
+                         arrived: PodInfo | None) -> Rule:
+        """``arrived``: the bound new pod this restore was matched with (rules.match_restores), if any."""
         if arrived is not None:
             done = self._transition(rule, lambda r: r.bound(arrived.uid, arrived.name, arrived.node, now),
                                     counts, "restored")

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 from .catalog import MODELS, GpuModel, ProfileError, canonical_shape, match_product, resource_profile_name
 from .placement import NodeFacts, Placement, placement_problem
 from .resources import PodInfo, ResourceCount
-from .rules import Phase, Rule, newest_rule_per_pod
+from .rules import Rule, newest_rule_per_pod, restore_claims, restore_order
 
 LABEL_PRODUCT = "nvidia.com/gpu.product"
 LABEL_MEMORY = "nvidia.com/gpu.memory"  # MiB, per GPU
@@ -316,11 +316,18 @@ class ClusterSnapshot:
                 return rule
         if pod.uid in self.rules_by_pod_uid:
             return self.rules_by_pod_uid[pod.uid]
+        if pod.uid in self.restore_claims:  # another rule's pod already: no restore's replacement (soak D4)
+            return None
         return next((r for r in self.restoring if r.awaits_restore(pod)), None)
 
     @cached_property
     def restoring(self) -> tuple[Rule, ...]:
-        return tuple(r for r in self.rules if r.phase is Phase.RESTORING and r.reservation(self.now))
+        """Restoring rules that still reserve, in the order they take new pods (rules.restore_order)."""
+        return tuple(r for r in restore_order(self.rules) if r.reservation(self.now))
+
+    @cached_property
+    def restore_claims(self) -> frozenset[str]:
+        return restore_claims(self.rules)
 
     def nodes_with_free(self, resource: str) -> frozenset[str]:
         return self.free_index.get(resource, frozenset())

@@ -9,8 +9,8 @@ from dataclasses import replace
 
 import pytest
 
-from mig_extender.core.resources import ANN_ORIGINAL, ANN_RULE
-from mig_extender.core.rules import Phase
+from mig_extender.core.resources import ANN_ORIGINAL, ANN_RULE, ResourceCount, pod_info
+from mig_extender.core.rules import Phase, match_restores, new_rule
 from tests.builders import make_pod, res
 from tests.unit.test_reconciler import OWNER, LaggingStore, World
 
@@ -113,3 +113,67 @@ def test_soak_d3_a_rule_holding_a_stash_is_not_finished() -> None:
     w.now += 30
     counts = w.reconciler.run_once()
     assert counts["pod_gone"] == 0 and w.store.list()[0].phase is Phase.APPLIED
+
+
+# ---- D4: two Restoring rules of one ReplicaSet both took the same new replica ----------------------
+
+
+def two_restores(w: World) -> tuple[object, object]:
+    """Two replicas of OWNER were upgraded (p2 on 2g.10gb, p3 on 3g.20gb); both restores began at w.now
+    (original 1g.5gb reserved on gpu-a) and both old pods are gone. The ReplicaSet makes new replicas."""
+    rules = []
+    for old, sub in (("p2", "2g.10gb"), ("p3", "3g.20gb")):
+        pod = make_pod(f"{old}-pending", mig={"1g.5gb": 1}, owner=OWNER)
+        rule = new_rule(pod_info(pod), ResourceCount(res("1g.5gb"), 1), ResourceCount(res(sub), 1), "gpu-a",
+                        w.now, 120.0)
+        rule = w.store.record(rule)
+        rule = w.store.update(rule.applied(old, w.now, 120.0).bound(f"uid-{old}", old, "gpu-a", w.now))
+        rules.append(w.store.update(rule.restoring("gpu-a", w.now, 120.0)))
+    return rules[0], rules[1]
+
+
+def test_soak_d4_one_new_replica_finishes_one_restore_and_the_other_waits_for_the_next() -> None:
+    w = World()
+    first, second = two_restores(w)
+    n1 = w.add(make_pod("n1", mig={"1g.5gb": 1}, node="gpu-a", owner=OWNER, created="1970-01-01T00:16:50Z"))
+    w.now += 1
+    assert w.reconciler.run_once()["restored"] == 1
+    done = {r.name: r for r in w.store.list()}
+    assert sorted(r.phase for r in done.values()) == [Phase.RESTORED, Phase.RESTORING]
+    assert [r.restored_pod for r in done.values() if r.restored_pod] == [n1["metadata"]["uid"]]
+    assert done[first.name].phase is Phase.RESTORED  # the oldest pod takes the oldest waiting rule
+
+    n2 = w.add(make_pod("n2", mig={"1g.5gb": 1}, node="gpu-a", owner=OWNER, created="1970-01-01T00:16:55Z"))
+    w.now += 1
+    assert w.reconciler.run_once()["restored"] == 1
+    assert w.store.get("default", second.name).restored_pod == n2["metadata"]["uid"]
+
+
+def test_soak_d4_a_replica_the_extender_already_gave_to_one_restore_is_not_taken_by_another() -> None:
+    """The extender's bind marked the first rule Restored with n1; the reconciler then sees the second rule
+    still Restoring and n1 bound: n1 is taken, so the second keeps waiting (and so does its reservation,
+    in the extender's books too)."""
+    w = World()
+    first, second = two_restores(w)
+    n1 = w.add(make_pod("n1", mig={"1g.5gb": 1}, node="gpu-a", owner=OWNER, created="1970-01-01T00:16:50Z"))
+    w.store.update(first.bound(n1["metadata"]["uid"], "n1", "gpu-a", w.now))  # what /bind writes
+    w.now += 1
+    w.reconciler.run_once()
+    assert w.store.get("default", second.name).phase is Phase.RESTORING
+    snap = w.inventory.snapshot(w.store.list(), w.now)
+    assert snap.rule_for(pod_info(n1)) is None  # n1 finished a restore: it uses no other's reservation
+    assert snap.reserved["gpu-a"][res("1g.5gb")] == 1  # the second restore's slice still waits
+
+
+def test_soak_d4_match_restores_is_one_to_one() -> None:
+    """The pure matching: pods oldest first, each takes the oldest Restoring rule that waits for it and no
+    other pod took; pods some rule already counts as its own are nobody's replacement."""
+    w = World()
+    first, second = two_restores(w)
+    pods = [pod_info(make_pod(n, mig={"1g.5gb": 1}, node="gpu-a", owner=OWNER, created=t))
+            for n, t in (("late", "1970-01-01T00:16:59Z"), ("early", "1970-01-01T00:16:51Z"))]
+    matched = match_restores(w.store.list(), pods)
+    assert {k: p.name for k, p in matched.items()} == {("default", first.name): "early",
+                                                       ("default", second.name): "late"}
+    claimed = [replace(first, phase=Phase.RESTORED, restored_pod=pods[1].uid), second]
+    assert {k: p.name for k, p in match_restores(claimed, pods).items()} == {("default", second.name): "late"}
