@@ -329,6 +329,36 @@ class ClusterSnapshot:
     def restore_claims(self) -> frozenset[str]:
         return restore_claims(self.rules)
 
+    @cached_property
+    def restart_parents(self) -> Mapping[str, tuple[str, float]]:
+        """pod uid -> (uid of the pod one of our restarts replaced with it, when): the upgrade's pod ->
+        its bound replacement, the upgraded pod -> the replacement that finished its restore. A preemption
+        hold's pod is bound as it is (no restart)."""
+        out: dict[str, tuple[str, float]] = {}
+        for rule in self.rules:
+            if rule.bound_pod and rule.pod_uid and rule.bound_pod != rule.pod_uid and not rule.is_hold:
+                out[rule.bound_pod] = (rule.pod_uid, rule.restart_at or rule.created)
+            if rule.restored_pod and rule.bound_pod:
+                out[rule.restored_pod] = (rule.bound_pod, rule.updated)
+        return out
+
+    def lineage_restarts(self, pod: PodInfo, window: float) -> int:
+        """Restarts by us in ``pod``'s lineage within ``window`` seconds: the loop guard (soak D7).
+
+        Walks back through the rules (restart_parents); a pod a restore still waits for (its rule has no
+        restored_pod yet) descends from that restore's upgraded pod. O(lineage) once the index is built."""
+        count, uid, seen = 0, pod.uid, set()
+        if uid not in self.restart_parents:
+            rule = next((r for r in self.restoring if r.awaits_restore(pod)), None)
+            if rule is not None and pod.uid not in self.restore_claims:
+                count += self.now - rule.updated < window
+                uid = rule.bound_pod
+        while uid in self.restart_parents and uid not in seen:
+            seen.add(uid)
+            uid, when = self.restart_parents[uid]
+            count += self.now - when < window
+        return count
+
     def nodes_with_free(self, resource: str) -> frozenset[str]:
         return self.free_index.get(resource, frozenset())
 

@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import pytest
 
+from mig_extender.core.planner import RestartLoop, filter_pod
 from mig_extender.core.resources import ANN_ORIGINAL, ANN_RULE, ResourceCount, pod_info
 from mig_extender.core.rules import Phase, match_restores, new_rule
 from tests.builders import make_pod, res
@@ -177,3 +178,96 @@ def test_soak_d4_match_restores_is_one_to_one() -> None:
                                                        ("default", second.name): "late"}
     claimed = [replace(first, phase=Phase.RESTORED, restored_pod=pods[1].uid), second]
     assert {k: p.name for k, p in match_restores(claimed, pods).items()} == {("default", second.name): "late"}
+
+
+# ---- D7: a restore's reserved slice taken by a bind that raced the reservation; then a restart loop ---
+
+
+def freed_after_upgrade(w: World) -> tuple[dict, object]:
+    """p was upgraded onto 2g.10gb as p2 (bound); then a1 ends and both 1g.5gb slices are free."""
+    up, rule = upgraded(w)
+    w.remove(w.actions.pods["a1"])
+    w.now += 1
+    return up, rule
+
+
+def test_soak_d7_a_restore_reserves_first_and_restarts_only_on_a_later_pass() -> None:
+    """Reserve, then restart once every watch has had time to show the reservation (restore_confirm):
+    the pass that writes Restoring restarts nothing."""
+    w = World()
+    freed_after_upgrade(w)
+    counts = w.reconciler.run_once()
+    assert counts["restoring"] == 1 and ("restart", "p2") not in w.actions.calls
+    assert ("p2", "MigRestoring") not in w.actions.events
+    w.now += w.reconciler.plan.restore_confirm / 2
+    w.reconciler.run_once()
+    assert ("restart", "p2") not in w.actions.calls
+    w.now += w.reconciler.plan.restore_confirm
+    assert w.reconciler.run_once()["restore_evicted"] == 1
+    assert w.actions.calls.count(("restart", "p2")) == 1 and ("p2", "MigRestoring") in w.actions.events
+    w.now += w.reconciler.plan.restore_confirm
+    w.reconciler.run_once()
+    assert w.actions.calls.count(("restart", "p2")) == 1  # once
+
+
+def test_soak_d7_a_bind_that_raced_the_reservation_defers_the_restore() -> None:
+    """The extender had not seen the reservation and bound another pod into the reserved slice: by the
+    confirming pass our watch shows it, so the pod is not restarted (it would find its type sold out and
+    be upgraded again); the restore goes back to Applied, its slice released, Event MigRestoreDeferred."""
+    w = World()
+    freed_after_upgrade(w)
+    w.reconciler.run_once()
+    (restoring,) = w.store.list()
+    assert restoring.phase is Phase.RESTORING
+    w.add(make_pod("racer", mig={"1g.5gb": 2}, node="gpu-a"))  # bound before the extender saw the rule
+    w.now += w.reconciler.plan.restore_confirm + 1
+    counts = w.reconciler.run_once()
+    assert ("restart", "p2") not in w.actions.calls and counts["restore_deferred"] == 1
+    (after,) = w.store.list()
+    assert (after.phase, after.restore_node, after.restore_attempts) == (Phase.APPLIED, "", 1)
+    assert ("p2", "MigRestoreDeferred") in w.actions.events
+
+
+def looped(w: World) -> tuple[dict, object]:
+    """p upgraded (restart 1) to p2, p2 restarted for a restore (restart 2); the ReplicaSet's new replica
+    p3 then finds 1g.5gb sold out (taken by a pod the extender bound before it saw the reservation)."""
+    up, rule = freed_after_upgrade(w)
+    w.reconciler.run_once()
+    w.now += w.reconciler.plan.restore_confirm + 1
+    w.reconciler.run_once()
+    w.remove(up)
+    w.add(make_pod("racer", mig={"1g.5gb": 2}, node="gpu-a"))
+    p3 = w.add(make_pod("p3", mig={"1g.5gb": 1}, owner=OWNER, created="1970-01-01T00:17:00Z"))
+    w.now += 1
+    return p3, w.store.get("default", rule.name)
+
+
+def test_soak_d7_a_third_restart_in_a_lineage_within_the_hour_is_never_planned() -> None:
+    """Upgrades and restores count together per pod lineage: p3 descends from p (upgraded) and p2 (restored),
+    so it is not substituted again: no rule is recorded for it, and a rule recorded for it anyway (a
+    lagging extender) is cancelled with Event MigUpgradeSkipped instead of restarting p3."""
+    w = World()
+    p3, restore = looped(w)
+    assert restore.phase is Phase.RESTORING
+    snap = w.inventory.snapshot(w.store.list(), w.now)
+    decision = filter_pod(pod_info(p3), ["gpu-a"], snap)
+    assert decision.record is None and isinstance(decision.note, RestartLoop)
+    assert (decision.note.restarts, decision.note.limit) == (2, 2)
+
+    sneaked = w.store.record(new_rule(pod_info(p3), restore.original, ResourceCount(res("3g.20gb"), 1), "gpu-a",
+                                      w.now, 120.0))
+    w.now += 2
+    w.reconciler.run_once()
+    assert ("restart", "p3") not in w.actions.calls and ("p3", "MigUpgradeSkipped") in w.actions.events
+    assert w.store.get("default", sneaked.name).phase is Phase.EXPIRED
+
+
+def test_soak_d7_the_lineage_guard_forgets_restarts_older_than_its_window() -> None:
+    """The upgrade an hour ago no longer counts, the restore a second ago does."""
+    w = World()
+    p3, restore = looped(w)
+    w.now += w.reconciler.plan.restart_window + 1
+    w.store.update(replace(restore, phase=Phase.RESTORED, restored_pod=p3["metadata"]["uid"], updated=w.now - 1,
+                           restart_at=1.0, created=1.0))
+    snap = w.inventory.snapshot(w.store.list(), w.now)
+    assert snap.lineage_restarts(pod_info(p3), w.reconciler.plan.restart_window) == 1
