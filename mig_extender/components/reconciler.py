@@ -8,15 +8,18 @@ least every ``period`` seconds; a failing step is logged and retried next pass, 
               restore's replacement bound -> Restored (Event MigRestored); stashed bare pod -> create it.
               Each rule on its own: an error in one is counted (rule_errors) and the others go on.
     expire:   rules past their expiry -> Expired; finished rules past retention -> deleted (never one
-              still holding a bare pod's stashed manifest)
+              still holding a bare pod's stashed manifest); Applied rules whose pod the API no longer
+              has -> Expired (soak D3)
     upgrade:  Recorded rule, its pod still Pending -> mark the rule (its replacement may take it), then
               restart the pod (Event MigUpgrading); a Job pod only when the restart cannot fail the Job
               (else the rule is cancelled, Event MigUpgradeSkipped)
-    restore:  original type free again -> biggest waster first: reserve the original (rule Restoring),
-              then restart the pod (Event MigRestoring); opted-out, looping, unknown-owner pods and Jobs a
-              restart would harm: Event MigRestoreSkipped. A refused restart (PDB 429, a bare pod's
-              replacement the API would refuse) returns the rule to Applied, releases the original slice
-              and retries after a backoff (Event MigRestoreDeferred).
+    restore:  original type free again -> biggest waster first: reserve the original (rule Restoring);
+              on a pass restore_confirm seconds later, the slice still free in our view, restart the pod
+              (Event MigRestoring). Opted-out, looping (restart_limit per pod lineage, upgrades and
+              restores together), unknown-owner pods and Jobs a restart would harm: Event
+              MigRestoreSkipped. A refused restart (PDB 429, a bare pod's replacement the API would
+              refuse) or a slice a racing bind took returns the rule to Applied, releases the original
+              slice and retries after a backoff (Event MigRestoreDeferred).
     preempt:  a pending MIG pod the scheduler found unschedulable that outranks slice holders (docs/
               preemption.md): plan (core/preemption.py), persist a hold (a MigSubstitution with victims)
               BEFORE any delete, then per victim DisruptionTarget + DELETE, nominatedNodeName, Events
@@ -49,11 +52,17 @@ from ..cluster.inventory import ClusterInventory
 from ..cluster.rulestore import RuleStore, update_with_retry
 from ..core.planner import (
     PlanSettings,
+    PodGone,
+    RestoreSliceTaken,
+    RestoreWait,
     choose_substitute,
+    confirm_restore,
     expired_rules,
     finished_rules,
     plan_restores,
     plan_upgrades,
+    restart_loop,
+    rules_whose_pod_is_gone,
 )
 from ..core.podspec import (
     Restart,
@@ -75,8 +84,8 @@ from ..core.preemption import (
     pods_by_node,
     preemptors,
 )
-from ..core.resources import PodInfo
-from ..core.rules import Phase, Rule, new_rule, preemption_hold
+from ..core.resources import ANN_RULE, PodInfo
+from ..core.rules import Phase, Rule, match_restores, new_rule, preemption_hold
 from .extender import readiness_problems
 from .metrics import Metrics
 
@@ -182,16 +191,19 @@ class Reconciler:
             if pod.rule_name:
                 by_rule.setdefault(f"{pod.namespace}/{pod.rule_name}", []).append(pod)
         now = self.clock()
+        # one new pod finishes at most one restore (soak D4): matched once for the whole pass
+        arrivals = match_restores(snap.rules, (p for p in pods.values() if p.node))
         for rule in snap.rules:
             try:
-                self._observe_rule(rule, by_rule.get(f"{rule.namespace}/{rule.name}", []), pods, counts, now)
+                self._observe_rule(rule, by_rule.get(f"{rule.namespace}/{rule.name}", []), pods, counts, now,
+                                   arrivals.get((rule.namespace, rule.name)))
             except Exception as exc:  # one bad rule (a stash the API refuses...) must not stall the others
                 counts["rule_errors"] += 1
                 self.last_error = f"rule {rule.namespace}/{rule.name}: {exc}"
                 log.exception("observing rule %s/%s failed; retrying next pass", rule.namespace, rule.name)
 
     def _observe_rule(self, rule: Rule, carriers: list[PodInfo], pods: Mapping[str, PodInfo],
-                      counts: Counter[str], now: float) -> None:
+                      counts: Counter[str], now: float, arrived: PodInfo | None = None) -> None:
         if rule.stash:
             outcome = self.actions.finish_recreate(rule.namespace, rule.name, rule.stash)
             counts[f"recreate_{outcome}"] += 1
@@ -210,7 +222,7 @@ class Reconciler:
                             f"(sold out when it was scheduled; rule {rule.name}); it will be restored when "
                             f"{rule.original.resource} frees up")
         if rule.phase is Phase.RESTORING:
-            rule = self._observe_restore(rule, pods, counts, now)
+            rule = self._observe_restore(rule, pods, counts, now, arrived)
         # announced however it got there (the extender's bind usually makes the transition), once, and
         # only while fresh, so a new leader does not repeat old news
         if (rule.phase is Phase.RESTORED and now - rule.updated < self.ANNOUNCE_WINDOW
@@ -218,15 +230,13 @@ class Reconciler:
             self._event(pod, "MigRestored", f"back on its requested {rule.original.resource} on {pod.node} "
                                             f"(was {rule.substitute.resource}; rule {rule.name})")
 
-    def _observe_restore(self, rule: Rule, pods: Mapping[str, PodInfo], counts: Counter[str], now: float) -> Rule:
-        arrived = next((p for p in pods.values() if p.node and rule.awaits_restore(p)), None)
+    def _observe_restore(self, rule: Rule, pods: Mapping[str, PodInfo], counts: Counter[str], now: float,
+                         arrived: PodInfo | None) -> Rule:
+        """``arrived``: the bound new pod this restore was matched with (rules.match_restores), if any."""
         if arrived is not None:
             done = self._transition(rule, lambda r: r.bound(arrived.uid, arrived.name, arrived.node, now),
                                     counts, "restored")
             return done or rule
-        old = pods.get(rule.bound_pod)
-        if old is not None and not old.terminating and self._once(rule, "restore-restart"):
-            self._restart_for_restore(rule, old, counts)  # resumes a restore whose restart never happened
         return rule
 
     def _expire(self, counts: Counter[str]) -> None:
@@ -241,12 +251,38 @@ class Reconciler:
         for rule in finished_rules(snap, self.retention):
             self.store.delete(rule)
             counts["deleted"] += 1
+        self._finish_rules_whose_pod_is_gone(snap, pods, counts)
+
+    def _finish_rules_whose_pod_is_gone(self, snap: Any, pods: Mapping[str, PodInfo], counts: Counter[str]) -> None:
+        """Soak D3: an Applied rule whose pod was deleted (by its user, a scale-down, a node drain) finishes.
+
+        Our watch may lag (a pod the extender just bound, a bare pod we just created), so each candidate is
+        looked up in the API first. A write that conflicts is retried only while the rule is still Applied
+        (update_with_retry), so a restore that began meanwhile is left alone; a leader that dies before the
+        write leaves the rule to the next one, which decides the same."""
+        for gone in rules_whose_pod_is_gone(snap, pods, self.plan.gone_grace):
+            if self._pod_still_there(gone):
+                continue
+            self._transition(gone.rule, lambda r, g=gone: r.pod_gone(g.pod_name, self.clock()), counts, "pod_gone")
+
+    def _pod_still_there(self, gone: PodGone) -> bool:
+        """Does the API still have the pod (same uid; or, not yet bound, carrying the rule)? A pod of the same
+        name and another uid is a new pod (StatefulSet, bare pod recreated by its user), not this one."""
+        if not gone.pod_name:
+            return False
+        obj = self.actions.get_pod(gone.rule.namespace, gone.pod_name)
+        if obj is None:
+            return False
+        meta = obj.get("metadata") or {}
+        if gone.pod_uid:
+            return meta.get("uid") == gone.pod_uid
+        return (meta.get("annotations") or {}).get(ANN_RULE) == gone.rule.name
 
     def _upgrade(self, counts: Counter[str]) -> None:
         snap, pods = self._snapshot()
         upgrades, cancel = plan_upgrades(snap, pods, self.plan)
         for rule in cancel:
-            self._transition(rule, lambda r: r.expired(snap.now), counts, "cancelled")
+            self._cancel_upgrade(rule, pods.get(rule.pod_uid), snap, counts)
         for up in upgrades:
             # a Job whose restart would count as a failure is refused before the rule is handed over
             if self._upgrade_refused(up.rule, up.pod, self._job_problem(up.pod, restore=False), counts, snap.now):
@@ -261,6 +297,14 @@ class Reconciler:
             if outcome.kind is Restart.INVALID:
                 self._upgrade_refused(up.rule, up.pod, f"its replacement would be refused: {outcome.detail}",
                                       counts, snap.now)
+
+    def _cancel_upgrade(self, rule: Rule, pod: PodInfo | None, snap: Any, counts: Counter[str]) -> None:
+        """A rule plan_upgrades dropped; a pod left alone by the loop guard (soak D7) is told why."""
+        loop = restart_loop(pod, snap, self.plan) if pod is not None and not pod.node else None
+        if loop is not None:
+            self._upgrade_refused(rule, pod, str(loop), counts, snap.now)
+        else:
+            self._transition(rule, lambda r: r.expired(snap.now), counts, "cancelled")
 
     def _upgrade_refused(self, rule: Rule, pod: PodInfo, why: str, counts: Counter[str], now: float) -> bool:
         """Cancel an upgrade that must not happen (its reservation goes back at once), and say why."""
@@ -284,39 +328,60 @@ class Reconciler:
         return marked if marked is not None and marked.phase is Phase.RECORDED else None
 
     def _restore(self, counts: Counter[str]) -> None:
+        """Restart the restores reserved on an earlier pass whose slice is still free, then reserve new ones.
+
+        Reserve first, confirm later (soak D7): a pass only writes the reservation (rule Restoring); the
+        restart waits for a pass ``restore_confirm`` seconds on, which re-checks the reserved slice in our
+        own view. A leader that dies after the reservation leaves the restart to the next one, which
+        confirms the same way."""
         snap, pods = self._snapshot()
+        self._restart_confirmed_restores(snap, pods, counts)
         plans, skips = plan_restores(snap, pods, self.plan, self._job_blocks(snap, pods))
         for skip in skips:
             if self._once(skip.rule, "skip:" + skip.reason):
                 self._event(skip.pod, "MigRestoreSkipped", skip.reason, warning=True)
                 counts["restore_skipped"] += 1
         for plan in plans:
-            rule = self._transition(plan.rule, lambda r, n=plan.node: self._reserve_original(r, n), counts,
-                                    "restoring")
-            if rule is None:
-                continue
-            self._event(plan.pod, "MigRestoring", f"{rule.original.resource} is free again on {plan.node} and reserved "
-                                                  f"for this workload; restarting to move it back from "
-                                                  f"{rule.substitute.resource} (rule {rule.name})")
-            self._once(rule, "restore-restart")
-            self._restart_for_restore(rule, plan.pod, counts)
+            self._transition(plan.rule, lambda r, n=plan.node: self._reserve_original(r, n), counts, "restoring")
 
     def _reserve_original(self, rule: Rule, node: str) -> Rule:
         return rule.restoring(node, self.clock(), self.plan.restore_ttl)
+
+    def _restart_confirmed_restores(self, snap: Any, pods: Mapping[str, PodInfo], counts: Counter[str]) -> None:
+        """Restoring rules whose upgraded pod still runs: restart it once the reservation is confirmed, or
+        defer the restore when a bind that raced the reservation took the slice (Event MigRestoreDeferred)."""
+        for rule in snap.rules:
+            old = pods.get(rule.bound_pod) if rule.phase is Phase.RESTORING else None
+            # once per attempt: a deferred restore (attempts + 1) may restart when it is reserved again
+            attempt = f"restore-restart:{rule.restore_attempts}"
+            if old is None or old.terminating or (f"{rule.namespace}/{rule.name}", attempt) in self._done:
+                continue
+            check = confirm_restore(rule, old, snap, self.plan)
+            if isinstance(check, RestoreWait):
+                continue
+            if isinstance(check, RestoreSliceTaken):
+                self._defer_restore(rule, old, str(check), counts)
+                continue
+            self._once(rule, attempt)
+            self._event(old, "MigRestoring", f"{rule.original.resource} is free again on {rule.restore_node} and "
+                                             f"reserved for this workload; restarting to move it back from "
+                                             f"{rule.substitute.resource} (rule {rule.name})")
+            self._restart_for_restore(rule, old, counts)
 
     def _restart_for_restore(self, rule: Rule, pod: PodInfo, counts: Counter[str]) -> None:
         """Restart for a restore; a refusal sends the rule back to Applied (original released) with a backoff,
         or it would sit Restoring until it expired and the pod would never be restored (issue 13 item 4)."""
         outcome = self._restart(rule, pod, counts, restore=True)
-        if outcome.kind not in (Restart.REFUSED, Restart.INVALID, Restart.BLOCKED):
-            return
+        if outcome.kind in (Restart.REFUSED, Restart.INVALID, Restart.BLOCKED):
+            self._defer_restore(rule, pod, f"restart refused ({outcome.detail or outcome.kind})", counts)
+
+    def _defer_restore(self, rule: Rule, pod: PodInfo, why: str, counts: Counter[str]) -> None:
+        """Back to Applied, the reserved original released, the next try after a backoff (rule.restore_deferred)."""
         backoff = self.plan.restore_backoff_after(rule.restore_attempts + 1)
-        why = outcome.detail or str(outcome.kind)
         if self._transition(rule, lambda r: r.restore_deferred(self.clock(), backoff, why), counts,
                             "restore_deferred") is not None:
-            self._event(pod, "MigRestoreDeferred", f"restart refused ({why}); {rule.original.resource} on "
-                                                   f"{rule.restore_node} released, next try in {int(backoff)}s",
-                        warning=True)
+            self._event(pod, "MigRestoreDeferred", f"{why}; {rule.original.resource} on {rule.restore_node} "
+                                                   f"released, next try in {int(backoff)}s", warning=True)
 
     def _restart(self, rule: Rule, pod: PodInfo, counts: Counter[str], restore: bool) -> RestartOutcome:
         """Controller-owned pods are evicted and their controller recreates them; bare pods are recreated by

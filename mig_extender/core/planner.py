@@ -63,6 +63,19 @@ class PlanSettings:
     # a substitute (aging: the longest waiter gets first claim). Shorter pays waste (a small pod on a large
     # slice) for the tail; longer lets one type's queue starve behind another's (issue 17)
     aging: float = 300.0
+    # an Applied rule's pod missing from our watch this long after the rule's last change is looked up in
+    # the API; gone there (no pod of that name and uid) -> the rule finishes (soak D3). Short: the API
+    # lookup, not this wait, is what tells a deleted pod from a watch that lags
+    gone_grace: float = 10.0
+    # a restore writes its reservation and restarts the pod only on a pass this long after (soak D7): by
+    # then the extender's rule watch has shown the reservation, and a pod it bound into the slice before
+    # that shows in our pod watch, so the restore is deferred instead of restarting into a sold-out type.
+    # As kube-scheduler's preemptor: nominated first, placed in a later cycle after the node is re-checked
+    restore_confirm: float = 3.0
+    # at most this many restarts by us (upgrades and restores together) per pod lineage within
+    # restart_window seconds: an upgrade plus its restore is 2, a third would be a loop (soak D7)
+    restart_limit: int = 2
+    restart_window: float = 3600.0
 
     def restore_backoff_after(self, attempts: int) -> float:
         """Seconds to wait before the next restore after ``attempts`` refusals (1 -> restore_backoff)."""
@@ -160,6 +173,28 @@ class ReservedElsewhere:
 
 
 _ELSEWHERE = ReservedElsewhere()
+
+
+@dataclass(frozen=True)
+class RestartLoop:
+    """The pod's lineage (the pod, the one it replaced for an upgrade or restore of ours, and so on) was
+    restarted by us ``restarts`` times within ``window`` seconds, ``limit`` at most: no further restart."""
+
+    restarts: int
+    limit: int
+    window: float
+
+    def __str__(self) -> str:
+        return (f"restarted {self.restarts} times by mig-extender in the last {int(self.window)}s "
+                f"(at most {self.limit}): not substituted or restored again, to avoid a restart loop")
+
+
+def restart_loop(pod: PodInfo, snap: ClusterSnapshot, settings: PlanSettings) -> RestartLoop | None:
+    """Would one more restart of ``pod`` exceed ``settings.restart_limit`` for its lineage?"""
+    restarts = snap.lineage_restarts(pod, settings.restart_window) if snap.rules else 0
+    if restarts < settings.restart_limit:
+        return None
+    return RestartLoop(restarts, settings.restart_limit, settings.restart_window)
 
 
 # Why no substitute: pod-wide (SubstitutionBlocked, the filter's ``note``) or per node (``unsubstituted``).
@@ -387,6 +422,9 @@ def filter_pod(pod: PodInfo, candidates: Sequence[str], snap: ClusterSnapshot,
     if waiting:
         note = f"substitute {existing.substitute} recorded on {existing.node}; waiting for the pod to be recreated"
         return FilterDecision((), failed, unresolvable, note=note)
+    loop = restart_loop(pod, snap, settings)
+    if loop is not None:  # a substitute would restart the pod once more than its lineage may be (soak D7)
+        return FilterDecision((), failed, unresolvable, note=loop)
     rule = choose_substitute(pod, candidates, snap, settings)
     if rule is None:
         return _no_substitute(pod, failed, unresolvable, snap, settings, existing)
@@ -779,7 +817,8 @@ def plan_upgrades(snap: ClusterSnapshot, pods: Mapping[str, PodInfo],
             continue
         if pod is None:
             continue  # already restarted: the webhook will apply the rule to its replacement
-        if pod.node or restart_blocker(pod.owner, settings.restartable_owners) is not None:
+        if (pod.node or restart_blocker(pod.owner, settings.restartable_owners) is not None
+                or restart_loop(pod, snap, settings) is not None):
             cancel.append(rule)
         elif not pod.terminating and snap.now - rule.created >= settings.settle:
             upgrades.append(Upgrade(rule, pod))
@@ -876,6 +915,10 @@ def plan_restores(snap: ClusterSnapshot, pods: Mapping[str, PodInfo], settings: 
         if why is not None:
             skips.append(Skip(rule, pod, f"not restored: {why}"))
             continue
+        looping = restart_loop(pod, snap, settings)
+        if looping is not None:
+            skips.append(Skip(rule, pod, str(looping)))
+            continue
         loop = _recently_restored(rule, snap, settings.loop_window, restored) if restored else None
         if loop is not None:
             skips.append(Skip(rule, pod, f"workload was restored by {loop.name} less than "
@@ -916,6 +959,91 @@ def plan_restores(snap: ClusterSnapshot, pods: Mapping[str, PodInfo], settings: 
 def expired_rules(snap: ClusterSnapshot) -> list[Rule]:
     """Active rules past their expiry: their reservations are already void; mark them Expired."""
     return [r for r in snap.rules if r.is_expired(snap.now)]
+
+
+@dataclass(frozen=True)
+class RestoreWait:
+    """The reservation is younger than ``restore_confirm``: watches may not show it (or a bind racing it)."""
+
+    left: float
+
+    def __str__(self) -> str:
+        return f"reservation confirmed in {self.left:.1f}s"
+
+
+@dataclass(frozen=True)
+class RestoreSliceTaken:
+    """The reserved original slice is no longer free on ``node``: a pod was bound into it before the
+    extender saw the reservation (``free`` counts the reservations, ours included), or the node went away
+    or no longer fits the pod. Restarting now would find the type sold out and upgrade it again."""
+
+    node: str
+    resource: str
+    free: int
+    placement: str = ""
+
+    def __str__(self) -> str:
+        if self.placement:
+            return f"{self.node} no longer fits the pod: {self.placement}"
+        return (f"{self.resource} reserved on {self.node} was taken by a pod bound before the reservation was "
+                f"seen ({self.free} free after reservations)")
+
+
+def confirm_restore(rule: Rule, pod: PodInfo, snap: ClusterSnapshot,
+                    settings: PlanSettings) -> RestoreWait | RestoreSliceTaken | None:
+    """May the Restoring ``rule`` restart its upgraded ``pod`` now? None: yes (reserve first, confirm later).
+
+    Soak D7: the restart used to follow the reservation at once; the extender, whose rule watch had not
+    shown the reservation yet, bound another pod into the slice, and the restarted pod found its type sold
+    out and was upgraded again. kube-scheduler does the same in two steps: preemption only nominates the
+    pod (status.nominatedNodeName, counted for the node by RunFilterPluginsWithNominatedPods in
+    pkg/scheduler/framework/runtime/framework.go), and a later cycle re-checks the nominated node first
+    (schedulePod -> evaluateNominatedNode, pkg/scheduler/schedule_one.go) before the pod is placed."""
+    left = rule.updated + settings.restore_confirm - snap.now
+    if left > 0:
+        return RestoreWait(left)
+    node, want = rule.restore_node, rule.original
+    if node not in snap.nodes:
+        return RestoreSliceTaken(node, want.resource, 0, placement="node is gone")
+    free = snap.free(node, want.resource)
+    if free < 0:
+        return RestoreSliceTaken(node, want.resource, free)
+    if not _can_run_on(snap, node, pod):
+        problem = snap.nodes[node].placement_problem(pod.placement)
+        return RestoreSliceTaken(node, want.resource, free, placement=str(problem or "cpu/memory taken"))
+    return None
+
+
+@dataclass(frozen=True)
+class PodGone:
+    """An Applied rule whose pod our watch no longer has: finish it once the API confirms the pod is gone.
+
+    ``pod_uid`` is the bound pod's uid; '' for a rewritten replacement not bound yet, which is recognised
+    by the rule name it carries instead (it was never bound, so no uid was recorded)."""
+
+    rule: Rule
+    pod_name: str
+    pod_uid: str
+
+
+def rules_whose_pod_is_gone(snap: ClusterSnapshot, pods: Mapping[str, PodInfo], grace: float) -> list[PodGone]:
+    """Applied rules whose pod (bound, or rewritten and not yet bound) is missing from ``pods`` ``grace``
+    seconds after the rule last changed (soak D3: such a rule stayed Applied for ever, and while unbound
+    kept its reservation until its TTL). Never one holding a stash: that bare pod is ours to recreate, and
+    never a Restoring rule, whose restart hands it to the replacement. Nothing while the pods are not
+    synced (every pod would look gone). The caller confirms each in the API: our watch may lag."""
+    if not snap.synced:
+        return []
+    carried = {(p.namespace, p.rule_name) for p in pods.values() if p.rule_name}
+    out = []
+    for rule in snap.rules:
+        if rule.phase is not Phase.APPLIED or rule.stash or snap.now - rule.updated < grace:
+            continue
+        if rule.bound_pod and rule.bound_pod not in pods:
+            out.append(PodGone(rule, rule.applied_pod, rule.bound_pod))
+        elif not rule.bound_pod and (rule.namespace, rule.name) not in carried:
+            out.append(PodGone(rule, rule.applied_pod, ""))
+    return out
 
 
 def finished_rules(snap: ClusterSnapshot, retention: float) -> list[Rule]:

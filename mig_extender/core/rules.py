@@ -243,6 +243,13 @@ class Rule:
         return replace(self, phase=Phase.EXPIRED, updated=now,
                        message=f"expired in phase {self.phase} without being used")
 
+    def pod_gone(self, pod_name: str, now: float) -> Rule:
+        """The pod this Applied rule was bound to (or rewritten for) no longer exists and nobody restarts it:
+        the rule is done (Expired: its reservation, if any, goes back; kept until retention like any
+        finished rule, so the loop guard and /debug/rules still see it)."""
+        return replace(self, phase=Phase.EXPIRED, updated=now,
+                       message=f"its pod {pod_name or self.applied_pod} is gone; nothing left to restore")
+
     # -- presentation -------------------------------------------------------------------------------
 
     def to_dict(self, now: float | None = None) -> dict[str, Any]:
@@ -283,6 +290,37 @@ def rule_for_new_pod(pod: PodInfo, rules: Iterable[Rule], now: float, skip: Coll
     waiting = [r for r in rules if r.name not in skip and r.awaits_upgrade(pod) and now < r.expires
                and not r.is_claimed(now)]
     return min(waiting, key=lambda r: (r.created, r.name), default=None)
+
+
+def restore_claims(rules: Iterable[Rule]) -> frozenset[str]:
+    """Uids of pods some rule counts as its own (bound as an upgrade, or the pod that finished a restore):
+    never the replacement another restore waits for (soak D4)."""
+    return frozenset(uid for r in rules for uid in (r.bound_pod, r.restored_pod) if uid)
+
+
+def restore_order(rules: Iterable[Rule]) -> list[Rule]:
+    """Restoring rules in the order they take new pods: the oldest restore first (name breaks ties), so the
+    extender's bind and every reconciler leader pick the same rule for the same pod."""
+    return sorted((r for r in rules if r.phase is Phase.RESTORING), key=lambda r: (r.updated, r.name))
+
+
+def match_restores(rules: Iterable[Rule], pods: Iterable[PodInfo]) -> dict[tuple[str, str], PodInfo]:
+    """(namespace, rule name) -> the new pod that finishes that restore: a one-to-one matching.
+
+    ``awaits_restore`` matches a ReplicaSet's (or Job's) replacement only by owner and creation time, so two
+    restores of one workload both waited for the same new replica, and both recorded it (soak D4). Here the
+    pods, oldest first, each take the oldest Restoring rule that waits for them and that no earlier pod
+    took, and a pod some rule already counts as its own takes none: the other rule waits for the next
+    replica. Deterministic, so two deciders with the same view agree; with different views a rule is
+    still written by one of them only (compare-and-swap on the rule, Restored is final)."""
+    rules = list(rules)
+    claimed, waiting = restore_claims(rules), restore_order(rules)
+    out: dict[tuple[str, str], PodInfo] = {}
+    for pod in sorted((p for p in pods if p.uid not in claimed), key=lambda p: (p.created, p.name, p.uid)):
+        rule = next((r for r in waiting if (r.namespace, r.name) not in out and r.awaits_restore(pod)), None)
+        if rule is not None:
+            out[(rule.namespace, rule.name)] = pod
+    return out
 
 
 def unmarked_rules_for(pod: PodInfo, rules: Iterable[Rule], now: float) -> list[Rule]:

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 from .catalog import MODELS, GpuModel, ProfileError, canonical_shape, match_product, resource_profile_name
 from .placement import NodeFacts, Placement, placement_problem
 from .resources import PodInfo, ResourceCount
-from .rules import Phase, Rule, newest_rule_per_pod
+from .rules import Rule, newest_rule_per_pod, restore_claims, restore_order
 
 LABEL_PRODUCT = "nvidia.com/gpu.product"
 LABEL_MEMORY = "nvidia.com/gpu.memory"  # MiB, per GPU
@@ -338,11 +338,48 @@ class ClusterSnapshot:
                 return rule
         if pod.uid in self.rules_by_pod_uid:
             return self.rules_by_pod_uid[pod.uid]
+        if pod.uid in self.restore_claims:  # another rule's pod already: no restore's replacement (soak D4)
+            return None
         return next((r for r in self.restoring if r.awaits_restore(pod)), None)
 
     @cached_property
     def restoring(self) -> tuple[Rule, ...]:
-        return tuple(r for r in self.rules if r.phase is Phase.RESTORING and r.reservation(self.now))
+        """Restoring rules that still reserve, in the order they take new pods (rules.restore_order)."""
+        return tuple(r for r in restore_order(self.rules) if r.reservation(self.now))
+
+    @cached_property
+    def restore_claims(self) -> frozenset[str]:
+        return restore_claims(self.rules)
+
+    @cached_property
+    def restart_parents(self) -> Mapping[str, tuple[str, float]]:
+        """pod uid -> (uid of the pod one of our restarts replaced with it, when): the upgrade's pod ->
+        its bound replacement, the upgraded pod -> the replacement that finished its restore. A preemption
+        hold's pod is bound as it is (no restart)."""
+        out: dict[str, tuple[str, float]] = {}
+        for rule in self.rules:
+            if rule.bound_pod and rule.pod_uid and rule.bound_pod != rule.pod_uid and not rule.is_hold:
+                out[rule.bound_pod] = (rule.pod_uid, rule.restart_at or rule.created)
+            if rule.restored_pod and rule.bound_pod:
+                out[rule.restored_pod] = (rule.bound_pod, rule.updated)
+        return out
+
+    def lineage_restarts(self, pod: PodInfo, window: float) -> int:
+        """Restarts by us in ``pod``'s lineage within ``window`` seconds: the loop guard (soak D7).
+
+        Walks back through the rules (restart_parents); a pod a restore still waits for (its rule has no
+        restored_pod yet) descends from that restore's upgraded pod. O(lineage) once the index is built."""
+        count, uid, seen = 0, pod.uid, set()
+        if uid not in self.restart_parents:
+            rule = next((r for r in self.restoring if r.awaits_restore(pod)), None)
+            if rule is not None and pod.uid not in self.restore_claims:
+                count += self.now - rule.updated < window
+                uid = rule.bound_pod
+        while uid in self.restart_parents and uid not in seen:
+            seen.add(uid)
+            uid, when = self.restart_parents[uid]
+            count += self.now - when < window
+        return count
 
     def nodes_with_free(self, resource: str) -> frozenset[str]:
         return self.free_index.get(resource, frozenset())

@@ -32,13 +32,9 @@ KNOWN: dict[str, str] = {
                      "restarts it comes back from the stash: the restart's delete gets 404/409, is taken as "
                      "done, and finish_recreate creates the pod (docs/reliability.md). Seen on seed 5 in one of "
                      "two full runs after the issue-13 merge",
-    "5-no-rule-leak": "soak D3, open: an Applied rule whose pod is deleted never reaches a terminal phase (the "
-                      "reconciler has no such transition; docs/reliability.md). D2 (a GC-deleted rule kept in "
-                      "the writer's overlay) is fixed",
-    "6-no-restart-loop": "soak D7, open: a restore reserves its slice, but the extender binds another pod there "
-                         "before its rule watch shows the reservation, so the restored pod is upgraded again "
-                         "(docs/reliability.md). Issue 13 item 9 (placement, expired restores as loops) is "
-                         "fixed; this race is not",
+    "6-no-restart-loop": "soak D5, open (being fixed separately): with the webhook down the reconciler restarts a "
+                         "pending bare pod for an upgrade every few seconds, each replacement unrewritten "
+                         "(docs/reliability.md). D7 (a restore racing a bind) is fixed",
 }
 
 

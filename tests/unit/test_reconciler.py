@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections import Counter
 from dataclasses import replace
 
 import jsonpatch
@@ -117,7 +118,10 @@ def test_walkthrough_upgrade_then_restore() -> None:
     w.remove(a1)  # capacity frees: the original type is free again
     w.now += 5
     counts = w.reconciler.run_once()
-    assert counts["restoring"] == 1 and ("restart", "infer-b-3") in w.actions.calls
+    assert counts["restoring"] == 1 and ("restart", "infer-b-3") not in w.actions.calls  # reserved first (D7)
+    w.now += w.reconciler.plan.restore_confirm
+    w.reconciler.run_once()
+    assert ("restart", "infer-b-3") in w.actions.calls  # the reservation confirmed on a later pass
     (restoring,) = w.store.list()
     assert restoring.phase is Phase.RESTORING and restoring.restore_node == "gpu-a"
     snap = w.inventory.snapshot(w.store.list(), w.now)
@@ -145,6 +149,8 @@ def test_bare_pod_upgrade_and_restore_go_through_a_stashed_manifest() -> None:
     w.reconciler.run_once()
     w.remove(blocker)
     w.now += 1
+    w.reconciler.run_once()
+    w.now += w.reconciler.plan.restore_confirm
     w.reconciler.run_once()
     restore_stash = [c for c in w.actions.calls if c[0] == "stash"][-1]
     manifest = restore_stash[2]
@@ -188,6 +194,7 @@ def test_a_new_leader_resumes_a_restore_whose_restart_never_happened() -> None:
     (bound,) = w.store.list()
     w.store.update(bound.restoring("gpu-a", w.now, 120.0))  # the old leader died right after this write
     fresh = Reconciler(w.inventory, w.store, w.actions, clock=lambda: w.now)
+    w.now += fresh.plan.restore_confirm
     fresh.run_once()
     assert w.actions.calls.count(("restart", "p2")) == 1 and up["metadata"]["name"] == "p2"
 
@@ -337,12 +344,19 @@ def upgraded_and_freed(w: World, owner: tuple | None = OWNER, name: str = "p2") 
     return up, rule
 
 
+def reserve_and_confirm(w: World) -> Counter:
+    """Two passes: the restore's reservation, then (restore_confirm later) its restart (soak D7)."""
+    counts = w.reconciler.run_once()
+    w.now += w.reconciler.plan.restore_confirm
+    return counts + w.reconciler.run_once()
+
+
 def test_item4_restore_refused_by_pdb_is_retried() -> None:
     w = World()
     upgraded_and_freed(w)
     w.actions.answer = RestartOutcome(Restart.REFUSED, "Cannot evict pod as it would violate the pod's disruption "
                                                         "budget.")
-    counts = w.reconciler.run_once()
+    counts = reserve_and_confirm(w)
     assert counts["restoring"] == 1 and counts["restore_refused"] == 1 and counts["restore_deferred"] == 1
     (rule,) = w.store.list()
     assert rule.phase is Phase.APPLIED and rule.restore_node == "" and rule.restore_attempts == 1
@@ -352,7 +366,7 @@ def test_item4_restore_refused_by_pdb_is_retried() -> None:
     assert w.reconciler.run_once()["restoring"] == 0  # backing off, not hammering the PDB
     w.actions.answer = RestartOutcome(Restart.EVICTED)
     w.now = rule.retry_restore_at + 1
-    counts = w.reconciler.run_once()
+    counts = reserve_and_confirm(w)
     assert counts["restoring"] == 1 and counts["restore_evicted"] == 1
     assert w.actions.calls.count(("restart", "p2")) == 2 and w.store.list()[0].phase is Phase.RESTORING
 
@@ -361,10 +375,10 @@ def test_item4_second_refusal_backs_off_longer() -> None:
     w = World()
     upgraded_and_freed(w)
     w.actions.answer = RestartOutcome(Restart.REFUSED, "pdb")
-    w.reconciler.run_once()
+    reserve_and_confirm(w)
     first = w.store.list()[0]
     w.now = first.retry_restore_at + 1
-    w.reconciler.run_once()
+    reserve_and_confirm(w)
     second = w.store.list()[0]
     assert second.restore_attempts == 2
     assert second.retry_restore_at - second.updated == 2 * (first.retry_restore_at - first.updated)
@@ -520,6 +534,7 @@ def test_item4_a_new_leader_resuming_a_refused_restore_defers_it() -> None:
     w.store.update(bound.restoring("gpu-a", w.now, 120.0))
     w.actions.answer = RestartOutcome(Restart.REFUSED, "pdb")
     fresh = Reconciler(w.inventory, w.store, w.actions, clock=lambda: w.now)
+    w.now += fresh.plan.restore_confirm
     counts = fresh.run_once()
     assert counts["restore_refused"] == 1 and counts["restore_deferred"] == 1
     (rule,) = w.store.list()

@@ -1,0 +1,273 @@
+"""Regression tests for the defects the chaos soak found (issue 15, docs/reliability.md): D3, D4, D7.
+
+Each test is named after its defect and failed against the code before its fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from mig_extender.core.planner import RestartLoop, filter_pod
+from mig_extender.core.resources import ANN_ORIGINAL, ANN_RULE, ResourceCount, pod_info
+from mig_extender.core.rules import Phase, match_restores, new_rule
+from tests.builders import make_pod, res
+from tests.unit.test_reconciler import OWNER, LaggingStore, World
+
+STS = ("StatefulSet", "db", "sts-db")
+
+
+def upgraded(w: World, owner: tuple | None = OWNER) -> tuple[dict, object]:
+    """gpu-a's 1g.5gb slices stay taken; pod p was upgraded onto 2g.10gb as p2 and is bound (rule Applied)."""
+    w.add(make_pod("a1", mig={"1g.5gb": 2}, node="gpu-a"))
+    pending = w.add(make_pod("p", mig={"1g.5gb": 1}, owner=owner))
+    rule = w.record_for(pending)
+    up = w.replace_with_upgraded(pending, rule, "p2", owner)
+    w.reconciler.run_once()
+    (bound,) = w.store.list()
+    assert bound.phase is Phase.APPLIED and bound.bound_pod == up["metadata"]["uid"]
+    return up, bound
+
+
+# ---- D3: an Applied rule whose pod is deleted never finished ---------------------------------------
+
+
+@pytest.mark.parametrize("owner", [pytest.param(OWNER, id="replicaset"), pytest.param(None, id="bare-pod"),
+                                   pytest.param(STS, id="statefulset")])
+def test_soak_d3_applied_rule_whose_pod_was_deleted_finishes(owner: tuple | None) -> None:
+    """The user deletes the upgraded pod: its rule leaves Applied (Expired, kept for the loop guard and
+    /debug/rules until retention) instead of staying active for ever."""
+    w = World()
+    up, _ = upgraded(w, owner)
+    w.remove(up)
+    w.now += 30
+    counts = w.reconciler.run_once()
+    (after,) = w.store.list()
+    assert (after.phase, counts["pod_gone"]) == (Phase.EXPIRED, 1)
+    assert "p2" in after.message and "gone" in after.message
+    assert w.reconciler.run_once()["pod_gone"] == 0  # once
+
+
+@pytest.mark.parametrize("in_informer, in_api, age, finished", [
+    pytest.param(False, "same", 30.0, False, id="watch-lags-behind-the-api"),
+    pytest.param(False, None, 2.0, False, id="bound-moments-ago"),
+    pytest.param(False, None, 30.0, True, id="deleted"),
+    pytest.param(False, "new-uid", 30.0, True, id="name-taken-by-a-new-pod"),
+    pytest.param(True, "same", 30.0, False, id="alive"),
+])
+def test_soak_d3_a_pod_is_gone_only_when_the_api_says_so(in_informer: bool, in_api: str | None, age: float,
+                                                          finished: bool) -> None:
+    """Missing from our watch is not gone: the pod is looked up in the API by name and uid (a StatefulSet's
+    or bare pod's name comes back with a new uid), and only after a grace since the rule was bound."""
+    w = World()
+    up, rule = upgraded(w)
+    if not in_informer:
+        w.inventory.delete_pod(up["metadata"]["uid"])
+    if in_api is None:
+        w.actions.pods.pop("p2")
+    elif in_api == "new-uid":
+        w.actions.pods["p2"] = make_pod("p2", mig={"1g.5gb": 1}, node="gpu-a", owner=OWNER)
+    w.now = rule.updated + age
+    w.reconciler.run_once()
+    assert (w.store.list()[0].phase is Phase.EXPIRED) is finished
+
+
+def test_soak_d3_applied_unbound_rule_whose_rewritten_pod_was_deleted_releases_its_reservation() -> None:
+    """The rewritten replacement is deleted before it was bound: the substitute slice it reserved goes back
+    now, not when the rule's TTL runs out."""
+    w = World()
+    w.add(make_pod("a1", mig={"1g.5gb": 2}, node="gpu-a"))
+    pending = w.add(make_pod("p", mig={"1g.5gb": 1}, owner=OWNER))
+    rule = w.record_for(pending)
+    w.remove(pending)
+    stamped = {ANN_RULE: rule.name, ANN_ORIGINAL: f"{rule.original}"}
+    rewritten = w.add(make_pod("p2", mig={"2g.10gb": 1}, owner=OWNER, annotations=stamped))
+    w.reconciler.run_once()
+    assert w.store.list()[0].phase is Phase.APPLIED
+    assert w.inventory.snapshot(w.store.list(), w.now).free("gpu-a", res("2g.10gb")) == 0
+    w.remove(rewritten)
+    w.now += 30
+    assert w.reconciler.run_once()["pod_gone"] == 1
+    assert w.inventory.snapshot(w.store.list(), w.now).free("gpu-a", res("2g.10gb")) == 1
+
+
+def test_soak_d3_a_rule_that_moved_on_meanwhile_is_not_finished() -> None:
+    """Our list is stale (the rule is Restoring in the API: a restore began): the write conflicts, the fresh
+    rule is no longer Applied, and nothing is finished (update_with_retry's phase guard)."""
+    w = World()
+    up, rule = upgraded(w)
+    w.remove(up)
+    w.store.update(rule.restoring("gpu-a", w.now, 120.0))
+    w.reconciler.store = LaggingStore(w.store, [rule])  # type: ignore[assignment]
+    w.now += 30
+    w.reconciler.run_once()
+    assert w.store.list()[0].phase is Phase.RESTORING
+
+
+def test_soak_d3_a_rule_holding_a_stash_is_not_finished() -> None:
+    """A bare pod we deleted and are about to create again (its manifest on the rule) is ours, not gone."""
+    w = World()
+    up, rule = upgraded(w, owner=None)
+    w.store.update(replace(rule, stash='{"metadata": {"name": "p2"}}'))
+    w.remove(up)
+    w.now += 30
+    counts = w.reconciler.run_once()
+    assert counts["pod_gone"] == 0 and w.store.list()[0].phase is Phase.APPLIED
+
+
+# ---- D4: two Restoring rules of one ReplicaSet both took the same new replica ----------------------
+
+
+def two_restores(w: World) -> tuple[object, object]:
+    """Two replicas of OWNER were upgraded (p2 on 2g.10gb, p3 on 3g.20gb); both restores began at w.now
+    (original 1g.5gb reserved on gpu-a) and both old pods are gone. The ReplicaSet makes new replicas."""
+    rules = []
+    for old, sub in (("p2", "2g.10gb"), ("p3", "3g.20gb")):
+        pod = make_pod(f"{old}-pending", mig={"1g.5gb": 1}, owner=OWNER)
+        rule = new_rule(pod_info(pod), ResourceCount(res("1g.5gb"), 1), ResourceCount(res(sub), 1), "gpu-a",
+                        w.now, 120.0)
+        rule = w.store.record(rule)
+        rule = w.store.update(rule.applied(old, w.now, 120.0).bound(f"uid-{old}", old, "gpu-a", w.now))
+        rules.append(w.store.update(rule.restoring("gpu-a", w.now, 120.0)))
+    return rules[0], rules[1]
+
+
+def test_soak_d4_one_new_replica_finishes_one_restore_and_the_other_waits_for_the_next() -> None:
+    w = World()
+    first, second = two_restores(w)
+    n1 = w.add(make_pod("n1", mig={"1g.5gb": 1}, node="gpu-a", owner=OWNER, created="1970-01-01T00:16:50Z"))
+    w.now += 1
+    assert w.reconciler.run_once()["restored"] == 1
+    done = {r.name: r for r in w.store.list()}
+    assert sorted(r.phase for r in done.values()) == [Phase.RESTORED, Phase.RESTORING]
+    assert [r.restored_pod for r in done.values() if r.restored_pod] == [n1["metadata"]["uid"]]
+    assert done[first.name].phase is Phase.RESTORED  # the oldest pod takes the oldest waiting rule
+
+    n2 = w.add(make_pod("n2", mig={"1g.5gb": 1}, node="gpu-a", owner=OWNER, created="1970-01-01T00:16:55Z"))
+    w.now += 1
+    assert w.reconciler.run_once()["restored"] == 1
+    assert w.store.get("default", second.name).restored_pod == n2["metadata"]["uid"]
+
+
+def test_soak_d4_a_replica_the_extender_already_gave_to_one_restore_is_not_taken_by_another() -> None:
+    """The extender's bind marked the first rule Restored with n1; the reconciler then sees the second rule
+    still Restoring and n1 bound: n1 is taken, so the second keeps waiting (and so does its reservation,
+    in the extender's books too)."""
+    w = World()
+    first, second = two_restores(w)
+    n1 = w.add(make_pod("n1", mig={"1g.5gb": 1}, node="gpu-a", owner=OWNER, created="1970-01-01T00:16:50Z"))
+    w.store.update(first.bound(n1["metadata"]["uid"], "n1", "gpu-a", w.now))  # what /bind writes
+    w.now += 1
+    w.reconciler.run_once()
+    assert w.store.get("default", second.name).phase is Phase.RESTORING
+    snap = w.inventory.snapshot(w.store.list(), w.now)
+    assert snap.rule_for(pod_info(n1)) is None  # n1 finished a restore: it uses no other's reservation
+    assert snap.reserved["gpu-a"][res("1g.5gb")] == 1  # the second restore's slice still waits
+
+
+def test_soak_d4_match_restores_is_one_to_one() -> None:
+    """The pure matching: pods oldest first, each takes the oldest Restoring rule that waits for it and no
+    other pod took; pods some rule already counts as its own are nobody's replacement."""
+    w = World()
+    first, second = two_restores(w)
+    pods = [pod_info(make_pod(n, mig={"1g.5gb": 1}, node="gpu-a", owner=OWNER, created=t))
+            for n, t in (("late", "1970-01-01T00:16:59Z"), ("early", "1970-01-01T00:16:51Z"))]
+    matched = match_restores(w.store.list(), pods)
+    assert {k: p.name for k, p in matched.items()} == {("default", first.name): "early",
+                                                       ("default", second.name): "late"}
+    claimed = [replace(first, phase=Phase.RESTORED, restored_pod=pods[1].uid), second]
+    assert {k: p.name for k, p in match_restores(claimed, pods).items()} == {("default", second.name): "late"}
+
+
+# ---- D7: a restore's reserved slice taken by a bind that raced the reservation; then a restart loop ---
+
+
+def freed_after_upgrade(w: World) -> tuple[dict, object]:
+    """p was upgraded onto 2g.10gb as p2 (bound); then a1 ends and both 1g.5gb slices are free."""
+    up, rule = upgraded(w)
+    w.remove(w.actions.pods["a1"])
+    w.now += 1
+    return up, rule
+
+
+def test_soak_d7_a_restore_reserves_first_and_restarts_only_on_a_later_pass() -> None:
+    """Reserve, then restart once every watch has had time to show the reservation (restore_confirm):
+    the pass that writes Restoring restarts nothing."""
+    w = World()
+    freed_after_upgrade(w)
+    counts = w.reconciler.run_once()
+    assert counts["restoring"] == 1 and ("restart", "p2") not in w.actions.calls
+    assert ("p2", "MigRestoring") not in w.actions.events
+    w.now += w.reconciler.plan.restore_confirm / 2
+    w.reconciler.run_once()
+    assert ("restart", "p2") not in w.actions.calls
+    w.now += w.reconciler.plan.restore_confirm
+    assert w.reconciler.run_once()["restore_evicted"] == 1
+    assert w.actions.calls.count(("restart", "p2")) == 1 and ("p2", "MigRestoring") in w.actions.events
+    w.now += w.reconciler.plan.restore_confirm
+    w.reconciler.run_once()
+    assert w.actions.calls.count(("restart", "p2")) == 1  # once
+
+
+def test_soak_d7_a_bind_that_raced_the_reservation_defers_the_restore() -> None:
+    """The extender had not seen the reservation and bound another pod into the reserved slice: by the
+    confirming pass our watch shows it, so the pod is not restarted (it would find its type sold out and
+    be upgraded again); the restore goes back to Applied, its slice released, Event MigRestoreDeferred."""
+    w = World()
+    freed_after_upgrade(w)
+    w.reconciler.run_once()
+    (restoring,) = w.store.list()
+    assert restoring.phase is Phase.RESTORING
+    w.add(make_pod("racer", mig={"1g.5gb": 2}, node="gpu-a"))  # bound before the extender saw the rule
+    w.now += w.reconciler.plan.restore_confirm + 1
+    counts = w.reconciler.run_once()
+    assert ("restart", "p2") not in w.actions.calls and counts["restore_deferred"] == 1
+    (after,) = w.store.list()
+    assert (after.phase, after.restore_node, after.restore_attempts) == (Phase.APPLIED, "", 1)
+    assert ("p2", "MigRestoreDeferred") in w.actions.events
+
+
+def looped(w: World) -> tuple[dict, object]:
+    """p upgraded (restart 1) to p2, p2 restarted for a restore (restart 2); the ReplicaSet's new replica
+    p3 then finds 1g.5gb sold out (taken by a pod the extender bound before it saw the reservation)."""
+    up, rule = freed_after_upgrade(w)
+    w.reconciler.run_once()
+    w.now += w.reconciler.plan.restore_confirm + 1
+    w.reconciler.run_once()
+    w.remove(up)
+    w.add(make_pod("racer", mig={"1g.5gb": 2}, node="gpu-a"))
+    p3 = w.add(make_pod("p3", mig={"1g.5gb": 1}, owner=OWNER, created="1970-01-01T00:17:00Z"))
+    w.now += 1
+    return p3, w.store.get("default", rule.name)
+
+
+def test_soak_d7_a_third_restart_in_a_lineage_within_the_hour_is_never_planned() -> None:
+    """Upgrades and restores count together per pod lineage: p3 descends from p (upgraded) and p2 (restored),
+    so it is not substituted again: no rule is recorded for it, and a rule recorded for it anyway (a
+    lagging extender) is cancelled with Event MigUpgradeSkipped instead of restarting p3."""
+    w = World()
+    p3, restore = looped(w)
+    assert restore.phase is Phase.RESTORING
+    snap = w.inventory.snapshot(w.store.list(), w.now)
+    decision = filter_pod(pod_info(p3), ["gpu-a"], snap)
+    assert decision.record is None and isinstance(decision.note, RestartLoop)
+    assert (decision.note.restarts, decision.note.limit) == (2, 2)
+
+    sneaked = w.store.record(new_rule(pod_info(p3), restore.original, ResourceCount(res("3g.20gb"), 1), "gpu-a",
+                                      w.now, 120.0))
+    w.now += 2
+    w.reconciler.run_once()
+    assert ("restart", "p3") not in w.actions.calls and ("p3", "MigUpgradeSkipped") in w.actions.events
+    assert w.store.get("default", sneaked.name).phase is Phase.EXPIRED
+
+
+def test_soak_d7_the_lineage_guard_forgets_restarts_older_than_its_window() -> None:
+    """The upgrade an hour ago no longer counts, the restore a second ago does."""
+    w = World()
+    p3, restore = looped(w)
+    w.now += w.reconciler.plan.restart_window + 1
+    w.store.update(replace(restore, phase=Phase.RESTORED, restored_pod=p3["metadata"]["uid"], updated=w.now - 1,
+                           restart_at=1.0, created=1.0))
+    snap = w.inventory.snapshot(w.store.list(), w.now)
+    assert snap.lineage_restarts(pod_info(p3), w.reconciler.plan.restart_window) == 1
