@@ -89,7 +89,7 @@ class Actions(Protocol):
     def evict(self, pod: Mapping[str, Any]) -> RestartOutcome: ...
     def stash_and_evict_bare_pod(self, rule_ns: str, rule_name: str, pod: Mapping[str, Any],
                                  replacement: Mapping[str, Any]) -> RestartOutcome: ...
-    def finish_recreate(self, rule_ns: str, rule_name: str, manifest_json: str) -> str: ...
+    def finish_recreate(self, rule: Rule) -> str: ...
     def event(self, namespace: str, pod_name: str, pod_uid: str, reason: str, message: str,
               warning: bool = False, action: str = "Reconcile") -> None: ...
     def preempt(self, namespace: str, name: str, uid: str) -> Deletion: ...
@@ -191,7 +191,7 @@ class Reconciler:
     def _observe_rule(self, rule: Rule, carriers: list[PodInfo], pods: Mapping[str, PodInfo],
                       counts: Counter[str], now: float) -> None:
         if rule.stash:
-            outcome = self.actions.finish_recreate(rule.namespace, rule.name, rule.stash)
+            outcome = self.actions.finish_recreate(rule)
             counts[f"recreate_{outcome}"] += 1
         if rule.phase is Phase.RECORDED and carriers:
             rule = self._transition(rule, lambda r, p=carriers[0]: r.applied(p.name, now, self.plan.rule_ttl),
@@ -323,6 +323,9 @@ class Reconciler:
         outcome = self._restart_outcome(rule, pod, restore)
         if outcome.kind is Restart.EVICTED and pod.owner is not None and is_job_owner(pod.owner):
             self._job_restarts[pod.owner.uid] = self._job_restarts.get(pod.owner.uid, 0) + 1
+        if outcome.kind is Restart.GONE and outcome.detail:  # a bare pod someone else deleted: not ours to recreate
+            self._event(pod, "MigRestartAbandoned", f"{kind} abandoned: {outcome.detail} (rule {rule.name})",
+                        warning=True)
         counts[f"{kind}_{outcome.kind}"] += 1
         return outcome
 

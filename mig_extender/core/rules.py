@@ -97,6 +97,8 @@ class Rule:
     message: str = ""
     resource_version: str = ""
     stash: str = ""          # a bare pod's manifest waiting to be created again (JSON), see kube.KubeActions
+    stash_of: str = ""       # uid of the pod the stash replaces (written with the stash)
+    stash_deleted: bool = False  # our eviction of stash_of succeeded: only then is the pod ours to recreate
     restart_at: float = 0.0  # when the reconciler began restarting pod_uid: from then on its replacement may take it
     claimed_until: float = 0.0  # a webhook replica handed the rule to a new pod; others leave it alone until then
     restore_attempts: int = 0   # restarts for a restore that were refused (PDB, invalid replacement)
@@ -344,6 +346,8 @@ KIND = "MigSubstitution"
 PLURAL = "migsubstitutions"
 LABEL_POD_UID = f"{API_GROUP}/pod-uid"
 ANN_RECREATE = f"{API_GROUP}/recreate"  # on a MigSubstitution: the bare pod to create again, as JSON
+ANN_RECREATE_OF = f"{API_GROUP}/recreate-of"  # the uid of the pod that manifest replaces
+ANN_RECREATE_DELETED = f"{API_GROUP}/recreate-deleted"  # that uid, once our eviction of it succeeded
 
 
 def _time_text(epoch: float) -> str:
@@ -394,6 +398,7 @@ def rule_from_object(obj: Mapping[str, Any]) -> Rule:
     """Read a MigSubstitution; ValueError when it is not one we can use (reported, never a crash)."""
     meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
     status = obj.get("status") or {}
+    annotations = meta.get("annotations") or {}
     try:
         owner_spec = spec.get("owner")
         owner = (Owner(str(owner_spec.get("kind", "")), str(owner_spec.get("name", "")),
@@ -412,7 +417,10 @@ def rule_from_object(obj: Mapping[str, Any]) -> Rule:
             restore_node=str(status.get("restoreNode", "")), restored_pod=str(status.get("restoredPod", "")),
             updated=parse_time(status.get("updatedAt")) or created, message=str(status.get("message", "")),
             resource_version=str(meta.get("resourceVersion", "")),
-            stash=str((meta.get("annotations") or {}).get(ANN_RECREATE, "")),
+            stash=str(annotations.get(ANN_RECREATE, "")),
+            stash_of=str(annotations.get(ANN_RECREATE_OF, "")),
+            stash_deleted=bool(annotations.get(ANN_RECREATE_OF))
+            and annotations.get(ANN_RECREATE_DELETED) == annotations.get(ANN_RECREATE_OF),
             restart_at=parse_time(status.get("restartAt")),
             claimed_until=parse_time(status.get("claimedUntil")),
             restore_attempts=int(status.get("restoreAttempts") or 0),
