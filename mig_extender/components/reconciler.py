@@ -130,6 +130,9 @@ class Reconciler:
         counts: Counter[str] = Counter()
         if not self.is_leader():
             return counts
+        if not self._synced():
+            counts["not_synced"] += 1
+            return counts
         for step in (self._observe, self._expire, self._upgrade, self._restore, self._preempt, self._explain):
             try:
                 step(counts)
@@ -144,6 +147,13 @@ class Reconciler:
         for action, n in counts.items():
             self.metrics.actions.labels(action, "error" if action in ("errors", "rule_errors") else "ok").inc(n)
         return counts
+
+    def _synced(self) -> bool:
+        """Act only on complete caches, as controllers wait for WaitForCacheSync: a leader that starts its
+        passes as soon as it holds the Lease otherwise sees the rules before the pods (a busy cluster's
+        first pod list is the slow one), takes a preemptor for gone and cancels its hold, leaving the
+        victim running (the flaky new-leader e2e case), or cancels upgrades and restores alike."""
+        return bool(self.inventory.synced) and bool(self.store.synced)
 
     def _snapshot(self) -> tuple[Any, dict[str, PodInfo]]:
         snap = self.inventory.snapshot(self.store.list(), self.clock(), usage=True)  # cpu/memory for placement
