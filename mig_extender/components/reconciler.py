@@ -47,6 +47,7 @@ from cachetools import TTLCache
 
 from ..cluster.inventory import ClusterInventory
 from ..cluster.rulestore import RuleStore, update_with_retry
+from ..core.loopguard import Backoff, RestartIndex, TooManyRestarts, unrewritten_handovers, upgrade_hold
 from ..core.planner import (
     PlanSettings,
     choose_substitute,
@@ -252,10 +253,13 @@ class Reconciler:
 
     def _upgrade(self, counts: Counter[str]) -> None:
         snap, pods = self._snapshot()
+        index = RestartIndex.build(self._expire_unrewritten(snap, pods, counts), snap.now)
         upgrades, cancel = plan_upgrades(snap, pods, self.plan)
         for rule in cancel:
             self._transition(rule, lambda r: r.expired(snap.now), counts, "cancelled")
         for up in upgrades:
+            if self._upgrade_held(up.rule, up.pod, index, counts, snap.now):
+                continue
             # a Job whose restart would count as a failure is refused before the rule is handed over
             if self._upgrade_refused(up.rule, up.pod, self._job_problem(up.pod, restore=False), counts, snap.now):
                 continue
@@ -269,6 +273,38 @@ class Reconciler:
             if outcome.kind is Restart.INVALID:
                 self._upgrade_refused(up.rule, up.pod, f"its replacement would be refused: {outcome.detail}",
                                       counts, snap.now)
+
+    def _expire_unrewritten(self, snap: Any, pods: Mapping[str, PodInfo], counts: Counter[str]) -> list[Rule]:
+        """Expire the rules whose restart's replacement came back unrewritten (core/loopguard.py), and say so
+        on the pod: the webhook did not run, so retrying at once would only restart it again (soak D5), and
+        a rule left Recorded would be handed to a later pod of the lineage (a restore's replacement).
+        Returns the pass's rules with those expirations in them."""
+        rules = {(r.namespace, r.name): r for r in snap.rules}
+        for stale in unrewritten_handovers(snap.rules, pods.values(), snap.now):
+            stored = self._transition(stale.rule, lambda r: r.unrewritten(snap.now) if r.phase is Phase.RECORDED
+                                      else r, counts, "unrewritten")
+            if stored is None or not stored.unrewritten_at:
+                continue
+            rules[(stored.namespace, stored.name)] = stored
+            self._event(stale.pod, "MigUpgradeNotRewritten",
+                        f"restarted to run on {stale.rule.substitute.resource} (rule {stale.rule.name}) but came "
+                        f"back asking for {stale.rule.original.resource}: the mutating webhook did not rewrite it "
+                        f"(down, and failurePolicy Ignore). Reservation released; no new upgrade restart for "
+                        f"{int(self.plan.upgrade_backoff)}s, at most {self.plan.restarts_per_hour} restarts an hour",
+                        warning=True)
+        return list(rules.values())
+
+    def _upgrade_held(self, rule: Rule, pod: PodInfo, index: RestartIndex, counts: Counter[str], now: float) -> bool:
+        """The loop guard on the upgrade side: wait out the backoff after an unrewritten replacement (the
+        rule stays Recorded and reserved), or, past the lineage's restarts for the hour, cancel the upgrade."""
+        hold = upgrade_hold(pod, index, now, self.plan.upgrade_backoff, self.plan.restarts_per_hour)
+        if isinstance(hold, Backoff):
+            counts["upgrade_backoff"] += 1
+            return True
+        if isinstance(hold, TooManyRestarts):
+            counts["upgrade_loop_guard"] += 1
+            return self._upgrade_refused(rule, pod, str(hold), counts, now)
+        return False
 
     def _upgrade_refused(self, rule: Rule, pod: PodInfo, why: str, counts: Counter[str], now: float) -> bool:
         """Cancel an upgrade that must not happen (its reservation goes back at once), and say why."""

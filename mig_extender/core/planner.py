@@ -27,6 +27,7 @@ from .catalog import (
     resource_shape,
     waste,
 )
+from .loopguard import HOUR, RestartIndex, TooManyRestarts
 from .placement import placement_problem, tolerates_unschedulable
 from .podspec import restart_blocker
 from .resources import ANN_SUBSTITUTE, PodInfo, ResourceCount
@@ -57,6 +58,10 @@ class PlanSettings:
     # owner kinds, beyond ReplicaSet/StatefulSet/Job/ReplicationController, known to recreate a deleted pod
     # ("group/Kind" or "Kind"): only their pods (and bare pods) are substituted, upgraded and restored
     restartable_owners: frozenset[str] = frozenset()
+    # upgrade and restore restarts of one pod lineage in any hour: the soak's invariant 6 (no restart loop)
+    restarts_per_hour: int = 2
+    upgrade_backoff: float = 60.0    # an upgrade whose replacement came back unrewritten (webhook down) is not
+                                     # retried sooner: long enough for a webhook restart, short of rule_ttl
     restore_backoff: float = 30.0    # first wait after a refused restore restart; doubles per refusal...
     restore_backoff_max: float = 900.0  # ...up to this (a PDB that refuses for hours is retried 4x an hour)
     # a pod pending longer than this outranks the claim of younger queued pods on a slice it could take as
@@ -863,6 +868,7 @@ def plan_restores(snap: ClusterSnapshot, pods: Mapping[str, PodInfo], settings: 
     skips: list[Skip] = []
     # once per call, not once per candidate: with thousands of upgraded pods that was O(rules^2)
     restored = [r for r in snap.rules if r.was_restore and r.phase is not Phase.RESTORING]
+    index = RestartIndex.build(snap.rules, snap.now)
     for rule in snap.rules:
         if rule.phase is not Phase.APPLIED or not rule.bound_pod or snap.now < rule.retry_restore_at:
             continue
@@ -881,6 +887,10 @@ def plan_restores(snap: ClusterSnapshot, pods: Mapping[str, PodInfo], settings: 
             skips.append(Skip(rule, pod, f"workload was restored by {loop.name} less than "
                                          f"{int(settings.loop_window)}s ago and upgraded again; "
                                          "left alone to avoid a loop"))
+            continue
+        if (restarts := index.restarts(pod)) >= settings.restarts_per_hour:  # upgrades count too (soak D5)
+            guard = TooManyRestarts(restarts, settings.restarts_per_hour, HOUR)
+            skips.append(Skip(rule, pod, f"not restored: {guard}"))
             continue
         orig, sub = _shape(rule.original.resource, snap, pod.node), _shape(rule.substitute.resource, snap, pod.node)
         if orig is None or sub is None:
