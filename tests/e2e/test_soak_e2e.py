@@ -28,17 +28,13 @@ PLAN = {"seconds": 60.0, "actions_per_second": 3.0, "fault_every": 6.0, "warmup"
         "quiet_every": 20.0, "settle": 45.0, "cycle_faults": True}
 # invariant -> the known, unfixed defect that breaks it (xfail until its fix merges; see docs/reliability.md)
 KNOWN: dict[str, str] = {
-    "2-no-pod-lost": "soak D1, open: a bare pod deleted (by the soak, as a user would) while the reconciler "
-                     "restarts it comes back from the stash: the restart's delete gets 404/409, is taken as "
-                     "done, and finish_recreate creates the pod (docs/reliability.md). Seen on seed 5 in one of "
-                     "two full runs after the issue-13 merge",
     "5-no-rule-leak": "soak D3, open: an Applied rule whose pod is deleted never reaches a terminal phase (the "
                       "reconciler has no such transition; docs/reliability.md). D2 (a GC-deleted rule kept in "
                       "the writer's overlay) is fixed",
     "6-no-restart-loop": "soak D7, open: a restore reserves its slice, but the extender binds another pod there "
                          "before its rule watch shows the reservation, so the restored pod is upgraded again "
-                         "(docs/reliability.md). Issue 13 item 9 (placement, expired restores as loops) is "
-                         "fixed; this race is not",
+                         "(docs/reliability.md). Issue 13 item 9 (placement, expired restores as loops) and "
+                         "soak D5 (upgrade restarts with the webhook down) are fixed; this race is not",
 }
 
 
