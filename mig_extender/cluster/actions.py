@@ -22,9 +22,9 @@ from urllib.parse import quote
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from ..core.podspec import Restart, RestartOutcome, dry_run_copy
+from ..core.podspec import Recreate, RecreateReason, RecreateStep, Restart, RestartOutcome, dry_run_copy, recreate_step
 from ..core.preemption import DISRUPTION_MESSAGE, DISRUPTION_REASON, Deletion
-from ..core.rules import ANN_RECREATE
+from ..core.rules import ANN_RECREATE, ANN_RECREATE_DELETED, ANN_RECREATE_OF, Rule
 from .client import JSON, MERGE_PATCH, JsonPoster, raw
 
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"  # merges status.conditions by type
@@ -57,6 +57,8 @@ class KubeActions:
         self._events = client.EventsV1Api(api)
         self.component = component
         self.host = os.environ.get("HOSTNAME", "")
+        # (rule ns, rule name, pod uid) -> did our eviction remove that pod: kept until the rule holds it
+        self._evictions: dict[tuple[str, str, str], bool] = {}
 
     def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._read(self._core.read_namespaced_pod, name, namespace)
@@ -152,41 +154,89 @@ class KubeActions:
 
     def stash_and_evict_bare_pod(self, rule_ns: str, rule_name: str, pod: JSON, replacement: JSON) -> RestartOutcome:
         """A bare pod has nobody to recreate it: check the replacement would be accepted (else leave the pod
-        alone), write it onto the rule, then evict the pod. If we die after the eviction, whoever leads next
-        finds the manifest and creates the pod (``finish_recreate``); a refused eviction clears the stash."""
+        alone), write it onto the rule with the uid it replaces, evict the pod, and record on the rule
+        whether OUR eviction removed it. Only then does ``finish_recreate`` create it (soak defect D1): an
+        eviction answered 404 (someone deleted the pod first) or 409 (a namesake holds the name) deleted
+        nothing of ours, so the stash is dropped and the user's delete stays final. If we die after the
+        eviction, whoever leads next reads the record and creates the pod, once."""
         problem = self.replacement_problem(replacement)
         if problem:
             return RestartOutcome(Restart.INVALID, problem)
-        self._set_stash(rule_ns, rule_name, json.dumps(replacement, separators=(",", ":")))
+        uid = str(pod["metadata"]["uid"])
+        self._set_stash(rule_ns, rule_name, json.dumps(replacement, separators=(",", ":")), uid)
         outcome = self.evict(pod)
-        if outcome.kind is Restart.REFUSED:
-            self._set_stash(rule_ns, rule_name, None)
+        self._record_eviction(rule_ns, rule_name, uid, outcome.kind is Restart.EVICTED)
+        if outcome.kind is Restart.GONE:
+            return RestartOutcome(Restart.GONE, "deleted or replaced by someone else while being restarted: "
+                                                "not recreated")
         return outcome
 
-    def _set_stash(self, rule_ns: str, rule_name: str, manifest_json: str | None) -> None:
-        patch = {"metadata": {"annotations": {ANN_RECREATE: manifest_json}}}
+    def _record_eviction(self, rule_ns: str, rule_name: str, uid: str, ours: bool) -> None:
+        """Write down whether our eviction removed pod ``uid`` (mark the stash) or not (drop it). A write that
+        fails is remembered here, so this process still acts on what it knows (the stash alone would read
+        "unproven"); the next ``finish_recreate`` writes it again."""
+        self._evictions[(rule_ns, rule_name, uid)] = ours
+        try:
+            if ours:
+                self._patch_rule_annotations(rule_ns, rule_name, {ANN_RECREATE_DELETED: uid})
+            else:
+                self._set_stash(rule_ns, rule_name, None)
+        except ApiException as exc:
+            log.warning("rule %s/%s: recording the eviction of %s failed (%s); kept in memory", rule_ns,
+                        rule_name, uid, exc)
+            return
+        if not ours:
+            self._evictions.pop((rule_ns, rule_name, uid), None)
+
+    def _set_stash(self, rule_ns: str, rule_name: str, manifest_json: str | None, replaces: str = "") -> None:
+        """Write (or with None clear) the stash and the uid of the pod it replaces; a new stash starts with
+        no record of an eviction."""
+        self._patch_rule_annotations(rule_ns, rule_name, {ANN_RECREATE: manifest_json,
+                                                          ANN_RECREATE_OF: replaces or None,
+                                                          ANN_RECREATE_DELETED: None})
+
+    def _patch_rule_annotations(self, rule_ns: str, rule_name: str, annotations: dict[str, str | None]) -> None:
+        patch = {"metadata": {"annotations": annotations}}
         raw(self._custom.patch_namespaced_custom_object,
             "mig-extender.io", "v1alpha1", rule_ns, "migsubstitutions", rule_name, patch,
             _content_type=MERGE_PATCH)
 
-    def finish_recreate(self, rule_ns: str, rule_name: str, manifest_json: str) -> str:
-        """Create the stashed bare pod once its predecessor is gone, then clear the stash. Idempotent; a
-        create the API refuses keeps the stash (raised: counted per rule, retried, never dropped)."""
-        manifest = json.loads(manifest_json)
-        ns, name = manifest["metadata"].get("namespace", rule_ns), manifest["metadata"]["name"]
-        current = self.get_pod(ns, name)
-        if current is not None and (current.get("metadata") or {}).get("deletionTimestamp"):
-            return "waiting"  # the old pod is still terminating
-        outcome = "exists"
-        if current is None:
-            try:
-                raw(self._core.create_namespaced_pod, ns, manifest)
-                outcome = "created"
-            except ApiException as exc:
-                if exc.status != 409:
-                    raise
-        self._set_stash(rule_ns, rule_name, None)
+    def finish_recreate(self, rule: Rule) -> str:
+        """Create the stashed bare pod once OUR eviction removed its predecessor (``recreate_step``), then
+        clear the stash. Idempotent: a create the API refuses keeps the stash (raised: counted per rule,
+        retried, never dropped); a stash it must not act on is dropped with a Warning Event saying why.
+        Returns 'created', 'exists' (409 on create), 'waiting' or 'dropped'."""
+        manifest = json.loads(rule.stash)
+        ns, name = manifest["metadata"].get("namespace", rule.namespace), manifest["metadata"]["name"]
+        key = (rule.namespace, rule.name, rule.stash_of)
+        known = self._evictions.get(key) if rule.stash_of else None
+        if known is False:
+            step = RecreateStep(Recreate.DROP, RecreateReason.DELETED_BY_OTHERS)
+        else:
+            step = recreate_step(rule.stash_of, rule.stash_deleted or known is True, self.get_pod(ns, name))
+        if step.action is Recreate.WAIT:
+            return "waiting"
+        outcome = "dropped"
+        if step.action is Recreate.CREATE:
+            outcome = self._create_once(ns, manifest)
+        if step.reason is not RecreateReason.DELETED_BY_US and step.reason is not RecreateReason.NAME_TAKEN:
+            log.warning("rule %s/%s: stashed pod %s/%s %s: %s", rule.namespace, rule.name, ns, name, outcome,
+                        step.reason)
+            self.event(ns, name, rule.stash_of, "MigRecreateSkipped" if outcome == "dropped" else "MigRecreated",
+                       f"{'not created again' if outcome == 'dropped' else 'created again'}: {step.reason} "
+                       f"(rule {rule.name})", warning=True)
+        self._set_stash(rule.namespace, rule.name, None)
+        self._evictions.pop(key, None)
         return outcome
+
+    def _create_once(self, ns: str, manifest: JSON) -> str:
+        try:
+            raw(self._core.create_namespaced_pod, ns, manifest)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            return "exists"
+        return "created"
 
     def event(self, namespace: str, pod_name: str, pod_uid: str, reason: str, message: str,
               warning: bool = False, action: str = "Reconcile") -> None:

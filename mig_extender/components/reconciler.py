@@ -50,6 +50,7 @@ from cachetools import TTLCache
 
 from ..cluster.inventory import ClusterInventory
 from ..cluster.rulestore import RuleStore, update_with_retry
+from ..core.loopguard import Backoff, RestartIndex, RestartLoop, unrewritten_handovers, upgrade_hold
 from ..core.planner import (
     PlanSettings,
     PodGone,
@@ -98,7 +99,7 @@ class Actions(Protocol):
     def evict(self, pod: Mapping[str, Any]) -> RestartOutcome: ...
     def stash_and_evict_bare_pod(self, rule_ns: str, rule_name: str, pod: Mapping[str, Any],
                                  replacement: Mapping[str, Any]) -> RestartOutcome: ...
-    def finish_recreate(self, rule_ns: str, rule_name: str, manifest_json: str) -> str: ...
+    def finish_recreate(self, rule: Rule) -> str: ...
     def event(self, namespace: str, pod_name: str, pod_uid: str, reason: str, message: str,
               warning: bool = False, action: str = "Reconcile") -> None: ...
     def preempt(self, namespace: str, name: str, uid: str) -> Deletion: ...
@@ -140,6 +141,9 @@ class Reconciler:
         counts: Counter[str] = Counter()
         if not self.is_leader():
             return counts
+        if not self._synced():
+            counts["not_synced"] += 1
+            return counts
         for step in (self._observe, self._expire, self._upgrade, self._restore, self._preempt, self._explain,
                      self._repartition):
             try:
@@ -155,6 +159,13 @@ class Reconciler:
         for action, n in counts.items():
             self.metrics.actions.labels(action, "error" if action in ("errors", "rule_errors") else "ok").inc(n)
         return counts
+
+    def _synced(self) -> bool:
+        """Act only on complete caches, as controllers wait for WaitForCacheSync: a leader that starts its
+        passes as soon as it holds the Lease otherwise sees the rules before the pods (a busy cluster's
+        first pod list is the slow one), takes a preemptor for gone and cancels its hold, leaving the
+        victim running (the flaky new-leader e2e case), or cancels upgrades and restores alike."""
+        return bool(self.inventory.synced) and bool(self.store.synced)
 
     def _snapshot(self) -> tuple[Any, dict[str, PodInfo]]:
         snap = self.inventory.snapshot(self.store.list(), self.clock(), usage=True)  # cpu/memory for placement
@@ -205,7 +216,7 @@ class Reconciler:
     def _observe_rule(self, rule: Rule, carriers: list[PodInfo], pods: Mapping[str, PodInfo],
                       counts: Counter[str], now: float, arrived: PodInfo | None = None) -> None:
         if rule.stash:
-            outcome = self.actions.finish_recreate(rule.namespace, rule.name, rule.stash)
+            outcome = self.actions.finish_recreate(rule)
             counts[f"recreate_{outcome}"] += 1
         if rule.phase is Phase.RECORDED and carriers:
             rule = self._transition(rule, lambda r, p=carriers[0]: r.applied(p.name, now, self.plan.rule_ttl),
@@ -280,10 +291,13 @@ class Reconciler:
 
     def _upgrade(self, counts: Counter[str]) -> None:
         snap, pods = self._snapshot()
+        index = RestartIndex.build(self._expire_unrewritten(snap, pods, counts), snap.now, self.plan.restart_window)
         upgrades, cancel = plan_upgrades(snap, pods, self.plan)
         for rule in cancel:
             self._cancel_upgrade(rule, pods.get(rule.pod_uid), snap, counts)
         for up in upgrades:
+            if self._upgrade_held(up.rule, up.pod, index, counts, snap.now):
+                continue
             # a Job whose restart would count as a failure is refused before the rule is handed over
             if self._upgrade_refused(up.rule, up.pod, self._job_problem(up.pod, restore=False), counts, snap.now):
                 continue
@@ -305,6 +319,40 @@ class Reconciler:
             self._upgrade_refused(rule, pod, str(loop), counts, snap.now)
         else:
             self._transition(rule, lambda r: r.expired(snap.now), counts, "cancelled")
+
+    def _expire_unrewritten(self, snap: Any, pods: Mapping[str, PodInfo], counts: Counter[str]) -> list[Rule]:
+        """Expire the rules whose restart's replacement came back unrewritten (core/loopguard.py), and say so
+        on the pod: the webhook did not run, so retrying at once would only restart it again (soak D5), and
+        a rule left Recorded would be handed to a later pod of the lineage (a restore's replacement).
+        Returns the pass's rules with those expirations in them."""
+        rules = {(r.namespace, r.name): r for r in snap.rules}
+        for stale in unrewritten_handovers(snap.rules, pods.values(), snap.now):
+            stored = self._transition(stale.rule, lambda r: r.unrewritten(snap.now) if r.phase is Phase.RECORDED
+                                      else r, counts, "unrewritten")
+            if stored is None or not stored.unrewritten_at:
+                continue
+            rules[(stored.namespace, stored.name)] = stored
+            self._event(stale.pod, "MigUpgradeNotRewritten",
+                        f"restarted to run on {stale.rule.substitute.resource} (rule {stale.rule.name}) but came "
+                        f"back asking for {stale.rule.original.resource}: the mutating webhook did not rewrite it "
+                        f"(down, and failurePolicy Ignore). Reservation released; no new upgrade restart for "
+                        f"{int(self.plan.upgrade_backoff)}s, at most {self.plan.restart_limit} restarts in "
+                        f"{int(self.plan.restart_window)}s",
+                        warning=True)
+        return list(rules.values())
+
+    def _upgrade_held(self, rule: Rule, pod: PodInfo, index: RestartIndex, counts: Counter[str], now: float) -> bool:
+        """The loop guard on the upgrade side: wait out the backoff after an unrewritten replacement (the
+        rule stays Recorded and reserved), or, past the lineage's restarts for the hour, cancel the upgrade."""
+        hold = upgrade_hold(pod, index, now, self.plan.upgrade_backoff, self.plan.restart_limit,
+                            self.plan.restart_window)
+        if isinstance(hold, Backoff):
+            counts["upgrade_backoff"] += 1
+            return True
+        if isinstance(hold, RestartLoop):
+            counts["upgrade_loop_guard"] += 1
+            return self._upgrade_refused(rule, pod, str(hold), counts, now)
+        return False
 
     def _upgrade_refused(self, rule: Rule, pod: PodInfo, why: str, counts: Counter[str], now: float) -> bool:
         """Cancel an upgrade that must not happen (its reservation goes back at once), and say why."""
@@ -390,6 +438,9 @@ class Reconciler:
         outcome = self._restart_outcome(rule, pod, restore)
         if outcome.kind is Restart.EVICTED and pod.owner is not None and is_job_owner(pod.owner):
             self._job_restarts[pod.owner.uid] = self._job_restarts.get(pod.owner.uid, 0) + 1
+        if outcome.kind is Restart.GONE and outcome.detail:  # a bare pod someone else deleted: not ours to recreate
+            self._event(pod, "MigRestartAbandoned", f"{kind} abandoned: {outcome.detail} (rule {rule.name})",
+                        warning=True)
         counts[f"{kind}_{outcome.kind}"] += 1
         return outcome
 

@@ -27,6 +27,7 @@ from .catalog import (
     resource_shape,
     waste,
 )
+from .loopguard import RestartIndex, RestartLoop
 from .placement import placement_problem, tolerates_unschedulable
 from .podspec import restart_blocker
 from .resources import ANN_SUBSTITUTE, PodInfo, ResourceCount
@@ -57,6 +58,8 @@ class PlanSettings:
     # owner kinds, beyond ReplicaSet/StatefulSet/Job/ReplicationController, known to recreate a deleted pod
     # ("group/Kind" or "Kind"): only their pods (and bare pods) are substituted, upgraded and restored
     restartable_owners: frozenset[str] = frozenset()
+    upgrade_backoff: float = 60.0    # an upgrade whose replacement came back unrewritten (webhook down) is not
+                                     # retried sooner: long enough for a webhook restart, short of rule_ttl
     restore_backoff: float = 30.0    # first wait after a refused restore restart; doubles per refusal...
     restore_backoff_max: float = 900.0  # ...up to this (a PDB that refuses for hours is retried 4x an hour)
     # a pod pending longer than this outranks the claim of younger queued pods on a slice it could take as
@@ -73,7 +76,8 @@ class PlanSettings:
     # As kube-scheduler's preemptor: nominated first, placed in a later cycle after the node is re-checked
     restore_confirm: float = 3.0
     # at most this many restarts by us (upgrades and restores together) per pod lineage within
-    # restart_window seconds: an upgrade plus its restore is 2, a third would be a loop (soak D7)
+    # restart_window seconds: an upgrade plus its restore is 2, a third would be a loop (soak D5, D7;
+    # invariant 6 of the soak)
     restart_limit: int = 2
     restart_window: float = 3600.0
 
@@ -175,23 +179,14 @@ class ReservedElsewhere:
 _ELSEWHERE = ReservedElsewhere()
 
 
-@dataclass(frozen=True)
-class RestartLoop:
-    """The pod's lineage (the pod, the one it replaced for an upgrade or restore of ours, and so on) was
-    restarted by us ``restarts`` times within ``window`` seconds, ``limit`` at most: no further restart."""
-
-    restarts: int
-    limit: int
-    window: float
-
-    def __str__(self) -> str:
-        return (f"restarted {self.restarts} times by mig-extender in the last {int(self.window)}s "
-                f"(at most {self.limit}): not substituted or restored again, to avoid a restart loop")
-
-
-def restart_loop(pod: PodInfo, snap: ClusterSnapshot, settings: PlanSettings) -> RestartLoop | None:
-    """Would one more restart of ``pod`` exceed ``settings.restart_limit`` for its lineage?"""
+def restart_loop(pod: PodInfo, snap: ClusterSnapshot, settings: PlanSettings,
+                 index: RestartIndex | None = None) -> RestartLoop | None:
+    """Would one more restart of ``pod`` exceed ``settings.restart_limit`` for its lineage? The lineage as
+    rules link it (the snapshot, soak D7) or, given ``index``, as unrewritten replacements link it
+    (core/loopguard, soak D5): the larger count, so both defects meet one limit."""
     restarts = snap.lineage_restarts(pod, settings.restart_window) if snap.rules else 0
+    if index is not None:
+        restarts = max(restarts, index.restarts(pod))
     if restarts < settings.restart_limit:
         return None
     return RestartLoop(restarts, settings.restart_limit, settings.restart_window)
@@ -902,6 +897,7 @@ def plan_restores(snap: ClusterSnapshot, pods: Mapping[str, PodInfo], settings: 
     skips: list[Skip] = []
     # once per call, not once per candidate: with thousands of upgraded pods that was O(rules^2)
     restored = [r for r in snap.rules if r.was_restore and r.phase is not Phase.RESTORING]
+    index = RestartIndex.build(snap.rules, snap.now, settings.restart_window)
     for rule in snap.rules:
         if rule.phase is not Phase.APPLIED or not rule.bound_pod or snap.now < rule.retry_restore_at:
             continue
@@ -915,7 +911,7 @@ def plan_restores(snap: ClusterSnapshot, pods: Mapping[str, PodInfo], settings: 
         if why is not None:
             skips.append(Skip(rule, pod, f"not restored: {why}"))
             continue
-        looping = restart_loop(pod, snap, settings)
+        looping = restart_loop(pod, snap, settings, index)
         if looping is not None:
             skips.append(Skip(rule, pod, str(looping)))
             continue

@@ -191,6 +191,74 @@ def replacement_pod(pod: Mapping[str, Any], restore: Rule | None = None, restore
     return out
 
 
+class Recreate(str, Enum):
+    """What to do with a bare pod's stashed manifest now."""
+
+    CREATE = "create"   # create the pod from the stash, then clear it
+    WAIT = "wait"       # the pod it replaces is still terminating: the name is not free yet
+    DROP = "drop"       # clear the stash without creating anything
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class RecreateReason(str, Enum):
+    DELETED_BY_US = "our eviction removed the pod the stash replaces"
+    UNPROVEN = ("the pod is gone and its eviction's outcome was never recorded (the leader died between the "
+                "eviction and that record, or the stash predates the record): created, as a lost pod is "
+                "worse than one that comes back")
+    TERMINATING = "the pod the stash replaces is still terminating"
+    NOT_EVICTED = "the pod the stash replaces is still there: the eviction never happened"
+    DELETED_BY_OTHERS = "the pod was deleted by someone else, not by our eviction"
+    NAME_TAKEN = "another pod holds the name (ours, created already, or the user's)"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class RecreateStep:
+    action: Recreate
+    reason: RecreateReason
+
+
+EVICTION_REASON = "EvictionByEvictionAPI"  # the DisruptionTarget reason the Eviction API sets (registry/core/pod)
+
+
+def recreate_step(predecessor: str, deleted: bool, current: Mapping[str, Any] | None) -> RecreateStep:
+    """Whether to create a bare pod from its stash (soak defect D1: never a pod someone else deleted).
+
+    ``predecessor``: uid of the pod the stash replaces ('' for a stash written before uids were kept);
+    ``deleted``: our eviction of it succeeded (recorded right after the eviction answered); ``current``:
+    the pod now holding the name, or None. The stash is written before the eviction, so a leader that dies
+    in between leaves a stash whose pod is still there (NOT_EVICTED: the upgrade decides again). An
+    eviction answered 404/409 clears the stash at once; only a leader dying between the eviction and its
+    record leaves a gone pod without proof (UNPROVEN). A terminating pod tells whose delete it was: the
+    Eviction API sets DisruptionTarget/EvictionByEvictionAPI before it deletes
+    (pkg/registry/core/pod/storage/eviction.go, addConditionAndDeletePod); a pending pod has no grace
+    period and is gone at once.
+    """
+    if current is None:
+        return RecreateStep(Recreate.CREATE, RecreateReason.DELETED_BY_US if deleted else RecreateReason.UNPROVEN)
+    meta = current.get("metadata") or {}
+    if predecessor and meta.get("uid") != predecessor:
+        return RecreateStep(Recreate.DROP, RecreateReason.NAME_TAKEN)
+    if not meta.get("deletionTimestamp"):
+        if not predecessor:
+            return RecreateStep(Recreate.DROP, RecreateReason.NAME_TAKEN)
+        return RecreateStep(Recreate.WAIT if deleted else Recreate.DROP,
+                            RecreateReason.TERMINATING if deleted else RecreateReason.NOT_EVICTED)
+    if deleted or not predecessor or _evicted(current):
+        return RecreateStep(Recreate.WAIT, RecreateReason.TERMINATING)
+    return RecreateStep(Recreate.DROP, RecreateReason.DELETED_BY_OTHERS)
+
+
+def _evicted(pod: Mapping[str, Any]) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "DisruptionTarget" and c.get("reason") == EVICTION_REASON
+               for c in conditions if isinstance(c, Mapping))
+
+
 def dry_run_copy(manifest: Mapping[str, Any]) -> dict[str, Any]:
     """``manifest`` under a generated name, for a server-side dry-run create while the original name is
     still taken by the pod it replaces (the API server validates and admits it exactly as the real create,

@@ -97,10 +97,13 @@ class Rule:
     message: str = ""
     resource_version: str = ""
     stash: str = ""          # a bare pod's manifest waiting to be created again (JSON), see kube.KubeActions
+    stash_of: str = ""       # uid of the pod the stash replaces (written with the stash)
+    stash_deleted: bool = False  # our eviction of stash_of succeeded: only then is the pod ours to recreate
     restart_at: float = 0.0  # when the reconciler began restarting pod_uid: from then on its replacement may take it
     claimed_until: float = 0.0  # a webhook replica handed the rule to a new pod; others leave it alone until then
     restore_attempts: int = 0   # restarts for a restore that were refused (PDB, invalid replacement)
     retry_restore_at: float = 0.0  # no new restore attempt before this time (backoff after a refusal)
+    unrewritten_at: float = 0.0  # its restart's replacement came back unrewritten (webhook down): expired then
     # uids of the lower-priority pods preempted so that this rule's slices free up (docs/preemption.md);
     # empty for a plain substitution. With substitute == original the rule is a *hold*: the pending pod
     # keeps its own profile and the rule only reserves the slices being freed for it (a nominated pod).
@@ -239,6 +242,13 @@ class Rule:
         return self.phase in (Phase.RESTORING, Phase.RESTORED) or (
             self.phase is Phase.EXPIRED and bool(self.restore_node))
 
+    def unrewritten(self, now: float) -> Rule:
+        """Its restart is done and the replacement came back on the original type (the webhook did not
+        rewrite it): expired, so no webhook hands it to a later pod of the lineage (soak D5)."""
+        return replace(self, phase=Phase.EXPIRED, updated=now, unrewritten_at=now,
+                       message=f"replacement of {self.pod_name} came back unrewritten (the webhook did not run); "
+                               "reservation released")
+
     def expired(self, now: float) -> Rule:
         return replace(self, phase=Phase.EXPIRED, updated=now,
                        message=f"expired in phase {self.phase} without being used")
@@ -256,7 +266,7 @@ class Rule:
         """JSON for /debug/rules and the simulator; stable keys."""
         out = asdict(self)
         out["phase"] = str(self.phase)
-        for key in ("created", "expires", "updated", "restart_at", "claimed_until"):
+        for key in ("created", "expires", "updated", "restart_at", "claimed_until", "unrewritten_at"):
             out[key] = _rfc3339(out[key])
         out["pod"] = {"namespace": self.namespace, "name": self.pod_name, "uid": self.pod_uid}
         out["original"] = {"resource": self.original.resource, "count": self.original.count}
@@ -382,6 +392,8 @@ KIND = "MigSubstitution"
 PLURAL = "migsubstitutions"
 LABEL_POD_UID = f"{API_GROUP}/pod-uid"
 ANN_RECREATE = f"{API_GROUP}/recreate"  # on a MigSubstitution: the bare pod to create again, as JSON
+ANN_RECREATE_OF = f"{API_GROUP}/recreate-of"  # the uid of the pod that manifest replaces
+ANN_RECREATE_DELETED = f"{API_GROUP}/recreate-deleted"  # that uid, once our eviction of it succeeded
 
 
 def _time_text(epoch: float) -> str:
@@ -424,7 +436,8 @@ def rule_status(rule: Rule) -> dict[str, Any]:
               "expiresAt": _time_text(rule.expires), "restartAt": _time_text(rule.restart_at),
               "claimedUntil": _time_text(rule.claimed_until),
               "restoreAttempts": rule.restore_attempts or "",
-              "retryRestoreAt": _time_text(rule.retry_restore_at)}
+              "retryRestoreAt": _time_text(rule.retry_restore_at),
+              "unrewrittenAt": _time_text(rule.unrewritten_at)}
     return {k: v for k, v in status.items() if v != ""}
 
 
@@ -432,6 +445,7 @@ def rule_from_object(obj: Mapping[str, Any]) -> Rule:
     """Read a MigSubstitution; ValueError when it is not one we can use (reported, never a crash)."""
     meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
     status = obj.get("status") or {}
+    annotations = meta.get("annotations") or {}
     try:
         owner_spec = spec.get("owner")
         owner = (Owner(str(owner_spec.get("kind", "")), str(owner_spec.get("name", "")),
@@ -450,11 +464,15 @@ def rule_from_object(obj: Mapping[str, Any]) -> Rule:
             restore_node=str(status.get("restoreNode", "")), restored_pod=str(status.get("restoredPod", "")),
             updated=parse_time(status.get("updatedAt")) or created, message=str(status.get("message", "")),
             resource_version=str(meta.get("resourceVersion", "")),
-            stash=str((meta.get("annotations") or {}).get(ANN_RECREATE, "")),
+            stash=str(annotations.get(ANN_RECREATE, "")),
+            stash_of=str(annotations.get(ANN_RECREATE_OF, "")),
+            stash_deleted=bool(annotations.get(ANN_RECREATE_OF))
+            and annotations.get(ANN_RECREATE_DELETED) == annotations.get(ANN_RECREATE_OF),
             restart_at=parse_time(status.get("restartAt")),
             claimed_until=parse_time(status.get("claimedUntil")),
             restore_attempts=int(status.get("restoreAttempts") or 0),
             retry_restore_at=parse_time(status.get("retryRestoreAt")),
+            unrewritten_at=parse_time(status.get("unrewrittenAt")),
             victims=tuple(str(v) for v in (spec.get("preemption") or {}).get("victims") or ()),
         )
     except (KeyError, TypeError, ValueError) as exc:

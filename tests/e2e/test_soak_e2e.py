@@ -27,15 +27,7 @@ SEEDS = {3: ("kill-extender", "409-storm", "apiserver-restart"), 5: ("webhook-do
 PLAN = {"seconds": 60.0, "actions_per_second": 3.0, "fault_every": 6.0, "warmup": 8.0, "check_every": 3.0,
         "quiet_every": 20.0, "settle": 45.0, "cycle_faults": True}
 # invariant -> the known, unfixed defect that breaks it (xfail until its fix merges; see docs/reliability.md)
-KNOWN: dict[str, str] = {
-    "2-no-pod-lost": "soak D1, open: a bare pod deleted (by the soak, as a user would) while the reconciler "
-                     "restarts it comes back from the stash: the restart's delete gets 404/409, is taken as "
-                     "done, and finish_recreate creates the pod (docs/reliability.md). Seen on seed 5 in one of "
-                     "two full runs after the issue-13 merge",
-    "6-no-restart-loop": "soak D5, open (being fixed separately): with the webhook down the reconciler restarts a "
-                         "pending bare pod for an upgrade every few seconds, each replacement unrewritten "
-                         "(docs/reliability.md). D7 (a restore racing a bind) is fixed",
-}
+KNOWN: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")

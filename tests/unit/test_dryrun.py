@@ -62,6 +62,12 @@ class FakeApiServer:
         return [(m, p) for m, p, dry in self.requests if m not in ("GET", "HEAD") and not dry]
 
 
+class _ListedStore(KubeRuleStore):
+    """Listed once by ``_on_relist`` below, as an informer's first list: synced (the reconciler waits for it)."""
+
+    synced = True  # type: ignore[assignment]
+
+
 class Scenarios:
     """One cluster holding a rule in every state the reconciler acts on."""
 
@@ -71,7 +77,7 @@ class Scenarios:
         api = client.ApiClient(client.Configuration(host="http://fake"))
         api.rest_client = self.server
         self.box = sandbox(api) if dry_run else None
-        self.store = KubeRuleStore(api, clock=lambda: self.now)
+        self.store = _ListedStore(api, clock=lambda: self.now)
         node = make_node("gpu-a", "A100-40GB", {"1g.5gb": 3, "2g.10gb": 4, "3g.20gb": 1})
         self.inventory = inventory_of(node)
         self.inventory._clock = lambda: self.now

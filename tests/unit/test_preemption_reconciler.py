@@ -180,6 +180,30 @@ def test_a_new_leader_reissues_the_deletes_of_a_hold_whose_leader_died() -> None
     assert w.log == [("delete", "low-b")] and len(w.holds()) == 1
 
 
+def test_flaky_e2e_a_new_leader_whose_pods_are_not_listed_yet_keeps_the_hold() -> None:
+    """The flaky e2e new-leader case: a leader starts passes as soon as it holds the Lease; with the rules
+    listed and the pods not yet (a busy cluster's first pod list is the slow one), the preemptor looked
+    gone and ``_upgrade`` cancelled the hold, so its victim was never deleted. No pass before both
+    caches are synced, as controllers wait for WaitForCacheSync."""
+    w = World()
+    victim = w.low("low-a")
+    w.low("low-b")
+    urgent = w.high()
+    w.reconciler.run_once()
+    (hold,) = w.holds()
+    starting = inventory_of(make_node("gpu-a", "A100-40GB", {MIG: 2}))
+    starting.synced = False  # the new leader's pod list has not answered yet
+    successor = Reconciler(starting, w.store, w.actions, clock=lambda: w.now, preemption=PreemptionSettings())
+    w.log.clear()
+    assert successor.run_once()["not_synced"] == 1
+    assert [r.phase for r in w.holds()] == [Phase.RECORDED]
+    for pod in (victim, urgent):
+        starting.upsert_pod(pod)
+    starting.synced = True
+    successor.run_once()
+    assert [r.phase for r in w.holds()] == [Phase.RECORDED] and w.holds()[0].name == hold.name
+
+
 def test_terminating_victims_are_not_deleted_again() -> None:
     w = World()
     w.low("low-a")

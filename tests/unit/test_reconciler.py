@@ -45,8 +45,8 @@ class FakeActions:
         self.calls.append(("stash", pod["metadata"]["name"], replacement))
         return self.answer
 
-    def finish_recreate(self, rule_ns, rule_name, manifest_json) -> str:
-        self.calls.append(("recreate", json.loads(manifest_json)["metadata"]["name"]))
+    def finish_recreate(self, rule) -> str:
+        self.calls.append(("recreate", json.loads(rule.stash)["metadata"]["name"]))
         return "created"
 
     def event(self, namespace, pod_name, pod_uid, reason, message, warning=False, action="Reconcile") -> None:

@@ -163,8 +163,11 @@ class Stack:
     def stop_webhook(self) -> None:
         self._stop("lifecycle-webhook")
 
-    def start_reconciler(self, identity: str = "reconciler-1", env: dict[str, str] | None = None) -> None:
-        """``env``: extra environment (e.g. MIG_EXTENDER_RESTARTABLE_OWNERS) on top of this process's."""
+    def start_reconciler(self, identity: str = "reconciler-1", env: dict[str, str] | None = None,
+                         module: str = "mig_extender.cli", log: str = "") -> None:
+        """``env``: extra environment (e.g. MIG_EXTENDER_RESTARTABLE_OWNERS) on top of this process's;
+        ``module``: a wrapper running the same CLI (testenv.slowlist); ``log``: a log name of its own (the
+        default, lifecycle-<identity>, is shared by every stack and restart of the session)."""
         port = procs.free_port()
         argv = cli_argv(
             "reconcile",
@@ -176,9 +179,10 @@ class Stack:
             identity,
             "--log-level",
             "debug",
+            module=module,
         )
         self._start(f"lifecycle-{identity}", argv, lambda: self._get(f"http://127.0.0.1:{port}/readyz", False),
-                    env={**os.environ, **env} if env else None)
+                    env={**os.environ, **env} if env else None, log=log)
 
     def stop_reconciler(self, identity: str = "reconciler-1") -> None:
         """A graceful stop (SIGTERM): the reconciler releases its Lease on the way out."""
@@ -212,8 +216,10 @@ class Stack:
         assert done.returncode == 0, f"{argv}: {done.stderr}"
         return done.stdout
 
-    def _start(self, name: str, argv: list[str], ready: Any, env: dict[str, str] | None = None) -> None:
-        proc = procs.start(name, argv, self.cluster.log_path(name), env=env, cwd=REPO_ROOT, die_with_parent=True)
+    def _start(self, name: str, argv: list[str], ready: Any, env: dict[str, str] | None = None,
+               log: str = "") -> None:
+        proc = procs.start(name, argv, self.cluster.log_path(log or name), env=env, cwd=REPO_ROOT,
+                           die_with_parent=True)
         self.procs[name] = proc
         procs.wait_ready(proc, ready, 60)
 
