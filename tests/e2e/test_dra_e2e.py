@@ -1,0 +1,120 @@
+"""DRA on the real 1.36.3 control plane, with the fake NVIDIA DRA driver (testenv/dradriver.py).
+
+What this module proves about Kubernetes itself (issue 20's facts, the ground the DRA bridge stands on):
+the stock kube-scheduler's DynamicResources plugin allocates MIG devices of a `firstAvailable`
+template in subrequest order, whatever the order of the devices in the slice; the resourceclaim
+controller generates the claims; `status.allocation` names the subrequest that won; nothing is
+allocated twice; and a pod whose request no device can meet stays Pending.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from .conftest import Fleet
+from .testenv.cluster import E2ECluster
+from .testenv.dradriver import DRIVER, MIG_CLASS, FakeDraDriver
+from .testenv.nodes import raw
+from .testenv.wait import stays, wait_for
+from .testenv.workloads import make_pod
+
+
+@pytest.fixture
+def dra(cluster: E2ECluster) -> FakeDraDriver:
+    driver = FakeDraDriver(cluster.api_client())
+    driver.install()
+    return driver
+
+
+@pytest.fixture
+def resource_api(cluster: E2ECluster) -> Iterator[client.ResourceV1Api]:
+    yield client.ResourceV1Api(cluster.api_client())
+
+
+def profile_selector(profile: str) -> dict[str, Any]:
+    return {"cel": {"expression": f"device.attributes['{DRIVER}'].profile == '{profile}'"}}
+
+
+def first_available_template(name: str, profiles: list[str]) -> dict[str, Any]:
+    subrequests = [
+        {"name": f"mig-{p.replace('.', '-')}", "deviceClassName": MIG_CLASS, "selectors": [profile_selector(p)]}
+        for p in profiles
+    ]
+    return {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaimTemplate",
+        "metadata": {"name": name},
+        "spec": {"spec": {"devices": {"requests": [{"name": "mig", "firstAvailable": subrequests}]}}},
+    }
+
+
+def claim_pod(name: str, template: str) -> dict[str, Any]:
+    pod = make_pod(name)
+    pod["spec"]["resourceClaims"] = [{"name": "mig", "resourceClaimTemplateName": template}]
+    pod["spec"]["containers"][0]["resources"] = {"claims": [{"name": "mig"}]}
+    return pod
+
+
+def allocation_of(cluster: E2ECluster, resource_api: client.ResourceV1Api, ns: str, pod: str) -> list[dict[str, Any]]:
+    """The allocation results of the pod's one generated claim ([] until it is allocated)."""
+    status = raw(cluster.core.read_namespaced_pod, pod, ns).get("status") or {}
+    statuses = status.get("resourceClaimStatuses") or ()
+    names = [s["resourceClaimName"] for s in statuses if s.get("resourceClaimName")]
+    if not names:
+        return []
+    claim = raw(resource_api.read_namespaced_resource_claim, names[0], ns)
+    return (((claim.get("status") or {}).get("allocation") or {}).get("devices") or {}).get("results") or []
+
+
+def test_first_available_is_taken_in_subrequest_order_on_the_real_scheduler(
+    cluster: E2ECluster, namespace: str, fleet: Fleet, dra: FakeDraDriver, resource_api: client.ResourceV1Api
+) -> None:
+    """Three pods, one template [1g.5gb, 2g.10gb], a node with 2 x 1g.5gb + 2g.10gb listed 2g first:
+    1g.5gb, 1g.5gb, then 2g.10gb; a fourth stays Pending; every pod Running, no device twice."""
+    node = fleet.add("dra", gpu="A100-40GB", resources={})
+    # the 2g.10gb is placed at slice 0, so it comes first in the slice: order must come from the request
+    dra.publish(node, "A100-40GB", [["2g.10gb", "1g.5gb", "1g.5gb"]])
+    raw(resource_api.create_namespaced_resource_claim_template, namespace,
+        first_available_template("mig-1g", ["1g.5gb", "2g.10gb"]))
+    mark = cluster.fake_kubelet.checkpoint()
+    won = []
+    for i in range(3):
+        name = f"p{i}"
+        cluster.core.create_namespaced_pod(namespace, claim_pod(name, "mig-1g"))
+        results = wait_for(lambda name=name: allocation_of(cluster, resource_api, namespace, name), timeout=60,
+                           what=f"{name}'s claim allocated")
+        wait_for(lambda name=name: cluster.core.read_namespaced_pod(name, namespace).status.phase == "Running",
+                 timeout=30, what=f"{name} Running")
+        won.append((results[0]["request"], results[0]["device"]))
+    assert [request for request, _ in won] == ["mig/mig-1g-5gb", "mig/mig-1g-5gb", "mig/mig-2g-10gb"]
+    assert len({device for _, device in won}) == 3
+    cluster.core.create_namespaced_pod(namespace, claim_pod("p3", "mig-1g"))
+    stays(lambda: cluster.core.read_namespaced_pod("p3", namespace).status.phase == "Pending", duration=3,
+          what="the fourth pod Pending (no device left)")
+    assert not allocation_of(cluster, resource_api, namespace, "p3")
+    cluster.fake_kubelet.assert_no_overcommit(since=mark)
+    admitted = [d for d in cluster.fake_kubelet.decisions(mark) if d.admitted]
+    assert sorted(d.name for d in admitted) == ["p0", "p1", "p2"]
+
+
+def test_fake_kubelet_waits_for_a_reserved_claim(
+    cluster: E2ECluster, namespace: str, fleet: Fleet, dra: FakeDraDriver, resource_api: client.ResourceV1Api
+) -> None:
+    """A pod bound by hand (no scheduler, so no claim allocated or reserved) is not started by the
+    kubelet: the DRA manager refuses a claim that does not list the pod in reservedFor."""
+    node = fleet.add("dra", gpu="A100-40GB", resources={})
+    dra.publish(node, "A100-40GB", [["1g.5gb"]])
+    raw(resource_api.create_namespaced_resource_claim_template, namespace,
+        first_available_template("mig-1g", ["1g.5gb"]))
+    pod = claim_pod("bound", "mig-1g")
+    pod["spec"]["nodeName"] = node
+    mark = cluster.fake_kubelet.checkpoint()
+    cluster.core.create_namespaced_pod(namespace, pod)
+    time.sleep(2)
+    assert cluster.core.read_namespaced_pod("bound", namespace).status.phase == "Pending"
+    assert not [d for d in cluster.fake_kubelet.decisions(mark) if d.name == "bound"]
