@@ -223,9 +223,12 @@ def build_reconciler(settings: Settings, lease_name: str, identity: str, dry_run
         _ON_EXIT.append(elector.stop)  # release the Lease on a graceful stop: the standby takes over at once
         is_leader = elector.is_leader
     metrics = Metrics()
+    from .cluster.draobjects import KubeDraObjects
+    from .components.dratemplates import DraTemplateSync
+
     reconciler = Reconciler(inventory, build_store(settings, api), KubeActions(api), settings.plan, metrics,
                             is_leader=is_leader, retention=settings.retention,
-                            preemption=settings.preemption_settings)
+                            preemption=settings.preemption_settings, dra=DraTemplateSync(KubeDraObjects(api)))
     metrics.watch(lambda: inventory.snapshot(reconciler.store.list()))
     if (check := _staleness(informers, settings)) is not None:
         reconciler.checks.append(check)

@@ -302,7 +302,9 @@ EXPECTED_PERMISSIONS = {
         "": {("", "pods", "", v) for v in (*READ, "create", "delete")} | {("", "pods/eviction", "", "create")}
         | {("", "pods/status", "", "patch"), ("policy", "poddisruptionbudgets", "", "list")}
         | {("", "nodes", "", v) for v in READ} | {("batch", "jobs", "", "get")}
-        | RULES | RULE_WRITES | {("mig-extender.io", "migsubstitutions", "", "delete")} | RULE_STATUS | EVENTS,
+        | RULES | RULE_WRITES | {("mig-extender.io", "migsubstitutions", "", "delete")} | RULE_STATUS | EVENTS
+        | {("", "namespaces", "", "list"), ("resource.k8s.io", "resourceslices", "", "list")}
+        | {("resource.k8s.io", "resourceclaimtemplates", "", v) for v in ("list", "create", "delete")},
         NAMESPACE: _lease("mig-extender-reconciler"),
     },
 }
