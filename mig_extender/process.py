@@ -194,7 +194,9 @@ def build_webhook(settings: Settings) -> Any:
 
     api = api_client(settings.kubeconfig, settings.in_cluster)
     namespaces, lookup = start_label_informer(api)
-    service = WebhookService(build_store(settings, api), lookup)
+    from .cluster.draobjects import KubeDraObjects
+
+    service = WebhookService(build_store(settings, api), lookup, dra_templates=KubeDraObjects(api).template_names)
     service.checks.append(lambda: "" if namespaces.synced.is_set() else "namespace labels not synced")
     informers = [namespaces, *([service.store.informer] if getattr(service.store, "informer", None) else [])]
     service.metrics.watch_health(service.readiness_problems, _disconnected(informers))

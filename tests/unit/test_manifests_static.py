@@ -296,7 +296,7 @@ EXPECTED_PERMISSIONS = {
     },
     "mig-extender-webhook": {  # reads, and the claim: one status update of a rule (never on a dryRun request)
         "": RULES | {("mig-extender.io", "migsubstitutions/status", "", "update")}
-        | {("", "namespaces", "", v) for v in READ},
+        | {("", "namespaces", "", v) for v in READ} | {("resource.k8s.io", "resourceclaimtemplates", "", "list")},
     },
     "mig-extender-reconciler": {
         "": {("", "pods", "", v) for v in (*READ, "create", "delete")} | {("", "pods/eviction", "", "create")}
