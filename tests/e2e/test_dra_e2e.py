@@ -4,7 +4,10 @@ What this module proves about Kubernetes itself (issue 20's facts, the ground th
 the stock kube-scheduler's DynamicResources plugin allocates MIG devices of a `firstAvailable`
 template in subrequest order, whatever the order of the devices in the slice; the resourceclaim
 controller generates the claims; `status.allocation` names the subrequest that won; nothing is
-allocated twice; and a pod whose request no device can meet stays Pending.
+allocated twice; and a pod whose request no device can meet stays Pending. Then that mig-extender's DRA
+mode works on it: the reconciler writes the templates, the webhook rewrites a DRA namespace's MIG pods
+into claims, and the real scheduler's DynamicResources plugin gives each pod its profile while one is
+free and the least-waste substitute after.
 """
 
 from __future__ import annotations
@@ -16,10 +19,13 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from mig_extender.core.resources import ANN_DRA_DEMAND, LABEL_DRA
+
 from .conftest import Fleet
 from .testenv.cluster import E2ECluster
 from .testenv.dradriver import DRIVER, MIG_CLASS, FakeDraDriver
 from .testenv.nodes import raw
+from .testenv.stack import NS_LABEL, Stack
 from .testenv.wait import stays, wait_for
 from .testenv.workloads import make_pod
 
@@ -118,3 +124,70 @@ def test_fake_kubelet_waits_for_a_reserved_claim(
     time.sleep(2)
     assert cluster.core.read_namespaced_pod("bound", namespace).status.phase == "Pending"
     assert not [d for d in cluster.fake_kubelet.decisions(mark) if d.name == "bound"]
+
+
+# ---- DRA mode: the reconciler's templates and the webhook's rewrite, on the real scheduler -----------------
+
+
+@pytest.fixture(scope="module")
+def stack(cluster: E2ECluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    s = Stack(cluster, tmp_path_factory.mktemp("dra")).start()
+    yield s
+    s.stop_all()
+
+
+def templates_in(resource_api: client.ResourceV1Api, ns: str) -> dict[str, list[str]]:
+    """Our templates in ``ns``: name -> its firstAvailable profiles, in order."""
+    found = raw(resource_api.list_namespaced_resource_claim_template, ns)["items"]
+    return {t["metadata"]["name"]: [s["selectors"][0]["cel"]["expression"].split("'")[-2]
+                                    for s in t["spec"]["spec"]["devices"]["requests"][0]["firstAvailable"]]
+            for t in found}
+
+
+def test_dra_namespace_pods_get_their_profile_while_free_then_the_least_waste_substitute(
+    cluster: E2ECluster, stack: Stack, fleet: Fleet, dra: FakeDraDriver, resource_api: client.ResourceV1Api,
+    e2e_report: Any,
+) -> None:
+    """The seed walkthrough node (2 x 1g.5gb, 2g.10gb, 3g.20gb) served by DRA only: pods asking
+    nvidia.com/mig-1g.5gb in a DRA namespace run on 1g.5gb, 1g.5gb, then 2g.10gb (not the 3g.20gb),
+    then 3g.20gb, and the fifth waits; a pod of a namespace without the label keeps its request."""
+    node = fleet.add("dra", gpu="A100-40GB", resources={})
+    dra.publish(node, "A100-40GB", [["1g.5gb", "1g.5gb", "2g.10gb", "3g.20gb"]])
+    t0 = time.monotonic()
+    ns = cluster.create_namespace(prefix="dra", labels={NS_LABEL: "true", LABEL_DRA: "true"})
+    plain_ns = cluster.create_namespace(prefix="nodra", labels={NS_LABEL: "true"})
+    try:
+        wait_for(lambda: templates_in(resource_api, ns).get("mig-extender-1g.5gb"), timeout=60,
+                 what="the reconciler's template for 1g.5gb")
+        e2e_report(f"DRA templates there {time.monotonic() - t0:.1f} s after the namespace was created")
+        assert templates_in(resource_api, ns)["mig-extender-1g.5gb"] == ["1g.5gb", "2g.10gb", "3g.20gb"]
+        mark = cluster.fake_kubelet.checkpoint()
+        won = []
+        for i in range(4):
+            name = f"p{i}"
+            start = time.monotonic()
+            stack.core.create_namespaced_pod(ns, make_pod(name, mig={"1g.5gb": 1}))
+            wait_for(lambda name=name: stack.core.read_namespaced_pod(name, ns).status.phase == "Running",
+                     timeout=60, what=f"{name} Running")
+            took = time.monotonic() - start
+            pod = raw(stack.core.read_namespaced_pod, name, ns)
+            assert pod["metadata"]["annotations"][ANN_DRA_DEMAND] == "nvidia.com/mig-1g.5gb=1"
+            assert not [r for r in pod["spec"]["containers"][0]["resources"].get("limits", {})
+                        if r.startswith("nvidia.com/mig-")]
+            results = allocation_of(cluster, resource_api, ns, name)
+            won.append((results[0]["request"], results[0]["device"]))
+            e2e_report(f"DRA pod {name} asking 1g.5gb: Running on {results[0]['request']} in {took:.1f} s")
+        assert [request for request, _ in won] == ["mig/mig-1g-5gb", "mig/mig-1g-5gb", "mig/mig-2g-10gb",
+                                                   "mig/mig-3g-20gb"]
+        assert len({device for _, device in won}) == 4
+        stack.core.create_namespaced_pod(ns, make_pod("p4", mig={"1g.5gb": 1}))
+        stays(lambda: stack.core.read_namespaced_pod("p4", ns).status.phase == "Pending", duration=3,
+              what="the fifth pod Pending (every device taken)")
+        stack.core.create_namespaced_pod(plain_ns, make_pod("plain", mig={"1g.5gb": 1}))
+        plain = raw(stack.core.read_namespaced_pod, "plain", plain_ns)
+        assert plain["spec"]["containers"][0]["resources"]["limits"] == {"nvidia.com/mig-1g.5gb": "1"}
+        assert not plain["spec"].get("resourceClaims")
+        cluster.fake_kubelet.assert_no_overcommit(since=mark)
+    finally:
+        cluster.delete_namespace(ns)
+        cluster.delete_namespace(plain_ns)
