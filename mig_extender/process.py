@@ -226,11 +226,14 @@ def build_reconciler(settings: Settings, lease_name: str, identity: str, dry_run
         is_leader = elector.is_leader
     metrics = Metrics()
     from .cluster.draobjects import KubeDraObjects
+    from .components.drarestore import DraRestorer
     from .components.dratemplates import DraTemplateSync
 
-    reconciler = Reconciler(inventory, build_store(settings, api), KubeActions(api), settings.plan, metrics,
+    actions, dra_objects = KubeActions(api), KubeDraObjects(api)
+    dra = DraTemplateSync(dra_objects, restorer=DraRestorer(dra_objects, actions, settings.plan.restartable_owners))
+    reconciler = Reconciler(inventory, build_store(settings, api), actions, settings.plan, metrics,
                             is_leader=is_leader, retention=settings.retention,
-                            preemption=settings.preemption_settings, dra=DraTemplateSync(KubeDraObjects(api)))
+                            preemption=settings.preemption_settings, dra=dra)
     metrics.watch(lambda: inventory.snapshot(reconciler.store.list()))
     if (check := _staleness(informers, settings)) is not None:
         reconciler.checks.append(check)

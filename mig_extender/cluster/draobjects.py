@@ -42,6 +42,11 @@ class KubeDraObjects:
                     _request_timeout=self.timeout)
         return list(found.get("items") or ())
 
+    def claims(self) -> list[JSON]:
+        """Every ResourceClaim: a device is free only when no claim, ours or not, holds it."""
+        found = raw(self.resource.list_resource_claim_for_all_namespaces, _request_timeout=self.timeout)
+        return list(found.get("items") or ())
+
     def templates(self) -> dict[tuple[str, str], JSON]:
         """Every ResourceClaimTemplate named like ours, whoever wrote it (core/dra.py tells them apart)."""
         found = raw(self.resource.list_resource_claim_template_for_all_namespaces, _request_timeout=self.timeout)

@@ -1,4 +1,5 @@
-"""The reconciler's DRA step: keep one ResourceClaimTemplate per MIG profile in every DRA namespace.
+"""The reconciler's DRA step: keep one ResourceClaimTemplate per MIG profile in every DRA namespace,
+then restore upgraded DRA pods (components/drarestore.py) from the same read of the ResourceSlices.
 
 Sync state (DRA namespaces, NVIDIA's ResourceSlices, our templates), compute what should exist
 (core/dra.py), then act through cluster/draobjects.py; a pass counts what it did. Templates must exist
@@ -21,6 +22,7 @@ from typing import Any, Protocol
 from ..core.catalog import ProfileError, resource_profile_name
 from ..core.dra import TemplateChange, desired_templates, offered_shapes, slice_devices, template_changes
 from ..core.resources import PodInfo
+from .drarestore import DraRestorer
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +53,9 @@ class DraTemplateSync:
     """``sync(counts, pods)`` once per reconcile pass; acts at most every ``interval`` seconds."""
 
     def __init__(self, objects: DraObjects, interval: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, restorer: DraRestorer | None = None) -> None:
         self.objects = objects
+        self.restorer = restorer  # restarts upgraded DRA pods once their own profile frees (None: never)
         self.interval = interval  # seconds: a new GPU model or DRA namespace is served within this
         self.clock = clock
         self._last = float("-inf")
@@ -66,10 +69,13 @@ class DraTemplateSync:
         namespaces = self.objects.dra_namespaces()
         if not namespaces:
             return
-        offered = offered_shapes(d for s in self.objects.slices() for d in slice_devices(s))
+        devices = [d for s in self.objects.slices() for d in slice_devices(s)]
+        offered = offered_shapes(devices)
         desired = desired_templates(namespaces, demanded_profiles(pods, namespaces), offered)
         for change in template_changes(desired, self.objects.templates()):
             self._apply(change, counts)
+        if self.restorer is not None:
+            self.restorer.run(counts, devices, offered)
 
     def _apply(self, change: TemplateChange, counts: Counter[str]) -> None:
         outcome = self.objects.apply(change)

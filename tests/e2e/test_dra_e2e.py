@@ -27,7 +27,7 @@ from .testenv.dradriver import DRIVER, MIG_CLASS, FakeDraDriver
 from .testenv.nodes import raw
 from .testenv.stack import NS_LABEL, Stack
 from .testenv.wait import stays, wait_for
-from .testenv.workloads import make_pod
+from .testenv.workloads import make_deployment, make_pod
 
 
 @pytest.fixture
@@ -191,3 +191,52 @@ def test_dra_namespace_pods_get_their_profile_while_free_then_the_least_waste_su
     finally:
         cluster.delete_namespace(ns)
         cluster.delete_namespace(plain_ns)
+
+
+def running_on(cluster: E2ECluster, resource_api: client.ResourceV1Api, ns: str, app: str) -> list[tuple[str, str]]:
+    """(pod, subrequest that won) of the app's Running, not terminating pods."""
+    found = []
+    for pod in raw(cluster.core.list_namespaced_pod, ns, label_selector=f"app={app}")["items"]:
+        if pod["metadata"].get("deletionTimestamp") or (pod.get("status") or {}).get("phase") != "Running":
+            continue
+        results = allocation_of(cluster, resource_api, ns, pod["metadata"]["name"])
+        found.append((pod["metadata"]["name"], results[0]["request"] if results else ""))
+    return found
+
+
+def test_dra_walkthrough_scaled_pod_runs_on_2g_at_once_and_is_restored_to_1g_when_one_frees(
+    cluster: E2ECluster, stack: Stack, fleet: Fleet, dra: FakeDraDriver, resource_api: client.ResourceV1Api,
+    e2e_report: Any,
+) -> None:
+    """Seed walkthrough in DRA mode: `base` (2 x 1g.5gb) fills the 1g.5gb devices; `scaled` (1g.5gb) runs on
+    the 2g.10gb with no restart; `base` scaled to 1 frees a 1g.5gb and the reconciler restarts `scaled`,
+    whose replacement runs on 1g.5gb. No device twice, no over-commit, one `scaled` pod at the end."""
+    node = fleet.add("dra", gpu="A100-40GB", resources={})
+    dra.publish(node, "A100-40GB", [["1g.5gb", "1g.5gb", "2g.10gb", "3g.20gb"]])
+    ns = cluster.create_namespace(prefix="drawalk", labels={NS_LABEL: "true", LABEL_DRA: "true"})
+    try:
+        wait_for(lambda: templates_in(resource_api, ns).get("mig-extender-1g.5gb"), timeout=60,
+                 what="the reconciler's template for 1g.5gb")
+        mark = cluster.fake_kubelet.checkpoint()
+        stack.apps.create_namespaced_deployment(ns, make_deployment("base", replicas=2, mig={"1g.5gb": 1}))
+        wait_for(lambda: sorted(r for _, r in running_on(cluster, resource_api, ns, "base"))
+                 == ["mig/mig-1g-5gb", "mig/mig-1g-5gb"], timeout=60, what="base on both 1g.5gb")
+        start = time.monotonic()
+        stack.apps.create_namespaced_deployment(ns, make_deployment("scaled", mig={"1g.5gb": 1}))
+        (first,) = wait_for(lambda: running_on(cluster, resource_api, ns, "scaled"), timeout=60,
+                            what="scaled Running")
+        e2e_report(f"DRA walkthrough: scaled pod Running on {first[1]} {time.monotonic() - start:.1f} s after "
+                   "the Deployment was created (no restart)")
+        assert first[1] == "mig/mig-2g-10gb"
+        start = time.monotonic()
+        stack.apps.patch_namespaced_deployment_scale("base", ns, {"spec": {"replicas": 1}})
+        restored = wait_for(
+            lambda: [p for p in running_on(cluster, resource_api, ns, "scaled") if p[1] == "mig/mig-1g-5gb"],
+            timeout=90, what="scaled restored to 1g.5gb")
+        e2e_report(f"DRA walkthrough: restored to 1g.5gb {time.monotonic() - start:.1f} s after a 1g.5gb freed")
+        assert restored[0][0] != first[0], "restore is a restart: a new pod"
+        wait_for(lambda: len(stack.pods(ns, "app=scaled")) == 1, timeout=30, what="one scaled pod left")
+        assert "MigRestoring" in {reason for name, reason in stack.events(ns) if name == first[0]}
+        cluster.fake_kubelet.assert_no_overcommit(since=mark)
+    finally:
+        cluster.delete_namespace(ns)

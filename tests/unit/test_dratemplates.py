@@ -1,16 +1,20 @@
-"""components/dratemplates.py: the reconciler's DRA step over a fake resource.k8s.io API."""
+"""components/dratemplates.py and drarestore.py: the reconciler's DRA step over a fake resource.k8s.io API."""
 
 from __future__ import annotations
 
 from collections import Counter
 from typing import Any
 
+import pytest
+
 from mig_extender.cluster.inventory import ClusterInventory
 from mig_extender.cluster.rulestore import MemoryRuleStore
+from mig_extender.components.drarestore import DraRestorer
 from mig_extender.components.dratemplates import DraTemplateSync, demanded_profiles
 from mig_extender.components.reconciler import Reconciler
 from mig_extender.core.dra import ClaimTemplate, TemplateChange
-from mig_extender.core.resources import pod_info
+from mig_extender.core.podspec import Restart, RestartOutcome
+from mig_extender.core.resources import ANN_DRA_PROFILE, ANN_RESTORE, LABEL_MANAGED_BY, pod_info
 from tests.builders import make_pod, make_resource_slice
 
 
@@ -98,3 +102,93 @@ def test_the_reconciler_runs_the_dra_step_only_as_leader() -> None:
     counts = reconciler.run_once()
     assert objects.applied == [("create", "ml", "1g.5gb", ("1g.5gb",))]
     assert counts["dra_template_created"] == 1
+
+
+# ---- restore -------------------------------------------------------------------------------------------
+
+class FakeClaims:
+    def __init__(self, claims: list[dict[str, Any]]) -> None:
+        self.items = claims
+
+    def claims(self) -> list[dict[str, Any]]:
+        return list(self.items)
+
+
+class FakeRestartActions:
+    def __init__(self, pods: dict[str, dict[str, Any]], answer: Restart = Restart.EVICTED) -> None:
+        self.pods, self.answer = pods, answer
+        self.evicted: list[str] = []
+        self.events: list[tuple[str, str]] = []
+
+    def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.pods.get(name)
+
+    def evict(self, pod: Any) -> RestartOutcome:
+        self.evicted.append(pod["metadata"]["name"])
+        return RestartOutcome(self.answer, "a PDB")
+
+    def event(self, namespace: str, pod_name: str, pod_uid: str, reason: str, message: str,
+              warning: bool = False, action: str = "Reconcile") -> None:
+        self.events.append((pod_name, reason))
+
+
+def dra_claim(pod: dict[str, Any], device: str, subrequest: str, profile: str = "1g.5gb") -> dict[str, Any]:
+    meta = pod["metadata"]
+    return {"metadata": {"namespace": meta["namespace"], "name": f"{meta['name']}-mig",
+                         "labels": {LABEL_MANAGED_BY: "mig-extender"}, "annotations": {ANN_DRA_PROFILE: profile}},
+            "status": {"allocation": {"devices": {"results": [
+                {"request": f"mig/{subrequest}", "driver": "gpu.nvidia.com", "pool": "a", "device": device}]}},
+                       "reservedFor": [{"resource": "pods", "name": meta["name"], "uid": meta["uid"]}]}}
+
+
+SLICE = make_resource_slice("a", profiles=("1g.5gb", "2g.10gb", "3g.20gb"))  # devices gpu-0-mig-0, -1, -2
+
+
+def restore_world(pod: dict[str, Any], answer: Restart = Restart.EVICTED) -> tuple[DraTemplateSync, FakeRestartActions]:
+    """One free 1g.5gb (gpu-0-mig-0) and ``pod``, asking 1g.5gb, running on the 2g.10gb."""
+    actions = FakeRestartActions({pod["metadata"]["name"]: pod}, answer)
+    restorer = DraRestorer(FakeClaims([dra_claim(pod, "gpu-0-mig-1", "mig-2g-10gb")]), actions,
+                           clock=lambda: NOW[0])
+    return DraTemplateSync(FakeDraObjects(["ml"], [SLICE]), interval=0, clock=lambda: NOW[0],
+                           restorer=restorer), actions
+
+
+NOW = [0.0]
+
+
+def running(owner: tuple[str, ...] | None = ("ReplicaSet", "web-1", "rs-1"),
+            annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    return make_pod("web", namespace="ml", node="a", owner=owner, annotations=annotations)
+
+
+def test_an_upgraded_dra_pod_is_restarted_once_when_its_profile_frees() -> None:
+    sync, actions = restore_world(running())
+    counts: Counter[str] = Counter()
+    sync.sync(counts, [])
+    assert actions.evicted == ["web"] and actions.events == [("web", "MigRestoring")]
+    assert counts["dra_restore_evicted"] == 1
+    sync.sync(counts, [])  # the old claim lingers until the pod is gone: no second restart meanwhile
+    assert actions.evicted == ["web"]
+
+
+@pytest.mark.parametrize(
+    ("pod", "outcome"),
+    [
+        pytest.param(running(annotations={ANN_RESTORE: "false"}), "opted_out", id="opted-out"),
+        pytest.param(running(owner=("Job", "train", "job-1")), "blocked", id="job-pod"),
+        pytest.param(running(owner=None), "blocked", id="bare-pod-nobody-recreates"),
+        pytest.param(running(owner=("Widget", "w", "w-1", "example.com/v1")), "blocked", id="unknown-owner"),
+    ],
+)
+def test_dra_pods_that_must_not_be_restarted_are_not(pod: dict[str, Any], outcome: str) -> None:
+    sync, actions = restore_world(pod)
+    counts: Counter[str] = Counter()
+    sync.sync(counts, [])
+    assert actions.evicted == [] and counts[f"dra_restore_{outcome}"] == 1
+
+
+def test_a_refused_restore_is_tried_again_next_pass() -> None:
+    sync, actions = restore_world(running(), answer=Restart.REFUSED)
+    sync.sync(Counter(), [])
+    sync.sync(Counter(), [])
+    assert actions.evicted == ["web", "web"] and actions.events == []

@@ -304,6 +304,7 @@ EXPECTED_PERMISSIONS = {
         | {("", "nodes", "", v) for v in READ} | {("batch", "jobs", "", "get")}
         | RULES | RULE_WRITES | {("mig-extender.io", "migsubstitutions", "", "delete")} | RULE_STATUS | EVENTS
         | {("", "namespaces", "", "list"), ("resource.k8s.io", "resourceslices", "", "list")}
+        | {("resource.k8s.io", "resourceclaims", "", "list")}
         | {("resource.k8s.io", "resourceclaimtemplates", "", v) for v in ("list", "create", "delete")},
         NAMESPACE: _lease("mig-extender-reconciler"),
     },
