@@ -156,6 +156,11 @@ def build_service(settings: Settings) -> ExtenderService:
     informers = [*informers, *([service.store.informer] if getattr(service.store, "informer", None) else [])]
     if (check := _staleness(informers, settings)) is not None:
         service.checks.append(check)
+    if api is not None:  # not in readiness: the device plugin route does not need DRA's objects
+        from .cluster.drainventory import DraInventory, start_dra_informers
+
+        service.dra = DraInventory()
+        start_dra_informers(api, service.dra)
     metrics.watch_health(service.readiness_problems, _disconnected(informers))
     _every(HOUSEKEEPING_SECONDS, service.housekeeping, "housekeeping")
     _report_gpu_problems(inventory, api)

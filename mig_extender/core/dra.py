@@ -163,6 +163,11 @@ def desired_templates(namespaces: Iterable[str], demanded: Mapping[str, Collecti
     return found
 
 
+def is_ours(obj: Mapping[str, Any]) -> bool:
+    """Written by mig-extender (a template, or a claim generated from one)."""
+    return ((obj.get("metadata") or {}).get("labels") or {}).get(LABEL_MANAGED_BY) == MANAGER
+
+
 Action = Literal["create", "replace", "foreign"]
 
 
@@ -190,10 +195,33 @@ def template_changes(desired: Iterable[ClaimTemplate],
             changes.append(TemplateChange("create", template))
             continue
         meta = current.get("metadata") or {}
-        if (meta.get("labels") or {}).get(LABEL_MANAGED_BY) != MANAGER:
+        if not is_ours(current):
             changes.append(TemplateChange("foreign", template))
             continue
         written = tuple(filter(None, str((meta.get("annotations") or {}).get(ANN_CHOICES, "")).split(",")))
         if written != template.choices:
             changes.append(TemplateChange("replace", template, written, str(meta.get("resourceVersion", ""))))
     return changes
+
+
+@dataclass(frozen=True)
+class ProfileUsage:
+    """One node's devices of one profile: how many there are and how many a claim holds."""
+
+    devices: int
+    allocated: int
+
+    @property
+    def free(self) -> int:
+        return self.devices - self.allocated
+
+
+def device_usage(devices: Iterable[MigDevice], taken: Collection[tuple[str, str, str]]
+                 ) -> dict[str, dict[str, ProfileUsage]]:
+    """node -> profile -> usage; ``taken``: (driver, pool, device) held by any claim."""
+    counts: dict[str, dict[str, list[int]]] = {}
+    for device in devices:
+        slot = counts.setdefault(device.node, {}).setdefault(device.profile, [0, 0])
+        slot[0] += 1
+        slot[1] += (DRIVER, device.pool, device.name) in taken
+    return {node: {p: ProfileUsage(n, a) for p, (n, a) in sorted(by.items())} for node, by in sorted(counts.items())}

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .catalog import ProfileError, ProfileShape, parse_profile_name, waste
-from .dra import DRIVER, MANAGER, REQUEST_NAME, MigDevice, subrequest_name
-from .resources import ANN_DRA_PROFILE, LABEL_MANAGED_BY
+from .dra import DRIVER, REQUEST_NAME, MigDevice, is_ours, subrequest_name
+from .resources import ANN_DRA_PROFILE
 
 Device = tuple[str, str, str]  # (driver, pool, device)
 
@@ -49,7 +49,7 @@ class ClaimFacts:
 
 def claim_facts(claim: Mapping[str, Any]) -> ClaimFacts:
     meta, status = claim.get("metadata") or {}, claim.get("status") or {}
-    ours = (meta.get("labels") or {}).get(LABEL_MANAGED_BY) == MANAGER
+    ours = is_ours(claim)
     results = ((status.get("allocation") or {}).get("devices") or {}).get("results") or ()
     devices = tuple((str(r.get("driver", "")), str(r.get("pool", "")), str(r.get("device", ""))) for r in results)
     request = next((str(r.get("request", "")) for r in results), "")
@@ -96,11 +96,9 @@ def restores(devices: Iterable[MigDevice], claims: Iterable[ClaimFacts], shapes:
         if room <= 0:
             continue
         candidates = []
-        for c in claims:
-            if not (c.ours and c.allocated and c.profile == profile and c.pod_uid):
+        for c in upgraded(claims):
+            if c.profile != profile or not c.pod_uid:
                 continue
-            if c.subrequest == subrequest_name(profile):
-                continue  # on its own profile already
             held = _held_profile(c, by_device)
             try:
                 excess = waste(parse_profile_name(profile), shapes.get(held) or parse_profile_name(held))
@@ -118,3 +116,8 @@ def restores(devices: Iterable[MigDevice], claims: Iterable[ClaimFacts], shapes:
             room -= 1
     return chosen
 
+
+
+def upgraded(claims: Iterable[ClaimFacts]) -> list[ClaimFacts]:
+    """Our allocated claims that got a later firstAvailable entry than their own profile."""
+    return [c for c in claims if c.ours and c.allocated and c.profile and c.subrequest != subrequest_name(c.profile)]
