@@ -20,7 +20,14 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from ..core.catalog import ProfileError, resource_profile_name
-from ..core.dra import TemplateChange, desired_templates, offered_shapes, slice_devices, template_changes
+from ..core.dra import (
+    TemplateChange,
+    desired_templates,
+    is_ours,
+    offered_shapes,
+    slice_devices,
+    template_changes,
+)
 from ..core.resources import PodInfo
 from .drarestore import DraRestorer
 
@@ -71,10 +78,16 @@ class DraTemplateSync:
             return
         devices = [d for s in self.objects.slices() for d in slice_devices(s)]
         offered = offered_shapes(devices)
+        pods = list(pods)
         desired = desired_templates(namespaces, demanded_profiles(pods, namespaces), offered)
-        for change in template_changes(desired, self.objects.templates()):
+        existing = self.objects.templates()
+        for change in template_changes(desired, existing):
             self._apply(change, counts)
         if self.restorer is not None:
+            # only our templates seen in the API count: the webhook rewrites with nothing else, and one created
+            # this pass may not be visible to it yet
+            ours = {key for key, template in existing.items() if is_ours(template)}
+            self.restorer.recreate_missed(counts, pods, namespaces, ours)
             self.restorer.run(counts, devices, offered)
 
     def _apply(self, change: TemplateChange, counts: Counter[str]) -> None:

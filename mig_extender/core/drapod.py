@@ -8,7 +8,9 @@ and its substitutes (core/dra.py). Claims are numbered per profile so that conta
 side never share one: app containers and sidecars (restartable init containers) get their own, and a
 regular init container, which runs before the app containers, reuses the first claims after the
 sidecars started before it; the pod thus holds exactly the kubelet's effective demand
-(resources.effective_mig_demand). The original demand is recorded in an annotation.
+(resources.effective_mig_demand). The original demand is recorded in an annotation. A pod created before
+its namespace's templates existed keeps its extended resources; ``missed_rewrite`` finds those that the
+reconciler may have recreated (by their controller) so that the webhook rewrites the replacement.
 
 Must not: decide anything else about the pod (core/admission.py), or look up templates (the caller says
 which exist).
@@ -16,13 +18,13 @@ which exist).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .catalog import ProfileError, is_mig_resource, resource_profile_name
 from .dra import subrequest_name, template_name
-from .resources import ANN_DRA_DEMAND, DemandError, effective_mig_demand, format_demand, parse_count
+from .resources import ANN_DRA_DEMAND, DemandError, PodInfo, effective_mig_demand, format_demand, parse_count
 
 Skip = Literal["no-mig", "missing-template", "bad-demand", "has-our-claims"]
 
@@ -144,3 +146,21 @@ def rewrite_for_dra(pod: Mapping[str, Any], templates: Collection[str]) -> DraRe
     else:
         ops.append({"op": "add", "path": "/metadata/annotations", "value": {ANN_DRA_DEMAND: text}})
     return DraRewrite(ops, claims, text)
+
+
+def missed_rewrite(pods: Iterable[PodInfo], dra_namespaces: Collection[str],
+                   templates: Collection[tuple[str, str]]) -> list[PodInfo]:
+    """Pods of DRA namespaces created before their templates existed: still asking ``nvidia.com/mig-*``,
+    found unschedulable by a scheduler, and every template they need now exists in their namespace
+    (``templates``: (namespace, name)). Recreated by their controller, the webhook rewrites them."""
+    found = []
+    for pod in pods:
+        if pod.namespace not in dra_namespaces or pod.node or pod.terminating or not pod.unschedulable:
+            continue
+        try:
+            needed = {template_name(resource_profile_name(r)) for r in pod.demand}
+        except ProfileError:
+            continue
+        if needed and all((pod.namespace, name) in templates for name in needed):
+            found.append(pod)
+    return found

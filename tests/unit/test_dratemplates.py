@@ -13,6 +13,7 @@ from mig_extender.components.drarestore import DraRestorer
 from mig_extender.components.dratemplates import DraTemplateSync, demanded_profiles
 from mig_extender.components.reconciler import Reconciler
 from mig_extender.core.dra import ClaimTemplate, TemplateChange
+from mig_extender.core.drapod import missed_rewrite
 from mig_extender.core.podspec import Restart, RestartOutcome
 from mig_extender.core.resources import ANN_DRA_PROFILE, ANN_RESTORE, LABEL_MANAGED_BY, pod_info
 from tests.builders import make_pod, make_resource_slice
@@ -192,3 +193,58 @@ def test_a_refused_restore_is_tried_again_next_pass() -> None:
     sync.sync(Counter(), [])
     sync.sync(Counter(), [])
     assert actions.evicted == ["web", "web"] and actions.events == []
+
+
+# ---- pods created before their templates ------------------------------------------------------------------
+
+def unschedulable(name: str, owner: tuple[str, ...] | None = ("ReplicaSet", "web-1", "rs-1"),
+                  namespace: str = "ml", mig: dict[str, int] | None = None) -> dict[str, Any]:
+    pod = make_pod(name, namespace=namespace, mig=mig or {"1g.5gb": 1}, owner=owner)
+    pod["status"]["conditions"] = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}]
+    return pod
+
+
+OURS = {("ml", "mig-extender-1g.5gb")}
+
+
+@pytest.mark.parametrize(
+    ("pod", "templates", "found"),
+    [
+        pytest.param(unschedulable("p"), OURS, True, id="unschedulable-template-exists-now"),
+        pytest.param(unschedulable("p"), set(), False, id="template-still-missing"),
+        pytest.param(unschedulable("p", namespace="other"), {("other", "mig-extender-1g.5gb")}, False,
+                     id="namespace-not-in-dra-mode"),
+        pytest.param(make_pod("p", namespace="ml", mig={"1g.5gb": 1}), OURS, False, id="not-tried-by-a-scheduler-yet"),
+        pytest.param(unschedulable("p", mig={"1g.5gb": 1, "2g.10gb": 1}), OURS, False, id="one-template-missing"),
+    ],
+)
+def test_missed_rewrite(pod: dict[str, Any], templates: set[tuple[str, str]], found: bool) -> None:
+    assert bool(missed_rewrite([pod_info(pod)], ["ml"], templates)) is found
+
+
+def test_a_pod_created_before_its_template_is_recreated_once_per_owner() -> None:
+    first, second = unschedulable("web-a"), unschedulable("web-b")
+    actions = FakeRestartActions({"web-a": first, "web-b": second})
+    now = [0.0]
+    restorer = DraRestorer(FakeClaims([]), actions, clock=lambda: now[0], cooldown=60, recreate_every=600)
+    counts: Counter[str] = Counter()
+    restorer.recreate_missed(counts, [pod_info(first), pod_info(second)], ["ml"], OURS)
+    assert actions.evicted == ["web-a"] and actions.events == [("web-a", "MigDraRecreated")]
+    now[0] = 120.0  # the replacement missed the rewrite too (webhook down): not again within recreate_every
+    restorer.recreate_missed(counts, [pod_info(second)], ["ml"], OURS)
+    assert actions.evicted == ["web-a"]
+    now[0] = 700.0
+    restorer.recreate_missed(counts, [pod_info(second)], ["ml"], OURS)
+    assert actions.evicted == ["web-a", "web-b"]
+    assert counts == Counter(dra_recreate_evicted=2)
+
+
+def test_a_foreign_template_of_our_name_does_not_make_pods_be_recreated() -> None:
+    """The webhook only rewrites with our templates: recreating for a foreign one would loop."""
+    pod = unschedulable("web-a")
+    objects = FakeDraObjects(["ml"], [make_resource_slice("a", profiles=("1g.5gb",))])
+    objects.stored[("ml", "mig-extender-1g.5gb")] = {"metadata": {"name": "mig-extender-1g.5gb", "labels": {}}}
+    actions = FakeRestartActions({"web-a": pod})
+    sync = DraTemplateSync(objects, interval=0, clock=lambda: 0.0, restorer=DraRestorer(FakeClaims([]), actions))
+    sync.sync(Counter(), [pod_info(pod)])
+    assert actions.evicted == []
