@@ -11,14 +11,16 @@ names and node usage, so they can be turned off (``--no-debug-endpoints``) where
 from __future__ import annotations
 
 from dataclasses import fields, is_dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from ..cluster.drainventory import DraInventory
 from ..components.extender import Explanation, ExtenderService
 from ..core.dra import device_usage
 from ..core.drarestore import claim_facts, upgraded
+
+if TYPE_CHECKING:  # the book's module imports the kubernetes client; the web layer needs only its type
+    from ..cluster.drainventory import DraInventory
 
 ops = Blueprint("ops", __name__)
 debug = Blueprint("debug", __name__)

@@ -228,6 +228,12 @@ def test_dra_walkthrough_scaled_pod_runs_on_2g_at_once_and_is_restored_to_1g_whe
         e2e_report(f"DRA walkthrough: scaled pod Running on {first[1]} {time.monotonic() - start:.1f} s after "
                    "the Deployment was created (no restart)")
         assert first[1] == "mig/mig-2g-10gb"
+        # the extender's DRA book (informers) sees the devices and the upgraded claim
+        seen = wait_for(lambda: [u for u in stack.extender.inventory(node)["dra"]["upgraded"] if u["pod"] == first[0]],
+                        timeout=30, what="the upgraded claim in /debug/inventory")
+        assert seen[0]["asked"] == "1g.5gb" and seen[0]["got"] == "mig-2g-10gb"
+        assert stack.extender.inventory(node)["dra"]["nodes"][node]["1g.5gb"] == {"devices": 2, "allocated": 2,
+                                                                                  "free": 0}
         start = time.monotonic()
         stack.apps.patch_namespaced_deployment_scale("base", ns, {"spec": {"replicas": 1}})
         restored = wait_for(
@@ -240,3 +246,37 @@ def test_dra_walkthrough_scaled_pod_runs_on_2g_at_once_and_is_restored_to_1g_whe
         cluster.fake_kubelet.assert_no_overcommit(since=mark)
     finally:
         cluster.delete_namespace(ns)
+
+
+def test_kep5004_extended_resource_backed_by_dra_is_admitted_without_being_charged(
+    cluster: E2ECluster, namespace: str, fleet: Fleet, dra: FakeDraDriver, resource_api: client.ResourceV1Api,
+) -> None:
+    """KEP-5004 (DRAExtendedResource, beta and on in 1.36): a DeviceClass with `extendedResourceName`
+    serves a pod asking `nvidia.com/mig-1g.5gb: 1` on a node that does not advertise it; the scheduler
+    creates the claim and maps the request in `status.extendedResourceClaimStatus`, and the kubelet does
+    not charge it against allocatable (pkg/kubelet/lifecycle/predicate.go). A second such pod, with the
+    one device taken, stays Pending."""
+    node = fleet.add("dra", gpu="A100-40GB", resources={})
+    dra.publish(node, "A100-40GB", [["1g.5gb", "2g.10gb"]])
+    selectors = [{"cel": {"expression": f"device.driver == '{DRIVER}'"}}, profile_selector("1g.5gb")]
+    body = {"apiVersion": "resource.k8s.io/v1", "kind": "DeviceClass", "metadata": {"name": "e2e-mig-1g.5gb"},
+            "spec": {"extendedResourceName": "nvidia.com/mig-1g.5gb", "selectors": selectors}}
+    raw(resource_api.create_device_class, body)
+    try:
+        mark = cluster.fake_kubelet.checkpoint()
+        cluster.core.create_namespaced_pod(namespace, make_pod("ext", mig={"1g.5gb": 1}))
+        wait_for(lambda: cluster.core.read_namespaced_pod("ext", namespace).status.phase == "Running", timeout=60,
+                 what="the KEP-5004 pod Running")
+        status = raw(cluster.core.read_namespaced_pod, "ext", namespace)["status"]
+        mappings = status["extendedResourceClaimStatus"]["requestMappings"]
+        assert [(m["containerName"], m["resourceName"]) for m in mappings] == [("main", "nvidia.com/mig-1g.5gb")]
+        claim = raw(resource_api.read_namespaced_resource_claim,
+                    status["extendedResourceClaimStatus"]["resourceClaimName"], namespace)
+        (result,) = claim["status"]["allocation"]["devices"]["results"]
+        assert (result["pool"], result["device"]) == (node, "gpu-0-mig-19-2-1")
+        cluster.core.create_namespaced_pod(namespace, make_pod("ext2", mig={"1g.5gb": 1}))
+        stays(lambda: cluster.core.read_namespaced_pod("ext2", namespace).status.phase == "Pending", duration=3,
+              what="the second KEP-5004 pod Pending (its one device is taken)")
+        cluster.fake_kubelet.assert_no_overcommit(since=mark)
+    finally:
+        resource_api.delete_device_class("e2e-mig-1g.5gb")
