@@ -280,3 +280,37 @@ def test_kep5004_extended_resource_backed_by_dra_is_admitted_without_being_charg
         cluster.fake_kubelet.assert_no_overcommit(since=mark)
     finally:
         resource_api.delete_device_class("e2e-mig-1g.5gb")
+
+
+def test_pod_created_before_its_template_is_recreated_and_rewritten(
+    cluster: E2ECluster, stack: Stack, fleet: Fleet, dra: FakeDraDriver, resource_api: client.ResourceV1Api,
+    e2e_report: Any,
+) -> None:
+    """With no reconciler (so no template yet) the webhook admits a DRA namespace's pod unchanged, with a
+    warning, and it cannot be scheduled on a DRA-only node; once the reconciler has written the templates
+    it restarts the pod, and the ReplicaSet's replacement is rewritten into a claim and runs."""
+    node = fleet.add("dra", gpu="A100-40GB", resources={})
+    dra.publish(node, "A100-40GB", [["1g.5gb"]])
+    stack.stop_reconciler()
+    ns = cluster.create_namespace(prefix="draearly", labels={NS_LABEL: "true", LABEL_DRA: "true"})
+    try:
+        deployment = make_deployment("early", mig={"1g.5gb": 1})
+        deployment["spec"]["template"]["spec"]["nodeSelector"] = {"kubernetes.io/hostname": node}
+        stack.apps.create_namespaced_deployment(ns, deployment)
+        (first,) = wait_for(lambda: [p for p in stack.pods(ns, "app=early") if any(
+            c.type == "PodScheduled" and c.reason == "Unschedulable" for c in p.status.conditions or ())],
+            timeout=60, what="the early pod unschedulable")
+        assert first.spec.containers[0].resources.limits == {"nvidia.com/mig-1g.5gb": "1"}
+        assert not first.spec.resource_claims
+        start = time.monotonic()
+        stack.start_reconciler()
+        ran = wait_for(lambda: running_on(cluster, resource_api, ns, "early"), timeout=90,
+                       what="the rewritten replacement Running")
+        e2e_report(f"DRA: pod created before its template recreated and Running {time.monotonic() - start:.1f} s "
+                   "after the reconciler started")
+        assert ran[0][0] != first.metadata.name and ran[0][1] == "mig/mig-1g-5gb"
+        assert "MigDraRecreated" in {reason for name, reason in stack.events(ns) if name == first.metadata.name}
+    finally:
+        if not stack.reconcilers():
+            stack.start_reconciler()
+        cluster.delete_namespace(ns)
