@@ -156,6 +156,11 @@ def build_service(settings: Settings) -> ExtenderService:
     informers = [*informers, *([service.store.informer] if getattr(service.store, "informer", None) else [])]
     if (check := _staleness(informers, settings)) is not None:
         service.checks.append(check)
+    if api is not None:  # not in readiness: the device plugin route does not need DRA's objects
+        from .cluster.drainventory import DraInventory, start_dra_informers
+
+        service.dra = DraInventory()
+        start_dra_informers(api, service.dra)
     metrics.watch_health(service.readiness_problems, _disconnected(informers))
     _every(HOUSEKEEPING_SECONDS, service.housekeeping, "housekeeping")
     _report_gpu_problems(inventory, api)
@@ -194,7 +199,9 @@ def build_webhook(settings: Settings) -> Any:
 
     api = api_client(settings.kubeconfig, settings.in_cluster)
     namespaces, lookup = start_label_informer(api)
-    service = WebhookService(build_store(settings, api), lookup)
+    from .cluster.draobjects import KubeDraObjects
+
+    service = WebhookService(build_store(settings, api), lookup, dra_templates=KubeDraObjects(api).template_names)
     service.checks.append(lambda: "" if namespaces.synced.is_set() else "namespace labels not synced")
     informers = [namespaces, *([service.store.informer] if getattr(service.store, "informer", None) else [])]
     service.metrics.watch_health(service.readiness_problems, _disconnected(informers))
@@ -223,9 +230,15 @@ def build_reconciler(settings: Settings, lease_name: str, identity: str, dry_run
         _ON_EXIT.append(elector.stop)  # release the Lease on a graceful stop: the standby takes over at once
         is_leader = elector.is_leader
     metrics = Metrics()
-    reconciler = Reconciler(inventory, build_store(settings, api), KubeActions(api), settings.plan, metrics,
+    from .cluster.draobjects import KubeDraObjects
+    from .components.drarestore import DraRestorer
+    from .components.dratemplates import DraTemplateSync
+
+    actions, dra_objects = KubeActions(api), KubeDraObjects(api)
+    dra = DraTemplateSync(dra_objects, restorer=DraRestorer(dra_objects, actions, settings.plan.restartable_owners))
+    reconciler = Reconciler(inventory, build_store(settings, api), actions, settings.plan, metrics,
                             is_leader=is_leader, retention=settings.retention,
-                            preemption=settings.preemption_settings)
+                            preemption=settings.preemption_settings, dra=dra)
     metrics.watch(lambda: inventory.snapshot(reconciler.store.list()))
     reconciler.repartitioner = _repartitioner(settings, api, metrics)
     if (check := _staleness(informers, settings)) is not None:

@@ -128,3 +128,16 @@ def info(pod: Mapping[str, Any]):
 
 def gpu(name: str):
     return model(name)
+
+
+def make_resource_slice(node: str, gpu: str = "A100-40GB", profiles: tuple[str, ...] = ("1g.5gb",),
+                        driver: str = "gpu.nvidia.com") -> dict[str, Any]:
+    """A ResourceSlice shaped like NVIDIA's DRA driver's: one MIG device per profile (names need not be
+    placeable: the parsers under test do not place)."""
+    product = PRODUCTS[gpu][0].replace("-", " ", 1)
+    devices = [{"name": f"gpu-0-mig-{i}", "attributes": {"type": {"string": "mig"}, "profile": {"string": p},
+                                                         "productName": {"string": product}}}
+               for i, p in enumerate(profiles)]
+    return {"apiVersion": "resource.k8s.io/v1", "kind": "ResourceSlice", "metadata": {"name": f"{node}-{driver}"},
+            "spec": {"driver": driver, "nodeName": node, "pool": {"name": node, "generation": 1,
+                                                                   "resourceSliceCount": 1}, "devices": devices}}

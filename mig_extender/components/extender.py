@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cachetools import TTLCache
 
@@ -25,6 +25,9 @@ from ..core.resources import PodInfo, pod_info
 from ..core.rules import Phase, Rule
 from ..core.snapshot import ClusterSnapshot
 from .metrics import Metrics
+
+if TYPE_CHECKING:  # the book's module imports the kubernetes client; this one needs only its type
+    from ..cluster.drainventory import DraInventory
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +105,7 @@ class ExtenderService:
         self._filtered: TTLCache[str, PodInfo] = TTLCache(maxsize=FILTERED_PODS, ttl=FILTERED_TTL)
         self._filtered_lock = threading.Lock()
         self.expire_rules = True
+        self.dra: DraInventory | None = None  # MIG devices served by DRA, for /debug/inventory (None: not watched)
 
     def snapshot(self) -> ClusterSnapshot:
         """The inventory with the stored rules; not ``synced`` until the rule store is synced too (without

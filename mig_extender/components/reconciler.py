@@ -87,6 +87,7 @@ from ..core.preemption import (
 )
 from ..core.resources import ANN_RULE, PodInfo
 from ..core.rules import Phase, Rule, match_restores, new_rule, preemption_hold
+from .dratemplates import DraTemplateSync
 from .extender import readiness_problems
 from .metrics import Metrics
 
@@ -113,9 +114,11 @@ class Reconciler:
     def __init__(self, inventory: ClusterInventory, store: RuleStore, actions: Actions,
                  plan: PlanSettings | None = None, metrics: Metrics | None = None,
                  clock: Callable[[], float] = time.time, is_leader: Callable[[], bool] = lambda: True,
-                 retention: float = 3600.0, preemption: PreemptionSettings | None = None) -> None:
+                 retention: float = 3600.0, preemption: PreemptionSettings | None = None,
+                 dra: DraTemplateSync | None = None) -> None:
         self.inventory, self.store, self.actions, self.plan = inventory, store, actions, plan or PlanSettings()
         self.preemption = preemption or PreemptionSettings()
+        self.dra = dra  # DRA mode's ResourceClaimTemplates (components/dratemplates.py); None: not run
         self.metrics = metrics or Metrics()
         self.clock, self.is_leader, self.retention = clock, is_leader, retention
         # (rule, what) already announced or started recently: no event spam, no second restart while the
@@ -145,7 +148,7 @@ class Reconciler:
             counts["not_synced"] += 1
             return counts
         for step in (self._observe, self._expire, self._upgrade, self._restore, self._preempt, self._explain,
-                     self._repartition):
+                     self._repartition, self._sync_dra):
             try:
                 step(counts)
             except Exception as exc:
@@ -166,6 +169,10 @@ class Reconciler:
         first pod list is the slow one), takes a preemptor for gone and cancels its hold, leaving the
         victim running (the flaky new-leader e2e case), or cancels upgrades and restores alike."""
         return bool(self.inventory.synced) and bool(self.store.synced)
+
+    def _sync_dra(self, counts: Counter[str]) -> None:
+        if self.dra is not None:
+            self.dra.sync(counts, self.inventory.pods())
 
     def _snapshot(self) -> tuple[Any, dict[str, PodInfo]]:
         snap = self.inventory.snapshot(self.store.list(), self.clock(), usage=True)  # cpu/memory for placement

@@ -3,7 +3,10 @@
 Why here and not in the core: it talks to the rule store. Handing a rule to a pod is claiming it in the
 store with a compare-and-swap (``Rule.claimed``, an optimistic status write on the MigSubstitution), so
 of the webhook replicas admitting a burst of one workload's pods only one hands out each rule; a claim
-kept in a replica's memory stopped nobody else. The loser tries the next eligible rule. Must not: know
+kept in a replica's memory stopped nobody else. The loser tries the next eligible rule. In a DRA namespace
+(label ``mig-extender.io/dra=true``) a MIG pod is instead rewritten into claims from the reconciler's
+templates (core/drapod.py): one bounded read of the namespace's templates; when one is missing or
+unreadable the pod is admitted as it is, with a warning. Must not: know
 about HTTP (web/webhook.py), write anything for a dryRun request, or ever let an error or a slow API
 block pod creation: every API call is bounded (``api_timeout``, and ``api_budget`` in all, inside the
 API server's 3 s ``timeoutSeconds``), and a claim that fails admits the pod without substitution.
@@ -18,7 +21,8 @@ from typing import Any
 
 from ..cluster.rulestore import ConflictError, RuleStore
 from ..core.admission import Mutation, mutate, review_uid, substitution_candidate
-from ..core.resources import PodInfo
+from ..core.drapod import DraSkipped, rewrite_for_dra
+from ..core.resources import LABEL_DRA, PodInfo
 from ..core.rules import Rule, rule_for_new_pod, unmarked_rules_for
 from .extender import readiness_problems
 from .metrics import Metrics
@@ -51,7 +55,8 @@ class WebhookService:
 
     def __init__(self, store: RuleStore, namespace_labels: Callable[[str], Mapping[str, str] | None] = lambda ns: None,
                  metrics: Metrics | None = None, claim_ttl: float = 30.0, clock: Callable[[], float] = time.time,
-                 api_timeout: float = 1.0, api_budget: float = 2.0) -> None:
+                 api_timeout: float = 1.0, api_budget: float = 2.0,
+                 dra_templates: Callable[[str, float], set[str]] | None = None) -> None:
         self.store = store
         self.namespace_labels = namespace_labels
         self.metrics = metrics or Metrics()
@@ -59,6 +64,7 @@ class WebhookService:
         self.clock = clock
         self.api_timeout = api_timeout
         self.api_budget = api_budget
+        self.dra_templates = dra_templates  # (namespace, timeout) -> names of our templates there; None: no DRA
         self.checks: list[Callable[[], str]] = []
 
     def readiness_problems(self) -> list[str]:
@@ -81,6 +87,10 @@ class WebhookService:
     def _decide(self, body: Mapping[str, Any], labels: Mapping[str, str] | None, dry_run: bool) -> Mutation:
         """The patch, with the chosen rule claimed (unless dry run); the next rule when a claim is lost."""
         now = self.clock()
+        if (labels or {}).get(LABEL_DRA) == "true":
+            dra = self._decide_dra(body)
+            if dra is not None:
+                return dra
         pod = substitution_candidate(body)
         if pod is None:
             return mutate(body, (), namespace_labels=labels, now=now)
@@ -98,6 +108,32 @@ class WebhookService:
             if outcome == "error":  # the API is unreachable or slow: no more calls, admit without substitution
                 return mutate(body, (), namespace_labels=labels, now=now)
             lost.add(mutation.rule.name)  # finite: each round leaves one more rule out
+
+    def _decide_dra(self, body: Mapping[str, Any]) -> Mutation | None:
+        """The DRA rewrite of a MIG pod CREATE; None when the request is not one (the usual path decides)."""
+        pod = substitution_candidate(body)
+        if pod is None:
+            return None
+        uid, namespace = review_uid(body), pod.namespace
+        if self.dra_templates is None:
+            return Mutation(uid, result="dra_skipped", warnings=(
+                f"namespace {namespace} is in DRA mode but this webhook cannot read ResourceClaimTemplates; "
+                "the pod keeps its nvidia.com/mig-* requests",))
+        try:
+            templates = self.dra_templates(namespace, self.api_timeout)
+        except Exception as exc:
+            log.warning("reading DRA templates of %s failed (%s: %s); pod admitted unchanged", namespace,
+                        type(exc).__name__, exc)
+            return Mutation(uid, result="dra_skipped", warnings=(
+                "mig-extender could not read its ResourceClaimTemplates; the pod keeps its nvidia.com/mig-* requests",))
+        result = rewrite_for_dra(body["request"]["object"], templates)
+        if isinstance(result, DraSkipped):
+            missing = f": no template {', '.join(result.missing)} yet" if result.missing else ""
+            return Mutation(uid, result="dra_skipped", warnings=(
+                f"mig-extender left the pod's nvidia.com/mig-* requests as they are ({result.reason}{missing})",))
+        log.info("pod CREATE in %s: %s -> DRA claims %s", namespace, result.demand, ", ".join(result.claims))
+        return Mutation(uid, result.patch, result="dra", message=f"{result.demand} -> claims from "
+                        f"{', '.join(sorted(set(result.claims.values())))}")
 
     def _claim(self, rule: Rule, pod: PodInfo, now: float, deadline: _Deadline) -> str:
         """Claim ``rule`` for ``pod`` with a compare-and-swap: won, lost (another replica, or the rule moved

@@ -43,8 +43,9 @@ class Mutation:
     uid: str
     patch: list[dict[str, Any]] = field(default_factory=list)
     rule: Rule | None = None
-    result: str = "untouched"   # metric label: untouched, substituted, scheduler, skipped, error
+    result: str = "untouched"   # metric label: untouched, substituted, scheduler, skipped, error, dra, dra_skipped
     message: str = ""
+    warnings: tuple[str, ...] = ()  # shown to the client (kubectl prints them), the pod admitted as patched
 
     def response(self) -> dict[str, Any]:
         answer: dict[str, Any] = {"uid": self.uid, "allowed": True}
@@ -53,6 +54,8 @@ class Mutation:
             answer["patch"] = base64.b64encode(json.dumps(self.patch).encode()).decode()
         if self.result == "error" and self.message:
             answer["warnings"] = [self.message]  # shown to the client; the pod is admitted unchanged
+        elif self.warnings:
+            answer["warnings"] = list(self.warnings)
         return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": answer}
 
 

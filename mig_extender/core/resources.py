@@ -26,6 +26,10 @@ ANN_SUBSTITUTED = f"{GROUP}/substituted-demand"  # "nvidia.com/mig-2g.10gb=1" on
 ANN_RULE = f"{GROUP}/rule"                      # name of the MigSubstitution rule applied to the pod
 ANN_RESTORED_AT = f"{GROUP}/restored-at"        # RFC 3339 time of the last restore (loop guard)
 LABEL_SCHEDULER_OPT_IN = f"{GROUP}/inject-scheduler"  # namespace label: "true" sets schedulerName
+LABEL_DRA = f"{GROUP}/dra"                      # namespace label: "true" turns MIG requests into DRA claims
+ANN_DRA_DEMAND = f"{GROUP}/dra-demand"          # "nvidia.com/mig-1g.5gb=1": what a DRA-rewritten pod asked
+ANN_DRA_PROFILE = f"{GROUP}/dra-profile"        # on our ResourceClaimTemplates (and their claims): "1g.5gb"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"  # "mig-extender" on the objects the reconciler owns
 
 # ASCII digits only, as the API server's quantity grammar (\d would also take e.g. Arabic-Indic digits)
 _QUANTITY_RE = re.compile(

@@ -11,11 +11,16 @@ names and node usage, so they can be turned off (``--no-debug-endpoints``) where
 from __future__ import annotations
 
 from dataclasses import fields, is_dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from ..components.extender import Explanation, ExtenderService
+from ..core.dra import device_usage
+from ..core.drarestore import claim_facts, upgraded
+
+if TYPE_CHECKING:  # the book's module imports the kubernetes client; the web layer needs only its type
+    from ..cluster.drainventory import DraInventory
 
 ops = Blueprint("ops", __name__)
 debug = Blueprint("debug", __name__)
@@ -80,7 +85,25 @@ def inventory() -> Response:
             },
         })
     problems = {n["node"]: n["problems"] for n in out if n["problems"]}
-    return jsonify({"synced": snap.synced, "problems": problems, "nodes": out})
+    body: dict[str, Any] = {"synced": snap.synced, "problems": problems, "nodes": out}
+    book = _service().dra
+    if book is not None:
+        body["dra"] = dra_json(book, only)
+    return jsonify(body)
+
+
+def dra_json(book: DraInventory, only: str | None = None) -> dict[str, Any]:
+    """MIG devices served by DRA: per node and profile devices/allocated/free, and the claims of ours that
+    run on a substitute (what restore will move back)."""
+    facts = [claim_facts(c) for c in book.claims()]
+    taken = {d for c in facts for d in c.devices}
+    usage = device_usage(book.devices(), taken)
+    return {
+        "nodes": {node: {p: {"devices": u.devices, "allocated": u.allocated, "free": u.free}
+                         for p, u in by.items()} for node, by in usage.items() if not only or node == only},
+        "upgraded": [{"claim": f"{c.namespace}/{c.name}", "pod": c.pod, "asked": c.profile, "got": c.subrequest}
+                     for c in upgraded(facts)],
+    }
 
 
 @debug.get("/debug/pods/<namespace>/<name>")

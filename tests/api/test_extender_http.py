@@ -341,3 +341,28 @@ def test_debug_rules_shows_a_preemption_hold_with_its_victims(client, service) -
     (rule,) = client.get("/debug/rules").get_json()
     assert rule["victims"] == ["victim-uid"] and rule["phase"] == "Recorded"
     assert rule["reserved"] == {"node": "gpu-b", "resource": "nvidia.com/mig-1g.10gb", "count": 1}
+
+
+def test_debug_inventory_shows_dra_devices_and_upgraded_claims(service, client) -> None:
+    """Issue 20: MIG devices served by DRA appear in /debug/inventory, with the claims on a substitute."""
+    from mig_extender.cluster.drainventory import DraInventory
+    from mig_extender.core.dra import ANN_DRA_PROFILE
+    from mig_extender.core.resources import LABEL_MANAGED_BY
+    from tests.builders import make_resource_slice
+
+    assert "dra" not in client.get("/debug/inventory").get_json(), "no DRA book: no section"
+    book = DraInventory()
+    book.replace_slices([make_resource_slice("gpu-d", profiles=("1g.5gb", "2g.10gb"))])
+    book.claim_event("ADDED", {
+        "metadata": {"namespace": "ml", "name": "web-mig", "labels": {LABEL_MANAGED_BY: "mig-extender"},
+                     "annotations": {ANN_DRA_PROFILE: "1g.5gb"}},
+        "status": {"allocation": {"devices": {"results": [{"request": "mig/mig-2g-10gb", "driver": "gpu.nvidia.com",
+                                                            "pool": "gpu-d", "device": "gpu-0-mig-1"}]}},
+                   "reservedFor": [{"resource": "pods", "name": "web", "uid": "u"}]}})
+    service.dra = book
+    body = client.get("/debug/inventory").get_json()["dra"]
+    assert body["nodes"] == {"gpu-d": {"1g.5gb": {"devices": 1, "allocated": 0, "free": 1},
+                                       "2g.10gb": {"devices": 1, "allocated": 1, "free": 0}}}
+    assert body["upgraded"] == [{"claim": "ml/web-mig", "pod": "web", "asked": "1g.5gb", "got": "mig-2g-10gb"}]
+    book.claim_event("DELETED", {"metadata": {"namespace": "ml", "name": "web-mig"}})
+    assert client.get("/debug/inventory").get_json()["dra"]["upgraded"] == []

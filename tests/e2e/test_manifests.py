@@ -412,6 +412,19 @@ RBAC_CASES = [
     check(RECONCILER_SA, "update", "nodes", ALL, allowed=False),
     check(RECONCILER_SA, "create", "policy:poddisruptionbudgets", allowed=False),
     check(RECONCILER_SA, "delete", "deployments", allowed=False),
+    # DRA mode (issue 20, docs/dra.md): templates written, claims and slices read, nothing else of DRA touched
+    check(RECONCILER_SA, "list", "namespaces", ALL),
+    check(RECONCILER_SA, "list", "resource.k8s.io:resourceslices", ALL),
+    check(RECONCILER_SA, "list", "resource.k8s.io:resourceclaims", ALL),
+    check(RECONCILER_SA, "create", "resource.k8s.io:resourceclaimtemplates"),
+    check(RECONCILER_SA, "delete", "resource.k8s.io:resourceclaimtemplates"),
+    check(RECONCILER_SA, "update", "resource.k8s.io:resourceclaims", allowed=False),
+    check(RECONCILER_SA, "update", "resource.k8s.io:resourceclaimtemplates", allowed=False),
+    check(RECONCILER_SA, "create", "resource.k8s.io:resourceslices", ALL, allowed=False),
+    check(WEBHOOK_SA, "list", "resource.k8s.io:resourceclaimtemplates"),
+    check(WEBHOOK_SA, "create", "resource.k8s.io:resourceclaimtemplates", allowed=False),
+    check(SCHEDULER_SA, "watch", "resource.k8s.io:resourceslices", ALL),  # the extender's DRA book
+    check(SCHEDULER_SA, "watch", "resource.k8s.io:resourceclaims", ALL),
     # no one reads Secrets, grants rights or impersonates
     *[check(sa, verb, "secrets", ns, allowed=False)
       for sa in (SCHEDULER_SA, WEBHOOK_SA, RECONCILER_SA)

@@ -13,8 +13,9 @@ import pytest
 from mig_extender.core.catalog import model
 from mig_extender.core.repartition import STATE_FAILED, STATE_PENDING, STATE_SUCCESS, NamedConfig
 
+from .testenv.dradriver import mig_devices
 from .testenv.migmanager import decide, gpus_in_use
-from .testenv.podresources import effective_requests, first_shortfall
+from .testenv.podresources import claim_devices, claim_names, claim_problem, effective_requests, first_shortfall
 from .testenv.reflector import Reflector
 
 
@@ -181,3 +182,69 @@ def test_fake_device_plugin_hands_out_instances_lowest_gpu_first() -> None:
     assert gpus_in_use(gpu, (L33, L33), {R3: 2}) == {0}
     assert gpus_in_use(gpu, (L33, L33), {R3: 3}) == {0, 1}
     assert gpus_in_use(gpu, (L1, L33), {R3: 1}) == {1}
+
+
+def _dra_pod(**status: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"uid": "u1"},
+        "spec": {
+            "containers": [{"name": "main", "resources": {"requests": {"nvidia.com/mig-1g.5gb": "1", "cpu": "1"}}}],
+            "resourceClaims": [{"name": "mig", "resourceClaimTemplateName": "t"}],
+        },
+        "status": status,
+    }
+
+
+def test_extended_resources_dra_serves_are_not_charged() -> None:
+    """KEP-5004: the kubelet drops a request the scheduler mapped to a claim (predicate.go)."""
+    mapped = {"requestMappings": [{"containerName": "main", "resourceName": "nvidia.com/mig-1g.5gb",
+                                   "requestName": "r"}], "resourceClaimName": "x"}
+    assert "nvidia.com/mig-1g.5gb" in effective_requests(_dra_pod())
+    assert "nvidia.com/mig-1g.5gb" not in effective_requests(_dra_pod(extendedResourceClaimStatus=mapped))
+    assert effective_requests(_dra_pod(extendedResourceClaimStatus=mapped))["cpu"] == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "names", "missing"),
+    [
+        pytest.param({}, [], ["mig"], id="not-generated-yet"),
+        pytest.param({"resourceClaimStatuses": [{"name": "mig", "resourceClaimName": "p-mig-x"}]},
+                     ["p-mig-x"], [], id="generated"),
+        pytest.param({"resourceClaimStatuses": [{"name": "mig", "resourceClaimName": "p-mig-x"}],
+                      "extendedResourceClaimStatus": {"resourceClaimName": "ext"}},
+                     ["p-mig-x", "ext"], [], id="with-extended-resource-claim"),
+    ],
+)
+def test_claim_names(status: dict[str, Any], names: list[str], missing: list[str]) -> None:
+    assert claim_names(_dra_pod(**status)) == (names, missing)
+
+
+@pytest.mark.parametrize(
+    ("claim_status", "ok"),
+    [
+        pytest.param({}, False, id="unallocated"),
+        pytest.param({"allocation": {"devices": {"results": []}}, "reservedFor": [{"uid": "other"}]}, False,
+                     id="reserved-for-another-pod"),
+        pytest.param({"allocation": {"devices": {"results": []}}, "reservedFor": [{"uid": "u1"}]}, True,
+                     id="allocated-and-reserved"),
+    ],
+)
+def test_claim_problem_mirrors_the_kubelets_dra_manager(claim_status: dict[str, Any], ok: bool) -> None:
+    claim = {"metadata": {"name": "c"}, "status": claim_status}
+    assert (claim_problem(_dra_pod(), claim) == "") is ok
+
+
+def test_claim_devices() -> None:
+    claim = {"status": {"allocation": {"devices": {"results": [
+        {"request": "mig/a", "driver": "gpu.nvidia.com", "pool": "n1", "device": "gpu-0-mig-19-0-1"}]}}}}
+    assert claim_devices(claim) == [("gpu.nvidia.com", "n1", "gpu-0-mig-19-0-1")]
+
+
+def test_fake_driver_names_devices_like_nvidias() -> None:
+    """gpu-<minor>-mig-<GI profile id>-<start>-<size>, placed without overlap."""
+    devices = mig_devices("n1", "A100-40GB", [["2g.10gb", "1g.5gb", "1g.5gb"], ["7g.40gb"]])
+    assert [d["name"] for d in devices] == ["gpu-0-mig-14-0-2", "gpu-0-mig-19-2-1", "gpu-0-mig-19-3-1",
+                                            "gpu-1-mig-0-0-8"]
+    assert [d["attributes"]["profile"]["string"] for d in devices] == ["2g.10gb", "1g.5gb", "1g.5gb", "7g.40gb"]
+    with pytest.raises(ValueError):
+        mig_devices("n1", "A100-40GB", [["7g.40gb", "1g.5gb"]])

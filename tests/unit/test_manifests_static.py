@@ -296,14 +296,17 @@ EXPECTED_PERMISSIONS = {
     },
     "mig-extender-webhook": {  # reads, and the claim: one status update of a rule (never on a dryRun request)
         "": RULES | {("mig-extender.io", "migsubstitutions/status", "", "update")}
-        | {("", "namespaces", "", v) for v in READ},
+        | {("", "namespaces", "", v) for v in READ} | {("resource.k8s.io", "resourceclaimtemplates", "", "list")},
     },
     "mig-extender-reconciler": {
         "": {("", "pods", "", v) for v in (*READ, "create", "delete")} | {("", "pods/eviction", "", "create")}
         | {("", "pods/status", "", "patch"), ("policy", "poddisruptionbudgets", "", "list")}
         | {("", "nodes", "", v) for v in READ} | {("batch", "jobs", "", "get")}
         | {("", "nodes", "", "patch")}  # repartitioning: nvidia.com/mig.config and the change record
-        | RULES | RULE_WRITES | {("mig-extender.io", "migsubstitutions", "", "delete")} | RULE_STATUS | EVENTS,
+        | RULES | RULE_WRITES | {("mig-extender.io", "migsubstitutions", "", "delete")} | RULE_STATUS | EVENTS
+        | {("", "namespaces", "", "list"), ("resource.k8s.io", "resourceslices", "", "list")}
+        | {("resource.k8s.io", "resourceclaims", "", "list")}
+        | {("resource.k8s.io", "resourceclaimtemplates", "", v) for v in ("list", "create", "delete")},
         NAMESPACE: _lease("mig-extender-reconciler"),
     },
 }

@@ -377,3 +377,55 @@ def test_item15_replacement_admitted_before_the_watch_shows_the_mark_still_gets_
     other = make_pod(mig={"1g.10gb": 1}, owner=("ReplicaSet", "other", "rs-2"), uid="")
     assert stamped(other, service.review(review(other))) == "" and store.fetches == 0
     assert admit(service) == rule.name and store.fetches == 1
+
+
+# ---- DRA mode --------------------------------------------------------------------------------------
+
+DRA_LABELS = {"mig-extender.io/dra": "true"}
+
+
+def dra_service(templates: set[str] | Exception, labels: dict[str, str] = DRA_LABELS) -> WebhookService:
+    def lookup(namespace: str, timeout: float) -> set[str]:
+        if isinstance(templates, Exception):
+            raise templates
+        return templates
+
+    return WebhookService(MemoryRuleStore(), lambda ns: labels, dra_templates=lookup)
+
+
+def test_dra_namespace_pod_gets_claims_instead_of_extended_resources() -> None:
+    pod = make_pod("p", namespace="ml", mig={"1g.5gb": 1}, uid="")
+    answer = dra_service({"mig-extender-1g.5gb"}).review(review(pod))
+    out = apply_patch(pod, answer)
+    assert out["spec"]["resourceClaims"] == [{"name": "mig-1g-5gb-0",
+                                              "resourceClaimTemplateName": "mig-extender-1g.5gb"}]
+    assert not any(k.startswith("nvidia.com/mig-") for k in out["spec"]["containers"][0]["resources"]["limits"])
+
+
+@pytest.mark.parametrize(
+    "templates",
+    [
+        pytest.param(set(), id="template-missing"),
+        pytest.param(TimeoutError("slow API"), id="templates-unreadable"),
+    ],
+)
+def test_dra_pod_is_admitted_unchanged_with_a_warning_when_claims_cannot_be_made(
+        templates: set[str] | Exception) -> None:
+    pod = make_pod("p", namespace="ml", mig={"1g.5gb": 1}, uid="")
+    answer = dra_service(templates).review(review(pod))["response"]
+    assert answer["allowed"] is True and "patch" not in answer
+    assert len(answer["warnings"]) == 1 and "nvidia.com/mig-*" in answer["warnings"][0]
+
+
+def test_namespace_without_the_dra_label_is_not_rewritten_to_claims() -> None:
+    pod = make_pod("p", namespace="ml", mig={"1g.5gb": 1}, uid="")
+    answer = dra_service({"mig-extender-1g.5gb"}, labels={}).review(review(pod))["response"]
+    assert "patch" not in answer and "warnings" not in answer
+
+
+def test_dra_mode_leaves_opted_out_pods_and_pods_without_mig_alone() -> None:
+    service = dra_service({"mig-extender-1g.5gb"})
+    opted_out = make_pod("p", namespace="ml", mig={"1g.5gb": 1}, uid="", annotations={ANN_SUBSTITUTE: "false"})
+    plain = make_pod("q", namespace="ml", uid="")
+    for pod in (opted_out, plain):
+        assert "patch" not in service.review(review(pod))["response"]

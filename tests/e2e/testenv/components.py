@@ -18,7 +18,9 @@ SERVICE_CIDR = "10.0.0.0/24"
 SERVICE_IP = "10.0.0.1"  # first address of SERVICE_CIDR: the in-cluster `kubernetes` Service
 ISSUER = "https://kubernetes.default.svc.cluster.local"
 # The controllers a Deployment/Job/StatefulSet, GC, PDBs and namespaces need (those of the reference
-# cluster.sh). node-lifecycle is deliberately off: fake nodes would otherwise be tainted whenever a
+# cluster.sh), plus resourceclaim-controller: it creates a pod's ResourceClaims from its
+# ResourceClaimTemplates (without it such a pod stays Pending, no claim generated; DRA tests need it).
+# node-lifecycle is deliberately off: fake nodes would otherwise be tainted whenever a
 # lease renewal is late, which makes scheduling flaky under load.
 CONTROLLERS = (
     "replicaset-controller,deployment-controller,job-controller,cronjob-controller,statefulset-controller,"
@@ -26,7 +28,7 @@ CONTROLLERS = (
     "serviceaccount-controller,serviceaccount-token-controller,namespace-controller,"
     "pod-garbage-collector-controller,disruption-controller,endpoints-controller,endpointslice-controller,"
     "ttl-after-finished-controller,root-ca-certificate-publisher-controller,resourcequota-controller,"
-    "clusterrole-aggregation-controller"
+    "clusterrole-aggregation-controller,resourceclaim-controller"
 )
 
 

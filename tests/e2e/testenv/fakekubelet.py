@@ -12,6 +12,11 @@ What it does, like the real kubelet as far as scheduling tests can tell:
   (podresources.py) and counting only admitted pods that are not terminal; a pod that does not fit
   fails with reason `OutOf<resource>` (what a kubelet does after an over-commit), one that fits is
   marked Running and Ready; every decision is recorded (`decisions()`, `rejections()`);
+- admits a pod with ResourceClaims only once each claim is allocated and reserved for it (as the
+  kubelet's DRA manager requires before it prepares the devices; until then the pod stays Pending and
+  admission is retried), does not charge extended resources DRA serves (KEP-5004), and rejects a pod
+  one of whose devices an admitted pod already holds through another claim (`OutOfDRADevice`): no
+  device may be in two claims;
 - finalizes deletions at once (grace period 0); a pod a finalizer keeps is first reported Failed, as the
   kubelet reports a deleted pod whose containers it killed (the Job controller waits for that);
 - list+watch with resourceVersion resume and relist on 410 (reflector.py).
@@ -40,8 +45,8 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from kubernetes.utils import parse_quantity
 
-from .nodes import KEEP, MANAGED_LABEL, NODE_IP, GpuModel, NodeRegistry, ready_conditions
-from .podresources import Resources, effective_requests, first_shortfall
+from .nodes import KEEP, MANAGED_LABEL, NODE_IP, GpuModel, NodeRegistry, raw, ready_conditions
+from .podresources import Resources, claim_devices, claim_names, claim_problem, effective_requests, first_shortfall
 from .reflector import Reflector
 
 log = logging.getLogger("testenv.fakekubelet")
@@ -52,6 +57,9 @@ STRATEGIC = "application/strategic-merge-patch+json"
 MERGE = "application/merge-patch+json"
 TERMINAL = ("Succeeded", "Failed")
 WRITE_ATTEMPTS = 3
+CLAIM_RETRY_S = 0.5  # the kubelet retries a pod whose claims it could not prepare; so do we, this often
+DEVICE_REASON = "OutOfDRADevice"
+Device = tuple[str, str, str]  # (driver, pool, device)
 
 
 def _now() -> dt.datetime:
@@ -91,6 +99,11 @@ class _NodeState:
     allocatable: Resources
     resource_version: int = 0
     admitted: dict[str, Resources] = field(default_factory=dict)  # pod uid -> charged requests
+    devices: dict[str, dict[Device, str]] = field(default_factory=dict)  # pod uid -> DRA device -> claim uid
+
+    def release(self, uid: str) -> None:
+        self.admitted.pop(uid, None)
+        self.devices.pop(uid, None)
 
 
 def _quantities(raw: Mapping[str, str]) -> Resources:
@@ -121,6 +134,7 @@ class FakeKubelet:
         self.api.rest_client.pool_manager.connection_pool_kw["maxsize"] = writers + 4
         self.core = client.CoreV1Api(self.api)
         self.coordination = client.CoordinationV1Api(self.api)
+        self.resource = client.ResourceV1Api(self.api)
         self.registry = NodeRegistry(self.api)
         self.lease_interval = lease_interval
         self.status_interval = status_interval
@@ -400,8 +414,8 @@ class FakeKubelet:
         with self._lock:
             # pods deleted while we were not watching: release what they were charged
             for state in self._nodes.values():
-                for uid in set(state.admitted) - present:
-                    del state.admitted[uid]
+                for uid in (set(state.admitted) | set(state.devices)) - present:
+                    state.release(uid)
             for parked in self._parked.values():
                 for uid in set(parked) - present:
                     del parked[uid]
@@ -445,7 +459,7 @@ class FakeKubelet:
         state = self._nodes.get(node_name)
         if kind == "DELETED" or phase in TERMINAL:
             if state is not None:
-                state.admitted.pop(uid, None)
+                state.release(uid)
             if kind == "DELETED":
                 self._finalizing.discard(uid)
                 self._decided.discard(uid)
@@ -474,12 +488,17 @@ class FakeKubelet:
 
     def _admit(self, node_name: str, state: _NodeState, pod: dict[str, Any]) -> None:
         meta = pod["metadata"]
+        devices = self._prepared_devices(pod)
+        if devices is None:
+            self._decided.discard(meta["uid"])
+            self._retry_later(meta["namespace"], meta["name"], meta["uid"])
+            return
         request = effective_requests(pod)
         used: Resources = {}
         for charged in state.admitted.values():
             for name, value in charged.items():
                 used[name] = used.get(name, Decimal(0)) + value
-        shortfall = first_shortfall(request, used, state.allocatable)
+        shortfall = self._device_conflict(state, devices) or first_shortfall(request, used, state.allocatable)
         decision = Admission(
             seq=len(self._decisions),
             at=time.time(),
@@ -496,10 +515,58 @@ class FakeKubelet:
         log.info("%s", decision)
         if shortfall is None:
             state.admitted[meta["uid"]] = request
+            state.devices[meta["uid"]] = devices
             status = self._running_status(pod)
         else:
             status = {"phase": "Failed", "reason": shortfall[0], "message": shortfall[1], "startTime": _ts()}
         self._submit(self._write_status, meta["namespace"], meta["name"], meta["uid"], status)
+
+    def _prepared_devices(self, pod: Mapping[str, Any]) -> dict[Device, str] | None:
+        """The DRA devices `pod` holds (device -> claim uid); None while a claim is not generated,
+        allocated or reserved for it (the kubelet then keeps the pod Pending and retries)."""
+        names, missing = claim_names(pod)
+        meta = pod["metadata"]
+        if missing:
+            log.info("%s/%s: claims %s not generated yet", meta["namespace"], meta["name"], missing)
+            return None
+        devices: dict[Device, str] = {}
+        for name in names:
+            try:
+                claim = raw(self.resource.read_namespaced_resource_claim, name, meta["namespace"])
+            except ApiException as exc:
+                log.info("%s/%s: ResourceClaim %s: %s", meta["namespace"], meta["name"], name, exc.reason)
+                return None
+            problem = claim_problem(pod, claim)
+            if problem:
+                log.info("%s/%s: %s", meta["namespace"], meta["name"], problem)
+                return None
+            devices.update(dict.fromkeys(claim_devices(claim), claim["metadata"]["uid"]))
+        return devices
+
+    @staticmethod
+    def _device_conflict(state: _NodeState, devices: Mapping[Device, str]) -> tuple[str, str] | None:
+        for holder, held in state.devices.items():
+            for device, claim_uid in devices.items():
+                if device in held and held[device] != claim_uid:
+                    return (DEVICE_REASON, f"device {'/'.join(device)} is already allocated to pod {holder} "
+                                           f"through another claim")
+        return None
+
+    def _retry_later(self, namespace: str, name: str, uid: str) -> None:
+        def retry() -> None:
+            if self._stop.is_set():
+                return
+            try:
+                pod = raw(self.core.read_namespaced_pod, name, namespace)
+            except ApiException:
+                return  # gone: its DELETED event settles everything
+            if pod["metadata"]["uid"] == uid:
+                with self._lock:
+                    self._handle_pod("MODIFIED", pod)
+
+        timer = threading.Timer(CLAIM_RETRY_S, retry)
+        timer.daemon = True
+        timer.start()
 
     @staticmethod
     def _running_status(pod: Mapping[str, Any]) -> dict[str, Any]:

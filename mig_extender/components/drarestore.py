@@ -1,0 +1,119 @@
+"""The reconciler's DRA restore: restart pods running on a substitute once their own profile frees.
+
+Reads every ResourceClaim (a device is free only if no claim of anyone holds it), asks core/drarestore.py
+which pods to restart, and restarts each through the Eviction API with a uid precondition, as the device
+plugin route's restore does (PDBs honoured, a repeated call a no-op). Only pods a controller recreates
+are restarted, and not Job pods (an eviction may count as a Job failure; the device plugin route weighs
+that, this first DRA slice does not yet). A restore stays "in flight" for ``cooldown`` seconds, counted
+against the free device of its profile, so the next pass does not restart a second pod for the device
+the first one's replacement is about to take. The same restart, for a pod still Pending, recreates the
+pods of a DRA namespace that were created before its templates existed, at most once per owner every
+``recreate_every`` seconds (were the webhook down, the replacement would miss the rewrite too: no loop).
+Must not: talk to the API but through its objects and actions, or restart a pod that opted out
+(``mig-extender.io/restore: "false"``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import Any, Protocol
+
+from cachetools import TTLCache
+
+from ..core.catalog import ProfileShape
+from ..core.dra import MigDevice
+from ..core.drapod import missed_rewrite
+from ..core.drarestore import DraRestore, claim_facts, restores
+from ..core.podspec import Restart, RestartOutcome, is_job_owner, restart_blocker
+from ..core.resources import DemandError, PodInfo, pod_info
+
+log = logging.getLogger(__name__)
+
+
+class ClaimSource(Protocol):
+    def claims(self) -> list[dict[str, Any]]: ...
+
+
+class RestartActions(Protocol):
+    def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    def evict(self, pod: Mapping[str, Any]) -> RestartOutcome: ...
+    def event(self, namespace: str, pod_name: str, pod_uid: str, reason: str, message: str,
+              warning: bool = False, action: str = "Reconcile") -> None: ...
+
+
+class DraRestorer:
+    """``run(counts, devices, shapes)`` once per DRA step."""
+
+    def __init__(self, claims: ClaimSource, actions: RestartActions, restartable_owners: Collection[str] = (),
+                 cooldown: float = 60.0, clock: Callable[[], float] = time.monotonic,
+                 recreate_every: float = 600.0) -> None:
+        self.claims = claims
+        self.actions = actions
+        self.restartable_owners = restartable_owners
+        # pod uid -> the profile its restore frees for it: seconds until its replacement surely has a claim
+        self._in_flight: TTLCache[str, str] = TTLCache(maxsize=10_000, ttl=cooldown, timer=clock)
+        # owner uid -> recreated one of its pods lately: a pod missing the rewrite again is not retried at once
+        self._recreated_owners: TTLCache[str, bool] = TTLCache(maxsize=10_000, ttl=recreate_every, timer=clock)
+
+    def run(self, counts: Counter[str], devices: Iterable[MigDevice], shapes: Mapping[str, ProfileShape]) -> None:
+        facts = [claim_facts(c) for c in self.claims.claims()]
+        in_flight = Counter(self._in_flight.values())
+        for restore in restores(devices, facts, shapes, in_flight):
+            if restore.pod_uid in self._in_flight:
+                continue  # its eviction was accepted; the old claim lingers until the pod is gone
+            counts[f"dra_restore_{self._restore(restore)}"] += 1
+
+    def recreate_missed(self, counts: Counter[str], pods: Iterable[PodInfo], namespaces: Collection[str],
+                        templates: Collection[tuple[str, str]]) -> None:
+        """Restart the unschedulable pods of DRA namespaces created before their templates existed, so
+        that their controller's replacement is rewritten into claims (core/drapod.missed_rewrite)."""
+        for missed in missed_rewrite(pods, namespaces, templates):
+            if missed.uid in self._in_flight or (missed.owner and missed.owner.uid in self._recreated_owners):
+                continue
+            obj = self.actions.get_pod(missed.namespace, missed.name)
+            outcome = self._restart(obj, missed.uid, running=False)
+            counts[f"dra_recreate_{outcome}"] += 1
+            if outcome == str(Restart.EVICTED):
+                self._in_flight[missed.uid] = ""
+                if missed.owner is not None:
+                    self._recreated_owners[missed.owner.uid] = True
+                message = ("restarted so that its replacement asks for MIG through DRA claims: it was created "
+                           "before mig-extender's ResourceClaimTemplates existed in this namespace")
+                log.info("DRA %s/%s: %s", missed.namespace, missed.name, message)
+                self.actions.event(missed.namespace, missed.name, missed.uid, "MigDraRecreated", message,
+                                   action="Recreate")
+
+    def _restart(self, obj: Mapping[str, Any] | None, uid: str, running: bool) -> str:
+        """Evict ``obj`` if it is still pod ``uid``, in the phase expected, and a controller (not a Job's)
+        recreates it; returns the outcome's name."""
+        if obj is None or obj["metadata"].get("uid") != uid:
+            return str(Restart.GONE)
+        try:
+            pod = pod_info(obj)
+        except DemandError:
+            return "skipped"
+        if pod.terminating or (pod.phase != "Running" if running else bool(pod.node)):
+            return "skipped"
+        if running and not pod.may_restore:
+            return "opted_out"
+        if pod.owner is None or is_job_owner(pod.owner) or restart_blocker(pod.owner, self.restartable_owners):
+            return str(Restart.BLOCKED)
+        outcome = self.actions.evict(obj)
+        if outcome.kind == Restart.REFUSED:
+            log.info("DRA restart of %s/%s refused: %s", pod.namespace, pod.name, outcome.detail)
+        return str(outcome.kind)
+
+    def _restore(self, restore: DraRestore) -> str:
+        obj = self.actions.get_pod(restore.namespace, restore.pod)
+        outcome = self._restart(obj, restore.pod_uid, running=True)
+        if outcome == str(Restart.EVICTED):
+            self._in_flight[restore.pod_uid] = restore.profile
+            message = (f"restarted so that its replacement gets {restore.profile} (it asked for it and ran on "
+                       f"{restore.held}); a {restore.profile} device is free")
+            log.info("DRA restore %s/%s: %s", restore.namespace, restore.pod, message)
+            self.actions.event(restore.namespace, restore.pod, restore.pod_uid, "MigRestoring", message,
+                               action="Restore")
+        return outcome

@@ -1,0 +1,316 @@
+"""DRA on the real 1.36.3 control plane, with the fake NVIDIA DRA driver (testenv/dradriver.py).
+
+What this module proves about Kubernetes itself (issue 20's facts, the ground the DRA bridge stands on):
+the stock kube-scheduler's DynamicResources plugin allocates MIG devices of a `firstAvailable`
+template in subrequest order, whatever the order of the devices in the slice; the resourceclaim
+controller generates the claims; `status.allocation` names the subrequest that won; nothing is
+allocated twice; and a pod whose request no device can meet stays Pending. Then that mig-extender's DRA
+mode works on it: the reconciler writes the templates, the webhook rewrites a DRA namespace's MIG pods
+into claims, and the real scheduler's DynamicResources plugin gives each pod its profile while one is
+free and the least-waste substitute after.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from mig_extender.core.resources import ANN_DRA_DEMAND, LABEL_DRA
+
+from .conftest import Fleet
+from .testenv.cluster import E2ECluster
+from .testenv.dradriver import DRIVER, MIG_CLASS, FakeDraDriver
+from .testenv.nodes import raw
+from .testenv.stack import NS_LABEL, Stack
+from .testenv.wait import stays, wait_for
+from .testenv.workloads import make_deployment, make_pod
+
+
+@pytest.fixture
+def dra(cluster: E2ECluster) -> FakeDraDriver:
+    driver = FakeDraDriver(cluster.api_client())
+    driver.install()
+    return driver
+
+
+@pytest.fixture
+def resource_api(cluster: E2ECluster) -> Iterator[client.ResourceV1Api]:
+    yield client.ResourceV1Api(cluster.api_client())
+
+
+def profile_selector(profile: str) -> dict[str, Any]:
+    return {"cel": {"expression": f"device.attributes['{DRIVER}'].profile == '{profile}'"}}
+
+
+def first_available_template(name: str, profiles: list[str]) -> dict[str, Any]:
+    subrequests = [
+        {"name": f"mig-{p.replace('.', '-')}", "deviceClassName": MIG_CLASS, "selectors": [profile_selector(p)]}
+        for p in profiles
+    ]
+    return {
+        "apiVersion": "resource.k8s.io/v1",
+        "kind": "ResourceClaimTemplate",
+        "metadata": {"name": name},
+        "spec": {"spec": {"devices": {"requests": [{"name": "mig", "firstAvailable": subrequests}]}}},
+    }
+
+
+def claim_pod(name: str, template: str) -> dict[str, Any]:
+    pod = make_pod(name)
+    pod["spec"]["resourceClaims"] = [{"name": "mig", "resourceClaimTemplateName": template}]
+    pod["spec"]["containers"][0]["resources"] = {"claims": [{"name": "mig"}]}
+    return pod
+
+
+def allocation_of(cluster: E2ECluster, resource_api: client.ResourceV1Api, ns: str, pod: str) -> list[dict[str, Any]]:
+    """The allocation results of the pod's one generated claim ([] until it is allocated)."""
+    status = raw(cluster.core.read_namespaced_pod, pod, ns).get("status") or {}
+    statuses = status.get("resourceClaimStatuses") or ()
+    names = [s["resourceClaimName"] for s in statuses if s.get("resourceClaimName")]
+    if not names:
+        return []
+    claim = raw(resource_api.read_namespaced_resource_claim, names[0], ns)
+    return (((claim.get("status") or {}).get("allocation") or {}).get("devices") or {}).get("results") or []
+
+
+def test_first_available_is_taken_in_subrequest_order_on_the_real_scheduler(
+    cluster: E2ECluster, namespace: str, fleet: Fleet, dra: FakeDraDriver, resource_api: client.ResourceV1Api
+) -> None:
+    """Three pods, one template [1g.5gb, 2g.10gb], a node with 2 x 1g.5gb + 2g.10gb listed 2g first:
+    1g.5gb, 1g.5gb, then 2g.10gb; a fourth stays Pending; every pod Running, no device twice."""
+    node = fleet.add("dra", gpu="A100-40GB", resources={})
+    # the 2g.10gb is placed at slice 0, so it comes first in the slice: order must come from the request
+    dra.publish(node, "A100-40GB", [["2g.10gb", "1g.5gb", "1g.5gb"]])
+    raw(resource_api.create_namespaced_resource_claim_template, namespace,
+        first_available_template("mig-1g", ["1g.5gb", "2g.10gb"]))
+    mark = cluster.fake_kubelet.checkpoint()
+    won = []
+    for i in range(3):
+        name = f"p{i}"
+        cluster.core.create_namespaced_pod(namespace, claim_pod(name, "mig-1g"))
+        results = wait_for(lambda name=name: allocation_of(cluster, resource_api, namespace, name), timeout=60,
+                           what=f"{name}'s claim allocated")
+        wait_for(lambda name=name: cluster.core.read_namespaced_pod(name, namespace).status.phase == "Running",
+                 timeout=30, what=f"{name} Running")
+        won.append((results[0]["request"], results[0]["device"]))
+    assert [request for request, _ in won] == ["mig/mig-1g-5gb", "mig/mig-1g-5gb", "mig/mig-2g-10gb"]
+    assert len({device for _, device in won}) == 3
+    cluster.core.create_namespaced_pod(namespace, claim_pod("p3", "mig-1g"))
+    stays(lambda: cluster.core.read_namespaced_pod("p3", namespace).status.phase == "Pending", duration=3,
+          what="the fourth pod Pending (no device left)")
+    assert not allocation_of(cluster, resource_api, namespace, "p3")
+    cluster.fake_kubelet.assert_no_overcommit(since=mark)
+    admitted = [d for d in cluster.fake_kubelet.decisions(mark) if d.admitted]
+    assert sorted(d.name for d in admitted) == ["p0", "p1", "p2"]
+
+
+def test_fake_kubelet_waits_for_a_reserved_claim(
+    cluster: E2ECluster, namespace: str, fleet: Fleet, dra: FakeDraDriver, resource_api: client.ResourceV1Api
+) -> None:
+    """A pod bound by hand (no scheduler, so no claim allocated or reserved) is not started by the
+    kubelet: the DRA manager refuses a claim that does not list the pod in reservedFor."""
+    node = fleet.add("dra", gpu="A100-40GB", resources={})
+    dra.publish(node, "A100-40GB", [["1g.5gb"]])
+    raw(resource_api.create_namespaced_resource_claim_template, namespace,
+        first_available_template("mig-1g", ["1g.5gb"]))
+    pod = claim_pod("bound", "mig-1g")
+    pod["spec"]["nodeName"] = node
+    mark = cluster.fake_kubelet.checkpoint()
+    cluster.core.create_namespaced_pod(namespace, pod)
+    time.sleep(2)
+    assert cluster.core.read_namespaced_pod("bound", namespace).status.phase == "Pending"
+    assert not [d for d in cluster.fake_kubelet.decisions(mark) if d.name == "bound"]
+
+
+# ---- DRA mode: the reconciler's templates and the webhook's rewrite, on the real scheduler -----------------
+
+
+@pytest.fixture(scope="module")
+def stack(cluster: E2ECluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    s = Stack(cluster, tmp_path_factory.mktemp("dra")).start()
+    yield s
+    s.stop_all()
+
+
+def templates_in(resource_api: client.ResourceV1Api, ns: str) -> dict[str, list[str]]:
+    """Our templates in ``ns``: name -> its firstAvailable profiles, in order."""
+    found = raw(resource_api.list_namespaced_resource_claim_template, ns)["items"]
+    return {t["metadata"]["name"]: [s["selectors"][0]["cel"]["expression"].split("'")[-2]
+                                    for s in t["spec"]["spec"]["devices"]["requests"][0]["firstAvailable"]]
+            for t in found}
+
+
+def test_dra_namespace_pods_get_their_profile_while_free_then_the_least_waste_substitute(
+    cluster: E2ECluster, stack: Stack, fleet: Fleet, dra: FakeDraDriver, resource_api: client.ResourceV1Api,
+    e2e_report: Any,
+) -> None:
+    """The seed walkthrough node (2 x 1g.5gb, 2g.10gb, 3g.20gb) served by DRA only: pods asking
+    nvidia.com/mig-1g.5gb in a DRA namespace run on 1g.5gb, 1g.5gb, then 2g.10gb (not the 3g.20gb),
+    then 3g.20gb, and the fifth waits; a pod of a namespace without the label keeps its request."""
+    node = fleet.add("dra", gpu="A100-40GB", resources={})
+    dra.publish(node, "A100-40GB", [["1g.5gb", "1g.5gb", "2g.10gb", "3g.20gb"]])
+    t0 = time.monotonic()
+    ns = cluster.create_namespace(prefix="dra", labels={NS_LABEL: "true", LABEL_DRA: "true"})
+    plain_ns = cluster.create_namespace(prefix="nodra", labels={NS_LABEL: "true"})
+    try:
+        wait_for(lambda: templates_in(resource_api, ns).get("mig-extender-1g.5gb"), timeout=60,
+                 what="the reconciler's template for 1g.5gb")
+        e2e_report(f"DRA templates there {time.monotonic() - t0:.1f} s after the namespace was created")
+        assert templates_in(resource_api, ns)["mig-extender-1g.5gb"] == ["1g.5gb", "2g.10gb", "3g.20gb"]
+        mark = cluster.fake_kubelet.checkpoint()
+        won = []
+        for i in range(4):
+            name = f"p{i}"
+            start = time.monotonic()
+            stack.core.create_namespaced_pod(ns, make_pod(name, mig={"1g.5gb": 1}))
+            wait_for(lambda name=name: stack.core.read_namespaced_pod(name, ns).status.phase == "Running",
+                     timeout=60, what=f"{name} Running")
+            took = time.monotonic() - start
+            pod = raw(stack.core.read_namespaced_pod, name, ns)
+            assert pod["metadata"]["annotations"][ANN_DRA_DEMAND] == "nvidia.com/mig-1g.5gb=1"
+            assert not [r for r in pod["spec"]["containers"][0]["resources"].get("limits", {})
+                        if r.startswith("nvidia.com/mig-")]
+            results = allocation_of(cluster, resource_api, ns, name)
+            won.append((results[0]["request"], results[0]["device"]))
+            e2e_report(f"DRA pod {name} asking 1g.5gb: Running on {results[0]['request']} in {took:.1f} s")
+        assert [request for request, _ in won] == ["mig/mig-1g-5gb", "mig/mig-1g-5gb", "mig/mig-2g-10gb",
+                                                   "mig/mig-3g-20gb"]
+        assert len({device for _, device in won}) == 4
+        stack.core.create_namespaced_pod(ns, make_pod("p4", mig={"1g.5gb": 1}))
+        stays(lambda: stack.core.read_namespaced_pod("p4", ns).status.phase == "Pending", duration=3,
+              what="the fifth pod Pending (every device taken)")
+        stack.core.create_namespaced_pod(plain_ns, make_pod("plain", mig={"1g.5gb": 1}))
+        plain = raw(stack.core.read_namespaced_pod, "plain", plain_ns)
+        assert plain["spec"]["containers"][0]["resources"]["limits"] == {"nvidia.com/mig-1g.5gb": "1"}
+        assert not plain["spec"].get("resourceClaims")
+        cluster.fake_kubelet.assert_no_overcommit(since=mark)
+    finally:
+        cluster.delete_namespace(ns)
+        cluster.delete_namespace(plain_ns)
+
+
+def running_on(cluster: E2ECluster, resource_api: client.ResourceV1Api, ns: str, app: str) -> list[tuple[str, str]]:
+    """(pod, subrequest that won) of the app's Running, not terminating pods."""
+    found = []
+    for pod in raw(cluster.core.list_namespaced_pod, ns, label_selector=f"app={app}")["items"]:
+        if pod["metadata"].get("deletionTimestamp") or (pod.get("status") or {}).get("phase") != "Running":
+            continue
+        results = allocation_of(cluster, resource_api, ns, pod["metadata"]["name"])
+        found.append((pod["metadata"]["name"], results[0]["request"] if results else ""))
+    return found
+
+
+def test_dra_walkthrough_scaled_pod_runs_on_2g_at_once_and_is_restored_to_1g_when_one_frees(
+    cluster: E2ECluster, stack: Stack, fleet: Fleet, dra: FakeDraDriver, resource_api: client.ResourceV1Api,
+    e2e_report: Any,
+) -> None:
+    """Seed walkthrough in DRA mode: `base` (2 x 1g.5gb) fills the 1g.5gb devices; `scaled` (1g.5gb) runs on
+    the 2g.10gb with no restart; `base` scaled to 1 frees a 1g.5gb and the reconciler restarts `scaled`,
+    whose replacement runs on 1g.5gb. No device twice, no over-commit, one `scaled` pod at the end."""
+    node = fleet.add("dra", gpu="A100-40GB", resources={})
+    dra.publish(node, "A100-40GB", [["1g.5gb", "1g.5gb", "2g.10gb", "3g.20gb"]])
+    ns = cluster.create_namespace(prefix="drawalk", labels={NS_LABEL: "true", LABEL_DRA: "true"})
+    try:
+        wait_for(lambda: templates_in(resource_api, ns).get("mig-extender-1g.5gb"), timeout=60,
+                 what="the reconciler's template for 1g.5gb")
+        mark = cluster.fake_kubelet.checkpoint()
+        stack.apps.create_namespaced_deployment(ns, make_deployment("base", replicas=2, mig={"1g.5gb": 1}))
+        wait_for(lambda: sorted(r for _, r in running_on(cluster, resource_api, ns, "base"))
+                 == ["mig/mig-1g-5gb", "mig/mig-1g-5gb"], timeout=60, what="base on both 1g.5gb")
+        start = time.monotonic()
+        stack.apps.create_namespaced_deployment(ns, make_deployment("scaled", mig={"1g.5gb": 1}))
+        (first,) = wait_for(lambda: running_on(cluster, resource_api, ns, "scaled"), timeout=60,
+                            what="scaled Running")
+        e2e_report(f"DRA walkthrough: scaled pod Running on {first[1]} {time.monotonic() - start:.1f} s after "
+                   "the Deployment was created (no restart)")
+        assert first[1] == "mig/mig-2g-10gb"
+        # the extender's DRA book (informers) sees the devices and the upgraded claim
+        seen = wait_for(lambda: [u for u in stack.extender.inventory(node)["dra"]["upgraded"] if u["pod"] == first[0]],
+                        timeout=30, what="the upgraded claim in /debug/inventory")
+        assert seen[0]["asked"] == "1g.5gb" and seen[0]["got"] == "mig-2g-10gb"
+        assert stack.extender.inventory(node)["dra"]["nodes"][node]["1g.5gb"] == {"devices": 2, "allocated": 2,
+                                                                                  "free": 0}
+        start = time.monotonic()
+        stack.apps.patch_namespaced_deployment_scale("base", ns, {"spec": {"replicas": 1}})
+        restored = wait_for(
+            lambda: [p for p in running_on(cluster, resource_api, ns, "scaled") if p[1] == "mig/mig-1g-5gb"],
+            timeout=90, what="scaled restored to 1g.5gb")
+        e2e_report(f"DRA walkthrough: restored to 1g.5gb {time.monotonic() - start:.1f} s after a 1g.5gb freed")
+        assert restored[0][0] != first[0], "restore is a restart: a new pod"
+        wait_for(lambda: len(stack.pods(ns, "app=scaled")) == 1, timeout=30, what="one scaled pod left")
+        assert "MigRestoring" in {reason for name, reason in stack.events(ns) if name == first[0]}
+        cluster.fake_kubelet.assert_no_overcommit(since=mark)
+    finally:
+        cluster.delete_namespace(ns)
+
+
+def test_kep5004_extended_resource_backed_by_dra_is_admitted_without_being_charged(
+    cluster: E2ECluster, namespace: str, fleet: Fleet, dra: FakeDraDriver, resource_api: client.ResourceV1Api,
+) -> None:
+    """KEP-5004 (DRAExtendedResource, beta and on in 1.36): a DeviceClass with `extendedResourceName`
+    serves a pod asking `nvidia.com/mig-1g.5gb: 1` on a node that does not advertise it; the scheduler
+    creates the claim and maps the request in `status.extendedResourceClaimStatus`, and the kubelet does
+    not charge it against allocatable (pkg/kubelet/lifecycle/predicate.go). A second such pod, with the
+    one device taken, stays Pending."""
+    node = fleet.add("dra", gpu="A100-40GB", resources={})
+    dra.publish(node, "A100-40GB", [["1g.5gb", "2g.10gb"]])
+    selectors = [{"cel": {"expression": f"device.driver == '{DRIVER}'"}}, profile_selector("1g.5gb")]
+    body = {"apiVersion": "resource.k8s.io/v1", "kind": "DeviceClass", "metadata": {"name": "e2e-mig-1g.5gb"},
+            "spec": {"extendedResourceName": "nvidia.com/mig-1g.5gb", "selectors": selectors}}
+    raw(resource_api.create_device_class, body)
+    try:
+        mark = cluster.fake_kubelet.checkpoint()
+        cluster.core.create_namespaced_pod(namespace, make_pod("ext", mig={"1g.5gb": 1}))
+        wait_for(lambda: cluster.core.read_namespaced_pod("ext", namespace).status.phase == "Running", timeout=60,
+                 what="the KEP-5004 pod Running")
+        status = raw(cluster.core.read_namespaced_pod, "ext", namespace)["status"]
+        mappings = status["extendedResourceClaimStatus"]["requestMappings"]
+        assert [(m["containerName"], m["resourceName"]) for m in mappings] == [("main", "nvidia.com/mig-1g.5gb")]
+        claim = raw(resource_api.read_namespaced_resource_claim,
+                    status["extendedResourceClaimStatus"]["resourceClaimName"], namespace)
+        (result,) = claim["status"]["allocation"]["devices"]["results"]
+        assert (result["pool"], result["device"]) == (node, "gpu-0-mig-19-2-1")
+        cluster.core.create_namespaced_pod(namespace, make_pod("ext2", mig={"1g.5gb": 1}))
+        stays(lambda: cluster.core.read_namespaced_pod("ext2", namespace).status.phase == "Pending", duration=3,
+              what="the second KEP-5004 pod Pending (its one device is taken)")
+        cluster.fake_kubelet.assert_no_overcommit(since=mark)
+    finally:
+        resource_api.delete_device_class("e2e-mig-1g.5gb")
+
+
+def test_pod_created_before_its_template_is_recreated_and_rewritten(
+    cluster: E2ECluster, stack: Stack, fleet: Fleet, dra: FakeDraDriver, resource_api: client.ResourceV1Api,
+    e2e_report: Any,
+) -> None:
+    """With no reconciler (so no template yet) the webhook admits a DRA namespace's pod unchanged, with a
+    warning, and it cannot be scheduled on a DRA-only node; once the reconciler has written the templates
+    it restarts the pod, and the ReplicaSet's replacement is rewritten into a claim and runs."""
+    node = fleet.add("dra", gpu="A100-40GB", resources={})
+    dra.publish(node, "A100-40GB", [["1g.5gb"]])
+    stack.stop_reconciler()
+    ns = cluster.create_namespace(prefix="draearly", labels={NS_LABEL: "true", LABEL_DRA: "true"})
+    try:
+        deployment = make_deployment("early", mig={"1g.5gb": 1})
+        deployment["spec"]["template"]["spec"]["nodeSelector"] = {"kubernetes.io/hostname": node}
+        stack.apps.create_namespaced_deployment(ns, deployment)
+        (first,) = wait_for(lambda: [p for p in stack.pods(ns, "app=early") if any(
+            c.type == "PodScheduled" and c.reason == "Unschedulable" for c in p.status.conditions or ())],
+            timeout=60, what="the early pod unschedulable")
+        assert first.spec.containers[0].resources.limits == {"nvidia.com/mig-1g.5gb": "1"}
+        assert not first.spec.resource_claims
+        start = time.monotonic()
+        stack.start_reconciler()
+        ran = wait_for(lambda: running_on(cluster, resource_api, ns, "early"), timeout=90,
+                       what="the rewritten replacement Running")
+        e2e_report(f"DRA: pod created before its template recreated and Running {time.monotonic() - start:.1f} s "
+                   "after the reconciler started")
+        assert ran[0][0] != first.metadata.name and ran[0][1] == "mig/mig-1g-5gb"
+        assert "MigDraRecreated" in {reason for name, reason in stack.events(ns) if name == first.metadata.name}
+    finally:
+        if not stack.reconcilers():
+            stack.start_reconciler()
+        cluster.delete_namespace(ns)

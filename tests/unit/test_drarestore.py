@@ -1,0 +1,69 @@
+"""core/drarestore.py: which DRA pods running on a substitute go back to their own profile, and in what order."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from mig_extender.core.dra import ANN_DRA_PROFILE, MigDevice, offered_shapes
+from mig_extender.core.drarestore import ClaimFacts, DraRestore, claim_facts, restores
+from mig_extender.core.resources import LABEL_MANAGED_BY
+
+DEVICES = [MigDevice("n", "n", "d1a", "1g.5gb", "NVIDIA A100-SXM4-40GB"),
+           MigDevice("n", "n", "d1b", "1g.5gb", "NVIDIA A100-SXM4-40GB"),
+           MigDevice("n", "n", "d2", "2g.10gb", "NVIDIA A100-SXM4-40GB"),
+           MigDevice("n", "n", "d3", "3g.20gb", "NVIDIA A100-SXM4-40GB")]
+SHAPES = offered_shapes(DEVICES)
+
+
+def on(device: str, sub: str, pod: str, profile: str = "1g.5gb") -> ClaimFacts:
+    return ClaimFacts("ml", f"{pod}-mig", True, profile, (("gpu.nvidia.com", "n", device),), sub, pod, f"uid-{pod}")
+
+
+def waiting(pod: str, profile: str = "1g.5gb") -> ClaimFacts:
+    return ClaimFacts("ml", f"{pod}-mig", True, profile, (), "", "", "")
+
+
+TWO_G = DraRestore("ml", "b", "uid-b", "b-mig", "1g.5gb", "2g.10gb", (1, 5, 0))
+THREE_G = DraRestore("ml", "c", "uid-c", "c-mig", "1g.5gb", "3g.20gb", (2, 15, 0))
+
+
+@pytest.mark.parametrize(
+    ("claims", "in_flight", "expected"),
+    [
+        pytest.param([on("d1a", "mig-1g-5gb", "a"), on("d1b", "mig-1g-5gb", "x"), on("d2", "mig-2g-10gb", "b")],
+                     {}, [], id="own-profile-sold-out"),
+        pytest.param([on("d1a", "mig-1g-5gb", "a"), on("d2", "mig-2g-10gb", "b"), on("d3", "mig-3g-20gb", "c")],
+                     {}, [THREE_G], id="one-free-biggest-waster-first"),
+        pytest.param([on("d2", "mig-2g-10gb", "b"), on("d3", "mig-3g-20gb", "c")],
+                     {}, [THREE_G, TWO_G], id="two-free-both"),
+        pytest.param([on("d1a", "mig-1g-5gb", "a"), on("d2", "mig-2g-10gb", "b"), waiting("p")],
+                     {}, [], id="a-waiting-pod-takes-the-free-one-first"),
+        pytest.param([on("d1a", "mig-1g-5gb", "a"), on("d2", "mig-2g-10gb", "b")],
+                     {"1g.5gb": 1}, [], id="a-restore-in-flight-counts-as-waiting"),
+        pytest.param([on("d2", "mig-2g-10gb", "b", profile="2g.10gb")], {}, [], id="not-upgraded"),
+        pytest.param([ClaimFacts("ml", "foreign", False, "", (("gpu.nvidia.com", "n", "d2"),), "x", "f", "uid-f")],
+                     {}, [], id="claims-not-ours-are-never-restored"),
+    ],
+)
+def test_restores(claims: list[ClaimFacts], in_flight: dict[str, int], expected: list[DraRestore]) -> None:
+    assert restores(DEVICES, claims, SHAPES, in_flight) == expected
+
+
+def test_a_pod_with_two_upgraded_claims_is_restarted_once() -> None:
+    two = [on("d2", "mig-2g-10gb", "b"), ClaimFacts("ml", "b-mig-2", True, "1g.5gb", (("gpu.nvidia.com", "n", "d3"),),
+                                                   "mig-3g-20gb", "b", "uid-b")]
+    assert [r.pod for r in restores(DEVICES, two, SHAPES)] == ["b"]
+
+
+def test_claim_facts_reads_what_the_allocator_wrote() -> None:
+    claim: dict[str, Any] = {
+        "metadata": {"namespace": "ml", "name": "p-mig-1g-5gb-0-x", "labels": {LABEL_MANAGED_BY: "mig-extender"},
+                     "annotations": {ANN_DRA_PROFILE: "1g.5gb"}},
+        "status": {"allocation": {"devices": {"results": [
+            {"request": "mig/mig-2g-10gb", "driver": "gpu.nvidia.com", "pool": "n", "device": "d2"}]}},
+                   "reservedFor": [{"resource": "pods", "name": "p", "uid": "u"}]},
+    }
+    assert claim_facts(claim) == ClaimFacts("ml", "p-mig-1g-5gb-0-x", True, "1g.5gb",
+                                            (("gpu.nvidia.com", "n", "d2"),), "mig-2g-10gb", "p", "u")
