@@ -184,7 +184,9 @@ def test_item5_scale_up_sibling_does_not_take_the_pending_pods_rule(stack: Stack
     stack.stop_reconciler()  # P stays pending with its rule Recorded: the window a scale-up falls into
     try:
         stack.apps.create_namespaced_deployment(ns, deployment("web"))
-        (rule,) = wait_for(lambda: stack.rules(ns), timeout=60, what="a rule for web's pending pod")
+        # the rule is created, then its status written (rulestore_kube.record): wait for both
+        (rule,) = wait_for(lambda: [r for r in stack.rules(ns) if "status" in r], timeout=60,
+                           what="a rule, with its status, for web's pending pod")
         (pending,) = stack.pods(ns, "app=web")
         assert rule["spec"]["podUID"] == pending.metadata.uid and "restartAt" not in rule["status"]
 
