@@ -18,6 +18,8 @@ import pytest
 
 from mig_extender import cli
 from mig_extender.core.catalog import MODELS, model, pack
+from mig_extender.core.planner import score_nodes
+from mig_extender.core.resources import PodInfo
 from mig_extender.sim import alibaba
 from mig_extender.sim.cluster import ClusterSpec, LayoutError, SimCluster, gpu_layouts
 from mig_extender.sim.engine import POLICIES, Engine, Mechanics
@@ -117,6 +119,22 @@ def test_a_pod_that_fits_nowhere_is_not_substituted_into_a_layout_without_room()
     engine = Engine(spec, [Job(0, 0.0, 10.0, r3g, 1, 3, 4, A40.name)], POLICIES["mig-extender"], 100.0)
     m = engine.run().metrics
     assert (m["placed"], m["upgrades"], m["waiting_at_end"]) == (0, 0, 1)
+
+
+def test_pack_score_follows_usage_that_changes_in_place() -> None:
+    # simulator nodes change their ``used`` map in place: a busy_compute cached on first read kept the
+    # pack score (and the substitute search's idle-compute order) at the usage of that first read
+    cluster = SimCluster(ClusterSpec(2, 1, (A40,), "all-balanced"))
+    r1g, r3g = A40.profile("1g.5gb").resource, A40.profile("3g.20gb").resource
+    pod = PodInfo(namespace="sim", name="p", uid="u", demand={r1g: 1})
+    first, second = cluster.order
+    before = dict(score_nodes(pod, [first, second], cluster.snapshot((), 0.0)))
+    assert before[first] == before[second]
+    cluster.allocate(second, r3g, 1)
+    after = dict(score_nodes(pod, [first, second], cluster.snapshot((), 1.0)))
+    assert after[second] > after[first]  # pack: the node with slices in use
+    idle = {node: left for _, left, node in cluster.snapshot((), 2.0).free_order.of(r1g)}
+    assert idle == {first: 7, second: 4}
 
 
 # -- layouts -----------------------------------------------------------------------------------------
