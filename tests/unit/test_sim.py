@@ -100,15 +100,17 @@ def test_upgrades_hold_reservations_the_peer_does_not(skewed: dict[str, dict]) -
 
 
 def test_one_pod_is_upgraded_then_restored_when_its_type_frees() -> None:
-    # one GPU: 2 x 1g.5gb + 2g.10gb + 3g.20gb; two long 1g pods, then a third 1g pod while 1g is sold out
+    # one GPU: 2 x 1g.5gb + 2g.10gb + 3g.20gb; two long 1g pods, then a third 1g pod while 1g is sold out.
+    # Nobody waits for the 2g slice it takes, so it is restored only as a young pod on twice its compute
+    # (PlanSettings.restore_young): 1g frees at t=30, not t=100 as before issue 17's taker condition
     spec = ClusterSpec(1, 1, (A40,), "all-balanced")
     r1g = A40.profile("1g.5gb").resource
-    jobs = [Job(0, 0.0, 100.0, r1g, 1, 1, 1, A40.name), Job(1, 1.0, 10_000.0, r1g, 1, 1, 1, A40.name),
+    jobs = [Job(0, 0.0, 30.0, r1g, 1, 1, 1, A40.name), Job(1, 1.0, 10_000.0, r1g, 1, 1, 1, A40.name),
             Job(2, 2.0, 1_000.0, r1g, 1, 1, 1, A40.name)]
     engine = Engine(spec, jobs, POLICIES["mig-extender"], 2_000.0, Mechanics())
     m = engine.run().metrics
     assert (m["placed"], m["upgrades"], m["restores"], m["restarts"]) == (3, 1, 1, 2)
-    assert m["restore_delay_p50"] == pytest.approx(2.0, abs=1.5)  # the restart, once 1g freed at t=100
+    assert m["restore_delay_p50"] == pytest.approx(2.0, abs=1.5)  # the restart, once 1g freed at t=30
     assert not engine.rules and not engine.pending_rules  # Restored and forgotten
     assert 0 < m["waste_slice_fraction"] < 1
 
