@@ -44,6 +44,11 @@ SCENARIOS: dict[str, SimConfig] = {
     "i17-syn-h100-48-seed5-1.0": SimConfig(nodes=48, gpus=("H100-80GB",), load=1.0, seed=5),
     "i17-ali-gs60-0.9": SimConfig(workload="alibaba", trace_file="openb_pod_list_gpushare60.csv", nodes=64,
                                   gpus=("A100-80GB",), load=0.9),
+    # held out, added with the restore-needs-a-taker change: another layout, lifetime law and trace file
+    "i17-syn-mixed-seed3-0.9": SimConfig(nodes=64, layout="mixed", load=0.9, seed=3),
+    "i17-syn-skewed-lognormal-1.0": SimConfig(nodes=48, layout="skewed", lifetime="lognormal", load=1.0, seed=11),
+    "i17-ali-gs80-h100-1.0": SimConfig(workload="alibaba", trace_file="openb_pod_list_gpushare80.csv", nodes=64,
+                                       gpus=("H100-80GB",), load=1.0),
 }
 # issue 17's targets: (label, metric, ours / upgrade peer must be <=, or None for the difference check)
 TARGETS = (

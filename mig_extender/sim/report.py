@@ -24,6 +24,8 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("restarts", "restarts (upgrades+restores)", "int"),
     ("upgrades", "  upgrades", "int"),
     ("restores", "  restores", "int"),
+    ("restores_no_taker", "    freeing a slice nobody queued could use", "int"),
+    ("reupgrades", "  upgrades of a pod restored before", "int"),
     ("restore_delay_p50", "restore delay p50 (s)", "f1"),
     ("waiting_at_end", "never placed, waiting at end", "int"),
     ("in_restart_at_end", "placed, in restart at end", "int"),
