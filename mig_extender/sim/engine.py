@@ -95,7 +95,9 @@ class PolicySpec:
 POLICIES: dict[str, PolicySpec] = {
     # kube-scheduler counting MIG itself: exact type only, and its default preemption
     "stock": PolicySpec("stock", PlanSettings(substitution=False), reservations=False, preemption=True),
-    "upgrade": PolicySpec("upgrade", PlanSettings(restores_per_pass=1), reservations=False, first_fit=True),
+    # the peer restores whenever the original type frees, whether anybody wants the slice it frees or not
+    "upgrade": PolicySpec("upgrade", PlanSettings(restores_per_pass=1, restore_needs_taker=False), reservations=False,
+                          first_fit=True),
     "mig-extender": PolicySpec("mig-extender", PlanSettings(), queue_aware=True),
     "mig-extender+preempt": PolicySpec("mig-extender+preempt", PlanSettings(), queue_aware=True, preemption=True),
 }

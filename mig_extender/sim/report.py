@@ -16,6 +16,7 @@ from .stats import RunResult
 ROWS: tuple[tuple[str, str, str], ...] = (
     ("placed_fraction", "pods placed", "pct"),
     ("pending_pod_seconds", "pending pod-seconds", "int"),
+    ("pending_before_first_start", "  of which before the first start", "int"),
     ("time_to_run_p50", "time to run p50 (s)", "f1"),
     ("time_to_run_p99", "time to run p99 (s)", "f1"),
     ("requested_utilisation", "requested / capacity", "pct"),

@@ -5,6 +5,7 @@ Integrals are exact (piecewise constant between events). Definitions:
 * ``placed_fraction``: jobs that started running (at least once) / jobs that arrived in the run.
 * ``pending_pod_seconds``: integral of jobs that exist but do not run: waiting to be placed, or
   between a delete and the replacement running (upgrade and restore restarts count).
+* ``pending_before_first_start``: the part of it before each pod's first start (sum of time to run).
 * ``time_to_run_p50/p99``: arrival -> first running; jobs never placed count with the time they
   waited until the end (a lower bound), so placing fewer pods cannot improve the percentiles.
 * ``waste_slice_fraction``: (allocated - requested) / allocated compute slice-seconds; a pod on a
@@ -164,6 +165,9 @@ class Tally:
         metrics: dict[str, Any] = {
             "placed_fraction": round(placed / self.arrivals, 6) if self.arrivals else None,
             "pending_pod_seconds": round(self.pending_ps, 1),
+            # of which before a pod's first start (the rest: restart downtime, and a restored or preempted pod
+            # waiting for a slice again, which time to run does not see)
+            "pending_before_first_start": round(sum(ttr), 1),
             "time_to_run_p50": _round(percentile(ttr, 50)),
             "time_to_run_p99": _round(percentile(ttr, 99)),
             "waste_slice_fraction": round((self.alloc_cs - self.req_cs) / self.alloc_cs, 6) if self.alloc_cs else 0.0,
