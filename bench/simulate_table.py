@@ -8,7 +8,7 @@ ones it was not tuned on (another seed, size, GPU model, layout and trace file).
 table per scenario, with per-profile time to run and issue 17's targets checked against the upgrade
 peer and stock, or everything as JSON. Every number comes from the same code path as the command.
 
-    python bench/simulate_table.py [--json] [--only syn-0.9,ali-0.7] [--trace-dir DIR]
+    python bench/simulate_table.py [--json] [--only syn-0.9,ali-0.7] [--trace-dir DIR] [--policies stock,upgrade,...]
 """
 
 from __future__ import annotations
@@ -91,6 +91,7 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--only", default="", help="comma-separated scenario names")
     ap.add_argument("--trace-dir", default="", help="the Alibaba trace directory (default: ../shared/data/...)")
+    ap.add_argument("--policies", default="", help="comma-separated policies (default: every one)")
     args = ap.parse_args()
     names = [n for n in args.only.split(",") if n] or list(SCENARIOS)
     out: dict[str, dict] = {}
@@ -98,6 +99,8 @@ def main() -> int:
         cfg = SCENARIOS[name]
         if args.trace_dir:
             cfg = replace(cfg, trace_dir=args.trace_dir)
+        if args.policies:
+            cfg = replace(cfg, policies=tuple(args.policies.split(",")))
         prep = prepare(cfg)
         results = run_all(prep, cfg.policies, cfg.mech)
         out[name] = {"header": prep.header, "results": {p: r.metrics for p, r in results.items()}}
