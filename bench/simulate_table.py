@@ -8,7 +8,7 @@ ones it was not tuned on (another seed, size, GPU model, layout and trace file).
 table per scenario, with per-profile time to run and issue 17's targets checked against the upgrade
 peer and stock, or everything as JSON. Every number comes from the same code path as the command.
 
-    python bench/simulate_table.py [--json] [--only syn-0.9,ali-0.7] [--trace-dir DIR]
+    python bench/simulate_table.py [--json] [--only syn-0.9,ali-0.7] [--trace-dir DIR] [--policies stock,upgrade,...]
 """
 
 from __future__ import annotations
@@ -44,6 +44,11 @@ SCENARIOS: dict[str, SimConfig] = {
     "i17-syn-h100-48-seed5-1.0": SimConfig(nodes=48, gpus=("H100-80GB",), load=1.0, seed=5),
     "i17-ali-gs60-0.9": SimConfig(workload="alibaba", trace_file="openb_pod_list_gpushare60.csv", nodes=64,
                                   gpus=("A100-80GB",), load=0.9),
+    # held out, added with the restore-needs-a-taker change: another layout, lifetime law and trace file
+    "i17-syn-mixed-seed3-0.9": SimConfig(nodes=64, layout="mixed", load=0.9, seed=3),
+    "i17-syn-skewed-lognormal-1.0": SimConfig(nodes=48, layout="skewed", lifetime="lognormal", load=1.0, seed=11),
+    "i17-ali-gs80-h100-1.0": SimConfig(workload="alibaba", trace_file="openb_pod_list_gpushare80.csv", nodes=64,
+                                       gpus=("H100-80GB",), load=1.0),
 }
 # issue 17's targets: (label, metric, ours / upgrade peer must be <=, or None for the difference check)
 TARGETS = (
@@ -86,6 +91,7 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--only", default="", help="comma-separated scenario names")
     ap.add_argument("--trace-dir", default="", help="the Alibaba trace directory (default: ../shared/data/...)")
+    ap.add_argument("--policies", default="", help="comma-separated policies (default: every one)")
     args = ap.parse_args()
     names = [n for n in args.only.split(",") if n] or list(SCENARIOS)
     out: dict[str, dict] = {}
@@ -93,6 +99,8 @@ def main() -> int:
         cfg = SCENARIOS[name]
         if args.trace_dir:
             cfg = replace(cfg, trace_dir=args.trace_dir)
+        if args.policies:
+            cfg = replace(cfg, policies=tuple(args.policies.split(",")))
         prep = prepare(cfg)
         results = run_all(prep, cfg.policies, cfg.mech)
         out[name] = {"header": prep.header, "results": {p: r.metrics for p, r in results.items()}}

@@ -80,6 +80,12 @@ class PlanSettings:
     # invariant 6 of the soak)
     restart_limit: int = 2
     restart_window: float = 3600.0
+    # a restore runs only when a pod queued unbound wants the larger slice it frees (one the original
+    # slice could not give it): a restore nobody gains from is a restart for nothing (issue 17)...
+    restore_needs_taker: bool = True
+    # ...unless the pod started on its substitute less than this ago and the substitute has at least twice
+    # the compute it asked for: a young pod loses little work to the restart, and the waste it ends is large
+    restore_young: float = 60.0
 
     def restore_backoff_after(self, attempts: int) -> float:
         """Seconds to wait before the next restore after ``attempts`` refusals (1 -> restore_backoff)."""
@@ -924,6 +930,9 @@ def plan_restores(snap: ClusterSnapshot, pods: Mapping[str, PodInfo], settings: 
         orig, sub = _shape(rule.original.resource, snap, pod.node), _shape(rule.substitute.resource, snap, pod.node)
         if orig is None or sub is None:
             continue
+        if settings.restore_needs_taker and not _wanted_by_queue(snap, orig, sub) and not _young_and_wasteful(
+                snap, pod, orig, sub, settings.restore_young):
+            continue
         candidates.append((waste(orig, sub), rule, pod))
     candidates.sort(key=lambda c: (tuple(-x for x in c[0]), c[1].created, c[1].name))
     taken: dict[tuple[str, str], int] = {}
@@ -950,6 +959,30 @@ def plan_restores(snap: ClusterSnapshot, pods: Mapping[str, PodInfo], settings: 
                 plans.append(Restore(rule, pod, node, cost))
                 break
     return plans, skips
+
+
+def _wanted_by_queue(snap: ClusterSnapshot, original: ProfileShape, freed: ProfileShape) -> bool:
+    """Does a pod queued unbound want the ``freed`` slice a restore gives up, one that the ``original``
+    slice the restore takes could not give it? (Pods of the original size gain nothing: the restore
+    takes their slice and frees a larger one they would take as a substitute.) O(types queued for)."""
+    for resource, waiting in snap.pending.items():
+        if waiting <= 0:
+            continue
+        try:
+            wanted = resource_shape(resource)
+        except ProfileError:
+            continue
+        if can_substitute(wanted, freed) and not can_substitute(wanted, original):
+            return True
+    return False
+
+
+def _young_and_wasteful(snap: ClusterSnapshot, pod: PodInfo, original: ProfileShape, held: ProfileShape,
+                        young: float) -> bool:
+    """Restore even with no taker: the pod started less than ``young`` ago (little work lost to the restart;
+    an unknown start counts as old) and holds at least twice the compute it asked for."""
+    return ((not pod.started or snap.now - pod.started < young)
+            and held.compute_slices >= 2 * original.compute_slices)
 
 
 def expired_rules(snap: ClusterSnapshot) -> list[Rule]:

@@ -44,14 +44,19 @@ _FILL: Mapping[int, Mapping[int, Sequence[int]]] = {
 }
 
 
-
 class LiveNodeInfo(NodeInfo):
-    """A NodeInfo over the simulator's live usage map (``used`` changes in place): scores computed from
-    it must not be remembered the way the inventory's immutable NodeInfos remember them."""
+    """A NodeInfo over the simulator's live usage map (``used`` changes in place): nothing derived from
+    the usage may be remembered the way the inventory's immutable NodeInfos remember it, neither the
+    scores nor the compute in use (a cached one froze the pack score at its first read)."""
 
     @property
     def scores(self) -> dict[tuple, int]:  # type: ignore[override]
         return {}
+
+    @property
+    def busy_compute(self) -> int:  # type: ignore[override]
+        return self.used_compute()
+
 
 class LayoutError(ValueError):
     """A layout name or spec that does not give a valid MIG layout on the chosen GPU."""

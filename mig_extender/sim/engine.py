@@ -95,7 +95,9 @@ class PolicySpec:
 POLICIES: dict[str, PolicySpec] = {
     # kube-scheduler counting MIG itself: exact type only, and its default preemption
     "stock": PolicySpec("stock", PlanSettings(substitution=False), reservations=False, preemption=True),
-    "upgrade": PolicySpec("upgrade", PlanSettings(restores_per_pass=1), reservations=False, first_fit=True),
+    # the peer restores whenever the original type frees, whether anybody wants the slice it frees or not
+    "upgrade": PolicySpec("upgrade", PlanSettings(restores_per_pass=1, restore_needs_taker=False), reservations=False,
+                          first_fit=True),
     "mig-extender": PolicySpec("mig-extender", PlanSettings(), queue_aware=True),
     "mig-extender+preempt": PolicySpec("mig-extender+preempt", PlanSettings(), queue_aware=True, preemption=True),
 }
@@ -472,7 +474,7 @@ class Engine:
             self.running_priorities[w.job.priority] = self.running_priorities.get(w.job.priority, 0) + 1
         w.node, w.state, w.run_since = node, "running", self.now
         self._at(self.now + w.remaining, _DEPART, w, w.gen)
-        self.tally.started(w.job, w.held_compute, self.now, first=w.started < 0)
+        self.tally.started(w.job, w.held_compute, self.now, first=w.started < 0, substitute=resource != w.job.resource)
         if w.started < 0:
             w.started = self.now
         if w.restoring and resource == w.job.resource:
@@ -729,6 +731,8 @@ class Engine:
             w = self.works[up.rule.name]
             w.state = "restarting"
             self.tally.upgrades += 1
+            if w.job.seq in self.tally.restored_jobs:
+                self.tally.reupgrades += 1
             self._at(self.now + self.mech.restart_delay, _CREATE, w)
 
     def _restores(self) -> None:
@@ -771,8 +775,16 @@ class Engine:
             self._stop(w)
             w.state, w.restoring = "restarting", True
             self.tally.restores += 1
+            self.tally.restored_jobs.add(w.job.seq)
+            if not self._queued_for(plan.rule.substitute.resource):
+                self.tally.restores_no_taker += 1
             self.tally.waiting(+1)
             self._at(self.now + self.mech.restart_delay, _CREATE, w)
+
+    def _queued_for(self, resource: str) -> bool:
+        """Does a queued pod wait that a free slice of ``resource`` could take (its own type or a substitute)?"""
+        return any(q and (key[0] == resource or (key[2] and resource in self._compatible_with(key[0])))
+                   for key, q in self.queues.items())
 
     def _note_free_runs(self) -> None:
         """Per resource, the runs of reconciler passes that saw a free slice (for restore_delay)."""

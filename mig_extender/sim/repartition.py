@@ -188,7 +188,10 @@ class RepartitionEngine(Engine):
                  progress: Callable[[float], None] | None = None, rmech: RepartitionMechanics | None = None) -> None:
         rmech = rmech or RepartitionMechanics()
         base, self.count_substituted = POLICIES[name]
-        super().__init__(spec, jobs, PolicySpec(name, base.plan, base.reservations, base.first_fit,
+        # slices a re-partition made for pods on substitutes are theirs: that layout change is the taker a
+        # restore needs (PlanSettings.restore_needs_taker), not a queued pod
+        plan = replace(base.plan, restore_needs_taker=False) if self.count_substituted else base.plan
+        super().__init__(spec, jobs, PolicySpec(name, plan, base.reservations, base.first_fit,
                                                 base.queue_aware), duration, mech, demand, progress)
         self.cluster: RepartitionCluster = RepartitionCluster(spec, demand, rmech.device_pick, rmech.seed)
         self.tally.capacity = self.cluster.compute_capacity

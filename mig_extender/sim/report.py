@@ -16,6 +16,7 @@ from .stats import RunResult
 ROWS: tuple[tuple[str, str, str], ...] = (
     ("placed_fraction", "pods placed", "pct"),
     ("pending_pod_seconds", "pending pod-seconds", "int"),
+    ("pending_before_first_start", "  of which before the first start", "int"),
     ("time_to_run_p50", "time to run p50 (s)", "f1"),
     ("time_to_run_p99", "time to run p99 (s)", "f1"),
     ("requested_utilisation", "requested / capacity", "pct"),
@@ -24,6 +25,8 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("restarts", "restarts (upgrades+restores)", "int"),
     ("upgrades", "  upgrades", "int"),
     ("restores", "  restores", "int"),
+    ("restores_no_taker", "    freeing a slice nobody queued could use", "int"),
+    ("reupgrades", "  upgrades of a pod restored before", "int"),
     ("restore_delay_p50", "restore delay p50 (s)", "f1"),
     ("waiting_at_end", "never placed, waiting at end", "int"),
     ("in_restart_at_end", "placed, in restart at end", "int"),

@@ -5,6 +5,7 @@ Integrals are exact (piecewise constant between events). Definitions:
 * ``placed_fraction``: jobs that started running (at least once) / jobs that arrived in the run.
 * ``pending_pod_seconds``: integral of jobs that exist but do not run: waiting to be placed, or
   between a delete and the replacement running (upgrade and restore restarts count).
+* ``pending_before_first_start``: the part of it before each pod's first start (sum of time to run).
 * ``time_to_run_p50/p99``: arrival -> first running; jobs never placed count with the time they
   waited until the end (a lower bound), so placing fewer pods cannot improve the percentiles.
 * ``waste_slice_fraction``: (allocated - requested) / allocated compute slice-seconds; a pod on a
@@ -20,6 +21,12 @@ Integrals are exact (piecewise constant between events). Definitions:
 * ``preemptions``: preemption plans carried out (one preemptor each); ``preempted``: victims evicted.
 * ``by_profile``: per requested profile (``1g.10gb``...), its ``arrivals``, ``placed`` and
   ``time_to_run_p50/p99`` (same definition as above): no class of pod may starve for the others' sake.
+* ``by_outcome``: time to run p50/p99 of the pods whose first start was on their own type
+  (``own``), on a substitute (``substituted``; of those, ``restored``: moved back later), and of the
+  pods never placed (``never``, their wait so far): which pods make the tail.
+* ``restores_no_taker``: restores that freed a substitute slice no queued pod could use at that moment
+  (pure cost: a restart that gave nobody anything); ``reupgrades``: upgrades of a workload restored
+  before (the restore did not stick).
 * ``by_class`` (runs with ``--priorities`` only): per priority class, highest first, its ``arrivals``,
   ``placed``, ``time_to_run_p50/p99`` (same definition as above) and the pods of it ``preempted``.
 """
@@ -86,6 +93,10 @@ class Tally:
         self.class_priority: dict[str, int] = {}
         self.profile_ttr: dict[str, list[float]] = {}       # requested profile -> time to run of the placed
         self.profile_of: dict[int, str] = {}                # job seq -> its requested profile
+        self.first_ttr: dict[int, float] = {}               # job seq -> its time to run (placed jobs)
+        self.on_substitute: set[int] = set()                # job seqs whose first start was on a substitute
+        self.restored_jobs: set[int] = set()                # job seqs restored at least once
+        self.restores_no_taker = self.reupgrades = 0
         self.events = 0
         self.timeline: list[tuple[float, int, float, int, float, int]] = []
         self._step = duration / max(samples, 1)
@@ -119,13 +130,16 @@ class Tally:
             self.class_ttr.setdefault(job.klass, [])
             self.class_waiting[job.seq] = job.klass
 
-    def started(self, job: Job, allocated: int, now: float, first: bool) -> None:
+    def started(self, job: Job, allocated: int, now: float, first: bool, substitute: bool = False) -> None:
         self.waiting_now -= 1
         self.running += 1
         self.allocated += allocated
         self.requested += job.compute_demand
         if first:
             self.ttr.append(now - self.unstarted.pop(job.seq))
+            self.first_ttr[job.seq] = self.ttr[-1]
+            if substitute:
+                self.on_substitute.add(job.seq)
             self.profile_ttr[self.profile_of[job.seq]].append(self.ttr[-1])
             klass = self.class_waiting.pop(job.seq, "")
             if klass:
@@ -151,6 +165,9 @@ class Tally:
         metrics: dict[str, Any] = {
             "placed_fraction": round(placed / self.arrivals, 6) if self.arrivals else None,
             "pending_pod_seconds": round(self.pending_ps, 1),
+            # of which before a pod's first start (the rest: restart downtime, and a restored or preempted pod
+            # waiting for a slice again, which time to run does not see)
+            "pending_before_first_start": round(sum(ttr), 1),
             "time_to_run_p50": _round(percentile(ttr, 50)),
             "time_to_run_p99": _round(percentile(ttr, 99)),
             "waste_slice_fraction": round((self.alloc_cs - self.req_cs) / self.alloc_cs, 6) if self.alloc_cs else 0.0,
@@ -174,6 +191,9 @@ class Tally:
             "events": self.events,
         }
         metrics["by_profile"] = self._by_profile()
+        metrics["by_outcome"] = self._by_outcome()
+        metrics["restores_no_taker"] = self.restores_no_taker
+        metrics["reupgrades"] = self.reupgrades
         if self.class_arrivals:
             metrics["by_class"] = self._by_class()
         metrics.update(extra or {})
@@ -194,6 +214,17 @@ class Tally:
                 "time_to_run_p99": _round(percentile(ttr, 99)),
             }
         return out
+
+    def _by_outcome(self) -> dict[str, dict[str, Any]]:
+        """Time to run by what happened to the pod: own type, substitute (restored or not), never placed."""
+        groups: dict[str, list[float]] = {"own": [], "substituted": [], "restored": []}
+        for seq, ttr in self.first_ttr.items():
+            groups["substituted" if seq in self.on_substitute else "own"].append(ttr)
+            if seq in self.restored_jobs:
+                groups["restored"].append(ttr)
+        groups["never"] = [self.duration - a for a in self.unstarted.values()]
+        return {name: {"pods": len(v), "time_to_run_p50": _round(percentile(v, 50)),
+                       "time_to_run_p99": _round(percentile(v, 99))} for name, v in groups.items()}
 
     def _by_class(self) -> dict[str, dict[str, Any]]:
         """Per class, highest priority first; jobs never placed count with their wait so far (as above)."""

@@ -18,6 +18,8 @@ import pytest
 
 from mig_extender import cli
 from mig_extender.core.catalog import MODELS, model, pack
+from mig_extender.core.planner import score_nodes
+from mig_extender.core.resources import PodInfo
 from mig_extender.sim import alibaba
 from mig_extender.sim.cluster import ClusterSpec, LayoutError, SimCluster, gpu_layouts
 from mig_extender.sim.engine import POLICIES, Engine, Mechanics
@@ -98,17 +100,45 @@ def test_upgrades_hold_reservations_the_peer_does_not(skewed: dict[str, dict]) -
 
 
 def test_one_pod_is_upgraded_then_restored_when_its_type_frees() -> None:
-    # one GPU: 2 x 1g.5gb + 2g.10gb + 3g.20gb; two long 1g pods, then a third 1g pod while 1g is sold out
+    # one GPU: 2 x 1g.5gb + 2g.10gb + 3g.20gb; two long 1g pods, then a third 1g pod while 1g is sold out.
+    # Nobody waits for the 2g slice it takes, so it is restored only as a young pod on twice its compute
+    # (PlanSettings.restore_young): 1g frees at t=30, not t=100 as before issue 17's taker condition
     spec = ClusterSpec(1, 1, (A40,), "all-balanced")
     r1g = A40.profile("1g.5gb").resource
-    jobs = [Job(0, 0.0, 100.0, r1g, 1, 1, 1, A40.name), Job(1, 1.0, 10_000.0, r1g, 1, 1, 1, A40.name),
+    jobs = [Job(0, 0.0, 30.0, r1g, 1, 1, 1, A40.name), Job(1, 1.0, 10_000.0, r1g, 1, 1, 1, A40.name),
             Job(2, 2.0, 1_000.0, r1g, 1, 1, 1, A40.name)]
     engine = Engine(spec, jobs, POLICIES["mig-extender"], 2_000.0, Mechanics())
     m = engine.run().metrics
     assert (m["placed"], m["upgrades"], m["restores"], m["restarts"]) == (3, 1, 1, 2)
-    assert m["restore_delay_p50"] == pytest.approx(2.0, abs=1.5)  # the restart, once 1g freed at t=100
+    assert m["restore_delay_p50"] == pytest.approx(2.0, abs=1.5)  # the restart, once 1g freed at t=30
     assert not engine.rules and not engine.pending_rules  # Restored and forgotten
     assert 0 < m["waste_slice_fraction"] < 1
+
+
+def test_the_upgrade_peer_restores_whenever_the_original_type_frees() -> None:
+    # the peer is the earlier tools' strategy: restore_needs_taker must not change it (it did, unnoticed,
+    # until the peer's numbers moved: p99 703 -> 1,192 s on a 40-node syn-1.1 run)
+    spec = ClusterSpec(1, 1, (A40,), "all-balanced")
+    r1g = A40.profile("1g.5gb").resource
+    jobs = [Job(0, 0.0, 100.0, r1g, 1, 1, 1, A40.name), Job(1, 1.0, 10_000.0, r1g, 1, 1, 1, A40.name),
+            Job(2, 2.0, 1_000.0, r1g, 1, 1, 1, A40.name)]
+    m = Engine(spec, jobs, POLICIES["upgrade"], 2_000.0, Mechanics()).run().metrics
+    assert (m["upgrades"], m["restores"], m["restores_no_taker"]) == (1, 1, 1)
+
+
+def test_issue17_tail_is_broken_down_by_outcome_and_restores_without_taker_are_counted() -> None:
+    # as above: job 2 starts on a substitute and is restored (young) while nobody queues for its 2g slice
+    spec = ClusterSpec(1, 1, (A40,), "all-balanced")
+    r1g = A40.profile("1g.5gb").resource
+    jobs = [Job(0, 0.0, 30.0, r1g, 1, 1, 1, A40.name), Job(1, 1.0, 10_000.0, r1g, 1, 1, 1, A40.name),
+            Job(2, 2.0, 1_000.0, r1g, 1, 1, 1, A40.name)]
+    m = Engine(spec, jobs, POLICIES["mig-extender"], 2_000.0, Mechanics()).run().metrics
+    assert {k: v["pods"] for k, v in m["by_outcome"].items()} == {"own": 2, "substituted": 1, "restored": 1,
+                                                                  "never": 0}
+    assert m["by_outcome"]["own"]["time_to_run_p99"] == 0.0 and m["by_outcome"]["substituted"]["time_to_run_p50"] > 0
+    assert (m["restores_no_taker"], m["reupgrades"]) == (1, 0)
+    # job 2 waited for its upgrade (before its first start) and again for its restore's replacement (after)
+    assert 0 < m["pending_before_first_start"] < m["pending_pod_seconds"]
 
 
 def test_a_pod_that_fits_nowhere_is_not_substituted_into_a_layout_without_room() -> None:
@@ -117,6 +147,22 @@ def test_a_pod_that_fits_nowhere_is_not_substituted_into_a_layout_without_room()
     engine = Engine(spec, [Job(0, 0.0, 10.0, r3g, 1, 3, 4, A40.name)], POLICIES["mig-extender"], 100.0)
     m = engine.run().metrics
     assert (m["placed"], m["upgrades"], m["waiting_at_end"]) == (0, 0, 1)
+
+
+def test_pack_score_follows_usage_that_changes_in_place() -> None:
+    # simulator nodes change their ``used`` map in place: a busy_compute cached on first read kept the
+    # pack score (and the substitute search's idle-compute order) at the usage of that first read
+    cluster = SimCluster(ClusterSpec(2, 1, (A40,), "all-balanced"))
+    r1g, r3g = A40.profile("1g.5gb").resource, A40.profile("3g.20gb").resource
+    pod = PodInfo(namespace="sim", name="p", uid="u", demand={r1g: 1})
+    first, second = cluster.order
+    before = dict(score_nodes(pod, [first, second], cluster.snapshot((), 0.0)))
+    assert before[first] == before[second]
+    cluster.allocate(second, r3g, 1)
+    after = dict(score_nodes(pod, [first, second], cluster.snapshot((), 1.0)))
+    assert after[second] > after[first]  # pack: the node with slices in use
+    idle = {node: left for _, left, node in cluster.snapshot((), 2.0).free_order.of(r1g)}
+    assert idle == {first: 7, second: 4}
 
 
 # -- layouts -----------------------------------------------------------------------------------------
