@@ -47,6 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout and its tests/ package, not an installed copy
 
 import yaml  # noqa: E402
+from kubernetes.client.rest import ApiException  # noqa: E402
 from procstat import children, cpu_seconds  # noqa: E402
 
 from mig_extender.cluster.informer import Informer  # noqa: E402
@@ -137,7 +138,20 @@ def run_one(cluster: E2ECluster, label: str, scheduler: str, config: Path, pods:
                 "from_scheduler_start_s": round(times[-1] - started, 3),
                 "cpu_ms_per_pod": per_pod, "cpu_ms_per_pod_total": round(sum(per_pod.values()), 2)}
     finally:
-        cluster.delete_namespace(namespace)
+        delete_namespace(cluster, namespace)
+
+
+def delete_namespace(cluster: E2ECluster, namespace: str, attempts: int = 5) -> None:
+    """Delete a run's pods and namespace; on a loaded machine deleting 1,000 pods can outlast the API
+    server's 60 s request timeout (a 504), and pods left bound would fill the next run's nodes."""
+    for attempt in range(attempts):
+        try:
+            cluster.delete_namespace(namespace)
+            return
+        except ApiException as exc:
+            if exc.status < 500 or attempt == attempts - 1:
+                raise
+            time.sleep(2.0)
 
 
 def start_extenders(cluster: E2ECluster, threads: int | None) -> tuple[ExtenderProcess, ExtenderProcess]:
