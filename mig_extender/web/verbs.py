@@ -107,7 +107,7 @@ def _nodes(body: Mapping[str, Any]) -> tuple[list[str], list[Mapping[str, Any]] 
     """Candidate names, plus the full Node objects when the scheduler sent them (cache not capable)."""
     names = body.get("NodeNames")
     if names is not None:
-        if not isinstance(names, list) or not set(map(type, names)) <= {str}:  # C-speed check of 5,000 names
+        if not isinstance(names, list) or not _all_strings(names):
             raise WireError("ExtenderArgs.NodeNames must be a list of strings")
         return names, None
     nodes = body.get("Nodes")
@@ -127,19 +127,25 @@ def _nodes(body: Mapping[str, Any]) -> tuple[list[str], list[Mapping[str, Any]] 
     return out, items
 
 
+def _all_strings(items: list[Any]) -> bool:
+    """Every item a str: ``str.join`` refuses anything else, in C, ~5x faster than collecting the types
+    of 5,000 names into a set (issue 19)."""
+    try:
+        "".join(items)
+    except TypeError:
+        return False
+    return True
+
+
 def _reasons(reasons: Mapping[str, object], note: object, why_not: Mapping[str, object]) -> dict[str, str]:
     """Node -> text: its reason, why no substitute is there (``why_not``), then the note. Nodes share
     reason objects, so each distinct reason (or pair) is formatted once (5,000 nodes hold a handful)."""
     suffix = f"; {note}" if note else ""
+    if not why_not:  # the usual answer: per node only C loops (map, zip); Python formats the distinct few
+        ids = list(map(id, reasons.values()))
+        texts = {key: f"{reason}{suffix}" for key, reason in dict(zip(ids, reasons.values(), strict=True)).items()}
+        return dict(zip(reasons, map(texts.__getitem__, ids), strict=True))
     out = {}
-    if not why_not:  # the usual answer: one lookup per node, as before per-node reasons existed
-        texts: dict[int, str] = {}
-        for node, reason in reasons.items():
-            text = texts.get(id(reason))
-            if text is None:
-                text = texts[id(reason)] = f"{reason}{suffix}"
-            out[node] = text
-        return out
     pairs: dict[tuple[int, int], str] = {}
     for node, reason in reasons.items():
         why = why_not.get(node)
