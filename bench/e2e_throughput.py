@@ -6,12 +6,15 @@ workload (--pods pods of one slice each, 1g/2g/3g in 2:1:1, all of which fit) fo
 
 * stock: a kube-scheduler whose profile only counts the MIG resources in-tree (what a cluster without
   mig-extender runs; client qps as ours);
+* floor: the same generated configuration pointed at bench/floor_extender.py, an extender in the same
+  server stack (gunicorn, one gthread worker, the product's Binding path) that keeps no books: the least
+  any extender with binding costs here, so the gap between floor and mig-extender is our own work;
 * mig-extender: a kube-scheduler with the configuration ``mig-extender scheduler-config`` writes
   (extender filter, prioritize and bind over HTTP, nodeCacheCapable), and ``mig-extender serve`` beside it.
 
 The pods are created first, for a scheduler that is not running yet; then the scheduler starts and a
 watch records when each pod is bound. Throughput = (pods - 1) / (last bind - first bind), so pod
-creation and scheduler start-up are not in it. Prints both rates, their ratio per pair and the median,
+creation and scheduler start-up are not in it. Prints the three rates, the ratios to stock per round and their medians,
 and per run the CPU each process spent per bound pod (the run is CPU-bound: everything shares 2 cores).
 
 While binds are measured the fake kubelet holds the pods (``holding_pods``) and starts them afterwards:
@@ -44,6 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # this checkout and its tests/ package, not an installed copy
 
 import yaml  # noqa: E402
+from kubernetes.client.rest import ApiException  # noqa: E402
 from procstat import children, cpu_seconds  # noqa: E402
 
 from mig_extender.cluster.informer import Informer  # noqa: E402
@@ -73,13 +77,14 @@ def mig_config(path: Path, name: str, extender_url: str, kubeconfig: Path) -> Pa
     return path
 
 
-def cpu_by_component(cluster: E2ECluster, extender: ExtenderProcess | None) -> dict[str, float]:
+def cpu_by_component(cluster: E2ECluster, extender: ExtenderProcess | None,
+                     name: str = "mig-extender") -> dict[str, float]:
     """CPU seconds so far of each process on the machine's cores: the control plane's binaries, the
     extender (gunicorn arbiter and worker) and this process (the fake kubelet and the bind watch)."""
     out = {name: cpu_seconds(proc.pid) for name, proc in cluster.control_plane.processes.items()}
     if extender is not None and extender.process is not None:
         pid = extender.process.pid
-        out["mig-extender"] = cpu_seconds(pid) + sum(cpu_seconds(c) for c in children(pid))
+        out[name] = cpu_seconds(pid) + sum(cpu_seconds(c) for c in children(pid))
     out["bench (fake kubelet, watch)"] = cpu_seconds(os.getpid())
     return out
 
@@ -94,7 +99,7 @@ def run_one(cluster: E2ECluster, label: str, scheduler: str, config: Path, pods:
     def seen(name: str) -> None:
         bound[name] = time.monotonic()
         if len(bound) == 1 or len(bound) == pods:
-            cpu.append(cpu_by_component(cluster, extender))
+            cpu.append(cpu_by_component(cluster, extender, "floor extender" if label == "floor" else "mig-extender"))
 
     def on_event(kind: str, pod: dict) -> None:
         if (pod.get("spec") or {}).get("nodeName") and pod["metadata"]["name"] not in bound:
@@ -133,7 +138,46 @@ def run_one(cluster: E2ECluster, label: str, scheduler: str, config: Path, pods:
                 "from_scheduler_start_s": round(times[-1] - started, 3),
                 "cpu_ms_per_pod": per_pod, "cpu_ms_per_pod_total": round(sum(per_pod.values()), 2)}
     finally:
-        cluster.delete_namespace(namespace)
+        delete_namespace(cluster, namespace)
+
+
+def delete_namespace(cluster: E2ECluster, namespace: str, attempts: int = 5) -> None:
+    """Delete a run's pods and namespace; on a loaded machine deleting 1,000 pods can outlast the API
+    server's 60 s request timeout (a 504), and pods left bound would fill the next run's nodes."""
+    for attempt in range(attempts):
+        try:
+            cluster.delete_namespace(namespace)
+            return
+        except ApiException as exc:
+            if exc.status < 500 or attempt == attempts - 1:
+                raise
+            time.sleep(2.0)
+
+
+def start_extenders(cluster: E2ECluster, threads: int | None) -> tuple[ExtenderProcess, ExtenderProcess]:
+    """``mig-extender serve`` and the floor extender, both with the same gunicorn threads."""
+    thread_args = ("--threads", str(threads)) if threads else ()
+    extender = ExtenderProcess(cluster.kubeconfig, cluster.log_path("mig-extender"),
+                               args=("--rule-store", "memory", "--log-level", "warning", *thread_args))
+    floor = ExtenderProcess(cluster.kubeconfig, cluster.log_path("floor-extender"), module="bench.floor_extender",
+                            args=thread_args)
+    extender.start()
+    floor.start()
+    return extender, floor
+
+
+def summarise(rounds: list[dict[str, dict]]) -> dict[str, object]:
+    """Per round each arm's rate over stock's (and ours over the floor's), and the medians of those."""
+    def ratio(a: str, b: str) -> list[float]:
+        return [round(r[a]["pods_per_s"] / r[b]["pods_per_s"], 3) for r in rounds
+                if r[a]["pods_per_s"] and r[b]["pods_per_s"]]
+
+    out: dict[str, object] = {}
+    for name, (a, b) in {"mig-extender / stock": ("mig-extender", "stock"), "floor / stock": ("floor", "stock"),
+                         "mig-extender / floor": ("mig-extender", "floor")}.items():
+        values = ratio(a, b)
+        out[name] = {"per_round": values, "median": round(statistics.median(values), 3) if values else None}
+    return out
 
 
 def main() -> int:
@@ -141,11 +185,12 @@ def main() -> int:
     ap.add_argument("--pods", type=int, default=1000)
     ap.add_argument("--nodes", type=int, default=64)
     ap.add_argument("--repeat", type=int, default=3,
-                    help="stock/mig-extender pairs, run alternately on the same cluster; the ratio reported is "
-                         "the median of the pairs' (a shared 2-core machine drifts by +-20%% between runs)")
+                    help="rounds of stock, floor and mig-extender, run in turn on the same cluster; the ratios "
+                         "reported are the medians of the rounds' (a shared 2-core machine drifts by +-20%% "
+                         "between runs)")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds each scheduler may take")
     ap.add_argument("--extender-threads", type=int, default=None,
-                    help="gunicorn threads of mig-extender serve (default: the product's default)")
+                    help="gunicorn threads of mig-extender serve and the floor (default: the product's default)")
     ap.add_argument("--kubelet-in-window", action="store_true",
                     help="let the fake kubelet start pods while binds are measured (default: it holds them "
                          "until the window ends; see the docstring)")
@@ -158,52 +203,52 @@ def main() -> int:
     except BinariesUnavailable as exc:
         sys.exit(f"e2e control plane unavailable: {exc}")
     cluster = E2ECluster.start(binaries=binaries, verbosity=1)
-    extender: ExtenderProcess | None = None
-    pairs: list[tuple[dict, dict]] = []
+    extender = floor = None
+    rounds: list[dict[str, dict]] = []
     try:
         for i in range(args.nodes):
             cluster.fake_kubelet.add_node(f"bench-{i:03d}", "A100-40GB", {r: n * 8 for r, n in PER_GPU.items()},
                                           gpu_count=8, pods=500)
-        extender = ExtenderProcess(cluster.kubeconfig, cluster.log_path("mig-extender"),
-                                   args=("--rule-store", "memory", "--log-level", "warning",
-                                         *(("--threads", str(args.extender_threads)) if args.extender_threads else ())))
-        extender.start()
+        extender, floor = start_extenders(cluster, args.extender_threads)
         state = cluster.state_dir
-        stock_cfg = stock_config(state / "bench-stock.yaml", "bench-stock")
-        mig_cfg = mig_config(state / "bench-mig.yaml", "bench-mig", extender.url, cluster.scheduler_kubeconfig)
+        arms = {
+            "stock": ("bench-stock", stock_config(state / "bench-stock.yaml", "bench-stock"), extender),
+            "floor": ("bench-floor", mig_config(state / "bench-floor.yaml", "bench-floor", floor.url,
+                                                cluster.scheduler_kubeconfig), floor),
+            "mig-extender": ("bench-mig", mig_config(state / "bench-mig.yaml", "bench-mig", extender.url,
+                                                     cluster.scheduler_kubeconfig), extender),
+        }
         for _ in range(args.repeat):
-            pairs.append((
-                run_one(cluster, "stock", "bench-stock", stock_cfg, args.pods, args.timeout, extender,
-                        args.kubelet_in_window),
-                run_one(cluster, "mig-extender", "bench-mig", mig_cfg, args.pods, args.timeout, extender,
-                        args.kubelet_in_window),
-            ))
+            rounds.append({label: run_one(cluster, label, scheduler, cfg, args.pods, args.timeout, proc,
+                                          args.kubelet_in_window)
+                           for label, (scheduler, cfg, proc) in arms.items()})
         # where the extender's share goes: its own mean time per verb over all runs (server side, /metrics)
         seconds = "mig_extender_request_duration_seconds"
         calls = {v: int(extender.metric(f"{seconds}_count", verb=v)) for v in ("filter", "prioritize", "bind")}
         mean_ms = {v: round(1000 * extender.metric(f"{seconds}_sum", verb=v) / max(n, 1), 2) for v, n in calls.items()}
     finally:
-        if extender is not None:
-            extender.stop()
+        for proc in (extender, floor):
+            if proc is not None:
+                proc.stop()
         cluster.stop(remove_state=True)
-    ratios = [round(ours["pods_per_s"] / stock["pods_per_s"], 3) for stock, ours in pairs
-              if stock["pods_per_s"] and ours["pods_per_s"]]
-    median = round(statistics.median(ratios), 3) if ratios else None
+    ratios = summarise(rounds)
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d"),
-              "nodes": args.nodes, "pods": args.pods, "pairs": [list(p) for p in pairs], "ratios": ratios,
-              "ratio_mig_extender_to_stock": median, "extender_calls": calls, "extender_mean_ms": mean_ms}
+              "nodes": args.nodes, "pods": args.pods, "rounds": rounds, "ratios": ratios,
+              "ratio_mig_extender_to_stock": ratios["mig-extender / stock"]["median"],
+              "extender_calls": calls, "extender_mean_ms": mean_ms}
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    for n, pair in enumerate(pairs, 1):
-        for r in pair:
+    for n, arms_run in enumerate(rounds, 1):
+        for r in arms_run.values():
             print(f"{n}. {r['scheduler']:>13}: {r['bound']}/{r['pods']} pods bound, {r['pods_per_s']} pods/s "
                   f"(first to last bind {r['bind_span_s']} s; last bind {r['from_scheduler_start_s']} s after start)")
             print(f"   {'':>13}  CPU ms per pod {r['cpu_ms_per_pod_total']}: "
                   + ", ".join(f"{k} {v}" for k, v in r["cpu_ms_per_pod"].items()))
-    print(f"extender time per call (server side, mean ms): {mean_ms}, calls: {calls}")
-    print(f"ratio mig-extender / stock per pair: {ratios}; median {median}  "
-          f"({result['machine']}, {result['date']}, {args.nodes} nodes, {args.pods} pods)")
+    print(f"mig-extender time per call (server side, mean ms): {mean_ms}, calls: {calls}")
+    for name, value in ratios.items():
+        print(f"ratio {name:<21} per round: {value['per_round']}; median {value['median']}")
+    print(f"({result['machine']}, {result['date']}, {args.nodes} nodes, {args.pods} pods)")
     return 0
 
 

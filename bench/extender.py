@@ -47,7 +47,8 @@ from mig_extender.sim.stats import percentile  # noqa: E402
 
 SAMPLES = Path(os.environ.get("SAMPLES") or REPO / ".." / "shared" / "samples")  # $SAMPLES: from a worktree
 GPU = model("A100-80GB")
-TARGET_P99_MS = 5.0
+TARGET_P99_MS = 2.0           # /filter at 5,000 candidate names (issue 19)
+TARGET_SOLD_OUT_P99_MS = 10.0  # sold-out /filter (substitute search) at 5,000 nodes (issue 19)
 
 
 def _sample(name: str) -> dict[str, Any]:
@@ -323,11 +324,14 @@ def main() -> int:
                 print(f"... {n} nodes done", file=sys.stderr)
         rows.append(bench_webhook(args, Path(tmp)))
     verdict = [r for r in rows if r["verb"] == "filter" and r["mode"] == "names" and r["nodes"] >= 5000]
+    sold_out = [r for r in rows if r["verb"].startswith("filter (sold out") and r["nodes"] >= 5000]
     summary = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "date": time.strftime("%Y-%m-%d"),
-        "target": f"filter p99 < {TARGET_P99_MS} ms at 5000 candidate names",
-        "target_met": all(r["p99_ms"] < TARGET_P99_MS for r in verdict) if verdict else None,
+        "target": f"filter p99 <= {TARGET_P99_MS} ms at 5000 candidate names",
+        "target_met": all(r["p99_ms"] <= TARGET_P99_MS for r in verdict) if verdict else None,
+        "target_sold_out": f"sold-out filter p99 <= {TARGET_SOLD_OUT_P99_MS} ms at 5000 nodes",
+        "target_sold_out_met": all(r["p99_ms"] <= TARGET_SOLD_OUT_P99_MS for r in sold_out) if sold_out else None,
     }
     if args.json:
         print(json.dumps({"summary": summary, "rows": rows}, indent=2))
@@ -338,8 +342,11 @@ def main() -> int:
         print(f"{r['nodes'] or '-':>6} {r['mode']:>6} {r['verb']:<30} {r['candidates'] or '-':>10} "
               f"{r['body_kb'] or '-':>8} "
               f"{r['n']:>5} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['rps']:>7.1f}")
-    print(f"\n{summary['machine']}, {summary['date']}; {summary['target']}: "
-          + ("not measured" if summary["target_met"] is None else "met" if summary["target_met"] else "NOT met"))
+    def verdict_text(met: bool | None) -> str:
+        return "not measured" if met is None else "met" if met else "NOT met"
+
+    print(f"\n{summary['machine']}, {summary['date']}; {summary['target']}: {verdict_text(summary['target_met'])}; "
+          f"{summary['target_sold_out']}: {verdict_text(summary['target_sold_out_met'])}")
     return 0
 
 

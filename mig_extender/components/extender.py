@@ -84,6 +84,17 @@ def rule_concerns(rule: Rule, pod: PodInfo) -> bool:
 
 FILTERED_PODS = 20_000  # pods between their /filter and their /bind, kept at most...
 FILTERED_TTL = 300.0    # ...this long (a scheduling cycle takes milliseconds; retries filter again)
+READ_PODS = 1_000       # pods read by /filter kept for their /prioritize (one cycle at a time, a few in flight)...
+READ_TTL = 30.0         # ...this long
+
+
+def _version(pod_obj: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(uid, resourceVersion) of a pod object, None when either is missing (then it is read every time)."""
+    meta = pod_obj.get("metadata")
+    if not isinstance(meta, Mapping):
+        return None
+    uid, version = meta.get("uid"), meta.get("resourceVersion")
+    return (uid, version) if isinstance(uid, str) and uid and isinstance(version, str) and version else None
 
 
 class ExtenderService:
@@ -103,6 +114,9 @@ class ExtenderService:
         # delivered a just-created pod yet (a loaded API server lags by seconds). Without this, such a bind
         # went through unchecked and unassumed, and the next filter offered the same slice again.
         self._filtered: TTLCache[str, PodInfo] = TTLCache(maxsize=FILTERED_PODS, ttl=FILTERED_TTL)
+        # (uid, resourceVersion) -> the pod as /filter read it: /prioritize of the same scheduling cycle
+        # gets the very same object (an object's content at one resourceVersion never changes)
+        self._read: TTLCache[tuple[str, str], PodInfo] = TTLCache(maxsize=READ_PODS, ttl=READ_TTL)
         self._filtered_lock = threading.Lock()
         self.expire_rules = True
         self.dra: DraInventory | None = None  # MIG devices served by DRA, for /debug/inventory (None: not watched)
@@ -121,8 +135,11 @@ class ExtenderService:
         if not pod.wants_mig and not pod.problems:
             return FilterDecision(passed=tuple(candidates))  # zero work for pods without MIG
         if pod.uid and not pod.problems:
+            version = _version(pod_obj)
             with self._filtered_lock:
                 self._filtered[pod.uid] = pod
+                if version is not None:
+                    self._read[version] = pod
         snap = self.snapshot()
         decision = filter_pod(pod, candidates, snap, self.plan)
         if decision.record is not None:
@@ -155,7 +172,13 @@ class ExtenderService:
                 self._finish(rule, "expired")
 
     def prioritize(self, pod_obj: Mapping[str, Any], nodes: Sequence[str]) -> list[tuple[str, int]]:
-        pod = pod_info(pod_obj)
+        version = _version(pod_obj)
+        pod = None
+        if version is not None:
+            with self._filtered_lock:
+                pod = self._read.get(version)
+        if pod is None:
+            pod = pod_info(pod_obj)
         if not pod.wants_mig:
             return [(n, 0) for n in nodes]
         return score_nodes(pod, nodes, self.snapshot(), self.plan.policy)

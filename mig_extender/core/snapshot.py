@@ -195,13 +195,27 @@ class FreeOrder:
     changing nodes: every call sorts afresh.
     """
 
-    __slots__ = ("_free", "_index", "_nodes", "_orders")
+    __slots__ = ("_allocatable", "_free", "_index", "_nodes", "_orders")
 
     def __init__(self, nodes: Mapping[str, NodeInfo], free_index: Mapping[str, frozenset[str]],
                  memo: bool = True) -> None:
         self._nodes, self._index = nodes, free_index
         self._orders: dict[str, tuple[tuple[int, int, str], ...]] | None = {} if memo else None
         self._free: dict[str, int] | None = {} if memo else None
+        self._allocatable: dict[str, dict[str, int]] | None = {} if memo else None
+
+    def allocatable(self, resource: str) -> Mapping[str, int]:
+        """Node name -> allocatable slices of ``resource`` (0 when it has none), for every node: a sold-out
+        ``/filter`` reads one number per candidate from here in a C loop (``map(....get, names)``) instead
+        of three dict reads per node in Python (issue 19). Without the memo (the simulator's live nodes),
+        a view that reads the nodes on each lookup."""
+        table = self._allocatable.get(resource) if self._allocatable is not None else None
+        if table is None:
+            if self._allocatable is None:
+                return _AllocatableView(self._nodes, resource)
+            table = self._allocatable[resource] = {name: info.allocatable.get(resource, 0)
+                                                   for name, info in self._nodes.items()}
+        return table
 
     def of(self, resource: str, at_least: int = 1) -> tuple[tuple[int, int, str], ...]:
         """``(free, idle compute, node)`` of the holders of ``resource``, fewest free first; only those with
@@ -223,6 +237,19 @@ class FreeOrder:
             if self._free is not None:
                 self._free[resource] = total
         return total
+
+
+class _AllocatableView:
+    """``FreeOrder.allocatable`` over nodes that may change: reads them on each lookup."""
+
+    __slots__ = ("_nodes", "_resource")
+
+    def __init__(self, nodes: Mapping[str, NodeInfo], resource: str) -> None:
+        self._nodes, self._resource = nodes, resource
+
+    def get(self, name: str, default: int | None = None) -> int | None:
+        info = self._nodes.get(name)
+        return default if info is None else info.allocatable.get(self._resource, 0)
 
 
 @dataclass(frozen=True)

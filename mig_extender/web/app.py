@@ -16,6 +16,7 @@ from ..components.settings import Settings
 from ..components.webhook import WebhookService
 from .debug import debug, ops, repartition
 from .verbs import bp as extender_bp
+from .verbwsgi import VerbRouter
 from .webhook import webhook_bp
 from .wirejson import OrjsonProvider
 
@@ -56,7 +57,8 @@ def _ops_only(settings: Settings, app: Flask) -> None:
 
 
 def create_app(settings: Settings, service: ExtenderService) -> Flask:
-    """The extender: scheduler verbs, ops endpoints and (unless disabled) /debug/*."""
+    """The extender: scheduler verbs, ops endpoints and (unless disabled) /debug/*. The verbs' POSTs are
+    answered in front of Flask (verbwsgi.py); the app object stays Flask's, for its test client."""
     app = _base(settings, service)
     if settings.ops_bind:
         _ops_only(settings, app)
@@ -64,6 +66,8 @@ def create_app(settings: Settings, service: ExtenderService) -> Flask:
     app.register_blueprint(extender_bp)
     if settings.debug_endpoints:
         app.register_blueprint(debug)
+    ops_port = settings.ops_bind.rpartition(":")[2] if settings.ops_bind else ""
+    app.wsgi_app = VerbRouter(app.wsgi_app, service, settings.max_body_bytes, ops_port)  # type: ignore[method-assign]
     return app
 
 
