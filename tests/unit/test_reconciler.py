@@ -581,3 +581,25 @@ def test_issue19_wakes_during_a_pass_coalesce_into_one_more_pass() -> None:
     finally:
         stop.set()
         reconciler.wake()
+
+
+def test_issue19_a_young_rule_is_upgraded_the_moment_it_settles_not_at_the_next_period() -> None:
+    # the wake on the rule's creation finds it younger than `settle` (webhook replicas' watches may not
+    # have it yet); the pass that acts must come when it settles, not at the next periodic pass
+    w = World()
+    w.now = time.time()
+    pending = w.add(make_pod("infer-b-2", mig={"1g.5gb": 1}, owner=OWNER))
+    w.add(make_pod("infer-b-1", mig={"1g.5gb": 2}, node="gpu-a", owner=OWNER))
+    w.record_for(pending)
+    reconciler = Reconciler(w.inventory, w.store, w.actions, plan=PlanSettings(settle=0.5), clock=time.time)
+    stop = threading.Event()
+    threading.Thread(target=reconciler.run, args=(stop,), kwargs={"period": 600.0, "poll": 600.0},
+                     daemon=True).start()
+    try:
+        deadline = time.time() + 5
+        while ("restart", "infer-b-2") not in w.actions.calls and time.time() < deadline:
+            time.sleep(0.05)
+        assert ("restart", "infer-b-2") in w.actions.calls
+    finally:
+        stop.set()
+        reconciler.wake()
