@@ -9,7 +9,10 @@ it and list+watch everything as in a cluster. Printed per arm:
 * sync s: process start to ``/readyz`` answering 200 (the initial list of nodes and pods done);
 * peak MiB: the process's VmHWM (the kernel's high-water mark of resident memory), i.e. the peak
   during the initial list, not a sampled guess;
-* steady MiB: VmRSS ``--settle`` seconds after ready.
+* steady MiB: VmRSS ``--settle`` seconds after ready;
+* + arbiter MiB: steady plus the gunicorn arbiter's VmRSS (what the container holds).
+
+Both components run under gunicorn, their state in its one worker: the worker is measured.
 
 ``--code LABEL=DIR`` (repeatable) runs the components from another checkout (e.g. ``git archive`` of
 the commit before a change) against the same populated cluster, so before and after are measured side
@@ -203,10 +206,12 @@ def measure(label: str, code: Path, component: str, kubeconfig: Path, logs: Path
     try:
         synced = procs.wait_ready(proc, ready, timeout)
         time.sleep(settle)
-        # gunicorn: the state lives in the one worker, a child of the arbiter started here
-        pid = (children(proc.pid) or [proc.pid])[0] if component == "serve" else proc.pid
+        # both run under gunicorn: the state lives in its one worker, a child of the arbiter started here;
+        # the container holds both
+        pid = (children(proc.pid) or [proc.pid])[0]
         return {"arm": label, "component": component, "sync_s": round(synced, 1),
-                "peak_mib": round(status_kb(pid, "VmHWM") / 1024), "steady_mib": round(status_kb(pid, "VmRSS") / 1024)}
+                "peak_mib": round(status_kb(pid, "VmHWM") / 1024), "steady_mib": round(status_kb(pid, "VmRSS") / 1024),
+                "container_mib": round(sum(status_kb(p, "VmRSS") for p in {proc.pid, pid}) / 1024)}
     finally:
         proc.stop()
 
@@ -254,9 +259,10 @@ def main() -> int:
         return 0
     print(f"cluster: {have['nodes']} nodes x {args.gpus} GPUs, {have['pods']} pods (populated in "
           f"{made['nodes_s']:.0f} s nodes + {made['pods_s']:.0f} s pods); logs in {logs}")
-    print(f"{'component':<11}{'arm':<12}{'sync s':>8}{'peak MiB':>10}{'steady MiB':>12}")
+    print(f"{'component':<11}{'arm':<12}{'sync s':>8}{'peak MiB':>10}{'steady MiB':>12}{'+ arbiter MiB':>15}")
     for r in rows:
-        print(f"{r['component']:<11}{r['arm']:<12}{r['sync_s']:>8}{r['peak_mib']:>10}{r['steady_mib']:>12}")
+        print(f"{r['component']:<11}{r['arm']:<12}{r['sync_s']:>8}{r['peak_mib']:>10}{r['steady_mib']:>12}"
+              f"{r['container_mib']:>15}")
     return 0
 
 
