@@ -243,6 +243,8 @@ def build_reconciler(settings: Settings, lease_name: str, identity: str, dry_run
     reconciler.repartitioner = _repartitioner(settings, api, metrics)
     if (check := _staleness(informers, settings)) is not None:
         reconciler.checks.append(check)
+    if (subscribe := getattr(reconciler.store, "subscribe", None)) is not None:
+        subscribe(reconciler.wake)  # act on a rule's creation by watch, not at the next pass (issue 19)
     store_informer = getattr(reconciler.store, "informer", None)
     metrics.watch_health(reconciler.readiness_problems,
                          _disconnected([*informers, *([store_informer] if store_informer else [])]))

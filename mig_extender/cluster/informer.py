@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import orjson
@@ -27,12 +27,14 @@ class Informer:
     """List+watch one collection in a daemon thread, feeding ``on_event(type, obj)``.
 
     ``on_relist(items)`` receives the full list (initial and after 410 Gone) so the consumer can drop
-    objects whose delete it missed. ``last_contact`` is when the API last answered; ``stale_after``
-    drives readiness (the extender keeps answering from its cache while the API is away).
+    objects whose delete it missed; ``items`` is an iterator read once, fetching pages as it goes, so a
+    consumer must not hold a lock a reader waits on while it iterates (a page is a request to the API).
+    ``last_contact`` is when the API last answered; ``stale_after`` drives readiness (the extender keeps
+    answering from its cache while the API is away).
     """
 
     def __init__(self, name: str, list_call: Callable[..., Any], on_event: Callable[[str, JSON], None],
-                 on_relist: Callable[[list[JSON]], None], list_kwargs: Mapping[str, Any] | None = None,
+                 on_relist: Callable[[Iterator[JSON]], None], list_kwargs: Mapping[str, Any] | None = None,
                  watch_timeout: int = 300, page_size: int = 500) -> None:
         self.name = name
         self._list = list_call
@@ -42,6 +44,7 @@ class Informer:
         self._watch_timeout = watch_timeout
         self._page = page_size
         self._stop = threading.Event()
+        self._listing_rv = ""
         self.synced = threading.Event()
         self.resource_version = ""
         self.last_contact = 0.0
@@ -58,20 +61,36 @@ class Informer:
         self._stop.set()
 
     def _relist(self) -> None:
-        items: list[JSON] = []
-        cont = None
-        while True:
-            page = raw(self._list, limit=self._page, _continue=cont, **self._kwargs)
-            items.extend(page.get("items") or [])
-            cont = (page.get("metadata") or {}).get("continue")
-            if not cont:
-                self.resource_version = (page.get("metadata") or {}).get("resourceVersion", "")
-                break
+        """List page by page, handing each page's items to ``on_relist`` as they arrive.
+
+        Only one page (``page_size`` objects) is held as JSON at a time: a list of every pod first, then
+        its conversion, made the initial list of 100k pods peak at several times the steady memory
+        (bench/memory.py). A consumer that stops early still gets the list finished, so the watch starts
+        from the list's resourceVersion."""
+        self._listing_rv = ""
+        items = self._pages()
+        self._on_relist(items)
+        for _ in items:  # what the consumer left unread
+            pass
+        self.resource_version = self._listing_rv
         self.last_contact = time.time()
         self.disconnected_since = None
         self.relists += 1
-        self._on_relist(items)
         self.synced.set()
+
+    def _pages(self) -> Iterator[JSON]:
+        cont = None
+        while True:
+            page = raw(self._list, limit=self._page, _continue=cont, **self._kwargs)
+            self.last_contact = time.time()
+            cont = (page.get("metadata") or {}).get("continue")
+            if not cont:
+                self._listing_rv = (page.get("metadata") or {}).get("resourceVersion", "")
+            items = page.pop("items", None) or []
+            del page
+            yield from items
+            if not cont:
+                return
 
     def _watch(self) -> None:
         response = self._list(watch=True, resource_version=self.resource_version, allow_watch_bookmarks=True,
@@ -187,10 +206,11 @@ def start_label_informer(api: client.ApiClient, kind: str = "namespaces") -> tup
             else:
                 labels[name] = dict(obj["metadata"].get("labels") or {})
 
-    def on_relist(items: list[JSON]) -> None:
+    def on_relist(items: Iterable[JSON]) -> None:
+        fresh = {o["metadata"]["name"]: dict(o["metadata"].get("labels") or {}) for o in items}
         with lock:
             labels.clear()
-            labels.update({o["metadata"]["name"]: dict(o["metadata"].get("labels") or {}) for o in items})
+            labels.update(fresh)
 
     informer = Informer(kind, core.list_namespace, on_event, on_relist).start()
 

@@ -297,17 +297,20 @@ class ClusterInventory:
     def replace_pods(self, objs: Iterable[Mapping[str, Any]]) -> None:
         """Relist: forget every pod not in ``objs`` (its delete event may have been missed).
 
-        An assumed pod missing from the list stays while its Binding may postdate the list (in flight,
-        unknown outcome: its deadline settles it, or bound less than ASSUME_TTL ago); a pod bound longer
-        ago than that would be in any list taken since, so it is gone."""
+        ``objs`` may be the informer's page-by-page stream: each pod is booked under the lock on its own,
+        never the lock held across a page fetch (readers would wait for the API). Meanwhile a reader sees
+        each pod either as it was or as listed. An assumed pod missing from the list stays while its
+        Binding may postdate the list (in flight, unknown outcome: its deadline settles it, or bound less
+        than ASSUME_TTL ago); a pod bound longer ago than that would be in any list taken since, so it is
+        gone."""
+        seen, listed = set(), set()
+        for obj in objs:
+            info = self.upsert_pod(obj)
+            if info is not None:
+                seen.add(info.uid)
+            uid = ((obj.get("metadata") or {}) if isinstance(obj, Mapping) else {}).get("uid")
+            listed.add(str(uid or ""))
         with self._lock:
-            seen, listed = set(), set()
-            for obj in objs:
-                info = self.upsert_pod(obj)
-                if info is not None:
-                    seen.add(info.uid)
-                uid = ((obj.get("metadata") or {}) if isinstance(obj, Mapping) else {}).get("uid")
-                listed.add(str(uid or ""))
             settled = self._clock() - ASSUME_TTL
             for uid in [u for u in self._pods if u not in seen]:
                 assumed = self._assumed.get(uid)
@@ -319,11 +322,12 @@ class ClusterInventory:
                 self._usage_dirty.update(self._requests.set(uid, "", 0, 0))
 
     def replace_nodes(self, objs: Iterable[Mapping[str, Any]]) -> None:
+        """Relist of nodes; as ``replace_pods``, each node is booked on its own, the lock not held across pages."""
+        names = set()
+        for obj in objs:
+            self.upsert_node(obj)
+            names.add(node_info(obj).name)
         with self._lock:
-            names = set()
-            for obj in objs:
-                self.upsert_node(obj)
-                names.add(node_info(obj).name)
             for name in [n for n in self._nodes if n not in names]:
                 self.delete_node(name)
             self._compact_names()

@@ -137,6 +137,7 @@ class Reconciler:
         self.last_error = ""
         self.checks: list[Callable[[], str]] = []  # extra readiness checks (watch staleness)
         self.repartitioner: Any = None  # components/repartitioner.py when --repartition is wired in
+        self._wake = threading.Event()  # set by wake(): a pass is due now
 
     # -- one pass ---------------------------------------------------------------------------------
 
@@ -623,16 +624,39 @@ class Reconciler:
 
     # -- loop -------------------------------------------------------------------------------------
 
+    def wake(self) -> None:
+        """Ask for a pass now: a rule was created or changed (the rule store's watch calls this).
+
+        Without it a new rule waited for the next periodic pass (5.4 s from a pending pod to its upgraded
+        replacement Running). Wakes coalesce: any number before a pass starts make that one pass, and
+        those during a pass make exactly one more. A follower's pass returns at once (run_once)."""
+        self._wake.set()
+
     def run(self, stop: threading.Event, period: float = 5.0, poll: float = 0.5) -> None:
-        """Pass on every inventory change (checked every ``poll`` s) and at least every ``period`` s."""
+        """Pass at once, then on every wake, on every inventory change (checked every ``poll`` s), when a
+        recorded rule turns ``settle`` old, and at least every ``period`` s."""
         seen = -1
-        last = 0.0
-        while not stop.wait(poll):
-            changed = self.inventory.generation != seen
-            if changed or self.clock() - last >= period:
+        last = float("-inf")
+        due: float | None = None
+        while not stop.is_set():
+            now = self.clock()
+            if (self._wake.is_set() or self.inventory.generation != seen or now - last >= period
+                    or (due is not None and now >= due)):
+                self._wake.clear()  # a wake from here on asks for the next pass
                 seen = self.inventory.generation
-                last = self.clock()
+                last = now
                 self.run_once()
+                due = self._next_settled()
+            self._wake.wait(poll if due is None else max(0.0, min(poll, due - self.clock())))
+
+    def _next_settled(self) -> float | None:
+        """When the youngest recorded rule turns ``settle`` old (None: none is younger). A rule the wake
+        brought in is too young to act on (plan_upgrades: every webhook replica's watch must have it); its
+        pass is due then, not at the next period."""
+        now = self.clock()
+        times = [r.created + self.plan.settle for r in self.store.list()
+                 if r.phase is Phase.RECORDED and r.created + self.plan.settle > now]
+        return min(times, default=None)
 
     def readiness_problems(self) -> list[str]:
         return readiness_problems(self.inventory, self.store, self.checks)

@@ -93,7 +93,7 @@ def _term_matches(term: Mapping[str, Any], labels: Mapping[str, str], node_name:
                for f in fields)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Placement:
     """A pod's placement constraints, read once from its spec (only what our own decisions check)."""
 

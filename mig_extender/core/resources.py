@@ -7,12 +7,14 @@ the top of this module so there is one place to look them up.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, TypeVar
 
 from .catalog import ProfileError, is_mig_resource, resource_profile_name
 from .placement import NO_CONSTRAINTS, Placement
@@ -150,7 +152,7 @@ def effective_mig_demand(spec: Mapping[str, Any]) -> dict[str, int]:
     return {k: v for k, v in total.items() if v > 0}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Owner:
     kind: str
     name: str
@@ -158,9 +160,13 @@ class Owner:
     api_version: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PodInfo:
-    """The facts about a pod that any decision needs, read once from its JSON."""
+    """The facts about a pod that any decision needs, read once from its JSON.
+
+    One is kept per MIG pod for as long as the pod lives (100k at 5,000 nodes), so it has slots, and
+    pod_info shares what pods of one template have in common (owner, demand, placement, vocabulary
+    strings) instead of a copy each (issue 19, bench/memory.py)."""
 
     namespace: str
     name: str
@@ -249,6 +255,39 @@ def controller_owner(meta: Mapping[str, Any]) -> Owner | None:
 _OUR_ANNOTATIONS = (ANN_SUBSTITUTE, ANN_RESTORE, ANN_ORIGINAL, ANN_SUBSTITUTED, ANN_RULE, ANN_RESTORED_AT)
 
 
+T = TypeVar("T")
+
+
+class _Shared:
+    """Equal immutable values read from many pods (siblings of one ReplicaSet have one owner, demand and
+    placement), kept as one object. The memo is cleared when full, so it stays bounded whatever the
+    churn: a value already handed out lives on in its pods, later ones just start a new share."""
+
+    def __init__(self, cap: int = 4096) -> None:
+        self._memo: dict[Hashable, Any] = {}
+        self._cap = cap
+
+    def get(self, key: Hashable, make: Callable[[], T]) -> T:
+        value = self._memo.get(key)
+        if value is None:
+            if len(self._memo) >= self._cap:
+                self._memo.clear()
+            value = self._memo[key] = make()
+        return value
+
+
+_OWNERS, _DEMANDS, _PLACEMENTS = _Shared(), _Shared(), _Shared()
+_NO_ANNOTATIONS: Mapping[str, str] = {}  # shared by every pod without ours; never mutated
+
+
+def vocabulary(text: str) -> str:
+    """One copy of a string from a small, bounded vocabulary (namespace, node, phase, kind, scheduler).
+
+    Only those: sys.intern'd strings are immortal on Python 3.12, so a uid or pod name interned would
+    never be freed."""
+    return sys.intern(text)
+
+
 def pod_info(pod: Mapping[str, Any]) -> PodInfo:
     """Read a pod's JSON; a malformed MIG request becomes ``problems`` (never an exception).
 
@@ -265,27 +304,44 @@ def pod_info(pod: Mapping[str, Any]) -> PodInfo:
         demand = effective_mig_demand(spec)
     except DemandError as exc:
         demand, problems = {}, [str(exc)]
+    ours = {k: str(v) for k, v in annotations.items() if k in _OUR_ANNOTATIONS}
     return PodInfo(
-        namespace=str(meta.get("namespace") or "default"),
+        namespace=vocabulary(str(meta.get("namespace") or "default")),
         name=str(meta.get("name") or meta.get("generateName") or ""),
         uid=str(meta.get("uid") or ""),
-        demand=demand,
-        owner=controller_owner(meta),
-        node=str(spec.get("nodeName") or ""),
-        phase=str(status.get("phase") or "Pending"),
+        demand=_DEMANDS.get(tuple(sorted(demand.items())), lambda: {vocabulary(k): v for k, v in demand.items()}),
+        owner=_shared_owner(meta),
+        node=vocabulary(str(spec.get("nodeName") or "")),
+        phase=vocabulary(str(status.get("phase") or "Pending")),
         terminating=bool(meta.get("deletionTimestamp")),
-        scheduler=str(spec.get("schedulerName") or "default-scheduler"),
-        annotations={k: str(v) for k, v in annotations.items() if k in _OUR_ANNOTATIONS},
+        scheduler=vocabulary(str(spec.get("schedulerName") or "default-scheduler")),
+        annotations=ours or _NO_ANNOTATIONS,
         created=parse_time(meta.get("creationTimestamp")),
         problems=tuple(problems),
         priority=_priority(spec.get("priority")),
-        preemption_policy=str(spec.get("preemptionPolicy") or "PreemptLowerPriority"),
+        preemption_policy=vocabulary(str(spec.get("preemptionPolicy") or "PreemptLowerPriority")),
         gated=bool(spec.get("schedulingGates")),
         started=parse_time(status.get("startTime")),
-        placement=placement_of(spec),
+        placement=_shared_placement(spec),
         grace=_grace(spec.get("terminationGracePeriodSeconds")),
         unschedulable=_unschedulable(status.get("conditions")),
     )
+
+
+def _shared_owner(meta: Mapping[str, Any]) -> Owner | None:
+    owner = controller_owner(meta)
+    if owner is None:
+        return None
+    return _OWNERS.get(owner, lambda: Owner(vocabulary(owner.kind), owner.name, owner.uid,
+                                            vocabulary(owner.api_version)))
+
+
+def _shared_placement(spec: Mapping[str, Any]) -> Placement:
+    placement = placement_of(spec)
+    if placement is NO_CONSTRAINTS:
+        return placement
+    # the parts are JSON (dicts in tuples): their repr is a faithful key, and cheap next to parsing them
+    return _PLACEMENTS.get(repr(placement), lambda: placement)
 
 
 def _grace(value: Any) -> float:
@@ -332,7 +388,14 @@ def quantity_scaled(value: Any, scale: int) -> int:
 
     Placement checks are advisory (kube-scheduler checks again at bind), so a value we cannot read counts
     as no request rather than failing the pod."""
-    match = _QUANTITY_RE.match(str(value).strip()) if isinstance(value, (int, float, str)) else None
+    return _scaled_text(str(value), scale) if isinstance(value, (int, float, str)) else 0
+
+
+@functools.lru_cache(maxsize=4096)
+def _scaled_text(text: str, scale: int) -> int:
+    """quantity_scaled of a text; memoised: a list of 100k pods repeats a handful of quantities, and the
+    Decimal arithmetic was the largest part of reading a pod (the time to sync after a start)."""
+    match = _QUANTITY_RE.match(text.strip())
     if not match:
         return 0
     number = Decimal(match["num"]) * _SUFFIX[match["suffix"]] * scale

@@ -90,3 +90,27 @@ def test_staleness_counts_time_cut_off_not_quiet_time() -> None:
     quiet = Informer("quiet", FakeApi([]), lambda *a: None, lambda items: None)
     quiet.last_contact = time.time() - 3600  # an hour without events, but never cut off
     assert staleness_check([quiet], limit=0.3)() == ""
+
+
+def test_issue19_relist_hands_each_page_over_before_fetching_the_next() -> None:
+    # holding every page's JSON until the list ended made the initial list of 100k pods peak at several
+    # times the steady memory; the consumer must see page one before page two is asked for
+    api = FakeApi([page([obj("a", "5"), obj("b", "6")], "9", cont="next"), page([obj("c", "8")], "10")])
+    lists_when_seen: list[tuple[str, int]] = []
+
+    def on_relist(items: Any) -> None:
+        for item in items:
+            lists_when_seen.append((item["metadata"]["name"], len([c for c in api.calls if not c.get("watch")])))
+
+    informer = Informer("things", api, lambda *a: None, on_relist).start()
+    assert informer.synced.wait(5)
+    informer.stop()
+    assert lists_when_seen == [("a", 1), ("b", 1), ("c", 2)]
+
+
+def test_issue19_a_consumer_that_stops_reading_still_gets_the_watch_from_the_lists_version() -> None:
+    api = FakeApi([page([obj("a", "5")], "9", cont="next"), page([obj("b", "8")], "10")])
+    informer = Informer("things", api, lambda *a: None, lambda items: next(iter(items))).start()
+    assert informer.synced.wait(5) and api.done.wait(5)
+    informer.stop()
+    assert next(c.get("resource_version") for c in api.calls if c.get("watch")) == "10"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from mig_extender.cluster.inventory import ClusterInventory, load_list
@@ -289,3 +291,22 @@ def test_issue17_pending_since_follows_the_oldest_single_slice_waiter() -> None:
     inv.delete_pod("u-young")
     assert inv.snapshot().pending_since == {}
     assert inv.snapshot().pending == {res("1g.5gb"): 2}  # the multi-slice pod still claims
+
+
+def test_issue19_a_relist_does_not_hold_the_lock_while_its_pages_arrive() -> None:
+    # the informer now streams a relist page by page (each page a request to the API): a lock held over
+    # the whole iteration would stall every /filter for the length of a 100k-pod list
+    inv = inventory_of(make_node("n1", mig={"1g.5gb": 4}))
+    stalled: list[bool] = []
+
+    def pages():
+        for i in range(2):
+            reader = threading.Thread(target=inv.snapshot)
+            reader.start()
+            reader.join(2.0)
+            stalled.append(reader.is_alive())
+            yield make_pod(mig={"1g.5gb": 1}, node="n1", name=f"p{i}")
+
+    inv.replace_pods(pages())
+    assert stalled == [False, False]
+    assert inv.snapshot().free("n1", res("1g.5gb")) == 2

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
+import time
 from collections import Counter
 from dataclasses import replace
 
@@ -539,3 +541,80 @@ def test_item4_a_new_leader_resuming_a_refused_restore_defers_it() -> None:
     assert counts["restore_refused"] == 1 and counts["restore_deferred"] == 1
     (rule,) = w.store.list()
     assert rule.phase is Phase.APPLIED and rule.restore_node == "" and ("p2", "MigRestoreDeferred") in w.actions.events
+
+
+class CountingReconciler(Reconciler):
+    """Counts passes and can hold one open, to see what happens to wakes that arrive meanwhile."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.started = threading.Semaphore(0)
+        self.hold = threading.Event()
+        self.hold.set()
+
+    def run_once(self):
+        self.started.release()
+        self.hold.wait(5)
+        return super().run_once()
+
+
+def _running(w: World) -> tuple[CountingReconciler, threading.Event]:
+    reconciler = CountingReconciler(w.inventory, w.store, w.actions, clock=time.time)
+    stop = threading.Event()
+    # a period and poll far longer than the test: only a wake can start a pass after the first
+    threading.Thread(target=reconciler.run, args=(stop,), kwargs={"period": 600.0, "poll": 600.0},
+                     daemon=True).start()
+    assert reconciler.started.acquire(timeout=5)  # the first pass
+    return reconciler, stop
+
+
+def test_issue19_a_rule_event_wakes_a_pass_without_waiting_for_the_period() -> None:
+    # the reconciler acted on a new rule only at its next periodic pass: 5.4 s from a pending pod to
+    # its upgraded replacement Running, against 0.4 s for a restore
+    w = World()
+    reconciler, stop = _running(w)
+    reconciler.wake()
+    try:
+        assert reconciler.started.acquire(timeout=5)
+    finally:
+        stop.set()
+        reconciler.wake()
+
+
+def test_issue19_wakes_during_a_pass_coalesce_into_one_more_pass() -> None:
+    w = World()
+    reconciler, stop = _running(w)
+    reconciler.hold.clear()
+    reconciler.wake()
+    assert reconciler.started.acquire(timeout=5)   # the woken pass, held open
+    for _ in range(5):
+        reconciler.wake()                          # rule events while it runs
+    reconciler.hold.set()
+    try:
+        assert reconciler.started.acquire(timeout=5)          # exactly one more pass
+        assert not reconciler.started.acquire(timeout=0.5)
+    finally:
+        stop.set()
+        reconciler.wake()
+
+
+def test_issue19_a_young_rule_is_upgraded_the_moment_it_settles_not_at_the_next_period() -> None:
+    # the wake on the rule's creation finds it younger than `settle` (webhook replicas' watches may not
+    # have it yet); the pass that acts must come when it settles, not at the next periodic pass
+    w = World()
+    w.now = time.time()
+    pending = w.add(make_pod("infer-b-2", mig={"1g.5gb": 1}, owner=OWNER))
+    w.add(make_pod("infer-b-1", mig={"1g.5gb": 2}, node="gpu-a", owner=OWNER))
+    w.record_for(pending)
+    reconciler = Reconciler(w.inventory, w.store, w.actions, plan=PlanSettings(settle=0.5), clock=time.time)
+    stop = threading.Event()
+    threading.Thread(target=reconciler.run, args=(stop,), kwargs={"period": 600.0, "poll": 600.0},
+                     daemon=True).start()
+    try:
+        deadline = time.time() + 5
+        while ("restart", "infer-b-2") not in w.actions.calls and time.time() < deadline:
+            time.sleep(0.05)
+        assert ("restart", "infer-b-2") in w.actions.calls
+    finally:
+        stop.set()
+        reconciler.wake()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from mig_extender.core.resources import (
@@ -97,3 +99,33 @@ def test_not_a_pod_is_an_error() -> None:
 def test_pod_info_reads_priority_gates_and_start(spec: dict, status: dict, expected: tuple) -> None:
     pod = pod_info({"metadata": {"name": "p", "uid": "u"}, "spec": {"containers": [], **spec}, "status": status})
     assert (pod.priority, pod.preemption_policy, pod.gated, pod.started) == expected
+
+
+def _sibling(i: int) -> dict:
+    pod = make_pod(name=f"web-{i}", mig={"1g.5gb": 1}, node=f"n{i}", owner=("ReplicaSet", "web-7d9", "rs-uid"))
+    pod["spec"]["containers"][0]["resources"]["requests"] = {"cpu": "2", "memory": "8Gi"}
+    pod["spec"]["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists"}]
+    # strings built at run time, as a JSON parser makes them: equal, but separate objects per pod
+    pod["metadata"]["namespace"] = "".join(["team-", "a"])
+    pod["status"]["phase"] = "".join(["Run", "ning"])
+    return pod
+
+
+@pytest.mark.parametrize("part", [
+    pytest.param(lambda info: info.owner, id="owner"),
+    pytest.param(lambda info: info.demand, id="demand"),
+    pytest.param(lambda info: info.placement, id="placement"),
+    pytest.param(lambda info: info.annotations, id="no-annotations"),
+    pytest.param(lambda info: info.namespace, id="namespace"),
+    pytest.param(lambda info: info.phase, id="phase"),
+])
+def test_issue19_pods_of_one_template_share_what_they_have_in_common(part: Any) -> None:
+    # one PodInfo lives per MIG pod (100k at 5,000 nodes): a copy of each part per pod was most of the
+    # extender's memory after a list (bench/memory.py)
+    first, second = pod_info(_sibling(1)), pod_info(_sibling(2))
+    assert part(first) == part(second)
+    assert part(first) is part(second)
+
+
+def test_issue19_pod_info_keeps_no_per_instance_dict() -> None:
+    assert not hasattr(pod_info(_sibling(1)), "__dict__")

@@ -155,3 +155,17 @@ def test_soak_d2_a_rule_deleted_by_someone_else_leaves_the_writers_overlay(writt
     gone = rule_to_object(replace(rule, resource_version=deleted_rv))
     store._on_event("DELETED", gone)
     assert ([r.name for r in store.list()] == [rule.name]) is listed
+
+
+@pytest.mark.parametrize("kind", ["ADDED", "MODIFIED", "DELETED", "relist"])
+def test_issue19_rule_events_notify_subscribers(kind: str) -> None:
+    # the reconciler wakes on a rule's creation (by watch) instead of waiting for its next pass
+    store = KubeRuleStore(client.ApiClient())
+    woken: list[bool] = []
+    store.subscribe(lambda: woken.append(True))
+    obj = rule_to_object(a_rule())
+    if kind == "relist":
+        store._on_relist(iter([obj]))
+    else:
+        store._on_event(kind, obj)
+    assert woken == [True]
