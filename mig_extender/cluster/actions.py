@@ -27,6 +27,9 @@ from ..core.preemption import DISRUPTION_MESSAGE, DISRUPTION_REASON, Deletion
 from ..core.rules import ANN_RECREATE, ANN_RECREATE_DELETED, ANN_RECREATE_OF, Rule
 from .client import JSON, MERGE_PATCH, JsonPoster, raw
 
+# our pod condition: a pending pod told to retry scheduling once a reservation that blocked it is gone
+REQUEUE_CONDITION = "mig-extender.io/Requeued"
+
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"  # merges status.conditions by type
 
 log = logging.getLogger(__name__)
@@ -125,6 +128,27 @@ class KubeActions:
         try:
             raw(self._core.patch_namespaced_pod_status, name, namespace,
                 {"metadata": {"uid": uid}, "status": {"nominatedNodeName": node}}, _content_type=MERGE_PATCH)
+        except ApiException as exc:
+            if exc.status in (404, 409, 422):
+                return False
+            raise
+        return True
+
+    def requeue(self, namespace: str, name: str, uid: str, message: str) -> bool:
+        """Ask kube-scheduler to retry a pending pod it parked as unschedulable, after we freed what our
+        ``/filter`` refused it for (a reservation released). The scheduler cannot see our rules, so no
+        cluster event would wake it before podMaxInUnschedulablePodsDuration (5 min). Any update of the
+        pod does: PriorityQueue.Update (pkg/scheduler/backend/queue/scheduling_queue.go) checks the
+        update with isPodWorthRequeuing, which answers queueAfterBackoff for a pod no plugin rejected
+        (our rejection is an extender's). We write our own pod condition (pods/status, a right the
+        reconciler already has for DisruptionTarget), which also tells the user why. False when the pod is
+        gone or replaced (404, 409 on the uid) or already bound (422)."""
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        condition = {"type": REQUEUE_CONDITION, "status": "True", "reason": "ReservationReleased",
+                     "message": message, "lastTransitionTime": now}
+        try:
+            raw(self._core.patch_namespaced_pod_status, name, namespace,
+                {"metadata": {"uid": uid}, "status": {"conditions": [condition]}}, _content_type=STRATEGIC_MERGE_PATCH)
         except ApiException as exc:
             if exc.status in (404, 409, 422):
                 return False

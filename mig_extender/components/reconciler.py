@@ -105,6 +105,7 @@ class Actions(Protocol):
               warning: bool = False, action: str = "Reconcile") -> None: ...
     def preempt(self, namespace: str, name: str, uid: str) -> Deletion: ...
     def nominate(self, namespace: str, name: str, uid: str, node: str) -> bool: ...
+    def requeue(self, namespace: str, name: str, uid: str, message: str) -> bool: ...
     def list_pdbs(self) -> list[dict[str, Any]]: ...
     def list_pods(self, namespace: str) -> list[dict[str, Any]]: ...
 
@@ -347,6 +348,12 @@ class Reconciler:
                         f"{int(self.plan.upgrade_backoff)}s, at most {self.plan.restart_limit} restarts in "
                         f"{int(self.plan.restart_window)}s",
                         warning=True)
+            # its first scheduling attempt saw this rule reserve the substitute for its predecessor; with the
+            # rule expired nothing else tells kube-scheduler to retry it (actions.requeue)
+            if self.actions.requeue(stale.pod.namespace, stale.pod.name, stale.pod.uid,
+                                    f"rule {stale.rule.name} expired: its reserved {stale.rule.substitute.resource} "
+                                    "is free again"):
+                counts["requeued"] += 1
         return list(rules.values())
 
     def _upgrade_held(self, rule: Rule, pod: PodInfo, index: RestartIndex, counts: Counter[str], now: float) -> bool:

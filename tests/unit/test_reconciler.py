@@ -54,6 +54,10 @@ class FakeActions:
     def event(self, namespace, pod_name, pod_uid, reason, message, warning=False, action="Reconcile") -> None:
         self.events.append((pod_name, reason))
 
+    def requeue(self, namespace, name, uid, message) -> bool:
+        self.calls.append(("requeue", name, uid))
+        return True
+
 
 class World:
     """The issue's walkthrough node and a store, with helpers to move time and pods along."""

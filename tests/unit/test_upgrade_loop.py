@@ -130,3 +130,18 @@ RS = ("ReplicaSet", "infer", "rs-1")
 def test_upgrade_hold(pod: dict, rules: list[Rule], expected: object) -> None:
     index = RestartIndex.build(rules, NOW, HOUR)
     assert upgrade_hold(pod_info(pod), index, NOW, backoff=60.0, limit=2, window=HOUR) == expected
+
+
+def test_soak_d5_the_unrewritten_replacement_is_requeued_once_its_rule_is_expired() -> None:
+    """The replacement was filtered while the old rule still reserved the 2g.10gb slice for its
+    predecessor, so kube-scheduler parked it as unschedulable; expiring that rule frees the slice, but no
+    cluster event tells the scheduler, and the pod waited out podMaxInUnschedulablePodsDuration (5 min)
+    with no new rule (seen on the real control plane). The reconciler requeues it by updating the pod."""
+    w, pending = sold_out_bare_pod()
+    w.now += 1.5
+    w.reconciler.run_once()
+    w.remove(pending)
+    back = w.add(make_pod("solo", mig={"1g.5gb": 1}, created=_iso(w.now)))  # no new rule recorded yet
+    run_for(w, 4)
+    assert ("solo", "MigUpgradeNotRewritten") in w.actions.events
+    assert w.actions.calls.count(("requeue", "solo", back["metadata"]["uid"])) == 1
