@@ -24,6 +24,7 @@ Must not: import flask, kubernetes or cachetools; read a clock.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -81,10 +82,21 @@ def unrewritten_handovers(rules: Iterable[Rule], pods: Iterable[PodInfo], now: f
             by_ns.setdefault(pod.namespace, []).append(pod)
     out = []
     for rule in marked:
-        back = next((p for p in by_ns.get(rule.namespace, ()) if rule.awaits_upgrade(p)), None)
+        back = next((p for p in by_ns.get(rule.namespace, ()) if _came_back(rule, p)), None)
         if back is not None:
             out.append(Unrewritten(rule, back))
     return out
+
+
+def _came_back(rule: Rule, pod: PodInfo) -> bool:
+    """``pod`` is ``rule``'s restart come back unrewritten: what ``awaits_upgrade`` takes, narrowed to what
+    only the replacement can be. It is never bound (it asks for the sold-out type), and it was created
+    no earlier than the second of the restart mark (creationTimestamp has whole seconds), where
+    awaits_upgrade allows CLOCK_SKEW before it: a sibling of the same ReplicaSet created a few seconds
+    before the mark, running or pending, matched that, and its rule was expired 50 ms after the restart,
+    before the real replacement existed (the walkthrough in CI). An API server clock more than a second
+    behind ours only makes this miss a real case: the loop guard's limit still holds."""
+    return not pod.node and pod.created >= math.floor(rule.restart_at) and rule.awaits_upgrade(pod)
 
 
 @dataclass(frozen=True)

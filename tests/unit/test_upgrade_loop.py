@@ -145,3 +145,33 @@ def test_soak_d5_the_unrewritten_replacement_is_requeued_once_its_rule_is_expire
     run_for(w, 4)
     assert ("solo", "MigUpgradeNotRewritten") in w.actions.events
     assert w.actions.calls.count(("requeue", "solo", back["metadata"]["uid"])) == 1
+
+
+@pytest.mark.parametrize("sibling_node", [
+    pytest.param("gpu-a", id="running-sibling"),
+    pytest.param("", id="pending-sibling-created-before-the-mark"),
+])
+def test_soak_d5_a_sibling_created_just_before_the_restart_is_not_an_unrewritten_replacement(
+        sibling_node: str) -> None:
+    """Seen in CI on the real plane (the walkthrough): 50 ms after the restart of infer-b's scaled-up
+    replica, before its replacement existed, the replica that had been running on 1g.5gb for 3 s (created
+    within CLOCK_SKEW of the mark, original demand, no rule annotation) was taken for the replacement come
+    back unrewritten: the rule was expired, so the real replacement was admitted unrewritten and the
+    upgrade waited out the 60 s backoff. A replacement is created after the mark and is never bound."""
+    owner = ("ReplicaSet", "infer-b", "rs-b")
+    w = World()
+    w.add(make_pod("blocker", mig={"1g.5gb": 1}, node="gpu-a"))
+    w.now += 10
+    w.add(make_pod("infer-b-1", mig={"1g.5gb": 1}, node=sibling_node, owner=owner, created=_iso(w.now - 3)))
+    pending = w.add(make_pod("infer-b-2", mig={"1g.5gb": 1}, owner=owner, created=_iso(w.now - 2)))
+    if not sibling_node:
+        w.add(make_pod("filler", mig={"1g.5gb": 1}, node="gpu-a"))
+    w.record_for(pending)
+    w.now += 1.5
+    w.reconciler.run_once()
+    assert upgrading(w) == 1
+    w.remove(pending)  # evicted; its replacement is not created yet
+    w.now += 0.05
+    w.reconciler.run_once()
+    assert ("infer-b-1", "MigUpgradeNotRewritten") not in w.actions.events
+    assert [r.phase for r in w.store.list()] == [Phase.RECORDED]
