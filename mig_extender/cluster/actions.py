@@ -125,14 +125,7 @@ class KubeActions:
         in-tree filters count the pod on that node. False when the pod is gone or replaced (404, 409 on the
         uid), or already bound: with short grace periods the scheduler may bind it first, and the API
         refuses the field on a bound pod (422)."""
-        try:
-            raw(self._core.patch_namespaced_pod_status, name, namespace,
-                {"metadata": {"uid": uid}, "status": {"nominatedNodeName": node}}, _content_type=MERGE_PATCH)
-        except ApiException as exc:
-            if exc.status in (404, 409, 422):
-                return False
-            raise
-        return True
+        return self._patch_pod_status(namespace, name, uid, {"nominatedNodeName": node}, MERGE_PATCH)
 
     def requeue(self, namespace: str, name: str, uid: str, message: str) -> bool:
         """Ask kube-scheduler to retry a pending pod it parked as unschedulable, after we freed what our
@@ -146,9 +139,14 @@ class KubeActions:
         now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         condition = {"type": REQUEUE_CONDITION, "status": "True", "reason": "ReservationReleased",
                      "message": message, "lastTransitionTime": now}
+        return self._patch_pod_status(namespace, name, uid, {"conditions": [condition]}, STRATEGIC_MERGE_PATCH)
+
+    def _patch_pod_status(self, namespace: str, name: str, uid: str, status: JSON, content_type: str) -> bool:
+        """Patch the status of the pod ``uid`` (a precondition: never its namesake). False when it is gone
+        (404), replaced (409 on the uid) or bound meanwhile (422 for fields a bound pod refuses)."""
         try:
             raw(self._core.patch_namespaced_pod_status, name, namespace,
-                {"metadata": {"uid": uid}, "status": {"conditions": [condition]}}, _content_type=STRATEGIC_MERGE_PATCH)
+                {"metadata": {"uid": uid}, "status": status}, _content_type=content_type)
         except ApiException as exc:
             if exc.status in (404, 409, 422):
                 return False

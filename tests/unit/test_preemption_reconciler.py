@@ -373,3 +373,27 @@ def test_nominating_a_preemptor_bound_meanwhile_is_no_error(status: int, expecte
 
     actions._core.patch_namespaced_pod_status = refuse
     assert actions.nominate("default", "urgent", "uid-1", "gpu-a") is expected
+
+
+@pytest.mark.parametrize("status", [
+    pytest.param(404, id="gone-404"), pytest.param(409, id="replaced-409"), pytest.param(422, id="bound-422"),
+])
+def test_requeueing_a_pod_gone_replaced_or_bound_meanwhile_is_no_error(status: int) -> None:
+    """actions.requeue shares nominate's status patch: a pod deleted, replaced by a namesake (uid
+    precondition) or bound before the condition is written is simply not requeued."""
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    from mig_extender.cluster.actions import KubeActions
+
+    actions = KubeActions(client.ApiClient())
+    sent: list[dict] = []
+
+    def refuse(name, namespace, body, **kwargs):
+        sent.append(body)
+        raise ApiException(status=status, reason="refused")
+
+    actions._core.patch_namespaced_pod_status = refuse
+    assert actions.requeue("default", "solo", "uid-1", "why") is False
+    assert sent[0]["metadata"] == {"uid": "uid-1"} and sent[0]["status"]["conditions"][0]["type"] == \
+        "mig-extender.io/Requeued"
