@@ -350,10 +350,14 @@ class Reconciler:
                         warning=True)
             # its first scheduling attempt saw this rule reserve the substitute for its predecessor; with the
             # rule expired nothing else tells kube-scheduler to retry it (actions.requeue)
-            if self.actions.requeue(stale.pod.namespace, stale.pod.name, stale.pod.uid,
-                                    f"rule {stale.rule.name} expired: its reserved {stale.rule.substitute.resource} "
-                                    "is free again"):
-                counts["requeued"] += 1
+            try:
+                if self.actions.requeue(stale.pod.namespace, stale.pod.name, stale.pod.uid,
+                                        f"rule {stale.rule.name} expired: its reserved "
+                                        f"{stale.rule.substitute.resource} is free again"):
+                    counts["requeued"] += 1
+            except Exception:  # 429, 5xx: the scheduler's own retry still comes; the pass's upgrades must run
+                log.warning("requeueing %s/%s failed", stale.pod.namespace, stale.pod.name, exc_info=True)
+                counts["requeue_errors"] += 1
         return list(rules.values())
 
     def _upgrade_held(self, rule: Rule, pod: PodInfo, index: RestartIndex, counts: Counter[str], now: float) -> bool:

@@ -175,3 +175,24 @@ def test_soak_d5_a_sibling_created_just_before_the_restart_is_not_an_unrewritten
     w.reconciler.run_once()
     assert ("infer-b-1", "MigUpgradeNotRewritten") not in w.actions.events
     assert [r.phase for r in w.store.list()] == [Phase.RECORDED]
+
+
+def test_soak_d5_a_throttled_requeue_does_not_abort_the_upgrade_pass() -> None:
+    """The API answers 429 to the requeue: the rule stays expired and the Event said why; the rest of the
+    pass (other upgrades) must still run, so the failure is counted, not raised out of the step."""
+    from kubernetes.client.rest import ApiException
+
+    w, pending = sold_out_bare_pod()
+    w.now += 1.5
+    w.reconciler.run_once()
+    w.remove(pending)
+    w.add(make_pod("solo", mig={"1g.5gb": 1}, created=_iso(w.now)))
+
+    def throttled(*args, **kwargs):
+        raise ApiException(status=429, reason="Too Many Requests")
+
+    w.actions.requeue = throttled
+    w.now += 2
+    counts = w.reconciler.run_once()
+    assert counts["requeue_errors"] == 1 and counts["errors"] == 0, counts
+    assert ("solo", "MigUpgradeNotRewritten") in w.actions.events
