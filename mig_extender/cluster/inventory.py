@@ -37,7 +37,7 @@ from typing import Any
 from ..core.placement import NodeFacts
 from ..core.repartition_change import ANN_CHANGE, ANNOTATIONS, holds
 from ..core.resources import DemandError, PodInfo, mig_allocatable, pod_info, quantity_scaled
-from ..core.rules import Rule
+from ..core.rules import Phase, Rule
 from ..core.snapshot import (
     EMPTY_TEXT,
     LABEL_COUNT,
@@ -477,8 +477,11 @@ class ClusterInventory:
             since = self._pending_since()
             lowest = min(self._priorities, default=NO_HOLDER)  # a handful of distinct priorities at most
             held, recorded = frozenset(self._holding), frozenset(self._repartitioning)
+            rules = tuple(rules)
+            unrestarted = frozenset(r.bound_pod for r in rules if r.phase is Phase.RESTORING
+                                    and (p := self._pods.get(r.bound_pod)) is not None and not p.terminating)
         return ClusterSnapshot.build(nodes, index, rules, self._clock() if now is None else now, synced, pending,
-                                     lowest, cordoned, since, order, held, recorded)
+                                     lowest, cordoned, since, order, held, recorded, unrestarted)
 
     def _pending_since(self) -> dict[str, float]:
         """resource -> creation time of its oldest waiting pod; heap entries of pods gone are dropped here."""

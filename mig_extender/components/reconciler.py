@@ -85,6 +85,7 @@ from ..core.preemption import (
     pods_by_node,
     preemptors,
 )
+from ..core.requeue import Parked, RequeueSettings, plan_requeues
 from ..core.resources import ANN_RULE, PodInfo
 from ..core.rules import Phase, Rule, match_restores, new_rule, preemption_hold
 from .dratemplates import DraTemplateSync
@@ -133,6 +134,9 @@ class Reconciler:
         self._explained: TTLCache[str, bool] = TTLCache(maxsize=50_000, ttl=3600.0, timer=clock)
         # pod uid -> why no preemption was planned for it: counted once a minute, not every pass
         self._no_plan: TTLCache[str, str] = TTLCache(maxsize=50_000, ttl=60.0, timer=clock)
+        # pod uid -> a parked pod that fits in our view, and its requeues (core/requeue.py); rebuilt each pass
+        self._parked: dict[str, Parked] = {}
+        self.requeue = RequeueSettings()
         self.passes = 0
         self.last_pass = 0.0
         self.last_error = ""
@@ -149,8 +153,8 @@ class Reconciler:
         if not self._synced():
             counts["not_synced"] += 1
             return counts
-        for step in (self._observe, self._expire, self._upgrade, self._restore, self._preempt, self._explain,
-                     self._repartition, self._sync_dra):
+        for step in (self._observe, self._expire, self._upgrade, self._restore, self._preempt, self._requeue,
+                     self._explain, self._repartition, self._sync_dra):
             try:
                 step(counts)
             except Exception as exc:
@@ -212,7 +216,7 @@ class Reconciler:
                 by_rule.setdefault(f"{pod.namespace}/{pod.rule_name}", []).append(pod)
         now = self.clock()
         # one new pod finishes at most one restore (soak D4): matched once for the whole pass
-        arrivals = match_restores(snap.rules, (p for p in pods.values() if p.node))
+        arrivals = match_restores(snap.rules, (p for p in pods.values() if p.node), snap.unrestarted)
         for rule in snap.rules:
             try:
                 self._observe_rule(rule, by_rule.get(f"{rule.namespace}/{rule.name}", []), pods, counts, now,
@@ -409,10 +413,15 @@ class Reconciler:
                 self._event(skip.pod, "MigRestoreSkipped", skip.reason, warning=True)
                 counts["restore_skipped"] += 1
         for plan in plans:
-            self._transition(plan.rule, lambda r, n=plan.node: self._reserve_original(r, n), counts, "restoring")
+            info, want = snap.nodes.get(plan.node), plan.rule.original.resource
+            log.info("restore of %s/%s (rule %s): %s reserved on %s, free %d of %d in this pass's view",
+                     plan.pod.namespace, plan.pod.name, plan.rule.name, want, plan.node, snap.free(plan.node, want),
+                     info.allocatable.get(want, 0) if info is not None else 0)
+            self._transition(plan.rule, lambda r, n=plan.node, c=plan.pod.created: self._reserve_original(r, n, c),
+                             counts, "restoring")
 
-    def _reserve_original(self, rule: Rule, node: str) -> Rule:
-        return rule.restoring(node, self.clock(), self.plan.restore_ttl)
+    def _reserve_original(self, rule: Rule, node: str, after: float) -> Rule:
+        return rule.restoring(node, self.clock(), self.plan.restore_ttl, after)
 
     def _restart_confirmed_restores(self, snap: Any, pods: Mapping[str, PodInfo], counts: Counter[str]) -> None:
         """Restoring rules whose upgraded pod still runs: restart it once the reservation is confirmed, or
@@ -603,6 +612,25 @@ class Reconciler:
             if outcome is Deletion.DELETED:
                 self._event(victim, "Preempted", f"Preempted by pod {rule.pod_uid} on node {rule.node} "
                                                  f"({DISRUPTION_REASON}; {rule.namespace}/{rule.pod_name})")
+
+    # -- requeue ----------------------------------------------------------------------------------
+
+    def _requeue(self, counts: Counter[str]) -> None:
+        """Hand back to kube-scheduler the parked pods that fit in our view (core/requeue.py): nothing it
+        watches would wake them when what freed their slices was one of our reservations, or an event it
+        saw before our watch did (a preemption victim's delete)."""
+        snap, pods = self._snapshot()
+        due, self._parked = plan_requeues(snap, pods.values(), self._parked, _placement_ok(snap), self.requeue)
+        for item in due:
+            pod = item.pod
+            try:
+                if self.actions.requeue(pod.namespace, pod.name, pod.uid,
+                                        f"{', '.join(f'{r}={n}' for r, n in sorted(pod.demand.items()))} free on "
+                                        f"{item.node} for this pod (retry {item.attempt})"):
+                    counts["requeued"] += 1
+            except Exception:  # 429, 5xx: tried again after the next delay
+                log.warning("requeueing %s failed", pod.key, exc_info=True)
+                counts["requeue_errors"] += 1
 
     # -- explain ----------------------------------------------------------------------------------
 

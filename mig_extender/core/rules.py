@@ -104,6 +104,9 @@ class Rule:
     restore_attempts: int = 0   # restarts for a restore that were refused (PDB, invalid replacement)
     retry_restore_at: float = 0.0  # no new restore attempt before this time (backoff after a refusal)
     unrewritten_at: float = 0.0  # its restart's replacement came back unrewritten (webhook down): expired then
+    # creationTimestamp of the upgraded pod a restore moves back (the API server's clock, like every pod's):
+    # its replacement is younger, so a sibling replica created no later than it is never the one (soak D8)
+    restore_after: float = 0.0
     # uids of the lower-priority pods preempted so that this rule's slices free up (docs/preemption.md);
     # empty for a plain substitution. With substitute == original the rule is a *hold*: the pending pod
     # keeps its own profile and the rule only reserves the slices being freed for it (a nominated pod).
@@ -173,12 +176,18 @@ class Rule:
         """A Restoring rule waits for the upgraded pod's replacement, which asks for the original type.
 
         Only a pod created after the restore began qualifies (a sibling replica that was already running
-        is not the replacement); CLOCK_SKEW allows for the API server's clock against ours.
+        is not the replacement); CLOCK_SKEW allows for the API server's clock against ours. A sibling
+        created within CLOCK_SKEW of the reservation took the restore of a pod never restarted (soak D8), so
+        two causal checks come on top: the replacement is younger than the upgraded pod (``restore_after``,
+        both stamped by the API server: creationTimestamps have whole seconds, and a restore restarts a pod
+        that has run for at least ``restore_confirm``), and the callers match nobody to a restore whose
+        upgraded pod has not been restarted yet (``ClusterSnapshot.unrestarted``).
         """
         return (self.phase is Phase.RESTORING and pod.namespace == self.namespace
                 and pod.uid != self.bound_pod and self._same_workload(pod, self.applied_pod or self.pod_name)
                 and pod.demand.get(self.original.resource) == self.original.count
-                and (not pod.created or pod.created >= self.updated - CLOCK_SKEW))
+                and (not pod.created or (pod.created >= self.updated - CLOCK_SKEW
+                                         and pod.created > self.restore_after)))
 
     def reserved_for(self, pod: PodInfo) -> bool:
         """May ``pod`` use this rule's reservation? The rewritten replacement carries the rule's name
@@ -205,8 +214,10 @@ class Rule:
         return replace(self, phase=Phase.APPLIED, bound_pod=pod_uid, applied_pod=pod_name or self.applied_pod,
                        updated=now, message=f"pod {pod_name} running on {self.substitute} on {node}")
 
-    def restoring(self, node: str, now: float, ttl: float) -> Rule:
+    def restoring(self, node: str, now: float, ttl: float, after: float = 0.0) -> Rule:
+        """Reserve the original slice on ``node``; ``after``: the upgraded pod's creationTimestamp."""
         return replace(self, phase=Phase.RESTORING, restore_node=node, updated=now, expires=now + ttl,
+                       restore_after=after,
                        message=f"restoring to {self.original}: reserved on {node}")
 
     def restarting(self, now: float) -> Rule:
@@ -314,8 +325,12 @@ def restore_order(rules: Iterable[Rule]) -> list[Rule]:
     return sorted((r for r in rules if r.phase is Phase.RESTORING), key=lambda r: (r.updated, r.name))
 
 
-def match_restores(rules: Iterable[Rule], pods: Iterable[PodInfo]) -> dict[tuple[str, str], PodInfo]:
+def match_restores(rules: Iterable[Rule], pods: Iterable[PodInfo],
+                   unrestarted: frozenset[str] = frozenset()) -> dict[tuple[str, str], PodInfo]:
     """(namespace, rule name) -> the new pod that finishes that restore: a one-to-one matching.
+
+    A restore whose upgraded pod is in ``unrestarted`` (still there and not terminating: see
+    ``ClusterSnapshot.unrestarted``) waits for nobody yet (soak D8).
 
     ``awaits_restore`` matches a ReplicaSet's (or Job's) replacement only by owner and creation time, so two
     restores of one workload both waited for the same new replica, and both recorded it (soak D4). Here the
@@ -324,7 +339,8 @@ def match_restores(rules: Iterable[Rule], pods: Iterable[PodInfo]) -> dict[tuple
     replica. Deterministic, so two deciders with the same view agree; with different views a rule is
     still written by one of them only (compare-and-swap on the rule, Restored is final)."""
     rules = list(rules)
-    claimed, waiting = restore_claims(rules), restore_order(rules)
+    claimed = restore_claims(rules)
+    waiting = [r for r in restore_order(rules) if r.bound_pod not in unrestarted]
     out: dict[tuple[str, str], PodInfo] = {}
     for pod in sorted((p for p in pods if p.uid not in claimed), key=lambda p: (p.created, p.name, p.uid)):
         rule = next((r for r in waiting if (r.namespace, r.name) not in out and r.awaits_restore(pod)), None)
@@ -437,7 +453,8 @@ def rule_status(rule: Rule) -> dict[str, Any]:
               "claimedUntil": _time_text(rule.claimed_until),
               "restoreAttempts": rule.restore_attempts or "",
               "retryRestoreAt": _time_text(rule.retry_restore_at),
-              "unrewrittenAt": _time_text(rule.unrewritten_at)}
+              "unrewrittenAt": _time_text(rule.unrewritten_at),
+              "restoreAfter": _time_text(rule.restore_after)}
     return {k: v for k, v in status.items() if v != ""}
 
 
@@ -473,6 +490,7 @@ def rule_from_object(obj: Mapping[str, Any]) -> Rule:
             restore_attempts=int(status.get("restoreAttempts") or 0),
             retry_restore_at=parse_time(status.get("retryRestoreAt")),
             unrewritten_at=parse_time(status.get("unrewrittenAt")),
+            restore_after=parse_time(status.get("restoreAfter")),
             victims=tuple(str(v) for v in (spec.get("preemption") or {}).get("victims") or ()),
         )
     except (KeyError, TypeError, ValueError) as exc:

@@ -282,6 +282,11 @@ class ClusterSnapshot:
     # the substitute search's index over ``nodes`` and ``free_index`` (shared by snapshots of one inventory
     # state); None only while __post_init__ has not made one
     free_order: FreeOrder | None = field(default=None, compare=False, repr=False)
+    # uids of the upgraded pods of Restoring rules that are still there and not terminating: not restarted
+    # yet, so no new pod can be their replacement (a controller recreates a pod only once it is going).
+    # Those restores wait for nobody: a sibling replica created within CLOCK_SKEW of the reservation
+    # finished one in a blink, and the upgraded pod was never moved back (soak D8). Causal, not clocked.
+    unrestarted: frozenset[str] = frozenset()
     # nodes a repartition holds (annotation mig-extender.io/repartition-change, until the MIG manager
     # reports success: core/repartition_change.holds): every MIG slice there counts as reserved in
     # ``reserved``, so /filter, substitution, restores and preemption leave them alone while the MIG
@@ -302,7 +307,8 @@ class ClusterSnapshot:
               cordoned: frozenset[str] | None = None,
               pending_since: Mapping[str, float] | None = None,
               free_order: FreeOrder | None = None, held_nodes: frozenset[str] = frozenset(),
-              repartitioning: frozenset[str] = frozenset()) -> ClusterSnapshot:
+              repartitioning: frozenset[str] = frozenset(),
+              unrestarted: frozenset[str] = frozenset()) -> ClusterSnapshot:
         if free_index is None:
             free_index = build_free_index(nodes.values())
         if cordoned is None:
@@ -324,7 +330,7 @@ class ClusterSnapshot:
             rules_by_name={r.name: r for r in rules},
             rules_by_pod_uid=newest_rule_per_pod(rules), pending=pending or {},
             pending_since=pending_since or {},
-            lowest_priority=lowest_priority, cordoned=cordoned, free_order=free_order,
+            lowest_priority=lowest_priority, cordoned=cordoned, free_order=free_order, unrestarted=unrestarted,
         )
 
     def with_rule(self, rule: Rule) -> ClusterSnapshot:
@@ -332,7 +338,8 @@ class ClusterSnapshot:
         a pass over the holds made earlier in it, so two preemptors are never promised the same slices."""
         return ClusterSnapshot.build(self.nodes, self.free_index, (*self.rules, rule), self.now, self.synced,
                                      self.pending, self.lowest_priority, self.cordoned,
-                                     held_nodes=self.held_nodes, repartitioning=self.repartitioning)
+                                     held_nodes=self.held_nodes, repartitioning=self.repartitioning,
+                                     unrestarted=self.unrestarted)
 
     def rule_reserved(self, node: str) -> Mapping[str, int]:
         """Slices of each resource rules reserve on ``node`` (a repartition's hold not included)."""
@@ -372,7 +379,8 @@ class ClusterSnapshot:
     @cached_property
     def restoring(self) -> tuple[Rule, ...]:
         """Restoring rules that still reserve, in the order they take new pods (rules.restore_order)."""
-        return tuple(r for r in restore_order(self.rules) if r.reservation(self.now))
+        return tuple(r for r in restore_order(self.rules)
+                     if r.reservation(self.now) and r.bound_pod not in self.unrestarted)
 
     @cached_property
     def restore_claims(self) -> frozenset[str]:

@@ -59,9 +59,6 @@ def running_with(stack: Stack, ns: str, app: str, resource: str) -> list[Any]:
     ]
 
 
-@pytest.mark.xfail(strict=False, reason="soak D8, open (docs/reliability.md): in 1 of 2 runs after the "
-                   "2026-11-29 merges a restore was planned 0.6 s after the upgrade, with no 1g.5gb freed, and "
-                   "finished at once by the running sibling replica (awaits_restore allows CLOCK_SKEW)")
 def test_walkthrough_scale_up_is_upgraded_and_restored_when_capacity_frees(
     stack: Stack, ns: str, fleet: Any, cluster: E2ECluster, e2e_report: Any
 ) -> None:

@@ -189,9 +189,6 @@ def test_node_short_of_cpu_and_mig_goes_through_the_preempt_verb(stack: Stack, n
     assert [r for r in stack.rules(ns) if r["spec"].get("preemption")] == []  # kube-scheduler acted, not us
 
 
-@pytest.mark.xfail(strict=False, reason="flaky in full runs (passes alone and 3x in a row in its file): in CI on "
-                   "2026-11-29 the new leader deleted the victim once its cache synced (preempt_deleted=1) but did "
-                   "not nominate, and cancelled the hold 30 s later; see docs/reliability.md, open")
 def test_a_new_leader_finishes_a_preemption_whose_leader_died_before_the_deletes(
     stack: Stack, ns: str, fleet: Any
 ) -> None:

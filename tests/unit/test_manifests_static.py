@@ -423,9 +423,10 @@ def test_crd_schema_has_the_contract_fields() -> None:
     assert "owner" not in props["spec"]["required"]
     assert set(status) == {"phase", "appliedPod", "boundPod", "restoreNode", "restoredPod", "message",
                            "createdAt", "updatedAt", "expiresAt", "restartAt", "claimedUntil", "restoreAttempts",
-                           "retryRestoreAt", "unrewrittenAt"}
+                           "retryRestoreAt", "unrewrittenAt", "restoreAfter"}
     assert status["phase"]["enum"] == [p.value for p in Phase]
-    for key in ("createdAt", "updatedAt", "expiresAt", "restartAt", "claimedUntil", "retryRestoreAt", "unrewrittenAt"):
+    for key in ("createdAt", "updatedAt", "expiresAt", "restartAt", "claimedUntil", "retryRestoreAt", "unrewrittenAt",
+                "restoreAfter"):
         assert status[key]["format"] == "date-time"
     for side in ("original", "substitute"):
         count = spec[side]["properties"]["count"]

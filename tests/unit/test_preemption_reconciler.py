@@ -48,6 +48,10 @@ class Actions:
         self.log.append(("nominate", name, node))
         return True
 
+    def requeue(self, namespace: str, name: str, uid: str, message: str) -> bool:
+        self.log.append(("requeue", name))
+        return True
+
     def list_pdbs(self) -> list[dict]:
         return self.pdbs
 
@@ -202,6 +206,40 @@ def test_flaky_e2e_a_new_leader_whose_pods_are_not_listed_yet_keeps_the_hold() -
     starting.synced = True
     successor.run_once()
     assert [r.phase for r in w.holds()] == [Phase.RECORDED] and w.holds()[0].name == hold.name
+
+
+def test_flaky_e2e_a_preemptor_parked_before_our_view_saw_its_victim_go_is_requeued() -> None:
+    """The flaky e2e new-leader case, second cause (CI, 2026-11-29): the victim's delete reached
+    kube-scheduler before our watch, so the retry it caused was refused by our older view and the
+    preemptor was parked with no event left to wake it; the hold expired 30 s later. Once the victim is
+    gone from our view and the preemptor has fitted for ``after`` seconds, the reconciler requeues it
+    (core/requeue.py), then again only after doubling delays."""
+    w = World()
+    w.low("low-a")
+    victim = w.low("low-b")
+    w.high()
+    w.reconciler.run_once()
+    (hold,) = w.holds()
+    w.inventory.delete_pod(victim["metadata"]["uid"])  # gone in our view; the scheduler parked urgent
+    w.log.clear()
+    after = w.reconciler.requeue.after
+    for step in (0.0, after - 1, 1.0, after, 2 * after):
+        w.now += step
+        w.reconciler.run_once()
+    assert w.log == [("requeue", "urgent"), ("requeue", "urgent")]
+    assert [(r.name, r.phase) for r in w.holds()] == [(hold.name, Phase.RECORDED)]
+
+
+def test_a_preemptor_whose_victims_still_hold_the_slices_is_not_requeued() -> None:
+    w = World()
+    w.low("low-a")
+    w.low("low-b")
+    w.high()
+    w.reconciler.run_once()
+    w.log.clear()
+    w.now += 60
+    w.reconciler.run_once()
+    assert ("requeue", "urgent") not in w.log
 
 
 def test_terminating_victims_are_not_deleted_again() -> None:

@@ -1,17 +1,18 @@
-"""Regression tests for the defects the chaos soak found (issue 15, docs/reliability.md): D3, D4, D7.
+"""Regression tests for the defects the chaos soak found (issue 15, docs/reliability.md): D3, D4, D7, D8.
 
 Each test is named after its defect and failed against the code before its fix.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import pytest
 
 from mig_extender.core.planner import RestartLoop, filter_pod
 from mig_extender.core.resources import ANN_ORIGINAL, ANN_RULE, ResourceCount, pod_info
-from mig_extender.core.rules import Phase, match_restores, new_rule
+from mig_extender.core.rules import Phase, match_restores, new_rule, rule_from_object, rule_to_object
 from tests.builders import make_pod, res
 from tests.unit.test_reconciler import OWNER, LaggingStore, World
 
@@ -271,3 +272,87 @@ def test_soak_d7_the_lineage_guard_forgets_restarts_older_than_its_window() -> N
                            restart_at=1.0, created=1.0))
     snap = w.inventory.snapshot(w.store.list(), w.now)
     assert snap.lineage_restarts(pod_info(p3), w.reconciler.plan.restart_window) == 1
+
+
+# ---- D8: a running sibling replica finished a restore whose upgraded pod was never restarted ----------
+
+
+def stamp(epoch: float) -> str:
+    """A creationTimestamp as the API server writes it: whole seconds."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(epoch)))
+
+
+def restore_beside_a_sibling(w: World, sibling_after_upgrade: bool) -> tuple[dict, dict, object]:
+    """The e2e walkthrough, as CI caught it: infer-b's scale-up replica is upgraded onto 2g.10gb, infer-a
+    ends a moment later and the restore reserves the freed 1g.5gb. The sibling replica runs on 1g.5gb,
+    created 2 s before the upgraded pod (or, a later scale-up into a slice another pod left, 1 s after
+    it): inside CLOCK_SKEW of the reservation either way. Returns (sibling, upgraded pod, Restoring rule)."""
+    a1 = w.add(make_pod("infer-a-1", mig={"1g.5gb": 1}, node="gpu-a", owner=("ReplicaSet", "infer-a", "rs-a"),
+                        created=stamp(w.now - 2)))
+    sibling = make_pod("infer-b-1", mig={"1g.5gb": 1}, node="gpu-a", owner=OWNER, created=stamp(w.now - 2))
+    other = w.add(sibling if not sibling_after_upgrade else
+                  make_pod("other", mig={"1g.5gb": 1}, node="gpu-a", owner=("ReplicaSet", "x", "rs-x")))
+    pending = w.add(make_pod("infer-b-2", mig={"1g.5gb": 1}, owner=OWNER, created=stamp(w.now - 1)))
+    rule = w.record_for(pending)
+    w.now += 1.5
+    assert w.reconciler.run_once()["upgrade_evicted"] == 1
+    w.remove(pending)
+    up = w.add(make_pod("infer-b-3", mig={"2g.10gb": 1}, node="gpu-a", owner=OWNER, created=stamp(w.now),
+                        annotations={ANN_RULE: rule.name, ANN_ORIGINAL: f"{rule.original}"}))
+    assert w.reconciler.run_once()["bound"] == 1
+    if sibling_after_upgrade:  # `other` ends and a scale-up's replica takes its slice
+        w.remove(other)
+        w.now += 1
+        sibling["metadata"]["creationTimestamp"] = stamp(w.now)
+        w.add(sibling)
+    w.remove(a1)
+    w.now += 0.3
+    assert w.reconciler.run_once()["restoring"] == 1
+    (restoring,) = w.store.list()
+    assert restoring.phase is Phase.RESTORING
+    return sibling, up, restoring
+
+
+@pytest.mark.parametrize("sibling_after_upgrade", [
+    pytest.param(False, id="sibling-older-than-the-upgraded-pod"),
+    pytest.param(True, id="sibling-of-a-later-scale-up"),
+])
+def test_soak_d8_a_running_sibling_never_finishes_a_restore_before_the_upgraded_pod_is_restarted(
+        sibling_after_upgrade: bool) -> None:
+    """Before: 15 ms after the reservation the sibling was taken for the replacement (rule Restored) and
+    the upgraded pod was never moved back. Now no pod finishes a restore whose upgraded pod still runs
+    (ClusterSnapshot.unrestarted), in the reconciler's matching and in the extender's rule_for alike."""
+    w = World()
+    sibling, up, restoring = restore_beside_a_sibling(w, sibling_after_upgrade)
+    w.now += 0.015
+    assert w.reconciler.run_once()["restored"] == 0
+    assert w.store.get("default", restoring.name).phase is Phase.RESTORING
+    snap = w.inventory.snapshot(w.store.list(), w.now)
+    assert snap.unrestarted == {up["metadata"]["uid"]}
+    assert snap.rule_for(pod_info(sibling)) is None  # /filter and /bind give it no reservation either
+
+
+def test_soak_d8_the_restores_own_replacement_finishes_it_not_the_older_sibling() -> None:
+    """After the confirming pass restarts the upgraded pod, the sibling (older than the upgraded pod:
+    ``restore_after``) still is not the replacement; the ReplicaSet's new replica is."""
+    w = World()
+    _, up, restoring = restore_beside_a_sibling(w, sibling_after_upgrade=False)
+    assert restoring.restore_after == int(restoring.restore_after) > 0  # the upgraded pod's creationTimestamp
+    w.now += w.reconciler.plan.restore_confirm + 0.1
+    assert w.reconciler.run_once()["restore_evicted"] == 1
+    up["metadata"]["deletionTimestamp"] = stamp(w.now + 30)
+    w.add(up)  # evicted: terminating in our view
+    assert w.reconciler.run_once()["restored"] == 0  # the sibling is older than the upgraded pod
+    w.now += 1
+    new = w.add(make_pod("infer-b-4", mig={"1g.5gb": 1}, node="gpu-a", owner=OWNER, created=stamp(w.now)))
+    assert w.reconciler.run_once()["restored"] == 1
+    done = w.store.get("default", restoring.name)
+    assert (done.phase, done.restored_pod) == (Phase.RESTORED, new["metadata"]["uid"])
+
+
+def test_soak_d8_restore_after_round_trips_through_the_migsubstitution_object() -> None:
+    rule = new_rule(pod_info(make_pod("p", mig={"1g.5gb": 1}, owner=OWNER)), ResourceCount(res("1g.5gb"), 1),
+                    ResourceCount(res("2g.10gb"), 1), "gpu-a", 1000.0, 120.0)
+    rule = rule.applied("p2", 1000.0, 120.0).bound("uid-p2", "p2", "gpu-a", 1001.0).restoring(
+        "gpu-a", 1010.0, 120.0, after=1001.0)
+    assert rule_from_object(rule_to_object(rule)).restore_after == 1001.0
