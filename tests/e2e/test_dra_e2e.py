@@ -7,11 +7,14 @@ controller generates the claims; `status.allocation` names the subrequest that w
 allocated twice; and a pod whose request no device can meet stays Pending. Then that mig-extender's DRA
 mode works on it: the reconciler writes the templates, the webhook rewrites a DRA namespace's MIG pods
 into claims, and the real scheduler's DynamicResources plugin gives each pod its profile while one is
-free and the least-waste substitute after.
+free and the least-waste substitute after; the seed walkthrough's upgrade and restore happen beside a
+KEP-5004 pod (an extended resource the scheduler backs with a DRA device), whose device is counted and
+never chosen.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -204,82 +207,131 @@ def running_on(cluster: E2ECluster, resource_api: client.ResourceV1Api, ns: str,
     return found
 
 
+KEP5004_CLASS = "e2e-mig-1g.5gb"
+
+
+@contextlib.contextmanager
+def kep5004_class(resource_api: client.ResourceV1Api, profile: str) -> Iterator[str]:
+    """A DeviceClass with `extendedResourceName: nvidia.com/mig-<profile>` (KEP-5004, DRAExtendedResource,
+    beta and on in 1.36): pods asking that extended resource on a node that does not advertise it are
+    served a matching DRA device. Cluster-scoped, so deleted on the way out."""
+    selectors = [{"cel": {"expression": f"device.driver == '{DRIVER}'"}}, profile_selector(profile)]
+    body = {"apiVersion": "resource.k8s.io/v1", "kind": "DeviceClass", "metadata": {"name": KEP5004_CLASS},
+            "spec": {"extendedResourceName": f"nvidia.com/mig-{profile}", "selectors": selectors}}
+    raw(resource_api.create_device_class, body)
+    try:
+        yield KEP5004_CLASS
+    finally:
+        resource_api.delete_device_class(KEP5004_CLASS)
+
+
+def kep5004_pod(name: str, node: str, profile: str) -> dict[str, Any]:
+    """A pod asking `nvidia.com/mig-<profile>: 1` as an extended resource, pinned to ``node`` (another
+    test's device-plugin node advertising the resource would otherwise serve it without DRA)."""
+    pod = make_pod(name, mig={profile: 1})
+    pod["spec"]["nodeSelector"] = {"kubernetes.io/hostname": node}
+    return pod
+
+
+def kep5004_device(cluster: E2ECluster, resource_api: client.ResourceV1Api, ns: str, pod: str) -> tuple[str, str]:
+    """(pool, device) of the claim the scheduler created for the pod's extended resource; asserts the
+    scheduler mapped the container's request to it (`status.extendedResourceClaimStatus`), which is what
+    makes the kubelet skip it in its resource fit (pkg/kubelet/lifecycle/predicate.go)."""
+    status = raw(cluster.core.read_namespaced_pod, pod, ns)["status"]
+    mappings = status["extendedResourceClaimStatus"]["requestMappings"]
+    assert [(m["containerName"], m["resourceName"]) for m in mappings] == [("main", "nvidia.com/mig-1g.5gb")]
+    claim = raw(resource_api.read_namespaced_resource_claim,
+                status["extendedResourceClaimStatus"]["resourceClaimName"], ns)
+    (result,) = claim["status"]["allocation"]["devices"]["results"]
+    return result["pool"], result["device"]
+
+
+def device_of(cluster: E2ECluster, resource_api: client.ResourceV1Api, ns: str, pod: str) -> tuple[str, str]:
+    """(pool, device) of the pod's one template claim."""
+    (result,) = allocation_of(cluster, resource_api, ns, pod)
+    return result["pool"], result["device"]
+
+
+def phase(cluster: E2ECluster, ns: str, pod: str) -> str:
+    return str(cluster.core.read_namespaced_pod(pod, ns).status.phase)
+
+
 def test_dra_walkthrough_scaled_pod_runs_on_2g_at_once_and_is_restored_to_1g_when_one_frees(
     cluster: E2ECluster, stack: Stack, fleet: Fleet, dra: FakeDraDriver, resource_api: client.ResourceV1Api,
-    e2e_report: Any,
+    namespace: str, e2e_report: Any,
 ) -> None:
-    """Seed walkthrough in DRA mode: `base` (2 x 1g.5gb) fills the 1g.5gb devices; `scaled` (1g.5gb) runs on
-    the 2g.10gb with no restart; `base` scaled to 1 frees a 1g.5gb and the reconciler restarts `scaled`,
-    whose replacement runs on 1g.5gb. No device twice, no over-commit, one `scaled` pod at the end."""
+    """Seed walkthrough in DRA mode, beside a KEP-5004 pod on the same node. The node has three 1g.5gb
+    (two on GPU 0, one on GPU 1), a 2g.10gb and a 3g.20gb. `ext` (a KEP-5004 pod: `nvidia.com/mig-1g.5gb: 1`
+    served through a DeviceClass with `extendedResourceName`) takes one 1g.5gb; `base` (2 x 1g.5gb) the
+    other two; `scaled` (1g.5gb) runs on the 2g.10gb with no restart, and is not restored while only
+    `ext`'s device is not ours; `base` scaled to 1 frees a 1g.5gb and the reconciler restarts `scaled`,
+    whose replacement runs on the freed 1g.5gb, never on `ext`'s; `ext` Runs throughout, and a second
+    KEP-5004 pod stays Pending (every 1g.5gb taken). No device twice, no over-commit.
+
+    `ext` lives in a namespace mig-extender does not manage (no webhook, no DRA label) and is placed by
+    the default scheduler: that is the realistic KEP-5004 setup. Its team chose Kubernetes' own mapping
+    of the extended resource to DRA; our webhook would rewrite it into our claims (DRA namespace), and
+    mig-scheduler's extender judges `nvidia.com/mig-*` from node allocatable, which a DRA node does
+    not advertise, so it would veto the node. Only the default scheduler's DynamicResources plugin
+    serves it, so what mig-extender must get right is the count: its claim holds a device."""
     node = fleet.add("dra", gpu="A100-40GB", resources={})
-    dra.publish(node, "A100-40GB", [["1g.5gb", "1g.5gb", "2g.10gb", "3g.20gb"]])
+    dra.publish(node, "A100-40GB", [["1g.5gb", "1g.5gb", "2g.10gb", "3g.20gb"], ["1g.5gb"]])
     ns = cluster.create_namespace(prefix="drawalk", labels={NS_LABEL: "true", LABEL_DRA: "true"})
     try:
-        wait_for(lambda: templates_in(resource_api, ns).get("mig-extender-1g.5gb"), timeout=60,
-                 what="the reconciler's template for 1g.5gb")
-        mark = cluster.fake_kubelet.checkpoint()
-        stack.apps.create_namespaced_deployment(ns, make_deployment("base", replicas=2, mig={"1g.5gb": 1}))
-        wait_for(lambda: sorted(r for _, r in running_on(cluster, resource_api, ns, "base"))
-                 == ["mig/mig-1g-5gb", "mig/mig-1g-5gb"], timeout=60, what="base on both 1g.5gb")
-        start = time.monotonic()
-        stack.apps.create_namespaced_deployment(ns, make_deployment("scaled", mig={"1g.5gb": 1}))
-        (first,) = wait_for(lambda: running_on(cluster, resource_api, ns, "scaled"), timeout=60,
-                            what="scaled Running")
-        e2e_report(f"DRA walkthrough: scaled pod Running on {first[1]} {time.monotonic() - start:.1f} s after "
-                   "the Deployment was created (no restart)")
-        assert first[1] == "mig/mig-2g-10gb"
-        # the extender's DRA book (informers) sees the devices and the upgraded claim
-        seen = wait_for(lambda: [u for u in stack.extender.inventory(node)["dra"]["upgraded"] if u["pod"] == first[0]],
-                        timeout=30, what="the upgraded claim in /debug/inventory")
-        assert seen[0]["asked"] == "1g.5gb" and seen[0]["got"] == "mig-2g-10gb"
-        assert stack.extender.inventory(node)["dra"]["nodes"][node]["1g.5gb"] == {"devices": 2, "allocated": 2,
-                                                                                  "free": 0}
-        start = time.monotonic()
-        stack.apps.patch_namespaced_deployment_scale("base", ns, {"spec": {"replicas": 1}})
-        restored = wait_for(
-            lambda: [p for p in running_on(cluster, resource_api, ns, "scaled") if p[1] == "mig/mig-1g-5gb"],
-            timeout=90, what="scaled restored to 1g.5gb")
-        e2e_report(f"DRA walkthrough: restored to 1g.5gb {time.monotonic() - start:.1f} s after a 1g.5gb freed")
-        assert restored[0][0] != first[0], "restore is a restart: a new pod"
-        wait_for(lambda: len(stack.pods(ns, "app=scaled")) == 1, timeout=30, what="one scaled pod left")
-        assert "MigRestoring" in {reason for name, reason in stack.events(ns) if name == first[0]}
-        cluster.fake_kubelet.assert_no_overcommit(since=mark)
+        with kep5004_class(resource_api, "1g.5gb"):
+            walkthrough_beside_kep5004(cluster, stack, resource_api, node, ns, namespace, e2e_report)
     finally:
         cluster.delete_namespace(ns)
 
 
-def test_kep5004_extended_resource_backed_by_dra_is_admitted_without_being_charged(
-    cluster: E2ECluster, namespace: str, fleet: Fleet, dra: FakeDraDriver, resource_api: client.ResourceV1Api,
-) -> None:
-    """KEP-5004 (DRAExtendedResource, beta and on in 1.36): a DeviceClass with `extendedResourceName`
-    serves a pod asking `nvidia.com/mig-1g.5gb: 1` on a node that does not advertise it; the scheduler
-    creates the claim and maps the request in `status.extendedResourceClaimStatus`, and the kubelet does
-    not charge it against allocatable (pkg/kubelet/lifecycle/predicate.go). A second such pod, with the
-    one device taken, stays Pending."""
-    node = fleet.add("dra", gpu="A100-40GB", resources={})
-    dra.publish(node, "A100-40GB", [["1g.5gb", "2g.10gb"]])
-    selectors = [{"cel": {"expression": f"device.driver == '{DRIVER}'"}}, profile_selector("1g.5gb")]
-    body = {"apiVersion": "resource.k8s.io/v1", "kind": "DeviceClass", "metadata": {"name": "e2e-mig-1g.5gb"},
-            "spec": {"extendedResourceName": "nvidia.com/mig-1g.5gb", "selectors": selectors}}
-    raw(resource_api.create_device_class, body)
-    try:
-        mark = cluster.fake_kubelet.checkpoint()
-        cluster.core.create_namespaced_pod(namespace, make_pod("ext", mig={"1g.5gb": 1}))
-        wait_for(lambda: cluster.core.read_namespaced_pod("ext", namespace).status.phase == "Running", timeout=60,
-                 what="the KEP-5004 pod Running")
-        status = raw(cluster.core.read_namespaced_pod, "ext", namespace)["status"]
-        mappings = status["extendedResourceClaimStatus"]["requestMappings"]
-        assert [(m["containerName"], m["resourceName"]) for m in mappings] == [("main", "nvidia.com/mig-1g.5gb")]
-        claim = raw(resource_api.read_namespaced_resource_claim,
-                    status["extendedResourceClaimStatus"]["resourceClaimName"], namespace)
-        (result,) = claim["status"]["allocation"]["devices"]["results"]
-        assert (result["pool"], result["device"]) == (node, "gpu-0-mig-19-2-1")
-        cluster.core.create_namespaced_pod(namespace, make_pod("ext2", mig={"1g.5gb": 1}))
-        stays(lambda: cluster.core.read_namespaced_pod("ext2", namespace).status.phase == "Pending", duration=3,
-              what="the second KEP-5004 pod Pending (its one device is taken)")
-        cluster.fake_kubelet.assert_no_overcommit(since=mark)
-    finally:
-        resource_api.delete_device_class("e2e-mig-1g.5gb")
+def walkthrough_beside_kep5004(cluster: E2ECluster, stack: Stack, resource_api: client.ResourceV1Api, node: str,
+                               ns: str, ext_ns: str, e2e_report: Any) -> None:
+    wait_for(lambda: templates_in(resource_api, ns).get("mig-extender-1g.5gb"), timeout=60,
+             what="the reconciler's template for 1g.5gb")
+    mark = cluster.fake_kubelet.checkpoint()
+    cluster.core.create_namespaced_pod(ext_ns, kep5004_pod("ext", node, "1g.5gb"))
+    wait_for(lambda: phase(cluster, ext_ns, "ext") == "Running", timeout=60, what="the KEP-5004 pod Running")
+    ext_device = kep5004_device(cluster, resource_api, ext_ns, "ext")
+    assert ext_device[0] == node
+    stack.apps.create_namespaced_deployment(ns, make_deployment("base", replicas=2, mig={"1g.5gb": 1}))
+    wait_for(lambda: sorted(r for _, r in running_on(cluster, resource_api, ns, "base"))
+             == ["mig/mig-1g-5gb", "mig/mig-1g-5gb"], timeout=60, what="base on two 1g.5gb")
+    start = time.monotonic()
+    stack.apps.create_namespaced_deployment(ns, make_deployment("scaled", mig={"1g.5gb": 1}))
+    (first,) = wait_for(lambda: running_on(cluster, resource_api, ns, "scaled"), timeout=60, what="scaled Running")
+    e2e_report(f"DRA walkthrough: scaled pod Running on {first[1]} {time.monotonic() - start:.1f} s after "
+               "the Deployment was created (no restart)")
+    assert first[1] == "mig/mig-2g-10gb"
+    # the extender's DRA book (informers) sees the devices, counts ext's claim, and lists only ours as upgraded
+    seen = wait_for(lambda: stack.extender.inventory(node)["dra"]["upgraded"], timeout=30,
+                    what="the upgraded claim in /debug/inventory")
+    assert [(u["pod"], u["asked"], u["got"]) for u in seen] == [(first[0], "1g.5gb", "mig-2g-10gb")]
+    assert stack.extender.inventory(node)["dra"]["nodes"][node]["1g.5gb"] == {"devices": 3, "allocated": 3,
+                                                                              "free": 0}
+    # ext's device is not free for a restore: counted as free, the reconciler would restart scaled now
+    stays(lambda: [p for p, _ in running_on(cluster, resource_api, ns, "scaled")] == [first[0]]
+          and "MigRestoring" not in {r for name, r in stack.events(ns) if name == first[0]},
+          duration=8, what="scaled left on the 2g.10gb while no 1g.5gb of its own is free")
+    start = time.monotonic()
+    stack.apps.patch_namespaced_deployment_scale("base", ns, {"spec": {"replicas": 1}})
+    restored = wait_for(
+        lambda: [p for p in running_on(cluster, resource_api, ns, "scaled") if p[1] == "mig/mig-1g-5gb"],
+        timeout=90, what="scaled restored to 1g.5gb")
+    e2e_report(f"DRA walkthrough: restored to 1g.5gb {time.monotonic() - start:.1f} s after a 1g.5gb freed, "
+               "beside a KEP-5004 pod")
+    assert restored[0][0] != first[0], "restore is a restart: a new pod"
+    assert device_of(cluster, resource_api, ns, restored[0][0]) != ext_device
+    wait_for(lambda: len(stack.pods(ns, "app=scaled")) == 1, timeout=30, what="one scaled pod left")
+    assert "MigRestoring" in {reason for name, reason in stack.events(ns) if name == first[0]}
+    assert phase(cluster, ext_ns, "ext") == "Running"
+    assert kep5004_device(cluster, resource_api, ext_ns, "ext") == ext_device
+    wait_for(lambda: stack.extender.inventory(node)["dra"]["nodes"][node]["1g.5gb"]
+             == {"devices": 3, "allocated": 3, "free": 0}, timeout=30, what="every 1g.5gb allocated again")
+    cluster.core.create_namespaced_pod(ext_ns, kep5004_pod("ext2", node, "1g.5gb"))
+    stays(lambda: phase(cluster, ext_ns, "ext2") == "Pending", duration=3,
+          what="the second KEP-5004 pod Pending (every 1g.5gb taken; its class matches no other profile)")
+    cluster.fake_kubelet.assert_no_overcommit(since=mark)
+    assert "ext" in {d.name for d in cluster.fake_kubelet.decisions(mark) if d.admitted}
 
 
 def test_pod_created_before_its_template_is_recreated_and_rewritten(

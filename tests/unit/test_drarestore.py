@@ -67,3 +67,39 @@ def test_claim_facts_reads_what_the_allocator_wrote() -> None:
     }
     assert claim_facts(claim) == ClaimFacts("ml", "p-mig-1g-5gb-0-x", True, "1g.5gb",
                                             (("gpu.nvidia.com", "n", "d2"),), "mig-2g-10gb", "p", "u")
+
+
+def kep5004_claim(device: str) -> dict[str, Any]:
+    """The claim kube-scheduler creates for a KEP-5004 extended resource, as v1.36.3 writes it
+    (pkg/scheduler/framework/plugins/dynamicresources/extendeddynamicresources.go: generateName
+    `<pod>-extended-resources-`, annotation resource.kubernetes.io/extended-resource-claim, request
+    `container-<i>-request-<j>`, owned by the pod; none of our labels)."""
+    return {
+        "metadata": {"namespace": "other", "name": "ext-extended-resources-x7k2p",
+                     "annotations": {"resource.kubernetes.io/extended-resource-claim": "true"},
+                     "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": "ext", "uid": "uid-ext",
+                                          "controller": True}]},
+        "status": {"allocation": {"devices": {"results": [
+            {"request": "container-0-request-0", "driver": "gpu.nvidia.com", "pool": "n", "device": device}]}},
+                   "reservedFor": [{"resource": "pods", "name": "ext", "uid": "uid-ext"}]},
+    }
+
+
+@pytest.mark.parametrize(
+    ("claims", "expected"),
+    [
+        pytest.param([kep5004_claim("d1a")], [], id="its-device-is-not-free-for-a-restore"),
+        pytest.param([], [TWO_G], id="without-it-that-device-would-be-restored-to"),
+    ],
+)
+def test_a_kep5004_claim_holds_its_device_and_is_never_restored(claims: list[dict[str, Any]],
+                                                                 expected: list[DraRestore]) -> None:
+    """The DRA walkthrough e2e's layout at the unit level: base holds d1b, b runs upgraded on d2; a
+    KEP-5004 pod's claim on d1a is counted taken and is not an upgraded pod of ours."""
+    facts = [claim_facts(c) for c in claims] + [on("d1b", "mig-1g-5gb", "a"), on("d2", "mig-2g-10gb", "b")]
+    assert restores(DEVICES, facts, SHAPES) == expected
+
+
+def test_claim_facts_of_a_kep5004_claim_holds_its_device_but_is_not_ours() -> None:
+    assert claim_facts(kep5004_claim("d1a")) == ClaimFacts("other", "ext-extended-resources-x7k2p", False, "",
+                                                           (("gpu.nvidia.com", "n", "d1a"),), "", "ext", "uid-ext")
