@@ -118,11 +118,35 @@ def _add(total: dict[str, int], part: Mapping[str, int]) -> None:
         total[name] = total.get(name, 0) + n
 
 
-def effective_mig_demand(spec: Mapping[str, Any]) -> dict[str, int]:
+def _device_plugin_mig(container: Mapping[str, Any], dra_backed: frozenset[tuple[str, str]]) -> dict[str, int]:
+    own = _container_mig(container)
+    if dra_backed:
+        name = container.get("name")
+        own = {r: n for r, n in own.items() if (name, r) not in dra_backed}
+    return own
+
+
+def dra_backed_requests(status: Mapping[str, Any]) -> frozenset[tuple[str, str]]:
+    """(container, resource) pairs of ``status.extendedResourceClaimStatus.requestMappings``: the extended
+    resources kube-scheduler served from a DRA claim (KEP-5004) for a bound pod. Malformed entries are
+    ignored (the pod's own requests then count, as before)."""
+    mappings = (status.get("extendedResourceClaimStatus") or {}) if isinstance(status, Mapping) else {}
+    mappings = mappings.get("requestMappings") if isinstance(mappings, Mapping) else None
+    if not isinstance(mappings, list):
+        return frozenset()
+    return frozenset((str(m.get("containerName")), str(m.get("resourceName"))) for m in mappings
+                     if isinstance(m, Mapping) and m.get("containerName") and m.get("resourceName"))
+
+
+def effective_mig_demand(spec: Mapping[str, Any], dra_backed: frozenset[tuple[str, str]] = frozenset()
+                         ) -> dict[str, int]:
     """MIG slices a pod holds, computed as the kubelet and scheduler do.
 
     max(sum of app containers + restartable (sidecar) init containers, each regular init container +
-    the sidecars started before it). Zero counts are dropped.
+    the sidecars started before it). Zero counts are dropped. ``dra_backed``: (container, resource) pairs
+    a DRA claim serves (KEP-5004, ``dra_backed_requests``): not device-plugin slices, so not counted, as
+    the kubelet leaves them out of its admission (removeMissingExtendedResources,
+    pkg/kubelet/lifecycle/predicate.go).
     """
     containers = spec.get("containers") or []
     inits = spec.get("initContainers") or []
@@ -132,13 +156,13 @@ def effective_mig_demand(spec: Mapping[str, Any]) -> dict[str, int]:
     for c in containers:
         if not isinstance(c, Mapping):
             raise DemandError("a container is not an object")
-        _add(total, _container_mig(c))
+        _add(total, _device_plugin_mig(c, dra_backed))
     sidecars: dict[str, int] = {}
     peak: dict[str, int] = {}
     for c in inits:
         if not isinstance(c, Mapping):
             raise DemandError("an init container is not an object")
-        own = _container_mig(c)
+        own = _device_plugin_mig(c, dra_backed)
         if c.get("restartPolicy") == "Always":
             _add(sidecars, own)
             continue
@@ -301,7 +325,7 @@ def pod_info(pod: Mapping[str, Any]) -> PodInfo:
     problems: list[str] = []
     try:
         # Any nvidia.com/mig-* name is counted exactly; only substitution needs a shape we can parse.
-        demand = effective_mig_demand(spec)
+        demand = effective_mig_demand(spec, dra_backed_requests(status))
     except DemandError as exc:
         demand, problems = {}, [str(exc)]
     ours = {k: str(v) for k, v in annotations.items() if k in _OUR_ANNOTATIONS}

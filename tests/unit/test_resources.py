@@ -129,3 +129,35 @@ def test_issue19_pods_of_one_template_share_what_they_have_in_common(part: Any) 
 
 def test_issue19_pod_info_keeps_no_per_instance_dict() -> None:
     assert not hasattr(pod_info(_sibling(1)), "__dict__")
+
+
+def kep5004(pod: dict, *mappings: tuple[str, str]) -> dict:
+    """``pod`` bound by kube-scheduler with these (container, resource) requests served by a DRA claim."""
+    pod["status"]["extendedResourceClaimStatus"] = {
+        "resourceClaimName": "p-extended-resources-x",
+        "requestMappings": [{"containerName": c, "resourceName": r, "requestName": f"container-0-request-{i}"}
+                            for i, (c, r) in enumerate(mappings)]}
+    return pod
+
+
+@pytest.mark.parametrize("mappings, demand", [
+    pytest.param([("c0", res("1g.5gb"))], {}, id="served-by-dra-not-a-device-plugin-slice"),
+    pytest.param([("c1", res("1g.5gb"))], {res("1g.5gb"): 1}, id="another-containers-mapping-leaves-it-counted"),
+    pytest.param([("c0", res("2g.10gb"))], {res("1g.5gb"): 1}, id="another-resources-mapping-leaves-it-counted"),
+])
+def test_issue20_kep5004_requests_a_dra_claim_serves_are_not_device_plugin_demand(mappings, demand) -> None:
+    """The helper's finding on the DRA walkthrough: a bound KEP-5004 pod was booked as using a
+    device-plugin nvidia.com/mig-1g.5gb on a node that advertises none (used 1 of 0). The kubelet leaves
+    DRA-backed requests out of admission (removeMissingExtendedResources), and so do our books."""
+    pod = kep5004(make_pod("ext", mig={"1g.5gb": 1}, node="dra-node"), *mappings)
+    assert dict(pod_info(pod).demand) == demand
+
+
+@pytest.mark.parametrize("status_value", [
+    pytest.param("nonsense", id="not-an-object"), pytest.param({"requestMappings": "x"}, id="mappings-not-a-list"),
+    pytest.param({"requestMappings": [1, {"containerName": "c0"}]}, id="entries-malformed"),
+])
+def test_issue20_a_malformed_extended_resource_claim_status_counts_the_requests_as_before(status_value) -> None:
+    pod = make_pod("ext", mig={"1g.5gb": 1}, node="n")
+    pod["status"]["extendedResourceClaimStatus"] = status_value
+    assert dict(pod_info(pod).demand) == {res("1g.5gb"): 1}
