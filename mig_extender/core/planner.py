@@ -185,6 +185,20 @@ class ReservedElsewhere:
 _ELSEWHERE = ReservedElsewhere()
 
 
+@dataclass(frozen=True)
+class RestoreNotRestarted:
+    """A restore would take this pod as the replacement of its upgraded pod, but our watch still shows
+    that pod running: kube-scheduler saw the replacement first (soak D8). No substitute is recorded for it;
+    the scheduler retries on the upgraded pod's next event, and the reconciler requeues it (core/requeue)."""
+
+    rule: str
+    upgraded_pod: str
+
+    def __str__(self) -> str:
+        return (f"waiting for pod {self.upgraded_pod} to stop in mig-extender's view: restore {self.rule} "
+                "reserves the slice for its replacement")
+
+
 def restart_loop(pod: PodInfo, snap: ClusterSnapshot, settings: PlanSettings,
                  index: RestartIndex | None = None) -> RestartLoop | None:
     """Would one more restart of ``pod`` exceed ``settings.restart_limit`` for its lineage? The lineage as
@@ -437,6 +451,10 @@ def filter_pod(pod: PodInfo, candidates: Sequence[str], snap: ClusterSnapshot,
     if waiting:
         note = f"substitute {existing.substitute} recorded on {existing.node}; waiting for the pod to be recreated"
         return FilterDecision((), failed, unresolvable, note=note)
+    restore = snap.restore_before_restart(pod) if snap.unrestarted else None
+    if restore is not None:
+        return FilterDecision((), failed, unresolvable,
+                              note=RestoreNotRestarted(restore.name, restore.applied_pod or restore.pod_name))
     loop = restart_loop(pod, snap, settings)
     if loop is not None:  # a substitute would restart the pod once more than its lineage may be (soak D7)
         return FilterDecision((), failed, unresolvable, note=loop)

@@ -383,6 +383,20 @@ class ClusterSnapshot:
                      if r.reservation(self.now) and r.bound_pod not in self.unrestarted)
 
     @cached_property
+    def restoring_unrestarted(self) -> tuple[Rule, ...]:
+        """Restoring rules that reserve but take nobody yet: their upgraded pod is in ``unrestarted``."""
+        return tuple(r for r in restore_order(self.rules)
+                     if r.bound_pod in self.unrestarted and r.reservation(self.now))
+
+    def restore_before_restart(self, pod: PodInfo) -> Rule | None:
+        """The restore that would take ``pod`` as its replacement once our watch shows the upgraded pod going.
+        kube-scheduler may show /filter the replacement first (soak D8): such a pod must wait, not be
+        substituted away from the slice reserved for it."""
+        if not self.restoring_unrestarted or pod.uid in self.restore_claims:
+            return None
+        return next((r for r in self.restoring_unrestarted if r.awaits_restore(pod)), None)
+
+    @cached_property
     def restore_claims(self) -> frozenset[str]:
         return restore_claims(self.rules)
 

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from mig_extender.core.planner import RestartLoop, filter_pod
+from mig_extender.core.planner import RestartLoop, RestoreNotRestarted, filter_pod
 from mig_extender.core.resources import ANN_ORIGINAL, ANN_RULE, ResourceCount, pod_info
 from mig_extender.core.rules import Phase, match_restores, new_rule, rule_from_object, rule_to_object
 from tests.builders import make_pod, res
@@ -356,3 +356,28 @@ def test_soak_d8_restore_after_round_trips_through_the_migsubstitution_object() 
     rule = rule.applied("p2", 1000.0, 120.0).bound("uid-p2", "p2", "gpu-a", 1001.0).restoring(
         "gpu-a", 1010.0, 120.0, after=1001.0)
     assert rule_from_object(rule_to_object(rule)).restore_after == 1001.0
+
+
+def test_soak_d8_a_replacement_filtered_before_our_watch_shows_its_upgraded_pod_going_is_not_substituted() -> None:
+    """The controller makes the replacement once the upgraded pod is terminating, and kube-scheduler may
+    hand it to /filter before our pod watch shows that (the watches are independent). Before: the restore's
+    reservation (the only free original slice) counted against its own replacement, so /filter recorded a
+    new substitution for it; the reconciler cancelled that rule, which from then on was the pod's rule by
+    uid, so the replacement never got the reservation and waited until the restore expired
+    (restore_ttl). Now /filter records nothing for a pod such a restore would take, and once the watch
+    shows the upgraded pod going, the replacement fits on the reserved slice."""
+    w = World()
+    _, up, restoring = restore_beside_a_sibling(w, sibling_after_upgrade=False)
+    w.now += w.reconciler.plan.restore_confirm + 0.1
+    assert w.reconciler.run_once()["restore_evicted"] == 1
+    w.now += 1
+    new = pod_info(make_pod("infer-b-4", mig={"1g.5gb": 1}, owner=OWNER, created=stamp(w.now)))
+    lagging = w.inventory.snapshot(w.store.list(), w.now)
+    assert lagging.unrestarted == {up["metadata"]["uid"]}  # our watch: the upgraded pod still runs
+    decision = filter_pod(new, ["gpu-a"], lagging, w.reconciler.plan)
+    assert (decision.passed, decision.record) == ((), None)
+    assert decision.note == RestoreNotRestarted(restoring.name, up["metadata"]["name"])
+    up["metadata"]["deletionTimestamp"] = stamp(w.now + 30)
+    w.add(up)  # the watch catches up
+    caught_up = w.inventory.snapshot(w.store.list(), w.now)
+    assert filter_pod(new, ["gpu-a"], caught_up, w.reconciler.plan).passed == ("gpu-a",)
