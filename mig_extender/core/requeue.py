@@ -18,7 +18,7 @@ per-pod memory (``Parked``) and the write.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .resources import PodInfo
 from .rules import ACTIVE_PHASES
@@ -68,9 +68,11 @@ def fits_now(snap: ClusterSnapshot, pod: PodInfo, placement_ok: Callable[[PodInf
 def plan_requeues(snap: ClusterSnapshot, pods: Iterable[PodInfo], parked: Mapping[str, Parked],
                   placement_ok: Callable[[PodInfo, str], bool],
                   settings: RequeueSettings = RequeueSettings()) -> tuple[list[Requeue], dict[str, Parked]]:
-    """The pods to requeue this pass, oldest first, and the memory for the next pass (pods that no longer
-    fit, bound or gone are forgotten: a later episode starts over). A pod with a substitution of its own
-    under way is left to the reconciler's restart; a preemption hold's pod is not (its hold is what fits)."""
+    """The pods to requeue this pass, oldest first, and the memory for the next pass (pods bound, gone or
+    no longer parked are forgotten; a parked pod that does not fit now keeps its requeues, so the delays
+    keep doubling across fits, and its next requeue waits ``after`` from its last pass without a fit).
+    A pod with a substitution of its own under way is left to the reconciler's restart; a preemption
+    hold's pod is not (its hold is what fits)."""
     now = snap.now
     keep: dict[str, Parked] = {}
     due: list[tuple[float, str, PodInfo, str, Parked]] = []
@@ -84,6 +86,11 @@ def plan_requeues(snap: ClusterSnapshot, pods: Iterable[PodInfo], parked: Mappin
             continue
         node = fits_now(snap, pod, placement_ok)
         if node is None:
+            # still parked: keep its requeues (else churn of free slices restarted the delays at ``after``
+            # for a pod refused for a reason we do not model) and give a later fit ``after`` again
+            if pod.uid in parked:
+                old = parked[pod.uid]
+                keep[pod.uid] = replace(old, next_at=max(old.next_at, now + settings.after))
             continue
         seen = parked.get(pod.uid) or Parked(since=now, next_at=now + settings.after)
         keep[pod.uid] = seen

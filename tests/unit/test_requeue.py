@@ -62,12 +62,32 @@ def test_pods_the_scheduler_does_not_hold_parked_for_us_are_left_alone(change, w
     assert (due, memory) == ([], {}), why
 
 
-def test_a_pod_that_does_not_fit_in_our_view_is_not_requeued_and_is_forgotten() -> None:
+def test_a_pod_that_does_not_fit_in_our_view_is_not_requeued_and_keeps_its_count() -> None:
     node = make_node("n", mig={MIG5: 1})
     holder = make_pod("holder", mig={MIG5: 1}, node="n")
     pod = parked_pod("p")
     due, memory = plan([node, holder], [pod], {pod["metadata"]["uid"]: Parked(since=0.0, requeues=3)}, now=NOW)
-    assert (due, memory) == ([], {})  # a later episode starts over at ``after``
+    assert due == []
+    # still parked: its requeues are kept, and a later fit waits ``after`` at least (see the churn test)
+    assert memory == {pod["metadata"]["uid"]: Parked(since=0.0, requeues=3, next_at=NOW + SETTINGS.after)}
+
+
+def test_a_pod_refused_for_a_reason_we_do_not_model_costs_one_write_per_delay_under_slice_churn() -> None:
+    """Before: a pass where the pod did not fit (a free slice taken, then freed again by churn) forgot its
+    requeues, so the next fit wrote again ``after`` later with the count back at 1: under churn a pod the
+    scheduler refuses for pod anti-affinity, a topology spread or a volume cost a write every ~after
+    seconds for good. Now the count survives while the pod stays parked, and delays keep doubling."""
+    node = make_node("n", mig={MIG5: 1})
+    holder = make_pod("holder", mig={MIG5: 1}, node="n")
+    pod = parked_pod("p")
+    memory, writes = {}, []
+    for t in range(0, 200):
+        taken = t % 15 == 14  # another pod holds the free slice for one pass every 15 s
+        due, memory = plan([node, holder] if taken else [node], [pod], memory, now=NOW + t)
+        writes += [(t, d.attempt) for d in due]
+    # before: 13 writes, one every 15 s, each "retry 1". Now delays 20, 40, 80 after the first (10 s),
+    # each running on to the first fit ``after`` past a churn pass (14, 29, 44, ...)
+    assert writes == [(10, 1), (39, 2), (84, 3), (174, 4)]
 
 
 def test_a_slice_reserved_for_another_pod_does_not_count() -> None:
