@@ -157,15 +157,23 @@ def build_service(settings: Settings) -> ExtenderService:
     if (check := _staleness(informers, settings)) is not None:
         service.checks.append(check)
     if api is not None:  # not in readiness: the device plugin route does not need DRA's objects
-        from .cluster.drainventory import DraInventory, start_dra_informers
-
-        service.dra = DraInventory()
-        start_dra_informers(api, service.dra)
+        service.dra = watch_dra(api, metrics)
     metrics.watch_health(service.readiness_problems, _disconnected(informers))
     _every(HOUSEKEEPING_SECONDS, service.housekeeping, "housekeeping")
     _report_gpu_problems(inventory, api)
     _freeze_heap_when_synced(inventory)
     return service
+
+
+def watch_dra(api: Any, metrics: Metrics) -> Any:
+    """The DRA book, watched when the API server serves resource.k8s.io; its metrics only then (a cluster
+    without DRA shows no mig_extender_dra_* series, not zeros)."""
+    from .cluster import drainventory
+
+    book = drainventory.DraInventory()
+    if drainventory.start_dra_informers(api, book):
+        metrics.watch_dra(book.usage)
+    return book
 
 
 def _report_gpu_problems(inventory: ClusterInventory, api: Any) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 from kubernetes import client
 
 from ..core.dra import API_VERSION, DRIVER, MigDevice, slice_devices
+from ..core.drausage import DraUsage, dra_usage
 from .client import JSON, raw
 from .informer import Informer
 
@@ -38,6 +39,11 @@ class DraInventory:
     def claims(self) -> list[JSON]:
         with self._lock:
             return list(self._claims.values())
+
+    def usage(self) -> DraUsage:
+        """What /debug/inventory and the metrics show (core/drausage.py); O(devices + claims), so it is
+        called per debug request or scrape, never on /filter."""
+        return dra_usage(self.devices(), self.claims())
 
     def slice_event(self, kind: str, obj: JSON) -> None:
         name = obj["metadata"]["name"]

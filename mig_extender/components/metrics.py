@@ -2,7 +2,8 @@
 
 Counters and histograms are updated by the edges (HTTP, webhook, reconciler); the per-profile slice
 gauges and the rule-phase gauge are computed at scrape time from a snapshot, so the hot path never
-pays for them.
+pays for them. MIG served by DRA is exported the same way, from the DRA book's usage (core/drausage.py,
+the numbers /debug/inventory shows), summed per profile so its labels stay bounded at any node count.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ..core.catalog import ProfileError, resource_shape
+from ..core.drausage import DraUsage
 from ..core.rules import Phase
 from ..core.snapshot import ClusterSnapshot
 
@@ -61,6 +63,12 @@ class Metrics:
         (0 while connected): the alerts 'not ready' and 'watch stale' need them as numbers."""
         self.registry.register(_HealthCollector(problems, disconnected))
 
+    def watch_dra(self, usage: Callable[[], DraUsage]) -> None:
+        """Export the MIG devices DRA serves (allocated/free per profile) and our claims on a larger device,
+        from ``usage()`` at every scrape. Call only when the cluster serves resource.k8s.io: a cluster
+        without DRA must show no such series rather than zeros."""
+        self.registry.register(_DraCollector(usage))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -79,6 +87,28 @@ class _HealthCollector(Collector):
         for name, seconds in sorted(self._disconnected().items()):
             cut.add_metric([name], seconds)
         yield cut
+
+
+class _DraCollector(Collector):
+    def __init__(self, usage: Callable[[], DraUsage]) -> None:
+        self._usage = usage
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        usage = self._usage()
+        devices = GaugeMetricFamily("mig_extender_dra_devices",
+                                    "MIG devices in NVIDIA's ResourceSlices by profile and state (allocated: held "
+                                    "by any ResourceClaim; free)", labels=["profile", "state"])
+        for profile, u in usage.by_profile().items():
+            devices.add_metric([profile, "allocated"], u.allocated)
+            devices.add_metric([profile, "free"], u.free)
+        yield devices
+        upgraded = GaugeMetricFamily("mig_extender_dra_upgraded_claims",
+                                     "Claims of mig-extender's templates allocated from a later firstAvailable "
+                                     "entry: pods asking profile running on a got device (restore moves them back)",
+                                     labels=["profile", "got"])
+        for (asked, held), n in usage.upgraded_by_profile().items():
+            upgraded.add_metric([asked, held or "unknown"], n)
+        yield upgraded
 
 
 class _SnapshotCollector(Collector):

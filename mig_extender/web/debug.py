@@ -16,8 +16,6 @@ from typing import TYPE_CHECKING, Any
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from ..components.extender import Explanation, ExtenderService
-from ..core.dra import device_usage
-from ..core.drarestore import claim_facts, upgraded
 
 if TYPE_CHECKING:  # the book's module imports the kubernetes client; the web layer needs only its type
     from ..cluster.drainventory import DraInventory
@@ -94,15 +92,14 @@ def inventory() -> Response:
 
 def dra_json(book: DraInventory, only: str | None = None) -> dict[str, Any]:
     """MIG devices served by DRA: per node and profile devices/allocated/free, and the claims of ours that
-    run on a substitute (what restore will move back)."""
-    facts = [claim_facts(c) for c in book.claims()]
-    taken = {d for c in facts for d in c.devices}
-    usage = device_usage(book.devices(), taken)
+    run on a substitute (what restore will move back): "got" is the subrequest that won, "held" the profile
+    of its device (the ``got`` label of mig_extender_dra_upgraded_claims). The metrics sum the same usage."""
+    usage = book.usage()
     return {
         "nodes": {node: {p: {"devices": u.devices, "allocated": u.allocated, "free": u.free}
-                         for p, u in by.items()} for node, by in usage.items() if not only or node == only},
-        "upgraded": [{"claim": f"{c.namespace}/{c.name}", "pod": c.pod, "asked": c.profile, "got": c.subrequest}
-                     for c in upgraded(facts)],
+                         for p, u in by.items()} for node, by in usage.nodes.items() if not only or node == only},
+        "upgraded": [{"claim": f"{c.namespace}/{c.name}", "pod": c.pod, "asked": c.asked, "got": c.subrequest,
+                      "held": c.held} for c in usage.upgraded],
     }
 
 

@@ -363,6 +363,7 @@ def test_debug_inventory_shows_dra_devices_and_upgraded_claims(service, client) 
     body = client.get("/debug/inventory").get_json()["dra"]
     assert body["nodes"] == {"gpu-d": {"1g.5gb": {"devices": 1, "allocated": 0, "free": 1},
                                        "2g.10gb": {"devices": 1, "allocated": 1, "free": 0}}}
-    assert body["upgraded"] == [{"claim": "ml/web-mig", "pod": "web", "asked": "1g.5gb", "got": "mig-2g-10gb"}]
+    assert body["upgraded"] == [{"claim": "ml/web-mig", "pod": "web", "asked": "1g.5gb", "got": "mig-2g-10gb",
+                                 "held": "2g.10gb"}]
     book.claim_event("DELETED", {"metadata": {"namespace": "ml", "name": "web-mig"}})
     assert client.get("/debug/inventory").get_json()["dra"]["upgraded"] == []

@@ -308,6 +308,8 @@ def walkthrough_beside_kep5004(cluster: E2ECluster, stack: Stack, resource_api: 
     assert [(u["pod"], u["asked"], u["got"]) for u in seen] == [(first[0], "1g.5gb", "mig-2g-10gb")]
     assert stack.extender.inventory(node)["dra"]["nodes"][node]["1g.5gb"] == {"devices": 3, "allocated": 3,
                                                                               "free": 0}
+    agreed = assert_dra_metrics_match_the_debug_inventory(stack)
+    e2e_report(f"DRA walkthrough: extender /metrics = /debug/inventory: {agreed}")
     # ext's device is not free for a restore: counted as free, the reconciler would restart scaled now
     stays(lambda: [p for p, _ in running_on(cluster, resource_api, ns, "scaled")] == [first[0]]
           and "MigRestoring" not in {r for name, r in stack.events(ns) if name == first[0]},
@@ -332,6 +334,20 @@ def walkthrough_beside_kep5004(cluster: E2ECluster, stack: Stack, resource_api: 
           what="the second KEP-5004 pod Pending (every 1g.5gb taken; its class matches no other profile)")
     cluster.fake_kubelet.assert_no_overcommit(since=mark)
     assert "ext" in {d.name for d in cluster.fake_kubelet.decisions(mark) if d.admitted}
+
+
+def assert_dra_metrics_match_the_debug_inventory(stack: Stack) -> str:
+    """The extender's /metrics says what its /debug/inventory says, summed over every DRA node (the
+    metrics are cluster-wide): 1g.5gb allocated and free, and how many of our claims run upgraded. Returns
+    what it read, for the report."""
+    shown = stack.extender.inventory()["dra"]
+    by_state = {s: sum(by.get("1g.5gb", {}).get(s, 0) for by in shown["nodes"].values()) for s in ("allocated", "free")}
+    scraped = {s: stack.extender.metric("mig_extender_dra_devices", profile="1g.5gb", state=s) for s in by_state}
+    assert scraped == by_state and by_state["allocated"] >= 3
+    upgraded = stack.extender.metric("mig_extender_dra_upgraded_claims", profile="1g.5gb")
+    assert upgraded == len([u for u in shown["upgraded"] if u["asked"] == "1g.5gb"]) >= 1
+    assert stack.extender.metric("mig_extender_dra_upgraded_claims", profile="1g.5gb", got="2g.10gb") >= 1
+    return f"1g.5gb allocated {scraped['allocated']:g}, free {scraped['free']:g}; upgraded 1g.5gb claims {upgraded:g}"
 
 
 def test_pod_created_before_its_template_is_recreated_and_rewritten(

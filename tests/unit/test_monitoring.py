@@ -1,7 +1,7 @@
 """manifests/monitoring/ (issue 16): every alert and dashboard query names metrics and labels the code exports.
 
 The exported names are read from components/metrics.py itself: a Metrics registry with every collector
-attached (snapshot gauges, health gauges), each family turned into the sample names Prometheus stores
+attached (snapshot gauges, health gauges, DRA gauges), each family turned into the sample names Prometheus stores
 (a counter ``x`` is scraped as ``x_total``, a histogram as ``x_bucket``/``x_count``/``x_sum``).
 """
 
@@ -20,6 +20,7 @@ from mig_extender.components.metrics import Metrics
 from mig_extender.core.resources import ResourceCount
 from mig_extender.core.rules import new_rule
 from tests.builders import info, make_node, make_pod, res, snapshot_of
+from tests.unit.test_metrics import dra_book
 
 ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "manifests" / "monitoring"
@@ -38,6 +39,7 @@ def exported() -> dict[str, frozenset[str]]:
     snap = snapshot_of(make_node("n1", mig={"1g.5gb": 1, "2g.10gb": 1}), make_pod(mig={"3g.20gb": 1}), rules=(rule,))
     metrics.watch(lambda: snap)
     metrics.watch_health(lambda: [], lambda: {"nodes": 0.0})
+    metrics.watch_dra(dra_book().usage)
     for child in vars(metrics).values():  # one child per labelled counter/histogram, so its labels show
         if hasattr(child, "_labelnames") and child._labelnames:
             child.labels(*["x"] * len(child._labelnames))
@@ -94,7 +96,8 @@ def test_the_checker_can_fail(expr: str, expected: list[str]) -> None:
 def test_the_code_exports_what_the_alerts_need() -> None:
     for name in ("mig_extender_ready", "mig_extender_watch_disconnected_seconds", "mig_extender_rules",
                  "mig_extender_pending_slices", "mig_extender_rule_events_total",
-                 "mig_extender_request_duration_seconds_bucket", "mig_extender_substitution_waste"):
+                 "mig_extender_request_duration_seconds_bucket", "mig_extender_substitution_waste",
+                 "mig_extender_dra_devices", "mig_extender_dra_upgraded_claims"):
         assert name in exported(), name
 
 
