@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import __version__
-from .components.settings import LOG_LEVELS, REPARTITION_MODES, Settings, SettingsError
+from .components.settings import LOG_LEVELS, REPARTITION_MODES, RESTORE_POLICIES, Settings, SettingsError
 from .core.planner import PlanSettings, Policy
 
 
@@ -75,6 +75,50 @@ def _add_threads(p: argparse.ArgumentParser) -> None:
                         "workers: the books live in one process")
 
 
+# flags that default to None: given, they override the environment (MIG_EXTENDER_<FIELD>); not given, it stands
+LOOP_GUARD_FLAGS = ("restart_limit", "restart_window")
+RESTORE_REQUEUE_FLAGS = ("restore_policy", "restore_young", "requeue_after", "requeue_max_delay",
+                         "requeues_per_pass")
+
+
+def _add_loop_guard_flags(p: argparse.ArgumentParser) -> None:
+    """On serve (its filter refuses a substitute past the limit) and reconcile (upgrades and restores)."""
+    p.add_argument("--restart-limit", type=_integer, default=None, metavar="N",
+                   help="restarts by mig-extender (upgrades and restores together) a pod and its replacements "
+                        f"may have within --restart-window (default: {Settings.restart_limit}: an upgrade and "
+                        "its restore; 1: an upgraded pod is never restored; more: a restored pod may be upgraded "
+                        "again, more restarts for less waiting); give serve and "
+                        "reconcile the same value")
+    p.add_argument("--restart-window", type=_seconds, default=None, metavar="SECONDS",
+                   help=f"the window of --restart-limit (default: {Settings.restart_window:g}; finished rules "
+                        "are kept at least this long: the limit counts from them)")
+
+
+def _add_restore_requeue_flags(r: argparse.ArgumentParser) -> None:
+    r.add_argument("--restore-policy", type=_one_of(*RESTORE_POLICIES), default=None,
+                   metavar="{" + ",".join(RESTORE_POLICIES) + "}",
+                   help="taker: restore a substituted pod only when a queued pod wants the larger slice it "
+                        "frees, or the pod is younger than --restore-young; always: whenever its own type "
+                        f"frees (more restarts, less waste) (default: {Settings.restore_policy})")
+    r.add_argument("--restore-young", type=_seconds, default=None, metavar="SECONDS",
+                   help="with --restore-policy taker, a pod started on a substitute of at least twice its "
+                        "compute less than this ago is restored without a taker: it loses little work "
+                        f"(default: {Settings.restore_young:g})")
+    r.add_argument("--requeue-after", type=_seconds, default=None, metavar="SECONDS",
+                   help="a pod kube-scheduler parked as unschedulable that fits in mig-extender's view this "
+                        "long is requeued (one pod status write), then again after doubling delays "
+                        f"(default: {Settings.requeue_after:g}: the scheduler's own backoff comes first)")
+    r.add_argument("--requeue-max-delay", type=_seconds, default=None, metavar="SECONDS",
+                   help=f"longest delay between requeues of one pod (default: {Settings.requeue_max_delay:g})")
+    r.add_argument("--requeues-per-pass", type=_integer, default=None, metavar="N",
+                   help=f"requeues one pass may write (default: {Settings.requeues_per_pass}; 0: no requeues)")
+
+
+def _given(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
+    """The flags among ``names`` given on the command line (the others are None)."""
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
 RULE_TTL_HELP = ("seconds a recorded substitution keeps its slice reserved for the pod's replacement "
                  "(default: %(default)g); give serve and reconcile the same value")
 
@@ -130,6 +174,7 @@ def _serve_parser(s: argparse.ArgumentParser) -> None:
                                                  "(default: %(default)s)")
     s.add_argument("--no-substitution", action="store_true", help="exact MIG type only (stock behaviour)")
     s.add_argument("--restartable-owners", default=None, metavar="KIND,...", help=RESTARTABLE_HELP)
+    _add_loop_guard_flags(s)
     s.add_argument("--no-debug-endpoints", action="store_true", help="do not serve /debug/*")
     s.add_argument("--tls-cert", default="", metavar="FILE", help="serve HTTPS with this certificate (reloaded "
                    "on change); set enableHTTPS and tlsConfig in the scheduler's extender entry to match "
@@ -168,6 +213,8 @@ def _reconcile_parser(r: argparse.ArgumentParser) -> None:
                    help="restores one pass may start, each restarts a pod (default: %(default)s; 0: no restores)")
     r.add_argument("--restores-in-flight", type=_integer, default=PlanSettings.restores_in_flight, metavar="N",
                    help="restores under way at once (default: %(default)s)")
+    _add_loop_guard_flags(r)
+    _add_restore_requeue_flags(r)
     r.add_argument("--no-preemption", action="store_true",
                    help="never preempt lower-priority pods for a pending MIG pod (docs/preemption.md)")
     r.add_argument("--preemptions-per-pass", type=_integer, default=Settings.preemptions_per_pass, metavar="N",
@@ -287,8 +334,8 @@ def _tls(args: argparse.Namespace) -> tuple[str, str] | None:
     return (args.tls_cert, args.tls_key) if args.tls_cert else None
 
 
-def _serve_settings(args: argparse.Namespace) -> Settings:
-    base = Settings().with_env()
+def _serve_settings(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Settings:
+    base = Settings().with_env(environ)
     return replace(
         base, bind=args.bind, ops_bind=args.metrics_bind, snapshot=args.snapshot, kubeconfig=args.kubeconfig,
         in_cluster=args.in_cluster,
@@ -297,6 +344,7 @@ def _serve_settings(args: argparse.Namespace) -> Settings:
         debug_endpoints=base.debug_endpoints and not args.no_debug_endpoints,
         threads=args.threads, log_level=args.log_level,
         restartable_owners=base.restartable_owners if args.restartable_owners is None else args.restartable_owners,
+        **_given(args, LOOP_GUARD_FLAGS),
     ).validate()
 
 
@@ -333,22 +381,26 @@ def _reconcile(args: argparse.Namespace) -> None:
     from .process import Application, build_reconciler, default_identity
     from .web.app import create_ops_app
 
-    settings = replace(Settings().with_env(), bind=args.metrics_bind, kubeconfig=args.kubeconfig,
-                       in_cluster=args.in_cluster, namespace=args.namespace, rule_ttl=args.rule_ttl,
-                       restore_ttl=args.restore_ttl, restores_per_pass=args.restores_per_pass,
-                       restores_in_flight=args.restores_in_flight, threads=2,
-                       log_level=args.log_level, preemptions_per_pass=args.preemptions_per_pass,
-                       preemption_margin=args.preemption_margin).validate()
-    if args.no_preemption:
-        settings = replace(settings, preemption=False)
-    if args.restartable_owners is not None:
-        settings = replace(settings, restartable_owners=args.restartable_owners).validate()
-    settings = _repartition_settings(settings, args)
-    settings = _with_cluster(settings, "reconcile")
+    settings = _with_cluster(_reconcile_settings(args), "reconcile")
     identity = args.identity or default_identity()
     _check_serving(settings, None, bind_flag="--metrics-bind")
     Application(settings, lambda: create_ops_app(
         settings, build_reconciler(settings, args.lease_name, identity, args.dry_run))).run()
+
+
+def _reconcile_settings(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Settings:
+    settings = replace(Settings().with_env(environ), bind=args.metrics_bind, kubeconfig=args.kubeconfig,
+                       in_cluster=args.in_cluster, namespace=args.namespace, rule_ttl=args.rule_ttl,
+                       restore_ttl=args.restore_ttl, restores_per_pass=args.restores_per_pass,
+                       restores_in_flight=args.restores_in_flight, threads=2,
+                       log_level=args.log_level, preemptions_per_pass=args.preemptions_per_pass,
+                       preemption_margin=args.preemption_margin,
+                       **_given(args, (*LOOP_GUARD_FLAGS, *RESTORE_REQUEUE_FLAGS))).validate()
+    if args.no_preemption:
+        settings = replace(settings, preemption=False)
+    if args.restartable_owners is not None:
+        settings = replace(settings, restartable_owners=args.restartable_owners).validate()
+    return _repartition_settings(settings, args)
 
 
 def _repartition_settings(settings: Settings, args: argparse.Namespace) -> Settings:

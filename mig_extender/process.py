@@ -99,8 +99,8 @@ def build_store(settings: Settings, api: Any = None) -> RuleStore:
     if settings.store_kind == "kube":
         from .cluster.rulestore_kube import KubeRuleStore
 
-        return KubeRuleStore(api, retention=settings.retention).start()
-    return MemoryRuleStore(retention=settings.retention)
+        return KubeRuleStore(api, retention=settings.rule_retention).start()
+    return MemoryRuleStore(retention=settings.rule_retention)
 
 
 def _cluster(settings: Settings, inventory: ClusterInventory) -> tuple[Any, list[Any]]:
@@ -199,7 +199,7 @@ def build_webhook(settings: Settings) -> Any:
     from .components.webhook import WebhookService
 
     if not settings.has_cluster:
-        service = WebhookService(MemoryRuleStore(retention=settings.retention))
+        service = WebhookService(MemoryRuleStore(retention=settings.rule_retention))
         service.metrics.watch_health(service.readiness_problems, dict)
         return service
     from .cluster.client import api_client
@@ -221,7 +221,6 @@ def build_reconciler(settings: Settings, lease_name: str, identity: str, dry_run
     (cluster/dryrun.py), and it takes no Lease (it must never keep the real reconciler from leading)."""
     from .cluster.actions import KubeActions
     from .cluster.leases import LeaseElector
-    from .components.reconciler import Reconciler
 
     if not settings.has_cluster:
         raise ValueError("reconcile needs a cluster (--kubeconfig or --in-cluster)")
@@ -244,9 +243,7 @@ def build_reconciler(settings: Settings, lease_name: str, identity: str, dry_run
 
     actions, dra_objects = KubeActions(api), KubeDraObjects(api)
     dra = DraTemplateSync(dra_objects, restorer=DraRestorer(dra_objects, actions, settings.plan.restartable_owners))
-    reconciler = Reconciler(inventory, build_store(settings, api), actions, settings.plan, metrics,
-                            is_leader=is_leader, retention=settings.retention,
-                            preemption=settings.preemption_settings, dra=dra)
+    reconciler = new_reconciler(settings, inventory, build_store(settings, api), actions, metrics, is_leader, dra)
     metrics.watch(lambda: inventory.snapshot(reconciler.store.list()))
     reconciler.repartitioner = _repartitioner(settings, api, metrics)
     if (check := _staleness(informers, settings)) is not None:
@@ -259,6 +256,16 @@ def build_reconciler(settings: Settings, lease_name: str, identity: str, dry_run
     threading.Thread(target=reconciler.run, args=(threading.Event(),), name="reconcile", daemon=True).start()
     log.info("reconciler %s started; acting only while holding Lease %s/%s", identity, settings.namespace, lease_name)
     return reconciler
+
+
+def new_reconciler(settings: Settings, inventory: ClusterInventory, store: RuleStore, actions: Any,
+                   metrics: Metrics, is_leader: Callable[[], bool], dra: Any) -> Any:
+    """The Reconciler with every knob from ``settings``; apart from the wiring so a test can see them."""
+    from .components.reconciler import Reconciler
+
+    return Reconciler(inventory, store, actions, settings.plan, metrics, is_leader=is_leader,
+                      retention=settings.rule_retention, preemption=settings.preemption_settings, dra=dra,
+                      requeue=settings.requeue_settings)
 
 
 def _repartitioner(settings: Settings, api: Any, metrics: Metrics) -> Any:

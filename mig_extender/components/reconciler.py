@@ -117,7 +117,7 @@ class Reconciler:
                  plan: PlanSettings | None = None, metrics: Metrics | None = None,
                  clock: Callable[[], float] = time.time, is_leader: Callable[[], bool] = lambda: True,
                  retention: float = 3600.0, preemption: PreemptionSettings | None = None,
-                 dra: DraTemplateSync | None = None) -> None:
+                 dra: DraTemplateSync | None = None, requeue: RequeueSettings | None = None) -> None:
         self.inventory, self.store, self.actions, self.plan = inventory, store, actions, plan or PlanSettings()
         self.preemption = preemption or PreemptionSettings()
         self.dra = dra  # DRA mode's ResourceClaimTemplates (components/dratemplates.py); None: not run
@@ -136,7 +136,7 @@ class Reconciler:
         self._no_plan: TTLCache[str, str] = TTLCache(maxsize=50_000, ttl=60.0, timer=clock)
         # pod uid -> a parked pod that fits in our view, and its requeues (core/requeue.py); rebuilt each pass
         self._parked: dict[str, Parked] = {}
-        self.requeue = RequeueSettings()
+        self.requeue = requeue or RequeueSettings()
         self.passes = 0
         self.last_pass = 0.0
         self.last_error = ""

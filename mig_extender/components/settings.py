@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields, replace
 from ..core.planner import PlanSettings, Policy
 from ..core.preemption import PreemptionSettings
 from ..core.repartition import RepartitionSettings
+from ..core.requeue import RequeueSettings
 
 ENV_PREFIX = "MIG_EXTENDER_"
 # an owner kind as --restartable-owners takes it: Kind, or group/Kind (the group of the owner's apiVersion)
@@ -33,8 +34,15 @@ _FLAGS = {"bind": "--bind", "ops_bind": "--metrics-bind", "rule_store": "--rule-
           "namespace": "--namespace", "log_level": "--log-level", "repartition": "--repartition",
           "repartition_window": "--repartition-window", "repartition_cooldown": "--repartition-cooldown",
           "repartition_in_flight": "--repartition-in-flight", "repartition_timeout": "--repartition-timeout",
-          "repartition_settle": "--repartition-settle", "mig_configs": "--mig-configs"}
+          "repartition_settle": "--repartition-settle", "mig_configs": "--mig-configs",
+          "restart_limit": "--restart-limit", "restart_window": "--restart-window",
+          "restore_policy": "--restore-policy", "restore_young": "--restore-young",
+          "requeue_after": "--requeue-after", "requeue_max_delay": "--requeue-max-delay",
+          "requeues_per_pass": "--requeues-per-pass"}
 REPARTITION_MODES = ("off", "advise", "on")
+# --restore-policy: taker = restore only when a queued pod wants the larger slice it frees (or the pod is
+# young and wasteful); always = whenever the original type frees (the older behaviour)
+RESTORE_POLICIES = ("taker", "always")
 
 
 def flag_of(field_name: str) -> str:
@@ -62,12 +70,24 @@ class Settings:
     rule_ttl: float = 120.0
     # seconds a restore reservation waits for the restarted pod
     restore_ttl: float = 120.0
-    # seconds finished rules (Expired, Restored) are kept for /debug/rules and the restore loop guard
+    # seconds finished rules (Expired, Restored) are kept for /debug/rules and the restore loop guard; never
+    # less than restart_window (rule_retention): the guard counts restarts from them
     retention: float = 3600.0
     # restores (each restarts a pod) one reconciler pass may start, and that may be under way at once:
     # the simulator shows diminishing returns above these (bench/README.md), and every restart costs work
     restores_per_pass: int = 2
     restores_in_flight: int = 4
+    # the restart-loop guard (core/loopguard.py): at most restart_limit restarts by us per pod lineage,
+    # upgrades and restores together, within restart_window seconds; defaults and why are PlanSettings'
+    restart_limit: int = PlanSettings.restart_limit
+    restart_window: float = PlanSettings.restart_window
+    # when a restore runs (RESTORE_POLICIES) and how young a wasteful pod is restored without a taker
+    restore_policy: str = RESTORE_POLICIES[0] if PlanSettings.restore_needs_taker else RESTORE_POLICIES[1]
+    restore_young: float = PlanSettings.restore_young
+    # the reconciler's requeue of parked pods that fit in our view (core/requeue.py); defaults are its own
+    requeue_after: float = RequeueSettings.after
+    requeue_max_delay: float = RequeueSettings.max_delay
+    requeues_per_pass: int = RequeueSettings.per_pass
     policy: str = Policy.PACK.value
     substitution: bool = True
     # owner kinds, comma-separated, that recreate a deleted pod besides the built-in ReplicaSet, StatefulSet,
@@ -152,6 +172,7 @@ class Settings:
         if self.max_body_bytes < 1024:
             errors.append(f"{flag_of('max_body_bytes')} must be >= 1024, got {self.max_body_bytes}")
         errors += self._repartition_errors()
+        errors += self._restart_errors()
         bad = [k for k in self.owner_kinds if not _OWNER_KIND.match(k)]
         if bad:
             errors.append(f"--restartable-owners takes Kind or group/Kind (e.g. ray.io/RayCluster), got {bad}")
@@ -172,6 +193,31 @@ class Settings:
             errors.append(f"{flag_of('repartition_timeout')} must be > 0 seconds, got {self.repartition_timeout:g}")
         if self.repartition_in_flight < 1:
             errors.append(f"{flag_of('repartition_in_flight')} must be >= 1, got {self.repartition_in_flight}")
+        return errors
+
+    def _restart_errors(self) -> list[str]:
+        """The loop guard, restores and requeues: a value that would silently stop or loop them."""
+        errors = []
+        if self.restart_limit < 1:
+            errors.append(f"{flag_of('restart_limit')} must be >= 1 (0 would refuse every substitution as a "
+                          "restart loop: serve --no-substitution turns substitution off, reconcile "
+                          f"--restores-per-pass 0 restores), got {self.restart_limit}")
+        if self.restart_window <= 0:
+            errors.append(f"{flag_of('restart_window')} must be > 0 seconds, got {self.restart_window:g}")
+        if self.restore_policy.lower() not in RESTORE_POLICIES:
+            errors.append(f"{flag_of('restore_policy')} must be one of {', '.join(RESTORE_POLICIES)}, "
+                          f"got {self.restore_policy!r}")
+        if self.restore_young < 0:
+            errors.append(f"{flag_of('restore_young')} must be >= 0 seconds, got {self.restore_young:g}")
+        if self.requeue_after <= 0:  # delays double from it: 0 is a status write every pass
+            errors.append(f"{flag_of('requeue_after')} must be > 0 seconds (0 would requeue every pass), "
+                          f"got {self.requeue_after:g}")
+        elif self.requeue_max_delay < self.requeue_after:
+            errors.append(f"{flag_of('requeue_max_delay')} must be >= {flag_of('requeue_after')} "
+                          f"({self.requeue_after:g} s), got {self.requeue_max_delay:g}")
+        if self.requeues_per_pass < 0:
+            errors.append(f"{flag_of('requeues_per_pass')} must be >= 0 (0 turns requeues off), "
+                          f"got {self.requeues_per_pass}")
         return errors
 
     @property
@@ -196,7 +242,21 @@ class Settings:
     def plan(self) -> PlanSettings:
         return PlanSettings(rule_ttl=self.rule_ttl, restore_ttl=self.restore_ttl, policy=Policy(self.policy),
                             substitution=self.substitution, restores_per_pass=self.restores_per_pass,
-                            restores_in_flight=self.restores_in_flight, restartable_owners=self.owner_kinds)
+                            restores_in_flight=self.restores_in_flight, restartable_owners=self.owner_kinds,
+                            restart_limit=self.restart_limit, restart_window=self.restart_window,
+                            restore_needs_taker=self.restore_policy.lower() == "taker",
+                            restore_young=self.restore_young)
+
+    @property
+    def requeue_settings(self) -> RequeueSettings:
+        return RequeueSettings(after=self.requeue_after, max_delay=self.requeue_max_delay,
+                               per_pass=self.requeues_per_pass)
+
+    @property
+    def rule_retention(self) -> float:
+        """Seconds finished rules are kept: ``retention``, but never less than ``restart_window``, since the
+        loop guard counts a lineage's restarts from those rules (a rule deleted sooner is a restart forgotten)."""
+        return max(self.retention, self.restart_window)
 
     @property
     def preemption_settings(self) -> PreemptionSettings:

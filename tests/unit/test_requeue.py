@@ -142,3 +142,13 @@ def test_oldest_first_and_at_most_per_pass() -> None:
     due, _ = plan([node], pods, memory, now=NOW + 1)
     assert [d.pod.name for d in due] == ["p0"]
 
+
+
+def test_requeues_per_pass_zero_writes_no_requeue() -> None:
+    """--requeues-per-pass 0 turns requeues off (docs/install.md): a pod due long ago is still not requeued."""
+    node = make_node("n", mig={MIG5: 1})
+    pod = parked_pod("p")
+    due, _ = plan([node], [pod], {pod["metadata"]["uid"]: Parked(since=0.0)}, settings=replace(SETTINGS, per_pass=0))
+    assert due == []
+    due, _ = plan([node], [pod], {pod["metadata"]["uid"]: Parked(since=0.0)})
+    assert [d.pod.name for d in due] == ["p"]  # the same pod with requeues on

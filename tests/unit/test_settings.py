@@ -65,3 +65,100 @@ def test_preemption_settings_are_nested_with_their_defaults_given_once() -> None
     assert Settings().preemption_settings == PreemptionSettings()
     off = replace(Settings(), preemption=False, preemptions_per_pass=2, preemption_margin=5.0).preemption_settings
     assert off == PreemptionSettings(enabled=False, per_pass=2, reservation_margin=5.0)
+
+
+# -- operator knobs of the loop guard, restores and requeues -------------------------------------------
+
+
+def test_loop_guard_restore_and_requeue_defaults_are_the_cores() -> None:
+    """Settings adds knobs, not defaults: each is PlanSettings' or RequeueSettings' own."""
+    from mig_extender.core.planner import PlanSettings
+    from mig_extender.core.requeue import RequeueSettings
+
+    assert Settings().plan == PlanSettings()
+    assert Settings().requeue_settings == RequeueSettings()
+
+
+@pytest.mark.parametrize("argv, plan, requeue", [
+    pytest.param(["reconcile", "--restart-limit", "3", "--restart-window", "1800"],
+                 {"restart_limit": 3, "restart_window": 1800.0}, {}, id="loop-guard"),
+    pytest.param(["reconcile", "--restore-policy", "always", "--restore-young", "0"],
+                 {"restore_needs_taker": False, "restore_young": 0.0}, {}, id="restore-policy"),
+    pytest.param(["reconcile", "--restore-policy", "TAKER"], {"restore_needs_taker": True}, {},
+                 id="restore-policy-case"),
+    pytest.param(["reconcile", "--requeue-after", "5", "--requeue-max-delay", "60", "--requeues-per-pass", "0"],
+                 {}, {"after": 5.0, "max_delay": 60.0, "per_pass": 0}, id="requeue"),
+])
+def test_reconcile_flags_reach_plan_and_requeue_settings(argv: list[str], plan: dict, requeue: dict) -> None:
+    from mig_extender import cli
+    from mig_extender.core.planner import PlanSettings
+    from mig_extender.core.requeue import RequeueSettings
+
+    settings = cli._reconcile_settings(cli._parser().parse_args(["reconcile", "--kubeconfig", "k", *argv[1:]]),
+                                       environ={})
+    assert settings.plan == replace(PlanSettings(), **plan)
+    assert settings.requeue_settings == replace(RequeueSettings(), **requeue)
+
+
+def test_serve_takes_the_loop_guard_its_filter_reads() -> None:
+    """The filter refuses a substitute that would restart a lineage past the limit (planner.restart_loop)."""
+    from mig_extender import cli
+
+    args = cli._parser().parse_args(["serve", "--snapshot", "s.json", "--restart-limit", "4",
+                                     "--restart-window", "600"])
+    plan = cli._serve_settings(args, environ={}).plan
+    assert (plan.restart_limit, plan.restart_window) == (4, 600.0)
+
+
+def test_flags_not_given_leave_the_environment_in_force() -> None:
+    from mig_extender import cli
+
+    args = cli._parser().parse_args(["reconcile", "--kubeconfig", "k", "--restart-window", "1200"])
+    settings = cli._reconcile_settings(args, environ={"MIG_EXTENDER_RESTART_LIMIT": "5",
+                                                      "MIG_EXTENDER_RESTART_WINDOW": "99"})
+    assert (settings.plan.restart_limit, settings.plan.restart_window) == (5, 1200.0)
+
+
+def test_finished_rules_are_kept_as_long_as_the_loop_guard_counts_them() -> None:
+    """The guard counts restarts from finished rules: deleting them sooner than --restart-window would
+    let a lineage be restarted again inside the window."""
+    assert Settings().rule_retention == Settings().retention
+    assert replace(Settings(), restart_window=7200.0).rule_retention == 7200.0
+    assert replace(Settings(), retention=9000.0, restart_window=7200.0).rule_retention == 9000.0
+
+
+@pytest.mark.parametrize("changes, message", [
+    pytest.param({"restart_limit": 0}, "--restart-limit must be >= 1 (0 would refuse every substitution as a "
+                 "restart loop: serve --no-substitution turns substitution off, reconcile --restores-per-pass 0 "
+                 "restores), got 0", id="restart-limit-zero"),
+    pytest.param({"restart_window": 0.0}, "--restart-window must be > 0 seconds, got 0", id="restart-window"),
+    pytest.param({"restore_policy": "never"}, "--restore-policy must be one of taker, always, got 'never'",
+                 id="restore-policy"),
+    pytest.param({"restore_young": -1.0}, "--restore-young must be >= 0 seconds, got -1", id="restore-young"),
+    pytest.param({"requeue_after": 0.0}, "--requeue-after must be > 0 seconds (0 would requeue every pass), "
+                 "got 0", id="requeue-after-zero"),
+    pytest.param({"requeue_max_delay": 5.0}, "--requeue-max-delay must be >= --requeue-after (10 s), got 5",
+                 id="requeue-max-delay-below-after"),
+    pytest.param({"requeues_per_pass": -1}, "--requeues-per-pass must be >= 0 (0 turns requeues off), got -1",
+                 id="requeues-per-pass"),
+])
+def test_invalid_loop_guard_restore_and_requeue_settings(changes: dict, message: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        replace(Settings(), **changes).validate()
+    assert str(info.value) == message
+
+
+def test_reconciler_built_by_the_process_carries_requeue_loop_guard_and_retention() -> None:
+    """The requeue settings used to be RequeueSettings() inside Reconciler whatever the flags said."""
+    from mig_extender.cluster.inventory import ClusterInventory
+    from mig_extender.cluster.rulestore import MemoryRuleStore
+    from mig_extender.components.metrics import Metrics
+    from mig_extender.process import new_reconciler
+
+    settings = replace(Settings(), requeue_after=5.0, requeue_max_delay=40.0, requeues_per_pass=3,
+                       restart_limit=3, restart_window=7200.0).validate()
+    reconciler = new_reconciler(settings, ClusterInventory(), MemoryRuleStore(), actions=None, metrics=Metrics(),
+                                is_leader=lambda: True, dra=None)
+    assert reconciler.requeue == settings.requeue_settings
+    assert reconciler.plan == settings.plan
+    assert reconciler.retention == 7200.0

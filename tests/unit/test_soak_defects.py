@@ -263,6 +263,19 @@ def test_soak_d7_a_third_restart_in_a_lineage_within_the_hour_is_never_planned()
     assert w.store.get("default", sneaked.name).phase is Phase.EXPIRED
 
 
+def test_restart_limit_one_keeps_an_upgraded_pod_on_its_substitute() -> None:
+    """--restart-limit 1 (docs/install.md): the upgrade is the lineage's one restart, so no restore follows
+    when its own type frees; the default limit of 2 restores it (test above)."""
+    w = World()
+    w.reconciler.plan = replace(w.reconciler.plan, restart_limit=1)
+    freed_after_upgrade(w)
+    for _ in range(3):
+        w.reconciler.run_once()
+        w.now += w.reconciler.plan.restore_confirm + 1
+    assert ("restart", "p2") not in w.actions.calls
+    assert all(r.phase is Phase.APPLIED for r in w.store.list())
+
+
 def test_soak_d7_the_lineage_guard_forgets_restarts_older_than_its_window() -> None:
     """The upgrade an hour ago no longer counts, the restore a second ago does."""
     w = World()
