@@ -1011,8 +1011,10 @@ def _wanted_by_queue(snap: ClusterSnapshot, original: ProfileShape, freed: Profi
 
 def _young_and_wasteful(snap: ClusterSnapshot, pod: PodInfo, original: ProfileShape, held: ProfileShape,
                         young: float) -> bool:
-    """Restore even with no taker: the pod started less than ``young`` ago (little work lost to the restart;
-    an unknown start counts as old) and holds at least twice the compute it asked for."""
+    """Restore even with no taker: the pod started less than ``young`` ago (little work lost to the restart)
+    and holds at least twice the compute it asked for. An unknown start counts as young: the kubelet sets
+    ``status.startTime`` before a pod is Running (and only Running pods are restored), so in a cluster this
+    is a pod our view has not caught up with; the unit tests' pods carry none."""
     return ((not pod.started or snap.now - pod.started < young)
             and held.compute_slices >= 2 * original.compute_slices)
 
