@@ -87,7 +87,12 @@ class RssSampler:
             after = [s for s in series if s[0] - series[0][0] >= warmup] or series[-1:]
             warm, end = after[0][1], series[-1][1]
             incarnations = sum(1 for c, _ in by_proc if c == component)
+            # every incarnation after its own warm-up: a process killed by a fault and its successors must
+            # not creep up from one to the next either (the longest-lived one may live minutes only)
+            warm_all = [rss for (c, _), ser in by_proc.items() if c == component
+                        for t, rss in ser if t - ser[0][0] >= warmup]
             out.append({"component": component, "pid": pid, "incarnations": incarnations,
+                        "peak_mib": round(max(warm_all or [end]) / 1024, 1),
                         "lived_s": round(series[-1][0] - series[0][0]), "warm_mib": round(warm / 1024, 1),
                         "end_mib": round(end / 1024, 1), "growth_pct": round(100 * (end - warm) / warm, 1)})
         return out
@@ -149,7 +154,8 @@ def main() -> int:
         print("RSS (MiB) of each component's longest-lived process, after warm-up -> end:")
         for row in memory:
             print(f"  {row['component']:<16} {row['warm_mib']:>7} -> {row['end_mib']:>7}  ({row['growth_pct']:+.1f}%, "
-                  f"lived {row['lived_s']} s, {row['incarnations']} process(es))")
+                  f"lived {row['lived_s']} s, {row['incarnations']} process(es); peak of all after warm-up "
+                  f"{row['peak_mib']})")
     return 1 if result.verdict.total else 0
 
 
