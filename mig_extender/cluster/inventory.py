@@ -7,9 +7,9 @@ event touches one node) and a bind is *assumed* before the API confirms it::
       /bind  ----------------------->  assumed  ------------------------------------->  bound
                                        |     |                                          |     |
       the API refused the Binding:     |     | no answer (timeout, cut off): it may     |     | a relist without the
-      forget(uid) -> dropped  <--------+     | exist; expire_assumed() drops it after   |     | pod, taken over
-                                             | ASSUME_TTL unless the watch shows it     |     | ASSUME_TTL after the
-                                             v                                          v     | bind -> dropped
+      forget(uid) -> dropped  <--------+     | exist; expire_assumed() drops it after   |     | pod, begun after
+                                             | ASSUME_TTL unless the watch shows it     |     | the 2xx came back
+                                             v                                          v     | -> dropped
                   the watch shows the pod bound: confirmed (an ordinary pod from then on)
                   the watch deletes the pod (or it finishes): dropped
 
@@ -299,10 +299,13 @@ class ClusterInventory:
 
         ``objs`` may be the informer's page-by-page stream: each pod is booked under the lock on its own,
         never the lock held across a page fetch (readers would wait for the API). Meanwhile a reader sees
-        each pod either as it was or as listed. An assumed pod missing from the list stays while its
-        Binding may postdate the list (in flight, unknown outcome: its deadline settles it, or bound less
-        than ASSUME_TTL ago); a pod bound longer ago than that would be in any list taken since, so it is
-        gone."""
+        each pod either as it was or as listed. An assumed pod missing from the list stays only while its
+        Binding may postdate the list: in flight (unknown outcome: its deadline settles it) or answered
+        after the list began; the watch from the list's resourceVersion then shows it. A Binding that
+        succeeded before the list began is in the list's consistent snapshot unless the pod is gone or
+        finished since, so it is dropped (soak D9: a 30 s grace kept three such pods booked for good
+        when no later relist came)."""
+        began = self._clock()  # before the first page is asked for: ``objs`` is lazy
         seen, listed = set(), set()
         for obj in objs:
             info = self.upsert_pod(obj)
@@ -311,10 +314,9 @@ class ClusterInventory:
             uid = ((obj.get("metadata") or {}) if isinstance(obj, Mapping) else {}).get("uid")
             listed.add(str(uid or ""))
         with self._lock:
-            settled = self._clock() - ASSUME_TTL
             for uid in [u for u in self._pods if u not in seen]:
                 assumed = self._assumed.get(uid)
-                if assumed is not None and (assumed.bound_at is None or assumed.bound_at > settled):
+                if assumed is not None and (assumed.bound_at is None or assumed.bound_at >= began):
                     continue
                 self._assumed.pop(uid, None)
                 self._remove_pod(self._pods[uid])

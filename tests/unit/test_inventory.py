@@ -310,3 +310,38 @@ def test_issue19_a_relist_does_not_hold_the_lock_while_its_pages_arrive() -> Non
     inv.replace_pods(pages())
     assert stalled == [False, False]
     assert inv.snapshot().free("n1", res("1g.5gb")) == 2
+
+
+def test_soak_d9_a_pod_bound_before_a_relist_began_and_missing_from_it_is_dropped() -> None:
+    """Soak seed 31 (30 min, invariant 7 at 1,337 s): three pods bound by the extender ~1 s before an API
+    server restart ended (a Job pod Succeeded, two StatefulSet pods deleted) while the watch was down; the
+    relist 16 s after the binds lacked them, and the 30 s rule kept them booked. No later relist came, so
+    3 slices stayed used in the books for good. A list that begins after the Binding succeeded cannot
+    predate it (a consistent read): missing from it, the pod is gone or finished."""
+    clock = Clock()
+    inv = ClusterInventory(clock=clock)
+    inv.upsert_node(make_node("n1", mig={"1g.5gb": 1}))
+    pod = make_pod(mig={"1g.5gb": 1})
+    inv.assume(inv.upsert_pod(pod), "n1")
+    inv.finish_binding(pod["metadata"]["uid"])
+    clock.now += 16
+    inv.replace_pods([])
+    assert inv.snapshot().free("n1", res("1g.5gb")) == 1
+
+
+def test_soak_d9_a_binding_that_succeeds_while_the_relist_runs_stays_booked() -> None:
+    """The other side: a Binding whose success arrives after the list began may postdate the list's
+    snapshot; the watch from the list's resourceVersion will show the pod (or its delete)."""
+    clock = Clock()
+    inv = ClusterInventory(clock=clock)
+    inv.upsert_node(make_node("n1", mig={"1g.5gb": 1}))
+    pod = make_pod(mig={"1g.5gb": 1})
+    inv.assume(inv.upsert_pod(pod), "n1")
+
+    def pages():
+        clock.now += 1  # the list is under way when the Binding's answer comes
+        inv.finish_binding(pod["metadata"]["uid"])
+        yield from ()
+
+    inv.replace_pods(pages())
+    assert inv.snapshot().free("n1", res("1g.5gb")) == 0
