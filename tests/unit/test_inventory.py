@@ -202,16 +202,24 @@ class Clock:
         return self.now
 
 
-def test_item11_a_successful_binding_stays_booked_while_the_watch_lags() -> None:
-    """kube-scheduler's cache never expires an assumed pod once its Binding succeeded (v1.36
-    pkg/scheduler/backend/cache has no expiry; earlier releases set durationToExpireAssumedPod = 0):
-    only the watch confirms or deletes it. Here no event comes for 60 s after the bind."""
+def bound_by_us(bound: bool = True) -> tuple[Clock, ClusterInventory, dict]:
+    """Node n1 with one 1g.5gb, and a pod the extender placed there (assumed; its Binding answered 2xx
+    unless ``bound`` is False)."""
     clock = Clock()
     inv = ClusterInventory(clock=clock)
     inv.upsert_node(make_node("n1", mig={"1g.5gb": 1}))
     pod = make_pod(mig={"1g.5gb": 1})
     inv.assume(inv.upsert_pod(pod), "n1")
-    inv.finish_binding(pod["metadata"]["uid"])
+    if bound:
+        inv.finish_binding(pod["metadata"]["uid"])
+    return clock, inv, pod
+
+
+def test_item11_a_successful_binding_stays_booked_while_the_watch_lags() -> None:
+    """kube-scheduler's cache never expires an assumed pod once its Binding succeeded (v1.36
+    pkg/scheduler/backend/cache has no expiry; earlier releases set durationToExpireAssumedPod = 0):
+    only the watch confirms or deletes it. Here no event comes for 60 s after the bind."""
+    clock, inv, pod = bound_by_us()
     clock.now += 60
     assert inv.expire_assumed() == 0
     assert inv.snapshot().free("n1", res("1g.5gb")) == 0
@@ -224,14 +232,9 @@ def test_item11_a_successful_binding_stays_booked_while_the_watch_lags() -> None
 
 def test_item11_a_bound_pod_missing_from_a_later_relist_is_dropped() -> None:
     """A bound assumption never expires, so a delete the watch missed must still release it: a relist
-    that does not hold the pod, taken well after the Binding succeeded, shows the pod is gone. A relist
-    right after the bind may predate it and keeps the slice booked."""
-    clock = Clock()
-    inv = ClusterInventory(clock=clock)
-    inv.upsert_node(make_node("n1", mig={"1g.5gb": 1}))
-    pod = make_pod(mig={"1g.5gb": 1})
-    inv.assume(inv.upsert_pod(pod), "n1")
-    inv.finish_binding(pod["metadata"]["uid"])
+    that does not hold the pod, begun after the Binding succeeded, shows the pod is gone. A relist begun
+    no later than the Binding's answer may predate it and keeps the slice booked."""
+    clock, inv, _ = bound_by_us()
     inv.replace_pods([])
     assert inv.snapshot().free("n1", res("1g.5gb")) == 0
     clock.now += 60
@@ -318,12 +321,7 @@ def test_soak_d9_a_pod_bound_before_a_relist_began_and_missing_from_it_is_droppe
     relist 16 s after the binds lacked them, and the 30 s rule kept them booked. No later relist came, so
     3 slices stayed used in the books for good. A list that begins after the Binding succeeded cannot
     predate it (a consistent read): missing from it, the pod is gone or finished."""
-    clock = Clock()
-    inv = ClusterInventory(clock=clock)
-    inv.upsert_node(make_node("n1", mig={"1g.5gb": 1}))
-    pod = make_pod(mig={"1g.5gb": 1})
-    inv.assume(inv.upsert_pod(pod), "n1")
-    inv.finish_binding(pod["metadata"]["uid"])
+    clock, inv, _ = bound_by_us()
     clock.now += 16
     inv.replace_pods([])
     assert inv.snapshot().free("n1", res("1g.5gb")) == 1
@@ -332,11 +330,7 @@ def test_soak_d9_a_pod_bound_before_a_relist_began_and_missing_from_it_is_droppe
 def test_soak_d9_a_binding_that_succeeds_while_the_relist_runs_stays_booked() -> None:
     """The other side: a Binding whose success arrives after the list began may postdate the list's
     snapshot; the watch from the list's resourceVersion will show the pod (or its delete)."""
-    clock = Clock()
-    inv = ClusterInventory(clock=clock)
-    inv.upsert_node(make_node("n1", mig={"1g.5gb": 1}))
-    pod = make_pod(mig={"1g.5gb": 1})
-    inv.assume(inv.upsert_pod(pod), "n1")
+    clock, inv, pod = bound_by_us(bound=False)
 
     def pages():
         clock.now += 1  # the list is under way when the Binding's answer comes
