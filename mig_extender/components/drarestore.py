@@ -6,9 +6,11 @@ plugin route's restore does (PDBs honoured, a repeated call a no-op). Only pods 
 are restarted, and not Job pods (an eviction may count as a Job failure; the device plugin route weighs
 that, this first DRA slice does not yet). A restore stays "in flight" for ``cooldown`` seconds, counted
 against the free device of its profile, so the next pass does not restart a second pod for the device
-the first one's replacement is about to take. The same restart, for a pod still Pending, recreates the
-pods of a DRA namespace that were created before its templates existed, at most once per owner every
-``recreate_every`` seconds (were the webhook down, the replacement would miss the rewrite too: no loop).
+the first one's replacement is about to take. A refused eviction (a PDB) is retried after the device
+plugin route's backoff (30 s doubling to 15 min), with Event MigRestoreDeferred. The same restart, for a
+pod still Pending, recreates the pods of a DRA namespace that were created before its templates existed,
+at most once per owner every ``recreate_every`` seconds (were the webhook down, the replacement would
+miss the rewrite too: no loop).
 Must not: talk to the API but through its objects and actions, or restart a pod that opted out
 (``mig-extender.io/restore: "false"``).
 """
@@ -27,6 +29,7 @@ from ..core.catalog import ProfileShape
 from ..core.dra import MigDevice
 from ..core.drapod import missed_rewrite
 from ..core.drarestore import DraRestore, claim_facts, restores
+from ..core.planner import PlanSettings
 from ..core.podspec import Restart, RestartOutcome, is_job_owner, restart_blocker
 from ..core.resources import DemandError, PodInfo, pod_info
 
@@ -49,10 +52,16 @@ class DraRestorer:
 
     def __init__(self, claims: ClaimSource, actions: RestartActions, restartable_owners: Collection[str] = (),
                  cooldown: float = 60.0, clock: Callable[[], float] = time.monotonic,
-                 recreate_every: float = 600.0) -> None:
+                 recreate_every: float = 600.0,
+                 backoff: Callable[[int], float] | None = None) -> None:
         self.claims = claims
         self.actions = actions
         self.restartable_owners = restartable_owners
+        # seconds before the next restore after n refusals: the device plugin route's (PlanSettings)
+        self.clock, self.backoff = clock, backoff or PlanSettings().restore_backoff_after
+        # pod uid -> (refusals so far, no new attempt before): a PDB that refuses is asked again after a
+        # backoff, as the device plugin route's restore (issue 13 item 4), not on every pass
+        self._refused: TTLCache[str, tuple[int, float]] = TTLCache(maxsize=10_000, ttl=4 * 3600.0, timer=clock)
         # pod uid -> the profile its restore frees for it: seconds until its replacement surely has a claim
         self._in_flight: TTLCache[str, str] = TTLCache(maxsize=10_000, ttl=cooldown, timer=clock)
         # owner uid -> recreated one of its pods lately: a pod missing the rewrite again is not retried at once
@@ -61,9 +70,14 @@ class DraRestorer:
     def run(self, counts: Counter[str], devices: Iterable[MigDevice], shapes: Mapping[str, ProfileShape]) -> None:
         facts = [claim_facts(c) for c in self.claims.claims()]
         in_flight = Counter(self._in_flight.values())
+        now = self.clock()
         for restore in restores(devices, facts, shapes, in_flight):
             if restore.pod_uid in self._in_flight:
                 continue  # its eviction was accepted; the old claim lingers until the pod is gone
+            refused = self._refused.get(restore.pod_uid)
+            if refused is not None and now < refused[1]:
+                counts["dra_restore_backoff"] += 1
+                continue
             counts[f"dra_restore_{self._restore(restore)}"] += 1
 
     def recreate_missed(self, counts: Counter[str], pods: Iterable[PodInfo], namespaces: Collection[str],
@@ -116,4 +130,11 @@ class DraRestorer:
             log.info("DRA restore %s/%s: %s", restore.namespace, restore.pod, message)
             self.actions.event(restore.namespace, restore.pod, restore.pod_uid, "MigRestoring", message,
                                action="Restore")
+        elif outcome == str(Restart.REFUSED):
+            attempts = self._refused.get(restore.pod_uid, (0, 0.0))[0] + 1
+            wait = self.backoff(attempts)
+            self._refused[restore.pod_uid] = (attempts, self.clock() + wait)
+            self.actions.event(restore.namespace, restore.pod, restore.pod_uid, "MigRestoreDeferred",
+                               f"eviction refused (a PodDisruptionBudget?); a {restore.profile} device is free, "
+                               f"next try in {int(wait)}s", warning=True, action="Restore")
         return outcome

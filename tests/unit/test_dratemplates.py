@@ -190,11 +190,22 @@ def test_dra_pods_that_must_not_be_restarted_are_not(pod: dict[str, Any], outcom
     assert actions.evicted == [] and counts[f"dra_restore_{outcome}"] == 1
 
 
-def test_a_refused_restore_is_tried_again_next_pass() -> None:
+def test_a_refused_dra_restore_backs_off_as_the_device_plugin_route_does() -> None:
+    """A PDB that refuses the eviction (429) was asked again on every pass (10 s) for as long as it
+    refused: one eviction and one pod read per pass, forever. As the device plugin route's restore
+    (issue 13 item 4): Event MigRestoreDeferred, next try after 30 s, doubling up to 15 min."""
+    NOW[0] = 0.0
     sync, actions = restore_world(running(), answer=Restart.REFUSED)
-    sync.sync(Counter(), [])
-    sync.sync(Counter(), [])
-    assert actions.evicted == ["web", "web"] and actions.events == []
+    tries = []
+    for t in (0, 10, 29, 30, 40, 89, 90, 209, 210):
+        NOW[0] = float(t)
+        before = len(actions.evicted)
+        sync.sync(Counter(), [])
+        if len(actions.evicted) > before:
+            tries.append(t)
+    assert tries == [0, 30, 90, 210]  # waits of 30, 60, 120 s
+    assert [e for e in actions.events if e[1] == "MigRestoreDeferred"] == [("web", "MigRestoreDeferred")] * 4
+    NOW[0] = 0.0
 
 
 # ---- pods created before their templates ------------------------------------------------------------------
