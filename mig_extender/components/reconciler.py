@@ -354,14 +354,8 @@ class Reconciler:
                         warning=True)
             # its first scheduling attempt saw this rule reserve the substitute for its predecessor; with the
             # rule expired nothing else tells kube-scheduler to retry it (actions.requeue)
-            try:
-                if self.actions.requeue(stale.pod.namespace, stale.pod.name, stale.pod.uid,
-                                        f"rule {stale.rule.name} expired: its reserved "
-                                        f"{stale.rule.substitute.resource} is free again"):
-                    counts["requeued"] += 1
-            except Exception:  # 429, 5xx: the scheduler's own retry still comes; the pass's upgrades must run
-                log.warning("requeueing %s/%s failed", stale.pod.namespace, stale.pod.name, exc_info=True)
-                counts["requeue_errors"] += 1
+            self._write_requeue(stale.pod, f"rule {stale.rule.name} expired: its reserved "
+                                           f"{stale.rule.substitute.resource} is free again", counts)
         return list(rules.values())
 
     def _upgrade_held(self, rule: Rule, pod: PodInfo, index: RestartIndex, counts: Counter[str], now: float) -> bool:
@@ -622,15 +616,18 @@ class Reconciler:
         snap, pods = self._snapshot()
         due, self._parked = plan_requeues(snap, pods.values(), self._parked, _placement_ok(snap), self.requeue)
         for item in due:
-            pod = item.pod
-            try:
-                if self.actions.requeue(pod.namespace, pod.name, pod.uid,
-                                        f"{', '.join(f'{r}={n}' for r, n in sorted(pod.demand.items()))} free on "
-                                        f"{item.node} for this pod (retry {item.attempt})"):
-                    counts["requeued"] += 1
-            except Exception:  # 429, 5xx: tried again after the next delay
-                log.warning("requeueing %s failed", pod.key, exc_info=True)
-                counts["requeue_errors"] += 1
+            demand = ", ".join(f"{r}={n}" for r, n in sorted(item.pod.demand.items()))
+            self._write_requeue(item.pod, f"{demand} free on {item.node} for this pod (retry {item.attempt})", counts)
+
+    def _write_requeue(self, pod: PodInfo, message: str, counts: Counter[str]) -> None:
+        """Our pod condition on ``pod`` (actions.requeue). A 429 or 5xx is counted, never raised: the pass's
+        other steps must run, and the pod is tried again (the scheduler's own retry, or our next delay)."""
+        try:
+            if self.actions.requeue(pod.namespace, pod.name, pod.uid, message):
+                counts["requeued"] += 1
+        except Exception:
+            log.warning("requeueing %s failed", pod.key, exc_info=True)
+            counts["requeue_errors"] += 1
 
     # -- explain ----------------------------------------------------------------------------------
 

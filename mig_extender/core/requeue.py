@@ -17,6 +17,7 @@ per-pod memory (``Parked``) and the write.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
@@ -56,9 +57,8 @@ def fits_now(snap: ClusterSnapshot, pod: PodInfo, placement_ok: Callable[[PodInf
     if not pod.demand:
         return None
     first, *rest = sorted(pod.demand, key=lambda r: len(snap.nodes_with_free(r)))
-    for i, node in enumerate(sorted(snap.nodes_with_free(first))):  # schedulable nodes only
-        if i >= NODES_PER_POD:
-            return None
+    # the first NODES_PER_POD by name (schedulable nodes only), without sorting thousands to try 64
+    for node in heapq.nsmallest(NODES_PER_POD, snap.nodes_with_free(first)):
         if (snap.free(node, first, pod) >= pod.demand[first]
                 and all(snap.free(node, r, pod) >= pod.demand[r] for r in rest) and placement_ok(pod, node)):
             return node
