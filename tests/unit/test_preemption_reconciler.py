@@ -230,6 +230,70 @@ def test_flaky_e2e_a_preemptor_parked_before_our_view_saw_its_victim_go_is_reque
     assert [(r.name, r.phase) for r in w.holds()] == [(hold.name, Phase.RECORDED)]
 
 
+def parked_preemptor_fits(w: World) -> None:
+    """The hold made, its victim gone from our view: urgent fits on gpu-a and waits parked."""
+    w.low("low-a")
+    victim = w.low("low-b")
+    w.high()
+    w.reconciler.run_once()
+    w.inventory.delete_pod(victim["metadata"]["uid"])
+    w.log.clear()
+
+
+def test_requeue_a_new_leader_waits_the_schedulers_own_backoff_before_its_first_write() -> None:
+    """The leader dies: its successor starts with no requeue memory. It must not write to every parked
+    pod at once on its first pass, only once the pod has fitted ``after`` seconds in its own view."""
+    w = World()
+    parked_preemptor_fits(w)
+    successor = Reconciler(w.inventory, w.store, w.actions, clock=lambda: w.now, preemption=PreemptionSettings())
+    successor.run_once()
+    assert ("requeue", "urgent") not in w.log
+    w.now += successor.requeue.after
+    successor.run_once()
+    assert w.log.count(("requeue", "urgent")) == 1
+
+
+@pytest.mark.parametrize("status", [pytest.param(429, id="throttled-429"), pytest.param(500, id="server-error-500")])
+def test_requeue_a_refused_write_is_counted_and_the_pass_goes_on(status: int) -> None:
+    """API priority and fairness (429) or a 5xx on the status write: counted, not raised (the pass's later
+    steps run), and the pod is written again after the next delay."""
+    from kubernetes.client.rest import ApiException
+
+    w = World()
+    parked_preemptor_fits(w)
+    tries: list[str] = []
+
+    def refuse(namespace: str, name: str, uid: str, message: str) -> bool:
+        tries.append(name)
+        raise ApiException(status=status, reason="refused")
+
+    w.actions.requeue = refuse
+    w.now += w.reconciler.requeue.after
+    w.reconciler.run_once()  # first pass sees it fit
+    w.now += w.reconciler.requeue.after
+    counts = w.reconciler.run_once()
+    assert tries == ["urgent"] and counts["requeue_errors"] == 1 and counts["errors"] == 0
+    w.now += 2 * w.reconciler.requeue.after
+    w.reconciler.run_once()
+    assert tries == ["urgent", "urgent"]
+
+
+def test_requeue_a_pod_of_an_unknown_owner_is_requeued_like_any_other() -> None:
+    """A requeue restarts nothing (a status condition only), so the owner does not matter: a RayCluster's
+    parked worker that fits is woken as a ReplicaSet's would be."""
+    w = World()
+    w.low("low-a")
+    done = w.low("low-b")
+    ray = make_pod("ray-worker", mig={MIG: 1}, owner=("RayCluster", "rc", "rc-1", "ray.io/v1"))
+    ray["status"]["conditions"] = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}]
+    w.add(ray)
+    w.inventory.delete_pod(done["metadata"]["uid"])  # a slice frees; the scheduler saw it first and parked ray
+    w.reconciler.run_once()
+    w.now += w.reconciler.requeue.after
+    w.reconciler.run_once()
+    assert ("requeue", "ray-worker") in w.log
+
+
 def test_a_preemptor_whose_victims_still_hold_the_slices_is_not_requeued() -> None:
     w = World()
     w.low("low-a")

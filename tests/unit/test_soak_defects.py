@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import pytest
 
+from mig_extender.components.reconciler import Reconciler
 from mig_extender.core.planner import RestartLoop, RestoreNotRestarted, filter_pod
 from mig_extender.core.resources import ANN_ORIGINAL, ANN_RULE, ResourceCount, pod_info
 from mig_extender.core.rules import Phase, match_restores, new_rule, rule_from_object, rule_to_object
@@ -343,6 +344,20 @@ def test_soak_d8_a_running_sibling_never_finishes_a_restore_before_the_upgraded_
     snap = w.inventory.snapshot(w.store.list(), w.now)
     assert snap.unrestarted == {up["metadata"]["uid"]}
     assert snap.rule_for(pod_info(sibling)) is None  # /filter and /bind give it no reservation either
+
+
+def test_soak_d8_a_new_leader_does_not_finish_the_restore_with_the_sibling_either() -> None:
+    """The leader dies right after the reservation: its successor keeps no memory of it, and reads
+    ``unrestarted`` from its own view of the pods, so the running sibling is no replacement for it either;
+    it then confirms and restarts the upgraded pod as the old leader would have."""
+    w = World()
+    _, up, restoring = restore_beside_a_sibling(w, sibling_after_upgrade=True)
+    assert w.inventory.snapshot(w.store.list(), w.now).unrestarted == {up["metadata"]["uid"]}
+    successor = Reconciler(w.inventory, w.store, w.actions, clock=lambda: w.now)
+    assert successor.run_once()["restored"] == 0
+    w.now += successor.plan.restore_confirm + 0.1
+    assert successor.run_once()["restore_evicted"] == 1
+    assert w.store.get("default", restoring.name).phase is Phase.RESTORING
 
 
 def test_soak_d8_the_restores_own_replacement_finishes_it_not_the_older_sibling() -> None:
