@@ -79,15 +79,20 @@ class KubeActions:
                 return None
             raise
 
-    def evict(self, pod: JSON) -> RestartOutcome:
+    def evict(self, pod: JSON, exact: bool = False) -> RestartOutcome:
         """Restart a pod through the Eviction API: the API server enforces PodDisruptionBudgets (429 when one
         refuses) and sets the DisruptionTarget condition, which a Job's podFailurePolicy can ignore (a plain
         delete would count against its backoffLimit). The uid precondition makes a repeated call (another
-        leader, a retry) a no-op instead of a second restart."""
+        leader, a retry) a no-op instead of a second restart. ``exact`` adds the pod's resourceVersion: the
+        eviction applies only to the pod as read (409 once anything changed it, a delete above all; the
+        Eviction subresource honours it and then does not retry, eviction.go ``resourceVersionIsUnset``)."""
         meta = pod["metadata"]
         ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
+        preconditions = {"uid": uid}
+        if exact and meta.get("resourceVersion"):
+            preconditions["resourceVersion"] = meta["resourceVersion"]
         body = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name, "namespace": ns},
-                "deleteOptions": {"preconditions": {"uid": uid}}}
+                "deleteOptions": {"preconditions": preconditions}}
         try:
             raw(self._core.create_namespaced_pod_eviction, name, ns, body)
         except ApiException as exc:
@@ -184,13 +189,35 @@ class KubeActions:
         problem = self.replacement_problem(replacement)
         if problem:
             return RestartOutcome(Restart.INVALID, problem)
+        if pod["metadata"].get("deletionTimestamp"):
+            return RestartOutcome(Restart.GONE, "being deleted by someone else: not restarted")
         uid = str(pod["metadata"]["uid"])
         self._set_stash(rule_ns, rule_name, json.dumps(replacement, separators=(",", ":")), uid)
-        outcome = self.evict(pod)
+        outcome = self._evict_as_read(pod)
         self._record_eviction(rule_ns, rule_name, uid, outcome.kind is Restart.EVICTED)
         if outcome.kind is Restart.GONE:
             return RestartOutcome(Restart.GONE, "deleted or replaced by someone else while being restarted: "
                                                 "not recreated")
+        return outcome
+
+    def _evict_as_read(self, pod: JSON, tries: int = 3) -> RestartOutcome:
+        """Evict a bare pod only if nobody has started deleting it (soak D11). A user's graceful delete
+        leaves the pod terminating while its kubelet stops it, and the Eviction API deletes a terminating
+        pod without asking (eviction.go ``canIgnorePDB``), so a uid precondition alone let our eviction
+        'succeed' on the user's delete, and we recreated a pod the user had deleted. With the
+        resourceVersion too, any change since our read answers 409; we read again and go on only while
+        the pod is the same one and not being deleted (a status update from its kubelet is harmless)."""
+        outcome = self.evict(pod, exact=True)
+        for _ in range(tries - 1):
+            if outcome.kind is not Restart.GONE:
+                break
+            meta = pod["metadata"]
+            fresh = self.get_pod(meta["namespace"], meta["name"])
+            if fresh is None or fresh["metadata"].get("uid") != meta["uid"] or fresh["metadata"].get(
+                    "deletionTimestamp"):
+                break
+            pod = fresh
+            outcome = self.evict(pod, exact=True)
         return outcome
 
     def _record_eviction(self, rule_ns: str, rule_name: str, uid: str, ours: bool) -> None:

@@ -27,6 +27,7 @@ from .testenv.workloads import make_pod
 MIG_5 = "nvidia.com/mig-1g.5gb"
 MIG_10 = "nvidia.com/mig-2g.10gb"
 ANN_RECREATE = "mig-extender.io/recreate"
+FINALIZER = "example.com/keep"  # a user's own finalizer
 EVICT_DELAY = 6.0  # seconds between the stash write and the eviction: the window a user's delete falls in
 
 
@@ -96,6 +97,31 @@ def test_soak_d1_a_namesake_the_user_creates_while_the_pod_is_restarted_is_left_
     wait_for(lambda: not stashed(stack, ns), timeout=EVICT_DELAY + 30, what="the stash dropped after a 409")
     stays(lambda: stack.core.read_namespaced_pod("solo", ns).metadata.uid == uid, duration=EVICT_DELAY,
           what="the user's solo untouched")
+
+
+@pytest.mark.usefixtures("slow_evictions")
+def test_soak_d11_a_bare_pod_the_user_deletes_gracefully_while_it_is_restarted_stays_deleted(
+    stack: Stack, ns: str, fleet: Any
+) -> None:
+    """D11 (found reading D10's history): the user's delete does not always remove the pod at once; a
+    graceful delete leaves it terminating while its kubelet stops it (a finalizer here, so the window is
+    deterministic). The Eviction API deletes a terminating pod without asking (eviction.go, canIgnorePDB),
+    so our eviction 'succeeded' and we recreated a pod the user had deleted."""
+    fleet.add("r", "A100-40GB", {MIG_5: 1, MIG_10: 1})
+    stack.run_holder(ns, MIG_5)
+    manifest = make_pod("solo", resources={MIG_5: "1"}, scheduler_name=SCHEDULER)
+    manifest["metadata"]["finalizers"] = [FINALIZER]
+    uid = stack.core.create_namespaced_pod(ns, manifest).metadata.uid
+    try:
+        wait_for(lambda: stashed(stack, ns), timeout=60, interval=0.1, what="the reconciler's stash on the rule")
+        stack.core.delete_namespaced_pod("solo", ns)  # the user, before our eviction; the finalizer holds it
+        wait_for(lambda: not stashed(stack, ns), timeout=EVICT_DELAY + 30,
+                 what="the stash dropped: the pod was being deleted by someone else")
+    finally:  # the user's finalizer done (a uid in a patch is a precondition: never a recreated namesake)
+        stack.core.patch_namespaced_pod("solo", ns, {"metadata": {"uid": uid, "finalizers": None}})
+    stays(lambda: [p.metadata.name for p in stack.pods(ns) if p.metadata.name == "solo"] == [],
+          duration=EVICT_DELAY, what="solo stays deleted")
+    assert "MigRestartAbandoned" in reasons(stack, ns, "solo")
 
 
 def test_soak_d5_webhook_down_an_upgrade_is_retried_after_a_backoff_not_in_a_loop(

@@ -4,12 +4,17 @@ a green soak meaningless."""
 
 from __future__ import annotations
 
+import socket
+import socketserver
+import threading
 import time
 from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import urllib3
+from kubernetes import client
 
 from .soak.history import History
 from .soak.invariants import (
@@ -22,7 +27,7 @@ from .soak.invariants import (
     _books_diff,
 )
 from .soak.ledger import BareSlot, PodRecord, pod_record
-from .soak.world import P1, P2, P3, NodeState
+from .soak.world import P1, P2, P3, NodeState, SoakWorld
 
 NOW = 1_000_000.0
 
@@ -214,3 +219,57 @@ def test_history_keeps_order_and_finds_what_mentions_a_name(tmp_path: Any) -> No
     lines = (tmp_path / "h.jsonl").read_text().splitlines()
     assert len(lines) == 3 and '"what": "pod+"' in lines[0] and '"name": "bare-1"' in lines[0]
     assert time.monotonic() >= history.started
+
+
+class _Answers(socketserver.StreamRequestHandler):
+    """A fake API server: DELETE of pod ``gone`` answers 404, of pod ``reset`` closes the connection after
+    reading the request (the outcome of a delete the client cannot know)."""
+
+    def handle(self) -> None:
+        request = self.rfile.readline().decode()
+        while self.rfile.readline() not in (b"\r\n", b""):
+            pass
+        if "/pods/gone" in request:
+            body = b'{"kind":"Status","status":"Failure","reason":"NotFound","code":404}'
+            self.wfile.write(b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: "
+                             + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+@pytest.fixture
+def hosts() -> Any:
+    """(a fake API server's address, an address that refuses connections)."""
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Answers)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    refused = socket.socket()
+    refused.bind(("127.0.0.1", 0))  # bound, never listening: connections to it are refused
+    yield f"http://127.0.0.1:{server.server_address[1]}", f"http://127.0.0.1:{refused.getsockname()[1]}"
+    server.shutdown()
+    server.server_close()
+    refused.close()
+
+
+def soak_world(host: str) -> SoakWorld:
+    cluster = SimpleNamespace(api_client=lambda: client.ApiClient(client.Configuration(host=host)))
+    return SoakWorld(cluster, None, "ns", History(None, seed=0), "r")  # type: ignore[arg-type]
+
+
+def test_soak_d10_a_delete_that_never_reached_the_api_server_is_not_booked_as_the_harness(hosts: Any) -> None:
+    """Soak D10: a DELETE refused at connect (the API server restarting) kept the pod's uid marked as deleted
+    by the harness; the product's restore of that pod later was booked as the harness's, and the product's
+    recreate looked like a duplicate."""
+    w = soak_world(hosts[1])
+    with pytest.raises(urllib3.exceptions.HTTPError):
+        w.delete_pod("bare-1", "uid-1")
+    assert not w.deleted_by_harness("uid-1", "")
+    assert "bare-1" not in w.uncertain
+    w.close()
+
+
+def test_soak_d10_a_pod_already_gone_is_not_the_harness_and_an_unknown_outcome_is_never_judged(hosts: Any) -> None:
+    w = soak_world(hosts[0])
+    assert w.delete_pod("gone", "uid-2") is False
+    assert not w.deleted_by_harness("uid-2", "")
+    with pytest.raises(urllib3.exceptions.HTTPError):  # the connection closed after the request: unknown
+        w.delete_pod("reset", "uid-3")
+    assert w.deleted_by_harness("uid-3", "") and "reset" in w.uncertain
+    w.close()

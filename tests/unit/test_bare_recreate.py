@@ -63,8 +63,12 @@ class FakeApi:
         pod = self.pods.get(name)
         if pod is None:
             raise ApiException(status=404, reason="NotFound")
-        if pod["metadata"]["uid"] != body["deleteOptions"]["preconditions"]["uid"]:
+        preconditions = body["deleteOptions"]["preconditions"]
+        if pod["metadata"]["uid"] != preconditions["uid"]:
             raise ApiException(status=409, reason="Conflict")
+        if preconditions.get("resourceVersion", pod["metadata"].get("resourceVersion")) != pod["metadata"].get(
+                "resourceVersion"):
+            raise ApiException(status=409, reason="Conflict")  # eviction.go: an explicit RV is not retried
         self.writes.append(("evict", name))
         del self.pods[name]  # a pending pod: deleted at once (no node, so no grace period)
         return _Response({})
@@ -92,6 +96,15 @@ class FakeApi:
     def user_deletes(self, name: str) -> None:
         self.pods.pop(name, None)
 
+    def user_starts_deleting(self, name: str) -> None:
+        """A graceful delete: the pod stays, terminating, until its kubelet has stopped it."""
+        self.change(name, deletionTimestamp="2026-11-29T17:00:00Z")
+
+    def change(self, name: str, **meta: Any) -> None:
+        """Any write to the pod (a status update, a delete) moves its resourceVersion on."""
+        pod = self.pods[name]["metadata"]
+        pod.update(meta, resourceVersion=str(int(pod.get("resourceVersion", "1")) + 1))
+
     def user_recreates(self, name: str) -> None:
         self.pods[name] = make_pod(name, mig={"1g.5gb": 1}, uid="users-own")
 
@@ -106,6 +119,7 @@ def actions_on(api: FakeApi) -> KubeActions:
 
 def world() -> tuple[FakeApi, dict[str, Any]]:
     pod = make_pod("solo", mig={"1g.5gb": 1}, uid="old-uid")
+    pod["metadata"]["resourceVersion"] = "1"
     rule = Rule(name="solo-rule", namespace="default", pod_name="solo", pod_uid="old-uid", owner=None,
                 original=ResourceCount(res("1g.5gb"), 1), substitute=ResourceCount(res("2g.10gb"), 1), node="gpu-a",
                 created=1000.0, expires=4_000_000_000.0)
@@ -123,6 +137,33 @@ def test_soak_d1_a_bare_pod_the_user_deletes_before_our_eviction_is_not_recreate
     assert restart(api, actions, pod).kind is Restart.GONE
     assert not api.rule().stash  # nothing left for this leader or the next to create the pod from
     assert "solo" not in api.pods and api.created == 0
+
+
+def test_soak_d11_a_bare_pod_the_user_deletes_gracefully_before_our_eviction_is_not_recreated() -> None:
+    """The Eviction API deletes a terminating pod without asking (eviction.go canIgnorePDB): with only the
+    uid precondition our eviction 'succeeded' on the user's delete and the pod came back from the stash."""
+    api, pod = world()
+    api.before_evict.append(lambda: api.user_starts_deleting("solo"))
+    actions = actions_on(api)
+    assert restart(api, actions, pod).kind is Restart.GONE
+    assert not api.rule().stash and ("evict", "solo") not in api.writes
+    assert "solo" in api.pods and api.created == 0  # terminating, left to the kubelet and the user
+
+
+def test_soak_d11_a_status_update_between_our_read_and_our_eviction_is_not_a_delete() -> None:
+    api, pod = world()
+    api.before_evict.append(lambda: api.before_evict.clear() or api.change("solo"))  # once: the kubelet's report
+    actions = actions_on(api)
+    assert restart(api, actions, pod).kind is Restart.EVICTED
+    assert actions.finish_recreate(api.rule()) == "created" and api.created == 1
+
+
+def test_soak_d11_a_pod_already_terminating_when_read_is_neither_stashed_nor_evicted() -> None:
+    api, pod = world()
+    api.user_starts_deleting("solo")
+    outcome = restart(api, actions_on(api), api.pods["solo"])
+    assert outcome.kind is Restart.GONE and "being deleted" in outcome.detail
+    assert api.writes == []
 
 
 def test_soak_d1_a_namesake_the_user_created_before_our_eviction_is_left_alone() -> None:

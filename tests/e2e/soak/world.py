@@ -167,6 +167,11 @@ class SoakWorld:
         self.batch = client.BatchV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
         self.policy = client.PolicyV1Api(self.api)
+        # deletes and evictions go out once, never retried by urllib3: a retry of a DELETE that reached the
+        # server answers 404, and "was it us?" (the ledger's attribution) would have no answer (soak D10)
+        self._api_once = cluster.api_client()
+        self._api_once.rest_client.pool_manager.connection_pool_kw["retries"] = False
+        self._core_once = client.CoreV1Api(self._api_once)
         self.nodes: dict[str, NodeState] = {}
         self.removed_nodes: set[str] = set()
         self.workloads: dict[str, Workload] = {}
@@ -283,17 +288,16 @@ class SoakWorld:
     # ---- harness-side changes the churn and faults share -------------------------------------------------
     def delete_pod(self, name: str, uid: str, grace: int = 0, job: str = "") -> bool:
         """Delete one pod (uid precondition) and remember it was us; False if it was already gone."""
-        self.mark_harness_deleted(uid, job)
+        self.mark_harness_deleted(uid, job)  # before the call: the watch may report the deletion first
         self._bare_gone(name)
         body = {"gracePeriodSeconds": grace, "preconditions": {"uid": uid}}
         try:
-            self.core.delete_namespaced_pod(name, self.namespace, body=body, grace_period_seconds=grace,
-                                            _preload_content=False)
+            self._core_once.delete_namespaced_pod(name, self.namespace, body=body, grace_period_seconds=grace,
+                                                  _preload_content=False)
             return True
-        except ApiException as exc:
-            if exc.status in (404, 409):
+        except Exception as exc:
+            if self._not_ours(name, uid, exc):
                 return False
-            self.unmark_harness_deleted(uid)
             raise
 
     def evict_pod(self, name: str, uid: str, job: str = "") -> str:
@@ -304,15 +308,40 @@ class SoakWorld:
         body = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name, "namespace": self.namespace},
                 "deleteOptions": {"preconditions": {"uid": uid}, "gracePeriodSeconds": 0}}
         try:
-            self.core.create_namespaced_pod_eviction(name, self.namespace, body, _preload_content=False)
+            self._core_once.create_namespaced_pod_eviction(name, self.namespace, body, _preload_content=False)
             return "evicted"
-        except ApiException as exc:
-            if exc.status in (404, 409):
-                return "gone"
-            if exc.status == 429:
+        except Exception as exc:
+            if isinstance(exc, ApiException) and exc.status == 429:
                 return "deleted" if self.delete_pod(name, uid, job=job) else "gone"
-            self.unmark_harness_deleted(uid)
+            if self._not_ours(name, uid, exc):
+                return "gone"
             raise
+
+    def _not_ours(self, name: str, uid: str, exc: Exception) -> bool:
+        """Settle who removes pod ``uid`` after our DELETE or Eviction (sent once) failed with ``exc``; True
+        when the pod was already gone. Soak D10: a DELETE refused at connect (API server restarting) left
+        the uid marked as ours, and the product's restore of that pod 20 s later was booked as the
+        harness's delete, so the product's recreate looked like a duplicate.
+        - 404 (no such pod) or 409 (the uid precondition: a namesake holds the name): gone before our call,
+          not ours; False is returned after unmarking.
+        - another 4xx, or the connection refused or timed out at connect (the request never left): nothing
+          was deleted; unmarked, and the caller re-raises.
+        - anything else (a 5xx, a read timeout, a reset after the request left): it may have deleted the pod or
+          not. The uid stays marked (a restart loop is never charged to the product for it) and a bare pod
+          of that name is never judged for recreates (``uncertain``)."""
+        if isinstance(exc, ApiException) and exc.status in (404, 409):
+            self.unmark_harness_deleted(uid)
+            return True
+        cause = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) else exc
+        refused = isinstance(exc, ApiException) and 400 <= (exc.status or 0) < 500  # 4xx: nothing was done
+        if refused or isinstance(cause, urllib3.exceptions.ConnectTimeoutError):  # includes NewConnectionError
+            self.unmark_harness_deleted(uid)
+        else:
+            with self._lock:
+                self.uncertain.add(name)
+        self.history.record("error", "delete-outcome", pod=name, uid=uid[:8],
+                            marked=self.deleted_by_harness(uid, ""), error=type(cause).__name__)
+        return False
 
     def _bare_gone(self, name: str) -> None:
         """A bare pod the soak deletes or evicts is gone for good: nobody recreates it (but the product
@@ -337,6 +366,7 @@ class SoakWorld:
 
     def close(self) -> None:
         self.api.close()
+        self._api_once.close()
 
 
 class ActionFailed(Exception):
