@@ -38,7 +38,19 @@ def test_recorded_full_nodes_request_echoes_passing_node_objects(client) -> None
     names = [n["metadata"]["name"] for n in out["Nodes"]["items"]]
     assert sorted(names) == ["gpu-a", "gpu-b"] and out["NodeNames"] is None
     assert out["Nodes"]["items"][0] in body["Nodes"]["items"]  # echoed unchanged
-    assert "cpu-c" in out["FailedAndUnresolvableNodes"]
+    # cpu-c failed, but a node passed: kube-scheduler would never show why (issue 19, encode_filter)
+    assert out["FailedAndUnresolvableNodes"] == {} and out["FailedNodes"] == {}
+
+
+def test_failed_nodes_are_named_when_no_node_passes_and_left_out_when_one_does(client) -> None:
+    """kube-scheduler reads an extender's failed nodes only for a pod that fits nowhere (the FitError's
+    "0/N nodes are available: ..." and preemption); a sold-out pod's substitute answer named every node."""
+    fits_one = client.post("/filter", json={"Pod": pending({"1g.10gb": 1}), "NodeNames": ["gpu-a", "cpu-c"]})
+    out = fits_one.get_json()
+    assert out["NodeNames"] == ["gpu-a"] and out["FailedNodes"] == {} and out["FailedAndUnresolvableNodes"] == {}
+    fits_none = client.post("/filter", json={"Pod": pending({"1g.10gb": 1}), "NodeNames": ["cpu-c"]}).get_json()
+    assert fits_none["NodeNames"] == [] and set(fits_none["FailedAndUnresolvableNodes"]) == {"cpu-c"}
+    assert "nvidia.com/mig-1g.10gb" in fits_none["FailedAndUnresolvableNodes"]["cpu-c"]
 
 
 def test_prioritize_recorded_request_scores_each_candidate(client) -> None:

@@ -159,7 +159,7 @@ def test_soak_d11_a_status_update_between_our_read_and_our_eviction_is_not_a_del
 
 
 def test_soak_d11_a_pod_already_terminating_when_read_is_neither_stashed_nor_evicted() -> None:
-    api, pod = world()
+    api, _ = world()
     api.user_starts_deleting("solo")
     outcome = restart(api, actions_on(api), api.pods["solo"])
     assert outcome.kind is Restart.GONE and "being deleted" in outcome.detail
