@@ -242,8 +242,9 @@ def build_reconciler(settings: Settings, lease_name: str, identity: str, dry_run
     from .components.dratemplates import DraTemplateSync
 
     actions, dra_objects = KubeActions(api), KubeDraObjects(api)
-    dra = DraTemplateSync(dra_objects, restorer=DraRestorer(dra_objects, actions, settings.plan.restartable_owners,
-                                                                        backoff=settings.plan.restore_backoff_after))
+    dra = DraTemplateSync(dra_objects, restorer=DraRestorer(
+        dra_objects, actions, settings.plan.restartable_owners, backoff=settings.plan.restore_backoff_after,
+        restart_limit=settings.plan.restart_limit, restart_window=settings.plan.restart_window))
     reconciler = new_reconciler(settings, inventory, build_store(settings, api), actions, metrics, is_leader, dra)
     metrics.watch(lambda: inventory.snapshot(reconciler.store.list()))
     reconciler.repartitioner = _repartitioner(settings, api, metrics)

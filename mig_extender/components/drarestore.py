@@ -7,7 +7,10 @@ are restarted, and not Job pods (an eviction may count as a Job failure; the dev
 that, this first DRA slice does not yet). A restore stays "in flight" for ``cooldown`` seconds, counted
 against the free device of its profile, so the next pass does not restart a second pod for the device
 the first one's replacement is about to take. A refused eviction (a PDB) is retried after the device
-plugin route's backoff (30 s doubling to 15 min), with Event MigRestoreDeferred. The same restart, for a
+plugin route's backoff (30 s doubling to 15 min), with Event MigRestoreDeferred. A lineage restored
+``restart_limit`` times within ``restart_window`` (its replacements ran on a substitute again) is not
+restored again in that window (Event MigRestoreSkipped): the device plugin route's loop guard. Its memory
+is this process's (a new leader starts without it; at most one more round per lineage). The same restart, for a
 pod still Pending, recreates the pods of a DRA namespace that were created before its templates existed,
 at most once per owner every ``recreate_every`` seconds (were the webhook down, the replacement would
 miss the rewrite too: no loop).
@@ -28,7 +31,7 @@ from cachetools import TTLCache
 from ..core.catalog import ProfileShape
 from ..core.dra import MigDevice
 from ..core.drapod import missed_rewrite
-from ..core.drarestore import DraRestore, claim_facts, restores
+from ..core.drarestore import DraRestart, DraRestore, claim_facts, match_replacements, restores, upgraded
 from ..core.planner import PlanSettings
 from ..core.podspec import Restart, RestartOutcome, is_job_owner, restart_blocker
 from ..core.resources import DemandError, PodInfo, pod_info
@@ -53,12 +56,21 @@ class DraRestorer:
     def __init__(self, claims: ClaimSource, actions: RestartActions, restartable_owners: Collection[str] = (),
                  cooldown: float = 60.0, clock: Callable[[], float] = time.monotonic,
                  recreate_every: float = 600.0,
-                 backoff: Callable[[int], float] | None = None) -> None:
+                 backoff: Callable[[int], float] | None = None, restart_limit: int | None = None,
+                 restart_window: float | None = None, wall: Callable[[], float] = time.time) -> None:
         self.claims = claims
         self.actions = actions
         self.restartable_owners = restartable_owners
         # seconds before the next restore after n refusals: the device plugin route's (PlanSettings)
         self.clock, self.backoff = clock, backoff or PlanSettings().restore_backoff_after
+        plan = PlanSettings()
+        self.restart_limit = plan.restart_limit if restart_limit is None else restart_limit
+        self.restart_window = plan.restart_window if restart_window is None else restart_window
+        self.wall = wall  # epoch seconds: a replacement is told by its creationTimestamp
+        # the last restore of each lineage within the window (a lineage's next restore replaces its entry)
+        self._restarts: list[DraRestart] = []
+        # pod uid -> told it is held back by the loop guard (once per window)
+        self._held_told: TTLCache[str, bool] = TTLCache(maxsize=10_000, ttl=self.restart_window, timer=clock)
         # pod uid -> (refusals so far, no new attempt before): a PDB that refuses is asked again after a
         # backoff, as the device plugin route's restore (issue 13 item 4), not on every pass
         self._refused: TTLCache[str, tuple[int, float]] = TTLCache(maxsize=10_000, ttl=4 * 3600.0, timer=clock)
@@ -67,18 +79,44 @@ class DraRestorer:
         # owner uid -> recreated one of its pods lately: a pod missing the rewrite again is not retried at once
         self._recreated_owners: TTLCache[str, bool] = TTLCache(maxsize=10_000, ttl=recreate_every, timer=clock)
 
-    def run(self, counts: Counter[str], devices: Iterable[MigDevice], shapes: Mapping[str, ProfileShape]) -> None:
+    def run(self, counts: Counter[str], devices: Iterable[MigDevice], shapes: Mapping[str, ProfileShape],
+            pods: Iterable[PodInfo] = ()) -> None:
+        """``pods``: the pods the reconciler sees (their owners and creation times follow lineages)."""
         facts = [claim_facts(c) for c in self.claims.claims()]
         in_flight = Counter(self._in_flight.values())
         now = self.clock()
-        for restore in restores(devices, facts, shapes, in_flight):
+        lineage = self._lineages(facts, pods)
+        held_back = {uid for uid, r in lineage.items() if r.lineage >= self.restart_limit}
+        self._tell_held_back(held_back, facts, counts)
+        for restore in restores(devices, facts, shapes, in_flight, held_back):
             if restore.pod_uid in self._in_flight:
                 continue  # its eviction was accepted; the old claim lingers until the pod is gone
             refused = self._refused.get(restore.pod_uid)
             if refused is not None and now < refused[1]:
                 counts["dra_restore_backoff"] += 1
                 continue
-            counts[f"dra_restore_{self._restore(restore)}"] += 1
+            counts[f"dra_restore_{self._restore(restore, lineage.get(restore.pod_uid))}"] += 1
+
+    def _lineages(self, facts: list[Any], pods: Iterable[PodInfo]) -> dict[str, DraRestart]:
+        """Upgraded pod uid -> the restore of ours it replaced (within the window)."""
+        start = self.wall() - self.restart_window
+        self._restarts = [r for r in self._restarts if r.at > start]
+        if not self._restarts:
+            return {}
+        by_uid = {p.uid: p for p in pods}
+        ours = [(by_uid[c.pod_uid], c.profile) for c in upgraded(facts) if c.pod_uid in by_uid]
+        return match_replacements(self._restarts, ours)
+
+    def _tell_held_back(self, held_back: set[str], facts: list[Any], counts: Counter[str]) -> None:
+        for c in upgraded(facts):
+            if c.pod_uid in held_back and c.pod_uid not in self._held_told:
+                self._held_told[c.pod_uid] = True
+                counts["dra_restore_loop_guard"] += 1
+                self.actions.event(c.namespace, c.pod, c.pod_uid, "MigRestoreSkipped",
+                                   f"not restored to {c.profile}: its lineage was restarted {self.restart_limit} "
+                                   f"times by mig-extender within {int(self.restart_window)}s and came back on a "
+                                   f"substitute each time (another pod took the free device first)",
+                                   warning=True, action="Restore")
 
     def recreate_missed(self, counts: Counter[str], pods: Iterable[PodInfo], namespaces: Collection[str],
                         templates: Collection[tuple[str, str]]) -> None:
@@ -120,11 +158,18 @@ class DraRestorer:
             log.info("DRA restart of %s/%s refused: %s", pod.namespace, pod.name, outcome.detail)
         return str(outcome.kind)
 
-    def _restore(self, restore: DraRestore) -> str:
+    def _restore(self, restore: DraRestore, replaced: DraRestart | None) -> str:
+        """``replaced``: the restore of ours this pod is the replacement of, if any (its lineage)."""
         obj = self.actions.get_pod(restore.namespace, restore.pod)
         outcome = self._restart(obj, restore.pod_uid, running=True)
-        if outcome == str(Restart.EVICTED):
+        if outcome == str(Restart.EVICTED) and obj is not None:
             self._in_flight[restore.pod_uid] = restore.profile
+            owner = pod_info(obj).owner
+            if replaced is not None and replaced in self._restarts:
+                self._restarts.remove(replaced)  # the lineage's latest restore stands for it
+            if owner is not None:
+                self._restarts.append(DraRestart(owner.uid, restore.profile, restore.pod_uid, self.wall(),
+                                                 (replaced.lineage if replaced else 0) + 1))
             message = (f"restarted so that its replacement gets {restore.profile} (it asked for it and ran on "
                        f"{restore.held}); a {restore.profile} device is free")
             log.info("DRA restore %s/%s: %s", restore.namespace, restore.pod, message)

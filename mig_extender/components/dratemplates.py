@@ -88,7 +88,7 @@ class DraTemplateSync:
             # this pass may not be visible to it yet
             ours = {key for key, template in existing.items() if is_ours(template)}
             self.restorer.recreate_missed(counts, pods, namespaces, ours)
-            self.restorer.run(counts, devices, offered)
+            self.restorer.run(counts, devices, offered, pods)
 
     def _apply(self, change: TemplateChange, counts: Counter[str]) -> None:
         outcome = self.objects.apply(change)

@@ -12,19 +12,26 @@ of ours that is not allocated yet (a pending pod, or the replacement of a pod re
 take it first, and restarting one more pod would only buy it a substitute again. ``in_flight`` are
 restores started recently whose replacement may not have a claim yet, per profile.
 
+The restart-loop guard (soak invariant 6, ``PlanSettings.restart_limit`` restarts of a pod's lineage within
+``restart_window``, as on the device plugin route): a restored pod's replacement can run on a substitute
+again (another pod, a claim not ours, took the free device first) and would be restored at the next free
+device, and again. ``match_replacements`` follows lineages without rules: the replacement of a restore is a
+pod of the same owner asking the same profile created after the restart.
+
 Must not: talk to the API, or choose a pod whose restart nobody would undo (the caller checks the owner).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .catalog import ProfileError, ProfileShape, parse_profile_name, waste
 from .dra import DRIVER, REQUEST_NAME, MigDevice, is_ours, subrequest_name
-from .resources import ANN_DRA_PROFILE
+from .resources import ANN_DRA_PROFILE, PodInfo
+from .rules import CLOCK_SKEW
 
 Device = tuple[str, str, str]  # (driver, pool, device)
 
@@ -80,9 +87,10 @@ def _held_profile(facts: ClaimFacts, profiles: Mapping[Device, str]) -> str:
 
 
 def restores(devices: Iterable[MigDevice], claims: Iterable[ClaimFacts], shapes: Mapping[str, ProfileShape],
-             in_flight: Mapping[str, int] | None = None) -> list[DraRestore]:
+             in_flight: Mapping[str, int] | None = None, held_back: Collection[str] = ()) -> list[DraRestore]:
     """The upgraded pods to restart now, biggest waster first within each profile, at most one per free
-    device of its profile that nobody waits for. ``shapes``: offered profile name -> shape (dra.offered_shapes)."""
+    device of its profile that nobody waits for. ``shapes``: offered profile name -> shape (dra.offered_shapes).
+    ``held_back``: pod uids not to restart (the loop guard); the device goes to the next candidate."""
     claims = list(claims)
     by_device = {(DRIVER, d.pool, d.name): d.profile for d in devices}
     taken = {d for c in claims for d in c.devices}
@@ -97,7 +105,7 @@ def restores(devices: Iterable[MigDevice], claims: Iterable[ClaimFacts], shapes:
             continue
         candidates = []
         for c in upgraded(claims):
-            if c.profile != profile or not c.pod_uid:
+            if c.profile != profile or not c.pod_uid or c.pod_uid in held_back:
                 continue
             held = _held_profile(c, by_device)
             try:
@@ -121,3 +129,35 @@ def restores(devices: Iterable[MigDevice], claims: Iterable[ClaimFacts], shapes:
 def upgraded(claims: Iterable[ClaimFacts]) -> list[ClaimFacts]:
     """Our allocated claims that got a later firstAvailable entry than their own profile."""
     return [c for c in claims if c.ours and c.allocated and c.profile and c.subrequest != subrequest_name(c.profile)]
+
+
+@dataclass(frozen=True)
+class DraRestart:
+    """A restore of ours: pod ``pod_uid`` of owner ``owner`` restarted at ``at`` (epoch seconds) so that its
+    replacement gets ``profile``; ``lineage``: restarts of its lineage by us so far, this one included."""
+
+    owner: str
+    profile: str
+    pod_uid: str
+    at: float
+    lineage: int
+
+
+def match_replacements(done: Iterable[DraRestart], pods: Iterable[tuple[PodInfo, str]]) -> dict[str, DraRestart]:
+    """Pod uid -> the restore it is the replacement of, for ``pods`` (a pod and the profile its upgraded
+    claim asked for). A replacement is a pod of the restarted pod's owner, asking the same profile, created
+    after the restart (its creationTimestamp has whole seconds and the API server's clock: CLOCK_SKEW of
+    slack). One pod per restore and one restore per pod, oldest restores and pods first, as
+    ``rules.match_restores``; a sibling created in that slack can be taken for the replacement, which only
+    holds the guard earlier for that owner."""
+    waiting = sorted(done, key=lambda r: (r.at, r.pod_uid))
+    out: dict[str, DraRestart] = {}
+    for pod, profile in sorted(pods, key=lambda item: (item[0].created, item[0].uid)):
+        if pod.owner is None:
+            continue
+        for i, restart in enumerate(waiting):
+            if (restart.owner == pod.owner.uid and restart.profile == profile and restart.pod_uid != pod.uid
+                    and pod.created >= restart.at - CLOCK_SKEW):
+                out[pod.uid] = waiting.pop(i)
+                break
+    return out

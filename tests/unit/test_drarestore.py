@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
 
 from mig_extender.core.dra import ANN_DRA_PROFILE, MigDevice, offered_shapes
-from mig_extender.core.drarestore import ClaimFacts, DraRestore, claim_facts, restores
-from mig_extender.core.resources import LABEL_MANAGED_BY
+from mig_extender.core.drarestore import (
+    ClaimFacts,
+    DraRestart,
+    DraRestore,
+    claim_facts,
+    match_replacements,
+    restores,
+)
+from mig_extender.core.resources import LABEL_MANAGED_BY, pod_info
+from tests.builders import make_pod
 
 DEVICES = [MigDevice("n", "n", "d1a", "1g.5gb", "NVIDIA A100-SXM4-40GB"),
            MigDevice("n", "n", "d1b", "1g.5gb", "NVIDIA A100-SXM4-40GB"),
@@ -103,3 +112,29 @@ def test_a_kep5004_claim_holds_its_device_and_is_never_restored(claims: list[dic
 def test_claim_facts_of_a_kep5004_claim_holds_its_device_but_is_not_ours() -> None:
     assert claim_facts(kep5004_claim("d1a")) == ClaimFacts("other", "ext-extended-resources-x7k2p", False, "",
                                                            (("gpu.nvidia.com", "n", "d1a"),), "", "ext", "uid-ext")
+
+
+def _replica(uid: str, created: float, owner: str = "rs-1") -> Any:
+    stamp = datetime.fromtimestamp(created, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return pod_info(make_pod(uid, namespace="ml", node="n", owner=("ReplicaSet", "web-1", owner), uid=uid,
+                             created=stamp))
+
+
+T0 = 1_800_000_000.0
+
+
+@pytest.mark.parametrize(
+    ("pods", "matched"),
+    [
+        pytest.param([(_replica("b", T0 + 2), "1g.5gb")], {"b": "a"}, id="created-after-the-restart"),
+        pytest.param([(_replica("b", T0 - 60), "1g.5gb")], {}, id="a-sibling-from-before"),
+        pytest.param([(_replica("b", T0 + 2), "2g.10gb")], {}, id="another-profile"),
+        pytest.param([(_replica("b", T0 + 2, owner="rs-2"), "1g.5gb")], {}, id="another-owner"),
+        pytest.param([(_replica("a", T0 - 60), "1g.5gb")], {}, id="the-restarted-pod-itself-still-there"),
+        pytest.param([(_replica("c", T0 + 9), "1g.5gb"), (_replica("b", T0 + 2), "1g.5gb")], {"b": "a"},
+                     id="one-replacement-per-restore-oldest-first"),
+    ],
+)
+def test_match_replacements(pods: list[Any], matched: dict[str, str]) -> None:
+    done = [DraRestart("rs-1", "1g.5gb", "a", T0, 1)]
+    assert {uid: r.pod_uid for uid, r in match_replacements(done, pods).items()} == matched

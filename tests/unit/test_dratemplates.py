@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
@@ -206,6 +208,39 @@ def test_a_refused_dra_restore_backs_off_as_the_device_plugin_route_does() -> No
     assert tries == [0, 30, 90, 210]  # waits of 30, 60, 120 s
     assert [e for e in actions.events if e[1] == "MigRestoreDeferred"] == [("web", "MigRestoreDeferred")] * 4
     NOW[0] = 0.0
+
+
+def test_a_dra_lineage_whose_replacements_come_back_on_a_substitute_is_restored_at_most_twice_an_hour() -> None:
+    """Invariant 6 on the DRA route: a restart of ours lets the replacement's claim take the free device
+    of its own profile, but another pod (a KEP-5004 pod, a claim not ours) can take it first; the
+    replacement then runs on a substitute again, the next free device restarts it again, and so on.
+    The device plugin route's lineage guard (PlanSettings.restart_limit, 2 an hour) did not apply here:
+    the replacement of a restored pod is the pod its owner created after our restart."""
+    claims, pods = FakeClaims([]), {}
+    actions = FakeRestartActions(pods)
+    now = [0.0]
+    restorer = DraRestorer(claims, actions, clock=lambda: now[0], cooldown=60)
+    sync = DraTemplateSync(FakeDraObjects(["ml"], [SLICE]), interval=0, clock=lambda: now[0], restorer=restorer)
+    start = time.time()
+    for i, name in enumerate(["web-a", "web-b", "web-c", "web-d"]):
+        stamp = datetime.fromtimestamp(start + 1 + 120 * i, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        pod = make_pod(name, namespace="ml", node="a", owner=("ReplicaSet", "web-1", "rs-1"), created=stamp)
+        pods.clear()
+        pods[name] = pod  # the one before went; its replacement took the 2g.10gb again
+        claims.items = [dra_claim(pod, "gpu-0-mig-1", "mig-2g-10gb")]
+        sync.sync(Counter(), [pod_info(pod)])
+        now[0] += 120.0
+    assert actions.evicted == ["web-a", "web-b"]
+    assert [pod for pod, reason in actions.events if reason == "MigRestoreSkipped"] == ["web-c", "web-d"]
+    sync.sync(Counter(), [pod_info(pods["web-d"])])  # told once per pod
+    assert [pod for pod, reason in actions.events if reason == "MigRestoreSkipped"] == ["web-c", "web-d"]
+    # a replica of another owner is its own lineage
+    other = make_pod("api-a", namespace="ml", node="a", owner=("ReplicaSet", "api-1", "rs-2"))
+    pods.clear()
+    pods["api-a"] = other
+    claims.items = [dra_claim(other, "gpu-0-mig-1", "mig-2g-10gb")]
+    sync.sync(Counter(), [pod_info(other)])
+    assert actions.evicted == ["web-a", "web-b", "api-a"]
 
 
 # ---- pods created before their templates ------------------------------------------------------------------
