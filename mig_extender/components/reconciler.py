@@ -614,14 +614,20 @@ class Reconciler:
         watches would wake them when what freed their slices was one of our reservations, or an event it
         saw before our watch did (a preemption victim's delete)."""
         snap, pods = self._snapshot()
-        due, self._parked = plan_requeues(snap, pods.values(), self._parked, _placement_ok(snap), self.requeue)
+        left = max(0, self.requeue.per_pass - counts["requeued"])  # what this pass's D5 requeues left over
+        due, self._parked = plan_requeues(snap, pods.values(), self._parked, _placement_ok(snap),
+                                          replace(self.requeue, per_pass=left))
         for item in due:
             demand = ", ".join(f"{r}={n}" for r, n in sorted(item.pod.demand.items()))
             self._write_requeue(item.pod, f"{demand} free on {item.node} for this pod (retry {item.attempt})", counts)
 
     def _write_requeue(self, pod: PodInfo, message: str, counts: Counter[str]) -> None:
         """Our pod condition on ``pod`` (actions.requeue). A 429 or 5xx is counted, never raised: the pass's
-        other steps must run, and the pod is tried again (the scheduler's own retry, or our next delay)."""
+        other steps must run, and the pod is tried again (the scheduler's own retry, or our next delay).
+        Every write of a pass counts against ``requeue.per_pass`` (0: requeues off)."""
+        if counts["requeued"] >= self.requeue.per_pass:
+            counts["requeue_over_budget"] += 1
+            return
         try:
             if self.actions.requeue(pod.namespace, pod.name, pod.uid, message):
                 counts["requeued"] += 1

@@ -15,6 +15,7 @@ import pytest
 from mig_extender.components.webhook import WebhookService
 from mig_extender.core.loopguard import Backoff, RestartIndex, RestartLoop, upgrade_hold
 from mig_extender.core.podspec import replacement_pod
+from mig_extender.core.requeue import RequeueSettings
 from mig_extender.core.resources import Owner, ResourceCount, pod_info
 from mig_extender.core.rules import Phase, Rule
 from tests.builders import admission_review, make_pod, res
@@ -196,3 +197,17 @@ def test_soak_d5_a_throttled_requeue_does_not_abort_the_upgrade_pass() -> None:
     counts = w.reconciler.run_once()
     assert counts["requeue_errors"] == 1 and counts["errors"] == 0, counts
     assert ("solo", "MigUpgradeNotRewritten") in w.actions.events
+
+
+def test_requeues_per_pass_zero_turns_off_the_unrewritten_replacements_requeue_too() -> None:
+    """``--requeues-per-pass 0`` says "0 turns requeues off"; the D5 path wrote its requeue regardless
+    (it went straight to the write, outside the parked-pod planner's budget)."""
+    w, pending = sold_out_bare_pod()
+    w.reconciler.requeue = RequeueSettings(per_pass=0)
+    w.now += 1.5
+    w.reconciler.run_once()
+    w.remove(pending)
+    w.add(make_pod("solo", mig={"1g.5gb": 1}, created=_iso(w.now)))
+    run_for(w, 4)
+    assert ("solo", "MigUpgradeNotRewritten") in w.actions.events  # the rule still expired, and said so
+    assert [c for c in w.actions.calls if c[0] == "requeue"] == []
