@@ -149,6 +149,9 @@ class Reconciler:
     def run_once(self) -> Counter[str]:
         counts: Counter[str] = Counter()
         if not self.is_leader():
+            # what this process knew as leader is stale by the time it leads again: it starts as a new
+            # leader would (the requeue's "fits since" most of all: its first write waits ``after`` again)
+            self._parked = {}
             return counts
         if not self._synced():
             counts["not_synced"] += 1

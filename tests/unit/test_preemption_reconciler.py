@@ -253,6 +253,27 @@ def test_requeue_a_new_leader_waits_the_schedulers_own_backoff_before_its_first_
     assert w.log.count(("requeue", "urgent")) == 1
 
 
+def test_requeue_a_leader_that_lost_the_lease_and_regains_it_waits_like_a_new_one() -> None:
+    """Memory from an earlier term says the pod has fitted since long ago; while another process led,
+    the scheduler retried it on its own. On regaining the Lease the first write waits ``after``, as a
+    new leader's does."""
+    w = World()
+    parked_preemptor_fits(w)
+    leader = [True]
+    r = Reconciler(w.inventory, w.store, w.actions, clock=lambda: w.now, preemption=PreemptionSettings(),
+                   is_leader=lambda: leader[0])
+    r.run_once()  # the pod fits: remembered since now
+    leader[0] = False
+    w.now += 10 * r.requeue.after
+    r.run_once()
+    leader[0] = True
+    r.run_once()
+    assert ("requeue", "urgent") not in w.log
+    w.now += r.requeue.after
+    r.run_once()
+    assert w.log.count(("requeue", "urgent")) == 1
+
+
 @pytest.mark.parametrize("status", [pytest.param(429, id="throttled-429"), pytest.param(500, id="server-error-500")])
 def test_requeue_a_refused_write_is_counted_and_the_pass_goes_on(status: int) -> None:
     """API priority and fairness (429) or a 5xx on the status write: counted, not raised (the pass's later
