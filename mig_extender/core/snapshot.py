@@ -374,7 +374,7 @@ class ClusterSnapshot:
             return self.rules_by_pod_uid[pod.uid]
         if pod.uid in self.restore_claims:  # another rule's pod already: no restore's replacement (soak D4)
             return None
-        return next((r for r in self.restoring if r.awaits_restore(pod)), None)
+        return first_awaiting(self.restoring, pod)
 
     @cached_property
     def restoring(self) -> tuple[Rule, ...]:
@@ -394,7 +394,7 @@ class ClusterSnapshot:
         substituted away from the slice reserved for it."""
         if not self.restoring_unrestarted or pod.uid in self.restore_claims:
             return None
-        return next((r for r in self.restoring_unrestarted if r.awaits_restore(pod)), None)
+        return first_awaiting(self.restoring_unrestarted, pod)
 
     @cached_property
     def restore_claims(self) -> frozenset[str]:
@@ -420,7 +420,7 @@ class ClusterSnapshot:
         restored_pod yet) descends from that restore's upgraded pod. O(lineage) once the index is built."""
         count, uid, seen = 0, pod.uid, set()
         if uid not in self.restart_parents:
-            rule = next((r for r in self.restoring if r.awaits_restore(pod)), None)
+            rule = first_awaiting(self.restoring, pod)
             if rule is not None and pod.uid not in self.restore_claims:
                 count += self.now - rule.updated < window
                 uid = rule.bound_pod
@@ -473,3 +473,8 @@ def build_free_index(nodes: Iterable[NodeInfo]) -> dict[str, frozenset[str]]:
             if info.free(r) > 0:
                 index.setdefault(r, set()).add(info.name)
     return {r: frozenset(s) for r, s in index.items()}
+
+
+def first_awaiting(restores: Iterable[Rule], pod: PodInfo) -> Rule | None:
+    """The first of ``restores`` (in restore order) that ``pod`` would finish as its replacement."""
+    return next((r for r in restores if r.awaits_restore(pod)), None)
