@@ -78,7 +78,7 @@ def _add_threads(p: argparse.ArgumentParser) -> None:
 # flags that default to None: given, they override the environment (MIG_EXTENDER_<FIELD>); not given, it stands
 LOOP_GUARD_FLAGS = ("restart_limit", "restart_window")
 RESTORE_REQUEUE_FLAGS = ("restore_policy", "restore_young", "requeue_after", "requeue_max_delay",
-                         "requeues_per_pass")
+                         "requeues_per_pass", "requeue_schedulers")
 
 
 def _add_loop_guard_flags(p: argparse.ArgumentParser) -> None:
@@ -112,6 +112,9 @@ def _add_restore_requeue_flags(r: argparse.ArgumentParser) -> None:
                    help=f"longest delay between requeues of one pod (default: {Settings.requeue_max_delay:g})")
     r.add_argument("--requeues-per-pass", type=_integer, default=None, metavar="N",
                    help=f"requeues one pass may write (default: {Settings.requeues_per_pass}; 0: no requeues)")
+    r.add_argument("--requeue-schedulers", default=None, metavar="NAME,...",
+                   help="schedulerNames whose parked pods may be requeued: the schedulers configured with the "
+                        f"extender (default: {Settings.requeue_schedulers}); pods of others are never written")
 
 
 def _given(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:

@@ -38,7 +38,7 @@ _FLAGS = {"bind": "--bind", "ops_bind": "--metrics-bind", "rule_store": "--rule-
           "restart_limit": "--restart-limit", "restart_window": "--restart-window",
           "restore_policy": "--restore-policy", "restore_young": "--restore-young",
           "requeue_after": "--requeue-after", "requeue_max_delay": "--requeue-max-delay",
-          "requeues_per_pass": "--requeues-per-pass"}
+          "requeues_per_pass": "--requeues-per-pass", "requeue_schedulers": "--requeue-schedulers"}
 REPARTITION_MODES = ("off", "advise", "on")
 # --restore-policy: taker = restore only when a queued pod wants the larger slice it frees (or the pod is
 # young and wasteful); always = whenever the original type frees (the older behaviour)
@@ -88,6 +88,8 @@ class Settings:
     requeue_after: float = RequeueSettings.after
     requeue_max_delay: float = RequeueSettings.max_delay
     requeues_per_pass: int = RequeueSettings.per_pass
+    # comma-separated: the schedulerNames whose pods may be requeued (the schedulers that call the extender)
+    requeue_schedulers: str = ",".join(sorted(RequeueSettings.schedulers))
     policy: str = Policy.PACK.value
     substitution: bool = True
     # owner kinds, comma-separated, that recreate a deleted pod besides the built-in ReplicaSet, StatefulSet,
@@ -218,6 +220,9 @@ class Settings:
         if self.requeues_per_pass < 0:
             errors.append(f"{flag_of('requeues_per_pass')} must be >= 0 (0 turns requeues off), "
                           f"got {self.requeues_per_pass}")
+        if not self.requeue_settings.schedulers:
+            errors.append(f"{flag_of('requeue_schedulers')} must name at least one scheduler "
+                          f"({flag_of('requeues_per_pass')} 0 turns requeues off), got {self.requeue_schedulers!r}")
         return errors
 
     @property
@@ -250,7 +255,8 @@ class Settings:
     @property
     def requeue_settings(self) -> RequeueSettings:
         return RequeueSettings(after=self.requeue_after, max_delay=self.requeue_max_delay,
-                               per_pass=self.requeues_per_pass)
+                               per_pass=self.requeues_per_pass,
+                               schedulers=frozenset(n.strip() for n in self.requeue_schedulers.split(",") if n.strip()))
 
     @property
     def rule_retention(self) -> float:

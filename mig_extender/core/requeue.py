@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 
 from .resources import PodInfo
 from .rules import ACTIVE_PHASES
+from .schedconfig import SCHEDULER_NAME
 from .snapshot import ClusterSnapshot
 
 NODES_PER_POD = 64  # nodes tried per pod and pass: a pod that fits nowhere among them is tried next pass
@@ -33,6 +34,9 @@ class RequeueSettings:
     after: float = 10.0       # fitting this long (kube-scheduler's max pod backoff) before the first requeue
     max_delay: float = 300.0  # delays double up to this: the scheduler's own flush of unschedulable pods
     per_pass: int = 20        # status writes a pass may make
+    # the schedulers that run our extender: a pod of another (Volcano, YuniKorn...) was refused by a
+    # scheduler that never asked us, and our condition would be a write to someone else's pod
+    schedulers: frozenset[str] = frozenset({"default-scheduler", SCHEDULER_NAME})
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,7 @@ def plan_requeues(snap: ClusterSnapshot, pods: Iterable[PodInfo], parked: Mappin
     due: list[tuple[float, str, PodInfo, str, Parked]] = []
     for pod in pods:
         if (not pod.wants_mig or pod.node or pod.terminating or pod.gated or pod.phase != "Pending"
-                or not pod.unschedulable):
+                or not pod.unschedulable or pod.scheduler not in settings.schedulers):
             continue
         rule = snap.rule_for(pod)
         if (rule is not None and rule.pod_uid == pod.uid and not rule.is_hold and rule.phase in ACTIVE_PHASES

@@ -152,3 +152,18 @@ def test_requeues_per_pass_zero_writes_no_requeue() -> None:
     assert due == []
     due, _ = plan([node], [pod], {pod["metadata"]["uid"]: Parked(since=0.0)})
     assert [d.pod.name for d in due] == ["p"]  # the same pod with requeues on
+
+
+def test_a_pod_of_a_scheduler_that_does_not_call_us_is_never_requeued() -> None:
+    """Our pod condition is a write to someone else's pod when its scheduler (Volcano, YuniKorn...) never
+    asks our extender: its Unschedulable verdict is not ours to second-guess. Only pods of the schedulers
+    that run the extender (--requeue-schedulers) are requeued."""
+    node = make_node("n", mig={MIG5: 1})
+    theirs, ours = parked_pod("theirs"), parked_pod("ours")
+    theirs["spec"]["schedulerName"] = "volcano"
+    ours["spec"]["schedulerName"] = "mig-scheduler"
+    memory = {p["metadata"]["uid"]: Parked(since=0.0) for p in (theirs, ours)}
+    due, _ = plan([node], [theirs, ours], memory)
+    assert [d.pod.name for d in due] == ["ours"]
+    due, _ = plan([node], [theirs, ours], memory, settings=replace(SETTINGS, schedulers=frozenset({"volcano"})))
+    assert [d.pod.name for d in due] == ["theirs"]

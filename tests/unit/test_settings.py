@@ -88,6 +88,8 @@ def test_loop_guard_restore_and_requeue_defaults_are_the_cores() -> None:
                  id="restore-policy-case"),
     pytest.param(["reconcile", "--requeue-after", "5", "--requeue-max-delay", "60", "--requeues-per-pass", "0"],
                  {}, {"after": 5.0, "max_delay": 60.0, "per_pass": 0}, id="requeue"),
+    pytest.param(["reconcile", "--requeue-schedulers", "gpu-scheduler, default-scheduler"], {},
+                 {"schedulers": frozenset({"gpu-scheduler", "default-scheduler"})}, id="requeue-schedulers"),
 ])
 def test_reconcile_flags_reach_plan_and_requeue_settings(argv: list[str], plan: dict, requeue: dict) -> None:
     from mig_extender import cli
@@ -141,6 +143,8 @@ def test_finished_rules_are_kept_as_long_as_the_loop_guard_counts_them() -> None
                  id="requeue-max-delay-below-after"),
     pytest.param({"requeues_per_pass": -1}, "--requeues-per-pass must be >= 0 (0 turns requeues off), got -1",
                  id="requeues-per-pass"),
+    pytest.param({"requeue_schedulers": " , "}, "--requeue-schedulers must name at least one scheduler "
+                 "(--requeues-per-pass 0 turns requeues off), got ' , '", id="requeue-schedulers-empty"),
 ])
 def test_invalid_loop_guard_restore_and_requeue_settings(changes: dict, message: str) -> None:
     with pytest.raises(SettingsError) as info:
