@@ -162,8 +162,10 @@ def encode_filter(decision: FilterDecision, objects: list[Mapping[str, Any]] | N
     """The ExtenderFilterResult. Failed nodes are named, each with its reason, only when no node passed:
     kube-scheduler reads them only to explain a pod that fits nowhere (``findNodesThatPassExtenders`` copies
     them into the diagnosis, which only ``FitError`` and preemption read when no node is feasible;
-    pkg/scheduler/schedule_one.go). With a node passing they were never shown, yet a sold-out pod's
-    substitute answer named all 5,000 nodes (586 KB to encode here and decode there; issue 19). Trade:
+    pkg/scheduler/schedule_one.go). With a node passing they were never shown, yet a pod that fits on a
+    few nodes of a busy 5,000-node cluster had thousands named, to be encoded here and decoded there.
+    When none passes (a sold-out pod: "substitute ... recorded" on every node) each node keeps its
+    reason: FitError counts nodes per reason, and a node left out would be counted under none. Trade:
     with a second filter extender configured after ours that rejects every node we passed, its FitError
     would not carry our reasons for the others."""
     passed = bool(decision.passed)
