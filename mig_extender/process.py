@@ -156,6 +156,8 @@ def build_service(settings: Settings) -> ExtenderService:
     informers = [*informers, *([service.store.informer] if getattr(service.store, "informer", None) else [])]
     if (check := _staleness(informers, settings)) is not None:
         service.checks.append(check)
+    watched = list(informers)
+    service.watch_gaps = lambda: [i.name for i in watched if not i.caught_up()]
     if api is not None:  # not in readiness: the device plugin route does not need DRA's objects
         service.dra = watch_dra(api, metrics)
     metrics.watch_health(service.readiness_problems, _disconnected(informers))
@@ -253,8 +255,9 @@ def build_reconciler(settings: Settings, lease_name: str, identity: str, dry_run
     if (subscribe := getattr(reconciler.store, "subscribe", None)) is not None:
         subscribe(reconciler.wake)  # act on a rule's creation by watch, not at the next pass (issue 19)
     store_informer = getattr(reconciler.store, "informer", None)
-    metrics.watch_health(reconciler.readiness_problems,
-                         _disconnected([*informers, *([store_informer] if store_informer else [])]))
+    watched = [*informers, *([store_informer] if store_informer else [])]
+    reconciler.watch_gaps = lambda: [i.name for i in watched if not i.caught_up()]
+    metrics.watch_health(reconciler.readiness_problems, _disconnected(watched))
     threading.Thread(target=reconciler.run, args=(threading.Event(),), name="reconcile", daemon=True).start()
     log.info("reconciler %s started; acting only while holding Lease %s/%s", identity, settings.namespace, lease_name)
     return reconciler

@@ -23,6 +23,10 @@ from .client import JSON, raw
 log = logging.getLogger(__name__)
 
 
+class Expired(Exception):
+    """The watch's resourceVersion is too old (410 Gone): relist."""
+
+
 class Informer:
     """List+watch one collection in a daemon thread, feeding ``on_event(type, obj)``.
 
@@ -32,6 +36,9 @@ class Informer:
     ``last_contact`` is when the API last answered; ``stale_after`` drives readiness (the extender keeps
     answering from its cache while the API is away).
     """
+
+    BACKOFF_START = 0.5  # seconds after a failed list or watch, doubling
+    BACKOFF_MAX = 10.0
 
     def __init__(self, name: str, list_call: Callable[..., Any], on_event: Callable[[str, JSON], None],
                  on_relist: Callable[[Iterator[JSON]], None], list_kwargs: Mapping[str, Any] | None = None,
@@ -49,6 +56,7 @@ class Informer:
         self.resource_version = ""
         self.last_contact = 0.0
         self.disconnected_since: float | None = None  # set while list/watch fail, cleared on reconnect
+        self.resumed_at = 0.0  # monotonic: when the last reconnect after a failure was made
         self.relists = 0
         self._thread: threading.Thread | None = None
 
@@ -74,7 +82,7 @@ class Informer:
             pass
         self.resource_version = self._listing_rv
         self.last_contact = time.time()
-        self.disconnected_since = None
+        self.disconnected_since = None  # a relist has delivered everything: caught up at once
         self.relists += 1
         self.synced.set()
 
@@ -97,7 +105,7 @@ class Informer:
                               timeout_seconds=self._watch_timeout, _preload_content=False, **self._kwargs)
         try:
             self.last_contact = time.time()
-            self.disconnected_since = None
+            self._connected()
             for line in iter_resp_lines(response):
                 if self._stop.is_set():
                     return
@@ -106,7 +114,7 @@ class Informer:
                 self.last_contact = time.time()
                 if event.get("type") == "ERROR":
                     if obj.get("code") == 410:
-                        self.resource_version = ""  # too old: relist
+                        raise Expired(f"watch error: {obj.get('message')}")
                     raise RuntimeError(f"watch error: {obj.get('message')}")
                 self.resource_version = (obj.get("metadata") or {}).get("resourceVersion", self.resource_version)
                 if event.get("type") != "BOOKMARK":
@@ -117,29 +125,53 @@ class Informer:
         finally:
             response.release_conn()
 
+    def caught_up(self, settle: float = 1.0) -> bool:
+        """Listed, connected, and past ``settle`` seconds since a reconnect after a failure: a watch resumed
+        from our last version delivers what it missed first, and a relist has delivered it all already."""
+        return (self.synced.is_set() and self.disconnected_since is None
+                and time.monotonic() - self.resumed_at >= settle)
+
+    def _connected(self) -> None:
+        if self.disconnected_since is not None:
+            self.resumed_at = time.monotonic()
+        self.disconnected_since = None
+
     def _lost(self) -> None:
         if self.disconnected_since is None:
             self.disconnected_since = time.time()
 
     def _run(self) -> None:
-        backoff = 0.5
+        backoff = self.BACKOFF_START
+        expired = False  # the last attempt ended in a 410
         while not self._stop.is_set():
             try:
                 if not self.resource_version:
                     self._relist()
+                began = time.monotonic()
                 self._watch()
-                backoff = 0.5
-            except ApiException as exc:
-                if exc.status == 410:
+                backoff, expired = self.BACKOFF_START, False
+                if time.monotonic() - began > 1.0:
+                    continue  # a watch that ran its course (its timeout) is resumed at once, as client-go does
+            except (Expired, ApiException) as exc:
+                if isinstance(exc, Expired) or exc.status == 410:
+                    # The API answered: our version is too old. Relist now (soak D12), not after the backoff
+                    # its earlier refusals built up, during which the API (and kube-scheduler's binds) ran
+                    # ahead of our books; as client-go's reflector relists after an expired watch
+                    # (tools/cache/reflector.go). A second 410 in a row backs off as usual.
                     self.resource_version = ""
+                    if not expired:
+                        expired, backoff = True, self.BACKOFF_START
+                        log.warning("%s: %s; relisting now", self.name, exc)
+                        continue
                 else:
                     self._lost()
-                log.warning("%s: %s; retrying in %.1fs", self.name, exc.reason, backoff)
+                log.warning("%s: %s; retrying in %.1fs", self.name, getattr(exc, "reason", exc), backoff)
             except Exception as exc:
+                expired = False
                 self._lost()
                 log.warning("%s: %s; retrying in %.1fs", self.name, exc, backoff)
             self._stop.wait(backoff)
-            backoff = min(backoff * 2, 10.0)
+            backoff = min(backoff * 2, self.BACKOFF_MAX)
 
 
 def start_inventory_informers(api: client.ApiClient, inventory: Any) -> list[Informer]:

@@ -120,6 +120,9 @@ class ExtenderService:
         self._filtered_lock = threading.Lock()
         self.expire_rules = True
         self.dra: DraInventory | None = None  # MIG devices served by DRA, for /debug/inventory (None: not watched)
+        # names of the watches (nodes, pods, rules) cut off or just back, whose books may be behind the API:
+        # no MIG pod is bound meanwhile (process.build_service wires the informers in)
+        self.watch_gaps: Callable[[], list[str]] = list
 
     def snapshot(self) -> ClusterSnapshot:
         """The inventory with the stored rules; not ``synced`` until the rule store is synced too (without
@@ -226,6 +229,11 @@ class ExtenderService:
             snap = self.snapshot()
             if not snap.synced:  # after a restart, before the pod list: every slice would look free
                 raise NotReady(f"{NOT_SYNCED}; the scheduler will retry")
+            if pod.wants_mig and (gaps := self.watch_gaps()):
+                # soak D12: answers from the cache are fine while the API is away (nothing can be bound then),
+                # but once it is back and our watch is not, a node may have lost slices we still count
+                raise NotReady(f"mig-extender's watch of {', '.join(gaps)} is reconnecting (our books may be "
+                               "behind the API); the scheduler will retry")
             if pod.wants_mig and pod.node != node:
                 for resource, n in pod.demand.items():
                     free = snap.free(node, resource, pod)

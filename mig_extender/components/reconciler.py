@@ -143,6 +143,8 @@ class Reconciler:
         self.checks: list[Callable[[], str]] = []  # extra readiness checks (watch staleness)
         self.repartitioner: Any = None  # components/repartitioner.py when --repartition is wired in
         self._wake = threading.Event()  # set by wake(): a pass is due now
+        # names of the watches cut off or just back (process.new_reconciler wires the informers in)
+        self.watch_gaps: Callable[[], list[str]] = list
 
     # -- one pass ---------------------------------------------------------------------------------
 
@@ -155,6 +157,9 @@ class Reconciler:
             return counts
         if not self._synced():
             counts["not_synced"] += 1
+            return counts
+        if self.watch_gaps():  # soak D12: a watch cut off or just back; restarts and preemptions wait for it
+            counts["watch_gap"] += 1
             return counts
         for step in (self._observe, self._expire, self._upgrade, self._restore, self._preempt, self._requeue,
                      self._explain, self._repartition, self._sync_dra):

@@ -342,6 +342,23 @@ def test_item1_bind_refuses_until_synced(client, service) -> None:
     assert bind(client, pod, "gpu-b").status_code == 200
 
 
+def test_soak_d12_no_mig_pod_is_bound_while_a_watch_is_cut_off_or_just_back(client, service) -> None:
+    """Soak seed 34: the API server came back while our node watch was still in backoff; kube-scheduler
+    bound two pods through /bind onto slices a re-partition had removed meanwhile, and the kubelet rejected
+    them (a bare pod then stays Failed). /filter may answer from the cache while the API is away (nothing
+    can be bound then); /bind refuses MIG pods until every watch has caught up."""
+    pod = pending({"1g.10gb": 1})
+    client.post("/filter", json={"Pod": pod, "NodeNames": ["gpu-b"]})
+    service.watch_gaps = lambda: ["nodes"]
+    resp = bind(client, pod, "gpu-b")
+    assert resp.status_code == 503 and "watch of nodes is reconnecting" in resp.get_json()["Error"]
+    assert service.binder.calls == [] and service.snapshot().free("gpu-b", "nvidia.com/mig-1g.10gb") == 1
+    plain = make_pod()  # no MIG: nothing of ours to get wrong
+    assert bind(client, plain, "cpu-c").status_code == 200
+    service.watch_gaps = list
+    assert bind(client, pod, "gpu-b").status_code == 200
+
+
 def test_debug_rules_shows_a_preemption_hold_with_its_victims(client, service) -> None:
     import time
 

@@ -114,3 +114,47 @@ def test_issue19_a_consumer_that_stops_reading_still_gets_the_watch_from_the_lis
     assert informer.synced.wait(5) and api.done.wait(5)
     informer.stop()
     assert next(c.get("resource_version") for c in api.calls if c.get("watch")) == "10"
+
+
+class TimedApi(FakeApi):
+    def __init__(self, script: list[Any]) -> None:
+        super().__init__(script)
+        self.times: list[float] = []
+
+    def __call__(self, **kwargs: Any) -> FakeResponse:
+        self.times.append(time.monotonic())
+        return super().__call__(**kwargs)
+
+
+def test_soak_d12_a_410_after_the_api_returns_relists_at_once_not_after_the_escalated_backoff() -> None:
+    """Soak seed 34: the API server restarted; each informer's retries backed off 0.5, 1, 2, 4 s, and the
+    410 the API answered once back was followed by the next backoff step (8 s) before the relist. For
+    those seconds the API (and kube-scheduler's binds) ran while our books missed a node's allocatable
+    shrinking: two pods were bound onto slices that no longer existed. A 410 is an answer: relist now,
+    as client-go's reflector relists after an expired watch."""
+    gone = FakeResponse(lines=[{"type": "ERROR", "object": {"code": 410, "message": "too old resource version"}}])
+    api = TimedApi([page([obj("a", "5")], "9"), *[ConnectionError("refused")] * 5, gone, page([obj("a", "20")], "22")])
+    informer = Informer("things", api, lambda *a: None, lambda items: list(items))
+    informer.BACKOFF_START = 0.05  # 0.05, 0.1, 0.2, 0.4, 0.8: the next step after five failures is 1.6 s
+    informer.start()
+    assert api.done.wait(20)
+    informer.stop()
+    relist_after_410 = api.times[7] - api.times[6]
+    assert api.calls[7].get("watch") is None and relist_after_410 < 0.5, relist_after_410
+
+
+def test_a_watch_resumed_after_a_failure_is_caught_up_only_once_it_settles() -> None:
+    """A watch resumed from our last version first delivers what it missed: /bind waits ``settle`` (D12).
+    A watch renewed after its timeout, with no failure between, was never behind."""
+    informer = Informer("x", FakeApi([]), lambda *a: None, lambda items: None)
+    assert not informer.caught_up()  # not listed yet
+    informer.synced.set()
+    assert informer.caught_up()
+    informer._lost()
+    assert not informer.caught_up()
+    informer._connected()
+    assert not informer.caught_up(settle=0.3)
+    time.sleep(0.35)
+    assert informer.caught_up(settle=0.3)
+    informer._connected()  # a renewal, no failure before it
+    assert informer.caught_up(settle=0.3)

@@ -138,6 +138,20 @@ def test_measurement_the_freed_slice_is_promised_to_the_preemptor_only() -> None
     assert w.filter(other).passed == ()
 
 
+def test_soak_d12_no_victim_is_deleted_while_a_watch_is_cut_off_or_just_back() -> None:
+    """What a watch missed (the victim already gone, a node changed) would make a deletion needless: the
+    leader's pass waits until its watches have caught up (D12)."""
+    w = World()
+    w.low("low-old", started="2026-11-22T00:00:00Z")
+    w.low("low-new", started="2026-11-23T00:00:00Z")
+    w.high()
+    w.reconciler.watch_gaps = lambda: ["pods"]
+    assert w.reconciler.run_once()["watch_gap"] == 1
+    assert w.log == [] and w.holds() == []
+    w.reconciler.watch_gaps = list
+    assert w.reconciler.run_once()["preempt_deleted"] == 1
+
+
 def test_preemptor_filter_names_the_hold_while_victims_terminate() -> None:
     w = World()
     w.low("low-a")
