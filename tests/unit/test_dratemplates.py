@@ -243,6 +243,57 @@ def test_a_dra_lineage_whose_replacements_come_back_on_a_substitute_is_restored_
     assert actions.evicted == ["web-a", "web-b", "api-a"]
 
 
+
+def test_the_dra_lineage_guard_sees_pods_the_inventory_does_not_keep() -> None:
+    """The reconciler hands the restorer ``inventory.pods()``, which keeps only pods asking for MIG slices;
+    the webhook's rewrite removed every nvidia.com/mig-* request of a DRA pod, so none of the pods whose
+    lineage the guard follows was in it and every replacement was restored again (four restarts)."""
+    claims, pods = FakeClaims([]), {}
+    actions = FakeRestartActions(pods)
+    now = [0.0]
+    restorer = DraRestorer(claims, actions, clock=lambda: now[0], cooldown=60)
+    sync = DraTemplateSync(FakeDraObjects(["ml"], [SLICE]), interval=0, clock=lambda: now[0], restorer=restorer)
+    inventory = ClusterInventory()
+    start = time.time()
+    for i, name in enumerate(["web-a", "web-b", "web-c", "web-d"]):
+        stamp = datetime.fromtimestamp(start + 1 + 120 * i, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        pod = make_pod(name, namespace="ml", node="a", owner=("ReplicaSet", "web-1", "rs-1"), created=stamp)
+        assert inventory.upsert_pod(pod) is None  # rewritten: no MIG request left, not the inventory's
+        pods.clear()
+        pods[name] = pod
+        claims.items = [dra_claim(pod, "gpu-0-mig-1", "mig-2g-10gb")]
+        sync.sync(Counter(), inventory.pods())
+        now[0] += 120.0
+    assert actions.evicted == ["web-a", "web-b"]
+    assert [pod for pod, reason in actions.events if reason == "MigRestoreSkipped"] == ["web-c", "web-d"]
+
+
+
+def test_a_dra_pod_whose_lineage_cannot_be_read_waits_a_pass() -> None:
+    """After a restore of its profile, an upgraded pod the API will not show us now (a 503) could be that
+    restore's replacement: it is not restarted this pass, and is once it can be read."""
+    pods: dict[str, dict[str, Any]] = {}
+    claims, actions = FakeClaims([]), FakeRestartActions(pods)
+    restorer = DraRestorer(claims, actions, cooldown=0)
+    sync = DraTemplateSync(FakeDraObjects(["ml"], [SLICE]), interval=0, restorer=restorer)
+    first = make_pod("web-a", namespace="ml", node="a", owner=("ReplicaSet", "web-1", "rs-1"))
+    pods["web-a"], claims.items = first, [dra_claim(first, "gpu-0-mig-1", "mig-2g-10gb")]
+    sync.sync(Counter(), [])
+    later = make_pod("web-b", namespace="ml", node="a", owner=("ReplicaSet", "web-1", "rs-1"))
+    pods.clear()
+    pods["web-b"], claims.items = later, [dra_claim(later, "gpu-0-mig-1", "mig-2g-10gb")]
+    def api_down(namespace: str, name: str) -> None:
+        raise OSError("connection refused")
+
+    real_get, actions.get_pod = actions.get_pod, api_down  # type: ignore[method-assign]
+    counts: Counter[str] = Counter()
+    sync.sync(counts, [])
+    assert actions.evicted == ["web-a"] and counts["dra_restore_lineage_unknown"] == 1
+    actions.get_pod = real_get  # type: ignore[method-assign]
+    sync.sync(Counter(), [])
+    assert actions.evicted == ["web-a", "web-b"]
+
+
 # ---- pods created before their templates ------------------------------------------------------------------
 
 def unschedulable(name: str, owner: tuple[str, ...] | None = ("ReplicaSet", "web-1", "rs-1"),
