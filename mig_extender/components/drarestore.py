@@ -33,7 +33,16 @@ from cachetools import TTLCache
 from ..core.catalog import ProfileShape
 from ..core.dra import MigDevice
 from ..core.drapod import missed_rewrite
-from ..core.drarestore import DraRestart, DraRestore, claim_facts, match_replacements, restores, upgraded
+from ..core.drarestore import (
+    DraRestart,
+    DraRestore,
+    claim_facts,
+    followed,
+    match_replacements,
+    on_substitute,
+    restores,
+    upgraded,
+)
 from ..core.planner import PlanSettings
 from ..core.podspec import Restart, RestartOutcome, is_job_owner, restart_blocker
 from ..core.resources import DemandError, PodInfo, pod_info
@@ -110,24 +119,27 @@ class DraRestorer:
 
         A DRA pod is rarely among ``pods`` (the inventory's): the webhook's rewrite removed its MIG
         requests, and the inventory keeps only pods asking for MIG slices. So a pod that could be the
-        replacement of a restore (an upgraded claim of a profile we restored within the window) is read
-        from the API once; its owner and creation time never change."""
+        replacement of a restore (``core.drarestore.followed``) is read from the API once; its owner and
+        creation time never change."""
         start = self.wall() - self.restart_window
         self._restarts = [r for r in self._restarts if r.at > start]
-        if not self._restarts:
-            return {}, set()
-        profiles = {r.profile for r in self._restarts}
         by_uid = {p.uid: p for p in pods}
-        ours, unknown = [], set()
-        for c in upgraded(facts):
-            if c.profile not in profiles or not c.pod_uid:
-                continue
+        ours, unknown, ended = [], set(), set()
+        for c in followed(facts, self._restarts):
             pod = by_uid.get(c.pod_uid) or self._read_pod(c)
             if pod is None:
-                unknown.add(c.pod_uid)
-            else:
-                ours.append((pod, c.profile))
-        return match_replacements(self._restarts, ours), unknown
+                if on_substitute(c):
+                    unknown.add(c.pod_uid)
+                continue
+            if not on_substitute(c):
+                ended.add(c.pod_uid)
+            ours.append((pod, c.profile))
+        matched = match_replacements(self._restarts, ours)
+        # a replacement on its own profile: that restore worked and its lineage ends (else a later pod of
+        # the owner on a substitute, one nobody restarted, would inherit its count)
+        done = [matched.pop(uid) for uid in ended if uid in matched]
+        self._restarts = [r for r in self._restarts if r not in done]
+        return matched, unknown
 
     def _read_pod(self, claim: Any) -> PodInfo | None:
         """The pod ``claim`` is reserved for, read once (cached by uid); None when it cannot be read now:

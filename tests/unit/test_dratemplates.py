@@ -294,6 +294,38 @@ def test_a_dra_pod_whose_lineage_cannot_be_read_waits_a_pass() -> None:
     assert actions.evicted == ["web-a", "web-b"]
 
 
+
+def test_a_dra_restore_whose_replacement_got_its_profile_ends_that_lineage() -> None:
+    """A replacement that got its own profile ends the lineage of the restore. It was left unmatched (only
+    pods on a substitute were), so the owner's next pods on a substitute, pods nobody had restarted (a
+    scale-up), inherited that restore's count: after two good restores of one Deployment, its third pod
+    on a substitute was held back for the rest of the hour."""
+    slices = [make_resource_slice("a", profiles=("1g.5gb", "1g.5gb", "1g.5gb", "2g.10gb"))]
+    pods: dict[str, dict[str, Any]] = {}
+    claims, actions, now = FakeClaims([]), FakeRestartActions(pods), [0.0]
+    restorer = DraRestorer(claims, actions, clock=lambda: now[0], cooldown=60)
+    sync = DraTemplateSync(FakeDraObjects(["ml"], slices), interval=0, clock=lambda: now[0], restorer=restorer)
+    start = time.time()
+
+    def web(name: str, after: float) -> dict[str, Any]:
+        stamp = datetime.fromtimestamp(start + after, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        pods[name] = make_pod(name, namespace="ml", node="a", owner=("ReplicaSet", "web-1", "rs-1"), created=stamp)
+        return pods[name]
+
+    # each step: (pod, device, firstAvailable entry that won); gpu-0-mig-3 is the 2g.10gb
+    steps = [[("web-a", "gpu-0-mig-3", "mig-2g-10gb")],
+             [("web-a2", "gpu-0-mig-0", "mig-1g-5gb"), ("web-s", "gpu-0-mig-3", "mig-2g-10gb")],
+             [("web-a2", "gpu-0-mig-0", "mig-1g-5gb"), ("web-s2", "gpu-0-mig-1", "mig-1g-5gb"),
+              ("web-t", "gpu-0-mig-3", "mig-2g-10gb")]]
+    for i, step in enumerate(steps):
+        claims.items = [dra_claim(pods.get(name) or web(name, 1 + 120 * i + j), device, won)
+                        for j, (name, device, won) in enumerate(step)]
+        sync.sync(Counter(), [])
+        now[0] += 120.0
+    assert [pod for pod, reason in actions.events if reason == "MigRestoreSkipped"] == []
+    assert actions.evicted == ["web-a", "web-s", "web-t"]
+
+
 # ---- pods created before their templates ------------------------------------------------------------------
 
 def unschedulable(name: str, owner: tuple[str, ...] | None = ("ReplicaSet", "web-1", "rs-1"),
