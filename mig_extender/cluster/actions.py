@@ -96,6 +96,10 @@ class KubeActions:
         try:
             raw(self._core.create_namespaced_pod_eviction, name, ns, body)
         except ApiException as exc:
+            if exc.status == 409 and _conflict_on(exc) == "poddisruptionbudgets":
+                # eviction.go gives up after 20 conflicts on the PDB's status and answers the last one:
+                # contention on the budget, the pod untouched (retried later, as a 429)
+                return RestartOutcome(Restart.REFUSED, _api_message(exc))
             if exc.status in (404, 409):
                 return RestartOutcome(Restart.GONE)
             if exc.status == 429:
@@ -411,3 +415,13 @@ def _api_message(exc: ApiException) -> str:
         return str(json.loads(exc.body or "{}").get("message") or exc.reason)
     except (ValueError, AttributeError):
         return str(exc.reason)
+
+
+def _conflict_on(exc: ApiException) -> str:
+    """The resource a 409 is about (Status details.kind: "pods" or "Pod" for a precondition on the pod,
+    "poddisruptionbudgets" for the eviction's budget update); '' when the body says nothing."""
+    try:
+        return str((json.loads(exc.body or "{}").get("details") or {}).get("kind") or "")
+    except (ValueError, AttributeError):
+        return ""
+

@@ -189,6 +189,26 @@ def test_soak_d11_a_pod_that_changes_before_every_eviction_is_refused_not_report
     assert (outcome.kind, "solo" in api.pods, api.rule().stash) == (Restart.REFUSED, True, "")
 
 
+def test_an_eviction_409_from_the_pdb_update_is_a_refusal_not_a_gone_pod() -> None:
+    """eviction.go retries conflicts on the PodDisruptionBudget's status 20 times (EvictionsRetry), then
+    answers with the last one: a 409 about the PDB, not the pod (client-go retry.OnError returns lastErr,
+    so the 'couldn't update PodDisruptionBudget' timeout branch never runs). It was read as "the pod is
+    gone": a controller-owned pod's restore was dropped, not deferred, and its rule sat Restoring."""
+    api, pod = world()
+    pdb_conflict = ApiException(status=409, reason="Conflict")
+    pdb_conflict.body = json.dumps({"kind": "Status", "reason": "Conflict", "code": 409, "message":
+                                    'Operation cannot be fulfilled on poddisruptionbudgets.policy "web": the '
+                                    "object has been modified; please apply your changes to the latest version",
+                                    "details": {"name": "web", "group": "policy", "kind": "poddisruptionbudgets"}})
+
+    def contended() -> None:
+        raise pdb_conflict
+
+    api.before_evict.append(contended)
+    outcome = actions_on(api).evict(pod)
+    assert (outcome.kind, "solo" in api.pods) == (Restart.REFUSED, True)
+
+
 def test_soak_d11_a_pod_already_terminating_when_read_is_neither_stashed_nor_evicted() -> None:
     api, _ = world()
     api.user_starts_deleting("solo")
