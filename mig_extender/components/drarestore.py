@@ -7,7 +7,8 @@ are restarted, and not Job pods (an eviction may count as a Job failure; the dev
 that, this first DRA slice does not yet). A restore stays "in flight" for ``cooldown`` seconds, counted
 against the free device of its profile, so the next pass does not restart a second pod for the device
 the first one's replacement is about to take. A refused eviction (a PDB) is retried after the device
-plugin route's backoff (30 s doubling to 15 min), with Event MigRestoreDeferred. A lineage restored
+plugin route's backoff (30 s doubling to 15 min), with Event MigRestoreDeferred; meanwhile the free
+device goes to the next candidate, as it does past a pod we may not restart. A lineage restored
 ``restart_limit`` times within ``restart_window`` (its replacements ran on a substitute again) is not
 restored again in that window (Event MigRestoreSkipped): the device plugin route's loop guard. Its memory
 is this process's (a new leader starts without it; at most one more round per lineage). A rewritten DRA
@@ -85,6 +86,9 @@ class DraRestorer:
         self._pods_read: TTLCache[str, PodInfo] = TTLCache(maxsize=10_000, ttl=self.restart_window, timer=clock)
         # pod uid -> told it is held back by the loop guard (once per window)
         self._held_told: TTLCache[str, bool] = TTLCache(maxsize=10_000, ttl=self.restart_window, timer=clock)
+        # pod uid -> why we may not restart it (its owner, its opt-out): asked again after 10 minutes (the
+        # annotation can be removed)
+        self._not_restartable: TTLCache[str, str] = TTLCache(maxsize=10_000, ttl=600.0, timer=clock)
         # pod uid -> (refusals so far, no new attempt before): a PDB that refuses is asked again after a
         # backoff, as the device plugin route's restore (issue 13 item 4), not on every pass
         self._refused: TTLCache[str, tuple[int, float]] = TTLCache(maxsize=10_000, ttl=4 * 3600.0, timer=clock)
@@ -104,13 +108,13 @@ class DraRestorer:
         self._tell_held_back(held_back, facts, counts)
         if unknown:
             counts["dra_restore_lineage_unknown"] += len(unknown)
-        for restore in restores(devices, facts, shapes, in_flight, held_back | unknown):
-            if restore.pod_uid in self._in_flight:
-                continue  # its eviction was accepted; the old claim lingers until the pod is gone
-            refused = self._refused.get(restore.pod_uid)
-            if refused is not None and now < refused[1]:
-                counts["dra_restore_backoff"] += 1
-                continue
+        backing_off = {uid for uid, (_, until) in list(self._refused.items()) if now < until}
+        if backing_off:
+            counts["dra_restore_backoff"] += len(backing_off)
+        # left out before the free devices are handed out, so each goes to the next candidate: chosen and
+        # then skipped, a pod that will not be restarted kept its device from everyone, every pass
+        not_now = held_back | unknown | backing_off | set(self._in_flight) | set(self._not_restartable)
+        for restore in restores(devices, facts, shapes, in_flight, not_now):
             counts[f"dra_restore_{self._restore(restore, lineage.get(restore.pod_uid))}"] += 1
 
     def _lineages(self, facts: list[Any], pods: Iterable[PodInfo]) -> tuple[dict[str, DraRestart], set[str]]:
@@ -225,6 +229,8 @@ class DraRestorer:
             log.info("DRA restore %s/%s: %s", restore.namespace, restore.pod, message)
             self.actions.event(restore.namespace, restore.pod, restore.pod_uid, "MigRestoring", message,
                                action="Restore")
+        elif outcome in (str(Restart.BLOCKED), "opted_out"):
+            self._not_restartable[restore.pod_uid] = outcome
         elif outcome == str(Restart.REFUSED):
             attempts = self._refused.get(restore.pod_uid, (0, 0.0))[0] + 1
             wait = self.backoff(attempts)

@@ -92,7 +92,8 @@ def restores(devices: Iterable[MigDevice], claims: Iterable[ClaimFacts], shapes:
              in_flight: Mapping[str, int] | None = None, held_back: Collection[str] = ()) -> list[DraRestore]:
     """The upgraded pods to restart now, biggest waster first within each profile, at most one per free
     device of its profile that nobody waits for. ``shapes``: offered profile name -> shape (dra.offered_shapes).
-    ``held_back``: pod uids not to restart (the loop guard); the device goes to the next candidate."""
+    ``held_back``: pod uids not to restart now (the loop guard, a refusal's backoff, an opt-out, a restart
+    under way); the device goes to the next candidate."""
     claims = list(claims)
     by_device = {(DRIVER, d.pool, d.name): d.profile for d in devices}
     taken = {d for c in claims for d in c.devices}

@@ -326,6 +326,45 @@ def test_a_dra_restore_whose_replacement_got_its_profile_ends_that_lineage() -> 
     assert actions.evicted == ["web-a", "web-s", "web-t"]
 
 
+
+class PdbOn(FakeRestartActions):
+    """A PodDisruptionBudget refuses the eviction of the pods named in ``refused``."""
+
+    def __init__(self, pods: dict[str, dict[str, Any]], refused: set[str]) -> None:
+        super().__init__(pods)
+        self.refused = refused
+
+    def evict(self, pod: Any) -> RestartOutcome:
+        if pod["metadata"]["name"] in self.refused:
+            return RestartOutcome(Restart.REFUSED, "a PDB")
+        return super().evict(pod)
+
+
+@pytest.mark.parametrize(
+    ("annotations", "refused"),
+    [
+        pytest.param({ANN_RESTORE: "false"}, set(), id="opted-out"),
+        pytest.param(None, {"big"}, id="refused-by-a-pdb-backing-off"),
+    ],
+)
+def test_a_top_dra_candidate_that_is_not_restarted_leaves_the_free_device_to_the_next(
+        annotations: dict[str, str] | None, refused: set[str]) -> None:
+    """``restores`` gave the one free 1g.5gb to the biggest waster; when that pod was not restarted (opted
+    out, or a PDB refusing it during its backoff) the device went to nobody, every pass: the next candidate
+    waited for ever (opted out) or up to 15 minutes (the backoff) beside a free device of its profile."""
+    big = make_pod("big", namespace="ml", node="a", owner=("ReplicaSet", "big-1", "rs-1"), annotations=annotations)
+    small = make_pod("small", namespace="ml", node="a", owner=("ReplicaSet", "small-1", "rs-2"))
+    pods = {"big": big, "small": small}
+    actions, now = PdbOn(pods, refused), [0.0]
+    claims = FakeClaims([dra_claim(big, "gpu-0-mig-2", "mig-3g-20gb"), dra_claim(small, "gpu-0-mig-1", "mig-2g-10gb")])
+    restorer = DraRestorer(claims, actions, clock=lambda: now[0])
+    sync = DraTemplateSync(FakeDraObjects(["ml"], [SLICE]), interval=0, clock=lambda: now[0], restorer=restorer)
+    for _ in range(3):
+        sync.sync(Counter(), [])
+        now[0] += 5.0
+    assert actions.evicted == ["small"]
+
+
 # ---- pods created before their templates ------------------------------------------------------------------
 
 def unschedulable(name: str, owner: tuple[str, ...] | None = ("ReplicaSet", "web-1", "rs-1"),
