@@ -96,6 +96,10 @@ class KubeActions:
         try:
             raw(self._core.create_namespaced_pod_eviction, name, ns, body)
         except ApiException as exc:
+            if exc.status == 409 and _conflict_on(exc) == "poddisruptionbudgets":
+                # eviction.go gives up after 20 conflicts on the PDB's status and answers the last one:
+                # contention on the budget, the pod untouched (retried later, as a 429)
+                return RestartOutcome(Restart.REFUSED, _api_message(exc))
             if exc.status in (404, 409):
                 return RestartOutcome(Restart.GONE)
             if exc.status == 429:
@@ -206,19 +210,24 @@ class KubeActions:
         pod without asking (eviction.go ``canIgnorePDB``), so a uid precondition alone let our eviction
         'succeed' on the user's delete, and we recreated a pod the user had deleted. With the
         resourceVersion too, any change since our read answers 409; we read again and go on only while
-        the pod is the same one and not being deleted (a status update from its kubelet is harmless)."""
-        outcome = self.evict(pod, exact=True)
-        for _ in range(tries - 1):
+        the pod is the same one and not being deleted (a status update from its kubelet is harmless).
+        A 409 proves our eviction deleted nothing, so what cannot be settled after one (the re-read
+        failed, or the pod changed before each try) is REFUSED, tried again later, never raised: raising
+        left the stash without a record, and a new leader recreated the user's pod once it was gone."""
+        for _ in range(tries):
+            outcome = self.evict(pod, exact=True)
             if outcome.kind is not Restart.GONE:
-                break
+                return outcome
             meta = pod["metadata"]
-            fresh = self.get_pod(meta["namespace"], meta["name"])
+            try:
+                fresh = self.get_pod(meta["namespace"], meta["name"])
+            except Exception as exc:  # ApiException, or the connection (urllib3): the 409 stands either way
+                return RestartOutcome(Restart.REFUSED, f"changed since read, and reading it again failed: {exc}")
             if fresh is None or fresh["metadata"].get("uid") != meta["uid"] or fresh["metadata"].get(
                     "deletionTimestamp"):
-                break
+                return outcome
             pod = fresh
-            outcome = self.evict(pod, exact=True)
-        return outcome
+        return RestartOutcome(Restart.REFUSED, f"changed between our read and our eviction {tries} times in a row")
 
     def _record_eviction(self, rule_ns: str, rule_name: str, uid: str, ours: bool) -> None:
         """Write down whether our eviction removed pod ``uid`` (mark the stash) or not (drop it). A write that
@@ -406,3 +415,13 @@ def _api_message(exc: ApiException) -> str:
         return str(json.loads(exc.body or "{}").get("message") or exc.reason)
     except (ValueError, AttributeError):
         return str(exc.reason)
+
+
+def _conflict_on(exc: ApiException) -> str:
+    """The resource a 409 is about (Status details.kind: "pods" or "Pod" for a precondition on the pod,
+    "poddisruptionbudgets" for the eviction's budget update); '' when the body says nothing."""
+    try:
+        return str((json.loads(exc.body or "{}").get("details") or {}).get("kind") or "")
+    except (ValueError, AttributeError):
+        return ""
+

@@ -7,10 +7,13 @@ are restarted, and not Job pods (an eviction may count as a Job failure; the dev
 that, this first DRA slice does not yet). A restore stays "in flight" for ``cooldown`` seconds, counted
 against the free device of its profile, so the next pass does not restart a second pod for the device
 the first one's replacement is about to take. A refused eviction (a PDB) is retried after the device
-plugin route's backoff (30 s doubling to 15 min), with Event MigRestoreDeferred. A lineage restored
+plugin route's backoff (30 s doubling to 15 min), with Event MigRestoreDeferred; meanwhile the free
+device goes to the next candidate, as it does past a pod we may not restart. A lineage restored
 ``restart_limit`` times within ``restart_window`` (its replacements ran on a substitute again) is not
 restored again in that window (Event MigRestoreSkipped): the device plugin route's loop guard. Its memory
-is this process's (a new leader starts without it; at most one more round per lineage). The same restart, for a
+is this process's (a new leader starts without it; at most one more round per lineage). A rewritten DRA
+pod asks for no MIG slice, so the inventory does not keep it: a pod that may be a replacement is read
+from the API once (owner, creation time), and waits a pass when it cannot be. The same restart, for a
 pod still Pending, recreates the pods of a DRA namespace that were created before its templates existed,
 at most once per owner every ``recreate_every`` seconds (were the webhook down, the replacement would
 miss the rewrite too: no loop).
@@ -31,7 +34,16 @@ from cachetools import TTLCache
 from ..core.catalog import ProfileShape
 from ..core.dra import MigDevice
 from ..core.drapod import missed_rewrite
-from ..core.drarestore import DraRestart, DraRestore, claim_facts, match_replacements, restores, upgraded
+from ..core.drarestore import (
+    DraRestart,
+    DraRestore,
+    claim_facts,
+    followed,
+    match_replacements,
+    on_substitute,
+    restores,
+    upgraded,
+)
 from ..core.planner import PlanSettings
 from ..core.podspec import Restart, RestartOutcome, is_job_owner, restart_blocker
 from ..core.resources import DemandError, PodInfo, pod_info
@@ -69,8 +81,14 @@ class DraRestorer:
         self.wall = wall  # epoch seconds: a replacement is told by its creationTimestamp
         # the last restore of each lineage within the window (a lineage's next restore replaces its entry)
         self._restarts: list[DraRestart] = []
+        # pod uid -> the pod as read from the API (owner and creation time: its lineage), for pods the
+        # inventory does not keep
+        self._pods_read: TTLCache[str, PodInfo] = TTLCache(maxsize=10_000, ttl=self.restart_window, timer=clock)
         # pod uid -> told it is held back by the loop guard (once per window)
         self._held_told: TTLCache[str, bool] = TTLCache(maxsize=10_000, ttl=self.restart_window, timer=clock)
+        # pod uid -> why we may not restart it (its owner, its opt-out): asked again after 10 minutes (the
+        # annotation can be removed)
+        self._not_restartable: TTLCache[str, str] = TTLCache(maxsize=10_000, ttl=600.0, timer=clock)
         # pod uid -> (refusals so far, no new attempt before): a PDB that refuses is asked again after a
         # backoff, as the device plugin route's restore (issue 13 item 4), not on every pass
         self._refused: TTLCache[str, tuple[int, float]] = TTLCache(maxsize=10_000, ttl=4 * 3600.0, timer=clock)
@@ -85,27 +103,63 @@ class DraRestorer:
         facts = [claim_facts(c) for c in self.claims.claims()]
         in_flight = Counter(self._in_flight.values())
         now = self.clock()
-        lineage = self._lineages(facts, pods)
+        lineage, unknown = self._lineages(facts, pods)
         held_back = {uid for uid, r in lineage.items() if r.lineage >= self.restart_limit}
         self._tell_held_back(held_back, facts, counts)
-        for restore in restores(devices, facts, shapes, in_flight, held_back):
-            if restore.pod_uid in self._in_flight:
-                continue  # its eviction was accepted; the old claim lingers until the pod is gone
-            refused = self._refused.get(restore.pod_uid)
-            if refused is not None and now < refused[1]:
-                counts["dra_restore_backoff"] += 1
-                continue
+        if unknown:
+            counts["dra_restore_lineage_unknown"] += len(unknown)
+        backing_off = {uid for uid, (_, until) in list(self._refused.items()) if now < until}
+        if backing_off:
+            counts["dra_restore_backoff"] += len(backing_off)
+        # left out before the free devices are handed out, so each goes to the next candidate: chosen and
+        # then skipped, a pod that will not be restarted kept its device from everyone, every pass
+        not_now = held_back | unknown | backing_off | set(self._in_flight) | set(self._not_restartable)
+        for restore in restores(devices, facts, shapes, in_flight, not_now):
             counts[f"dra_restore_{self._restore(restore, lineage.get(restore.pod_uid))}"] += 1
 
-    def _lineages(self, facts: list[Any], pods: Iterable[PodInfo]) -> dict[str, DraRestart]:
-        """Upgraded pod uid -> the restore of ours it replaced (within the window)."""
+    def _lineages(self, facts: list[Any], pods: Iterable[PodInfo]) -> tuple[dict[str, DraRestart], set[str]]:
+        """Upgraded pod uid -> the restore of ours it replaced (within the window); and the upgraded pods
+        whose lineage cannot be told this pass (not readable), held back until it can.
+
+        A DRA pod is rarely among ``pods`` (the inventory's): the webhook's rewrite removed its MIG
+        requests, and the inventory keeps only pods asking for MIG slices. So a pod that could be the
+        replacement of a restore (``core.drarestore.followed``) is read from the API once; its owner and
+        creation time never change."""
         start = self.wall() - self.restart_window
         self._restarts = [r for r in self._restarts if r.at > start]
-        if not self._restarts:
-            return {}
         by_uid = {p.uid: p for p in pods}
-        ours = [(by_uid[c.pod_uid], c.profile) for c in upgraded(facts) if c.pod_uid in by_uid]
-        return match_replacements(self._restarts, ours)
+        ours, unknown, ended = [], set(), set()
+        for c in followed(facts, self._restarts):
+            pod = by_uid.get(c.pod_uid) or self._read_pod(c)
+            if pod is None:
+                if on_substitute(c):
+                    unknown.add(c.pod_uid)
+                continue
+            if not on_substitute(c):
+                ended.add(c.pod_uid)
+            ours.append((pod, c.profile))
+        matched = match_replacements(self._restarts, ours)
+        # a replacement on its own profile: that restore worked and its lineage ends (else a later pod of
+        # the owner on a substitute, one nobody restarted, would inherit its count)
+        done = [matched.pop(uid) for uid in ended if uid in matched]
+        self._restarts = [r for r in self._restarts if r not in done]
+        return matched, unknown
+
+    def _read_pod(self, claim: Any) -> PodInfo | None:
+        """The pod ``claim`` is reserved for, read once (cached by uid); None when it cannot be read now:
+        gone, replaced by a namesake, or the API failing."""
+        known = self._pods_read.get(claim.pod_uid)
+        if known is not None:
+            return known
+        try:
+            obj = self.actions.get_pod(claim.namespace, claim.pod)
+        except Exception:  # an API error or a lost connection: this pass only
+            log.warning("reading DRA pod %s/%s failed", claim.namespace, claim.pod, exc_info=True)
+            return None
+        if obj is None or (obj.get("metadata") or {}).get("uid") != claim.pod_uid:
+            return None
+        info = self._pods_read[claim.pod_uid] = pod_info(obj)
+        return info
 
     def _tell_held_back(self, held_back: set[str], facts: list[Any], counts: Counter[str]) -> None:
         for c in upgraded(facts):
@@ -175,6 +229,8 @@ class DraRestorer:
             log.info("DRA restore %s/%s: %s", restore.namespace, restore.pod, message)
             self.actions.event(restore.namespace, restore.pod, restore.pod_uid, "MigRestoring", message,
                                action="Restore")
+        elif outcome in (str(Restart.BLOCKED), "opted_out"):
+            self._not_restartable[restore.pod_uid] = outcome
         elif outcome == str(Restart.REFUSED):
             attempts = self._refused.get(restore.pod_uid, (0, 0.0))[0] + 1
             wait = self.backoff(attempts)

@@ -632,7 +632,12 @@ class Reconciler:
     def _write_requeue(self, pod: PodInfo, message: str, counts: Counter[str]) -> None:
         """Our pod condition on ``pod`` (actions.requeue). A 429 or 5xx is counted, never raised: the pass's
         other steps must run, and the pod is tried again (the scheduler's own retry, or our next delay).
-        Every write of a pass counts against ``requeue.per_pass`` (0: requeues off)."""
+        Every write of a pass counts against ``requeue.per_pass`` (0: requeues off), and none goes to a pod
+        of a scheduler that does not call us (``requeue.schedulers``; the D5 replacement missed the
+        webhook, which sets schedulerName in opted-in namespaces)."""
+        if pod.scheduler not in self.requeue.schedulers:
+            counts["requeue_other_scheduler"] += 1
+            return
         if counts["requeued"] >= self.requeue.per_pass:
             counts["requeue_over_budget"] += 1
             return

@@ -30,7 +30,7 @@ from typing import Any
 
 from .catalog import ProfileError, ProfileShape, parse_profile_name, waste
 from .dra import DRIVER, REQUEST_NAME, MigDevice, is_ours, subrequest_name
-from .resources import ANN_DRA_PROFILE, PodInfo
+from .resources import ANN_DRA_PROFILE, PodInfo, parse_time
 from .rules import CLOCK_SKEW
 
 Device = tuple[str, str, str]  # (driver, pool, device)
@@ -48,6 +48,7 @@ class ClaimFacts:
     subrequest: str           # the firstAvailable entry that won ("" when unallocated)
     pod: str = ""             # the pod it is reserved for
     pod_uid: str = ""
+    created: float = 0.0      # creationTimestamp, epoch seconds (0: unknown); never before its pod's
 
     @property
     def allocated(self) -> bool:
@@ -66,7 +67,8 @@ def claim_facts(claim: Mapping[str, Any]) -> ClaimFacts:
         namespace=str(meta.get("namespace", "")), name=str(meta.get("name", "")), ours=ours,
         profile=str((meta.get("annotations") or {}).get(ANN_DRA_PROFILE, "")) if ours else "",
         devices=devices, subrequest=request[len(prefix):] if request.startswith(prefix) else "",
-        pod=str(pods[0].get("name", "")) if pods else "", pod_uid=str(pods[0].get("uid", "")) if pods else "")
+        pod=str(pods[0].get("name", "")) if pods else "", pod_uid=str(pods[0].get("uid", "")) if pods else "",
+        created=parse_time(meta.get("creationTimestamp")))
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,8 @@ def restores(devices: Iterable[MigDevice], claims: Iterable[ClaimFacts], shapes:
              in_flight: Mapping[str, int] | None = None, held_back: Collection[str] = ()) -> list[DraRestore]:
     """The upgraded pods to restart now, biggest waster first within each profile, at most one per free
     device of its profile that nobody waits for. ``shapes``: offered profile name -> shape (dra.offered_shapes).
-    ``held_back``: pod uids not to restart (the loop guard); the device goes to the next candidate."""
+    ``held_back``: pod uids not to restart now (the loop guard, a refusal's backoff, an opt-out, a restart
+    under way); the device goes to the next candidate."""
     claims = list(claims)
     by_device = {(DRIVER, d.pool, d.name): d.profile for d in devices}
     taken = {d for c in claims for d in c.devices}
@@ -128,7 +131,7 @@ def restores(devices: Iterable[MigDevice], claims: Iterable[ClaimFacts], shapes:
 
 def upgraded(claims: Iterable[ClaimFacts]) -> list[ClaimFacts]:
     """Our allocated claims that got a later firstAvailable entry than their own profile."""
-    return [c for c in claims if c.ours and c.allocated and c.profile and c.subrequest != subrequest_name(c.profile)]
+    return [c for c in claims if c.ours and c.allocated and c.profile and on_substitute(c)]
 
 
 @dataclass(frozen=True)
@@ -161,3 +164,21 @@ def match_replacements(done: Iterable[DraRestart], pods: Iterable[tuple[PodInfo,
                 out[pod.uid] = waiting.pop(i)
                 break
     return out
+
+
+def followed(claims: Iterable[ClaimFacts], done: Collection[DraRestart]) -> list[ClaimFacts]:
+    """Our allocated claims that may be a replacement's, for the restores ``done``: a profile restored,
+    and the claim not created before the earliest of those restores (a pod's claim is created after the
+    pod; CLOCK_SKEW of slack as in ``match_replacements``; an unknown time is kept). Both those on a
+    substitute (the lineage goes on) and those on their own profile (it ended: the restore worked)."""
+    if not done:
+        return []
+    profiles = {r.profile for r in done}
+    floor = min(r.at for r in done) - CLOCK_SKEW
+    return [c for c in claims if c.ours and c.allocated and c.pod_uid and c.profile in profiles
+            and not 0 < c.created < floor]
+
+
+def on_substitute(claim: ClaimFacts) -> bool:
+    """The claim got a later firstAvailable entry than its own profile."""
+    return claim.subrequest != subrequest_name(claim.profile)

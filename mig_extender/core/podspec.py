@@ -40,7 +40,8 @@ class Restart(str, Enum):
 
     EVICTED = "evicted"      # the Eviction API accepted it (DisruptionTarget set, pod deleted)
     GONE = "gone"            # the pod had already gone or been replaced (uid precondition): nothing to do
-    REFUSED = "refused"      # 429: a PodDisruptionBudget (or API throttling) refused the eviction
+    REFUSED = "refused"      # 429: a PodDisruptionBudget (or API throttling) refused the eviction; or a
+                             # bare pod's exact eviction could not be settled after a 409: tried again later
     INVALID = "invalid"      # a bare pod's replacement would be refused on create: the pod was left alone
     BLOCKED = "blocked"      # nothing recreates this pod (unknown owner): not restarted
 

@@ -7,6 +7,7 @@ knows only what the rule object holds. Plus the pure decision ``recreate_step`` 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -37,11 +38,14 @@ class FakeApi:
         self.rule_obj = rule_to_object(rule)
         self.writes: list[tuple[str, str]] = []
         self.before_evict: list[Any] = []   # callbacks run when the eviction arrives (the racing user)
+        self.read_errors: list[Exception] = []  # raised, one per read, before any pod is read
         self.created = 0
         self.events: list[str] = []
 
     # CoreV1Api
     def read_namespaced_pod(self, name: str, namespace: str, **_: Any) -> _Response:
+        if self.read_errors:
+            raise self.read_errors.pop(0)
         if name not in self.pods:
             raise ApiException(status=404, reason="NotFound")
         return _Response(self.pods[name])
@@ -156,6 +160,53 @@ def test_soak_d11_a_status_update_between_our_read_and_our_eviction_is_not_a_del
     actions = actions_on(api)
     assert restart(api, actions, pod).kind is Restart.EVICTED
     assert actions.finish_recreate(api.rule()) == "created" and api.created == 1
+
+
+def test_soak_d11_a_reread_that_fails_after_a_conflict_leaves_no_stash_behind() -> None:
+    """The 409 proves our eviction removed nothing. The re-read failing (the API server restarting) raised
+    out with the stash written and no record: once the kubelet let the user's terminating pod go, the next
+    pass (or a new leader) found it gone, unproven, and created it again."""
+    api, pod = world()
+    api.before_evict.append(lambda: api.before_evict.clear() or api.user_starts_deleting("solo"))
+    api.read_errors.append(ApiException(status=503, reason="ServiceUnavailable"))
+    outcome = None
+    with contextlib.suppress(ApiException):
+        outcome = restart(api, actions_on(api), pod)
+    api.user_deletes("solo")  # its kubelet is done
+    rule = api.rule()
+    next_leader = actions_on(api).finish_recreate(rule) if rule.stash else "no stash"
+    assert next_leader == "no stash" and api.created == 0
+    assert outcome is not None and outcome.kind is Restart.REFUSED  # not evicted; tried again later
+
+
+def test_soak_d11_a_pod_that_changes_before_every_eviction_is_refused_not_reported_gone() -> None:
+    """Three 409s on a pod that is still there, the same and not terminating (its kubelet or a controller
+    writing to it) were answered GONE, "deleted or replaced by someone else": the restore was abandoned
+    rather than deferred, and its rule held the original reserved until it expired."""
+    api, pod = world()
+    api.before_evict.append(lambda: api.change("solo"))  # every time
+    outcome = restart(api, actions_on(api), pod)
+    assert (outcome.kind, "solo" in api.pods, api.rule().stash) == (Restart.REFUSED, True, "")
+
+
+def test_an_eviction_409_from_the_pdb_update_is_a_refusal_not_a_gone_pod() -> None:
+    """eviction.go retries conflicts on the PodDisruptionBudget's status 20 times (EvictionsRetry), then
+    answers with the last one: a 409 about the PDB, not the pod (client-go retry.OnError returns lastErr,
+    so the 'couldn't update PodDisruptionBudget' timeout branch never runs). It was read as "the pod is
+    gone": a controller-owned pod's restore was dropped, not deferred, and its rule sat Restoring."""
+    api, pod = world()
+    pdb_conflict = ApiException(status=409, reason="Conflict")
+    pdb_conflict.body = json.dumps({"kind": "Status", "reason": "Conflict", "code": 409, "message":
+                                    'Operation cannot be fulfilled on poddisruptionbudgets.policy "web": the '
+                                    "object has been modified; please apply your changes to the latest version",
+                                    "details": {"name": "web", "group": "policy", "kind": "poddisruptionbudgets"}})
+
+    def contended() -> None:
+        raise pdb_conflict
+
+    api.before_evict.append(contended)
+    outcome = actions_on(api).evict(pod)
+    assert (outcome.kind, "solo" in api.pods) == (Restart.REFUSED, True)
 
 
 def test_soak_d11_a_pod_already_terminating_when_read_is_neither_stashed_nor_evicted() -> None:

@@ -13,6 +13,7 @@ from mig_extender.core.drarestore import (
     DraRestart,
     DraRestore,
     claim_facts,
+    followed,
     match_replacements,
     restores,
 )
@@ -138,3 +139,26 @@ T0 = 1_800_000_000.0
 def test_match_replacements(pods: list[Any], matched: dict[str, str]) -> None:
     done = [DraRestart("rs-1", "1g.5gb", "a", T0, 1)]
     assert {uid: r.pod_uid for uid, r in match_replacements(done, pods).items()} == matched
+
+
+def _claim(pod: str, sub: str = "mig-2g-10gb", profile: str = "1g.5gb", created: float = T0 + 2,
+           ours: bool = True) -> ClaimFacts:
+    return ClaimFacts("ml", f"{pod}-mig", ours, profile, (("gpu.nvidia.com", "n", "d"),), sub, pod, f"uid-{pod}",
+                      created)
+
+
+@pytest.mark.parametrize(
+    ("claim", "kept"),
+    [
+        pytest.param(_claim("b"), True, id="on-a-substitute-after-the-restore"),
+        pytest.param(_claim("b", sub="mig-1g-5gb"), True, id="on-its-own-profile-ends-the-lineage"),
+        pytest.param(_claim("b", created=T0 - 3), True, id="within-clock-skew"),
+        pytest.param(_claim("b", created=T0 - 60), False, id="created-before-the-restore"),
+        pytest.param(_claim("b", created=0.0), True, id="creation-time-unknown"),
+        pytest.param(_claim("b", profile="2g.10gb", sub="mig-3g-20gb"), False, id="a-profile-not-restored"),
+        pytest.param(_claim("b", ours=False), False, id="not-ours"),
+    ],
+)
+def test_followed(claim: ClaimFacts, kept: bool) -> None:
+    assert followed([claim], [DraRestart("rs-1", "1g.5gb", "a", T0, 1)]) == ([claim] if kept else [])
+

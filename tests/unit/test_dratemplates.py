@@ -243,6 +243,128 @@ def test_a_dra_lineage_whose_replacements_come_back_on_a_substitute_is_restored_
     assert actions.evicted == ["web-a", "web-b", "api-a"]
 
 
+
+def test_the_dra_lineage_guard_sees_pods_the_inventory_does_not_keep() -> None:
+    """The reconciler hands the restorer ``inventory.pods()``, which keeps only pods asking for MIG slices;
+    the webhook's rewrite removed every nvidia.com/mig-* request of a DRA pod, so none of the pods whose
+    lineage the guard follows was in it and every replacement was restored again (four restarts)."""
+    claims, pods = FakeClaims([]), {}
+    actions = FakeRestartActions(pods)
+    now = [0.0]
+    restorer = DraRestorer(claims, actions, clock=lambda: now[0], cooldown=60)
+    sync = DraTemplateSync(FakeDraObjects(["ml"], [SLICE]), interval=0, clock=lambda: now[0], restorer=restorer)
+    inventory = ClusterInventory()
+    start = time.time()
+    for i, name in enumerate(["web-a", "web-b", "web-c", "web-d"]):
+        stamp = datetime.fromtimestamp(start + 1 + 120 * i, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        pod = make_pod(name, namespace="ml", node="a", owner=("ReplicaSet", "web-1", "rs-1"), created=stamp)
+        assert inventory.upsert_pod(pod) is None  # rewritten: no MIG request left, not the inventory's
+        pods.clear()
+        pods[name] = pod
+        claims.items = [dra_claim(pod, "gpu-0-mig-1", "mig-2g-10gb")]
+        sync.sync(Counter(), inventory.pods())
+        now[0] += 120.0
+    assert actions.evicted == ["web-a", "web-b"]
+    assert [pod for pod, reason in actions.events if reason == "MigRestoreSkipped"] == ["web-c", "web-d"]
+
+
+
+def test_a_dra_pod_whose_lineage_cannot_be_read_waits_a_pass() -> None:
+    """After a restore of its profile, an upgraded pod the API will not show us now (a 503) could be that
+    restore's replacement: it is not restarted this pass, and is once it can be read."""
+    pods: dict[str, dict[str, Any]] = {}
+    claims, actions = FakeClaims([]), FakeRestartActions(pods)
+    restorer = DraRestorer(claims, actions, cooldown=0)
+    sync = DraTemplateSync(FakeDraObjects(["ml"], [SLICE]), interval=0, restorer=restorer)
+    first = make_pod("web-a", namespace="ml", node="a", owner=("ReplicaSet", "web-1", "rs-1"))
+    pods["web-a"], claims.items = first, [dra_claim(first, "gpu-0-mig-1", "mig-2g-10gb")]
+    sync.sync(Counter(), [])
+    later = make_pod("web-b", namespace="ml", node="a", owner=("ReplicaSet", "web-1", "rs-1"))
+    pods.clear()
+    pods["web-b"], claims.items = later, [dra_claim(later, "gpu-0-mig-1", "mig-2g-10gb")]
+    def api_down(namespace: str, name: str) -> None:
+        raise OSError("connection refused")
+
+    real_get, actions.get_pod = actions.get_pod, api_down  # type: ignore[method-assign]
+    counts: Counter[str] = Counter()
+    sync.sync(counts, [])
+    assert actions.evicted == ["web-a"] and counts["dra_restore_lineage_unknown"] == 1
+    actions.get_pod = real_get  # type: ignore[method-assign]
+    sync.sync(Counter(), [])
+    assert actions.evicted == ["web-a", "web-b"]
+
+
+
+def test_a_dra_restore_whose_replacement_got_its_profile_ends_that_lineage() -> None:
+    """A replacement that got its own profile ends the lineage of the restore. It was left unmatched (only
+    pods on a substitute were), so the owner's next pods on a substitute, pods nobody had restarted (a
+    scale-up), inherited that restore's count: after two good restores of one Deployment, its third pod
+    on a substitute was held back for the rest of the hour."""
+    slices = [make_resource_slice("a", profiles=("1g.5gb", "1g.5gb", "1g.5gb", "2g.10gb"))]
+    pods: dict[str, dict[str, Any]] = {}
+    claims, actions, now = FakeClaims([]), FakeRestartActions(pods), [0.0]
+    restorer = DraRestorer(claims, actions, clock=lambda: now[0], cooldown=60)
+    sync = DraTemplateSync(FakeDraObjects(["ml"], slices), interval=0, clock=lambda: now[0], restorer=restorer)
+    start = time.time()
+
+    def web(name: str, after: float) -> dict[str, Any]:
+        stamp = datetime.fromtimestamp(start + after, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        pods[name] = make_pod(name, namespace="ml", node="a", owner=("ReplicaSet", "web-1", "rs-1"), created=stamp)
+        return pods[name]
+
+    # each step: (pod, device, firstAvailable entry that won); gpu-0-mig-3 is the 2g.10gb
+    steps = [[("web-a", "gpu-0-mig-3", "mig-2g-10gb")],
+             [("web-a2", "gpu-0-mig-0", "mig-1g-5gb"), ("web-s", "gpu-0-mig-3", "mig-2g-10gb")],
+             [("web-a2", "gpu-0-mig-0", "mig-1g-5gb"), ("web-s2", "gpu-0-mig-1", "mig-1g-5gb"),
+              ("web-t", "gpu-0-mig-3", "mig-2g-10gb")]]
+    for i, step in enumerate(steps):
+        claims.items = [dra_claim(pods.get(name) or web(name, 1 + 120 * i + j), device, won)
+                        for j, (name, device, won) in enumerate(step)]
+        sync.sync(Counter(), [])
+        now[0] += 120.0
+    assert [pod for pod, reason in actions.events if reason == "MigRestoreSkipped"] == []
+    assert actions.evicted == ["web-a", "web-s", "web-t"]
+
+
+
+class PdbOn(FakeRestartActions):
+    """A PodDisruptionBudget refuses the eviction of the pods named in ``refused``."""
+
+    def __init__(self, pods: dict[str, dict[str, Any]], refused: set[str]) -> None:
+        super().__init__(pods)
+        self.refused = refused
+
+    def evict(self, pod: Any) -> RestartOutcome:
+        if pod["metadata"]["name"] in self.refused:
+            return RestartOutcome(Restart.REFUSED, "a PDB")
+        return super().evict(pod)
+
+
+@pytest.mark.parametrize(
+    ("annotations", "refused"),
+    [
+        pytest.param({ANN_RESTORE: "false"}, set(), id="opted-out"),
+        pytest.param(None, {"big"}, id="refused-by-a-pdb-backing-off"),
+    ],
+)
+def test_a_top_dra_candidate_that_is_not_restarted_leaves_the_free_device_to_the_next(
+        annotations: dict[str, str] | None, refused: set[str]) -> None:
+    """``restores`` gave the one free 1g.5gb to the biggest waster; when that pod was not restarted (opted
+    out, or a PDB refusing it during its backoff) the device went to nobody, every pass: the next candidate
+    waited for ever (opted out) or up to 15 minutes (the backoff) beside a free device of its profile."""
+    big = make_pod("big", namespace="ml", node="a", owner=("ReplicaSet", "big-1", "rs-1"), annotations=annotations)
+    small = make_pod("small", namespace="ml", node="a", owner=("ReplicaSet", "small-1", "rs-2"))
+    pods = {"big": big, "small": small}
+    actions, now = PdbOn(pods, refused), [0.0]
+    claims = FakeClaims([dra_claim(big, "gpu-0-mig-2", "mig-3g-20gb"), dra_claim(small, "gpu-0-mig-1", "mig-2g-10gb")])
+    restorer = DraRestorer(claims, actions, clock=lambda: now[0])
+    sync = DraTemplateSync(FakeDraObjects(["ml"], [SLICE]), interval=0, clock=lambda: now[0], restorer=restorer)
+    for _ in range(3):
+        sync.sync(Counter(), [])
+        now[0] += 5.0
+    assert actions.evicted == ["small"]
+
+
 # ---- pods created before their templates ------------------------------------------------------------------
 
 def unschedulable(name: str, owner: tuple[str, ...] | None = ("ReplicaSet", "web-1", "rs-1"),

@@ -199,6 +199,21 @@ def test_soak_d5_a_throttled_requeue_does_not_abort_the_upgrade_pass() -> None:
     assert ("solo", "MigUpgradeNotRewritten") in w.actions.events
 
 
+def test_the_unrewritten_replacements_requeue_skips_a_pod_of_a_scheduler_that_does_not_call_us() -> None:
+    """--requeue-schedulers (8bcb893) says pods of other schedulers are never written; the D5 path wrote
+    anyway. With the extender in mig-scheduler only, the webhook (down: that is D5) never set the
+    replacement's schedulerName, so default-scheduler, which never asks us, got our condition on its pod."""
+    w, pending = sold_out_bare_pod()
+    w.reconciler.requeue = RequeueSettings(schedulers=frozenset({"mig-scheduler"}))
+    w.now += 1.5
+    w.reconciler.run_once()
+    w.remove(pending)
+    w.add(make_pod("solo", mig={"1g.5gb": 1}, created=_iso(w.now)))  # unrewritten: default-scheduler
+    run_for(w, 4)
+    assert ("solo", "MigUpgradeNotRewritten") in w.actions.events
+    assert [c for c in w.actions.calls if c[0] == "requeue"] == []
+
+
 def test_requeues_per_pass_zero_turns_off_the_unrewritten_replacements_requeue_too() -> None:
     """``--requeues-per-pass 0`` says "0 turns requeues off"; the D5 path wrote its requeue regardless
     (it went straight to the write, outside the parked-pod planner's budget)."""

@@ -177,6 +177,10 @@ class Stack:
             f"127.0.0.1:{port}",
             "--identity",
             identity,
+            # the stack's scheduler is not one of the default --requeue-schedulers: without this no parked
+            # pod of the stack (nor of the soak) was requeued
+            "--requeue-schedulers",
+            SCHEDULER,
             "--log-level",
             "debug",
             module=module,
