@@ -6,14 +6,17 @@ from __future__ import annotations
 import json
 import threading
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import urllib3
 
 from mig_extender.core.catalog import model
 from mig_extender.core.repartition import STATE_FAILED, STATE_PENDING, STATE_SUCCESS, NamedConfig
 
 from .testenv.dradriver import mig_devices
+from .testenv.fakekubelet import FakeKubelet
 from .testenv.migmanager import decide, gpus_in_use
 from .testenv.podresources import claim_devices, claim_names, claim_problem, effective_requests, first_shortfall
 from .testenv.reflector import Reflector
@@ -248,3 +251,23 @@ def test_fake_driver_names_devices_like_nvidias() -> None:
     assert [d["attributes"]["profile"]["string"] for d in devices] == ["2g.10gb", "1g.5gb", "1g.5gb", "7g.40gb"]
     with pytest.raises(ValueError):
         mig_devices("n1", "A100-40GB", [["7g.40gb", "1g.5gb"]])
+
+
+def test_fake_kubelet_retries_finalizing_a_pod_when_the_api_refused_the_delete_at_connect() -> None:
+    """Soak seed 34 did not settle: a gracefully deleted pod stayed terminating for 860 s. The fake
+    kubelet's delete met an API server restart (a refused connection, no ApiException), escaped, and
+    the pod, marked as being finalized, was never tried again: nothing sends a terminating pod's next event."""
+    calls: list[str] = []
+
+    class Core:
+        def delete_namespaced_pod(self, name: str, namespace: str, **_: Any) -> None:
+            calls.append(name)
+            if len(calls) == 1:
+                raise urllib3.exceptions.MaxRetryError(None, "/api/v1/pods", "connection refused")
+
+    retried = threading.Event()
+    fake = SimpleNamespace(core=Core(), _stop=threading.Event())
+    fake._delete_pod = lambda *args: FakeKubelet._delete_pod(fake, *args)
+    fake._submit = lambda call, *args: (call(*args), retried.set())
+    FakeKubelet._delete_pod(fake, "ns", "p", "uid-p")  # type: ignore[arg-type]
+    assert retried.wait(5) and calls == ["p", "p"]
