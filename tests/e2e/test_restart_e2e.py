@@ -13,19 +13,16 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 
 from .conftest import Fleet
-from .testenv.binaries import REPO_ROOT
 from .testenv.cluster import E2ECluster
-from .testenv.extender import ExtenderProcess, cli_argv
+from .testenv.extender import ExtenderProcess, write_scheduler_config
 from .testenv.slowlist import DELAY_ENV
 from .testenv.wait import wait_for
 from .testenv.workloads import make_pod, wait_running, wait_unschedulable
@@ -52,12 +49,8 @@ def slow_extender(cluster: E2ECluster) -> Iterator[ExtenderProcess]:
 def restart_scheduler(cluster: E2ECluster, slow_extender: ExtenderProcess,
                       tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A kube-scheduler of its own (schedulerName mig-restart) whose extender is ``slow_extender``."""
-    config = tmp_path_factory.mktemp("restart") / "scheduler.yaml"
-    argv = cli_argv("scheduler-config", "--url", slow_extender.url, "--no-leader-elect", "--scheduler-name",
-                    SCHEDULER, "--out", str(config))
-    done = subprocess.run(argv, capture_output=True, text=True, cwd=REPO_ROOT, check=False)
-    assert done.returncode == 0, done.stderr
-    cluster.start_scheduler("restart-scheduler", Path(config))
+    config = write_scheduler_config(slow_extender.url, SCHEDULER, tmp_path_factory.mktemp("restart") / "scheduler.yaml")
+    cluster.start_scheduler("restart-scheduler", config)
     yield SCHEDULER
     cluster.stop_scheduler("restart-scheduler")
 

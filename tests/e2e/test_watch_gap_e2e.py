@@ -12,19 +12,16 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 
 from .conftest import Fleet
-from .testenv.binaries import REPO_ROOT
 from .testenv.cluster import E2ECluster
-from .testenv.extender import ExtenderProcess, cli_argv
+from .testenv.extender import ExtenderProcess, write_scheduler_config
 from .testenv.slowwatch import DELAY_ENV
 from .testenv.wait import stays, wait_for
 from .testenv.workloads import make_pod
@@ -49,12 +46,8 @@ def gap_extender(cluster: E2ECluster) -> Iterator[ExtenderProcess]:
 def gap_scheduler(cluster: E2ECluster, gap_extender: ExtenderProcess,
                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A kube-scheduler of its own (schedulerName mig-gap) whose extender is ``gap_extender``."""
-    config = tmp_path_factory.mktemp("gap") / "scheduler.yaml"
-    argv = cli_argv("scheduler-config", "--url", gap_extender.url, "--no-leader-elect", "--scheduler-name",
-                    SCHEDULER, "--out", str(config))
-    done = subprocess.run(argv, capture_output=True, text=True, cwd=REPO_ROOT, check=False)
-    assert done.returncode == 0, done.stderr
-    cluster.start_scheduler("gap-scheduler", Path(config))
+    config = write_scheduler_config(gap_extender.url, SCHEDULER, tmp_path_factory.mktemp("gap") / "scheduler.yaml")
+    cluster.start_scheduler("gap-scheduler", config)
     yield SCHEDULER
     cluster.stop_scheduler("gap-scheduler")
 

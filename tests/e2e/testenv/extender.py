@@ -8,6 +8,7 @@ Must not: decide anything about scheduling; it only starts, probes and reads the
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -27,6 +28,17 @@ def cli_argv(*args: str, module: str = "mig_extender.cli") -> list[str]:
     """`mig-extender ARGS` from this checkout, installed (`pip install -e .`) or not; ``module`` may name a
     wrapper that runs the same CLI (e.g. testenv.slowlist, a fault injector)."""
     return [sys.executable, "-m", module, *args]
+
+
+def write_scheduler_config(url: str, scheduler_name: str, out: Path) -> Path:
+    """`mig-extender scheduler-config` for a kube-scheduler of its own (``scheduler_name``, no leader
+    election) whose extender is ``url``; the file's path."""
+    argv = cli_argv("scheduler-config", "--url", url, "--no-leader-elect", "--scheduler-name", scheduler_name,
+                    "--out", str(out))
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=REPO_ROOT, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"mig-extender scheduler-config failed: {done.stderr}")
+    return out
 
 
 class ExtenderProcess:
