@@ -156,8 +156,9 @@ def build_service(settings: Settings) -> ExtenderService:
     informers = [*informers, *([service.store.informer] if getattr(service.store, "informer", None) else [])]
     if (check := _staleness(informers, settings)) is not None:
         service.checks.append(check)
-    watched = list(informers)
-    service.watch_gaps = lambda: [i.name for i in watched if not i.caught_up()]
+    from .cluster.informer import watch_gaps
+
+    service.watch_gaps = watch_gaps(informers)
     if api is not None:  # not in readiness: the device plugin route does not need DRA's objects
         service.dra = watch_dra(api, metrics)
     metrics.watch_health(service.readiness_problems, _disconnected(informers))
@@ -256,7 +257,9 @@ def build_reconciler(settings: Settings, lease_name: str, identity: str, dry_run
         subscribe(reconciler.wake)  # act on a rule's creation by watch, not at the next pass (issue 19)
     store_informer = getattr(reconciler.store, "informer", None)
     watched = [*informers, *([store_informer] if store_informer else [])]
-    reconciler.watch_gaps = lambda: [i.name for i in watched if not i.caught_up()]
+    from .cluster.informer import watch_gaps
+
+    reconciler.watch_gaps = watch_gaps(watched)
     metrics.watch_health(reconciler.readiness_problems, _disconnected(watched))
     threading.Thread(target=reconciler.run, args=(threading.Event(),), name="reconcile", daemon=True).start()
     log.info("reconciler %s started; acting only while holding Lease %s/%s", identity, settings.namespace, lease_name)

@@ -409,19 +409,21 @@ class NodeLabels:
         return NodeWrite.DONE
 
 
+def _status(exc: ApiException) -> dict[str, Any]:
+    """The Status object an API error carries ({} when its body is not one)."""
+    try:
+        body = json.loads(exc.body or "{}")
+    except (ValueError, TypeError):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
 def _api_message(exc: ApiException) -> str:
     """The Status message of an API error (what a PDB refusal or a validation error says), else its reason."""
-    try:
-        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
-    except (ValueError, AttributeError):
-        return str(exc.reason)
+    return str(_status(exc).get("message") or exc.reason)
 
 
 def _conflict_on(exc: ApiException) -> str:
     """The resource a 409 is about (Status details.kind: "pods" or "Pod" for a precondition on the pod,
     "poddisruptionbudgets" for the eviction's budget update); '' when the body says nothing."""
-    try:
-        return str((json.loads(exc.body or "{}").get("details") or {}).get("kind") or "")
-    except (ValueError, AttributeError):
-        return ""
-
+    return str((_status(exc).get("details") or {}).get("kind") or "")

@@ -205,6 +205,13 @@ def start_inventory_informers(api: client.ApiClient, inventory: Any) -> list[Inf
     return [nodes, pods]
 
 
+def watch_gaps(informers: Iterable[Informer]) -> Callable[[], list[str]]:
+    """The names of ``informers`` not caught up (cut off, or just back from a cut): while any is, no MIG pod
+    is bound and the reconciler waits (soak D12)."""
+    informers = list(informers)
+    return lambda: [i.name for i in informers if not i.caught_up()]
+
+
 def staleness_check(informers: Iterable[Informer], limit: float) -> Callable[[], str]:
     """A readiness check: '' unless some informer has been cut off from the API for over ``limit`` s.
 

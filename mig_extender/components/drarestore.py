@@ -73,9 +73,9 @@ class DraRestorer:
         self.claims = claims
         self.actions = actions
         self.restartable_owners = restartable_owners
-        # seconds before the next restore after n refusals: the device plugin route's (PlanSettings)
-        self.clock, self.backoff = clock, backoff or PlanSettings().restore_backoff_after
-        plan = PlanSettings()
+        plan = PlanSettings()  # the device plugin route's defaults
+        # seconds before the next restore after n refusals
+        self.clock, self.backoff = clock, backoff or plan.restore_backoff_after
         self.restart_limit = plan.restart_limit if restart_limit is None else restart_limit
         self.restart_window = plan.restart_window if restart_window is None else restart_window
         self.wall = wall  # epoch seconds: a replacement is told by its creationTimestamp
