@@ -22,7 +22,7 @@ from kubernetes import client
 
 from .conftest import Fleet
 from .testenv.cluster import E2ECluster
-from .testenv.extender import ExtenderProcess, write_scheduler_config
+from .testenv.extender import ExtenderProcess, injected_extender, write_scheduler_config
 from .testenv.slowlist import DELAY_ENV
 from .testenv.wait import wait_for
 from .testenv.workloads import make_pod, wait_running, wait_unschedulable
@@ -35,14 +35,9 @@ NOT_SYNCED = "mig-extender inventory not synced yet"
 
 @pytest.fixture(scope="module")
 def slow_extender(cluster: E2ECluster) -> Iterator[ExtenderProcess]:
-    process = ExtenderProcess(
-        cluster.kubeconfig, cluster.log_path("restart-extender"),
-        args=("--rule-store", "memory", "--log-level", "debug"),
-        env={**os.environ, DELAY_ENV: str(POD_LIST_DELAY)}, module="tests.e2e.testenv.slowlist",
-    )
-    process.start(timeout=POD_LIST_DELAY + 60)
-    yield process
-    process.stop()
+    with injected_extender(cluster.kubeconfig, cluster.log_path("restart-extender"), "tests.e2e.testenv.slowlist",
+                           {DELAY_ENV: str(POD_LIST_DELAY)}, timeout=POD_LIST_DELAY + 60) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")

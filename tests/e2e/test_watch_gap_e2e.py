@@ -11,7 +11,6 @@ every run: /filter may answer from the cache, but no MIG pod may be bound until 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -21,7 +20,7 @@ from kubernetes import client
 
 from .conftest import Fleet
 from .testenv.cluster import E2ECluster
-from .testenv.extender import ExtenderProcess, write_scheduler_config
+from .testenv.extender import ExtenderProcess, injected_extender, write_scheduler_config
 from .testenv.slowwatch import DELAY_ENV
 from .testenv.wait import stays, wait_for
 from .testenv.workloads import make_pod
@@ -33,13 +32,9 @@ REWATCH_DELAY = 12.0  # seconds our node watch stays away after the API server i
 
 @pytest.fixture(scope="module")
 def gap_extender(cluster: E2ECluster) -> Iterator[ExtenderProcess]:
-    process = ExtenderProcess(
-        cluster.kubeconfig, cluster.log_path("gap-extender"), args=("--rule-store", "memory", "--log-level", "debug"),
-        env={**os.environ, DELAY_ENV: str(REWATCH_DELAY)}, module="tests.e2e.testenv.slowwatch",
-    )
-    process.start(timeout=60)
-    yield process
-    process.stop()
+    with injected_extender(cluster.kubeconfig, cluster.log_path("gap-extender"), "tests.e2e.testenv.slowwatch",
+                           {DELAY_ENV: str(REWATCH_DELAY)}) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,12 @@ Must not: decide anything about scheduling; it only starts, probes and reads the
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -154,3 +156,17 @@ class ExtenderProcess:
                 if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                     total += sample.value
         return total
+
+
+@contextlib.contextmanager
+def injected_extender(kubeconfig: Path, log: Path, module: str, env: dict[str, str],
+                      timeout: float = 60.0) -> Iterator[ExtenderProcess]:
+    """`serve` with rules in memory under a fault injector ``module`` (testenv.slowlist, testenv.slowwatch)
+    configured by ``env`` (added to ours), started, stopped when the block ends."""
+    process = ExtenderProcess(kubeconfig, log, args=("--rule-store", "memory", "--log-level", "debug"),
+                              env={**os.environ, **env}, module=module)
+    process.start(timeout=timeout)
+    try:
+        yield process
+    finally:
+        process.stop()

@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from kubernetes import client
@@ -26,16 +27,22 @@ DELAY_ENV = "MIG_E2E_POD_LIST_DELAY"
 log = logging.getLogger("e2e.slowlist")
 
 
-def delay_pod_lists(seconds: float) -> None:
-    original = client.CoreV1Api.list_pod_for_all_namespaces
+def delay_calls(method: str, seconds: float, what: str, delayed: Callable[[dict[str, Any]], bool]) -> None:
+    """Make ``CoreV1Api.<method>`` wait ``seconds`` before it asks the API server whenever
+    ``delayed(its keyword arguments)``, logging ``what`` when the wait starts (testenv/slowwatch.py too)."""
+    original = getattr(client.CoreV1Api, method)
 
     def slow(self: client.CoreV1Api, *args: Any, **kwargs: Any) -> Any:
-        if not kwargs.get("watch"):
-            log.warning("e2e fault: pod list delayed %.1f s", seconds)
+        if delayed(kwargs):
+            log.warning("e2e fault: %s delayed %.1f s", what, seconds)
             time.sleep(seconds)
         return original(self, *args, **kwargs)
 
-    client.CoreV1Api.list_pod_for_all_namespaces = slow  # type: ignore[method-assign]
+    setattr(client.CoreV1Api, method, slow)
+
+
+def delay_pod_lists(seconds: float) -> None:
+    delay_calls("list_pod_for_all_namespaces", seconds, "pod list", lambda kwargs: not kwargs.get("watch"))
 
 
 if __name__ == "__main__":

@@ -11,37 +11,25 @@ Must not: change anything but the timing of node watches after the first.
 
 from __future__ import annotations
 
-import logging
+import itertools
 import os
 import sys
-import threading
-import time
 from typing import Any
-
-from kubernetes import client
 
 from mig_extender import cli
 
+from .slowlist import delay_calls
+
 DELAY_ENV = "MIG_E2E_NODE_REWATCH_DELAY"
-log = logging.getLogger("e2e.slowwatch")
 
 
 def delay_node_rewatches(seconds: float) -> None:
-    original = client.CoreV1Api.list_node
-    watches = [0]
-    lock = threading.Lock()
+    watches = itertools.count(1)  # next() is atomic under the GIL: the first watch is the one not delayed
 
-    def slow(self: client.CoreV1Api, *args: Any, **kwargs: Any) -> Any:
-        if kwargs.get("watch"):
-            with lock:
-                watches[0] += 1
-                late = watches[0] > 1
-            if late:
-                log.warning("e2e fault: node watch delayed %.1f s", seconds)
-                time.sleep(seconds)
-        return original(self, *args, **kwargs)
+    def rewatch(kwargs: dict[str, Any]) -> bool:
+        return bool(kwargs.get("watch")) and next(watches) > 1
 
-    client.CoreV1Api.list_node = slow  # type: ignore[method-assign]
+    delay_calls("list_node", seconds, "node watch", rewatch)
 
 
 if __name__ == "__main__":
