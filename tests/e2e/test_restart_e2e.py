@@ -22,7 +22,7 @@ from kubernetes import client
 
 from .conftest import Fleet
 from .testenv.cluster import E2ECluster
-from .testenv.extender import ExtenderProcess, injected_extender, write_scheduler_config
+from .testenv.extender import ExtenderProcess, injected_extender, own_scheduler
 from .testenv.slowlist import DELAY_ENV
 from .testenv.wait import wait_for
 from .testenv.workloads import make_pod, wait_running, wait_unschedulable
@@ -44,10 +44,8 @@ def slow_extender(cluster: E2ECluster) -> Iterator[ExtenderProcess]:
 def restart_scheduler(cluster: E2ECluster, slow_extender: ExtenderProcess,
                       tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A kube-scheduler of its own (schedulerName mig-restart) whose extender is ``slow_extender``."""
-    config = write_scheduler_config(slow_extender.url, SCHEDULER, tmp_path_factory.mktemp("restart") / "scheduler.yaml")
-    cluster.start_scheduler("restart-scheduler", config)
-    yield SCHEDULER
-    cluster.stop_scheduler("restart-scheduler")
+    with own_scheduler(cluster, slow_extender.url, SCHEDULER, tmp_path_factory.mktemp("restart")) as name:
+        yield name
 
 
 def _scheduling_notes(cluster: E2ECluster, namespace: str) -> list[str]:

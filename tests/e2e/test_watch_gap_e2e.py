@@ -20,7 +20,7 @@ from kubernetes import client
 
 from .conftest import Fleet
 from .testenv.cluster import E2ECluster
-from .testenv.extender import ExtenderProcess, injected_extender, write_scheduler_config
+from .testenv.extender import ExtenderProcess, injected_extender, own_scheduler
 from .testenv.slowwatch import DELAY_ENV
 from .testenv.wait import stays, wait_for
 from .testenv.workloads import make_pod
@@ -41,10 +41,8 @@ def gap_extender(cluster: E2ECluster) -> Iterator[ExtenderProcess]:
 def gap_scheduler(cluster: E2ECluster, gap_extender: ExtenderProcess,
                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A kube-scheduler of its own (schedulerName mig-gap) whose extender is ``gap_extender``."""
-    config = write_scheduler_config(gap_extender.url, SCHEDULER, tmp_path_factory.mktemp("gap") / "scheduler.yaml")
-    cluster.start_scheduler("gap-scheduler", config)
-    yield SCHEDULER
-    cluster.stop_scheduler("gap-scheduler")
+    with own_scheduler(cluster, gap_extender.url, SCHEDULER, tmp_path_factory.mktemp("gap")) as name:
+        yield name
 
 
 def test_soak_d12_no_pod_is_bound_onto_slices_a_node_lost_while_our_watch_was_away(

@@ -170,3 +170,16 @@ def injected_extender(kubeconfig: Path, log: Path, module: str, env: dict[str, s
         yield process
     finally:
         process.stop()
+
+
+@contextlib.contextmanager
+def own_scheduler(cluster: Any, url: str, scheduler_name: str, directory: Path) -> Iterator[str]:
+    """A kube-scheduler of its own (``scheduler_name``) whose extender is ``url``, running for the block;
+    yields its schedulerName. ``cluster``: the E2ECluster."""
+    config = write_scheduler_config(url, scheduler_name, directory / "scheduler.yaml")
+    process = f"{scheduler_name}-scheduler"
+    cluster.start_scheduler(process, config)
+    try:
+        yield scheduler_name
+    finally:
+        cluster.stop_scheduler(process)
