@@ -37,7 +37,8 @@ from typing import Any
 from ..core.placement import NodeFacts
 from ..core.repartition_change import ANN_CHANGE, ANNOTATIONS, holds
 from ..core.resources import DemandError, PodInfo, mig_allocatable, pod_info, quantity_scaled
-from ..core.rules import Phase, Rule
+from ..core.rulebook import RuleBook
+from ..core.rules import Rule
 from ..core.snapshot import (
     EMPTY_TEXT,
     LABEL_COUNT,
@@ -464,9 +465,14 @@ class ClusterInventory:
         with self._lock:
             return dict(self._gpu_problems)
 
-    def snapshot(self, rules: Iterable[Rule] = (), now: float | None = None, usage: bool = False) -> ClusterSnapshot:
+    def snapshot(self, rules: Iterable[Rule] | RuleBook = (), now: float | None = None,
+                 usage: bool = False) -> ClusterSnapshot:
         """The cached snapshot; ``usage=True`` first folds in cpu/memory changes of pods without MIG
-        (for placement checks; the filter does not need them and keeps its cache)."""
+        (for placement checks; the filter does not need them and keeps its cache). ``rules``: a rule
+        store's ``book(now)`` (indexed once per store state) or the rules themselves."""
+        now = self._clock() if now is None else now
+        book = rules if isinstance(rules, RuleBook) and rules.holds_at(now) else RuleBook.of(
+            rules.rules if isinstance(rules, RuleBook) else rules, now)
         with self._lock:
             if self._usage_dirty and (usage or self._frozen is None):
                 self._fold_usage()
@@ -479,11 +485,10 @@ class ClusterInventory:
             since = self._pending_since()
             lowest = min(self._priorities, default=NO_HOLDER)  # a handful of distinct priorities at most
             held, recorded = frozenset(self._holding), frozenset(self._repartitioning)
-            rules = tuple(rules)
-            unrestarted = frozenset(r.bound_pod for r in rules if r.phase is Phase.RESTORING
-                                    and (p := self._pods.get(r.bound_pod)) is not None and not p.terminating)
-        return ClusterSnapshot.build(nodes, index, rules, self._clock() if now is None else now, synced, pending,
-                                     lowest, cordoned, since, order, held, recorded, unrestarted)
+            unrestarted = frozenset(r.bound_pod for r in book.restoring
+                                    if (p := self._pods.get(r.bound_pod)) is not None and not p.terminating)
+        return ClusterSnapshot.build(nodes, index, book, now, synced, pending, lowest, cordoned, since, order,
+                                     held, recorded, unrestarted)
 
     def _pending_since(self) -> dict[str, float]:
         """resource -> creation time of its oldest waiting pod; heap entries of pods gone are dropped here."""

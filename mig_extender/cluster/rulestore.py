@@ -12,12 +12,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Protocol
 
 from cachetools import TTLCache
 
+from ..core.rulebook import RuleBook
 from ..core.rules import IllegalTransition, Rule, check_transition
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,27 @@ class RuleStore(Protocol):
         ...
 
     def delete(self, rule: Rule) -> None: ...
+
+    def book(self, now: float) -> RuleBook:
+        """The rules indexed for snapshots taken at ``now`` (core/rulebook.py): the same book while the
+        store has not changed and its reservations hold, so ``/filter`` does no O(rules) work per call."""
+        ...
+
+
+class BookCache:
+    """A store's last RuleBook, rebuilt only when the store's ``generation`` moved (every change bumps
+    it) or time left the book's validity. The store calls ``get`` under its own lock."""
+
+    def __init__(self) -> None:
+        self._book: RuleBook | None = None
+        self._generation = -1
+
+    def get(self, generation: int, now: float, rules: Callable[[], Iterable[Rule]]) -> RuleBook:
+        book = self._book
+        if book is None or generation != self._generation or not book.holds_at(now):
+            book = self._book = RuleBook.of(rules(), now)
+            self._generation = generation
+        return book
 
 
 def update_with_retry(store: RuleStore, rule: Rule, change: Callable[[Rule], Rule], attempts: int = 3,
@@ -95,6 +117,8 @@ class MemoryRuleStore:
         self._lock = threading.Lock()
         self._rules: TTLCache[tuple[str, str], Rule] = TTLCache(maxsize=maxsize, ttl=retention, timer=clock)
         self._version = 0
+        self._generation = 0  # bumped by every change, a rule falling out included (BookCache)
+        self._books = BookCache()
 
     @property
     def synced(self) -> bool:
@@ -103,6 +127,12 @@ class MemoryRuleStore:
     def list(self) -> list[Rule]:
         with self._lock:
             return list(self._rules.values())
+
+    def book(self, now: float) -> RuleBook:
+        with self._lock:
+            if self._rules.expire():  # rules past their retention fell out: the set changed
+                self._generation += 1
+            return self._books.get(self._generation, now, self._rules.values)
 
     def get(self, namespace: str, name: str) -> Rule | None:
         with self._lock:
@@ -131,10 +161,12 @@ class MemoryRuleStore:
 
     def delete(self, rule: Rule) -> None:
         with self._lock:
-            self._rules.pop((rule.namespace, rule.name), None)
+            if self._rules.pop((rule.namespace, rule.name), None) is not None:
+                self._generation += 1
 
     def _put(self, rule: Rule) -> Rule:
         self._version += 1
+        self._generation += 1
         stored = replace(rule, resource_version=str(self._version))
         self._rules[(rule.namespace, rule.name)] = stored
         return stored

@@ -21,10 +21,11 @@ from cachetools import TTLCache
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from ..core.rulebook import RuleBook
 from ..core.rules import API_GROUP, API_VERSION, PLURAL, Rule, rule_from_object, rule_status, rule_to_object
 from .client import raw
 from .informer import Informer
-from .rulestore import ConflictError
+from .rulestore import BookCache, ConflictError
 
 log = logging.getLogger(__name__)
 _GONE = object()  # tombstone in the overlay: deleted by us, the watch may not know yet
@@ -54,6 +55,8 @@ class KubeRuleStore:
         self._lock = threading.Lock()
         self._informed: dict[tuple[str, str], Rule] = {}
         self._overlay: TTLCache[tuple[str, str], Any] = TTLCache(maxsize=10_000, ttl=overlay_ttl, timer=clock)
+        self._generation = 0  # bumped by every event, relist and write of ours (BookCache)
+        self._books = BookCache()
         self._informer: Informer | None = None
         self.retention = retention
         self.malformed = 0
@@ -110,6 +113,7 @@ class KubeRuleStore:
         meta = obj.get("metadata") or {}
         key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
         with self._lock:
+            self._generation += 1
             if kind == "DELETED":
                 self._informed.pop(key, None)
                 # someone else (the garbage collector, a user) deleted it: the delete is newer than any
@@ -132,6 +136,7 @@ class KubeRuleStore:
                 fresh[(rule.namespace, rule.name)] = rule
         with self._lock:
             self._informed = fresh
+            self._generation += 1
         self._notify()
 
     # -- reads ------------------------------------------------------------------------------------
@@ -148,6 +153,12 @@ class KubeRuleStore:
     def list(self) -> list[Rule]:
         with self._lock:
             return list(self._merged().values())
+
+    def book(self, now: float) -> RuleBook:
+        with self._lock:
+            if self._overlay.expire():  # our writes' copies aged out: the watch's copies count again
+                self._generation += 1
+            return self._books.get(self._generation, now, lambda: self._merged().values())
 
     def get(self, namespace: str, name: str) -> Rule | None:
         with self._lock:
@@ -170,6 +181,7 @@ class KubeRuleStore:
     def _remember(self, rule: Rule) -> Rule:
         with self._lock:
             self._overlay[(rule.namespace, rule.name)] = rule
+            self._generation += 1
         return rule
 
     # -- writes -----------------------------------------------------------------------------------
@@ -217,3 +229,4 @@ class KubeRuleStore:
                 raise
         with self._lock:
             self._overlay[(rule.namespace, rule.name)] = _GONE
+            self._generation += 1

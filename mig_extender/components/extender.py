@@ -127,7 +127,8 @@ class ExtenderService:
     def snapshot(self) -> ClusterSnapshot:
         """The inventory with the stored rules; not ``synced`` until the rule store is synced too (without
         its reservations a promised slice would look free)."""
-        snap = self.inventory.snapshot(self.store.list(), self.clock())
+        now = self.clock()
+        snap = self.inventory.snapshot(self.store.book(now), now)
         return snap if self.store.synced or not snap.synced else replace(snap, synced=False)
 
     def readiness_problems(self) -> list[str]:

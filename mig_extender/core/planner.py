@@ -318,11 +318,12 @@ def _fit_one_type(snap: ClusterSnapshot, want: tuple[str, int], candidates: Sequ
     # One lookup per candidate in the index: the names arrive as fresh strings, so each lookup hashes and
     # compares against the inventory's copy (the bulk of a 5,000-node filter); the rest of the partition
     # is identity-fast lookups in a set of the very same objects.
-    holding = [node for node in candidates if node in holders]
+    holding = [node for node in candidates if node in holders] if holders else []
     later: list[str] = []
     if len(holding) < len(candidates):
+        # sold out (nothing of the type free anywhere): every candidate is outside, no pass over the names
         kept = set(holding)
-        outside = [node for node in candidates if node not in kept]
+        outside = [node for node in candidates if node not in kept] if kept else list(candidates)
         if snap.cordoned or relief:
             outside, later = _set_aside(snap, outside, tolerant, relief, unresolvable)
         _none_free(snap, want, outside, failed, unresolvable, reasons)

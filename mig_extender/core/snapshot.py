@@ -20,7 +20,8 @@ from typing import Any, ClassVar
 from .catalog import MODELS, GpuModel, ProfileError, canonical_shape, match_product, resource_profile_name
 from .placement import NodeFacts, Placement, placement_problem
 from .resources import PodInfo, ResourceCount
-from .rules import Rule, newest_rule_per_pod, restore_claims, restore_order
+from .rulebook import RuleBook
+from .rules import Rule, restore_claims, restore_order
 
 LABEL_PRODUCT = "nvidia.com/gpu.product"
 LABEL_MEMORY = "nvidia.com/gpu.memory"  # MiB, per GPU
@@ -302,7 +303,7 @@ class ClusterSnapshot:
 
     @classmethod
     def build(cls, nodes: Mapping[str, NodeInfo], free_index: Mapping[str, frozenset[str]] | None = None,
-              rules: Iterable[Rule] = (), now: float = 0.0, synced: bool = True,
+              rules: Iterable[Rule] | RuleBook = (), now: float = 0.0, synced: bool = True,
               pending: Mapping[str, int] | None = None, lowest_priority: int = NO_HOLDER,
               cordoned: frozenset[str] | None = None,
               pending_since: Mapping[str, float] | None = None,
@@ -313,22 +314,18 @@ class ClusterSnapshot:
             free_index = build_free_index(nodes.values())
         if cordoned is None:
             cordoned = frozenset(name for name, info in nodes.items() if not info.schedulable)
-        rules = tuple(rules)
-        reserved: dict[str, dict[str, int]] = {}
-        for rule in rules:
-            held = rule.reservation(now)
-            if held is not None:
-                node, rc = held
-                per_node = reserved.setdefault(node, {})
-                per_node[rc.resource] = per_node.get(rc.resource, 0) + rc.count
-        by_rules = reserved
+        # a rule store's book is reused while it holds (core/rulebook.py); anything else is indexed here
+        if not isinstance(rules, RuleBook):
+            book = RuleBook.of(rules, now)
+        else:
+            book = rules if rules.holds_at(now) else RuleBook.of(rules.rules, now)
+        by_rules = reserved = book.reserved
         if held_nodes:
             reserved = {**reserved, **_holds(nodes, held_nodes, reserved)}
         return cls(
-            nodes=nodes, free_index=free_index, rules=rules, now=now, synced=synced, reserved=reserved,
+            nodes=nodes, free_index=free_index, rules=book.rules, now=now, synced=synced, reserved=reserved,
             held_nodes=held_nodes, repartitioning=repartitioning | held_nodes, rules_reserved=by_rules,
-            rules_by_name={r.name: r for r in rules},
-            rules_by_pod_uid=newest_rule_per_pod(rules), pending=pending or {},
+            rules_by_name=book.by_name, rules_by_pod_uid=book.by_pod_uid, pending=pending or {},
             pending_since=pending_since or {},
             lowest_priority=lowest_priority, cordoned=cordoned, free_order=free_order, unrestarted=unrestarted,
         )

@@ -17,8 +17,10 @@ in ``VERBS``. Must not: import Flask's request globals into a handler, or decide
 from __future__ import annotations
 
 import logging
+import operator
 import time
 from collections.abc import Callable, Mapping
+from itertools import repeat
 from typing import Any
 
 import orjson
@@ -142,8 +144,11 @@ def _reasons(reasons: Mapping[str, object], note: object, why_not: Mapping[str, 
     reason objects, so each distinct reason (or pair) is formatted once (5,000 nodes hold a handful)."""
     suffix = f"; {note}" if note else ""
     if not why_not:  # the usual answer: per node only C loops (map, zip); Python formats the distinct few
-        ids = list(map(id, reasons.values()))
-        texts = {key: f"{reason}{suffix}" for key, reason in dict(zip(ids, reasons.values(), strict=True)).items()}
+        values = list(reasons.values())
+        if values and all(map(operator.is_, values, repeat(values[0]))):  # one reason for every node
+            return dict.fromkeys(reasons, f"{values[0]}{suffix}")  # (a sold-out call: ~2x faster)
+        ids = list(map(id, values))
+        texts = {key: f"{reason}{suffix}" for key, reason in dict(zip(ids, values, strict=True)).items()}
         return dict(zip(reasons, map(texts.__getitem__, ids), strict=True))
     out = {}
     pairs: dict[tuple[int, int], str] = {}

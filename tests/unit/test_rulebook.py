@@ -1,0 +1,133 @@
+"""RuleBook: the rules indexed once per rule-store state, shared by every /filter until the store changes
+or a reservation lapses (issue 19: the O(rules) pass per call on the scheduler's hot path)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+import pytest
+from kubernetes import client
+
+from mig_extender.cluster.rulestore import MemoryRuleStore
+from mig_extender.cluster.rulestore_kube import KubeRuleStore
+from mig_extender.components.extender import ExtenderService
+from mig_extender.core.planner import PlanSettings
+from mig_extender.core.resources import PodInfo, ResourceCount
+from mig_extender.core.rulebook import RuleBook
+from mig_extender.core.rules import Phase, new_rule, rule_to_object
+from tests.builders import inventory_of, make_node, make_pod
+
+TWO_G = "nvidia.com/mig-2g.10gb"
+
+
+def a_rule(name: str = "p", now: float = 1000.0, ttl: float = 60.0, node: str = "gpu-a"):
+    return new_rule(PodInfo("ns", name, f"uid-{name}"), ResourceCount("nvidia.com/mig-1g.5gb", 1),
+                    ResourceCount(TWO_G, 1), node, now, ttl)
+
+
+def test_the_book_indexes_the_rules_as_snapshots_read_them() -> None:
+    recorded, restoring = a_rule("a"), replace(a_rule("b", node="gpu-b"), phase=Phase.RESTORING,
+                                               restore_node="gpu-b", bound_pod="uid-b")
+    book = RuleBook.of([recorded, restoring], 1001.0)
+    assert book.by_name == {recorded.name: recorded, restoring.name: restoring}
+    assert book.by_pod_uid == {"uid-a": recorded, "uid-b": restoring}
+    assert book.reserved == {"gpu-a": {TWO_G: 1}, "gpu-b": {"nvidia.com/mig-1g.5gb": 1}}
+    assert book.restoring == (restoring,)
+    assert (book.built_at, book.until) == (1001.0, 1060.0)  # the earliest expiry of a counted reservation
+
+
+@pytest.mark.parametrize(("now", "holds"), [
+    pytest.param(1001.0, True, id="when-built"),
+    pytest.param(1059.9, True, id="before-the-first-reservation-lapses"),
+    pytest.param(1060.0, False, id="when-a-reservation-lapses"),
+    pytest.param(1000.5, False, id="before-it-was-built-the-clock-went-back"),
+])
+def test_a_book_holds_only_while_its_reservations_do(now: float, holds: bool) -> None:
+    book = RuleBook.of([a_rule("a"), a_rule("b", ttl=120.0)], 1001.0)
+    assert book.holds_at(now) is holds
+
+
+# -- the stores: one book per state, a new one after every change ------------------------------------------
+
+
+def memory_store(now: list[float]) -> MemoryRuleStore:
+    store = MemoryRuleStore(retention=300.0, clock=lambda: now[0])
+    store.record(a_rule("a"))
+    return store
+
+
+def kube_store(now: list[float]) -> KubeRuleStore:
+    store = KubeRuleStore(client.ApiClient(), overlay_ttl=30.0, clock=lambda: now[0])
+    store._on_relist(iter([rule_to_object(replace(a_rule("a"), resource_version="5"))]))
+    return store
+
+
+MEMORY_CHANGES: dict[str, Callable[[MemoryRuleStore, list[float]], None]] = {
+    "record": lambda s, now: s.record(a_rule("b")),
+    "update": lambda s, now: s.update(s.get("ns", a_rule("a").name).applied("a2", 1001.0, 60.0)),
+    "delete": lambda s, now: s.delete(a_rule("a")),
+    "retention-ran-out": lambda s, now: now.__setitem__(0, 1301.0),
+}
+KUBE_CHANGES: dict[str, Callable[[KubeRuleStore, list[float]], None]] = {
+    "watch-added": lambda s, now: s._on_event("ADDED", rule_to_object(replace(a_rule("b"), resource_version="6"))),
+    "watch-modified": lambda s, now: s._on_event(
+        "MODIFIED", rule_to_object(replace(a_rule("a").applied("a2", 1001.0, 60.0), resource_version="7"))),
+    "watch-deleted": lambda s, now: s._on_event("DELETED", rule_to_object(replace(a_rule("a"), resource_version="8"))),
+    "relist": lambda s, now: s._on_relist(iter([])),
+    "our-write": lambda s, now: s._remember(replace(a_rule("a").applied("a2", 1001.0, 60.0), resource_version="9")),
+}
+
+
+@pytest.mark.parametrize("change", list(MEMORY_CHANGES))
+def test_the_memory_store_serves_one_book_until_it_changes(change: str) -> None:
+    now = [1001.0]
+    store = memory_store(now)
+    book = store.book(now[0])
+    assert store.book(now[0] + 1) is book  # no change, no reservation lapsed: the same book, no pass over rules
+    MEMORY_CHANGES[change](store, now)
+    fresh = store.book(now[0])
+    assert fresh is not book
+    assert list(fresh.rules) == store.list()
+
+
+@pytest.mark.parametrize("change", list(KUBE_CHANGES))
+def test_the_kube_store_serves_one_book_until_it_changes(change: str) -> None:
+    now = [1001.0]
+    store = kube_store(now)
+    book = store.book(now[0])
+    assert store.book(now[0] + 1) is book
+    KUBE_CHANGES[change](store, now)
+    fresh = store.book(now[0])
+    assert fresh is not book
+    assert sorted(fresh.rules, key=lambda r: r.name) == sorted(store.list(), key=lambda r: r.name)
+
+
+def test_the_kube_store_books_again_when_its_own_write_ages_out_of_the_overlay() -> None:
+    """Our write's copy wins over the watch's older one for ``overlay_ttl``; when it ages out the watch's
+    copy is the rule again, with no event: the book must follow."""
+    now = [1001.0]
+    store = kube_store(now)
+    store._remember(replace(a_rule("a").applied("a2", 1001.0, 600.0), resource_version="9"))
+    assert store.book(now[0]).rules[0].applied_pod == "a2"
+    now[0] = 1040.0  # past the overlay's 30 s; the watch never delivered version 9
+    assert store.book(now[0]).rules[0].applied_pod == ""
+
+
+# -- the extender: a lapsed reservation frees its slice with no change in the store ----------------------
+
+
+def test_a_reservation_that_lapses_frees_its_slice_though_the_store_did_not_change() -> None:
+    """A rule reserves gpu-a's only 2g.10gb until 1059. A 2g.10gb pod filtered at 1001 finds it taken; at 1059,
+    with no write to the store in between, the cached book must not keep the reservation alive."""
+    now = [1001.0]
+    store = MemoryRuleStore(clock=lambda: now[0])
+    store.record(a_rule("holder", ttl=59.0))
+    service = ExtenderService(inventory_of(make_node("gpu-a", "A100-40GB", {"2g.10gb": 1})), store, PlanSettings(),
+                              clock=lambda: now[0])
+    pod = make_pod("wants-2g", mig={"2g.10gb": 1})
+    assert service.filter(pod, ["gpu-a"]).passed == ()
+    now[0] = 1058.9
+    assert service.filter(pod, ["gpu-a"]).passed == ()
+    now[0] = 1059.0
+    assert service.filter(pod, ["gpu-a"]).passed == ("gpu-a",)
