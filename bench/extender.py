@@ -49,6 +49,7 @@ SAMPLES = Path(os.environ.get("SAMPLES") or REPO / ".." / "shared" / "samples") 
 GPU = model("A100-80GB")
 TARGET_P99_MS = 2.0           # /filter at 5,000 candidate names (issue 19)
 TARGET_SOLD_OUT_P99_MS = 10.0  # sold-out /filter (substitute search) at 5,000 nodes (issue 19)
+FLOOR = "filter (floor: no MIG, 1 name)"
 
 
 def _sample(name: str) -> dict[str, Any]:
@@ -230,6 +231,15 @@ def bench_size(nodes: int, args: argparse.Namespace, workdir: Path) -> list[dict
             rows.append({"nodes": nodes, "mode": mode, "verb": verb, "candidates": len(body.get("NodeNames") or [])
                          or len((body["Nodes"] or {}).get("items", [])), "body_kb": round(len(data) / 1024),
                          **result})
+        # the floor: a pod without MIG and one name answers at once (no books read), so this row is what
+        # any call costs through this server stack on this machine, its tail included (issue 19)
+        plain = copy.deepcopy(pod)
+        for section in ("limits", "requests"):
+            plain["spec"]["containers"][0]["resources"][section].pop("nvidia.com/mig-1g.10gb")
+        floor = json.dumps({"Pod": plain, "NodeNames": names[:1], "Nodes": None}, separators=(",", ":")).encode()
+        result = measure(lambda conn, _: call(conn, "/filter", floor), server.port, args.requests, args.seconds, 1)
+        rows.append({"nodes": nodes, "mode": "names", "verb": FLOOR, "candidates": 1,
+                     "body_kb": round(len(floor) / 1024), **result})
         # the sold-out path: every node fails, the planner picks a substitute over all of them and a rule
         # is recorded; each call is a new pod (uid) so the rule is new too
         sold_out = copy.deepcopy(pod)
@@ -328,8 +338,10 @@ def main() -> int:
         rows.append(bench_webhook(args, Path(tmp)))
     verdict = [r for r in rows if r["verb"] == "filter" and r["mode"] == "names" and r["nodes"] >= 5000]
     sold_out = [r for r in rows if r["verb"].startswith("filter (sold out") and r["nodes"] >= 5000]
+    floors = [r for r in rows if r["verb"] == FLOOR and r["nodes"] >= 5000]
     summary = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "floor_p99_ms": max(r["p99_ms"] for r in floors) if floors else None,
         "date": time.strftime("%Y-%m-%d"),
         "target": f"filter p99 <= {TARGET_P99_MS} ms at 5000 candidate names",
         "target_met": all(r["p99_ms"] <= TARGET_P99_MS for r in verdict) if verdict else None,
@@ -350,6 +362,8 @@ def main() -> int:
 
     print(f"\n{summary['machine']}, {summary['date']}; {summary['target']}: {verdict_text(summary['target_met'])}; "
           f"{summary['target_sold_out']}: {verdict_text(summary['target_sold_out_met'])}")
+    if summary["floor_p99_ms"] is not None:
+        print(f"the server's floor here (a call that reads no books): p99 {summary['floor_p99_ms']:.2f} ms")
     return 0
 
 
