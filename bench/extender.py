@@ -5,7 +5,9 @@ the slices held by bound pods, one profile sold out), start ``mig-extender serve
 subprocess on a free loopback port, and post recorded-shape ExtenderArgs (the Pod and Node objects of
 ../shared/samples, a real kube-scheduler's) from this process over one keep-alive session, one call
 at a time as kube-scheduler does (``--concurrency`` adds client threads for throughput). Both shapes:
-NodeNames (nodeCacheCapable: true) and full Nodes (false). Then the webhook's AdmissionReview round
+NodeNames (nodeCacheCapable: true) and full Nodes (false). A floor row (a pod without MIG, one name:
+answered without reading any book) shows what any call costs through the server stack on this machine,
+its tail included, in the same run as the targets. Then the webhook's AdmissionReview round
 trip over HTTPS (``mig-extender webhook`` with a certificate from ``mig-extender certs``). Prints p50/p99
 latency and requests/s.
 
