@@ -10,6 +10,7 @@ cachetools caches are not thread-safe, so every access holds the store's lock.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -77,6 +78,21 @@ class BookCache:
         return book
 
 
+def never_back(clock: Callable[[], float]) -> Callable[[], float]:
+    """``clock`` held at its highest reading, for the stores' TTL caches. cachetools' ``expire()`` walks the
+    items in insertion order and stops at the first live one: after a wall clock stepped back (NTP), an item
+    put later at the earlier time lapses behind a live one, reads hide it, yet ``expire()`` does not report
+    it, and the store's generation (BookCache) would miss that change. Call it under the store's lock."""
+    last = -math.inf
+
+    def timer() -> float:
+        nonlocal last
+        last = max(last, clock())
+        return last
+
+    return timer
+
+
 def update_with_retry(store: RuleStore, rule: Rule, change: Callable[[Rule], Rule], attempts: int = 3,
                       refused: Callable[[str], None] | None = None) -> Rule | None:
     """Store ``change(rule)``; on a conflict re-read the rule from the source of truth and apply ``change``
@@ -115,7 +131,8 @@ class MemoryRuleStore:
     def __init__(self, retention: float = 3600.0, clock: Callable[[], float] = time.time,
                  maxsize: int = 100_000) -> None:
         self._lock = threading.Lock()
-        self._rules: TTLCache[tuple[str, str], Rule] = TTLCache(maxsize=maxsize, ttl=retention, timer=clock)
+        self._rules: TTLCache[tuple[str, str], Rule] = TTLCache(maxsize=maxsize, ttl=retention,
+                                                                   timer=never_back(clock))
         self._version = 0
         self._generation = 0  # bumped by every change, a rule falling out included (BookCache)
         self._books = BookCache()

@@ -25,7 +25,7 @@ from ..core.rulebook import RuleBook
 from ..core.rules import API_GROUP, API_VERSION, PLURAL, Rule, rule_from_object, rule_status, rule_to_object
 from .client import raw
 from .informer import Informer
-from .rulestore import BookCache, ConflictError
+from .rulestore import BookCache, ConflictError, never_back
 
 log = logging.getLogger(__name__)
 _GONE = object()  # tombstone in the overlay: deleted by us, the watch may not know yet
@@ -54,7 +54,8 @@ class KubeRuleStore:
         self._api = client.CustomObjectsApi(api)
         self._lock = threading.Lock()
         self._informed: dict[tuple[str, str], Rule] = {}
-        self._overlay: TTLCache[tuple[str, str], Any] = TTLCache(maxsize=10_000, ttl=overlay_ttl, timer=clock)
+        self._overlay: TTLCache[tuple[str, str], Any] = TTLCache(maxsize=10_000, ttl=overlay_ttl,
+                                                                     timer=never_back(clock))
         self._generation = 0  # bumped by every event, relist and write of ours (BookCache)
         self._books = BookCache()
         self._informer: Informer | None = None

@@ -131,3 +131,35 @@ def test_a_reservation_that_lapses_frees_its_slice_though_the_store_did_not_chan
     assert service.filter(pod, ["gpu-a"]).passed == ()
     now[0] = 1059.0
     assert service.filter(pod, ["gpu-a"]).passed == ("gpu-a",)
+
+
+# -- a wall clock that steps back (NTP): the TTL caches' expire() no longer reports every expiry -------------
+
+
+def names(rules) -> list[str]:
+    return sorted(r.name for r in rules)
+
+
+def test_the_memory_book_drops_a_rule_past_its_retention_after_the_clock_stepped_back() -> None:
+    """cachetools' expire() walks its links in insertion order and stops at the first live one: after a
+    step back, "b" (recorded later, at the earlier time) lapses behind "a" and expire() reports nothing.
+    The book must still follow the store (list() hides "b" from 1290 on)."""
+    now = [1000.0]
+    store = MemoryRuleStore(retention=300.0, clock=lambda: now[0])
+    store.record(a_rule("a", ttl=10_000.0))
+    now[0] = 990.0  # the wall clock stepped back 10 s
+    store.record(a_rule("b", now=990.0, ttl=10_000.0))
+    for t in (990.0, 1000.0, 1289.0, 1295.0, 1299.0, 1300.0, 1301.0):
+        now[0] = t
+        assert names(store.book(t).rules) == names(store.list()), t
+
+
+def test_the_kube_book_drops_an_overlay_copy_past_its_ttl_after_the_clock_stepped_back() -> None:
+    now = [1000.0]
+    store = kube_store(now)  # "a" from the watch, version 5
+    store._remember(replace(a_rule("a", ttl=10_000.0), resource_version="9", message="ours"))
+    now[0] = 990.0  # the wall clock stepped back 10 s
+    store._remember(replace(a_rule("b", now=990.0, ttl=10_000.0), resource_version="10"))
+    for t in (990.0, 1000.0, 1019.0, 1025.0, 1029.0, 1030.0, 1031.0):
+        now[0] = t
+        assert names(store.book(t).rules) == names(store.list()), t
