@@ -9,6 +9,7 @@ ConflictError so the caller re-reads and decides again.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
@@ -123,7 +124,8 @@ class KubeRuleStore:
                 # is one we recreated since; a late DELETED of the old object must not hide it.
                 mine = self._overlay.get(key)
                 if mine is not None and mine is not _GONE and _rv(mine) <= _rv_text(meta.get("resourceVersion")):
-                    del self._overlay[key]
+                    with contextlib.suppress(KeyError):  # lapsed since the read: cachetools drops it, then raises
+                        del self._overlay[key]
                 return
             rule = self._read(obj)
             if rule is not None:

@@ -163,3 +163,15 @@ def test_the_kube_book_drops_an_overlay_copy_past_its_ttl_after_the_clock_steppe
     for t in (990.0, 1000.0, 1019.0, 1025.0, 1029.0, 1030.0, 1031.0):
         now[0] = t
         assert names(store.book(t).rules) == names(store.list()), t
+
+
+def test_a_delete_event_as_our_overlay_copy_lapses_does_not_fail_the_watch() -> None:
+    """The DELETED handler reads our overlay copy, then drops it: if the copy's TTL runs out between the two,
+    cachetools deletes it and raises KeyError, which reached the informer's thread."""
+    readings = [1000.0]  # the write
+    store = KubeRuleStore(client.ApiClient(), overlay_ttl=30.0, clock=lambda: readings.pop(0) if readings else 1031.0)
+    rule = replace(a_rule("a"), resource_version="5")
+    store._remember(rule)
+    readings.extend([1029.0])  # the handler's read of our copy: still live; its delete: lapsed
+    store._on_event("DELETED", rule_to_object(replace(rule, resource_version="7")))
+    assert store.list() == [] and store.book(1031.0).rules == ()
