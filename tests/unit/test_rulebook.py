@@ -175,3 +175,33 @@ def test_a_delete_event_as_our_overlay_copy_lapses_does_not_fail_the_watch() -> 
     readings.extend([1029.0])  # the handler's read of our copy: still live; its delete: lapsed
     store._on_event("DELETED", rule_to_object(replace(rule, resource_version="7")))
     assert store.list() == [] and store.book(1031.0).rules == ()
+
+
+def test_books_read_while_the_watch_writes_end_with_the_stores_rules() -> None:
+    """Request threads read books while the informer's thread applies events: every book is one state of
+    the store, and once the events stop the next book holds exactly the rules ``list()`` holds (no book
+    built from an older state outlives a newer generation)."""
+    import threading
+
+    store = kube_store([1001.0])
+    stop = threading.Event()
+    seen: list[int] = []
+
+    def reader() -> None:
+        while not stop.is_set():
+            book = store.book(1001.0)
+            assert len(book.by_name) == len(book.rules)  # one state: the indexes agree with the rules
+            seen.append(len(book.rules))
+
+    readers = [threading.Thread(target=reader) for _ in range(2)]
+    for t in readers:
+        t.start()
+    for i in range(1500):
+        rule = replace(a_rule(f"r{i % 40}"), resource_version=str(10 + i))
+        store._on_event("DELETED" if i % 3 == 2 else "MODIFIED", rule_to_object(rule))
+    stop.set()
+    for t in readers:
+        t.join()
+    final = store.book(1001.0)
+    assert sorted(r.name for r in final.rules) == sorted(r.name for r in store.list())
+    assert seen  # the readers ran alongside the writes
