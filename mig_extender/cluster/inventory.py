@@ -471,8 +471,7 @@ class ClusterInventory:
         (for placement checks; the filter does not need them and keeps its cache). ``rules``: a rule
         store's ``book(now)`` (indexed once per store state) or the rules themselves."""
         now = self._clock() if now is None else now
-        book = rules if isinstance(rules, RuleBook) and rules.holds_at(now) else RuleBook.of(
-            rules.rules if isinstance(rules, RuleBook) else rules, now)
+        book = RuleBook.at(rules, now)
         with self._lock:
             if self._usage_dirty and (usage or self._frozen is None):
                 self._fold_usage()

@@ -50,6 +50,14 @@ class RuleBook:
                    reserved=reserved, restoring=tuple(r for r in rules if r.phase is Phase.RESTORING),
                    built_at=now, until=until)
 
+    @classmethod
+    def at(cls, rules: Iterable[Rule] | RuleBook, now: float) -> RuleBook:
+        """A book for a snapshot at ``now``: ``rules`` itself when it is a book that holds then, else the
+        book of its rules (a rule store's book, or the plain rules the simulator and reconciler pass)."""
+        if isinstance(rules, RuleBook):
+            return rules if rules.holds_at(now) else cls.of(rules.rules, now)
+        return cls.of(rules, now)
+
     def holds_at(self, now: float) -> bool:
         """Are the reservations the same at ``now`` as when the book was built? A rule's reservation
         depends on its phase (fixed in the book) and on ``now >= expires``: after ``built_at`` only the

@@ -314,11 +314,7 @@ class ClusterSnapshot:
             free_index = build_free_index(nodes.values())
         if cordoned is None:
             cordoned = frozenset(name for name, info in nodes.items() if not info.schedulable)
-        # a rule store's book is reused while it holds (core/rulebook.py); anything else is indexed here
-        if not isinstance(rules, RuleBook):
-            book = RuleBook.of(rules, now)
-        else:
-            book = rules if rules.holds_at(now) else RuleBook.of(rules.rules, now)
+        book = RuleBook.at(rules, now)  # a rule store's book is reused while it holds (core/rulebook.py)
         by_rules = reserved = book.reserved
         if held_nodes:
             reserved = {**reserved, **_holds(nodes, held_nodes, reserved)}
