@@ -205,3 +205,51 @@ def test_books_read_while_the_watch_writes_end_with_the_stores_rules() -> None:
     final = store.book(1001.0)
     assert sorted(r.name for r in final.rules) == sorted(r.name for r in store.list())
     assert seen  # the readers ran alongside the writes
+
+
+class RefusingObjectsApi:
+    """The generated CustomObjectsApi answering every status write with ``status`` (409: someone wrote
+    first; 429: the API server's priority and fairness turned us away)."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+    def replace_namespaced_custom_object_status(self, *args, **kwargs):
+        from kubernetes.client.rest import ApiException
+
+        raise ApiException(status=self.status, reason="Conflict" if self.status == 409 else "TooManyRequests")
+
+
+@pytest.mark.parametrize("status", [409, 429])
+def test_a_refused_rule_write_leaves_the_book_as_it_was(status: int) -> None:
+    """A write the API refused changed nothing: the book stays the same object with the same rule (no stale
+    copy of the attempted write), and the next event still moves it on."""
+    now = [1001.0]
+    store = kube_store(now)
+    store._api = RefusingObjectsApi(status)  # type: ignore[assignment]
+    book = store.book(now[0])
+    attempted = replace(store.get("ns", a_rule("a").name).applied("a2", 1001.0, 60.0))
+    with pytest.raises(Exception):  # noqa: B017  ConflictError for 409, the ApiException itself for 429
+        store.update(attempted)
+    assert store.book(now[0]) is book and book.rules[0].applied_pod == ""
+    store._on_event("MODIFIED", rule_to_object(replace(attempted, resource_version="7")))
+    assert store.book(now[0]).rules[0].applied_pod == "a2"
+
+
+def test_a_sibling_recorded_after_the_book_was_cached_keeps_its_slice() -> None:
+    """Two replicas of one ReplicaSet ask for a sold-out 1g.5gb; gpu-a's only 2g.10gb can go to one. The first
+    filter of replica 2 caches the book; replica 1 then records the substitute; replica 2's next filter must
+    see that reservation (the record bumped the store), not the book it cached, and not be promised the slice."""
+    now = [1001.0]
+    store = MemoryRuleStore(clock=lambda: now[0])
+    inventory = inventory_of(make_node("gpu-a", "A100-40GB", {"1g.5gb": 1, "2g.10gb": 1}),
+                             make_pod("holder", mig={"1g.5gb": 1}, node="gpu-a"))
+    service = ExtenderService(inventory, store, PlanSettings(), clock=lambda: now[0])
+    owner = ("ReplicaSet", "infer", "rs-uid")
+    first, second = (make_pod(f"infer-{i}", mig={"1g.5gb": 1}, owner=owner) for i in (1, 2))
+    service.snapshot()  # the book is cached with no rule
+    recorded = service.filter(first, ["gpu-a"]).record
+    assert recorded is not None and recorded.node == "gpu-a"
+    decision = service.filter(second, ["gpu-a"])
+    assert decision.record is None and decision.passed == ()
+    assert [r.pod_uid for r in store.book(now[0]).rules] == [first["metadata"]["uid"]]
