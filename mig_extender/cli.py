@@ -56,8 +56,8 @@ def _add_cluster_flags(p: argparse.ArgumentParser, snapshot: bool = True) -> Non
     src = p.add_mutually_exclusive_group()
     if snapshot:
         src.add_argument("--snapshot", metavar="FILE", default="",
-                         help="serve the cluster saved in FILE by `kubectl get nodes,pods -A -o json` (no API "
-                              "server; binds are recorded, not sent)")
+                         help="serve the cluster saved in FILE by `kubectl get nodes,pods -A -o json` (add "
+                              "migsubstitutions to serve its rules too; no API server: binds are recorded, not sent)")
     src.add_argument("--kubeconfig", metavar="PATH", default="",
                      help="kubeconfig of the cluster to watch (default, as kubectl: the pod's service account "
                           "in a pod, else $KUBECONFIG, else ~/.kube/config)")

@@ -28,6 +28,7 @@ from .cluster.rulestore import MemoryRuleStore, RuleStore
 from .components.extender import ExtenderService
 from .components.metrics import Metrics
 from .components.settings import Settings, SettingsError
+from .core.rules import Rule, rule_from_object
 
 log = logging.getLogger(__name__)
 HOUSEKEEPING_SECONDS = 5.0
@@ -103,23 +104,41 @@ def build_store(settings: Settings, api: Any = None) -> RuleStore:
     return MemoryRuleStore(retention=settings.rule_retention)
 
 
-def _cluster(settings: Settings, inventory: ClusterInventory) -> tuple[Any, list[Any]]:
-    """Fill ``inventory`` from the snapshot file or live informers; returns (api client or None, informers)."""
+def snapshot_rules(doc: Mapping[str, Any]) -> list[Rule]:
+    """The MigSubstitutions in a snapshot file (``kubectl get nodes,pods,migsubstitutions -A -o json``):
+    served with the nodes and pods, their reservations count as they did in the cluster. One that cannot
+    be read is logged and skipped, as the watch does."""
+    rules = []
+    for obj in doc.get("items") or []:
+        if isinstance(obj, Mapping) and obj.get("kind") == "MigSubstitution":
+            try:
+                rules.append(rule_from_object(obj))
+            except ValueError as exc:
+                log.warning("--snapshot: %s", exc)
+    return rules
+
+
+def _cluster(settings: Settings, inventory: ClusterInventory) -> tuple[Any, list[Any], list[Rule]]:
+    """Fill ``inventory`` from the snapshot file or live informers; returns (api client or None, informers,
+    the snapshot's rules)."""
     if settings.snapshot:
-        load_list(inventory, read_snapshot(settings.snapshot))
+        doc = read_snapshot(settings.snapshot)
+        load_list(inventory, doc)
+        rules = snapshot_rules(doc)
         snap = inventory.snapshot()
-        log.info("serving the cluster saved in %s: %d nodes, %d MIG pods; no API server, so binds are "
-                 "recorded here and not sent", settings.snapshot, len(snap.nodes), len(inventory.pods()))
-        return None, []
+        log.info("serving the cluster saved in %s: %d nodes, %d MIG pods, %d rules; no API server, so binds "
+                 "are recorded here and not sent", settings.snapshot, len(snap.nodes), len(inventory.pods()),
+                 len(rules))
+        return None, [], rules
     if settings.has_cluster:
         from .cluster.client import api_client, describe_client_config
         from .cluster.informer import start_inventory_informers
 
         log.info("watching the cluster through %s", describe_client_config(settings.kubeconfig, settings.in_cluster))
         api = api_client(settings.kubeconfig, settings.in_cluster)
-        return api, start_inventory_informers(api, inventory)
+        return api, start_inventory_informers(api, inventory), []
     inventory.synced = True  # tests and simulations only: the CLI refuses to start without a source
-    return None, []
+    return None, [], []
 
 
 def _disconnected(informers: list[Any]) -> Callable[[], dict[str, float]]:
@@ -143,14 +162,17 @@ def _staleness(informers: list[Any], settings: Settings) -> Callable[[], str] | 
 def build_service(settings: Settings) -> ExtenderService:
     """The extender: inventory, rule store, binder."""
     inventory = ClusterInventory()
-    api, informers = _cluster(settings, inventory)
+    api, informers, saved = _cluster(settings, inventory)
     binder = None
     if api is not None:
         from .cluster.actions import KubeBinder
 
         binder = KubeBinder(api)
     metrics = Metrics()
-    service = ExtenderService(inventory, build_store(settings, api), settings.plan, metrics, binder)
+    store = build_store(settings, api)
+    for rule in saved:  # only with --snapshot, whose store is the memory one
+        store.record(rule)
+    service = ExtenderService(inventory, store, settings.plan, metrics, binder)
     service.expire_rules = settings.store_kind == "memory"  # with rules in the API the reconciler does it
     metrics.watch(service.snapshot)
     informers = [*informers, *([service.store.informer] if getattr(service.store, "informer", None) else [])]
@@ -228,7 +250,7 @@ def build_reconciler(settings: Settings, lease_name: str, identity: str, dry_run
     if not settings.has_cluster:
         raise ValueError("reconcile needs a cluster (--kubeconfig or --in-cluster)")
     inventory = ClusterInventory()
-    api, informers = _cluster(settings, inventory)
+    api, informers, _ = _cluster(settings, inventory)
     is_leader: Callable[[], bool] = lambda: True  # noqa: E731 - a dry run logs what a leader would do
     if dry_run:
         from .cluster.dryrun import sandbox
