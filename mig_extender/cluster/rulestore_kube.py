@@ -26,7 +26,7 @@ from ..core.rulebook import RuleBook
 from ..core.rules import API_GROUP, API_VERSION, PLURAL, Rule, rule_from_object, rule_status, rule_to_object
 from .client import raw
 from .informer import Informer
-from .rulestore import BookCache, ConflictError, never_back
+from .rulestore import BookCache, ConflictError, ReportingTTLCache, never_back
 
 log = logging.getLogger(__name__)
 _GONE = object()  # tombstone in the overlay: deleted by us, the watch may not know yet
@@ -55,10 +55,9 @@ class KubeRuleStore:
         self._api = client.CustomObjectsApi(api)
         self._lock = threading.Lock()
         self._informed: dict[tuple[str, str], Rule] = {}
-        self._overlay: TTLCache[tuple[str, str], Any] = TTLCache(maxsize=10_000, ttl=overlay_ttl,
-                                                                     timer=never_back(clock))
-        self._generation = 0  # bumped by every event, relist and write of ours (BookCache)
-        self._books = BookCache()
+        self._books = BookCache()  # told of every event, relist, write of ours and overlay copy aging out
+        self._overlay: TTLCache[tuple[str, str], Any] = ReportingTTLCache(
+            maxsize=10_000, ttl=overlay_ttl, timer=never_back(clock), dropped=self._books.changed)
         self._informer: Informer | None = None
         self.retention = retention
         self.malformed = 0
@@ -115,7 +114,7 @@ class KubeRuleStore:
         meta = obj.get("metadata") or {}
         key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
         with self._lock:
-            self._generation += 1
+            self._books.changed(key)
             if kind == "DELETED":
                 self._informed.pop(key, None)
                 # someone else (the garbage collector, a user) deleted it: the delete is newer than any
@@ -139,7 +138,7 @@ class KubeRuleStore:
                 fresh[(rule.namespace, rule.name)] = rule
         with self._lock:
             self._informed = fresh
-            self._generation += 1
+            self._books.changed_all()
         self._notify()
 
     # -- reads ------------------------------------------------------------------------------------
@@ -153,19 +152,27 @@ class KubeRuleStore:
                 merged[key] = value
         return merged
 
+    def _merged_one(self, key: tuple[str, str]) -> Rule | None:
+        """``_merged().get(key)`` without merging every rule."""
+        value, informed = self._overlay.get(key), self._informed.get(key)
+        if value is _GONE:
+            return None
+        if value is None or (informed is not None and _rv(value) <= _rv(informed)):
+            return informed
+        return value
+
     def list(self) -> list[Rule]:
         with self._lock:
             return list(self._merged().values())
 
     def book(self, now: float) -> RuleBook:
         with self._lock:
-            if self._overlay.expire():  # our writes' copies aged out: the watch's copies count again
-                self._generation += 1
-            return self._books.get(self._generation, now, lambda: self._merged().values())
+            self._overlay.expire()  # our writes' copies aged out (reported): the watch's copies count again
+            return self._books.get(now, lambda: self._merged().values(), self._merged_one)
 
     def get(self, namespace: str, name: str) -> Rule | None:
         with self._lock:
-            return self._merged().get((namespace, name))
+            return self._merged_one((namespace, name))
 
     def fetch(self, namespace: str, name: str, timeout: float | None = None) -> Rule | None:
         """A fresh read from the API (after a conflict), bypassing the cache."""
@@ -182,9 +189,10 @@ class KubeRuleStore:
         return rule
 
     def _remember(self, rule: Rule) -> Rule:
+        key = (rule.namespace, rule.name)
         with self._lock:
-            self._overlay[(rule.namespace, rule.name)] = rule
-            self._generation += 1
+            self._overlay[key] = rule
+            self._books.changed(key)
         return rule
 
     # -- writes -----------------------------------------------------------------------------------
@@ -230,6 +238,7 @@ class KubeRuleStore:
         except ApiException as exc:
             if exc.status != 404:
                 raise
+        key = (rule.namespace, rule.name)
         with self._lock:
-            self._overlay[(rule.namespace, rule.name)] = _GONE
-            self._generation += 1
+            self._overlay[key] = _GONE
+            self._books.changed(key)

@@ -253,3 +253,113 @@ def test_a_sibling_recorded_after_the_book_was_cached_keeps_its_slice() -> None:
     decision = service.filter(second, ["gpu-a"])
     assert decision.record is None and decision.passed == ()
     assert [r.pod_uid for r in store.book(now[0]).rules] == [first["metadata"]["uid"]]
+
+
+# -- patched books: a few changed rules re-indexed, equal to indexing every rule again -------------------------
+
+
+def same_book(book: RuleBook, rules: list, now: float) -> None:
+    """``book`` indexes exactly ``rules`` at ``now``: as ``RuleBook.of`` does, up to the order of ``rules``
+    and ``restoring``, and with an ``until`` no later than the full pass's (a rebuild sooner, never later)."""
+    full = RuleBook.of(rules, now)
+    assert dict(book.by_key) == dict(full.by_key)
+    assert sorted(book.rules, key=lambda r: (r.namespace, r.name)) == sorted(full.rules,
+                                                                             key=lambda r: (r.namespace, r.name))
+    assert dict(book.by_pod_uid) == dict(full.by_pod_uid)
+    assert {n: dict(per) for n, per in book.reserved.items()} == {n: dict(per) for n, per in full.reserved.items()}
+    assert set(book.restoring) == set(full.restoring) and len(book.restoring) == len(full.restoring)
+    if len({r.name for r in rules}) == len(rules):  # two namespaces with one name: either copy may be indexed
+        assert dict(book.by_name) == dict(full.by_name)
+    assert book.holds_at(now) and book.until <= full.until
+
+
+def random_rule(rng, now: float):
+    """A rule in any phase, reserving or not: pods share uids (a pod's second rule), names repeat across
+    namespaces, expiries fall inside the run."""
+    pod = rng.randrange(12)
+    rule = new_rule(PodInfo(rng.choice(["ns", "ns2"]), f"p{pod}", f"uid-{pod}"),
+                    ResourceCount("nvidia.com/mig-1g.5gb", 1), ResourceCount(TWO_G, rng.choice([1, 2])),
+                    f"gpu-{rng.randrange(4)}", now - rng.uniform(0, 30), rng.uniform(1, 120),
+                    after=rng.choice(["", "x"]))
+    phase = rng.choice(list(Phase))
+    return replace(rule, phase=phase, bound_pod=rng.choice(["", "", f"uid-{pod}"]),
+                   restore_node=f"gpu-{rng.randrange(4)}" if phase is Phase.RESTORING else "",
+                   created=round(rule.created, 1 if rng.random() < 0.5 else 3))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_memory_stores_patched_books_equal_a_full_pass(seed: int) -> None:
+    """Random records, updates, deletes, retention lapses and clock steps (back, too): after each, the
+    store's book (patched when it can be) indexes what ``list()`` holds, as a full pass would."""
+    import random
+
+    rng = random.Random(seed)
+    now = [1000.0]
+    store = MemoryRuleStore(retention=90.0, clock=lambda: now[0], maxsize=40)
+    patches = 0
+    for _ in range(150):
+        op = rng.random()
+        live = store.list()
+        if op < 0.35 or not live:
+            store.record(random_rule(rng, now[0]))
+        elif op < 0.6:
+            old = rng.choice(live)
+            fresh = random_rule(rng, now[0])
+            store.update(replace(fresh, name=old.name, namespace=old.namespace, resource_version=old.resource_version))
+        elif op < 0.7:
+            store.delete(rng.choice(live))
+        elif op < 0.95:
+            now[0] += rng.choice([0.5, 3.0, 20.0])
+        else:
+            now[0] -= rng.choice([0.5, 5.0])  # the wall clock stepped back
+        before = store._books._book
+        book = store.book(now[0])
+        patches += before is not None and book is not before and book.built_at == now[0] and bool(book.rules)
+        same_book(book, store.list(), now[0])
+    assert patches > 20  # the patch path ran, not only full passes
+
+
+class ObjectsApiThatDeletes:
+    def delete_namespaced_custom_object(self, *args, **kwargs) -> None:
+        return None
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_kube_stores_patched_books_equal_a_full_pass(seed: int) -> None:
+    """Random watch events (in and out of order), our writes and deletes (the overlay), overlay copies
+    aging out, relists and clock steps: after each the book indexes what ``list()`` holds."""
+    import random
+
+    rng = random.Random(seed)
+    now = [1000.0]
+    store = KubeRuleStore(client.ApiClient(), overlay_ttl=15.0, clock=lambda: now[0])
+    store._api = ObjectsApiThatDeletes()  # type: ignore[assignment]
+    version = [10]
+
+    def versioned(rule):
+        version[0] += 1
+        return replace(rule, resource_version=str(version[0] - rng.choice([0, 0, 0, 5])))  # some arrive late
+
+    for _ in range(150):
+        op = rng.random()
+        live = store.list()
+        if op < 0.3 or not live:
+            store._on_event(rng.choice(["ADDED", "MODIFIED"]), rule_to_object(versioned(random_rule(rng, now[0]))))
+        elif op < 0.45:
+            old = rng.choice(live)
+            fresh = versioned(random_rule(rng, now[0]))
+            store._on_event("MODIFIED", rule_to_object(replace(fresh, name=old.name, namespace=old.namespace)))
+        elif op < 0.55:
+            store._on_event("DELETED", rule_to_object(versioned(rng.choice(live))))
+        elif op < 0.7:
+            old = rng.choice(live)
+            store._remember(versioned(replace(random_rule(rng, now[0]), name=old.name, namespace=old.namespace)))
+        elif op < 0.75:
+            store.delete(rng.choice(live))
+        elif op < 0.78:
+            store._on_relist(iter([rule_to_object(versioned(r)) for r in live if rng.random() < 0.8]))
+        elif op < 0.97:
+            now[0] += rng.choice([0.5, 3.0, 20.0])
+        else:
+            now[0] -= rng.choice([0.5, 5.0])
+        same_book(store.book(now[0]), store.list(), now[0])
