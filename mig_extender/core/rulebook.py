@@ -22,8 +22,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
-from .rules import Phase, Rule, newest_rule_per_pod
+from .rules import Phase, Rule, newest_rule_per_pod, parent_links, restart_parents, restore_order
 
 RuleKey = tuple[str, str]  # (namespace, name): how the stores key a rule
 
@@ -41,7 +42,12 @@ class RuleBook:
     by_name: Mapping[str, Rule] = field(default_factory=dict)
     by_pod_uid: Mapping[str, Rule] = field(default_factory=dict)  # each pod's newest rule
     reserved: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # node -> resource -> slices
-    restoring: tuple[Rule, ...] = ()  # Phase.RESTORING rules: the inventory checks their upgraded pods
+    # Phase.RESTORING rules in the order they take new pods (rules.restore_order); the inventory checks
+    # their upgraded pods
+    restoring: tuple[Rule, ...] = ()
+    # uid -> how many rules count that pod as their own (bound as an upgrade, or it finished a restore):
+    # rules.restore_claims as a multiset, so a patch can take one rule's claim away
+    claims: Mapping[str, int] = field(default_factory=dict)
     built_at: float = 0.0
     until: float = math.inf
 
@@ -59,10 +65,12 @@ class RuleBook:
                 per_node = reserved.setdefault(node, {})
                 per_node[rc.resource] = per_node.get(rc.resource, 0) + rc.count
                 until = min(until, rule.expires)  # held now, lapses then (Rule.reservation)
+        claims: dict[str, int] = {}
+        for uid in _claimed(rules):
+            claims[uid] = claims.get(uid, 0) + 1
         return cls(rules=rules, by_key=by_key, by_name={r.name: r for r in rules},
-                   by_pod_uid=newest_rule_per_pod(rules),
-                   reserved=reserved, restoring=tuple(r for r in rules if r.phase is Phase.RESTORING),
-                   built_at=now, until=until)
+                   by_pod_uid=newest_rule_per_pod(rules), reserved=reserved, restoring=tuple(restore_order(rules)),
+                   claims=claims, built_at=now, until=until)
 
     @classmethod
     def at(cls, rules: Iterable[Rule] | RuleBook, now: float) -> RuleBook:
@@ -146,13 +154,39 @@ class RuleBook:
             by_pod_uid.update(newest_rule_per_pod(r for r in by_key.values() if r.pod_uid in recount))
         if len(by_name) != len(by_key):  # two namespaces use one rule name: index the names as ``of`` does
             by_name = {r.name: r for r in by_key.values()}
-        restoring = tuple(r for r in self.restoring if rule_key(r) not in gone) + tuple(
-            r for r in came.values() if r.phase is Phase.RESTORING)
-        return RuleBook(rules=tuple(by_key.values()), by_key=by_key, by_name=by_name, by_pod_uid=by_pod_uid,
-                        reserved=reserved, restoring=restoring, built_at=now, until=until)
+        restoring = self.restoring
+        if any(r.phase is Phase.RESTORING for r in (*gone.values(), *came.values())):
+            restoring = tuple(restore_order([*(r for r in restoring if rule_key(r) not in gone), *came.values()]))
+        claims = self.claims
+        if any(r.bound_pod or r.restored_pod for r in (*gone.values(), *came.values())):
+            claims = dict(claims)
+            for uid in _claimed(gone.values()):
+                if claims[uid] == 1:
+                    del claims[uid]
+                else:
+                    claims[uid] -= 1
+            for uid in _claimed(came.values()):
+                claims[uid] = claims.get(uid, 0) + 1
+        book = RuleBook(rules=tuple(by_key.values()), by_key=by_key, by_name=by_name, by_pod_uid=by_pod_uid,
+                        reserved=reserved, restoring=restoring, claims=claims, built_at=now, until=until)
+        parents = self.__dict__.get("restart_parents")
+        if parents is not None and not any(parent_links(r) for r in (*gone.values(), *came.values())):
+            book.__dict__["restart_parents"] = parents  # no restart link changed (a new rule has none yet)
+        return book
+
+    @cached_property
+    def restart_parents(self) -> Mapping[str, tuple[str, float]]:
+        """rules.restart_parents over these rules, for the loop guard (ClusterSnapshot.lineage_restarts):
+        made on first use, and kept by a patch that changes no restart link."""
+        return restart_parents(self.rules)
 
     def holds_at(self, now: float) -> bool:
         """Are the reservations the same at ``now`` as when the book was built? A rule's reservation
         depends on its phase (fixed in the book) and on ``now >= expires``: after ``built_at`` only the
         reservations counted can lapse, the earliest at ``until``; before it, an expired one may not be."""
         return self.built_at <= now < self.until
+
+
+def _claimed(rules: Iterable[Rule]) -> Iterable[str]:
+    """Each pod uid a rule counts as its own, once per rule that does (rules.restore_claims)."""
+    return (uid for r in rules for uid in (r.bound_pod, r.restored_pod) if uid)

@@ -319,6 +319,24 @@ def restore_claims(rules: Iterable[Rule]) -> frozenset[str]:
     return frozenset(uid for r in rules for uid in (r.bound_pod, r.restored_pod) if uid)
 
 
+def parent_links(rule: Rule) -> list[tuple[str, tuple[str, float]]]:
+    """(pod uid, (the uid of the pod one of our restarts replaced with it, when)) for each restart ``rule``
+    made: the upgrade's pod -> its bound replacement, the upgraded pod -> the replacement that finished its
+    restore. A preemption hold's pod is bound as it is (no restart)."""
+    out = []
+    if rule.bound_pod and rule.pod_uid and rule.bound_pod != rule.pod_uid and not rule.is_hold:
+        out.append((rule.bound_pod, (rule.pod_uid, rule.restart_at or rule.created)))
+    if rule.restored_pod and rule.bound_pod:
+        out.append((rule.restored_pod, (rule.bound_pod, rule.updated)))
+    return out
+
+
+def restart_parents(rules: Iterable[Rule]) -> dict[str, tuple[str, float]]:
+    """pod uid -> (uid of the pod one of our restarts replaced with it, when), over ``rules`` (parent_links;
+    a uid two rules name keeps the later rule's link)."""
+    return {uid: parent for rule in rules for uid, parent in parent_links(rule)}
+
+
 def restore_order(rules: Iterable[Rule]) -> list[Rule]:
     """Restoring rules in the order they take new pods: the oldest restore first (name breaks ties), so the
     extender's bind and every reconciler leader pick the same rule for the same pod."""

@@ -11,7 +11,7 @@ never changes once built: one request reads one snapshot from start to end.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
@@ -21,7 +21,7 @@ from .catalog import MODELS, GpuModel, ProfileError, canonical_shape, match_prod
 from .placement import NodeFacts, Placement, placement_problem
 from .resources import PodInfo, ResourceCount
 from .rulebook import RuleBook
-from .rules import Rule, restore_claims, restore_order
+from .rules import Rule, restart_parents, restore_claims, restore_order
 
 LABEL_PRODUCT = "nvidia.com/gpu.product"
 LABEL_MEMORY = "nvidia.com/gpu.memory"  # MiB, per GPU
@@ -296,6 +296,9 @@ class ClusterSnapshot:
     held_nodes: frozenset[str] = frozenset()
     repartitioning: frozenset[str] = frozenset()
     rules_reserved: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    # the rule store's book the rules came from (``build``): its restore order and claims are read from
+    # it, not computed per snapshot over every rule; None for a snapshot made otherwise
+    book: RuleBook | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.free_order is None:
@@ -324,6 +327,7 @@ class ClusterSnapshot:
             rules_by_name=book.by_name, rules_by_pod_uid=book.by_pod_uid, pending=pending or {},
             pending_since=pending_since or {},
             lowest_priority=lowest_priority, cordoned=cordoned, free_order=free_order, unrestarted=unrestarted,
+            book=book,
         )
 
     def with_rule(self, rule: Rule) -> ClusterSnapshot:
@@ -372,14 +376,16 @@ class ClusterSnapshot:
     @cached_property
     def restoring(self) -> tuple[Rule, ...]:
         """Restoring rules that still reserve, in the order they take new pods (rules.restore_order)."""
-        return tuple(r for r in restore_order(self.rules)
-                     if r.reservation(self.now) and r.bound_pod not in self.unrestarted)
+        return tuple(r for r in self._restore_order if r.reservation(self.now) and r.bound_pod not in self.unrestarted)
 
     @cached_property
     def restoring_unrestarted(self) -> tuple[Rule, ...]:
         """Restoring rules that reserve but take nobody yet: their upgraded pod is in ``unrestarted``."""
-        return tuple(r for r in restore_order(self.rules)
-                     if r.bound_pod in self.unrestarted and r.reservation(self.now))
+        return tuple(r for r in self._restore_order if r.bound_pod in self.unrestarted and r.reservation(self.now))
+
+    @property
+    def _restore_order(self) -> Sequence[Rule]:
+        return self.book.restoring if self.book is not None else restore_order(self.rules)
 
     def restore_before_restart(self, pod: PodInfo) -> Rule | None:
         """The restore that would take ``pod`` as its replacement once our watch shows the upgraded pod going.
@@ -390,21 +396,16 @@ class ClusterSnapshot:
         return first_awaiting(self.restoring_unrestarted, pod)
 
     @cached_property
-    def restore_claims(self) -> frozenset[str]:
-        return restore_claims(self.rules)
+    def restore_claims(self) -> Collection[str]:
+        """Uids of pods some rule counts as its own (rules.restore_claims)."""
+        return self.book.claims if self.book is not None else restore_claims(self.rules)
 
     @cached_property
     def restart_parents(self) -> Mapping[str, tuple[str, float]]:
         """pod uid -> (uid of the pod one of our restarts replaced with it, when): the upgrade's pod ->
         its bound replacement, the upgraded pod -> the replacement that finished its restore. A preemption
-        hold's pod is bound as it is (no restart)."""
-        out: dict[str, tuple[str, float]] = {}
-        for rule in self.rules:
-            if rule.bound_pod and rule.pod_uid and rule.bound_pod != rule.pod_uid and not rule.is_hold:
-                out[rule.bound_pod] = (rule.pod_uid, rule.restart_at or rule.created)
-            if rule.restored_pod and rule.bound_pod:
-                out[rule.restored_pod] = (rule.bound_pod, rule.updated)
-        return out
+        hold's pod is bound as it is (no restart). Read from the book: indexed once per rule-store state."""
+        return self.book.restart_parents if self.book is not None else restart_parents(self.rules)
 
     def lineage_restarts(self, pod: PodInfo, window: float) -> int:
         """Restarts by us in ``pod``'s lineage within ``window`` seconds: the loop guard (soak D7).

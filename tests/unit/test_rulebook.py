@@ -15,7 +15,7 @@ from mig_extender.components.extender import ExtenderService
 from mig_extender.core.planner import PlanSettings
 from mig_extender.core.resources import PodInfo, ResourceCount
 from mig_extender.core.rulebook import RuleBook
-from mig_extender.core.rules import Phase, new_rule, rule_to_object
+from mig_extender.core.rules import Phase, new_rule, parent_links, restart_parents, rule_to_object
 from tests.builders import inventory_of, make_node, make_pod
 
 TWO_G = "nvidia.com/mig-2g.10gb"
@@ -268,6 +268,11 @@ def same_book(book: RuleBook, rules: list, now: float) -> None:
     assert dict(book.by_pod_uid) == dict(full.by_pod_uid)
     assert {n: dict(per) for n, per in book.reserved.items()} == {n: dict(per) for n, per in full.reserved.items()}
     assert set(book.restoring) == set(full.restoring) and len(book.restoring) == len(full.restoring)
+    assert [(r.updated, r.name) for r in book.restoring] == [(r.updated, r.name) for r in full.restoring]  # in order
+    assert dict(book.claims) == dict(full.claims)
+    links = [uid for r in rules for uid, _ in parent_links(r)]
+    if len(set(links)) == len(links):  # two rules linking one pod: the later one's link, in either order
+        assert dict(book.restart_parents) == restart_parents(rules)  # read on every book: patches carry it
     if len({r.name for r in rules}) == len(rules):  # two namespaces with one name: either copy may be indexed
         assert dict(book.by_name) == dict(full.by_name)
     assert book.holds_at(now) and book.until <= full.until
@@ -282,7 +287,8 @@ def random_rule(rng, now: float):
                     f"gpu-{rng.randrange(4)}", now - rng.uniform(0, 30), rng.uniform(1, 120),
                     after=rng.choice(["", "x"]))
     phase = rng.choice(list(Phase))
-    return replace(rule, phase=phase, bound_pod=rng.choice(["", "", f"uid-{pod}"]),
+    return replace(rule, phase=phase, bound_pod=rng.choice(["", "", f"uid-{pod}"]), updated=rng.choice([now, now - 9]),
+                   restored_pod=rng.choice(["", "", f"uid-{rng.randrange(12)}"]),
                    restore_node=f"gpu-{rng.randrange(4)}" if phase is Phase.RESTORING else "",
                    created=round(rule.created, 1 if rng.random() < 0.5 else 3))
 
