@@ -45,6 +45,9 @@ class RuleBook:
     # Phase.RESTORING rules in the order they take new pods (rules.restore_order); the inventory checks
     # their upgraded pods
     restoring: tuple[Rule, ...] = ()
+    # Phase.RECORDED rules: the only ones a new pod can take (rules.rule_for_new_pod), read by the webhook
+    # per admission instead of every rule
+    recorded: tuple[Rule, ...] = ()
     # uid -> how many rules count that pod as their own (bound as an upgrade, or it finished a restore):
     # rules.restore_claims as a multiset, so a patch can take one rule's claim away
     claims: Mapping[str, int] = field(default_factory=dict)
@@ -70,7 +73,8 @@ class RuleBook:
             claims[uid] = claims.get(uid, 0) + 1
         return cls(rules=rules, by_key=by_key, by_name={r.name: r for r in rules},
                    by_pod_uid=newest_rule_per_pod(rules), reserved=reserved, restoring=tuple(restore_order(rules)),
-                   claims=claims, built_at=now, until=until)
+                   recorded=tuple(r for r in rules if r.phase is Phase.RECORDED), claims=claims,
+                   built_at=now, until=until)
 
     @classmethod
     def at(cls, rules: Iterable[Rule] | RuleBook, now: float) -> RuleBook:
@@ -157,6 +161,10 @@ class RuleBook:
         restoring = self.restoring
         if any(r.phase is Phase.RESTORING for r in (*gone.values(), *came.values())):
             restoring = tuple(restore_order([*(r for r in restoring if rule_key(r) not in gone), *came.values()]))
+        recorded = self.recorded
+        if any(r.phase is Phase.RECORDED for r in (*gone.values(), *came.values())):
+            recorded = tuple(r for r in recorded if rule_key(r) not in gone) + tuple(
+                r for r in came.values() if r.phase is Phase.RECORDED)
         claims = self.claims
         if any(r.bound_pod or r.restored_pod for r in (*gone.values(), *came.values())):
             claims = dict(claims)
@@ -168,7 +176,8 @@ class RuleBook:
             for uid in _claimed(came.values()):
                 claims[uid] = claims.get(uid, 0) + 1
         book = RuleBook(rules=tuple(by_key.values()), by_key=by_key, by_name=by_name, by_pod_uid=by_pod_uid,
-                        reserved=reserved, restoring=restoring, claims=claims, built_at=now, until=until)
+                        reserved=reserved, restoring=restoring, recorded=recorded, claims=claims, built_at=now,
+                        until=until)
         parents = self.__dict__.get("restart_parents")
         if parents is not None and not any(parent_links(r) for r in (*gone.values(), *came.values())):
             book.__dict__["restart_parents"] = parents  # no restart link changed (a new rule has none yet)

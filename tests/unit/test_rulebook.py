@@ -270,6 +270,7 @@ def same_book(book: RuleBook, rules: list, now: float) -> None:
     assert set(book.restoring) == set(full.restoring) and len(book.restoring) == len(full.restoring)
     assert [(r.updated, r.name) for r in book.restoring] == [(r.updated, r.name) for r in full.restoring]  # in order
     assert dict(book.claims) == dict(full.claims)
+    assert set(book.recorded) == set(full.recorded) and len(book.recorded) == len(full.recorded)
     links = [uid for r in rules for uid, _ in parent_links(r)]
     if len(set(links)) == len(links):  # two rules linking one pod: the later one's link, in either order
         assert dict(book.restart_parents) == restart_parents(rules)  # read on every book: patches carry it

@@ -23,7 +23,8 @@ from mig_extender.core.resources import (
     ResourceCount,
     pod_info,
 )
-from mig_extender.core.rules import new_rule
+from mig_extender.core.rulebook import RuleBook
+from mig_extender.core.rules import Phase, new_rule
 from mig_extender.core.schedconfig import SCHEDULER_NAME
 from mig_extender.web.app import create_webhook_app
 from tests.builders import RECORDED_REVIEW, admission_review, make_pod, res
@@ -174,7 +175,7 @@ def test_escape() -> None:
 
 
 class ExplodingStore(MemoryRuleStore):
-    def list(self):
+    def book(self, now):
         raise RuntimeError("API unreachable")
 
 
@@ -196,6 +197,25 @@ def test_mutate_endpoint_claims_a_rule_once(store: MemoryRuleStore) -> None:
     assert first["response"]["patchType"] == "JSONPatch" and apply_patch(pod, first)["metadata"]["annotations"][
         ANN_RULE] == rule.name
     assert "patch" not in second.get_json()["response"]  # the one rule went to the first pod
+
+
+class NoListing(MemoryRuleStore):
+    """A store whose every rule must not be walked per admission (an hour of finished rules on a busy cluster)."""
+
+    def list(self):
+        raise AssertionError("the webhook listed every rule for one admission")
+
+
+def test_an_admission_reads_the_recorded_rules_only_not_every_rule() -> None:
+    """Among 500 finished rules of the same workload, the one Recorded rule still goes to the replacement,
+    read from the store's book (its Recorded rules), never from list() (issue 19: O(rules) per pod created)."""
+    store = NoListing()
+    for i in range(500):
+        store.record(replace(rs_rule(), name=f"done-{i}", phase=Phase.RESTORED, expires=4e9))
+    rule = store.record(replace(rs_rule(), expires=4e9))
+    pod = make_pod(mig={"1g.10gb": 1}, owner=("ReplicaSet", "web", "rs-1"))
+    answer = client_for(store).post("/mutate", json=review(pod)).get_json()
+    assert apply_patch(pod, answer)["metadata"]["annotations"][ANN_RULE] == rule.name
 
 
 def test_dry_run_does_not_claim(store: MemoryRuleStore) -> None:
@@ -241,8 +261,8 @@ class ReadTogether(MemoryRuleStore):
         self._waiting = readers
         self._count = threading.Lock()
 
-    def list(self):
-        rules = super().list()
+    def book(self, now):
+        rules = super().book(now)
         with self._count:
             wait, self._waiting = self._waiting > 0, self._waiting - 1
         if wait:
@@ -359,8 +379,8 @@ class LaggingMarks(MemoryRuleStore):
         super().__init__()
         self.fetches = 0
 
-    def list(self):
-        return [replace(r, restart_at=0.0) for r in super().list()]
+    def book(self, now):
+        return RuleBook.of([replace(r, restart_at=0.0) for r in super().list()], now)
 
     def fetch(self, namespace, name, timeout=None):
         self.fetches += 1
