@@ -480,8 +480,13 @@ def rule_from_object(obj: Mapping[str, Any]) -> Rule:
     """Read a MigSubstitution; ValueError when it is not one we can use (reported, never a crash)."""
     meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
     status = obj.get("status") or {}
-    annotations = meta.get("annotations") or {}
+    if not isinstance(meta, Mapping):
+        raise ValueError("MigSubstitution is malformed: metadata is not an object")
     try:
+        # a saved file (serve --snapshot) is not checked by the CRD's schema: any part may have the wrong type
+        if not isinstance(spec, Mapping) or not isinstance(status, Mapping):
+            raise TypeError("spec and status must be objects")
+        annotations = meta.get("annotations") or {}
         owner_spec = spec.get("owner")
         owner = (Owner(str(owner_spec.get("kind", "")), str(owner_spec.get("name", "")),
                        str(owner_spec.get("uid", "")), str(owner_spec.get("apiVersion", "")))
@@ -511,5 +516,5 @@ def rule_from_object(obj: Mapping[str, Any]) -> Rule:
             restore_after=parse_time(status.get("restoreAfter")),
             victims=tuple(str(v) for v in (spec.get("preemption") or {}).get("victims") or ()),
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (AttributeError, KeyError, OverflowError, TypeError, ValueError) as exc:
         raise ValueError(f"MigSubstitution {meta.get('namespace')}/{meta.get('name')} is malformed: {exc}") from exc
