@@ -116,8 +116,8 @@ class RuleBook:
             left = per_node.get(rc.resource, 0) + sign * rc.count
             if left:
                 per_node[rc.resource] = left
-            else:
-                del per_node[rc.resource]
+            else:  # nothing left (a count of 0 is never stored: a rule that reserves 0 slices adds no entry)
+                per_node.pop(rc.resource, None)
                 if not per_node:
                     del reserved[node]
                     copied.discard(node)

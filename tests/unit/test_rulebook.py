@@ -369,3 +369,25 @@ def test_the_kube_stores_patched_books_equal_a_full_pass(seed: int) -> None:
         else:
             now[0] -= rng.choice([0.5, 5.0])
         same_book(store.book(now[0]), store.list(), now[0])
+
+
+@pytest.mark.parametrize("counts", [(0,), (0, 1), (-1, 1)])
+def test_a_patch_with_a_rule_reserving_no_slices_does_not_fail(counts: tuple) -> None:
+    """A rule whose count sums to nothing on a node (a count of 0, or -1 beside +1: only a hand-made file
+    has them, the CRD asks for >= 1) must not make the patch delete a count it never stored (KeyError):
+    book() raised on every /filter until the book was rebuilt for another reason."""
+    now = 1000.0
+    store = MemoryRuleStore(clock=lambda: now)
+    assert store.book(now).rules == ()  # the cached book: what follows is patched into it
+    rules = []
+    for i, count in enumerate(counts):
+        rule = new_rule(PodInfo("ns", f"p{i}", f"uid-{i}"), ResourceCount("nvidia.com/mig-1g.5gb", 1),
+                        ResourceCount(TWO_G, count), "gpu-0", now, 600.0)
+        rules.append(store.record(rule))
+        book = store.book(now)
+        assert book.reserved.get("gpu-0", {}).get(TWO_G, 0) == sum(counts[:i + 1])
+    for i, rule in enumerate(rules):
+        store.delete(rule)
+        book = store.book(now)
+        assert book.reserved.get("gpu-0", {}).get(TWO_G, 0) == sum(counts[i + 1:])
+        assert len(book.rules) == len(rules) - i - 1
