@@ -493,6 +493,8 @@ def rule_from_object(obj: Mapping[str, Any]) -> Rule:
                  if isinstance(owner_spec, Mapping) and owner_spec.get("uid") else None)
         original = ResourceCount(str(spec["original"]["resource"]), int(spec["original"]["count"]))
         substitute = ResourceCount(str(spec["substitute"]["resource"]), int(spec["substitute"]["count"]))
+        if original.count < 1 or substitute.count < 1:  # as the CRD's schema (minimum: 1)
+            raise ValueError(f"counts must be at least 1, got {original} and {substitute}")
         created = parse_time(status.get("createdAt")) or parse_time(meta.get("creationTimestamp"))
         return Rule(
             name=str(meta["name"]), namespace=str(meta["namespace"]), pod_name=str(spec.get("podName", "")),

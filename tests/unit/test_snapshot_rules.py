@@ -50,6 +50,7 @@ def test_a_saved_rule_that_cannot_be_read_is_skipped_with_a_warning(caplog: pyte
 @pytest.mark.parametrize("field,value", [
     ("spec", "not-a-map"), ("status", ["not", "a", "map"]), ("metadata", "not-a-map"),
     ("metadata.annotations", "not-a-map"), ("spec.preemption", "not-a-map"), ("spec.original.count", float("inf")),
+    ("spec.substitute.count", 0), ("spec.original.count", -1),  # the CRD asks for 1 to 1024
 ])
 def test_a_saved_rule_of_the_wrong_shape_is_skipped_not_a_crash(tmp_path: Path, caplog: pytest.LogCaptureFixture,
                                                                  field: str, value: object) -> None:
