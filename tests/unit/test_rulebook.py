@@ -276,6 +276,7 @@ def same_book(book: RuleBook, rules: list, now: float) -> None:
     if len({r.name for r in rules}) == len(rules):  # two namespaces with one name: either copy may be indexed
         assert dict(book.by_name) == dict(full.by_name)
     assert book.holds_at(now) and book.until <= full.until
+    assert dict(book.restart_parents) == restart_parents(book.rules)  # exact in the book's own order
 
 
 def random_rule(rng, now: float):
@@ -287,7 +288,8 @@ def random_rule(rng, now: float):
                     f"gpu-{rng.randrange(4)}", now - rng.uniform(0, 30), rng.uniform(1, 120),
                     after=rng.choice(["", "x"]))
     phase = rng.choice(list(Phase))
-    return replace(rule, phase=phase, bound_pod=rng.choice(["", "", f"uid-{pod}"]), updated=rng.choice([now, now - 9]),
+    return replace(rule, phase=phase, bound_pod=rng.choice(["", "", f"uid-{pod}", f"uid-{rng.randrange(12)}"]),
+                   updated=rng.choice([now, now - 9]),
                    restored_pod=rng.choice(["", "", f"uid-{rng.randrange(12)}"]),
                    restore_node=f"gpu-{rng.randrange(4)}" if phase is Phase.RESTORING else "",
                    created=round(rule.created, 1 if rng.random() < 0.5 else 3))
