@@ -119,7 +119,7 @@ def never_back(clock: Callable[[], float]) -> Callable[[], float]:
     """``clock`` held at its highest reading, for the stores' TTL caches. cachetools' ``expire()`` walks the
     items in insertion order and stops at the first live one: after a wall clock stepped back (NTP), an item
     put later at the earlier time lapses behind a live one, reads hide it, yet ``expire()`` does not report
-    it, and the store's generation (BookCache) would miss that change. Call it under the store's lock."""
+    it, and the store's BookCache would never hear of that change. Call it under the store's lock."""
     last = -math.inf
 
     def timer() -> float:

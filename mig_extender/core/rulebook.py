@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from .rules import Phase, Rule, newest_rule_per_pod, parent_links, restart_parents, restore_order
+from .rules import Phase, Rule, newest_rule_per_pod, parent_links, restore_order
 
 RuleKey = tuple[str, str]  # (namespace, name): how the stores key a rule
 
@@ -120,8 +120,8 @@ class RuleBook:
             left = per_node.get(rc.resource, 0) + sign * rc.count
             if left:
                 per_node[rc.resource] = left
-            else:
-                del per_node[rc.resource]
+            else:  # nothing left (a count of 0 is never stored: a rule that reserves 0 slices adds no entry)
+                per_node.pop(rc.resource, None)
                 if not per_node:
                     del reserved[node]
                     copied.discard(node)
@@ -178,22 +178,63 @@ class RuleBook:
         book = RuleBook(rules=tuple(by_key.values()), by_key=by_key, by_name=by_name, by_pod_uid=by_pod_uid,
                         reserved=reserved, restoring=restoring, recorded=recorded, claims=claims, built_at=now,
                         until=until)
-        parents = self.__dict__.get("restart_parents")
-        if parents is not None and not any(parent_links(r) for r in (*gone.values(), *came.values())):
-            book.__dict__["restart_parents"] = parents  # no restart link changed (a new rule has none yet)
+        links = self.__dict__.get("_links")
+        if links is not None:  # the links were read from this book: patch them, else the next book makes them
+            book.__dict__["_links"] = _patched_links(links, gone.values(), came.values(), book.rules)
         return book
 
-    @cached_property
+    @property
     def restart_parents(self) -> Mapping[str, tuple[str, float]]:
         """rules.restart_parents over these rules, for the loop guard (ClusterSnapshot.lineage_restarts):
-        made on first use, and kept by a patch that changes no restart link."""
-        return restart_parents(self.rules)
+        made on first use, and patched (O(changed)) by a patch of a book that had made them."""
+        return self._links[0]
+
+    @cached_property
+    def _links(self) -> tuple[dict[str, tuple[str, float]], dict[str, int]]:
+        """(rules.restart_parents over ``rules``, uid -> how many rules link it): the count tells a patch when
+        a link it removes or adds meets another rule's link for the same pod (then the later rule's wins)."""
+        parents: dict[str, tuple[str, float]] = {}
+        linked: dict[str, int] = {}
+        for rule in self.rules:
+            for uid, parent in parent_links(rule):
+                parents[uid] = parent
+                linked[uid] = linked.get(uid, 0) + 1
+        return parents, linked
 
     def holds_at(self, now: float) -> bool:
         """Are the reservations the same at ``now`` as when the book was built? A rule's reservation
         depends on its phase (fixed in the book) and on ``now >= expires``: after ``built_at`` only the
         reservations counted can lapse, the earliest at ``until``; before it, an expired one may not be."""
         return self.built_at <= now < self.until
+
+
+def _patched_links(links: tuple[dict[str, tuple[str, float]], dict[str, int]], gone: Iterable[Rule],
+                   came: Iterable[Rule], rules: Iterable[Rule]) -> tuple[dict[str, tuple[str, float]], dict[str, int]]:
+    """RuleBook._links of ``rules``, from the links of the book before ``gone`` went and ``came`` came."""
+    gone_links = [link for r in gone for link in parent_links(r)]
+    came_links = [link for r in came for link in parent_links(r)]
+    if not gone_links and not came_links:
+        return links  # no restart link changed (a new rule has none until its pod is bound)
+    parents, linked = dict(links[0]), dict(links[1])
+    shared: set[str] = set()  # pods another rule links too: which rule's link wins is looked up below
+    for uid, _ in gone_links:
+        linked[uid] -= 1
+        if linked[uid]:
+            shared.add(uid)
+        else:
+            del linked[uid]
+            parents.pop(uid, None)
+    for uid, parent in came_links:
+        linked[uid] = linked.get(uid, 0) + 1
+        if linked[uid] > 1:
+            shared.add(uid)
+        else:
+            parents[uid] = parent
+    if shared:  # rare (two rules name one pod): one pass, the later rule's link as restart_parents keeps it
+        for uid in shared:
+            parents.pop(uid, None)
+        parents.update((uid, parent) for r in rules for uid, parent in parent_links(r) if uid in shared)
+    return parents, linked
 
 
 def _claimed(rules: Iterable[Rule]) -> Iterable[str]:

@@ -480,14 +480,21 @@ def rule_from_object(obj: Mapping[str, Any]) -> Rule:
     """Read a MigSubstitution; ValueError when it is not one we can use (reported, never a crash)."""
     meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
     status = obj.get("status") or {}
-    annotations = meta.get("annotations") or {}
+    if not isinstance(meta, Mapping):
+        raise ValueError("MigSubstitution is malformed: metadata is not an object")
     try:
+        # a saved file (serve --snapshot) is not checked by the CRD's schema: any part may have the wrong type
+        if not isinstance(spec, Mapping) or not isinstance(status, Mapping):
+            raise TypeError("spec and status must be objects")
+        annotations = meta.get("annotations") or {}
         owner_spec = spec.get("owner")
         owner = (Owner(str(owner_spec.get("kind", "")), str(owner_spec.get("name", "")),
                        str(owner_spec.get("uid", "")), str(owner_spec.get("apiVersion", "")))
                  if isinstance(owner_spec, Mapping) and owner_spec.get("uid") else None)
         original = ResourceCount(str(spec["original"]["resource"]), int(spec["original"]["count"]))
         substitute = ResourceCount(str(spec["substitute"]["resource"]), int(spec["substitute"]["count"]))
+        if original.count < 1 or substitute.count < 1:  # as the CRD's schema (minimum: 1)
+            raise ValueError(f"counts must be at least 1, got {original} and {substitute}")
         created = parse_time(status.get("createdAt")) or parse_time(meta.get("creationTimestamp"))
         return Rule(
             name=str(meta["name"]), namespace=str(meta["namespace"]), pod_name=str(spec.get("podName", "")),
@@ -511,5 +518,5 @@ def rule_from_object(obj: Mapping[str, Any]) -> Rule:
             restore_after=parse_time(status.get("restoreAfter")),
             victims=tuple(str(v) for v in (spec.get("preemption") or {}).get("victims") or ()),
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (AttributeError, KeyError, OverflowError, TypeError, ValueError) as exc:
         raise ValueError(f"MigSubstitution {meta.get('namespace')}/{meta.get('name')} is malformed: {exc}") from exc

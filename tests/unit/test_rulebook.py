@@ -277,6 +277,7 @@ def same_book(book: RuleBook, rules: list, now: float) -> None:
     if len({r.name for r in rules}) == len(rules):  # two namespaces with one name: either copy may be indexed
         assert dict(book.by_name) == dict(full.by_name)
     assert book.holds_at(now) and book.until <= full.until
+    assert dict(book.restart_parents) == restart_parents(book.rules)  # exact in the book's own order
 
 
 def random_rule(rng, now: float):
@@ -288,7 +289,8 @@ def random_rule(rng, now: float):
                     f"gpu-{rng.randrange(4)}", now - rng.uniform(0, 30), rng.uniform(1, 120),
                     after=rng.choice(["", "x"]))
     phase = rng.choice(list(Phase))
-    return replace(rule, phase=phase, bound_pod=rng.choice(["", "", f"uid-{pod}"]), updated=rng.choice([now, now - 9]),
+    return replace(rule, phase=phase, bound_pod=rng.choice(["", "", f"uid-{pod}", f"uid-{rng.randrange(12)}"]),
+                   updated=rng.choice([now, now - 9]),
                    restored_pod=rng.choice(["", "", f"uid-{rng.randrange(12)}"]),
                    restore_node=f"gpu-{rng.randrange(4)}" if phase is Phase.RESTORING else "",
                    created=round(rule.created, 1 if rng.random() < 0.5 else 3))
@@ -370,3 +372,57 @@ def test_the_kube_stores_patched_books_equal_a_full_pass(seed: int) -> None:
         else:
             now[0] -= rng.choice([0.5, 5.0])
         same_book(store.book(now[0]), store.list(), now[0])
+
+
+@pytest.mark.parametrize("counts", [(0,), (0, 1), (-1, 1)])
+def test_a_patch_with_a_rule_reserving_no_slices_does_not_fail(counts: tuple) -> None:
+    """A rule whose count sums to nothing on a node (a count of 0, or -1 beside +1: only a hand-made file
+    has them, the CRD asks for >= 1) must not make the patch delete a count it never stored (KeyError):
+    book() raised on every /filter until the book was rebuilt for another reason."""
+    now = 1000.0
+    store = MemoryRuleStore(clock=lambda: now)
+    assert store.book(now).rules == ()  # the cached book: what follows is patched into it
+    rules = []
+    for i, count in enumerate(counts):
+        rule = new_rule(PodInfo("ns", f"p{i}", f"uid-{i}"), ResourceCount("nvidia.com/mig-1g.5gb", 1),
+                        ResourceCount(TWO_G, count), "gpu-0", now, 600.0)
+        rules.append(store.record(rule))
+        book = store.book(now)
+        assert book.reserved.get("gpu-0", {}).get(TWO_G, 0) == sum(counts[:i + 1])
+    for i, rule in enumerate(rules):
+        store.delete(rule)
+        book = store.book(now)
+        assert book.reserved.get("gpu-0", {}).get(TWO_G, 0) == sum(counts[i + 1:])
+        assert len(book.rules) == len(rules) - i - 1
+
+
+def test_a_bind_patches_the_restart_links_instead_of_walking_every_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every bind of a substituted pod adds a restart link (bound_pod), and every sold-out /filter reads the
+    links (planner.restart_loop): a patched book must not walk every retained rule again to rebuild them
+    (O(changed) per change, as for the other indexes), and must still equal rules.restart_parents."""
+    from mig_extender.core import rulebook
+    from mig_extender.core import rules as rules_module
+
+    now = 1000.0
+    done = [replace(new_rule(PodInfo("ns", f"d{i}", f"old-{i}"), ResourceCount("nvidia.com/mig-1g.5gb", 1),
+                             ResourceCount(TWO_G, 1), "gpu-0", now - 900, 300.0),
+                    phase=Phase.RESTORED, bound_pod=f"new-{i}", restored_pod=f"back-{i}") for i in range(500)]
+    recorded = [new_rule(PodInfo("ns", f"w{i}", f"w-{i}"), ResourceCount("nvidia.com/mig-1g.5gb", 1),
+                         ResourceCount(TWO_G, 1), "gpu-1", now, 300.0) for i in range(3)]
+    book = RuleBook.of([*done, *recorded], now)
+    assert book.restart_parents["new-7"] == ("old-7", done[7].restart_at or done[7].created)
+    calls = [0]
+
+    def counted(rule):
+        calls[0] += 1
+        return parent_links(rule)
+
+    monkeypatch.setattr(rules_module, "parent_links", counted)
+    monkeypatch.setattr(rulebook, "parent_links", counted)
+    bound = recorded[0].bound("w-0-again", "w0", "gpu-1", now + 1)  # recreated and bound: a link appears
+    gone = done[3]  # a finished rule falls out of retention: its two links go
+    book = book.patched({(bound.namespace, bound.name): bound, (gone.namespace, gone.name): None}, now + 1)
+    parents, walked = dict(book.restart_parents), calls[0]
+    assert walked < 20, f"{walked} rules walked for one bind"
+    assert parents == restart_parents([*done[:3], *done[4:], bound, *recorded[1:]])
+    assert "new-3" not in parents and parents["w-0-again"][0] == "w-0"

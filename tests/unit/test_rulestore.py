@@ -169,3 +169,27 @@ def test_issue19_rule_events_notify_subscribers(kind: str) -> None:
     else:
         store._on_event(kind, obj)
     assert woken == [True]
+
+
+def test_the_declared_cachetools_floor_reports_what_expire_drops() -> None:
+    """ReportingTTLCache reads the (key, value) pairs ``TTLCache.expire()`` returns; cachetools returns them
+    from 5.5.0 on (5.3 and 5.4 return None: every write then raised TypeError inside ``__setitem__``). The
+    floor setup.cfg declares must be one that returns them."""
+    import configparser
+    import re
+    from pathlib import Path
+
+    from mig_extender.cluster.rulestore import ReportingTTLCache
+
+    setup = configparser.ConfigParser()
+    setup.read(Path(__file__).resolve().parents[2] / "setup.cfg")
+    floor = re.search(r"^\s*cachetools\s*>=\s*(\d+)\.(\d+)", setup["options"]["install_requires"], re.M)
+    assert floor and (int(floor.group(1)), int(floor.group(2))) >= (5, 5), floor
+    now, dropped = [0.0], []
+    cache = ReportingTTLCache(maxsize=2, ttl=10.0, timer=lambda: now[0], dropped=dropped.append)
+    cache["a"], cache["b"] = 1, 2
+    now[0] = 5.0
+    cache["c"] = 3  # full: evicts "a"
+    now[0] = 12.0
+    assert cache.expire() == [("b", 2)]
+    assert dropped == ["a", "b"]

@@ -45,3 +45,28 @@ def test_a_saved_rule_that_cannot_be_read_is_skipped_with_a_warning(caplog: pyte
     with caplog.at_level(logging.WARNING):
         assert [r.pod_uid for r in snapshot_rules(doc)] == ["uid-good"]
     assert "--snapshot" in caplog.text
+
+
+@pytest.mark.parametrize("field,value", [
+    ("spec", "not-a-map"), ("status", ["not", "a", "map"]), ("metadata", "not-a-map"),
+    ("metadata.annotations", "not-a-map"), ("spec.preemption", "not-a-map"), ("spec.original.count", float("inf")),
+    ("spec.substitute.count", 0), ("spec.original.count", -1),  # the CRD asks for 1 to 1024
+])
+def test_a_saved_rule_of_the_wrong_shape_is_skipped_not_a_crash(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                                 field: str, value: object) -> None:
+    """A hand-edited file is not checked by the CRD's schema: a MigSubstitution whose parts have the wrong
+    JSON type is logged and skipped like any unreadable one; ``serve`` must not die with a traceback."""
+    broken = saved_rule("broken")
+    *path, last = field.split(".")
+    where = broken
+    for part in path:
+        where = where[part]
+    where[last] = value
+    doc = {"apiVersion": "v1", "kind": "List",
+           "items": [make_node("gpu-a", "A100-40GB", {"2g.10gb": 1}), saved_rule("good"), broken]}
+    snap = tmp_path / "snap.json"
+    snap.write_text(json.dumps(doc))
+    with caplog.at_level(logging.WARNING):
+        service = build_service(Settings(snapshot=str(snap)))
+    assert [r.pod_uid for r in service.store.list()] == ["uid-good"]
+    assert "--snapshot" in caplog.text and "malformed" in caplog.text
