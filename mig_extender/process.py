@@ -126,9 +126,9 @@ def _cluster(settings: Settings, inventory: ClusterInventory) -> tuple[Any, list
         load_list(inventory, doc)
         rules = snapshot_rules(doc)
         snap = inventory.snapshot()
-        log.info("serving the cluster saved in %s: %d nodes, %d MIG pods, %d rules; no API server, so binds "
-                 "are recorded here and not sent", settings.snapshot, len(snap.nodes), len(inventory.pods()),
-                 len(rules))
+        log.info("serving the cluster saved in %s: %d nodes, %d MIG pods, %d MigSubstitutions read; no API "
+                 "server, so binds are recorded here and not sent", settings.snapshot, len(snap.nodes),
+                 len(inventory.pods()), len(rules))
         return None, [], rules
     if settings.has_cluster:
         from .cluster.client import api_client, describe_client_config
