@@ -189,7 +189,8 @@ class Reconciler:
             self.dra.sync(counts, self.inventory.pods())
 
     def _snapshot(self) -> tuple[Any, dict[str, PodInfo]]:
-        snap = self.inventory.snapshot(self.store.list(), self.clock(), usage=True)  # cpu/memory for placement
+        now = self.clock()  # the store's book: indexed once per rule-store state, not per pass
+        snap = self.inventory.snapshot(self.store.book(now), now, usage=True)  # cpu/memory for placement
         return snap, {p.uid: p for p in self.inventory.pods()}
 
     def _once(self, rule: Rule, what: str) -> bool:
@@ -675,7 +676,8 @@ class Reconciler:
     def _repartition(self, counts: Counter[str]) -> None:
         """Follow and start MIG layout changes (components/repartitioner.py), over this pass's snapshot."""
         if self.repartitioner is not None:
-            self.repartitioner.run_once(self.inventory.snapshot(self.store.list(), self.clock()), counts)
+            now = self.clock()
+            self.repartitioner.run_once(self.inventory.snapshot(self.store.book(now), now), counts)
 
     # -- loop -------------------------------------------------------------------------------------
 

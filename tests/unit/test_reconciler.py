@@ -19,6 +19,7 @@ from mig_extender.components.webhook import WebhookService
 from mig_extender.core.planner import PlanSettings, filter_pod
 from mig_extender.core.podspec import Restart, RestartOutcome, replacement_pod
 from mig_extender.core.resources import ANN_ORIGINAL, ANN_RESTORE, ANN_RESTORED_AT, ANN_RULE, pod_info
+from mig_extender.core.rulebook import RuleBook
 from mig_extender.core.rules import Phase
 from tests.builders import admission_review, inventory_of, make_node, make_pod, res
 
@@ -301,6 +302,9 @@ class LaggingStore:
 
     def list(self) -> list:
         return list(self.stale)
+
+    def book(self, now: float) -> RuleBook:
+        return RuleBook.of(self.stale, now)
 
 
 @pytest.mark.parametrize("meanwhile, restarted", [
