@@ -218,6 +218,26 @@ def test_an_admission_reads_the_recorded_rules_only_not_every_rule() -> None:
     assert apply_patch(pod, answer)["metadata"]["annotations"][ANN_RULE] == rule.name
 
 
+def test_an_admission_that_reaches_the_store_after_a_later_one_does_not_index_every_rule(monkeypatch) -> None:
+    """Request threads read the clock, then queue for the store's lock: an admission that read its clock
+    first can reach the store after one that read it later. A book asked for a time before the cached one's
+    is indexed again over every rule (issue 19: the hour of finished rules, under the store's lock), though
+    the Recorded rules an admission reads do not depend on the time. Both pods get their rule, one index."""
+    indexed: list[float] = []
+    of = RuleBook.of.__func__  # type: ignore[attr-defined]
+    monkeypatch.setattr(RuleBook, "of", classmethod(lambda cls, rules, now: indexed.append(now) or of(cls, rules, now)))
+    store = MemoryRuleStore()
+    for i in range(500):
+        store.record(replace(rs_rule(), name=f"done-{i}", phase=Phase.RESTORED, expires=4e9))
+    rules = [store.record(replace(rs_rule(pod_uid=f"old-{i}"), expires=NOW + 300, created=900.0 + i)) for i in range(2)]
+    clock = [NOW + 1.0]
+    service = WebhookService(store, clock=lambda: clock[0])
+    assert admit(service) == rules[0].name  # read its clock second, reached the store first
+    clock[0] = NOW  # read its clock first, reached the store second
+    assert admit(service) == rules[1].name
+    assert indexed == [NOW + 1.0]  # the first book only; the second admission's claim write patched it
+
+
 def test_dry_run_does_not_claim(store: MemoryRuleStore) -> None:
     store.record(replace(rs_rule(), expires=4e9))
     client = client_for(store)
