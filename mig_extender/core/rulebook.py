@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from .rules import Phase, Rule, newest_rule_per_pod, parent_links, restore_order
+from .rules import Phase, Rule, claimed_uids, newest_rule_per_pod, parent_links, restore_order
 
 RuleKey = tuple[str, str]  # (namespace, name): how the stores key a rule
 
@@ -69,7 +69,7 @@ class RuleBook:
                 per_node[rc.resource] = per_node.get(rc.resource, 0) + rc.count
                 until = min(until, rule.expires)  # held now, lapses then (Rule.reservation)
         claims: dict[str, int] = {}
-        for uid in _claimed(rules):
+        for uid in claimed_uids(rules):
             claims[uid] = claims.get(uid, 0) + 1
         return cls(rules=rules, by_key=by_key, by_name={r.name: r for r in rules},
                    by_pod_uid=newest_rule_per_pod(rules), reserved=reserved, restoring=tuple(restore_order(rules)),
@@ -108,10 +108,11 @@ class RuleBook:
         reserved = dict(self.reserved)
         copied: set[str] = set()  # nodes whose inner mapping this book owns (the old book's stays as it was)
 
-        def count(rule: Rule, sign: int) -> None:
+        def count(rule: Rule, sign: int) -> bool:
+            """Add (+1) or take away (-1) what ``rule`` reserves at ``now``; does it reserve anything?"""
             held = rule.reservation(now)
             if held is None:
-                return
+                return False
             node, rc = held
             if node not in copied:
                 reserved[node] = dict(reserved.get(node, {}))
@@ -125,13 +126,13 @@ class RuleBook:
                 if not per_node:
                     del reserved[node]
                     copied.discard(node)
+            return True
 
         until = self.until
         for old in gone.values():
             count(old, -1)
         for rule in came.values():
-            count(rule, +1)
-            if rule.reservation(now) is not None:
+            if count(rule, +1):
                 until = min(until, rule.expires)
         by_name = dict(self.by_name)
         by_pod_uid = dict(self.by_pod_uid)
@@ -158,22 +159,19 @@ class RuleBook:
             by_pod_uid.update(newest_rule_per_pod(r for r in by_key.values() if r.pod_uid in recount))
         if len(by_name) != len(by_key):  # two namespaces use one rule name: index the names as ``of`` does
             by_name = {r.name: r for r in by_key.values()}
-        restoring = self.restoring
-        if any(r.phase is Phase.RESTORING for r in (*gone.values(), *came.values())):
-            restoring = tuple(restore_order([*(r for r in restoring if rule_key(r) not in gone), *came.values()]))
-        recorded = self.recorded
-        if any(r.phase is Phase.RECORDED for r in (*gone.values(), *came.values())):
-            recorded = tuple(r for r in recorded if rule_key(r) not in gone) + tuple(
-                r for r in came.values() if r.phase is Phase.RECORDED)
+        restoring = _of_phase(self.restoring, gone, came, Phase.RESTORING)
+        if restoring is not self.restoring:
+            restoring = tuple(restore_order(restoring))
+        recorded = _of_phase(self.recorded, gone, came, Phase.RECORDED)
         claims = self.claims
         if any(r.bound_pod or r.restored_pod for r in (*gone.values(), *came.values())):
             claims = dict(claims)
-            for uid in _claimed(gone.values()):
+            for uid in claimed_uids(gone.values()):
                 if claims[uid] == 1:
                     del claims[uid]
                 else:
                     claims[uid] -= 1
-            for uid in _claimed(came.values()):
+            for uid in claimed_uids(came.values()):
                 claims[uid] = claims.get(uid, 0) + 1
         book = RuleBook(rules=tuple(by_key.values()), by_key=by_key, by_name=by_name, by_pod_uid=by_pod_uid,
                         reserved=reserved, restoring=restoring, recorded=recorded, claims=claims, built_at=now,
@@ -237,6 +235,10 @@ def _patched_links(links: tuple[dict[str, tuple[str, float]], dict[str, int]], g
     return parents, linked
 
 
-def _claimed(rules: Iterable[Rule]) -> Iterable[str]:
-    """Each pod uid a rule counts as its own, once per rule that does (rules.restore_claims)."""
-    return (uid for r in rules for uid in (r.bound_pod, r.restored_pod) if uid)
+def _of_phase(before: tuple[Rule, ...], gone: Mapping[RuleKey, Rule], came: Mapping[RuleKey, Rule],
+              phase: Phase) -> tuple[Rule, ...]:
+    """``before`` (a book's rules in ``phase``) after a patch: the same tuple unless a rule of that phase
+    went or came."""
+    if not any(r.phase is phase for r in (*gone.values(), *came.values())):
+        return before
+    return tuple(r for r in before if rule_key(r) not in gone) + tuple(r for r in came.values() if r.phase is phase)

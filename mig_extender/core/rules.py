@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from enum import Enum
@@ -316,7 +316,13 @@ def rule_for_new_pod(pod: PodInfo, rules: Iterable[Rule], now: float, skip: Coll
 def restore_claims(rules: Iterable[Rule]) -> frozenset[str]:
     """Uids of pods some rule counts as its own (bound as an upgrade, or the pod that finished a restore):
     never the replacement another restore waits for (soak D4)."""
-    return frozenset(uid for r in rules for uid in (r.bound_pod, r.restored_pod) if uid)
+    return frozenset(claimed_uids(rules))
+
+
+def claimed_uids(rules: Iterable[Rule]) -> Iterator[str]:
+    """Each uid a rule counts as its own (bound as an upgrade, or the pod that finished a restore), once per
+    rule that does: restore_claims as a multiset (the rule book counts them, so a patch can take one away)."""
+    return (uid for r in rules for uid in (r.bound_pod, r.restored_pod) if uid)
 
 
 def parent_links(rule: Rule) -> list[tuple[str, tuple[str, float]]]:
