@@ -56,9 +56,13 @@ class RuleStore(Protocol):
 
     def delete(self, rule: Rule) -> None: ...
 
-    def book(self, now: float) -> RuleBook:
+    def book(self, now: float | None = None) -> RuleBook:
         """The rules indexed for snapshots taken at ``now`` (core/rulebook.py): the same book while the
-        store has not changed and its reservations hold, so ``/filter`` does no O(rules) work per call."""
+        store has not changed and its reservations hold, so ``/filter`` does no O(rules) work per call.
+        ``now=None``: at the store's own clock, read under its lock (``never_back``), for a reader that needs
+        no particular time (the webhook reads only the Recorded rules). A time before the last book's is
+        indexed again over every rule, and request threads read their clocks before they queue for the
+        lock: a reader passing its own ``now`` that lost that race pays the full pass; this one never does."""
         ...
 
 
@@ -169,8 +173,9 @@ class MemoryRuleStore:
                  maxsize: int = 100_000) -> None:
         self._lock = threading.Lock()
         self._books = BookCache()  # told of every change, a rule falling out included
+        self._now = never_back(clock)  # the TTL cache's clock, and book()'s when it is given no time
         self._rules: TTLCache[tuple[str, str], Rule] = ReportingTTLCache(
-            maxsize=maxsize, ttl=retention, timer=never_back(clock), dropped=self._books.changed)
+            maxsize=maxsize, ttl=retention, timer=self._now, dropped=self._books.changed)
         self._version = 0
 
     @property
@@ -181,10 +186,10 @@ class MemoryRuleStore:
         with self._lock:
             return list(self._rules.values())
 
-    def book(self, now: float) -> RuleBook:
+    def book(self, now: float | None = None) -> RuleBook:
         with self._lock:
             self._rules.expire()  # rules past their retention fall out (reported to the book cache)
-            return self._books.get(now, self._rules.values, self._rules.get)
+            return self._books.get(self._now() if now is None else now, self._rules.values, self._rules.get)
 
     def get(self, namespace: str, name: str) -> Rule | None:
         with self._lock:

@@ -56,8 +56,9 @@ class KubeRuleStore:
         self._lock = threading.Lock()
         self._informed: dict[tuple[str, str], Rule] = {}
         self._books = BookCache()  # told of every event, relist, write of ours and overlay copy aging out
+        self._now = never_back(clock)  # the overlay's clock, and book()'s when it is given no time
         self._overlay: TTLCache[tuple[str, str], Any] = ReportingTTLCache(
-            maxsize=10_000, ttl=overlay_ttl, timer=never_back(clock), dropped=self._books.changed)
+            maxsize=10_000, ttl=overlay_ttl, timer=self._now, dropped=self._books.changed)
         self._informer: Informer | None = None
         self.retention = retention
         self.malformed = 0
@@ -165,10 +166,11 @@ class KubeRuleStore:
         with self._lock:
             return list(self._merged().values())
 
-    def book(self, now: float) -> RuleBook:
+    def book(self, now: float | None = None) -> RuleBook:
         with self._lock:
             self._overlay.expire()  # our writes' copies aged out (reported): the watch's copies count again
-            return self._books.get(now, lambda: self._merged().values(), self._merged_one)
+            return self._books.get(self._now() if now is None else now, lambda: self._merged().values(),
+                                   self._merged_one)
 
     def get(self, namespace: str, name: str) -> Rule | None:
         with self._lock:

@@ -15,8 +15,6 @@ API server's 3 s ``timeoutSeconds``), and a claim that fails admits the pod with
 from __future__ import annotations
 
 import logging
-import math
-import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -68,10 +66,6 @@ class WebhookService:
         self.api_budget = api_budget
         self.dra_templates = dra_templates  # (namespace, timeout) -> names of our templates there; None: no DRA
         self.checks: list[Callable[[], str]] = []
-        # the time this service last asked the store for its book: never earlier than the one before (see
-        # _recorded), under its own lock so request threads ask in the order of their times
-        self._book_lock = threading.Lock()
-        self._book_at = -math.inf
 
     def readiness_problems(self) -> list[str]:
         return readiness_problems(None, self.store, self.checks)
@@ -101,7 +95,10 @@ class WebhookService:
         if pod is None:
             return mutate(body, (), namespace_labels=labels, now=now)
         deadline = _Deadline(self.api_budget, self.api_timeout)
-        rules = self._refresh_unmarked(pod, self._recorded(now), now, deadline)
+        # only Recorded rules can be taken by a new pod, and the book keeps them apart, so an admission does
+        # no O(rules) work for the hour of finished rules a busy cluster retains (issue 19); they do not
+        # depend on the time, so the book is the store's at its own clock (RuleStore.book)
+        rules = self._refresh_unmarked(pod, list(self.store.book().recorded), now, deadline)
         lost: set[str] = set()
         while True:
             mutation = mutate(body, rules, lost, labels, now)
@@ -114,19 +111,6 @@ class WebhookService:
             if outcome == "error":  # the API is unreachable or slow: no more calls, admit without substitution
                 return mutate(body, (), namespace_labels=labels, now=now)
             lost.add(mutation.rule.name)  # finite: each round leaves one more rule out
-
-    def _recorded(self, now: float) -> list[Rule]:
-        """The store's Recorded rules: only those can be taken by a new pod, and the book keeps them apart, so
-        an admission does no O(rules) work for the hour of finished rules a busy cluster retains (issue 19).
-
-        A book asked for a time before the store's last one is indexed again over every rule (the extender
-        needs the reservations of that time); request threads read their clocks before they queue for the
-        store's lock, so under a burst one that read it first often gets there second. Which rules are
-        Recorded does not depend on the time, so the book is asked for at the latest time this service has
-        read (a time that has come, never a future one), and the asks are ordered by this lock."""
-        with self._book_lock:
-            self._book_at = max(self._book_at, now)
-            return list(self.store.book(self._book_at).recorded)
 
     def _decide_dra(self, body: Mapping[str, Any]) -> Mutation | None:
         """The DRA rewrite of a MIG pod CREATE; None when the request is not one (the usual path decides)."""

@@ -426,3 +426,20 @@ def test_a_bind_patches_the_restart_links_instead_of_walking_every_rule(monkeypa
     assert walked < 20, f"{walked} rules walked for one bind"
     assert parents == restart_parents([*done[:3], *done[4:], bound, *recorded[1:]])
     assert "new-3" not in parents and parents["w-0-again"][0] == "w-0"
+
+
+@pytest.mark.parametrize("make", [memory_store, kube_store], ids=["memory", "kube"])
+def test_a_book_asked_without_a_time_is_at_the_stores_clock_and_never_behind_the_last_one(make, monkeypatch) -> None:
+    """``book()`` reads the store's own clock under its lock, at its highest reading: a reader that needs no
+    particular time (the webhook) never asks for a time before the last book's, so never pays a full pass
+    for losing the race for the lock, nor for a wall clock stepped back."""
+    now = [1001.0]
+    store = make(now)
+    assert store.book().built_at == 1001.0
+    indexed: list[float] = []
+    of = RuleBook.of.__func__  # type: ignore[attr-defined]
+    monkeypatch.setattr(RuleBook, "of", classmethod(lambda cls, rules, t: indexed.append(t) or of(cls, rules, t)))
+    now[0] = 995.0  # stepped back
+    store._books.changed(("ns", a_rule("a").name))  # a change pending, as a write leaves one
+    book = store.book()
+    assert book.built_at == 1001.0 and indexed == []  # patched at the highest reading, no full pass

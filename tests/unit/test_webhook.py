@@ -175,7 +175,7 @@ def test_escape() -> None:
 
 
 class ExplodingStore(MemoryRuleStore):
-    def book(self, now):
+    def book(self, now=None):
         raise RuntimeError("API unreachable")
 
 
@@ -226,11 +226,11 @@ def test_an_admission_that_reaches_the_store_after_a_later_one_does_not_index_ev
     indexed: list[float] = []
     of = RuleBook.of.__func__  # type: ignore[attr-defined]
     monkeypatch.setattr(RuleBook, "of", classmethod(lambda cls, rules, now: indexed.append(now) or of(cls, rules, now)))
-    store = MemoryRuleStore()
+    clock = [NOW + 1.0]
+    store = MemoryRuleStore(clock=lambda: clock[0])  # one process: the webhook's clock is its store's
     for i in range(500):
         store.record(replace(rs_rule(), name=f"done-{i}", phase=Phase.RESTORED, expires=4e9))
     rules = [store.record(replace(rs_rule(pod_uid=f"old-{i}"), expires=NOW + 300, created=900.0 + i)) for i in range(2)]
-    clock = [NOW + 1.0]
     service = WebhookService(store, clock=lambda: clock[0])
     assert admit(service) == rules[0].name  # read its clock second, reached the store first
     clock[0] = NOW  # read its clock first, reached the store second
@@ -281,7 +281,7 @@ class ReadTogether(MemoryRuleStore):
         self._waiting = readers
         self._count = threading.Lock()
 
-    def book(self, now):
+    def book(self, now=None):
         rules = super().book(now)
         with self._count:
             wait, self._waiting = self._waiting > 0, self._waiting - 1
@@ -399,8 +399,9 @@ class LaggingMarks(MemoryRuleStore):
         super().__init__()
         self.fetches = 0
 
-    def book(self, now):
-        return RuleBook.of([replace(r, restart_at=0.0) for r in super().list()], now)
+    def book(self, now=None):
+        book = super().book(now)
+        return RuleBook.of([replace(r, restart_at=0.0) for r in book.rules], book.built_at)
 
     def fetch(self, namespace, name, timeout=None):
         self.fetches += 1
