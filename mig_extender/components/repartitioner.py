@@ -145,16 +145,28 @@ class Repartitioner:
         changes = changes_on(snap)
         in_flight: dict[str, dict[str, Any]] = {}
         for node, change in changes.items():
-            in_flight[node] = self._follow(snap, node, change, counts)
+            in_flight[node] = self._one_node(node, counts, self._follow, snap, node, change, counts) or {}
         plan = None
         if self.mode != "off" and snap.synced:
             self._demand = track_demand(self._demand, live_demand(snap), snap.now)
             plan = plan_repartition(planner_nodes(snap, changes), self._demand, snap.now, self.settings,
                                     self.configs)
             for node_plan in plan.plans:
-                self._start(node_plan, snap.now, counts)
+                self._one_node(node_plan.node, counts, self._start, node_plan, snap.now, counts)
         self.status = Status(self.mode, snap.now, plan, in_flight,
                              {r: {"slices": d.slices, "since": d.since} for r, d in self._demand.items()})
+
+    def _one_node(self, node: str, counts: Counter[str], step: Callable[..., Any], *args: Any) -> Any:
+        """``step(*args)`` for one node, its failure that node's alone: an API error other than 409, 429
+        or 404 (a 500, or a 403/422 an admission policy answers on every try) must not stop the pass at
+        this node, or the changes on the nodes after it are never followed (a wedged one never times
+        out) and nothing new is planned. The node is tried again next pass."""
+        try:
+            return step(*args)
+        except Exception as exc:
+            self._count(counts, "errors")
+            log.warning("repartition %s: %s failed, retried next pass: %s", node, step.__name__, exc)
+            return None
 
     # -- following a change -----------------------------------------------------------------------
 
@@ -171,19 +183,10 @@ class Repartitioner:
         assert change is not None or isinstance(step, Abort)
         if isinstance(step, Apply):
             self._apply(node, change, snap.now, counts)
-        elif isinstance(step, Finish):
-            self._end(node, change, {}, last_json(snap.now, "success"), counts, "repartitioned")
-            self._say(node, EVENT_DONE, f"{change.config} applied to GPU(s) {_gpus(change)} in "
-                                        f"{step.seconds:.0f}s; now {_layouts(change.after)}")
-        elif isinstance(step, RollBack):
-            self._end(node, change, {LABEL_MIG_CONFIG: step.to}, last_json(snap.now, step.reason), counts,
-                      "failed_" + step.reason)
-            back = f"label set back to {step.to}" if step.to else f"label {LABEL_MIG_CONFIG} removed"
-            self._say(node, EVENT_FAILED, f"{step.reason}: {step.detail}; {back}, reservation released",
-                      warning=True)
-        elif isinstance(step, Abort):
-            self._end(node, change, {}, None, counts, "aborted_" + step.reason)
-            self._say(node, EVENT_FAILED, f"{step.reason}: {step.detail}; reservation released", warning=True)
+        else:
+            labels, last, outcome, event, text = _ending(step, change, snap.now)
+            if self._end(node, labels, last, counts, outcome):
+                self._say(node, event, text, warning=event == EVENT_FAILED)
         return shown
 
     def _apply(self, node: str, change: Change, now: float, counts: Counter[str]) -> None:
@@ -202,14 +205,18 @@ class Repartitioner:
             log.info("repartition %s: %s=%s", node, LABEL_MIG_CONFIG, change.config)
             self._say(node, EVENT_STARTED, _started_text(applying))
 
-    def _end(self, node: str, change: Change | None, labels: Mapping[str, str | None], last: str | None,
-             counts: Counter[str], outcome: str) -> None:
+    def _end(self, node: str, labels: Mapping[str, str | None], last: str | None, counts: Counter[str],
+             outcome: str) -> bool:
+        """Release the node (and write ``labels``); whether it was written. A refused write (409, 429)
+        is decided again next pass from what the node shows then, so its Event waits for that: an Event
+        saying "released" for a node still reserved, then a second one or a contrary one, misleads."""
         annotations: dict[str, str | None] = {ANN_CHANGE: None}
         if last is not None:
             annotations[ANN_LAST] = last
         written = self.nodes.patch(node, labels=labels, annotations=annotations)
         self._count(counts, outcome if written is NodeWrite.DONE else written.value)
         log.info("repartition %s ended: %s (%s)", node, outcome, written.value)
+        return written is NodeWrite.DONE
 
     # -- starting one -----------------------------------------------------------------------------
 
@@ -263,6 +270,23 @@ class Repartitioner:
             out["whyNot"] = [_reason(r) for r in (*s.plan.waiting, *s.plan.unserved, *s.plan.skipped,
                                                   *([s.plan.budget] if s.plan.budget else []))]
         return out
+
+
+def _ending(step: Finish | RollBack | Abort, change: Change | None, now: float,
+            ) -> tuple[dict[str, str | None], str | None, str, str, str]:
+    """How a change ends: the labels to write, the ANN_LAST record, the counter's outcome, the Event's
+    reason and text."""
+    if isinstance(step, Finish):
+        assert change is not None
+        return ({}, last_json(now, "success"), "repartitioned", EVENT_DONE,
+                f"{change.config} applied to GPU(s) {_gpus(change)} in {step.seconds:.0f}s; now "
+                f"{_layouts(change.after)}")
+    if isinstance(step, RollBack):
+        back = f"label set back to {step.to}" if step.to else f"label {LABEL_MIG_CONFIG} removed"
+        return ({LABEL_MIG_CONFIG: step.to}, last_json(now, step.reason), "failed_" + step.reason, EVENT_FAILED,
+                f"{step.reason}: {step.detail}; {back}, reservation released")
+    return ({}, None, "aborted_" + step.reason, EVENT_FAILED,
+            f"{step.reason}: {step.detail}; reservation released")
 
 
 def _reason(reason: Any) -> dict[str, Any]:

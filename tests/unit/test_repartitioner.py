@@ -375,3 +375,53 @@ def test_name_map_reads_the_configmap_and_per_gpu_configs(tmp_path: Any) -> None
     path.write_text(json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "data": {"config.yaml": inner}}))
     assert load_mig_configs(str(path)) == (NamedConfig("all-7g.80gb", all=L7),
                                            NamedConfig("gpu1-1g", devices={1: ("1g.10gb",) * 7}))
+
+
+def test_rollback_refused_by_the_api_says_nothing_until_it_is_written() -> None:
+    """Defect: the Event ``MigRepartitionFailed`` ("label set back, reservation released") was written
+    whatever the API answered to the patch that does it. A 429 left the node reserved and the label ours
+    while the Event said otherwise; the retry next pass wrote a second Event (its text carries the
+    elapsed seconds), and a success arriving in between ended in ``MigRepartitioned`` after it."""
+    w = World()
+    rep = w.actuator()
+    start_applying(w, rep)
+    w.api.mig_manager("gpu-1", "pending", {"3g.40gb": 0})
+    w.api.refuse = NodeWrite.THROTTLED
+    counts = w.run(rep, T0 + 65 + SETTINGS.timeout)
+    assert counts["repartition_throttled"] == 1 and w.change() is not None
+    assert w.api.reasons() == ["MigRepartitioning"]
+    w.api.refuse = None
+    w.run(rep, T0 + 65 + SETTINGS.timeout + 7)
+    assert w.change() is None and w.api.reasons() == ["MigRepartitioning", "MigRepartitionFailed"]
+
+
+class Broken(Exception):
+    """What the kubernetes client raises for a 5xx, or a 422/403 from a policy webhook."""
+
+
+def test_one_node_the_api_refuses_does_not_stall_the_others() -> None:
+    """Defect: an exception from one node's write (a 500, or a 403/422 an admission policy returns on
+    every try) left ``run_once`` at that node, every pass: the changes on the nodes after it in name
+    order were never followed (a wedged one never timed out, its node stayed reserved) and nothing new
+    was planned. Each node is now its own unit of failure."""
+    w = World(waiting=4)
+    labels = {"nvidia.com/gpu.count": "2", LABEL_REPARTITION: "true", LABEL_MIG_CONFIG: "all-3g.40gb"}
+    stuck = make_node("gpu-0", gpu="A100-80GB", mig={"3g.40gb": 4}, labels=labels)
+    stuck["metadata"]["annotations"] = {ANN_CHANGE: Change("all-7g.80gb", "all-3g.40gb", (L33, L33), (L7, L7),
+                                                           {R7: 2}, T0).to_json()}
+    w.api.put(stuck)
+    rep = w.actuator()
+    patch = w.api.patch
+
+    def refusing(node: str, *args: Any, **kwargs: Any) -> NodeWrite:
+        if node == "gpu-0":
+            raise Broken("500 Internal Server Error")
+        return patch(node, *args, **kwargs)
+
+    w.api.patch = refusing  # type: ignore[method-assign]
+    w.run(rep, T0)
+    counts = w.run(rep, T0 + 60)  # gpu-0's Apply fails; gpu-1 is planned and reserved all the same
+    assert counts["repartition_errors"] == 1
+    assert w.change() is not None
+    w.run(rep, T0 + 65)
+    assert w.change().phase is ChangePhase.APPLYING
