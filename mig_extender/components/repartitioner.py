@@ -70,6 +70,7 @@ from ..core.repartition_change import (
     new_change,
     next_step,
     observe,
+    observe_labels,
     parse_mig_configs,
     planner_nodes,
 )
@@ -190,11 +191,13 @@ class Repartitioner:
         return shown
 
     def _apply(self, node: str, change: Change, now: float, counts: Counter[str]) -> None:
-        """Label and phase in one patch, on the Node as it is now: our record still there, unchanged."""
+        """Label and phase in one patch, on the Node as it is now: our record still there, unchanged, and
+        its labels still allowing it (a watch can lag behind an opt-out or someone else's label)."""
         fresh = self.nodes.read(node)
-        if fresh is None or _annotations(fresh).get(ANN_CHANGE) != change.to_json():
+        if (fresh is None or _annotations(fresh).get(ANN_CHANGE) != change.to_json()
+                or not isinstance(next_step(change, observe_labels(_labels(fresh)), now, self.settings), Apply)):
             counts["repartition_conflict"] += 1
-            return  # released or rewritten meanwhile: the next pass reads it again
+            return  # released, rewritten or no longer ours to change: the next pass decides from its view
         applying = Change(change.config, change.previous, change.before, change.after, change.serves,
                           change.started, ChangePhase.APPLYING, now)
         outcome = self.nodes.patch(node, labels={LABEL_MIG_CONFIG: change.config, LABEL_MIG_CONFIG_STATE: None},

@@ -7,6 +7,8 @@ slice of the node (core/snapshot.py ``held_nodes``)::
 
       (none) --reserve: annotation, phase reserving (resourceVersion precondition)--> reserving
       reserving --a MIG pod or a rule reservation on the node--> Abort(GpuBusy)      (label never written)
+      reserving --opted out, label set by someone else, MIG manager pending/rebooting-->
+                  Abort(OptedOut | LabelChanged | MigManagerBusy)                    (label never written)
       reserving --settle seconds passed, node idle--> Apply: ONE patch writes the label
                   nvidia.com/mig.config=<target>, clears the stale mig.config.state and sets phase applying
       applying  --state success and allocatable split = the target layouts--> Finish
@@ -71,6 +73,8 @@ GPU_BUSY = "GpuBusy"
 MIG_MANAGER_FAILED = "MigManagerFailed"
 TIMEOUT = "Timeout"
 LABEL_CHANGED = "LabelChanged"
+OPTED_OUT = "OptedOut"
+MIG_MANAGER_BUSY = "MigManagerBusy"
 UNREADABLE = "Unreadable"
 
 
@@ -170,6 +174,7 @@ class Observed:
     state: str | None
     layouts: tuple[Layout, ...] | None
     busy: bool
+    opted_in: bool = True
 
 
 @dataclass(frozen=True)
@@ -228,10 +233,35 @@ def _reserving(change: Change, seen: Observed, now: float, settings: Repartition
         # a Binding in flight when the reservation was written, or a rule recorded from a stale view
         return Abort(GPU_BUSY, "a MIG pod was placed on the node before the reservation reached every "
                                "extender; nothing was changed")
+    why = _not_ours_to_change(change, seen)
+    if why is not None:
+        return why
     ready = change.started + settings.settle
     if now < ready:
         return Wait("settling: every extender must see the reservation before the label is written", ready)
     return Apply()
+
+
+def _not_ours_to_change(change: Change, seen: Observed) -> Abort | None:
+    """Why the label must not be written now, though the node was idle and ours when it was reserved.
+
+    The operator may opt out while the reservation settles. Someone else (an admin, the GPU operator's
+    default config) may set the label meanwhile: ours would replace theirs, and the MIG manager, which
+    finishes the value it is applying before it reads the next one (mig-parted main.go,
+    SyncableMigConfig), would write ``success`` for theirs after our Apply removed the state label, which
+    reads as ours. The same when it still applies the previous value (``pending``, ``rebooting``).
+    Once the label is written (phase applying) none of these stops the MIG manager, so they are checked
+    before only."""
+    if not seen.opted_in:
+        return Abort(OPTED_OUT, f"{LABEL_REPARTITION} was removed while the node was reserved; nothing was "
+                                "changed")
+    if seen.config != change.previous:
+        return Abort(LABEL_CHANGED, f"{LABEL_MIG_CONFIG} is now {seen.config!r}, not {change.previous!r} as when "
+                                    "the node was reserved: someone else set it; nothing was changed")
+    if seen.state in (STATE_PENDING, STATE_REBOOTING):
+        return Abort(MIG_MANAGER_BUSY, f"the MIG manager is applying {seen.config!r} ({LABEL_MIG_CONFIG_STATE} "
+                                       f"{seen.state}): its success would be read as ours; nothing was changed")
+    return None
 
 
 def _applying(change: Change, seen: Observed, now: float, settings: RepartitionSettings) -> Step:
@@ -264,7 +294,14 @@ def observe(info: NodeInfo, snap: ClusterSnapshot) -> Observed:
     if info.gpu is not None and info.gpu_count > 0:
         layouts = split_layouts(info.gpu, _profile_counts(info), info.gpu_count)
     busy = any(n > 0 for n in info.used.values()) or bool(snap.rule_reserved(info.name))
-    return Observed(labels.get(LABEL_MIG_CONFIG), labels.get(LABEL_MIG_CONFIG_STATE), layouts, busy)
+    return observe_labels(labels, layouts, busy)
+
+
+def observe_labels(labels: Mapping[str, str], layouts: tuple[Layout, ...] | None = None,
+                   busy: bool = False) -> Observed:
+    """What the labels say (the actuator's fresh read of a Node has labels, not the pods on it)."""
+    return Observed(labels.get(LABEL_MIG_CONFIG), labels.get(LABEL_MIG_CONFIG_STATE), layouts, busy,
+                    labels.get(LABEL_REPARTITION) == "true")
 
 
 def _profile_counts(info: NodeInfo) -> dict[str, int]:

@@ -23,7 +23,9 @@ from mig_extender.core.repartition_change import (
     ANN_LAST,
     GPU_BUSY,
     LABEL_CHANGED,
+    MIG_MANAGER_BUSY,
     MIG_MANAGER_FAILED,
+    OPTED_OUT,
     TIMEOUT,
     UNREADABLE,
     Abort,
@@ -56,8 +58,8 @@ def change(phase: ChangePhase = ChangePhase.RESERVING, applied: float | None = N
 
 
 def seen(config: str | None = "all-7g", state: str | None = None, layouts: tuple | None = None,
-         busy: bool = False) -> Observed:
-    return Observed(config, state, layouts, busy)
+         busy: bool = False, opted_in: bool = True) -> Observed:
+    return Observed(config, state, layouts, busy, opted_in)
 
 
 APPLYING = change(ChangePhase.APPLYING, applied=T0 + 5)
@@ -73,6 +75,28 @@ APPLYING = change(ChangePhase.APPLYING, applied=T0 + 5)
     pytest.param(change(), seen("old", busy=True), T0 + 1,
                  Abort(GPU_BUSY, "a MIG pod was placed on the node before the reservation reached every extender; "
                                  "nothing was changed"), id="reserving-busy-aborts-even-while-settling"),
+    # Defect: while a reservation settled, nothing but busy was looked at, so the label was written over
+    # an opt-out, over a config someone else had just set (the MIG manager then reported success for
+    # theirs, read as ours), or while the MIG manager was still applying the previous one
+    pytest.param(change(), seen("old", opted_in=False), T0 + 5,
+                 Abort(OPTED_OUT, f"{LABEL_REPARTITION} was removed while the node was reserved; nothing was "
+                                  "changed"), id="reserving-opted-out-aborts-without-a-label"),
+    pytest.param(change(), seen("theirs"), T0 + 5,
+                 Abort(LABEL_CHANGED, "nvidia.com/mig.config is now 'theirs', not 'old' as when the node was "
+                                      "reserved: someone else set it; nothing was changed"),
+                 id="reserving-label-set-by-someone-else-aborts"),
+    pytest.param(change(), seen("old", state="pending"), T0 + 5,
+                 Abort(MIG_MANAGER_BUSY, "the MIG manager is applying 'old' (nvidia.com/mig.config.state "
+                                         "pending): its success would be read as ours; nothing was changed"),
+                 id="reserving-mig-manager-pending-aborts"),
+    pytest.param(change(), seen("old", state="rebooting"), T0 + 5,
+                 Abort(MIG_MANAGER_BUSY, "the MIG manager is applying 'old' (nvidia.com/mig.config.state "
+                                         "rebooting): its success would be read as ours; nothing was changed"),
+                 id="reserving-mig-manager-rebooting-aborts"),
+    pytest.param(change(previous=None), seen(None, state="success"), T0 + 5, Apply(),
+                 id="reserving-no-label-before-applies"),
+    pytest.param(APPLYING, seen(state="pending", opted_in=False), T0 + 30, Wait("MIG manager state pending", T0 + 65),
+                 id="applying-opt-out-lets-the-mig-manager-finish"),
     pytest.param(APPLYING, seen(state=None), T0 + 6, Wait("MIG manager state not reported yet", T0 + 65),
                  id="applying-no-state-yet-waits"),
     pytest.param(APPLYING, seen(state="pending"), T0 + 30, Wait("MIG manager state pending", T0 + 65),

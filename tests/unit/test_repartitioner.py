@@ -425,3 +425,44 @@ def test_one_node_the_api_refuses_does_not_stall_the_others() -> None:
     assert w.change() is not None
     w.run(rep, T0 + 65)
     assert w.change().phase is ChangePhase.APPLYING
+
+
+@pytest.mark.parametrize("lag", [pytest.param(False, id="watch-current"), pytest.param(True, id="watch-lagging")])
+def test_opt_out_while_settling_writes_no_label(lag: bool) -> None:
+    """Defect: the label was written after the operator removed the opt-in while the reservation
+    settled; with a lagging watch, the fresh read before the write must see it too."""
+    w = World()
+    rep = w.actuator()
+    w.run(rep, T0)
+    w.run(rep, T0 + 60)
+    w.api.lag = lag
+    obj = copy.deepcopy(w.api.objs["gpu-1"])
+    del obj["metadata"]["labels"][LABEL_REPARTITION]
+    w.api.put(obj)
+    w.run(rep, T0 + 65)
+    assert w.api.labels("gpu-1")[LABEL_MIG_CONFIG] == "all-3g.40gb"
+    w.api.lag = False
+    w.api.sync()
+    w.run(rep, T0 + 66)
+    assert w.change() is None and w.api.labels("gpu-1")[LABEL_MIG_CONFIG] == "all-3g.40gb"
+    assert w.api.events[-1][2].startswith("OptedOut")
+
+
+def test_label_set_by_someone_else_while_settling_is_not_overwritten() -> None:
+    """Defect: an admin (or the GPU operator's default) set the label while our reservation settled;
+    the Apply wrote ours over it and removed the MIG manager's ``pending``: the MIG manager then
+    reported ``success`` for theirs, which lifted our hold on a layout we never asked for."""
+    w = World()
+    rep = w.actuator()
+    w.run(rep, T0)
+    w.run(rep, T0 + 60)
+    w.api.lag = True
+    obj = copy.deepcopy(w.api.objs["gpu-1"])
+    obj["metadata"]["labels"][LABEL_MIG_CONFIG] = "all-1g.10gb"
+    w.api.put(obj)
+    w.run(rep, T0 + 65)  # the snapshot still shows the old label: only the fresh read can tell
+    assert w.api.labels("gpu-1")[LABEL_MIG_CONFIG] == "all-1g.10gb"
+    w.api.lag = False
+    w.api.sync()
+    w.run(rep, T0 + 66)
+    assert w.change() is None and w.api.labels("gpu-1")[LABEL_MIG_CONFIG] == "all-1g.10gb"
