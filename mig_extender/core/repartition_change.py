@@ -134,18 +134,28 @@ def new_change(plan: NodePlan, previous: str | None, now: float) -> Change:
                   MappingProxyType({s.resource: s.slices for s in plan.serves}), now)
 
 
-def holds(record: str, labels: Mapping[str, str]) -> bool:
+def holds(record: str, info: NodeInfo) -> bool:
     """Whether a node with change record ``record`` is held (no MIG pod placed there).
 
     Until the MIG manager reports ``success`` for this change: it writes that before the device plugin
     is back (mig-parted deployments/gpu-operator/reconfigure-mig.sh re-enables the plugin, then sets the
     state), so the allocatable update that follows requeues the waiting pods onto a node already free
     (kube-scheduler requeues a pod NodeResourcesFit rejected on that update, not on our record's
-    removal). Only a ``success`` seen in phase ``applying`` counts: Apply removed any older one. An
-    unreadable record holds."""
+    removal). Only a ``success`` seen in phase ``applying`` counts: Apply removed any older one. And
+    only while the node advertises no MIG slice (the device plugin is still paused: nothing to place)
+    or the target layouts: a ``success`` with another layout advertised is the MIG manager's for a
+    value it had started before ours (it applies values in turn), or a device plugin that disagrees
+    with the target; lifting the hold then lets pods onto GPUs the MIG manager is about to change, or
+    that the Timeout's rollback will. An unreadable record holds."""
     change = Change.from_json(record)
-    return change is None or not (change.phase is ChangePhase.APPLYING
-                                   and labels.get(LABEL_MIG_CONFIG_STATE) == STATE_SUCCESS)
+    labels = info.facts.labels if info.facts is not None else {}
+    if (change is None or change.phase is not ChangePhase.APPLYING
+            or labels.get(LABEL_MIG_CONFIG_STATE) != STATE_SUCCESS):
+        return True
+    if not any(n > 0 for n in info.allocatable.values()):
+        return False
+    layouts = _layouts_of(info)
+    return layouts is None or not same_layouts(layouts, change.after)
 
 
 def last_change_at(text: str) -> float | None:
@@ -290,11 +300,15 @@ def _applying(change: Change, seen: Observed, now: float, settings: RepartitionS
 
 def observe(info: NodeInfo, snap: ClusterSnapshot) -> Observed:
     labels = info.facts.labels if info.facts is not None else {}
-    layouts = None
-    if info.gpu is not None and info.gpu_count > 0:
-        layouts = split_layouts(info.gpu, _profile_counts(info), info.gpu_count)
     busy = any(n > 0 for n in info.used.values()) or bool(snap.rule_reserved(info.name))
-    return observe_labels(labels, layouts, busy)
+    return observe_labels(labels, _layouts_of(info), busy)
+
+
+def _layouts_of(info: NodeInfo) -> tuple[Layout, ...] | None:
+    """The node's MIG allocatable split into per-GPU layouts; None when it does not split."""
+    if info.gpu is None or info.gpu_count <= 0:
+        return None
+    return split_layouts(info.gpu, _profile_counts(info), info.gpu_count)
 
 
 def observe_labels(labels: Mapping[str, str], layouts: tuple[Layout, ...] | None = None,

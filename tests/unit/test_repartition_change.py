@@ -281,3 +281,23 @@ def test_hold_lifts_when_the_mig_manager_reports_success(record: str, state: str
     assert (filter_pod(pod, ["n"], snap).passed == ()) is held
     assert ("n" in snap.held_nodes) is held
     assert "n" in changes_on(snap)  # the actuator still follows it to its end
+
+
+@pytest.mark.parametrize(("mig", "held"), [
+    pytest.param({"7g.80gb": 2}, False, id="success-with-the-target-allocatable-lifts"),
+    pytest.param({"3g.40gb": 0}, False, id="success-with-the-device-plugin-still-paused-lifts"),
+    pytest.param({}, False, id="success-with-no-mig-resource-yet-lifts"),
+    pytest.param({"3g.40gb": 4}, True, id="success-with-the-old-layout-advertised-holds"),
+    pytest.param({"1g.10gb": 14}, True, id="success-with-another-layout-advertised-holds"),
+])
+def test_success_lifts_the_hold_only_for_a_layout_nobody_else_asked_for(mig: dict[str, int], held: bool) -> None:
+    """Defect: any ``success`` in phase applying lifted the hold. One written for another config (the MIG
+    manager finished a value it had started before our label, mig-parted applies values in turn) or a
+    device plugin back with a layout other than the target (a different strategy, a config that does
+    not say what our file says) let the scheduler place pods on the node; the Timeout then set the
+    label back and the MIG manager reconfigured GPUs in use (device plugin paused, pods rejected by the
+    kubelet). The hold lifts on success only while the MIG allocatable is paused (no slice to place
+    there; its update to the target requeues the waiting pods) or already is the target."""
+    labels = {LABEL_MIG_CONFIG: "all-7g", LABEL_MIG_CONFIG_STATE: "success"}
+    inv = inventory_of(node_json("n", {ANN_CHANGE: applying_json()}, mig=mig, labels=labels))
+    assert ("n" in inv.snapshot(now=T0).held_nodes) is held
