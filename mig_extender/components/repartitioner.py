@@ -131,9 +131,12 @@ class Repartitioner:
 
     def __init__(self, mode: str, settings: RepartitionSettings, configs: Sequence[NamedConfig],
                  nodes: NodeWriter, events: NodeEventWriter, metrics: Metrics | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.mode, self.settings, self.configs = mode, settings, tuple(configs)
-        self.nodes, self.events, self.clock = nodes, events, clock
+        self.nodes, self.events, self.clock, self.monotonic = nodes, events, clock, monotonic
+        # (node, change record) -> when this process first saw it, on ``monotonic``: bounds the settle
+        # and the timeout whatever the wall clock that wrote the record said (next_step's ``seen_for``)
+        self._first_seen: dict[tuple[str, str], float] = {}
         self.metrics = metrics or Metrics()
         self._demand: dict[str, Demand] = {}  # track_demand's first-seen times, between passes
         self._said: TTLCache[tuple[str, str, str], bool] = TTLCache(maxsize=10_000, ttl=self.EVENT_MEMO, timer=clock)
@@ -144,9 +147,11 @@ class Repartitioner:
     def run_once(self, snap: ClusterSnapshot, counts: Counter[str]) -> None:
         """Follow the changes under way, then (advise, on) plan new ones. Called by the leader only."""
         changes = changes_on(snap)
+        seen_for = self._seen_for(snap, changes)
         in_flight: dict[str, dict[str, Any]] = {}
         for node, change in changes.items():
-            in_flight[node] = self._one_node(node, counts, self._follow, snap, node, change, counts) or {}
+            in_flight[node] = self._one_node(node, counts, self._follow, snap, node, change, seen_for[node],
+                                             counts) or {}
         plan = None
         if self.mode != "off" and snap.synced:
             self._demand = track_demand(self._demand, live_demand(snap), snap.now)
@@ -171,8 +176,16 @@ class Repartitioner:
 
     # -- following a change -----------------------------------------------------------------------
 
-    def _follow(self, snap: ClusterSnapshot, node: str, change: Change | None, counts: Counter[str]) -> dict[str, Any]:
-        step = next_step(change, observe(snap.nodes[node], snap), snap.now, self.settings)
+    def _seen_for(self, snap: ClusterSnapshot, changes: Mapping[str, Change | None]) -> dict[str, float]:
+        """Per node, seconds this process has seen its change record unchanged (monotonic clock)."""
+        now = self.monotonic()
+        keys = {node: (node, snap.nodes[node].repartition.get(ANN_CHANGE, "")) for node in changes}
+        self._first_seen = {key: self._first_seen.get(key, now) for key in keys.values()}
+        return {node: now - self._first_seen[key] for node, key in keys.items()}
+
+    def _follow(self, snap: ClusterSnapshot, node: str, change: Change | None, seen_for: float,
+                counts: Counter[str]) -> dict[str, Any]:
+        step = next_step(change, observe(snap.nodes[node], snap), snap.now, self.settings, seen_for)
         shown = {**(describe(change) if change is not None else {}), "step": type(step).__name__}
         if isinstance(step, Wait):
             shown["waiting"] = step.why
@@ -183,19 +196,20 @@ class Repartitioner:
             return shown
         assert change is not None or isinstance(step, Abort)
         if isinstance(step, Apply):
-            self._apply(node, change, snap.now, counts)
+            self._apply(node, change, snap.now, seen_for, counts)
         else:
             labels, last, outcome, event, text = _ending(step, change, snap.now)
             if self._end(node, labels, last, counts, outcome):
                 self._say(node, event, text, warning=event == EVENT_FAILED)
         return shown
 
-    def _apply(self, node: str, change: Change, now: float, counts: Counter[str]) -> None:
+    def _apply(self, node: str, change: Change, now: float, seen_for: float, counts: Counter[str]) -> None:
         """Label and phase in one patch, on the Node as it is now: our record still there, unchanged, and
         its labels still allowing it (a watch can lag behind an opt-out or someone else's label)."""
         fresh = self.nodes.read(node)
         if (fresh is None or _annotations(fresh).get(ANN_CHANGE) != change.to_json()
-                or not isinstance(next_step(change, observe_labels(_labels(fresh)), now, self.settings), Apply)):
+                or not isinstance(next_step(change, observe_labels(_labels(fresh)), now, self.settings,
+                                               seen_for), Apply)):
             counts["repartition_conflict"] += 1
             return  # released, rewritten or no longer ours to change: the next pass decides from its view
         applying = Change(change.config, change.previous, change.before, change.after, change.serves,

@@ -228,17 +228,31 @@ def same_layouts(a: Sequence[Layout], b: Sequence[Layout]) -> bool:
     return sorted(normal(x) for x in a) == sorted(normal(x) for x in b)
 
 
-def next_step(change: Change | None, seen: Observed, now: float, settings: RepartitionSettings) -> Step:
+def next_step(change: Change | None, seen: Observed, now: float, settings: RepartitionSettings,
+              seen_for: float = 0.0) -> Step:
     """What to do about the change recorded on a node, given what the node shows now (see the module
-    docstring's diagram)."""
+    docstring's diagram).
+
+    ``seen_for``: seconds this process has seen the record unchanged, on its monotonic clock. The times
+    in the record were written by whichever leader's wall clock; a new leader's clock behind that one's
+    (or a clock stepped back) would otherwise add the difference to the settle and the timeout, a node
+    reserved for as long. Each wait ends at the earlier of the record's deadline and ``seen_for``
+    reaching it: never later than the timeout after this process first saw the record."""
     if change is None:
         return Abort(UNREADABLE, f"annotation {ANN_CHANGE} is not a change this version can read")
     if change.phase is ChangePhase.RESERVING:
-        return _reserving(change, seen, now, settings)
-    return _applying(change, seen, now, settings)
+        return _reserving(change, seen, now, settings, seen_for)
+    return _applying(change, seen, now, settings, seen_for)
 
 
-def _reserving(change: Change, seen: Observed, now: float, settings: RepartitionSettings) -> Step:
+def _ends(since: float, wait: float, now: float, seen_for: float) -> float:
+    """When a wait of ``wait`` seconds from the recorded ``since`` ends, by this process's clock: the
+    recorded end, or ``wait`` after this process first saw the record if that is sooner."""
+    return min(since + wait, now + max(wait - seen_for, 0.0))
+
+
+def _reserving(change: Change, seen: Observed, now: float, settings: RepartitionSettings,
+               seen_for: float) -> Step:
     if seen.busy:
         # a Binding in flight when the reservation was written, or a rule recorded from a stale view
         return Abort(GPU_BUSY, "a MIG pod was placed on the node before the reservation reached every "
@@ -246,7 +260,7 @@ def _reserving(change: Change, seen: Observed, now: float, settings: Repartition
     why = _not_ours_to_change(change, seen)
     if why is not None:
         return why
-    ready = change.started + settings.settle
+    ready = _ends(change.started, settings.settle, now, seen_for)
     if now < ready:
         return Wait("settling: every extender must see the reservation before the label is written", ready)
     return Apply()
@@ -274,8 +288,10 @@ def _not_ours_to_change(change: Change, seen: Observed) -> Abort | None:
     return None
 
 
-def _applying(change: Change, seen: Observed, now: float, settings: RepartitionSettings) -> Step:
+def _applying(change: Change, seen: Observed, now: float, settings: RepartitionSettings,
+              seen_for: float) -> Step:
     applied = change.applied_at if change.applied_at is not None else change.started
+    elapsed = max(now - applied, seen_for)
     if seen.config != change.config:
         return Abort(LABEL_CHANGED, f"{LABEL_MIG_CONFIG} is now {seen.config!r}, not {change.config!r}: "
                                     "someone else changed it; left as it is")
@@ -283,11 +299,11 @@ def _applying(change: Change, seen: Observed, now: float, settings: RepartitionS
         return RollBack(MIG_MANAGER_FAILED, f"the MIG manager reported {LABEL_MIG_CONFIG_STATE}=failed for "
                                             f"{change.config}", change.previous)
     if seen.state == STATE_SUCCESS and seen.layouts is not None and same_layouts(seen.layouts, change.after):
-        return Finish(now - applied)
-    deadline = applied + settings.timeout
+        return Finish(elapsed)
+    deadline = _ends(applied, settings.timeout, now, seen_for)
     if now >= deadline:
         state = seen.state or "not reported"
-        return RollBack(TIMEOUT, f"{LABEL_MIG_CONFIG_STATE} {state} {int(now - applied)}s after "
+        return RollBack(TIMEOUT, f"{LABEL_MIG_CONFIG_STATE} {state} {int(elapsed)}s after "
                                  f"{change.config} was set (timeout {settings.timeout:g}s)", change.previous)
     if seen.state == STATE_SUCCESS:
         return Wait("success reported; waiting for the device plugin to advertise the new layout", deadline)

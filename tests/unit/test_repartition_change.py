@@ -139,6 +139,34 @@ def test_timeout_is_measured_from_the_label_write_not_the_reservation() -> None:
     assert isinstance(next_step(late, seen(state="pending"), T0 + 65, S), Wait)
 
 
+DAY = 86_400.0
+
+
+@pytest.mark.parametrize(("record", "node", "now", "seen_for", "want"), [
+    pytest.param(change(ChangePhase.APPLYING, applied=T0 + DAY), seen(state="pending"), T0 + 10, 60.0,
+                 RollBack(TIMEOUT, "nvidia.com/mig.config.state pending 60s after all-7g was set (timeout 60s)",
+                          "old"), id="applied-by-a-clock-a-day-ahead-times-out-after-timeout-seen"),
+    pytest.param(change(ChangePhase.APPLYING, applied=T0 + DAY), seen(state="pending"), T0 + 10, 59.0,
+                 Wait("MIG manager state pending", T0 + 11), id="applied-by-a-clock-a-day-ahead-waits-until-then"),
+    pytest.param(change(ChangePhase.APPLYING, applied=T0 + 5), seen(state="pending"), T0 + 65, 1.0,
+                 RollBack(TIMEOUT, "nvidia.com/mig.config.state pending 60s after all-7g was set (timeout 60s)",
+                          "old"), id="the-recorded-deadline-still-counts-for-a-new-leader"),
+    pytest.param(Change("all-7g", "old", (L33, L33), (L7, L7), {}, T0 + DAY), seen("old"), T0, 5.0, Apply(),
+                 id="reserved-by-a-clock-a-day-ahead-settles-after-settle-seen"),
+    pytest.param(Change("all-7g", "old", (L33, L33), (L7, L7), {}, T0 + DAY), seen("old"), T0, 2.0,
+                 Wait("settling: every extender must see the reservation before the label is written", T0 + 3),
+                 id="reserved-by-a-clock-a-day-ahead-settles-then"),
+])
+def test_times_are_bounded_by_what_this_process_saw(record: Change, node: Observed, now: float, seen_for: float,
+                                                    want: object) -> None:
+    """Defect: settle and timeout were measured only as ``now`` minus a time in the record, written by
+    whichever leader's wall clock. A new leader whose clock is behind the old one's (or a clock stepped
+    back) waited the difference on top: a day behind held the node reserved, its device plugin wedged,
+    for a day. ``seen_for``, how long this process has watched the record unchanged (a monotonic clock),
+    bounds both."""
+    assert next_step(record, node, now, S, seen_for) == want
+
+
 @pytest.mark.parametrize("record", [
     pytest.param(change(), id="reserving"),
     pytest.param(APPLYING, id="applying"),

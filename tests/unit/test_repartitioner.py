@@ -122,8 +122,10 @@ class World:
             self.inventory.upsert_pod(make_pod(f"big-{i}", mig={"7g.80gb": 1}))
         self.inventory.synced = True
 
-    def actuator(self, mode: str = "on", settings: RepartitionSettings = SETTINGS) -> Repartitioner:
-        return Repartitioner(mode, settings, CONFIGS, self.api, self.api, clock=lambda: self.clock)
+    def actuator(self, mode: str = "on", settings: RepartitionSettings = SETTINGS,
+                 monotonic: Any = None) -> Repartitioner:
+        return Repartitioner(mode, settings, CONFIGS, self.api, self.api, clock=lambda: self.clock,
+                             monotonic=monotonic or (lambda: self.clock))
 
     def run(self, rep: Repartitioner, at: float) -> Counter[str]:
         self.clock = at
@@ -466,3 +468,26 @@ def test_label_set_by_someone_else_while_settling_is_not_overwritten() -> None:
     w.api.sync()
     w.run(rep, T0 + 66)
     assert w.change() is None and w.api.labels("gpu-1")[LABEL_MIG_CONFIG] == "all-1g.10gb"
+
+
+def test_new_leader_with_a_clock_a_day_behind_still_times_out_a_wedged_change() -> None:
+    """Defect: the deadline was the old leader's ``appliedAt`` plus the timeout, read by the new leader's
+    wall clock: a day behind, the node stayed reserved (and its MIG manager wedged) for a day. The new
+    leader now also counts from when it first saw the record, on its monotonic clock."""
+    w = World()
+    old = w.actuator()
+    day = 86_400.0
+    for t in (T0 + day, T0 + day + 60, T0 + day + 65):
+        w.run(old, t)
+    assert w.change().phase is ChangePhase.APPLYING
+    w.api.mig_manager("gpu-1", "pending", {"3g.40gb": 0})
+    ticks = [500.0]
+    successor = w.actuator(monotonic=lambda: ticks[0])
+    w.run(successor, T0 + 70)
+    ticks[0] += SETTINGS.timeout - 1
+    w.run(successor, T0 + 70 + SETTINGS.timeout - 1)
+    assert w.change() is not None
+    ticks[0] += 1
+    w.run(successor, T0 + 70 + SETTINGS.timeout)
+    assert w.change() is None and w.api.labels("gpu-1")[LABEL_MIG_CONFIG] == "all-3g.40gb"
+    assert w.api.events[-1][2].startswith("Timeout")
