@@ -60,6 +60,7 @@ from ..core.repartition_change import (
     Change,
     ChangePhase,
     Finish,
+    Observed,
     RollBack,
     Wait,
     changes_on,
@@ -185,7 +186,8 @@ class Repartitioner:
 
     def _follow(self, snap: ClusterSnapshot, node: str, change: Change | None, seen_for: float,
                 counts: Counter[str]) -> dict[str, Any]:
-        step = next_step(change, observe(snap.nodes[node], snap), snap.now, self.settings, seen_for)
+        seen = observe(snap.nodes[node], snap)
+        step = next_step(change, seen, snap.now, self.settings, seen_for)
         shown = {**(describe(change) if change is not None else {}), "step": type(step).__name__}
         if isinstance(step, Wait):
             shown["waiting"] = step.why
@@ -199,7 +201,8 @@ class Repartitioner:
             self._apply(node, change, snap.now, seen_for, counts)
         else:
             labels, last, outcome, event, text = _ending(step, change, snap.now)
-            if self._end(node, labels, last, counts, outcome):
+            record = snap.nodes[node].repartition.get(ANN_CHANGE, "")
+            if self._end(node, record, seen, labels, last, counts, outcome):
                 self._say(node, event, text, warning=event == EVENT_FAILED)
         return shown
 
@@ -222,15 +225,25 @@ class Repartitioner:
             log.info("repartition %s: %s=%s", node, LABEL_MIG_CONFIG, change.config)
             self._say(node, EVENT_STARTED, _started_text(applying))
 
-    def _end(self, node: str, labels: Mapping[str, str | None], last: str | None, counts: Counter[str],
-             outcome: str) -> bool:
-        """Release the node (and write ``labels``); whether it was written. A refused write (409, 429)
-        is decided again next pass from what the node shows then, so its Event waits for that: an Event
-        saying "released" for a node still reserved, then a second one or a contrary one, misleads."""
+    def _end(self, node: str, record: str, seen: Observed, labels: Mapping[str, str | None], last: str | None,
+             counts: Counter[str], outcome: str) -> bool:
+        """Release the node (and write ``labels``) if it still shows the record and the MIG manager's labels
+        the end was decided on (the pass's snapshot can lag: a rollback decided on ``pending`` must not
+        be written over a fresh ``success``); whether it was written. Otherwise, or on a refused write
+        (409, 429), the next pass decides again from what it shows then, and the Event waits for that:
+        one saying "released" for a node still reserved, then a second or a contrary one, misleads."""
+        fresh = self.nodes.read(node)
+        if fresh is None:
+            return False  # gone: nothing left to release
+        now = observe_labels(_labels(fresh))
+        if _annotations(fresh).get(ANN_CHANGE) != record or (now.config, now.state) != (seen.config, seen.state):
+            self._count(counts, "conflict")
+            return False
         annotations: dict[str, str | None] = {ANN_CHANGE: None}
         if last is not None:
             annotations[ANN_LAST] = last
-        written = self.nodes.patch(node, labels=labels, annotations=annotations)
+        written = self.nodes.patch(node, labels=labels, annotations=annotations,
+                                   resource_version=_resource_version(fresh))
         self._count(counts, outcome if written is NodeWrite.DONE else written.value)
         log.info("repartition %s ended: %s (%s)", node, outcome, written.value)
         return written is NodeWrite.DONE

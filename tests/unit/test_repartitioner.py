@@ -491,3 +491,25 @@ def test_new_leader_with_a_clock_a_day_behind_still_times_out_a_wedged_change() 
     w.run(successor, T0 + 70 + SETTINGS.timeout)
     assert w.change() is None and w.api.labels("gpu-1")[LABEL_MIG_CONFIG] == "all-3g.40gb"
     assert w.api.events[-1][2].startswith("Timeout")
+
+
+def test_rollback_decided_on_a_lagging_view_is_not_written_over_a_fresh_success() -> None:
+    """Defect: the end of a change was decided on the pass's snapshot and written unconditionally. At
+    the deadline the watch still showed ``pending`` while the MIG manager had just written ``success``
+    with the target layout (the extenders, their watch current, had lifted the hold and could place
+    pods there): the rollback set the label back, and the MIG manager went on to reconfigure the node
+    under those pods. The end is now written only if the node still shows what it was decided on."""
+    w = World()
+    rep = w.actuator()
+    start_applying(w, rep)
+    w.api.mig_manager("gpu-1", "pending", {"3g.40gb": 0})
+    w.api.lag = True
+    w.api.mig_manager("gpu-1", "success", {"7g.80gb": 2})
+    counts = w.run(rep, T0 + 65 + SETTINGS.timeout)
+    assert counts["repartition_conflict"] == 1
+    assert w.api.labels("gpu-1")[LABEL_MIG_CONFIG] == "all-7g.80gb" and w.change() is not None
+    w.api.lag = False
+    w.api.sync()
+    w.run(rep, T0 + 65 + SETTINGS.timeout + 1)
+    assert w.change() is None and w.api.reasons() == ["MigRepartitioning", "MigRepartitioned"]
+    assert w.api.labels("gpu-1")[LABEL_MIG_CONFIG] == "all-7g.80gb"
