@@ -63,6 +63,7 @@ from ..core.repartition_change import (
     Observed,
     RollBack,
     Wait,
+    any_mig_pod,
     changes_on,
     config_problems,
     describe,
@@ -85,6 +86,7 @@ MODES = ("off", "advise", "on")
 
 class NodeWriter(Protocol):
     def read(self, node: str) -> dict[str, Any] | None: ...
+    def pods_on(self, node: str) -> list[dict[str, Any]]: ...
     def patch(self, node: str, labels: Mapping[str, str | None] | None = None,
               annotations: Mapping[str, str | None] | None = None, resource_version: str = "") -> NodeWrite: ...
 
@@ -207,14 +209,18 @@ class Repartitioner:
         return shown
 
     def _apply(self, node: str, change: Change, now: float, seen_for: float, counts: Counter[str]) -> None:
-        """Label and phase in one patch, on the Node as it is now: our record still there, unchanged, and
-        its labels still allowing it (a watch can lag behind an opt-out or someone else's label)."""
+        """Label and phase in one patch, on the Node as it is now: our record still there, unchanged, its
+        labels still allowing it and no MIG pod bound there, read from the API (a watch can lag behind
+        an opt-out, someone else's label or a pod bound just before the reservation reached the
+        extenders: the MIG manager would pause the device plugin under it, or destroy its instance)."""
         fresh = self.nodes.read(node)
-        if (fresh is None or _annotations(fresh).get(ANN_CHANGE) != change.to_json()
-                or not isinstance(next_step(change, observe_labels(_labels(fresh)), now, self.settings,
-                                               seen_for), Apply)):
+        if fresh is None or _annotations(fresh).get(ANN_CHANGE) != change.to_json():
             counts["repartition_conflict"] += 1
-            return  # released, rewritten or no longer ours to change: the next pass decides from its view
+            return  # released or rewritten meanwhile: the next pass reads it again
+        seen = observe_labels(_labels(fresh), busy=any_mig_pod(self.nodes.pods_on(node)))
+        if not isinstance(next_step(change, seen, now, self.settings, seen_for), Apply):
+            counts["repartition_conflict"] += 1
+            return  # no longer ours to change: the next pass, its view caught up, says why and releases
         applying = Change(change.config, change.previous, change.before, change.after, change.serves,
                           change.started, ChangePhase.APPLYING, now)
         outcome = self.nodes.patch(node, labels={LABEL_MIG_CONFIG: change.config, LABEL_MIG_CONFIG_STATE: None},

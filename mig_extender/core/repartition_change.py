@@ -30,7 +30,7 @@ Pure: no flask, kubernetes or cachetools; time is the ``now`` parameter.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from types import MappingProxyType
@@ -55,6 +55,7 @@ from .repartition import (
     normal,
     split_layouts,
 )
+from .resources import pod_info
 from .rules import Phase
 from .snapshot import ClusterSnapshot, NodeInfo
 
@@ -318,6 +319,12 @@ def observe(info: NodeInfo, snap: ClusterSnapshot) -> Observed:
     labels = info.facts.labels if info.facts is not None else {}
     busy = any(n > 0 for n in info.used.values()) or bool(snap.rule_reserved(info.name))
     return observe_labels(labels, _layouts_of(info), busy)
+
+
+def any_mig_pod(pods: Iterable[Mapping[str, Any]]) -> bool:
+    """Whether any of these Pod objects (a node's, read from the API) holds or is about to hold a MIG
+    slice: bound, not finished, asking for one."""
+    return any(p.holds_slices and p.wants_mig for p in map(pod_info, pods))
 
 
 def _layouts_of(info: NodeInfo) -> tuple[Layout, ...] | None:

@@ -46,6 +46,7 @@ class FakeApi:
         self.patches: list[tuple[str, dict[str, Any]]] = []
         self.events: list[tuple[str, str, str, bool]] = []
         self.refuse: NodeWrite | None = None
+        self.bound: list[dict[str, Any]] = []  # pods the API has bound; the inventory sees them via upsert_pod
 
     def put(self, obj: dict[str, Any]) -> None:
         self.rv += 1
@@ -81,6 +82,9 @@ class FakeApi:
         self.patches.append((node, {"labels": dict(labels or {}), "annotations": dict(annotations or {})}))
         self.put(obj)
         return NodeWrite.DONE
+
+    def pods_on(self, node: str) -> list[dict[str, Any]]:
+        return [copy.deepcopy(p) for p in self.bound if p["spec"].get("nodeName") == node]
 
     # NodeEventWriter
     def write(self, node: str, reason: str, message: str, warning: bool = False, action: str = "") -> str:
@@ -513,3 +517,24 @@ def test_rollback_decided_on_a_lagging_view_is_not_written_over_a_fresh_success(
     w.run(rep, T0 + 65 + SETTINGS.timeout + 1)
     assert w.change() is None and w.api.reasons() == ["MigRepartitioning", "MigRepartitioned"]
     assert w.api.labels("gpu-1")[LABEL_MIG_CONFIG] == "all-7g.80gb"
+
+
+def test_pod_bound_while_settling_stops_the_label_though_the_watch_has_not_shown_it() -> None:
+    """Defect: the settle's busy check read only the reconciler's pod watch. A pod bound to the node
+    just before the reservation reached the extenders (or created with nodeName set), not yet delivered
+    by a lagging watch, did not stop the Apply: the MIG manager then paused the device plugin under it
+    (the kubelet rejects it in admission) or destroyed the GPU instance it was given before its container
+    started. The actuator now lists the node's pods from the API before it writes the label."""
+    w = World()
+    rep = w.actuator()
+    w.run(rep, T0)
+    w.run(rep, T0 + 60)
+    late = make_pod("late", mig={"3g.40gb": 1}, node="gpu-1", phase="Pending")
+    w.api.bound.append(late)
+    counts = w.run(rep, T0 + 65)
+    assert counts["repartition_conflict"] == 1
+    assert w.api.labels("gpu-1")[LABEL_MIG_CONFIG] == "all-3g.40gb" and w.change().phase is ChangePhase.RESERVING
+    w.inventory.upsert_pod(late)  # the watch catches up
+    w.run(rep, T0 + 66)
+    assert w.change() is None and w.api.events[-1][2].startswith("GpuBusy")
+    assert w.api.labels("gpu-1")[LABEL_MIG_CONFIG] == "all-3g.40gb"
