@@ -202,11 +202,16 @@ class Repartitioner:
         if isinstance(step, Apply):
             self._apply(node, change, snap.now, seen_for, counts)
         else:
-            labels, last, outcome, event, text = _ending(step, change, snap.now)
-            record = snap.nodes[node].repartition.get(ANN_CHANGE, "")
-            if self._end(node, record, seen, labels, last, counts, outcome):
-                self._say(node, event, text, warning=event == EVENT_FAILED)
+            self._close(node, change, step, snap.nodes[node].repartition.get(ANN_CHANGE, ""), seen, snap.now,
+                        counts)
         return shown
+
+    def _close(self, node: str, change: Change | None, step: Finish | RollBack | Abort, record: str,
+               seen: Observed, now: float, counts: Counter[str]) -> None:
+        """End the change as ``step`` says (decided on ``seen``), and say so once it is written."""
+        labels, last, outcome, event, text = _ending(step, change, now)
+        if self._end(node, record, seen, labels, last, counts, outcome):
+            self._say(node, event, text, warning=event == EVENT_FAILED)
 
     def _apply(self, node: str, change: Change, now: float, seen_for: float, counts: Counter[str]) -> None:
         """Label and phase in one patch, on the Node as it is now: our record still there, unchanged, its
@@ -218,9 +223,15 @@ class Repartitioner:
             counts["repartition_conflict"] += 1
             return  # released or rewritten meanwhile: the next pass reads it again
         seen = observe_labels(_labels(fresh), busy=any_mig_pod(self.nodes.pods_on(node)))
-        if not isinstance(next_step(change, seen, now, self.settings, seen_for), Apply):
+        step = next_step(change, seen, now, self.settings, seen_for)
+        if isinstance(step, Abort):
+            # released on what the API shows, not left to the watch: a pod it never shows (a namespace
+            # or kind the inventory skips) would keep the node reserved, and never applied, for good
+            self._close(node, change, step, change.to_json(), seen, now, counts)
+            return
+        if not isinstance(step, Apply):
             counts["repartition_conflict"] += 1
-            return  # no longer ours to change: the next pass, its view caught up, says why and releases
+            return
         applying = Change(change.config, change.previous, change.before, change.after, change.serves,
                           change.started, ChangePhase.APPLYING, now)
         outcome = self.nodes.patch(node, labels={LABEL_MIG_CONFIG: change.config, LABEL_MIG_CONFIG_STATE: None},

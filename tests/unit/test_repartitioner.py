@@ -446,10 +446,6 @@ def test_opt_out_while_settling_writes_no_label(lag: bool) -> None:
     del obj["metadata"]["labels"][LABEL_REPARTITION]
     w.api.put(obj)
     w.run(rep, T0 + 65)
-    assert w.api.labels("gpu-1")[LABEL_MIG_CONFIG] == "all-3g.40gb"
-    w.api.lag = False
-    w.api.sync()
-    w.run(rep, T0 + 66)
     assert w.change() is None and w.api.labels("gpu-1")[LABEL_MIG_CONFIG] == "all-3g.40gb"
     assert w.api.events[-1][2].startswith("OptedOut")
 
@@ -467,11 +463,8 @@ def test_label_set_by_someone_else_while_settling_is_not_overwritten() -> None:
     obj["metadata"]["labels"][LABEL_MIG_CONFIG] = "all-1g.10gb"
     w.api.put(obj)
     w.run(rep, T0 + 65)  # the snapshot still shows the old label: only the fresh read can tell
-    assert w.api.labels("gpu-1")[LABEL_MIG_CONFIG] == "all-1g.10gb"
-    w.api.lag = False
-    w.api.sync()
-    w.run(rep, T0 + 66)
     assert w.change() is None and w.api.labels("gpu-1")[LABEL_MIG_CONFIG] == "all-1g.10gb"
+    assert w.api.events[-1][2].startswith("LabelChanged")
 
 
 def test_new_leader_with_a_clock_a_day_behind_still_times_out_a_wedged_change() -> None:
@@ -529,12 +522,7 @@ def test_pod_bound_while_settling_stops_the_label_though_the_watch_has_not_shown
     rep = w.actuator()
     w.run(rep, T0)
     w.run(rep, T0 + 60)
-    late = make_pod("late", mig={"3g.40gb": 1}, node="gpu-1", phase="Pending")
-    w.api.bound.append(late)
-    counts = w.run(rep, T0 + 65)
-    assert counts["repartition_conflict"] == 1
-    assert w.api.labels("gpu-1")[LABEL_MIG_CONFIG] == "all-3g.40gb" and w.change().phase is ChangePhase.RESERVING
-    w.inventory.upsert_pod(late)  # the watch catches up
-    w.run(rep, T0 + 66)
+    w.api.bound.append(make_pod("late", mig={"3g.40gb": 1}, node="gpu-1", phase="Pending"))
+    w.run(rep, T0 + 65)  # released on what the API shows: the watch may never show this pod
     assert w.change() is None and w.api.events[-1][2].startswith("GpuBusy")
     assert w.api.labels("gpu-1")[LABEL_MIG_CONFIG] == "all-3g.40gb"
