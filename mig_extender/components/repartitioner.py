@@ -332,7 +332,7 @@ def _ending(step: Finish | RollBack | Abort, change: Change | None, now: float,
         back = f"label set back to {step.to}" if step.to else f"label {LABEL_MIG_CONFIG} removed"
         return ({LABEL_MIG_CONFIG: step.to}, last_json(now, step.reason), "failed_" + step.reason, EVENT_FAILED,
                 f"{step.reason}: {step.detail}; {back}, reservation released")
-    return ({}, None, "aborted_" + step.reason, EVENT_FAILED,
+    return ({}, last_json(now, step.reason) if step.cooldown else None, "aborted_" + step.reason, EVENT_FAILED,
             f"{step.reason}: {step.detail}; reservation released")
 
 

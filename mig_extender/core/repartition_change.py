@@ -9,6 +9,7 @@ slice of the node (core/snapshot.py ``held_nodes``)::
       reserving --a MIG pod or a rule reservation on the node--> Abort(GpuBusy)      (label never written)
       reserving --opted out, label set by someone else, MIG manager pending/rebooting-->
                   Abort(OptedOut | LabelChanged | MigManagerBusy)                    (label never written)
+      reserving --settle + timeout seconds and the label still not written--> Abort(Timeout)
       reserving --settle seconds passed, node idle--> Apply: ONE patch writes the label
                   nvidia.com/mig.config=<target>, clears the stale mig.config.state and sets phase applying
       applying  --state success and allocatable split = the target layouts--> Finish
@@ -206,10 +207,13 @@ class Finish:
 
 @dataclass(frozen=True)
 class Abort:
-    """Release the reservation and leave the label as it is."""
+    """Release the reservation and leave the label as it is; ``cooldown``: record the end in ANN_LAST,
+    so the planner's cooldown keeps the node from being reserved again at once (an Abort caused by
+    the node itself, not by a pod or someone else's label)."""
 
     reason: str
     detail: str
+    cooldown: bool = False
 
 
 @dataclass(frozen=True)
@@ -264,6 +268,12 @@ def _reserving(change: Change, seen: Observed, now: float, settings: Repartition
     ready = _ends(change.started, settings.settle, now, seen_for)
     if now < ready:
         return Wait("settling: every extender must see the reservation before the label is written", ready)
+    if now >= _ends(change.started, settings.settle + settings.timeout, now, seen_for):
+        # every Apply refused (a policy on the label, a name that is no label value): without a deadline
+        # here the node would stay reserved for good
+        return Abort(TIMEOUT, f"the label could not be written in {int(max(now - change.started, seen_for))}s "
+                              f"(settle {settings.settle:g}s + timeout {settings.timeout:g}s); nothing was "
+                              "changed", cooldown=True)
     return Apply()
 
 

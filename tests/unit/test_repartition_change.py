@@ -167,6 +167,21 @@ def test_times_are_bounded_by_what_this_process_saw(record: Change, node: Observ
     assert next_step(record, node, now, S, seen_for) == want
 
 
+@pytest.mark.parametrize(("now", "seen_for", "want"), [
+    pytest.param(T0 + 64, 59.0, Apply(), id="label-not-written-yet-still-applies"),
+    pytest.param(T0 + 65, 0.0, Abort(TIMEOUT, "the label could not be written in 65s (settle 5s + timeout 60s); "
+                                              "nothing was changed", cooldown=True), id="label-never-written-releases"),
+    pytest.param(T0 - 1000, 65.0, Abort(TIMEOUT, "the label could not be written in 65s (settle 5s + timeout "
+                                                 "60s); nothing was changed", cooldown=True),
+                 id="label-never-written-releases-by-this-process-clock"),
+])
+def test_reservation_whose_label_is_never_written_is_released(now: float, seen_for: float, want: object) -> None:
+    """Defect: the reserving phase had no deadline. When the Apply patch failed on every try (a 403 or
+    422 from an admission policy on nvidia.com/mig.config, a config name that is no label value), the
+    node stayed reserved, no MIG pod placed there, for good."""
+    assert next_step(change(), seen("old"), now, S, seen_for) == want
+
+
 @pytest.mark.parametrize("record", [
     pytest.param(change(), id="reserving"),
     pytest.param(APPLYING, id="applying"),

@@ -526,3 +526,28 @@ def test_pod_bound_while_settling_stops_the_label_though_the_watch_has_not_shown
     w.run(rep, T0 + 65)  # released on what the API shows: the watch may never show this pod
     assert w.change() is None and w.api.events[-1][2].startswith("GpuBusy")
     assert w.api.labels("gpu-1")[LABEL_MIG_CONFIG] == "all-3g.40gb"
+
+
+def test_label_the_api_always_refuses_releases_the_node_after_the_timeout() -> None:
+    """The reserving phase's deadline, end to end: a policy refusing every write of the MIG config label
+    (a 403 each pass) releases the node after settle + timeout and records it for the cooldown."""
+    w = World()
+    rep = w.actuator()
+    patch = w.api.patch
+
+    def no_label(node: str, labels: Any = None, **kwargs: Any) -> NodeWrite:
+        if labels and LABEL_MIG_CONFIG in labels:
+            raise Broken("403 Forbidden: nvidia.com/mig.config is managed by policy")
+        return patch(node, labels=labels, **kwargs)
+
+    w.api.patch = no_label  # type: ignore[method-assign]
+    w.run(rep, T0)
+    w.run(rep, T0 + 60)
+    assert w.run(rep, T0 + 65)["repartition_errors"] == 1
+    w.run(rep, T0 + 60 + SETTINGS.settle + SETTINGS.timeout - 1)
+    assert w.change() is not None
+    w.run(rep, T0 + 60 + SETTINGS.settle + SETTINGS.timeout)
+    assert w.change() is None and w.api.events[-1][2].startswith("Timeout: the label could not be written")
+    assert json.loads(w.api.annotations("gpu-1")[ANN_LAST])["outcome"] == "Timeout"
+    w.run(rep, T0 + 60 + SETTINGS.settle + SETTINGS.timeout + 60)
+    assert w.change() is None  # the cooldown holds it off
