@@ -31,6 +31,7 @@ Pure: no flask, kubernetes or cachetools; time is the ``now`` parameter.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -503,9 +504,20 @@ def _layout(name: str, devices: Any) -> tuple[Layout, str]:
     return normal(out), ""
 
 
+# A Kubernetes label value (apimachinery validation.IsValidLabelValue): the MIG manager reads its config
+# name from a label, so a name that is not one can never be set (the API answers 422 to the patch);
+# an empty one the MIG manager ignores
+LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+LABEL_VALUE_MAX = 63
+
+
 def config_problems(configs: Sequence[NamedConfig], models: Sequence[GpuModel]) -> list[str]:
-    """Configs valid on no model of the catalog (a typo in a profile name, a layout no GPU can hold)."""
-    out = []
+    """Configs valid on no model of the catalog (a typo in a profile name, a layout no GPU can hold), and
+    names no label can carry."""
+    out = [f"{name!r} is not a valid label value (at most {LABEL_VALUE_MAX} characters: letters, digits, "
+           "'-', '_', '.', starting and ending with a letter or digit): nvidia.com/mig.config cannot name it"
+           for name in dict.fromkeys(c.name for c in configs)
+           if not name or len(name) > LABEL_VALUE_MAX or not LABEL_VALUE.fullmatch(name)]
     for c in configs:
         if all(c.problems(m) for m in models):
             out.append(f"{c.name}: {'+'.join(c.all or ()) or 'its layouts'} is a valid layout on no GPU model "

@@ -365,6 +365,13 @@ def test_off_still_finishes_a_change_under_way_and_starts_none() -> None:
                  "      mig-devices: {'1g.10gb': 7}\n",
                  "x: devices must be 'all' or a list of GPU indices", id="bad-devices"),
     pytest.param("mig-configs: [", "not YAML", id="not-yaml"),
+    # Defect: a name that is no label value passed; every Apply then got a 422 and held the node
+    pytest.param("mig-configs:\n  all 7g:\n    - devices: all\n      mig-enabled: true\n"
+                 "      mig-devices: {'7g.80gb': 1}\n",
+                 "'all 7g' is not a valid label value", id="name-not-a-label-value"),
+    pytest.param("mig-configs:\n  " + "x" * 64 + ":\n    - devices: all\n      mig-enabled: true\n"
+                 "      mig-devices: {'7g.80gb': 1}\n",
+                 "is not a valid label value", id="name-too-long-for-a-label"),
 ])
 def test_bad_name_map_is_one_error(tmp_path: Any, text: str, error: str) -> None:
     path = tmp_path / "c.yaml"
