@@ -13,10 +13,17 @@ Each reconciler pass (``run_once``, called by the Lease holder only) does two th
    resourceVersion as a precondition (a second leader, or a node changed meanwhile, gets 409 and the
    node is planned again next pass). ``advise`` writes only the Event ``MigRepartitionAdvised``.
 
+Every write is made on a fresh read of the Node, with its resourceVersion as precondition, and only if
+that read still shows what the decision was made on (the pass's snapshot can lag): the label is written
+only if the node is still opted in, its label and the MIG manager's state are still as when it was
+reserved and the API lists no MIG pod on it; an end only if the record and the MIG manager's labels
+are still those it was decided on. A node's API error is that node's alone (``_one_node``).
+
 Everything a change needs is on the Node, so a new leader resumes it (it never starts a second one on
 a node that holds a record: the planner skips such nodes, and the reservation's precondition refuses a
 record written meanwhile), and a wedged change still times out (the deadline is in the record). What
-lives in memory only: the demand's first-seen times (a new leader waits one more ``window``) and which
+lives in memory only: the demand's first-seen times (a new leader waits one more ``window``), when this
+process first saw each record (it bounds the settle and timeout whatever clock wrote the record) and which
 Events were written (a new leader may try once more: their names are derived from their content, so
 the API answers 409). Nothing here deletes or evicts a pod.
 """
@@ -252,8 +259,8 @@ class Repartitioner:
         fresh = self.nodes.read(node)
         if fresh is None:
             return False  # gone: nothing left to release
-        now = observe_labels(_labels(fresh))
-        if _annotations(fresh).get(ANN_CHANGE) != record or (now.config, now.state) != (seen.config, seen.state):
+        shows = observe_labels(_labels(fresh))
+        if _annotations(fresh).get(ANN_CHANGE) != record or (shows.config, shows.state) != (seen.config, seen.state):
             self._count(counts, "conflict")
             return False
         annotations: dict[str, str | None] = {ANN_CHANGE: None}
