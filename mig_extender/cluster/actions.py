@@ -388,6 +388,13 @@ class NodeLabels:
                 return None
             raise
 
+    def pods_on(self, node: str) -> list[dict[str, Any]]:
+        """The pods bound to ``node`` as the API server has them now (a field-selected list, not the
+        watch): the repartitioner's last look before it asks the MIG manager to change the node."""
+        found = raw(self._core.list_pod_for_all_namespaces, field_selector=f"spec.nodeName={node}",
+                    _request_timeout=10)
+        return list(found.get("items") or [])
+
     def patch(self, node: str, labels: Mapping[str, str | None] | None = None,
               annotations: Mapping[str, str | None] | None = None, resource_version: str = "") -> NodeWrite:
         """Set (or, for None, remove) these labels and annotations; with ``resource_version`` only if the

@@ -225,9 +225,8 @@ class ClusterInventory:
         else:
             self._cordoned.add(name)
         record = info.repartition.get(ANN_CHANGE)
-        labels = info.facts.labels if info.facts is not None else {}
         (self._repartitioning.add if record else self._repartitioning.discard)(name)
-        (self._holding.add if record and holds(record, labels) else self._holding.discard)(name)
+        (self._holding.add if record and holds(record, info) else self._holding.discard)(name)
         for r in set(info.allocatable) | set(old.allocatable if old else ()):
             members = self._index.setdefault(r, set())
             if info.schedulable and info.free(r) > 0:

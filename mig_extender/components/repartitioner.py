@@ -13,10 +13,17 @@ Each reconciler pass (``run_once``, called by the Lease holder only) does two th
    resourceVersion as a precondition (a second leader, or a node changed meanwhile, gets 409 and the
    node is planned again next pass). ``advise`` writes only the Event ``MigRepartitionAdvised``.
 
+Every write is made on a fresh read of the Node, with its resourceVersion as precondition, and only if
+that read still shows what the decision was made on (the pass's snapshot can lag): the label is written
+only if the node is still opted in, its label and the MIG manager's state are still as when it was
+reserved and the API lists no MIG pod on it; an end only if the record and the MIG manager's labels
+are still those it was decided on. A node's API error is that node's alone (``_one_node``).
+
 Everything a change needs is on the Node, so a new leader resumes it (it never starts a second one on
 a node that holds a record: the planner skips such nodes, and the reservation's precondition refuses a
 record written meanwhile), and a wedged change still times out (the deadline is in the record). What
-lives in memory only: the demand's first-seen times (a new leader waits one more ``window``) and which
+lives in memory only: the demand's first-seen times (a new leader waits one more ``window``), when this
+process first saw each record (it bounds the settle and timeout whatever clock wrote the record) and which
 Events were written (a new leader may try once more: their names are derived from their content, so
 the API answers 409). Nothing here deletes or evicts a pod.
 """
@@ -60,8 +67,10 @@ from ..core.repartition_change import (
     Change,
     ChangePhase,
     Finish,
+    Observed,
     RollBack,
     Wait,
+    any_mig_pod,
     changes_on,
     config_problems,
     describe,
@@ -70,6 +79,7 @@ from ..core.repartition_change import (
     new_change,
     next_step,
     observe,
+    observe_labels,
     parse_mig_configs,
     planner_nodes,
 )
@@ -83,6 +93,7 @@ MODES = ("off", "advise", "on")
 
 class NodeWriter(Protocol):
     def read(self, node: str) -> dict[str, Any] | None: ...
+    def pods_on(self, node: str) -> list[dict[str, Any]]: ...
     def patch(self, node: str, labels: Mapping[str, str | None] | None = None,
               annotations: Mapping[str, str | None] | None = None, resource_version: str = "") -> NodeWrite: ...
 
@@ -130,9 +141,12 @@ class Repartitioner:
 
     def __init__(self, mode: str, settings: RepartitionSettings, configs: Sequence[NamedConfig],
                  nodes: NodeWriter, events: NodeEventWriter, metrics: Metrics | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.mode, self.settings, self.configs = mode, settings, tuple(configs)
-        self.nodes, self.events, self.clock = nodes, events, clock
+        self.nodes, self.events, self.clock, self.monotonic = nodes, events, clock, monotonic
+        # (node, change record) -> when this process first saw it, on ``monotonic``: bounds the settle
+        # and the timeout whatever the wall clock that wrote the record said (next_step's ``seen_for``)
+        self._first_seen: dict[tuple[str, str], float] = {}
         self.metrics = metrics or Metrics()
         self._demand: dict[str, Demand] = {}  # track_demand's first-seen times, between passes
         self._said: TTLCache[tuple[str, str, str], bool] = TTLCache(maxsize=10_000, ttl=self.EVENT_MEMO, timer=clock)
@@ -143,23 +157,46 @@ class Repartitioner:
     def run_once(self, snap: ClusterSnapshot, counts: Counter[str]) -> None:
         """Follow the changes under way, then (advise, on) plan new ones. Called by the leader only."""
         changes = changes_on(snap)
+        seen_for = self._seen_for(snap, changes)
         in_flight: dict[str, dict[str, Any]] = {}
         for node, change in changes.items():
-            in_flight[node] = self._follow(snap, node, change, counts)
+            in_flight[node] = self._one_node(node, counts, self._follow, snap, node, change, seen_for[node],
+                                             counts) or {}
         plan = None
         if self.mode != "off" and snap.synced:
             self._demand = track_demand(self._demand, live_demand(snap), snap.now)
             plan = plan_repartition(planner_nodes(snap, changes), self._demand, snap.now, self.settings,
                                     self.configs)
             for node_plan in plan.plans:
-                self._start(node_plan, snap.now, counts)
+                self._one_node(node_plan.node, counts, self._start, node_plan, snap.now, counts)
         self.status = Status(self.mode, snap.now, plan, in_flight,
                              {r: {"slices": d.slices, "since": d.since} for r, d in self._demand.items()})
 
+    def _one_node(self, node: str, counts: Counter[str], step: Callable[..., Any], *args: Any) -> Any:
+        """``step(*args)`` for one node, its failure that node's alone: an API error other than 409, 429
+        or 404 (a 500, or a 403/422 an admission policy answers on every try) must not stop the pass at
+        this node, or the changes on the nodes after it are never followed (a wedged one never times
+        out) and nothing new is planned. The node is tried again next pass."""
+        try:
+            return step(*args)
+        except Exception as exc:
+            self._count(counts, "errors")
+            log.warning("repartition %s: %s failed, retried next pass: %s", node, step.__name__, exc)
+            return None
+
     # -- following a change -----------------------------------------------------------------------
 
-    def _follow(self, snap: ClusterSnapshot, node: str, change: Change | None, counts: Counter[str]) -> dict[str, Any]:
-        step = next_step(change, observe(snap.nodes[node], snap), snap.now, self.settings)
+    def _seen_for(self, snap: ClusterSnapshot, changes: Mapping[str, Change | None]) -> dict[str, float]:
+        """Per node, seconds this process has seen its change record unchanged (monotonic clock)."""
+        now = self.monotonic()
+        keys = {node: (node, snap.nodes[node].repartition.get(ANN_CHANGE, "")) for node in changes}
+        self._first_seen = {key: self._first_seen.get(key, now) for key in keys.values()}
+        return {node: now - self._first_seen[key] for node, key in keys.items()}
+
+    def _follow(self, snap: ClusterSnapshot, node: str, change: Change | None, seen_for: float,
+                counts: Counter[str]) -> dict[str, Any]:
+        seen = observe(snap.nodes[node], snap)
+        step = next_step(change, seen, snap.now, self.settings, seen_for)
         shown = {**(describe(change) if change is not None else {}), "step": type(step).__name__}
         if isinstance(step, Wait):
             shown["waiting"] = step.why
@@ -170,28 +207,38 @@ class Repartitioner:
             return shown
         assert change is not None or isinstance(step, Abort)
         if isinstance(step, Apply):
-            self._apply(node, change, snap.now, counts)
-        elif isinstance(step, Finish):
-            self._end(node, change, {}, last_json(snap.now, "success"), counts, "repartitioned")
-            self._say(node, EVENT_DONE, f"{change.config} applied to GPU(s) {_gpus(change)} in "
-                                        f"{step.seconds:.0f}s; now {_layouts(change.after)}")
-        elif isinstance(step, RollBack):
-            self._end(node, change, {LABEL_MIG_CONFIG: step.to}, last_json(snap.now, step.reason), counts,
-                      "failed_" + step.reason)
-            back = f"label set back to {step.to}" if step.to else f"label {LABEL_MIG_CONFIG} removed"
-            self._say(node, EVENT_FAILED, f"{step.reason}: {step.detail}; {back}, reservation released",
-                      warning=True)
-        elif isinstance(step, Abort):
-            self._end(node, change, {}, None, counts, "aborted_" + step.reason)
-            self._say(node, EVENT_FAILED, f"{step.reason}: {step.detail}; reservation released", warning=True)
+            self._apply(node, change, snap.now, seen_for, counts)
+        else:
+            self._close(node, change, step, snap.nodes[node].repartition.get(ANN_CHANGE, ""), seen, snap.now,
+                        counts)
         return shown
 
-    def _apply(self, node: str, change: Change, now: float, counts: Counter[str]) -> None:
-        """Label and phase in one patch, on the Node as it is now: our record still there, unchanged."""
+    def _close(self, node: str, change: Change | None, step: Finish | RollBack | Abort, record: str,
+               seen: Observed, now: float, counts: Counter[str]) -> None:
+        """End the change as ``step`` says (decided on ``seen``), and say so once it is written."""
+        labels, last, outcome, event, text = _ending(step, change, now)
+        if self._end(node, record, seen, labels, last, counts, outcome):
+            self._say(node, event, text, warning=event == EVENT_FAILED)
+
+    def _apply(self, node: str, change: Change, now: float, seen_for: float, counts: Counter[str]) -> None:
+        """Label and phase in one patch, on the Node as it is now: our record still there, unchanged, its
+        labels still allowing it and no MIG pod bound there, read from the API (a watch can lag behind
+        an opt-out, someone else's label or a pod bound just before the reservation reached the
+        extenders: the MIG manager would pause the device plugin under it, or destroy its instance)."""
         fresh = self.nodes.read(node)
         if fresh is None or _annotations(fresh).get(ANN_CHANGE) != change.to_json():
             counts["repartition_conflict"] += 1
             return  # released or rewritten meanwhile: the next pass reads it again
+        seen = observe_labels(_labels(fresh), busy=any_mig_pod(self.nodes.pods_on(node)))
+        step = next_step(change, seen, now, self.settings, seen_for)
+        if isinstance(step, Abort):
+            # released on what the API shows, not left to the watch: a pod it never shows (a namespace
+            # or kind the inventory skips) would keep the node reserved, and never applied, for good
+            self._close(node, change, step, change.to_json(), seen, now, counts)
+            return
+        if not isinstance(step, Apply):
+            counts["repartition_conflict"] += 1
+            return
         applying = Change(change.config, change.previous, change.before, change.after, change.serves,
                           change.started, ChangePhase.APPLYING, now)
         outcome = self.nodes.patch(node, labels={LABEL_MIG_CONFIG: change.config, LABEL_MIG_CONFIG_STATE: None},
@@ -202,14 +249,28 @@ class Repartitioner:
             log.info("repartition %s: %s=%s", node, LABEL_MIG_CONFIG, change.config)
             self._say(node, EVENT_STARTED, _started_text(applying))
 
-    def _end(self, node: str, change: Change | None, labels: Mapping[str, str | None], last: str | None,
-             counts: Counter[str], outcome: str) -> None:
+    def _end(self, node: str, record: str, seen: Observed, labels: Mapping[str, str | None], last: str | None,
+             counts: Counter[str], outcome: str) -> bool:
+        """Release the node (and write ``labels``) if it still shows the record and the MIG manager's labels
+        the end was decided on (the pass's snapshot can lag: a rollback decided on ``pending`` must not
+        be written over a fresh ``success``); whether it was written. Otherwise, or on a refused write
+        (409, 429), the next pass decides again from what it shows then, and the Event waits for that:
+        one saying "released" for a node still reserved, then a second or a contrary one, misleads."""
+        fresh = self.nodes.read(node)
+        if fresh is None:
+            return False  # gone: nothing left to release
+        shows = observe_labels(_labels(fresh))
+        if _annotations(fresh).get(ANN_CHANGE) != record or (shows.config, shows.state) != (seen.config, seen.state):
+            self._count(counts, "conflict")
+            return False
         annotations: dict[str, str | None] = {ANN_CHANGE: None}
         if last is not None:
             annotations[ANN_LAST] = last
-        written = self.nodes.patch(node, labels=labels, annotations=annotations)
+        written = self.nodes.patch(node, labels=labels, annotations=annotations,
+                                   resource_version=_resource_version(fresh))
         self._count(counts, outcome if written is NodeWrite.DONE else written.value)
         log.info("repartition %s ended: %s (%s)", node, outcome, written.value)
+        return written is NodeWrite.DONE
 
     # -- starting one -----------------------------------------------------------------------------
 
@@ -263,6 +324,23 @@ class Repartitioner:
             out["whyNot"] = [_reason(r) for r in (*s.plan.waiting, *s.plan.unserved, *s.plan.skipped,
                                                   *([s.plan.budget] if s.plan.budget else []))]
         return out
+
+
+def _ending(step: Finish | RollBack | Abort, change: Change | None, now: float,
+            ) -> tuple[dict[str, str | None], str | None, str, str, str]:
+    """How a change ends: the labels to write, the ANN_LAST record, the counter's outcome, the Event's
+    reason and text."""
+    if isinstance(step, Finish):
+        assert change is not None
+        return ({}, last_json(now, "success"), "repartitioned", EVENT_DONE,
+                f"{change.config} applied to GPU(s) {_gpus(change)} in {step.seconds:.0f}s; now "
+                f"{_layouts(change.after)}")
+    if isinstance(step, RollBack):
+        back = f"label set back to {step.to}" if step.to else f"label {LABEL_MIG_CONFIG} removed"
+        return ({LABEL_MIG_CONFIG: step.to}, last_json(now, step.reason), "failed_" + step.reason, EVENT_FAILED,
+                f"{step.reason}: {step.detail}; {back}, reservation released")
+    return ({}, last_json(now, step.reason) if step.cooldown else None, "aborted_" + step.reason, EVENT_FAILED,
+            f"{step.reason}: {step.detail}; reservation released")
 
 
 def _reason(reason: Any) -> dict[str, Any]:

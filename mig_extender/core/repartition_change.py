@@ -7,6 +7,9 @@ slice of the node (core/snapshot.py ``held_nodes``)::
 
       (none) --reserve: annotation, phase reserving (resourceVersion precondition)--> reserving
       reserving --a MIG pod or a rule reservation on the node--> Abort(GpuBusy)      (label never written)
+      reserving --opted out, label set by someone else, MIG manager pending/rebooting-->
+                  Abort(OptedOut | LabelChanged | MigManagerBusy)                    (label never written)
+      reserving --settle + timeout seconds and the label still not written--> Abort(Timeout)
       reserving --settle seconds passed, node idle--> Apply: ONE patch writes the label
                   nvidia.com/mig.config=<target>, clears the stale mig.config.state and sets phase applying
       applying  --state success and allocatable split = the target layouts--> Finish
@@ -28,7 +31,8 @@ Pure: no flask, kubernetes or cachetools; time is the ``now`` parameter.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from types import MappingProxyType
@@ -53,6 +57,7 @@ from .repartition import (
     normal,
     split_layouts,
 )
+from .resources import pod_info
 from .rules import Phase
 from .snapshot import ClusterSnapshot, NodeInfo
 
@@ -71,6 +76,8 @@ GPU_BUSY = "GpuBusy"
 MIG_MANAGER_FAILED = "MigManagerFailed"
 TIMEOUT = "Timeout"
 LABEL_CHANGED = "LabelChanged"
+OPTED_OUT = "OptedOut"
+MIG_MANAGER_BUSY = "MigManagerBusy"
 UNREADABLE = "Unreadable"
 
 
@@ -130,18 +137,28 @@ def new_change(plan: NodePlan, previous: str | None, now: float) -> Change:
                   MappingProxyType({s.resource: s.slices for s in plan.serves}), now)
 
 
-def holds(record: str, labels: Mapping[str, str]) -> bool:
+def holds(record: str, info: NodeInfo) -> bool:
     """Whether a node with change record ``record`` is held (no MIG pod placed there).
 
     Until the MIG manager reports ``success`` for this change: it writes that before the device plugin
     is back (mig-parted deployments/gpu-operator/reconfigure-mig.sh re-enables the plugin, then sets the
     state), so the allocatable update that follows requeues the waiting pods onto a node already free
     (kube-scheduler requeues a pod NodeResourcesFit rejected on that update, not on our record's
-    removal). Only a ``success`` seen in phase ``applying`` counts: Apply removed any older one. An
-    unreadable record holds."""
+    removal). Only a ``success`` seen in phase ``applying`` counts: Apply removed any older one. And
+    only while the node advertises no MIG slice (the device plugin is still paused: nothing to place)
+    or the target layouts: a ``success`` with another layout advertised is the MIG manager's for a
+    value it had started before ours (it applies values in turn), or a device plugin that disagrees
+    with the target; lifting the hold then lets pods onto GPUs the MIG manager is about to change, or
+    that the Timeout's rollback will. An unreadable record holds."""
     change = Change.from_json(record)
-    return change is None or not (change.phase is ChangePhase.APPLYING
-                                   and labels.get(LABEL_MIG_CONFIG_STATE) == STATE_SUCCESS)
+    labels = info.facts.labels if info.facts is not None else {}
+    if (change is None or change.phase is not ChangePhase.APPLYING
+            or labels.get(LABEL_MIG_CONFIG_STATE) != STATE_SUCCESS):
+        return True
+    if not any(n > 0 for n in info.allocatable.values()):
+        return False
+    layouts = _layouts_of(info)
+    return layouts is None or not same_layouts(layouts, change.after)
 
 
 def last_change_at(text: str) -> float | None:
@@ -170,6 +187,7 @@ class Observed:
     state: str | None
     layouts: tuple[Layout, ...] | None
     busy: bool
+    opted_in: bool = True
 
 
 @dataclass(frozen=True)
@@ -190,10 +208,13 @@ class Finish:
 
 @dataclass(frozen=True)
 class Abort:
-    """Release the reservation and leave the label as it is."""
+    """Release the reservation and leave the label as it is; ``cooldown``: record the end in ANN_LAST,
+    so the planner's cooldown keeps the node from being reserved again at once (an Abort caused by
+    the node itself, not by a pod or someone else's label)."""
 
     reason: str
     detail: str
+    cooldown: bool = False
 
 
 @dataclass(frozen=True)
@@ -213,29 +234,76 @@ def same_layouts(a: Sequence[Layout], b: Sequence[Layout]) -> bool:
     return sorted(normal(x) for x in a) == sorted(normal(x) for x in b)
 
 
-def next_step(change: Change | None, seen: Observed, now: float, settings: RepartitionSettings) -> Step:
+def next_step(change: Change | None, seen: Observed, now: float, settings: RepartitionSettings,
+              seen_for: float = 0.0) -> Step:
     """What to do about the change recorded on a node, given what the node shows now (see the module
-    docstring's diagram)."""
+    docstring's diagram).
+
+    ``seen_for``: seconds this process has seen the record unchanged, on its monotonic clock. The times
+    in the record were written by whichever leader's wall clock; a new leader's clock behind that one's
+    (or a clock stepped back) would otherwise add the difference to the settle and the timeout, a node
+    reserved for as long. Each wait ends at the earlier of the record's deadline and ``seen_for``
+    reaching it: never later than the timeout after this process first saw the record."""
     if change is None:
         return Abort(UNREADABLE, f"annotation {ANN_CHANGE} is not a change this version can read")
     if change.phase is ChangePhase.RESERVING:
-        return _reserving(change, seen, now, settings)
-    return _applying(change, seen, now, settings)
+        return _reserving(change, seen, now, settings, seen_for)
+    return _applying(change, seen, now, settings, seen_for)
 
 
-def _reserving(change: Change, seen: Observed, now: float, settings: RepartitionSettings) -> Step:
+def _ends(since: float, wait: float, now: float, seen_for: float) -> float:
+    """When a wait of ``wait`` seconds from the recorded ``since`` ends, by this process's clock: the
+    recorded end, or ``wait`` after this process first saw the record if that is sooner."""
+    return min(since + wait, now + max(wait - seen_for, 0.0))
+
+
+def _reserving(change: Change, seen: Observed, now: float, settings: RepartitionSettings,
+               seen_for: float) -> Step:
     if seen.busy:
         # a Binding in flight when the reservation was written, or a rule recorded from a stale view
         return Abort(GPU_BUSY, "a MIG pod was placed on the node before the reservation reached every "
                                "extender; nothing was changed")
-    ready = change.started + settings.settle
+    why = _not_ours_to_change(change, seen)
+    if why is not None:
+        return why
+    ready = _ends(change.started, settings.settle, now, seen_for)
     if now < ready:
         return Wait("settling: every extender must see the reservation before the label is written", ready)
+    if now >= _ends(change.started, settings.settle + settings.timeout, now, seen_for):
+        # every Apply refused (a policy on the label, a name that is no label value): without a deadline
+        # here the node would stay reserved for good
+        return Abort(TIMEOUT, f"the label could not be written in {int(max(now - change.started, seen_for))}s "
+                              f"(settle {settings.settle:g}s + timeout {settings.timeout:g}s); nothing was "
+                              "changed", cooldown=True)
     return Apply()
 
 
-def _applying(change: Change, seen: Observed, now: float, settings: RepartitionSettings) -> Step:
+def _not_ours_to_change(change: Change, seen: Observed) -> Abort | None:
+    """Why the label must not be written now, though the node was idle and ours when it was reserved.
+
+    The operator may opt out while the reservation settles. Someone else (an admin, the GPU operator's
+    default config) may set the label meanwhile: ours would replace theirs, and the MIG manager, which
+    finishes the value it is applying before it reads the next one (mig-parted main.go,
+    SyncableMigConfig), would write ``success`` for theirs after our Apply removed the state label, which
+    reads as ours. The same when it still applies the previous value (``pending``, ``rebooting``).
+    Once the label is written (phase applying) none of these stops the MIG manager, so they are checked
+    before only."""
+    if not seen.opted_in:
+        return Abort(OPTED_OUT, f"{LABEL_REPARTITION} was removed while the node was reserved; nothing was "
+                                "changed")
+    if seen.config != change.previous:
+        return Abort(LABEL_CHANGED, f"{LABEL_MIG_CONFIG} is now {seen.config!r}, not {change.previous!r} as when "
+                                    "the node was reserved: someone else set it; nothing was changed")
+    if seen.state in (STATE_PENDING, STATE_REBOOTING):
+        return Abort(MIG_MANAGER_BUSY, f"the MIG manager is applying {seen.config!r} ({LABEL_MIG_CONFIG_STATE} "
+                                       f"{seen.state}): its success would be read as ours; nothing was changed")
+    return None
+
+
+def _applying(change: Change, seen: Observed, now: float, settings: RepartitionSettings,
+              seen_for: float) -> Step:
     applied = change.applied_at if change.applied_at is not None else change.started
+    elapsed = max(now - applied, seen_for)
     if seen.config != change.config:
         return Abort(LABEL_CHANGED, f"{LABEL_MIG_CONFIG} is now {seen.config!r}, not {change.config!r}: "
                                     "someone else changed it; left as it is")
@@ -243,11 +311,11 @@ def _applying(change: Change, seen: Observed, now: float, settings: RepartitionS
         return RollBack(MIG_MANAGER_FAILED, f"the MIG manager reported {LABEL_MIG_CONFIG_STATE}=failed for "
                                             f"{change.config}", change.previous)
     if seen.state == STATE_SUCCESS and seen.layouts is not None and same_layouts(seen.layouts, change.after):
-        return Finish(now - applied)
-    deadline = applied + settings.timeout
+        return Finish(elapsed)
+    deadline = _ends(applied, settings.timeout, now, seen_for)
     if now >= deadline:
         state = seen.state or "not reported"
-        return RollBack(TIMEOUT, f"{LABEL_MIG_CONFIG_STATE} {state} {int(now - applied)}s after "
+        return RollBack(TIMEOUT, f"{LABEL_MIG_CONFIG_STATE} {state} {int(elapsed)}s after "
                                  f"{change.config} was set (timeout {settings.timeout:g}s)", change.previous)
     if seen.state == STATE_SUCCESS:
         return Wait("success reported; waiting for the device plugin to advertise the new layout", deadline)
@@ -260,11 +328,28 @@ def _applying(change: Change, seen: Observed, now: float, settings: RepartitionS
 
 def observe(info: NodeInfo, snap: ClusterSnapshot) -> Observed:
     labels = info.facts.labels if info.facts is not None else {}
-    layouts = None
-    if info.gpu is not None and info.gpu_count > 0:
-        layouts = split_layouts(info.gpu, _profile_counts(info), info.gpu_count)
     busy = any(n > 0 for n in info.used.values()) or bool(snap.rule_reserved(info.name))
-    return Observed(labels.get(LABEL_MIG_CONFIG), labels.get(LABEL_MIG_CONFIG_STATE), layouts, busy)
+    return observe_labels(labels, _layouts_of(info), busy)
+
+
+def any_mig_pod(pods: Iterable[Mapping[str, Any]]) -> bool:
+    """Whether any of these Pod objects (a node's, read from the API) holds or is about to hold a MIG
+    slice: bound, not finished, asking for one."""
+    return any(p.holds_slices and p.wants_mig for p in map(pod_info, pods))
+
+
+def _layouts_of(info: NodeInfo) -> tuple[Layout, ...] | None:
+    """The node's MIG allocatable split into per-GPU layouts; None when it does not split."""
+    if info.gpu is None or info.gpu_count <= 0:
+        return None
+    return split_layouts(info.gpu, _profile_counts(info), info.gpu_count)
+
+
+def observe_labels(labels: Mapping[str, str], layouts: tuple[Layout, ...] | None = None,
+                   busy: bool = False) -> Observed:
+    """What the labels say (the actuator's fresh read of a Node has labels, not the pods on it)."""
+    return Observed(labels.get(LABEL_MIG_CONFIG), labels.get(LABEL_MIG_CONFIG_STATE), layouts, busy,
+                    labels.get(LABEL_REPARTITION) == "true")
 
 
 def _profile_counts(info: NodeInfo) -> dict[str, int]:
@@ -419,9 +504,20 @@ def _layout(name: str, devices: Any) -> tuple[Layout, str]:
     return normal(out), ""
 
 
+# A Kubernetes label value (apimachinery validation.IsValidLabelValue): the MIG manager reads its config
+# name from a label, so a name that is not one can never be set (the API answers 422 to the patch);
+# an empty one the MIG manager ignores
+LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+LABEL_VALUE_MAX = 63
+
+
 def config_problems(configs: Sequence[NamedConfig], models: Sequence[GpuModel]) -> list[str]:
-    """Configs valid on no model of the catalog (a typo in a profile name, a layout no GPU can hold)."""
-    out = []
+    """Configs valid on no model of the catalog (a typo in a profile name, a layout no GPU can hold), and
+    names no label can carry."""
+    out = [f"{name!r} is not a valid label value (at most {LABEL_VALUE_MAX} characters: letters, digits, "
+           "'-', '_', '.', starting and ending with a letter or digit): nvidia.com/mig.config cannot name it"
+           for name in dict.fromkeys(c.name for c in configs)
+           if not name or len(name) > LABEL_VALUE_MAX or not LABEL_VALUE.fullmatch(name)]
     for c in configs:
         if all(c.problems(m) for m in models):
             out.append(f"{c.name}: {'+'.join(c.all or ()) or 'its layouts'} is a valid layout on no GPU model "

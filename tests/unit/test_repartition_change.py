@@ -23,7 +23,9 @@ from mig_extender.core.repartition_change import (
     ANN_LAST,
     GPU_BUSY,
     LABEL_CHANGED,
+    MIG_MANAGER_BUSY,
     MIG_MANAGER_FAILED,
+    OPTED_OUT,
     TIMEOUT,
     UNREADABLE,
     Abort,
@@ -56,8 +58,8 @@ def change(phase: ChangePhase = ChangePhase.RESERVING, applied: float | None = N
 
 
 def seen(config: str | None = "all-7g", state: str | None = None, layouts: tuple | None = None,
-         busy: bool = False) -> Observed:
-    return Observed(config, state, layouts, busy)
+         busy: bool = False, opted_in: bool = True) -> Observed:
+    return Observed(config, state, layouts, busy, opted_in)
 
 
 APPLYING = change(ChangePhase.APPLYING, applied=T0 + 5)
@@ -73,6 +75,28 @@ APPLYING = change(ChangePhase.APPLYING, applied=T0 + 5)
     pytest.param(change(), seen("old", busy=True), T0 + 1,
                  Abort(GPU_BUSY, "a MIG pod was placed on the node before the reservation reached every extender; "
                                  "nothing was changed"), id="reserving-busy-aborts-even-while-settling"),
+    # Defect: while a reservation settled, nothing but busy was looked at, so the label was written over
+    # an opt-out, over a config someone else had just set (the MIG manager then reported success for
+    # theirs, read as ours), or while the MIG manager was still applying the previous one
+    pytest.param(change(), seen("old", opted_in=False), T0 + 5,
+                 Abort(OPTED_OUT, f"{LABEL_REPARTITION} was removed while the node was reserved; nothing was "
+                                  "changed"), id="reserving-opted-out-aborts-without-a-label"),
+    pytest.param(change(), seen("theirs"), T0 + 5,
+                 Abort(LABEL_CHANGED, "nvidia.com/mig.config is now 'theirs', not 'old' as when the node was "
+                                      "reserved: someone else set it; nothing was changed"),
+                 id="reserving-label-set-by-someone-else-aborts"),
+    pytest.param(change(), seen("old", state="pending"), T0 + 5,
+                 Abort(MIG_MANAGER_BUSY, "the MIG manager is applying 'old' (nvidia.com/mig.config.state "
+                                         "pending): its success would be read as ours; nothing was changed"),
+                 id="reserving-mig-manager-pending-aborts"),
+    pytest.param(change(), seen("old", state="rebooting"), T0 + 5,
+                 Abort(MIG_MANAGER_BUSY, "the MIG manager is applying 'old' (nvidia.com/mig.config.state "
+                                         "rebooting): its success would be read as ours; nothing was changed"),
+                 id="reserving-mig-manager-rebooting-aborts"),
+    pytest.param(change(previous=None), seen(None, state="success"), T0 + 5, Apply(),
+                 id="reserving-no-label-before-applies"),
+    pytest.param(APPLYING, seen(state="pending", opted_in=False), T0 + 30, Wait("MIG manager state pending", T0 + 65),
+                 id="applying-opt-out-lets-the-mig-manager-finish"),
     pytest.param(APPLYING, seen(state=None), T0 + 6, Wait("MIG manager state not reported yet", T0 + 65),
                  id="applying-no-state-yet-waits"),
     pytest.param(APPLYING, seen(state="pending"), T0 + 30, Wait("MIG manager state pending", T0 + 65),
@@ -113,6 +137,49 @@ def test_next_step(record: Change | None, node: Observed, now: float, want: obje
 def test_timeout_is_measured_from_the_label_write_not_the_reservation() -> None:
     late = change(ChangePhase.APPLYING, applied=T0 + 50)
     assert isinstance(next_step(late, seen(state="pending"), T0 + 65, S), Wait)
+
+
+DAY = 86_400.0
+
+
+@pytest.mark.parametrize(("record", "node", "now", "seen_for", "want"), [
+    pytest.param(change(ChangePhase.APPLYING, applied=T0 + DAY), seen(state="pending"), T0 + 10, 60.0,
+                 RollBack(TIMEOUT, "nvidia.com/mig.config.state pending 60s after all-7g was set (timeout 60s)",
+                          "old"), id="applied-by-a-clock-a-day-ahead-times-out-after-timeout-seen"),
+    pytest.param(change(ChangePhase.APPLYING, applied=T0 + DAY), seen(state="pending"), T0 + 10, 59.0,
+                 Wait("MIG manager state pending", T0 + 11), id="applied-by-a-clock-a-day-ahead-waits-until-then"),
+    pytest.param(change(ChangePhase.APPLYING, applied=T0 + 5), seen(state="pending"), T0 + 65, 1.0,
+                 RollBack(TIMEOUT, "nvidia.com/mig.config.state pending 60s after all-7g was set (timeout 60s)",
+                          "old"), id="the-recorded-deadline-still-counts-for-a-new-leader"),
+    pytest.param(Change("all-7g", "old", (L33, L33), (L7, L7), {}, T0 + DAY), seen("old"), T0, 5.0, Apply(),
+                 id="reserved-by-a-clock-a-day-ahead-settles-after-settle-seen"),
+    pytest.param(Change("all-7g", "old", (L33, L33), (L7, L7), {}, T0 + DAY), seen("old"), T0, 2.0,
+                 Wait("settling: every extender must see the reservation before the label is written", T0 + 3),
+                 id="reserved-by-a-clock-a-day-ahead-settles-then"),
+])
+def test_times_are_bounded_by_what_this_process_saw(record: Change, node: Observed, now: float, seen_for: float,
+                                                    want: object) -> None:
+    """Defect: settle and timeout were measured only as ``now`` minus a time in the record, written by
+    whichever leader's wall clock. A new leader whose clock is behind the old one's (or a clock stepped
+    back) waited the difference on top: a day behind held the node reserved, its device plugin wedged,
+    for a day. ``seen_for``, how long this process has watched the record unchanged (a monotonic clock),
+    bounds both."""
+    assert next_step(record, node, now, S, seen_for) == want
+
+
+@pytest.mark.parametrize(("now", "seen_for", "want"), [
+    pytest.param(T0 + 64, 59.0, Apply(), id="label-not-written-yet-still-applies"),
+    pytest.param(T0 + 65, 0.0, Abort(TIMEOUT, "the label could not be written in 65s (settle 5s + timeout 60s); "
+                                              "nothing was changed", cooldown=True), id="label-never-written-releases"),
+    pytest.param(T0 - 1000, 65.0, Abort(TIMEOUT, "the label could not be written in 65s (settle 5s + timeout "
+                                                 "60s); nothing was changed", cooldown=True),
+                 id="label-never-written-releases-by-this-process-clock"),
+])
+def test_reservation_whose_label_is_never_written_is_released(now: float, seen_for: float, want: object) -> None:
+    """Defect: the reserving phase had no deadline. When the Apply patch failed on every try (a 403 or
+    422 from an admission policy on nvidia.com/mig.config, a config name that is no label value), the
+    node stayed reserved, no MIG pod placed there, for good."""
+    assert next_step(change(), seen("old"), now, S, seen_for) == want
 
 
 @pytest.mark.parametrize("record", [
@@ -257,3 +324,23 @@ def test_hold_lifts_when_the_mig_manager_reports_success(record: str, state: str
     assert (filter_pod(pod, ["n"], snap).passed == ()) is held
     assert ("n" in snap.held_nodes) is held
     assert "n" in changes_on(snap)  # the actuator still follows it to its end
+
+
+@pytest.mark.parametrize(("mig", "held"), [
+    pytest.param({"7g.80gb": 2}, False, id="success-with-the-target-allocatable-lifts"),
+    pytest.param({"3g.40gb": 0}, False, id="success-with-the-device-plugin-still-paused-lifts"),
+    pytest.param({}, False, id="success-with-no-mig-resource-yet-lifts"),
+    pytest.param({"3g.40gb": 4}, True, id="success-with-the-old-layout-advertised-holds"),
+    pytest.param({"1g.10gb": 14}, True, id="success-with-another-layout-advertised-holds"),
+])
+def test_success_lifts_the_hold_only_for_a_layout_nobody_else_asked_for(mig: dict[str, int], held: bool) -> None:
+    """Defect: any ``success`` in phase applying lifted the hold. One written for another config (the MIG
+    manager finished a value it had started before our label, mig-parted applies values in turn) or a
+    device plugin back with a layout other than the target (a different strategy, a config that does
+    not say what our file says) let the scheduler place pods on the node; the Timeout then set the
+    label back and the MIG manager reconfigured GPUs in use (device plugin paused, pods rejected by the
+    kubelet). The hold lifts on success only while the MIG allocatable is paused (no slice to place
+    there; its update to the target requeues the waiting pods) or already is the target."""
+    labels = {LABEL_MIG_CONFIG: "all-7g", LABEL_MIG_CONFIG_STATE: "success"}
+    inv = inventory_of(node_json("n", {ANN_CHANGE: applying_json()}, mig=mig, labels=labels))
+    assert ("n" in inv.snapshot(now=T0).held_nodes) is held

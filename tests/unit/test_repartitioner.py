@@ -46,6 +46,7 @@ class FakeApi:
         self.patches: list[tuple[str, dict[str, Any]]] = []
         self.events: list[tuple[str, str, str, bool]] = []
         self.refuse: NodeWrite | None = None
+        self.bound: list[dict[str, Any]] = []  # pods the API has bound; the inventory sees them via upsert_pod
 
     def put(self, obj: dict[str, Any]) -> None:
         self.rv += 1
@@ -81,6 +82,9 @@ class FakeApi:
         self.patches.append((node, {"labels": dict(labels or {}), "annotations": dict(annotations or {})}))
         self.put(obj)
         return NodeWrite.DONE
+
+    def pods_on(self, node: str) -> list[dict[str, Any]]:
+        return [copy.deepcopy(p) for p in self.bound if p["spec"].get("nodeName") == node]
 
     # NodeEventWriter
     def write(self, node: str, reason: str, message: str, warning: bool = False, action: str = "") -> str:
@@ -122,8 +126,10 @@ class World:
             self.inventory.upsert_pod(make_pod(f"big-{i}", mig={"7g.80gb": 1}))
         self.inventory.synced = True
 
-    def actuator(self, mode: str = "on", settings: RepartitionSettings = SETTINGS) -> Repartitioner:
-        return Repartitioner(mode, settings, CONFIGS, self.api, self.api, clock=lambda: self.clock)
+    def actuator(self, mode: str = "on", settings: RepartitionSettings = SETTINGS,
+                 monotonic: Any = None) -> Repartitioner:
+        return Repartitioner(mode, settings, CONFIGS, self.api, self.api, clock=lambda: self.clock,
+                             monotonic=monotonic or (lambda: self.clock))
 
     def run(self, rep: Repartitioner, at: float) -> Counter[str]:
         self.clock = at
@@ -359,6 +365,13 @@ def test_off_still_finishes_a_change_under_way_and_starts_none() -> None:
                  "      mig-devices: {'1g.10gb': 7}\n",
                  "x: devices must be 'all' or a list of GPU indices", id="bad-devices"),
     pytest.param("mig-configs: [", "not YAML", id="not-yaml"),
+    # Defect: a name that is no label value passed; every Apply then got a 422 and held the node
+    pytest.param("mig-configs:\n  all 7g:\n    - devices: all\n      mig-enabled: true\n"
+                 "      mig-devices: {'7g.80gb': 1}\n",
+                 "'all 7g' is not a valid label value", id="name-not-a-label-value"),
+    pytest.param("mig-configs:\n  " + "x" * 64 + ":\n    - devices: all\n      mig-enabled: true\n"
+                 "      mig-devices: {'7g.80gb': 1}\n",
+                 "is not a valid label value", id="name-too-long-for-a-label"),
 ])
 def test_bad_name_map_is_one_error(tmp_path: Any, text: str, error: str) -> None:
     path = tmp_path / "c.yaml"
@@ -375,3 +388,173 @@ def test_name_map_reads_the_configmap_and_per_gpu_configs(tmp_path: Any) -> None
     path.write_text(json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "data": {"config.yaml": inner}}))
     assert load_mig_configs(str(path)) == (NamedConfig("all-7g.80gb", all=L7),
                                            NamedConfig("gpu1-1g", devices={1: ("1g.10gb",) * 7}))
+
+
+def test_rollback_refused_by_the_api_says_nothing_until_it_is_written() -> None:
+    """Defect: the Event ``MigRepartitionFailed`` ("label set back, reservation released") was written
+    whatever the API answered to the patch that does it. A 429 left the node reserved and the label ours
+    while the Event said otherwise; the retry next pass wrote a second Event (its text carries the
+    elapsed seconds), and a success arriving in between ended in ``MigRepartitioned`` after it."""
+    w = World()
+    rep = w.actuator()
+    start_applying(w, rep)
+    w.api.mig_manager("gpu-1", "pending", {"3g.40gb": 0})
+    w.api.refuse = NodeWrite.THROTTLED
+    counts = w.run(rep, T0 + 65 + SETTINGS.timeout)
+    assert counts["repartition_throttled"] == 1 and w.change() is not None
+    assert w.api.reasons() == ["MigRepartitioning"]
+    w.api.refuse = None
+    w.run(rep, T0 + 65 + SETTINGS.timeout + 7)
+    assert w.change() is None and w.api.reasons() == ["MigRepartitioning", "MigRepartitionFailed"]
+
+
+class Broken(Exception):
+    """What the kubernetes client raises for a 5xx, or a 422/403 from a policy webhook."""
+
+
+def test_one_node_the_api_refuses_does_not_stall_the_others() -> None:
+    """Defect: an exception from one node's write (a 500, or a 403/422 an admission policy returns on
+    every try) left ``run_once`` at that node, every pass: the changes on the nodes after it in name
+    order were never followed (a wedged one never timed out, its node stayed reserved) and nothing new
+    was planned. Each node is now its own unit of failure."""
+    w = World(waiting=4)
+    labels = {"nvidia.com/gpu.count": "2", LABEL_REPARTITION: "true", LABEL_MIG_CONFIG: "all-3g.40gb"}
+    stuck = make_node("gpu-0", gpu="A100-80GB", mig={"3g.40gb": 4}, labels=labels)
+    stuck["metadata"]["annotations"] = {ANN_CHANGE: Change("all-7g.80gb", "all-3g.40gb", (L33, L33), (L7, L7),
+                                                           {R7: 2}, T0).to_json()}
+    w.api.put(stuck)
+    rep = w.actuator()
+    patch = w.api.patch
+
+    def refusing(node: str, *args: Any, **kwargs: Any) -> NodeWrite:
+        if node == "gpu-0":
+            raise Broken("500 Internal Server Error")
+        return patch(node, *args, **kwargs)
+
+    w.api.patch = refusing  # type: ignore[method-assign]
+    w.run(rep, T0)
+    counts = w.run(rep, T0 + 60)  # gpu-0's Apply fails; gpu-1 is planned and reserved all the same
+    assert counts["repartition_errors"] == 1
+    assert w.change() is not None
+    w.run(rep, T0 + 65)
+    assert w.change().phase is ChangePhase.APPLYING
+
+
+@pytest.mark.parametrize("lag", [pytest.param(False, id="watch-current"), pytest.param(True, id="watch-lagging")])
+def test_opt_out_while_settling_writes_no_label(lag: bool) -> None:
+    """Defect: the label was written after the operator removed the opt-in while the reservation
+    settled; with a lagging watch, the fresh read before the write must see it too."""
+    w = World()
+    rep = w.actuator()
+    w.run(rep, T0)
+    w.run(rep, T0 + 60)
+    w.api.lag = lag
+    obj = copy.deepcopy(w.api.objs["gpu-1"])
+    del obj["metadata"]["labels"][LABEL_REPARTITION]
+    w.api.put(obj)
+    w.run(rep, T0 + 65)
+    assert w.change() is None and w.api.labels("gpu-1")[LABEL_MIG_CONFIG] == "all-3g.40gb"
+    assert w.api.events[-1][2].startswith("OptedOut")
+
+
+def test_label_set_by_someone_else_while_settling_is_not_overwritten() -> None:
+    """Defect: an admin (or the GPU operator's default) set the label while our reservation settled;
+    the Apply wrote ours over it and removed the MIG manager's ``pending``: the MIG manager then
+    reported ``success`` for theirs, which lifted our hold on a layout we never asked for."""
+    w = World()
+    rep = w.actuator()
+    w.run(rep, T0)
+    w.run(rep, T0 + 60)
+    w.api.lag = True
+    obj = copy.deepcopy(w.api.objs["gpu-1"])
+    obj["metadata"]["labels"][LABEL_MIG_CONFIG] = "all-1g.10gb"
+    w.api.put(obj)
+    w.run(rep, T0 + 65)  # the snapshot still shows the old label: only the fresh read can tell
+    assert w.change() is None and w.api.labels("gpu-1")[LABEL_MIG_CONFIG] == "all-1g.10gb"
+    assert w.api.events[-1][2].startswith("LabelChanged")
+
+
+def test_new_leader_with_a_clock_a_day_behind_still_times_out_a_wedged_change() -> None:
+    """Defect: the deadline was the old leader's ``appliedAt`` plus the timeout, read by the new leader's
+    wall clock: a day behind, the node stayed reserved (and its MIG manager wedged) for a day. The new
+    leader now also counts from when it first saw the record, on its monotonic clock."""
+    w = World()
+    old = w.actuator()
+    day = 86_400.0
+    for t in (T0 + day, T0 + day + 60, T0 + day + 65):
+        w.run(old, t)
+    assert w.change().phase is ChangePhase.APPLYING
+    w.api.mig_manager("gpu-1", "pending", {"3g.40gb": 0})
+    ticks = [500.0]
+    successor = w.actuator(monotonic=lambda: ticks[0])
+    w.run(successor, T0 + 70)
+    ticks[0] += SETTINGS.timeout - 1
+    w.run(successor, T0 + 70 + SETTINGS.timeout - 1)
+    assert w.change() is not None
+    ticks[0] += 1
+    w.run(successor, T0 + 70 + SETTINGS.timeout)
+    assert w.change() is None and w.api.labels("gpu-1")[LABEL_MIG_CONFIG] == "all-3g.40gb"
+    assert w.api.events[-1][2].startswith("Timeout")
+
+
+def test_rollback_decided_on_a_lagging_view_is_not_written_over_a_fresh_success() -> None:
+    """Defect: the end of a change was decided on the pass's snapshot and written unconditionally. At
+    the deadline the watch still showed ``pending`` while the MIG manager had just written ``success``
+    with the target layout (the extenders, their watch current, had lifted the hold and could place
+    pods there): the rollback set the label back, and the MIG manager went on to reconfigure the node
+    under those pods. The end is now written only if the node still shows what it was decided on."""
+    w = World()
+    rep = w.actuator()
+    start_applying(w, rep)
+    w.api.mig_manager("gpu-1", "pending", {"3g.40gb": 0})
+    w.api.lag = True
+    w.api.mig_manager("gpu-1", "success", {"7g.80gb": 2})
+    counts = w.run(rep, T0 + 65 + SETTINGS.timeout)
+    assert counts["repartition_conflict"] == 1
+    assert w.api.labels("gpu-1")[LABEL_MIG_CONFIG] == "all-7g.80gb" and w.change() is not None
+    w.api.lag = False
+    w.api.sync()
+    w.run(rep, T0 + 65 + SETTINGS.timeout + 1)
+    assert w.change() is None and w.api.reasons() == ["MigRepartitioning", "MigRepartitioned"]
+    assert w.api.labels("gpu-1")[LABEL_MIG_CONFIG] == "all-7g.80gb"
+
+
+def test_pod_bound_while_settling_stops_the_label_though_the_watch_has_not_shown_it() -> None:
+    """Defect: the settle's busy check read only the reconciler's pod watch. A pod bound to the node
+    just before the reservation reached the extenders (or created with nodeName set), not yet delivered
+    by a lagging watch, did not stop the Apply: the MIG manager then paused the device plugin under it
+    (the kubelet rejects it in admission) or destroyed the GPU instance it was given before its container
+    started. The actuator now lists the node's pods from the API before it writes the label."""
+    w = World()
+    rep = w.actuator()
+    w.run(rep, T0)
+    w.run(rep, T0 + 60)
+    w.api.bound.append(make_pod("late", mig={"3g.40gb": 1}, node="gpu-1", phase="Pending"))
+    w.run(rep, T0 + 65)  # released on what the API shows: the watch may never show this pod
+    assert w.change() is None and w.api.events[-1][2].startswith("GpuBusy")
+    assert w.api.labels("gpu-1")[LABEL_MIG_CONFIG] == "all-3g.40gb"
+
+
+def test_label_the_api_always_refuses_releases_the_node_after_the_timeout() -> None:
+    """The reserving phase's deadline, end to end: a policy refusing every write of the MIG config label
+    (a 403 each pass) releases the node after settle + timeout and records it for the cooldown."""
+    w = World()
+    rep = w.actuator()
+    patch = w.api.patch
+
+    def no_label(node: str, labels: Any = None, **kwargs: Any) -> NodeWrite:
+        if labels and LABEL_MIG_CONFIG in labels:
+            raise Broken("403 Forbidden: nvidia.com/mig.config is managed by policy")
+        return patch(node, labels=labels, **kwargs)
+
+    w.api.patch = no_label  # type: ignore[method-assign]
+    w.run(rep, T0)
+    w.run(rep, T0 + 60)
+    assert w.run(rep, T0 + 65)["repartition_errors"] == 1
+    w.run(rep, T0 + 60 + SETTINGS.settle + SETTINGS.timeout - 1)
+    assert w.change() is not None
+    w.run(rep, T0 + 60 + SETTINGS.settle + SETTINGS.timeout)
+    assert w.change() is None and w.api.events[-1][2].startswith("Timeout: the label could not be written")
+    assert json.loads(w.api.annotations("gpu-1")[ANN_LAST])["outcome"] == "Timeout"
+    w.run(rep, T0 + 60 + SETTINGS.settle + SETTINGS.timeout + 60)
+    assert w.change() is None  # the cooldown holds it off
