@@ -267,7 +267,22 @@ class ExtenderService:
         self._transition(rule, lambda r: r.expired(self.clock()), event)
 
     def _transition(self, rule: Rule, change: Callable[[Rule], Rule], event: str) -> None:
-        if update_with_retry(self.store, rule, change) is not None:
+        """Write a transition decided on a verb's path (Applied, bound, cancelled) or by housekeeping.
+
+        Bookkeeping: the verb's answer does not depend on it, and the reconciler's leader makes the same
+        transitions from its own pass (Applied and bound when it sees the pods, cancelled, expired). So a
+        write the API server cannot take (it restarts: soak seed 37) is logged and counted as
+        ``<event>_failed``, never turned into an error of the verb: kube-scheduler reads a 5xx from /filter
+        as a failed attempt and backs the pod off, and from /bind as a failed bind of a pod that is bound.
+        """
+        try:
+            stored = update_with_retry(self.store, rule, change)
+        except Exception as exc:  # API unreachable or erroring; conflicts are update_with_retry's
+            log.warning("rule %s/%s: %s not stored (%s); the reconciler records it once the API answers",
+                        rule.namespace, rule.name, event, exc)
+            self.metrics.rules.labels(f"{event}_failed").inc()
+            return
+        if stored is not None:
             self.metrics.rules.labels(event).inc()
         else:
             log.warning("rule %s/%s: %s not stored (gone, or repeated conflicts)", rule.namespace, rule.name, event)

@@ -124,6 +124,66 @@ def test_upgraded_pod_binds_on_its_reservation_and_the_rule_records_it(client, s
     assert bound.bound_pod == replacement["metadata"]["uid"] and bound.reservation(service.clock()) is None
 
 
+class _WritesRefused(Exception):
+    """What the kube store raises while the API server restarts: the connection is refused (urllib3's
+    MaxRetryError), not an answer with a status."""
+
+
+def _refuse_rule_writes(service) -> list[str]:
+    """From now on every rule status write fails as during an API server restart; returns the attempts."""
+    attempts: list[str] = []
+    store = service.store
+
+    def update(rule, timeout=None):
+        attempts.append(str(rule.phase))
+        raise _WritesRefused("HTTPSConnectionPool: Max retries exceeded (Connection refused)")
+
+    store.update = update
+    return attempts
+
+
+def _upgraded(client, service):
+    """A sold-out 1g.10gb pod's rule, and its rewritten replacement (2g.20gb, carrying the rule)."""
+    for i in range(3):  # sell out 1g.10gb
+        service.inventory.upsert_pod(make_pod(mig={"1g.10gb": 1}, node="gpu-a" if i < 2 else "gpu-b"))
+    first = pending({"1g.10gb": 1}, owner=("ReplicaSet", "web", "rs-1"))
+    client.post("/filter", json={"Pod": first, "NodeNames": ["gpu-a", "gpu-b"]})
+    (rule,) = service.store.list()
+    replacement = pending({"2g.20gb": 1}, owner=("ReplicaSet", "web", "rs-1"), annotations={ANN_RULE: rule.name})
+    return rule, replacement
+
+
+def test_a_rule_write_refused_while_the_replacement_is_filtered_still_answers_the_filter(client, service) -> None:
+    """Soak seed 37: /filter answered 500 while the API server restarted. Marking a rule Applied is
+    bookkeeping the reconciler also does (``_observe``) once the API is back; the answer, the reservation's
+    node for the rewritten pod, does not depend on it. kube-scheduler treats a 5xx from a non-ignorable
+    extender as a failed scheduling attempt and backs the pod off."""
+    rule, replacement = _upgraded(client, service)
+    service.inventory.upsert_pod(replacement)
+    attempts = _refuse_rule_writes(service)
+    out = client.post("/filter", json={"Pod": replacement, "NodeNames": ["gpu-a", "gpu-b"]})
+    assert attempts == ["Applied"]  # the Applied mark was tried
+    assert out.status_code == 200 and out.get_json()["NodeNames"] == [rule.node]
+    assert 'mig_extender_rule_events_total{event="applied_failed"} 1.0' in client.get("/metrics").get_data(True)
+
+
+def test_a_rule_write_refused_after_the_binding_was_made_still_answers_the_bind(client, service) -> None:
+    """The Binding is made, then recording the bound pod on the rule fails (API server restarting): the pod
+    is bound, so /bind must say so; an error there tells kube-scheduler the bind failed and it forgets a pod
+    that is in fact bound. The reconciler records the bound pod when the API is back."""
+    rule, replacement = _upgraded(client, service)
+    service.store.update(rule.applied(replacement["metadata"]["name"], service.clock(), 300))
+    service.inventory.upsert_pod(replacement)
+    assert client.post("/filter", json={"Pod": replacement, "NodeNames": ["gpu-a", "gpu-b"]}).get_json()[
+        "NodeNames"] == [rule.node]
+    attempts = _refuse_rule_writes(service)
+    out = bind(client, replacement, rule.node)
+    assert attempts == ["Applied"]
+    assert out.status_code == 200 and out.get_json() == {"Error": ""}
+    assert service.binder.calls[-1][3] == rule.node
+    assert 'mig_extender_rule_events_total{event="bound_failed"} 1.0' in client.get("/metrics").get_data(True)
+
+
 @pytest.mark.parametrize("path, body, status, message", [
     pytest.param("/filter", b"{not json", 400, "not valid JSON: ", id="filter-not-json"),
     pytest.param("/filter", b'{"Pod": NaN}', 400, "not valid JSON: ", id="filter-nan"),
