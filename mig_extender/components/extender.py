@@ -273,7 +273,9 @@ class ExtenderService:
         transitions from its own pass (Applied and bound when it sees the pods, cancelled, expired). So a
         write the API server cannot take (it restarts: soak seed 37) is logged and counted as
         ``<event>_failed``, never turned into an error of the verb: kube-scheduler reads a 5xx from /filter
-        as a failed attempt and backs the pod off, and from /bind as a failed bind of a pod that is bound.
+        as a failed attempt and backs the pod off, and from /bind as a failed bind of a pod that is bound
+        (v1.36.3: pkg/scheduler/extender.go ``send``, any status but 200 is an error; schedule_one.go
+        ``findNodesThatPassExtenders`` and ``extendersBinding`` return it unless the extender is ignorable).
         """
         try:
             stored = update_with_retry(self.store, rule, change)
