@@ -110,6 +110,10 @@ class ExtenderService:
         # extra readiness checks from the edges (e.g. "watch stale for 45 s"); each returns "" when fine
         self.checks: list[Callable[[], str]] = []
         self._commit = threading.Lock()  # check-and-assume of binds
+        # the clock read and the rule book asked for it, in one order: a request thread that read its clock
+        # first but reached the store second asked for a time before the store's cached book, and the store
+        # indexed every rule again for it (O(rules) under the store's lock; issue 19)
+        self._book_order = threading.Lock()
         # uid -> PodInfo of MIG pods seen by /filter: /bind carries only names, and the watch may not have
         # delivered a just-created pod yet (a loaded API server lags by seconds). Without this, such a bind
         # went through unchecked and unassumed, and the next filter offered the same slice again.
@@ -127,8 +131,10 @@ class ExtenderService:
     def snapshot(self) -> ClusterSnapshot:
         """The inventory with the stored rules; not ``synced`` until the rule store is synced too (without
         its reservations a promised slice would look free)."""
-        now = self.clock()
-        snap = self.inventory.snapshot(self.store.book(now), now)
+        with self._book_order:
+            now = self.clock()
+            book = self.store.book(now)
+        snap = self.inventory.snapshot(book, now)
         return snap if self.store.synced or not snap.synced else replace(snap, synced=False)
 
     def readiness_problems(self) -> list[str]:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import threading
+from dataclasses import replace
 
 import pytest
 
-from mig_extender.core.resources import ANN_RULE
+from mig_extender.core.resources import ANN_RULE, PodInfo, ResourceCount
+from mig_extender.core.rulebook import RuleBook
+from mig_extender.core.rules import Phase, Rule, new_rule
 from tests.api.conftest import FIXTURES, fixture, pending
 from tests.builders import make_pod
 
@@ -122,6 +126,51 @@ def test_upgraded_pod_binds_on_its_reservation_and_the_rule_records_it(client, s
     bind(client, replacement, rule.node)
     (bound,) = service.store.list()
     assert bound.bound_pod == replacement["metadata"]["uid"] and bound.reservation(service.clock()) is None
+
+
+def test_a_snapshot_that_reaches_the_store_after_a_later_one_does_not_index_every_rule(service, monkeypatch) -> None:
+    """Request threads (/filter of the next pod, /bind of the last, the metrics) each read the clock, then
+    queue for the rule store's lock; a thread that read first can reach the store second, asking for a
+    time before the cached book's: the store then indexes every rule again (O(rules) under its lock; an
+    hour of finished rules: 4.6 ms at 3,000, issue 19). The extender reads its clock and its book in one
+    order, so no snapshot asks for a time behind the last one's."""
+    now = [2000.0]
+    service.clock = lambda: now[0]
+    for i in range(50):
+        service.store.record(a_finished_rule(i))
+    service.snapshot()  # the cached book, at 2000
+    indexed: list[float] = []
+    of = RuleBook.of.__func__  # type: ignore[attr-defined]
+    monkeypatch.setattr(RuleBook, "of", classmethod(lambda cls, rules, t: indexed.append(t) or of(cls, rules, t)))
+    book = service.store.book
+    first_read, go = threading.Event(), threading.Event()
+
+    def slow_book(at=None):  # the first thread is descheduled between its clock read and the store
+        if threading.current_thread().name == "first":
+            first_read.set()
+            go.wait(5)
+        return book(at)
+
+    service.store.book = slow_book
+    now[0] = 2001.0
+    first = threading.Thread(target=service.snapshot, name="first")
+    first.start()
+    assert first_read.wait(5)
+    now[0] = 2002.0
+    service.store.record(a_finished_rule(99))  # a change pending: the next book patches it
+    second = threading.Thread(target=service.snapshot, name="second")
+    second.start()
+    second.join(0.3)  # reaches the store first unless the extender orders its reads
+    go.set()
+    first.join(5)
+    second.join(5)
+    assert indexed == []  # patched each time, never indexed again
+
+
+def a_finished_rule(i: int) -> Rule:
+    rule = new_rule(PodInfo("ns", f"p{i}", f"uid-{i}"), ResourceCount("nvidia.com/mig-1g.10gb", 1),
+                    ResourceCount("nvidia.com/mig-2g.20gb", 1), "gpu-a", 1000.0, 60.0)
+    return replace(rule, phase=Phase.RESTORED)
 
 
 class _WritesRefused(Exception):
