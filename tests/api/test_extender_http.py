@@ -7,6 +7,8 @@ import threading
 from dataclasses import replace
 
 import pytest
+from kubernetes.client.rest import ApiException
+from urllib3.exceptions import MaxRetryError, NewConnectionError
 
 from mig_extender.core.resources import ANN_RULE, PodInfo, ResourceCount
 from mig_extender.core.rulebook import RuleBook
@@ -173,19 +175,19 @@ def a_finished_rule(i: int) -> Rule:
     return replace(rule, phase=Phase.RESTORED)
 
 
-class _WritesRefused(Exception):
-    """What the kube store raises while the API server restarts: the connection is refused (urllib3's
-    MaxRetryError), not an answer with a status."""
+REFUSED = MaxRetryError(None, "/apis/mig-extender.io/v1alpha1/namespaces/default/migsubstitutions",  # type: ignore[arg-type]
+                        NewConnectionError(None, "Connection refused"))  # type: ignore[arg-type]
 
 
-def _refuse_rule_writes(service) -> list[str]:
-    """From now on every rule status write fails as during an API server restart; returns the attempts."""
+def _refuse_rule_writes(service, error: Exception = REFUSED) -> list[str]:
+    """From now on every rule status write fails with ``error`` (by default as the kube store's while the
+    API server restarts: urllib3's MaxRetryError); returns the attempts."""
     attempts: list[str] = []
     store = service.store
 
     def update(rule, timeout=None):
         attempts.append(str(rule.phase))
-        raise _WritesRefused("HTTPSConnectionPool: Max retries exceeded (Connection refused)")
+        raise error
 
     store.update = update
     return attempts
@@ -202,18 +204,32 @@ def _upgraded(client, service):
     return rule, replacement
 
 
-def test_a_rule_write_refused_while_the_replacement_is_filtered_still_answers_the_filter(client, service) -> None:
+@pytest.mark.parametrize("error", [pytest.param(REFUSED, id="connection-refused"),
+                                   pytest.param(ApiException(status=503, reason="Service Unavailable"), id="503"),
+                                   pytest.param(TimeoutError("read timed out"), id="timeout")])
+def test_a_rule_write_refused_while_the_replacement_is_filtered_still_answers_the_filter(client, service,
+                                                                                         error) -> None:
     """Soak seed 37: /filter answered 500 while the API server restarted. Marking a rule Applied is
     bookkeeping the reconciler also does (``_observe``) once the API is back; the answer, the reservation's
     node for the rewritten pod, does not depend on it. kube-scheduler treats a 5xx from a non-ignorable
     extender as a failed scheduling attempt and backs the pod off."""
     rule, replacement = _upgraded(client, service)
     service.inventory.upsert_pod(replacement)
-    attempts = _refuse_rule_writes(service)
+    attempts = _refuse_rule_writes(service, error)
     out = client.post("/filter", json={"Pod": replacement, "NodeNames": ["gpu-a", "gpu-b"]})
     assert attempts == ["Applied"]  # the Applied mark was tried
     assert out.status_code == 200 and out.get_json()["NodeNames"] == [rule.node]
     assert 'mig_extender_rule_events_total{event="applied_failed"} 1.0' in client.get("/metrics").get_data(True)
+
+
+def test_a_defect_in_a_rule_write_is_still_a_500_with_its_trace(client, service, caplog) -> None:
+    """Only a write the API could not take is bookkeeping for later; a defect of ours must stay visible."""
+    _, replacement = _upgraded(client, service)
+    service.inventory.upsert_pod(replacement)
+    _refuse_rule_writes(service, TypeError("a bug"))
+    out = client.post("/filter", json={"Pod": replacement, "NodeNames": ["gpu-a", "gpu-b"]})
+    assert out.status_code == 500 and "TypeError" in out.get_json()["Error"]
+    assert any(r.exc_info for r in caplog.records)
 
 
 def test_a_rule_write_refused_after_the_binding_was_made_still_answers_the_bind(client, service) -> None:
