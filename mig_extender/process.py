@@ -271,7 +271,7 @@ def build_reconciler(settings: Settings, lease_name: str, identity: str, dry_run
         dra_objects, actions, settings.plan.restartable_owners, backoff=settings.plan.restore_backoff_after,
         restart_limit=settings.plan.restart_limit, restart_window=settings.plan.restart_window))
     reconciler = new_reconciler(settings, inventory, build_store(settings, api), actions, metrics, is_leader, dra)
-    metrics.watch(lambda: inventory.snapshot(reconciler.store.list()))
+    metrics.watch(lambda: inventory.snapshot(reconciler.store.book()))
     reconciler.repartitioner = _repartitioner(settings, api, metrics)
     if (check := _staleness(informers, settings)) is not None:
         reconciler.checks.append(check)

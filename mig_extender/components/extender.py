@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from cachetools import TTLCache
 
 from ..cluster.inventory import ClusterInventory
-from ..cluster.rulestore import RuleStore, update_with_retry
+from ..cluster.rulestore import RuleStore, update_with_retry, write_failed
 from ..core.planner import NOT_SYNCED, FilterDecision, PlanSettings, expired_rules, filter_pod, score_nodes
 from ..core.preemption import NO_BUDGETS, PreemptAnswer, Victims, pods_by_node, process_preemption
 from ..core.resources import PodInfo, pod_info
@@ -110,6 +110,10 @@ class ExtenderService:
         # extra readiness checks from the edges (e.g. "watch stale for 45 s"); each returns "" when fine
         self.checks: list[Callable[[], str]] = []
         self._commit = threading.Lock()  # check-and-assume of binds
+        # the clock read and the rule book asked for it, in one order: a request thread that read its clock
+        # first but reached the store second asked for a time before the store's cached book, and the store
+        # indexed every rule again for it (O(rules) under the store's lock; issue 19)
+        self._book_order = threading.Lock()
         # uid -> PodInfo of MIG pods seen by /filter: /bind carries only names, and the watch may not have
         # delivered a just-created pod yet (a loaded API server lags by seconds). Without this, such a bind
         # went through unchecked and unassumed, and the next filter offered the same slice again.
@@ -127,8 +131,10 @@ class ExtenderService:
     def snapshot(self) -> ClusterSnapshot:
         """The inventory with the stored rules; not ``synced`` until the rule store is synced too (without
         its reservations a promised slice would look free)."""
-        now = self.clock()
-        snap = self.inventory.snapshot(self.store.book(now), now)
+        with self._book_order:
+            now = self.clock()
+            book = self.store.book(now)
+        snap = self.inventory.snapshot(book, now)
         return snap if self.store.synced or not snap.synced else replace(snap, synced=False)
 
     def readiness_problems(self) -> list[str]:
@@ -267,7 +273,26 @@ class ExtenderService:
         self._transition(rule, lambda r: r.expired(self.clock()), event)
 
     def _transition(self, rule: Rule, change: Callable[[Rule], Rule], event: str) -> None:
-        if update_with_retry(self.store, rule, change) is not None:
+        """Write a transition decided on a verb's path (Applied, bound, cancelled) or by housekeeping.
+
+        Bookkeeping: the verb's answer does not depend on it, and the reconciler's leader makes the same
+        transitions from its own pass (Applied and bound when it sees the pods, cancelled, expired). So a
+        write the API server cannot take (it restarts: soak seed 37) is logged and counted as
+        ``<event>_failed``, never turned into an error of the verb: kube-scheduler reads a 5xx from /filter
+        as a failed attempt and backs the pod off, and from /bind as a failed bind of a pod that is bound
+        (v1.36.3: pkg/scheduler/extender.go ``send``, any status but 200 is an error; schedule_one.go
+        ``findNodesThatPassExtenders`` and ``extendersBinding`` return it unless the extender is ignorable).
+        """
+        try:
+            stored = update_with_retry(self.store, rule, change)
+        except Exception as exc:  # conflicts are update_with_retry's; a defect of ours stays a 500 with its trace
+            if not write_failed(exc):
+                raise
+            log.warning("rule %s/%s: %s not stored (%s); the reconciler records it once the API answers",
+                        rule.namespace, rule.name, event, exc)
+            self.metrics.rules.labels(f"{event}_failed").inc()
+            return
+        if stored is not None:
             self.metrics.rules.labels(event).inc()
         else:
             log.warning("rule %s/%s: %s not stored (gone, or repeated conflicts)", rule.namespace, rule.name, event)

@@ -35,7 +35,7 @@ class Metrics:
                                  ["verb"], buckets=_LATENCY_BUCKETS, registry=r)
         self.rules = Counter("mig_extender_rule_events_total",
                              "Rule life-cycle events (recorded, applied, bound, expired, cancelled, restoring, "
-                             "restored)", ["event"], registry=r)
+                             "restored; <event>_failed: the write could not be made)", ["event"], registry=r)
         self.actions = Counter("mig_extender_reconciler_actions_total", "Reconciler actions by kind and outcome",
                                ["action", "outcome"], registry=r)
         self.preemptions = Counter("mig_extender_preemptions_total",

@@ -711,8 +711,8 @@ class Reconciler:
         brought in is too young to act on (plan_upgrades: every webhook replica's watch must have it); its
         pass is due then, not at the next period."""
         now = self.clock()
-        times = [r.created + self.plan.settle for r in self.store.list()
-                 if r.phase is Phase.RECORDED and r.created + self.plan.settle > now]
+        times = [r.created + self.plan.settle for r in self.store.book(now).recorded
+                 if r.created + self.plan.settle > now]
         return min(times, default=None)
 
     def readiness_problems(self) -> list[str]:

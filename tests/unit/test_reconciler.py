@@ -606,6 +606,26 @@ def test_issue19_wakes_during_a_pass_coalesce_into_one_more_pass() -> None:
         reconciler.wake()
 
 
+def test_the_next_settled_pass_is_read_from_the_recorded_rules_not_from_every_rule() -> None:
+    """Each turn of the run loop asks when the youngest Recorded rule settles; it walked every rule the store
+    keeps (an hour of finished ones: O(rules) per rule event). The book's Recorded rules answer it."""
+    w = World()
+    pending = w.add(make_pod("infer-b-2", mig={"1g.5gb": 1}, owner=OWNER))
+    w.add(make_pod("infer-b-1", mig={"1g.5gb": 2}, node="gpu-a", owner=OWNER))
+    rule = w.record_for(pending)
+    for i in range(200):
+        w.store.record(replace(rule, name=f"done-{i}", phase=Phase.RESTORED))
+
+    def no_listing():
+        raise AssertionError("every rule walked to find the next settle time")
+
+    w.store.list = no_listing
+    w.reconciler.plan = replace(w.reconciler.plan, settle=0.5)
+    assert w.reconciler._next_settled() == rule.created + 0.5
+    w.now += 1.0
+    assert w.reconciler._next_settled() is None
+
+
 def test_issue19_a_young_rule_is_upgraded_the_moment_it_settles_not_at_the_next_period() -> None:
     # the wake on the rule's creation finds it younger than `settle` (webhook replicas' watches may not
     # have it yet); the pass that acts must come when it settles, not at the next periodic pass
