@@ -29,15 +29,6 @@ class ConflictError(RuntimeError):
     """The rule changed since it was read; re-read and decide again."""
 
 
-def write_failed(exc: BaseException) -> bool:
-    """Did a store call fail for want of the API (it answered an error status, or could not be reached, or
-    timed out), as opposed to a defect of ours? The kube store raises the client's ApiException (a
-    ``status``) and urllib3's transport errors; sockets raise OSError (timeouts included)."""
-    from urllib3.exceptions import HTTPError
-
-    return isinstance(exc, (OSError, HTTPError)) or isinstance(getattr(exc, "status", None), int)
-
-
 class RuleStore(Protocol):
     """The operations every component needs. Implementations are thread-safe."""
 

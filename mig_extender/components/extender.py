@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from cachetools import TTLCache
 
+from ..cluster.apierrors import api_failure
 from ..cluster.inventory import ClusterInventory
-from ..cluster.rulestore import RuleStore, update_with_retry, write_failed
+from ..cluster.rulestore import RuleStore, update_with_retry
 from ..core.planner import NOT_SYNCED, FilterDecision, PlanSettings, expired_rules, filter_pod, score_nodes
 from ..core.preemption import NO_BUDGETS, PreemptAnswer, Victims, pods_by_node, process_preemption
 from ..core.resources import PodInfo, pod_info
@@ -286,7 +287,7 @@ class ExtenderService:
         try:
             stored = update_with_retry(self.store, rule, change)
         except Exception as exc:  # conflicts are update_with_retry's; a defect of ours stays a 500 with its trace
-            if not write_failed(exc):
+            if not api_failure(exc):
                 raise
             log.warning("rule %s/%s: %s not stored (%s); the reconciler records it once the API answers",
                         rule.namespace, rule.name, event, exc)

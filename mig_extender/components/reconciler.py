@@ -48,6 +48,7 @@ from typing import Any, Protocol
 
 from cachetools import TTLCache
 
+from ..cluster.apierrors import api_failure
 from ..cluster.inventory import ClusterInventory
 from ..cluster.rulestore import RuleStore, update_with_retry
 from ..core.loopguard import Backoff, RestartIndex, RestartLoop, unrewritten_handovers, upgrade_hold
@@ -168,7 +169,10 @@ class Reconciler:
             except Exception as exc:
                 counts["errors"] += 1
                 self.last_error = f"{step.__name__}: {exc}"
-                log.exception("reconcile step %s failed; retrying next pass", step.__name__)
+                if api_failure(exc):  # an API server restart: expected, and one line says all a trace would
+                    log.warning("reconcile step %s failed (the API: %s); retrying next pass", step.__name__, exc)
+                else:
+                    log.exception("reconcile step %s failed; retrying next pass", step.__name__)
         self.passes += 1
         self.last_pass = self.clock()
         if any(v for k, v in counts.items()):

@@ -42,6 +42,7 @@ import yaml
 from cachetools import TTLCache
 
 from ..cluster.actions import NodeWrite
+from ..cluster.apierrors import api_failure
 from ..core.catalog import MODELS
 from ..core.repartition import (
     LABEL_MIG_CONFIG,
@@ -176,12 +177,14 @@ class Repartitioner:
         """``step(*args)`` for one node, its failure that node's alone: an API error other than 409, 429
         or 404 (a 500, or a 403/422 an admission policy answers on every try) must not stop the pass at
         this node, or the changes on the nodes after it are never followed (a wedged one never times
-        out) and nothing new is planned. The node is tried again next pass."""
+        out) and nothing new is planned. The node is tried again next pass. A failure that is no API
+        error is a defect of ours: logged with its trace."""
         try:
             return step(*args)
         except Exception as exc:
             self._count(counts, "errors")
-            log.warning("repartition %s: %s failed, retried next pass: %s", node, step.__name__, exc)
+            log.warning("repartition %s: %s failed, retried next pass: %s", node, step.__name__, exc,
+                        exc_info=not api_failure(exc))
             return None
 
     # -- following a change -----------------------------------------------------------------------

@@ -143,7 +143,8 @@ CASES = [
                  "mig-extender serve: --policy must be one of pack, spread, got 'fastest'", id="policy"),
     pytest.param(["serve", "--snapshot", SNAPSHOT, "--bind", "127.0.0.1:{port}"],
                  "mig-extender serve: --bind 127.0.0.1:{port}: address already in use", id="port-in-use"),
-    pytest.param(["serve", "--snapshot", SNAPSHOT, "--metrics-bind", "127.0.0.1:{port}"],
+    # --bind given a free port: the default 8888 may be taken on a shared machine, and would be reported first
+    pytest.param(["serve", "--snapshot", SNAPSHOT, "--bind", "127.0.0.1:{free}", "--metrics-bind", "127.0.0.1:{port}"],
                  "mig-extender serve: --metrics-bind 127.0.0.1:{port}: address already in use",
                  id="metrics-port-in-use"),
     pytest.param(["serve", "--snapshot", SNAPSHOT, "--tls-cert", "/nope.crt", "--tls-key", "/nope.key"],
@@ -172,7 +173,10 @@ CASES = [
 
 @pytest.mark.parametrize("args, message", CASES)
 def test_user_mistake_is_one_line_and_exit_2(tmp: Path, busy_port: int, args: list[str], message: str) -> None:
-    fill = {"tmp": str(tmp), "port": str(busy_port)}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    fill = {"tmp": str(tmp), "port": str(busy_port), "free": str(free)}
     code, stderr = run([a.format(**fill) for a in args], clean_env(tmp))
     assert (code, stderr.count("\n")) == (2, 1), stderr
     assert stderr.startswith(message.format(**fill)), stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from collections import Counter
 from typing import Any
 
@@ -409,7 +410,12 @@ def test_rollback_refused_by_the_api_says_nothing_until_it_is_written() -> None:
 
 
 class Broken(Exception):
-    """What the kubernetes client raises for a 5xx, or a 422/403 from a policy webhook."""
+    """What the kubernetes client raises for a 5xx, or a 422/403 from a policy webhook (an ApiException:
+    it carries the status)."""
+
+    def __init__(self, message: str, status: int = 500) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def test_one_node_the_api_refuses_does_not_stall_the_others() -> None:
@@ -438,6 +444,27 @@ def test_one_node_the_api_refuses_does_not_stall_the_others() -> None:
     assert w.change() is not None
     w.run(rep, T0 + 65)
     assert w.change().phase is ChangePhase.APPLYING
+
+
+@pytest.mark.parametrize("error, trace", [pytest.param(Broken("500 Internal Server Error"), False, id="api-error"),
+                                          pytest.param(TypeError("a defect of ours"), True, id="defect")])
+def test_a_failed_node_step_is_logged_with_its_trace_only_when_it_is_no_api_error(error: Exception, trace: bool,
+                                                                                   caplog: Any) -> None:
+    """Both stay that node's alone; an API refusal is expected in production and logged in one line, a
+    defect of ours must show where it is."""
+    w = World(waiting=4)
+    rep = w.actuator()
+    w.run(rep, T0)
+
+    def failing(node: str, *args: Any, **kwargs: Any) -> NodeWrite:
+        raise error
+
+    w.api.patch = failing  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING, logger="mig_extender.components.repartitioner"):
+        counts = w.run(rep, T0 + 60)
+    assert counts["repartition_errors"] >= 1
+    failures = [r for r in caplog.records if "retried next pass" in r.getMessage()]
+    assert failures and all(bool(r.exc_info) is trace for r in failures)
 
 
 @pytest.mark.parametrize("lag", [pytest.param(False, id="watch-current"), pytest.param(True, id="watch-lagging")])
