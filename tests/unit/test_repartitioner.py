@@ -11,6 +11,7 @@ import copy
 import json
 import logging
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -467,19 +468,26 @@ def test_a_failed_node_step_is_logged_with_its_trace_only_when_it_is_no_api_erro
     assert failures and all(bool(r.exc_info) is trace for r in failures)
 
 
-@pytest.mark.parametrize("lag", [pytest.param(False, id="watch-current"), pytest.param(True, id="watch-lagging")])
-def test_opt_out_while_settling_writes_no_label(lag: bool) -> None:
-    """Defect: the label was written after the operator removed the opt-in while the reservation
-    settled; with a lagging watch, the fresh read before the write must see it too."""
+def _edited_while_settling(lag: bool, edit: Callable[[dict[str, str]], object]) -> World:
+    """gpu-1 reserved, its labels edited by someone else while the reservation settles (the actuator's
+    watch lagging behind that edit when ``lag``), then the pass that would write the label."""
     w = World()
     rep = w.actuator()
     w.run(rep, T0)
     w.run(rep, T0 + 60)
     w.api.lag = lag
     obj = copy.deepcopy(w.api.objs["gpu-1"])
-    del obj["metadata"]["labels"][LABEL_REPARTITION]
+    edit(obj["metadata"]["labels"])
     w.api.put(obj)
     w.run(rep, T0 + 65)
+    return w
+
+
+@pytest.mark.parametrize("lag", [pytest.param(False, id="watch-current"), pytest.param(True, id="watch-lagging")])
+def test_opt_out_while_settling_writes_no_label(lag: bool) -> None:
+    """Defect: the label was written after the operator removed the opt-in while the reservation
+    settled; with a lagging watch, the fresh read before the write must see it too."""
+    w = _edited_while_settling(lag, lambda labels: labels.pop(LABEL_REPARTITION))
     assert w.change() is None and w.api.labels("gpu-1")[LABEL_MIG_CONFIG] == "all-3g.40gb"
     assert w.api.events[-1][2].startswith("OptedOut")
 
@@ -488,15 +496,8 @@ def test_label_set_by_someone_else_while_settling_is_not_overwritten() -> None:
     """Defect: an admin (or the GPU operator's default) set the label while our reservation settled;
     the Apply wrote ours over it and removed the MIG manager's ``pending``: the MIG manager then
     reported ``success`` for theirs, which lifted our hold on a layout we never asked for."""
-    w = World()
-    rep = w.actuator()
-    w.run(rep, T0)
-    w.run(rep, T0 + 60)
-    w.api.lag = True
-    obj = copy.deepcopy(w.api.objs["gpu-1"])
-    obj["metadata"]["labels"][LABEL_MIG_CONFIG] = "all-1g.10gb"
-    w.api.put(obj)
-    w.run(rep, T0 + 65)  # the snapshot still shows the old label: only the fresh read can tell
+    # the snapshot still shows the old label: only the fresh read can tell
+    w = _edited_while_settling(True, lambda labels: labels.update({LABEL_MIG_CONFIG: "all-1g.10gb"}))
     assert w.change() is None and w.api.labels("gpu-1")[LABEL_MIG_CONFIG] == "all-1g.10gb"
     assert w.api.events[-1][2].startswith("LabelChanged")
 
