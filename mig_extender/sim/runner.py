@@ -309,10 +309,22 @@ def burst_window(cfg: SimConfig, duration: float) -> tuple[float, float] | None:
     return start, start + burst.window
 
 
+def plot_path(given: str) -> str:
+    """The file --plot writes (matplotlib adds .png to a name without a suffix, so the message names what it
+    wrote); ValueError when it cannot be written, found before the run rather than after it."""
+    target = Path(given)
+    if target.is_dir():
+        raise ValueError(f"--plot {given}: cannot write it (a directory)")
+    if not target.parent.is_dir():
+        raise ValueError(f"--plot {given}: cannot write it (no directory {target.parent})")
+    return given if target.suffix else given + ".png"
+
+
 def main(args: argparse.Namespace) -> int:
     """Run the simulation the flags describe; ValueError (bad flags) is the caller's exit code 2."""
     cfg = config_from_args(args)
     if args.plot:
+        path = plot_path(args.plot)
         try:
             import matplotlib  # noqa: F401
         except ImportError as exc:
@@ -326,10 +338,12 @@ def main(args: argparse.Namespace) -> int:
         sys.stdout.write(table(results, prep.header))
     if args.plot:
         try:
-            plot(results, args.plot, plot_title(cfg, prep), burst_window(cfg, prep.duration))
+            plot(results, path, plot_title(cfg, prep), burst_window(cfg, prep.duration))
         except PlotUnavailable as exc:
             raise ValueError(str(exc)) from exc
-        print(f"plot written to {args.plot}", file=sys.stderr)
+        except OSError as exc:  # e.g. no permission: the table above is already printed
+            raise ValueError(f"--plot {args.plot}: cannot write it ({exc.strerror or exc})") from None
+        print(f"plot written to {path}", file=sys.stderr)
     return 0
 
 

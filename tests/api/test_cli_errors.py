@@ -167,6 +167,13 @@ CASES = [
                  id="scheduler-config-out"),
     pytest.param(["profiles", "--gpu", "V100"],
                  "mig-extender profiles: unknown GPU 'V100'; give a model (A100-40GB, ", id="profiles-unknown-gpu"),
+    pytest.param(["simulate", "--nodes", "1", "--duration", "60", "--policies", "stock", "--jobs", "1", "--plot",
+                  "{tmp}/nope/sim.png"],
+                 "mig-extender simulate: --plot {tmp}/nope/sim.png: cannot write it (no directory {tmp}/nope)",
+                 id="simulate-plot-unwritable"),
+    pytest.param(["simulate", "--nodes", "1", "--duration", "60", "--policies", "stock", "--jobs", "1", "--plot",
+                  "{tmp}"],
+                 "mig-extender simulate: --plot {tmp}: cannot write it (a directory)", id="simulate-plot-directory"),
 ]
 
 
