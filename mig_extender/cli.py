@@ -398,7 +398,7 @@ def _reconcile_settings(args: argparse.Namespace, environ: dict[str, str] | None
                        restores_in_flight=args.restores_in_flight, threads=2,
                        log_level=args.log_level, preemptions_per_pass=args.preemptions_per_pass,
                        preemption_margin=args.preemption_margin,
-                       **_given(args, (*LOOP_GUARD_FLAGS, *RESTORE_REQUEUE_FLAGS))).validate()
+                       **_given(args, (*LOOP_GUARD_FLAGS, *RESTORE_REQUEUE_FLAGS))).validate("--metrics-bind")
     if args.no_preemption:
         settings = replace(settings, preemption=False)
     if args.restartable_owners is not None:
