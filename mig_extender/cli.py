@@ -464,6 +464,8 @@ def _fetch_explanation(args: argparse.Namespace) -> dict[str, Any]:
         raise SettingsError(f"give the pod as NAMESPACE/NAME, got {args.pod!r}")
     if not args.url.startswith(("http://", "https://")):
         raise SettingsError(f"--url must start with http:// or https://, got {args.url!r}")
+    if args.timeout <= 0:
+        raise SettingsError(f"--timeout must be > 0 seconds, got {args.timeout:g}")
     url = args.url.rstrip("/")
     path = f"/debug/pods/{urllib.parse.quote(namespace, safe='')}/{urllib.parse.quote(name, safe='')}"
     try:

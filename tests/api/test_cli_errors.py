@@ -169,6 +169,8 @@ CASES = [
                  "mig-extender profiles: unknown GPU 'V100'; give a model (A100-40GB, ", id="profiles-unknown-gpu"),
     pytest.param(["reconcile", "--kubeconfig", "{tmp}/kubeconfig", "--metrics-bind", "nope"],
                  "mig-extender reconcile: --metrics-bind must be HOST:PORT, got 'nope'", id="reconcile-metrics-bind"),
+    pytest.param(["explain", "default/x", "--timeout", "-1"],
+                 "mig-extender explain: --timeout must be > 0 seconds, got -1", id="explain-timeout-negative"),
     pytest.param(["simulate", "--nodes", "1", "--duration", "60", "--policies", "stock", "--jobs", "1", "--plot",
                   "{tmp}/nope/sim.png"],
                  "mig-extender simulate: --plot {tmp}/nope/sim.png: cannot write it (no directory {tmp}/nope)",
