@@ -2,7 +2,7 @@
 
 Each case runs the real ``mig-extender`` process (``python -m mig_extender.cli``) in a clean environment: no
 $KUBECONFIG, $HOME an empty directory, not in a pod. ``{tmp}`` in a case is a scratch directory holding the
-files below; ``{port}`` a port some other socket is listening on.
+files below; ``{port}`` a port some other socket is listening on, ``{free}`` one nothing listens on.
 """
 
 from __future__ import annotations
@@ -44,6 +44,14 @@ def tmp(tmp_path: Path) -> Path:
         (tmp_path / name).write_text(text)
     (tmp_path / "home").mkdir()
     return tmp_path
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A port nothing listens on now (not 8888: the README's quick start may be running beside the tests)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -143,7 +151,7 @@ CASES = [
                  "mig-extender serve: --policy must be one of pack, spread, got 'fastest'", id="policy"),
     pytest.param(["serve", "--snapshot", SNAPSHOT, "--bind", "127.0.0.1:{port}"],
                  "mig-extender serve: --bind 127.0.0.1:{port}: address already in use", id="port-in-use"),
-    pytest.param(["serve", "--snapshot", SNAPSHOT, "--metrics-bind", "127.0.0.1:{port}"],
+    pytest.param(["serve", "--snapshot", SNAPSHOT, "--bind", "127.0.0.1:{free}", "--metrics-bind", "127.0.0.1:{port}"],
                  "mig-extender serve: --metrics-bind 127.0.0.1:{port}: address already in use",
                  id="metrics-port-in-use"),
     pytest.param(["serve", "--snapshot", SNAPSHOT, "--tls-cert", "/nope.crt", "--tls-key", "/nope.key"],
@@ -182,8 +190,9 @@ CASES = [
 
 
 @pytest.mark.parametrize("args, message", CASES)
-def test_user_mistake_is_one_line_and_exit_2(tmp: Path, busy_port: int, args: list[str], message: str) -> None:
-    fill = {"tmp": str(tmp), "port": str(busy_port)}
+def test_user_mistake_is_one_line_and_exit_2(tmp: Path, busy_port: int, free_port: int, args: list[str],
+                                             message: str) -> None:
+    fill = {"tmp": str(tmp), "port": str(busy_port), "free": str(free_port)}
     code, stderr = run([a.format(**fill) for a in args], clean_env(tmp))
     assert (code, stderr.count("\n")) == (2, 1), stderr
     assert stderr.startswith(message.format(**fill)), stderr
