@@ -97,7 +97,8 @@ def prepare(cfg: SimConfig) -> Prepared:
     if cfg.workload == "alibaba":
         trace_dir = Path(cfg.trace_dir) if cfg.trace_dir else default_trace_dir()
         if trace_dir is None:
-            raise ValueError("no Alibaba trace found (../shared/data/alibaba-gpu-v2023); give --trace-dir")
+            raise ValueError("no Alibaba trace found (../shared/data/alibaba-gpu-v2023); give --trace-dir DIR "
+                             "holding the CSVs of github.com/alibaba/clusterdata cluster-trace-gpu-v2023/csv")
         nodes = cfg.nodes or alibaba.DEFAULT_NODES
         capacity = nodes * cfg.gpus_per_node * sum(m.compute_slices for m in models) // len(models)
         pods = alibaba.read_pods(trace_dir / cfg.trace_file)
