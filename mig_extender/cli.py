@@ -398,7 +398,7 @@ def _reconcile_settings(args: argparse.Namespace, environ: dict[str, str] | None
                        restores_in_flight=args.restores_in_flight, threads=2,
                        log_level=args.log_level, preemptions_per_pass=args.preemptions_per_pass,
                        preemption_margin=args.preemption_margin,
-                       **_given(args, (*LOOP_GUARD_FLAGS, *RESTORE_REQUEUE_FLAGS))).validate()
+                       **_given(args, (*LOOP_GUARD_FLAGS, *RESTORE_REQUEUE_FLAGS))).validate("--metrics-bind")
     if args.no_preemption:
         settings = replace(settings, preemption=False)
     if args.restartable_owners is not None:
@@ -464,6 +464,8 @@ def _fetch_explanation(args: argparse.Namespace) -> dict[str, Any]:
         raise SettingsError(f"give the pod as NAMESPACE/NAME, got {args.pod!r}")
     if not args.url.startswith(("http://", "https://")):
         raise SettingsError(f"--url must start with http:// or https://, got {args.url!r}")
+    if args.timeout <= 0:
+        raise SettingsError(f"--timeout must be > 0 seconds, got {args.timeout:g}")
     url = args.url.rstrip("/")
     path = f"/debug/pods/{urllib.parse.quote(namespace, safe='')}/{urllib.parse.quote(name, safe='')}"
     try:

@@ -125,9 +125,10 @@ class Settings:
     namespace: str = "mig-extender"
     log_level: str = "info"
 
-    def validate(self) -> Settings:
-        """Self, or SettingsError naming every bad setting at once by its flag (or environment variable)."""
-        errors = [e for e in (self._source_error(), *self._address_errors(), *self._value_errors()) if e]
+    def validate(self, bind_flag: str = "--bind") -> Settings:
+        """Self, or SettingsError naming every bad setting at once by its flag (or environment variable);
+        ``bind_flag`` is the flag that set ``bind`` (reconcile serves its --metrics-bind there)."""
+        errors = [e for e in (self._source_error(), *self._address_errors(bind_flag), *self._value_errors()) if e]
         if errors:
             raise SettingsError("; ".join(errors))
         return self
@@ -139,11 +140,11 @@ class Settings:
             return "--rule-store kube needs a cluster, not --snapshot"
         return ""
 
-    def _address_errors(self) -> list[str]:
+    def _address_errors(self, bind_flag: str) -> list[str]:
         errors = []
-        for flag, value in (("--bind", self.bind), ("--metrics-bind", self.ops_bind)):
+        for required, flag, value in ((True, bind_flag, self.bind), (False, "--metrics-bind", self.ops_bind)):
             host, sep, port = value.rpartition(":")
-            if (value or flag == "--bind") and (not sep or not host or not port.isdigit() or not 0 < int(port) < 65536):
+            if (value or required) and (not sep or not host or not port.isdigit() or not 0 < int(port) < 65536):
                 errors.append(f"{flag} must be HOST:PORT, got {value!r}")
         if self.ops_bind and self.ops_bind.rpartition(":")[2] == self.bind.rpartition(":")[2]:
             errors.append("--metrics-bind needs a port of its own")

@@ -97,7 +97,8 @@ def prepare(cfg: SimConfig) -> Prepared:
     if cfg.workload == "alibaba":
         trace_dir = Path(cfg.trace_dir) if cfg.trace_dir else default_trace_dir()
         if trace_dir is None:
-            raise ValueError("no Alibaba trace found (../shared/data/alibaba-gpu-v2023); give --trace-dir")
+            raise ValueError("no Alibaba trace found (../shared/data/alibaba-gpu-v2023); give --trace-dir DIR "
+                             "holding the CSVs of github.com/alibaba/clusterdata cluster-trace-gpu-v2023/csv")
         nodes = cfg.nodes or alibaba.DEFAULT_NODES
         capacity = nodes * cfg.gpus_per_node * sum(m.compute_slices for m in models) // len(models)
         pods = alibaba.read_pods(trace_dir / cfg.trace_file)
@@ -235,37 +236,49 @@ def run_all(prep: Prepared, policies: Sequence[str], mech: Mechanics, jobs: int 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d, m = SimConfig(), Mechanics()
-    p.add_argument("--workload", choices=("synthetic", "alibaba"), default=d.workload)
+    p.add_argument("--workload", choices=("synthetic", "alibaba"), default=d.workload,
+                   help="synthetic: a seeded stream drawn from --mix and --load; alibaba: replay --trace-file "
+                        "(default: %(default)s)")
     p.add_argument("--trace-dir", metavar="DIR", default="",
                    help="Alibaba cluster-trace-gpu-v2023 CSVs (default: ../shared/data/alibaba-gpu-v2023)")
-    p.add_argument("--trace-file", metavar="CSV", default=d.trace_file, help="pod list of the trace to replay")
+    p.add_argument("--trace-file", metavar="CSV", default=d.trace_file,
+                   help="pod list of the trace to replay (default: %(default)s)")
     p.add_argument("--nodes", type=int, default=0, help="nodes (default 100)")
-    p.add_argument("--gpus-per-node", type=int, default=d.gpus_per_node, metavar="G")
+    p.add_argument("--gpus-per-node", type=int, default=d.gpus_per_node, metavar="G",
+                   help="GPUs per node (default: %(default)s)")
     p.add_argument("--gpu", default=",".join(d.gpus), metavar="MODEL[,MODEL]",
-                   help="GPU model(s); several alternate by node (see `mig-extender profiles`)")
+                   help="GPU model(s); several alternate by node (see `mig-extender profiles`; default: %(default)s)")
     p.add_argument("--layout", default="", metavar="NAME",
                    help=f"per-GPU MIG layout: {', '.join(LAYOUT_NAMES)} (default all-balanced; alibaba: demand)")
-    p.add_argument("--load", type=float, default=d.load, help="offered compute-slice demand / capacity")
+    p.add_argument("--load", type=float, default=d.load,
+                   help="offered compute-slice demand / capacity (default: %(default)s)")
     p.add_argument("--duration", type=float, default=0.0, metavar="SECONDS",
                    help="simulated time (default 4 h; alibaba: the whole rescaled trace)")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help="seed of the random choices: pod stream, priority classes (default: %(default)s)")
     p.add_argument("--policies", default=",".join(ALL_POLICIES),
-                   help="comma-separated subset of " + ",".join(KNOWN_POLICIES))
-    p.add_argument("--mix", default=d.mix, help="synthetic profile mix PROFILE=WEIGHT,... (1g or 1g.10gb)")
-    p.add_argument("--mean-lifetime", type=float, default=d.mean_lifetime, metavar="SECONDS")
-    p.add_argument("--lifetime", choices=("exp", "lognormal"), default=d.lifetime)
+                   help="comma-separated subset of " + ",".join(KNOWN_POLICIES) + " (default: %(default)s)")
+    p.add_argument("--mix", default=d.mix,
+                   help="synthetic profile mix PROFILE=WEIGHT,... (1g or 1g.10gb; default: %(default)s)")
+    p.add_argument("--mean-lifetime", type=float, default=d.mean_lifetime, metavar="SECONDS",
+                   help=f"mean run time of a synthetic pod (default: {d.mean_lifetime:g})")
+    p.add_argument("--lifetime", choices=("exp", "lognormal"), default=d.lifetime,
+                   help="distribution of synthetic run times (default: %(default)s)")
     p.add_argument("--burst", default="", metavar="PROFILE:COUNT[@SECONDS]",
                    help="extra pods of one profile arriving within 60 s (default: mid-run)")
     p.add_argument("--priorities", default="", metavar="NAME[:PRIORITY]=SHARE,...",
                    help="priority classes, e.g. high=0.2 (20%% of jobs at priority 1000, the rest default 0); "
                         "the report adds time to run per class and preemptions")
     p.add_argument("--grace-period", type=float, default=m.grace_period, metavar="SECONDS",
-                   help="how long a preempted pod keeps its slices")
-    p.add_argument("--restart-delay", type=float, default=m.restart_delay, metavar="SECONDS")
-    p.add_argument("--retry-interval", type=float, default=m.retry_interval, metavar="SECONDS")
-    p.add_argument("--reconcile-interval", type=float, default=m.reconcile_interval, metavar="SECONDS")
+                   help=f"how long a preempted pod keeps its slices (default: {m.grace_period:g})")
+    p.add_argument("--restart-delay", type=float, default=m.restart_delay, metavar="SECONDS",
+                   help=f"from a pod's delete to its replacement's creation (default: {m.restart_delay:g})")
+    p.add_argument("--retry-interval", type=float, default=m.retry_interval, metavar="SECONDS",
+                   help=f"kube-scheduler's retry of a pending pod (default: {m.retry_interval:g})")
+    p.add_argument("--reconcile-interval", type=float, default=m.reconcile_interval, metavar="SECONDS",
+                   help=f"between reconciler passes (default: {m.reconcile_interval:g})")
     p.add_argument("--feasible-nodes", type=int, default=m.feasible_nodes, metavar="K",
-                   help="nodes with a free slice one filter call sees")
+                   help="nodes with a free slice one filter call sees (default: %(default)s)")
     p.add_argument("--jobs", type=int, default=0,
                    help="worker processes (default: one per core, at most one per policy)")
     p.add_argument("--json", action="store_true", help="print one JSON object {policy: {metric: value}}")
@@ -309,10 +322,22 @@ def burst_window(cfg: SimConfig, duration: float) -> tuple[float, float] | None:
     return start, start + burst.window
 
 
+def plot_path(given: str) -> str:
+    """The file --plot writes (matplotlib adds .png to a name without a suffix, so the message names what it
+    wrote); ValueError when it cannot be written, found before the run rather than after it."""
+    target = Path(given)
+    if target.is_dir():
+        raise ValueError(f"--plot {given}: cannot write it (a directory)")
+    if not target.parent.is_dir():
+        raise ValueError(f"--plot {given}: cannot write it (no directory {target.parent})")
+    return given if target.suffix else given + ".png"
+
+
 def main(args: argparse.Namespace) -> int:
     """Run the simulation the flags describe; ValueError (bad flags) is the caller's exit code 2."""
     cfg = config_from_args(args)
     if args.plot:
+        path = plot_path(args.plot)
         try:
             import matplotlib  # noqa: F401
         except ImportError as exc:
@@ -326,10 +351,12 @@ def main(args: argparse.Namespace) -> int:
         sys.stdout.write(table(results, prep.header))
     if args.plot:
         try:
-            plot(results, args.plot, plot_title(cfg, prep), burst_window(cfg, prep.duration))
+            plot(results, path, plot_title(cfg, prep), burst_window(cfg, prep.duration))
         except PlotUnavailable as exc:
             raise ValueError(str(exc)) from exc
-        print(f"plot written to {args.plot}", file=sys.stderr)
+        except OSError as exc:  # e.g. no permission: the table above is already printed
+            raise ValueError(f"--plot {args.plot}: cannot write it ({exc.strerror or exc})") from None
+        print(f"plot written to {path}", file=sys.stderr)
     return 0
 
 

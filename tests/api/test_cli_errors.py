@@ -2,7 +2,7 @@
 
 Each case runs the real ``mig-extender`` process (``python -m mig_extender.cli``) in a clean environment: no
 $KUBECONFIG, $HOME an empty directory, not in a pod. ``{tmp}`` in a case is a scratch directory holding the
-files below; ``{port}`` a port some other socket is listening on.
+files below; ``{port}`` a port some other socket is listening on, ``{free}`` one nothing listens on.
 """
 
 from __future__ import annotations
@@ -44,6 +44,14 @@ def tmp(tmp_path: Path) -> Path:
         (tmp_path / name).write_text(text)
     (tmp_path / "home").mkdir()
     return tmp_path
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A port nothing listens on now (not 8888: the README's quick start may be running beside the tests)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -143,7 +151,6 @@ CASES = [
                  "mig-extender serve: --policy must be one of pack, spread, got 'fastest'", id="policy"),
     pytest.param(["serve", "--snapshot", SNAPSHOT, "--bind", "127.0.0.1:{port}"],
                  "mig-extender serve: --bind 127.0.0.1:{port}: address already in use", id="port-in-use"),
-    # --bind given a free port: the default 8888 may be taken on a shared machine, and would be reported first
     pytest.param(["serve", "--snapshot", SNAPSHOT, "--bind", "127.0.0.1:{free}", "--metrics-bind", "127.0.0.1:{port}"],
                  "mig-extender serve: --metrics-bind 127.0.0.1:{port}: address already in use",
                  id="metrics-port-in-use"),
@@ -168,15 +175,24 @@ CASES = [
                  id="scheduler-config-out"),
     pytest.param(["profiles", "--gpu", "V100"],
                  "mig-extender profiles: unknown GPU 'V100'; give a model (A100-40GB, ", id="profiles-unknown-gpu"),
+    pytest.param(["reconcile", "--kubeconfig", "{tmp}/kubeconfig", "--metrics-bind", "nope"],
+                 "mig-extender reconcile: --metrics-bind must be HOST:PORT, got 'nope'", id="reconcile-metrics-bind"),
+    pytest.param(["explain", "default/x", "--timeout", "-1"],
+                 "mig-extender explain: --timeout must be > 0 seconds, got -1", id="explain-timeout-negative"),
+    pytest.param(["simulate", "--nodes", "1", "--duration", "60", "--policies", "stock", "--jobs", "1", "--plot",
+                  "{tmp}/nope/sim.png"],
+                 "mig-extender simulate: --plot {tmp}/nope/sim.png: cannot write it (no directory {tmp}/nope)",
+                 id="simulate-plot-unwritable"),
+    pytest.param(["simulate", "--nodes", "1", "--duration", "60", "--policies", "stock", "--jobs", "1", "--plot",
+                  "{tmp}"],
+                 "mig-extender simulate: --plot {tmp}: cannot write it (a directory)", id="simulate-plot-directory"),
 ]
 
 
 @pytest.mark.parametrize("args, message", CASES)
-def test_user_mistake_is_one_line_and_exit_2(tmp: Path, busy_port: int, args: list[str], message: str) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        free = s.getsockname()[1]
-    fill = {"tmp": str(tmp), "port": str(busy_port), "free": str(free)}
+def test_user_mistake_is_one_line_and_exit_2(tmp: Path, busy_port: int, free_port: int, args: list[str],
+                                             message: str) -> None:
+    fill = {"tmp": str(tmp), "port": str(busy_port), "free": str(free_port)}
     code, stderr = run([a.format(**fill) for a in args], clean_env(tmp))
     assert (code, stderr.count("\n")) == (2, 1), stderr
     assert stderr.startswith(message.format(**fill)), stderr
