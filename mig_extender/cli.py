@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import __version__
-from .components.settings import LOG_LEVELS, REPARTITION_MODES, RESTORE_POLICIES, Settings, SettingsError
+from .components.settings import (
+    LOG_LEVELS,
+    REPARTITION_MODES,
+    RESTORE_POLICIES,
+    Settings,
+    SettingsError,
+    dns_label_problem,
+)
 from .core.planner import PlanSettings, Policy
 
 
@@ -428,6 +435,8 @@ def _certs(args: argparse.Namespace) -> None:
 
     if args.days < 1:
         raise SettingsError(f"--days must be >= 1, got {args.days}")
+    if problem := dns_label_problem("--service", args.service) or dns_label_problem("--namespace", args.namespace):
+        raise SettingsError(problem)
     try:
         bundle = generate(Path(args.out), args.service, args.namespace, args.days)
     except OSError as exc:
@@ -437,8 +446,20 @@ def _certs(args: argparse.Namespace) -> None:
 
 
 def _scheduler_config(args: argparse.Namespace) -> None:
+    """Write kube-scheduler's configuration; refuse one it could not use: a URL with no scheme or host
+    makes every extender call fail at run time, a qps of 0 falls back to client-go's 5 per second, a
+    negative one fails kube-scheduler's validation (burst = 2 x qps must not be negative)."""
+    from urllib.parse import urlsplit
+
     from .core.schedconfig import render
 
+    url = urlsplit(args.url)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise SettingsError(f"--url must be http(s)://HOST[:PORT][/PATH], got {args.url!r}")
+    if args.qps < 1:
+        raise SettingsError(f"--qps must be at least 1, got {args.qps}")
+    if problem := dns_label_problem("--namespace", args.namespace):
+        raise SettingsError(problem)
     text = render(args.url, args.variant, args.kubeconfig, not args.no_leader_elect, args.namespace,
                   args.qps, scheduler_name=args.scheduler_name)
     if args.out == "-":

@@ -18,6 +18,16 @@ from ..core.requeue import RequeueSettings
 ENV_PREFIX = "MIG_EXTENDER_"
 # an owner kind as --restartable-owners takes it: Kind, or group/Kind (the group of the owner's apiVersion)
 _OWNER_KIND = re.compile(r"^([a-z0-9]([a-z0-9.-]*[a-z0-9])?/)?[A-Z][A-Za-z0-9]*$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")  # apimachinery validation.IsDNS1123Label
+
+
+def dns_label_problem(flag: str, value: str) -> str:
+    """'' when ``value`` can name a namespace or a Service, else the one-line error naming ``flag``: a name
+    the API server refuses fails every write into it at run time (a Lease, an Event, a certificate's SAN
+    for a Service that cannot exist)."""
+    if len(value) <= 63 and _DNS_LABEL.match(value):
+        return ""
+    return f"{flag} must be a DNS label (lowercase letters, digits, '-', at most 63), got {value!r}"
 
 
 class SettingsError(ValueError):
@@ -174,6 +184,8 @@ class Settings:
             errors.append(f"{flag_of('threads')} must be >= 1, got {self.threads}")
         if self.max_body_bytes < 1024:
             errors.append(f"{flag_of('max_body_bytes')} must be >= 1024, got {self.max_body_bytes}")
+        if problem := dns_label_problem(flag_of("namespace"), self.namespace):
+            errors.append(problem)
         errors += self._repartition_errors()
         errors += self._restart_errors()
         bad = [k for k in self.owner_kinds if not _OWNER_KIND.match(k)]

@@ -336,6 +336,8 @@ def plot_path(given: str) -> str:
 def main(args: argparse.Namespace) -> int:
     """Run the simulation the flags describe; ValueError (bad flags) is the caller's exit code 2."""
     cfg = config_from_args(args)
+    if args.jobs < 0:
+        raise ValueError(f"--jobs must be >= 0 (0: one per core), got {args.jobs}")
     if args.plot:
         path = plot_path(args.plot)
         try:

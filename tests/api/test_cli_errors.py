@@ -168,8 +168,34 @@ CASES = [
     pytest.param(["certs", "--out", "/proc/nope"],
                  "mig-extender certs: cannot write to --out /proc/nope: No such file or directory", id="certs-out"),
     pytest.param(["certs", "--days", "0"], "mig-extender certs: --days must be >= 1, got 0", id="certs-days"),
+    # names the API server refuses (a DNS-1123 label): the certificate would name a Service that cannot exist,
+    # the reconciler would write its Lease and Events into a namespace that cannot exist, on every pass
+    pytest.param(["certs", "--service", ""],
+                 "mig-extender certs: --service must be a DNS label (lowercase letters, digits, '-', at most 63), "
+                 "got ''", id="certs-service-empty"),
+    pytest.param(["certs", "--namespace", "Bad_NS"],
+                 "mig-extender certs: --namespace must be a DNS label (lowercase letters, digits, '-', at most 63), "
+                 "got 'Bad_NS'", id="certs-namespace-invalid"),
+    pytest.param(["reconcile", "--kubeconfig", "{tmp}/kubeconfig", "--namespace", ""],
+                 "mig-extender reconcile: --namespace must be a DNS label (lowercase letters, digits, '-', at most "
+                 "63), got ''", id="reconcile-namespace-empty"),
+    pytest.param(["scheduler-config", "--namespace", "kube_system"],
+                 "mig-extender scheduler-config: --namespace must be a DNS label (lowercase letters, digits, '-', at "
+                 "most 63), got 'kube_system'", id="scheduler-config-namespace"),
     pytest.param(["scheduler-config", "--variant", "third"],
                  "mig-extender scheduler-config: --variant must be one of second, default, got 'third'", id="variant"),
+    # a configuration kube-scheduler cannot use: every extender call fails at run time (a URL with no
+    # scheme), or its client falls back to client-go's 5 qps (0) or fails validation (a negative burst)
+    pytest.param(["scheduler-config", "--url", "notaurl"],
+                 "mig-extender scheduler-config: --url must be http(s)://HOST[:PORT][/PATH], got 'notaurl'",
+                 id="scheduler-config-url"),
+    pytest.param(["scheduler-config", "--url", "http://"],
+                 "mig-extender scheduler-config: --url must be http(s)://HOST[:PORT][/PATH], got 'http://'",
+                 id="scheduler-config-url-no-host"),
+    pytest.param(["scheduler-config", "--qps", "0"],
+                 "mig-extender scheduler-config: --qps must be at least 1, got 0", id="scheduler-config-qps-0"),
+    pytest.param(["scheduler-config", "--qps", "-5"],
+                 "mig-extender scheduler-config: --qps must be at least 1, got -5", id="scheduler-config-qps-negative"),
     pytest.param(["scheduler-config", "--out", "/proc/nope/x"],
                  "mig-extender scheduler-config: cannot write --out /proc/nope/x: No such file or directory",
                  id="scheduler-config-out"),
@@ -186,6 +212,8 @@ CASES = [
     pytest.param(["simulate", "--nodes", "1", "--duration", "60", "--policies", "stock", "--jobs", "1", "--plot",
                   "{tmp}"],
                  "mig-extender simulate: --plot {tmp}: cannot write it (a directory)", id="simulate-plot-directory"),
+    pytest.param(["simulate", "--nodes", "1", "--duration", "60", "--policies", "stock", "--jobs", "-1"],
+                 "mig-extender simulate: --jobs must be >= 0 (0: one per core), got -1", id="simulate-jobs-negative"),
 ]
 
 
