@@ -42,7 +42,7 @@ from .workload import (
 )
 
 ALL_POLICIES = ("stock", "upgrade", "mig-extender", "mig-extender+preempt", "bound")
-KNOWN_POLICIES = (*ALL_POLICIES, *repartition.POLICIES)  # the default runs ALL_POLICIES
+KNOWN_POLICIES = (*ALL_POLICIES, "bound-mig", *repartition.POLICIES)  # the default runs ALL_POLICIES
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -153,8 +153,9 @@ def run_one(prep: Prepared, policy: str, mech: Mechanics,
             progress: Callable[[float], None] | None = None) -> RunResult:
     started = time.perf_counter()
     cpu = time.process_time()
-    if policy == "bound":
-        result = run_bound(SimCluster(prep.spec, prep.demand), prep.jobs, prep.duration, mech.samples, progress)
+    if policy in ("bound", "bound-mig"):
+        result = run_bound(SimCluster(prep.spec, prep.demand), prep.jobs, prep.duration, mech.samples, progress,
+                           geometry=policy == "bound-mig")
     elif policy in repartition.POLICIES:
         result = repartition.run_policy(prep.spec, prep.jobs, policy, prep.duration, mech, prep.demand, progress)
     else:

@@ -23,6 +23,7 @@ from mig_extender.core.resources import PodInfo
 from mig_extender.sim import alibaba
 from mig_extender.sim.cluster import ClusterSpec, LayoutError, SimCluster, gpu_layouts
 from mig_extender.sim.engine import POLICIES, Engine, Mechanics
+from mig_extender.sim.fluid import run_bound
 from mig_extender.sim.runner import ALL_POLICIES, SimConfig, prepare, run_all
 from mig_extender.sim.workload import Job
 
@@ -350,3 +351,43 @@ def test_issue17_plot_draws_waiting_restarts_and_useful_utilisation(tmp_path: Pa
     assert all(len(point) == 6 for r in results.values() for point in r.timeline)
     plot(results, str(tmp_path / "p.png"), "t", (300.0, 360.0))
     assert (tmp_path / "p.png").stat().st_size > 10_000
+
+
+# -- bound-mig: the fluid bound plus what MIG geometry forces on every GPU ------------------------------
+
+
+def _four_and_three(gpus: int, model_name: str = "A100-80GB") -> tuple[SimCluster, list[Job]]:
+    """``gpus`` GPUs, and as many 4g pods as 3g pods, all at once, long-lived: the pools hold them all."""
+    gpu = model(model_name)
+    spec = ClusterSpec(1, gpus, (gpu,), "1g.10gb*3,4g.40gb/3g.40gb*2")  # both types hostable
+    r4, r3 = gpu.profile("4g.40gb").resource, gpu.profile("3g.40gb").resource
+    jobs = [Job(i, float(i), 10_000.0, r4 if i % 2 == 0 else r3, 1, 4 if i % 2 == 0 else 3, 4, gpu.name)
+            for i in range(2 * gpus)]
+    return SimCluster(spec), jobs
+
+
+def test_the_fluid_bound_lets_a_4g_share_a_gpu_with_a_3g_and_bound_mig_does_not() -> None:
+    """4g + 3g is no valid layout (the catalog: on a 7-slice GPU a 4g and a 3g cannot coexist), yet both
+    pools hold them: 4 + 3 compute, 4 + 4 memory slices a GPU. The fluid bound places all four pods;
+    bound-mig, as any MIG placement must, at most 4g alone + 3g with 3g (arrivals 4g, 3g, 4g, 3g: the
+    second 4g would need a third GPU)."""
+    cluster, jobs = _four_and_three(2)
+    fluid = run_bound(cluster, jobs, 100.0)
+    cluster, jobs = _four_and_three(2)
+    mig = run_bound(cluster, jobs, 100.0, geometry=True)
+    assert fluid.metrics["placed_fraction"] == 1.0
+    assert mig.metrics["placed_fraction"] == 0.75
+    assert mig.metrics["requested_utilisation"] < fluid.metrics["requested_utilisation"]
+
+
+def test_bound_mig_places_two_3g_on_a_gpu() -> None:
+    gpu = model("A100-80GB")
+    r3 = gpu.profile("3g.40gb").resource
+    jobs = [Job(i, float(i), 10_000.0, r3, 1, 3, 4, gpu.name) for i in range(3)]
+    result = run_bound(SimCluster(ClusterSpec(1, 1, (gpu,), "all-balanced")), jobs, 100.0, geometry=True)
+    assert result.metrics["placed"] == 2
+
+
+def test_bound_mig_refuses_a_gpu_whose_geometry_it_does_not_model() -> None:
+    with pytest.raises(ValueError, match="7-compute-slice"):
+        run_bound(SimCluster(ClusterSpec(1, 1, (model("A30-24GB"),), "all-balanced")), [], 10.0, geometry=True)
