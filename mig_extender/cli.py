@@ -453,8 +453,12 @@ def _scheduler_config(args: argparse.Namespace) -> None:
 
     from .core.schedconfig import render
 
-    url = urlsplit(args.url)
-    if url.scheme not in ("http", "https") or not url.hostname:
+    try:  # an unclosed '[' and (on .port) a port out of range or not a number raise ValueError: no address either
+        url = urlsplit(args.url)
+        usable = url.scheme in ("http", "https") and bool(url.hostname) and url.port != 0
+    except ValueError:
+        usable = False
+    if not usable:
         raise SettingsError(f"--url must be http(s)://HOST[:PORT][/PATH], got {args.url!r}")
     if args.qps < 1:
         raise SettingsError(f"--qps must be at least 1, got {args.qps}")

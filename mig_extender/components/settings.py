@@ -18,14 +18,14 @@ from ..core.requeue import RequeueSettings
 ENV_PREFIX = "MIG_EXTENDER_"
 # an owner kind as --restartable-owners takes it: Kind, or group/Kind (the group of the owner's apiVersion)
 _OWNER_KIND = re.compile(r"^([a-z0-9]([a-z0-9.-]*[a-z0-9])?/)?[A-Z][A-Za-z0-9]*$")
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")  # apimachinery validation.IsDNS1123Label
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")  # apimachinery validation.IsDNS1123Label
 
 
 def dns_label_problem(flag: str, value: str) -> str:
     """'' when ``value`` can name a namespace or a Service, else the one-line error naming ``flag``: a name
     the API server refuses fails every write into it at run time (a Lease, an Event, a certificate's SAN
     for a Service that cannot exist)."""
-    if len(value) <= 63 and _DNS_LABEL.match(value):
+    if len(value) <= 63 and _DNS_LABEL.fullmatch(value):  # match() let "ns\n" through: '$' matches before a newline
         return ""
     return f"{flag} must be a DNS label (lowercase letters, digits, '-', at most 63), got {value!r}"
 
