@@ -334,7 +334,9 @@ class Reconciler:
                                                 f"restarting so it runs on {up.rule.substitute.resource}, reserved on "
                                                 f"{up.rule.node} (rule {up.rule.name})")
             outcome = self._restart(up.rule, up.pod, counts, restore=False)
-            if outcome.kind is Restart.INVALID:
+            if outcome.kind is Restart.PLACED:  # it runs on its own type: the rule is moot, release it now
+                self._transition(rule, lambda r: r.expired(self.clock()), counts, "cancelled")
+            elif outcome.kind is Restart.INVALID:
                 self._upgrade_refused(up.rule, up.pod, f"its replacement would be refused: {outcome.detail}",
                                       counts, snap.now)
 
@@ -486,6 +488,11 @@ class Reconciler:
         obj = self.actions.get_pod(pod.namespace, pod.name)
         if obj is None or obj["metadata"].get("uid") != pod.uid:
             return RestartOutcome(Restart.GONE)
+        if not restore and (obj.get("spec") or {}).get("nodeName"):
+            # bound since our watch showed it pending: /filter found its own type free and its cancel of the
+            # rule did not reach the API (ExtenderService._transition passes over that), or a bind of another
+            # path. Evicting it would throw away a pod placed as it asked, for a substitute.
+            return RestartOutcome(Restart.PLACED)
         if pod.owner is not None:
             return self.actions.evict(obj)
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

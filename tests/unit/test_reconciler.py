@@ -671,3 +671,38 @@ def test_issue19_a_young_rule_is_upgraded_the_moment_it_settles_not_at_the_next_
     finally:
         stop.set()
         reconciler.wake()
+
+
+class CancelLost(MemoryRuleStore):
+    """The extender's rule store while the API server restarts: every write fails as the client's does."""
+
+    def update(self, rule, timeout=None):
+        raise MaxRetryError(None, "/apis/mig-extender.io", "Connection refused")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("owner", [pytest.param(OWNER, id="replicaset"), pytest.param(None, id="bare-pod")])
+def test_an_upgrade_never_restarts_a_pod_the_api_shows_bound_when_the_cancel_was_lost(owner) -> None:
+    """/filter found the pending pod fits its own type now and decided to cancel its rule, but the write
+    failed (the API server restarting): /filter still passes the node (``_transition`` counts
+    ``cancelled_failed``) and kube-scheduler binds the pod there. The reconciler's watch has not shown the
+    Binding yet: its pass still sees the pod pending with a settled Recorded rule. Restarting it now
+    evicts a pod that just started on the very type it asked for, and brings it back on the substitute."""
+    w = World()
+    blocker = w.add(make_pod("blocker", mig={"1g.5gb": 2}, node="gpu-a"))
+    pending = w.add(make_pod("p", mig={"1g.5gb": 1}, owner=owner))
+    rule = w.record_for(pending)
+    w.remove(blocker)  # a 1g.5gb frees: the pod fits as it is
+    extender_store = CancelLost(clock=lambda: w.now)
+    extender_store.record(rule)
+    extender = ExtenderService(inventory_of(make_node("gpu-a", "A100-40GB", {"1g.5gb": 2, "2g.10gb": 1,
+                                                                               "3g.20gb": 1})),
+                               extender_store, PlanSettings(), clock=lambda: w.now)
+    decision = extender.filter(pending, ["gpu-a"])
+    assert decision.passed == ("gpu-a",) and decision.cancel is not None  # the cancel decided, and lost
+    bound = json.loads(json.dumps(pending))
+    bound["spec"]["nodeName"] = "gpu-a"
+    w.actions.pods["p"] = bound  # the API has the Binding; the reconciler's inventory does not yet
+    w.now += 1.5  # the rule has settled
+    counts = w.reconciler.run_once()
+    assert not [c for c in w.actions.calls if c[0] in ("restart", "stash")], w.actions.calls
+    assert counts["cancelled"] == 1 and w.store.list()[0].phase is Phase.EXPIRED  # released, never handed on
