@@ -308,3 +308,15 @@ def test_scheduler_config_takes_every_url_kube_scheduler_can_call(tmp: Path, url
     code, stderr = run(["scheduler-config", "--url", url, "--out", str(tmp / "config.yaml")], clean_env(tmp))
     assert (code, stderr) == (0, "")
     assert f"urlPrefix: {url}\n" in (tmp / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("command", [
+    pytest.param(["serve", "--snapshot", SNAPSHOT], id="serve"),
+    pytest.param(["webhook", "--no-cluster", "--plain-http"], id="webhook"),
+])
+def test_a_bad_namespace_from_the_environment_is_named_as_the_environment_variable(tmp: Path,
+                                                                                   command: list[str]) -> None:
+    """serve and webhook have no --namespace: an error telling the user to fix one sends them nowhere."""
+    code, stderr = run(command, clean_env(tmp, MIG_EXTENDER_NAMESPACE="GPU_Ops"))
+    assert (code, stderr) == (2, f"mig-extender {command[0]}: MIG_EXTENDER_NAMESPACE must be a DNS label "
+                                 "(lowercase letters, digits, '-', at most 63), got 'GPU_Ops'\n")
