@@ -335,7 +335,8 @@ class Reconciler:
                                                 f"{up.rule.node} (rule {up.rule.name})")
             outcome = self._restart(up.rule, up.pod, counts, restore=False)
             if outcome.kind is Restart.PLACED:  # it runs on its own type: the rule is moot, release it now
-                self._transition(rule, lambda r: r.expired(self.clock()), counts, "cancelled")
+                self._upgrade_refused(rule, up.pod, f"it was bound to {outcome.detail} meanwhile, on its own "
+                                      f"{rule.original.resource}", counts, snap.now)
             elif outcome.kind is Restart.INVALID:
                 self._upgrade_refused(up.rule, up.pod, f"its replacement would be refused: {outcome.detail}",
                                       counts, snap.now)
@@ -492,7 +493,7 @@ class Reconciler:
             # bound since our watch showed it pending: /filter found its own type free and its cancel of the
             # rule did not reach the API (ExtenderService._transition passes over that), or a bind of another
             # path. Evicting it would throw away a pod placed as it asked, for a substitute.
-            return RestartOutcome(Restart.PLACED)
+            return RestartOutcome(Restart.PLACED, str(obj["spec"]["nodeName"]))
         if pod.owner is not None:
             return self.actions.evict(obj)
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

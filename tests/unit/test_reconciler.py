@@ -706,3 +706,4 @@ def test_an_upgrade_never_restarts_a_pod_the_api_shows_bound_when_the_cancel_was
     counts = w.reconciler.run_once()
     assert not [c for c in w.actions.calls if c[0] in ("restart", "stash")], w.actions.calls
     assert counts["cancelled"] == 1 and w.store.list()[0].phase is Phase.EXPIRED  # released, never handed on
+    assert ("p", "MigUpgradeSkipped") in w.actions.events  # the MigUpgrading just before is corrected
