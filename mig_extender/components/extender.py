@@ -183,7 +183,8 @@ class ExtenderService:
         return decision
 
     def housekeeping(self) -> None:
-        """Forget binds the API never confirmed; mark rules past their expiry Expired when this process
+        """Forget binds the API never confirmed; write again the rule transitions the API could not take on
+        a verb's path (``retry_unstored``); mark rules past their expiry Expired when this process
         owns the rules' life cycle (``expire_rules``: in-memory rules). With rules in the API the
         reconciler's leader does it: an expired rule's reservation is void by time already, and every
         extender replica writing the same transition would only collide."""
