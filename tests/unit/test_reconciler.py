@@ -707,3 +707,27 @@ def test_an_upgrade_never_restarts_a_pod_the_api_shows_bound_when_the_cancel_was
     assert not [c for c in w.actions.calls if c[0] in ("restart", "stash")], w.actions.calls
     assert counts["cancelled"] == 1 and w.store.list()[0].phase is Phase.EXPIRED  # released, never handed on
     assert ("p", "MigUpgradeSkipped") in w.actions.events  # the MigUpgrading just before is corrected
+
+
+@pytest.mark.parametrize("error, trace", [
+    pytest.param(MaxRetryError(None, "/api/v1/pods", "Connection refused"), False, id="api-unreachable"),  # type: ignore[arg-type]
+    pytest.param(TypeError("a defect of ours"), True, id="defect")])
+def test_a_rule_whose_observation_failed_for_want_of_the_api_is_one_line_a_defect_keeps_its_trace(
+        error, trace, caplog) -> None:
+    """The step-level rule holds per rule too: _observe isolates each rule, and while the API server
+    restarts every rule with a bare pod's stashed manifest fails there, each pass, each with its trace."""
+    w = World()
+    pending = w.add(make_pod("p", mig={"1g.5gb": 1}))
+    w.add(make_pod("a1", mig={"1g.5gb": 2}, node="gpu-a"))
+    rule = w.record_for(pending)
+    w.store.update(replace(w.store.get(rule.namespace, rule.name), stash='{"metadata": {"name": "p"}}'))
+
+    def failing(rule):
+        raise error
+
+    w.actions.finish_recreate = failing  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING, logger="mig_extender.components.reconciler"):
+        counts = w.reconciler.run_once()
+    assert counts["rule_errors"] == 1
+    failed = [r for r in caplog.records if "observing rule" in r.getMessage()]
+    assert len(failed) == 1 and bool(failed[0].exc_info) is trace
