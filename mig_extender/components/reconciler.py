@@ -237,8 +237,11 @@ class Reconciler:
             except Exception as exc:  # one bad rule (a stash the API refuses...) must not stall the others
                 counts["rule_errors"] += 1
                 self.last_error = f"rule {rule.namespace}/{rule.name}: {exc}"
-                log.warning("observing rule %s/%s failed; retrying next pass: %s", rule.namespace, rule.name, exc,
-                            exc_info=not api_failure(exc))  # as run_once's steps: the API away is one line
+                if api_failure(exc):  # as run_once's steps: the API away is one line, a defect keeps its trace
+                    log.warning("observing rule %s/%s failed (the API: %s); retrying next pass", rule.namespace,
+                                rule.name, exc)
+                else:
+                    log.exception("observing rule %s/%s failed; retrying next pass", rule.namespace, rule.name)
 
     def _observe_rule(self, rule: Rule, carriers: list[PodInfo], pods: Mapping[str, PodInfo],
                       counts: Counter[str], now: float, arrived: PodInfo | None = None) -> None:
