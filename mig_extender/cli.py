@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 
 from . import __version__
 from .components.settings import (
+    ENV_PREFIX,
     LOG_LEVELS,
     REPARTITION_MODES,
     RESTORE_POLICIES,
@@ -26,6 +27,8 @@ from .components.settings import (
     dns_label_problem,
 )
 from .core.planner import PlanSettings, Policy
+
+ENV_NAMESPACE = ENV_PREFIX + "NAMESPACE"  # serve and webhook have no --namespace: only this can set it
 
 
 class _Parser(argparse.ArgumentParser):
@@ -211,8 +214,9 @@ def _reconcile_parser(r: argparse.ArgumentParser) -> None:
     _add_cluster_flags(r, snapshot=False)
     r.add_argument("--metrics-bind", default="0.0.0.0:9090", metavar="HOST:PORT",
                    help="where /healthz, /readyz and /metrics are served (default: %(default)s)")
-    r.add_argument("--namespace", default=Settings.namespace,
-                   help="namespace of the leader-election Lease (default: %(default)s)")
+    r.add_argument("--namespace", default=None,
+                   help=f"namespace of the leader-election Lease (default: $MIG_EXTENDER_NAMESPACE, else "
+                        f"{Settings.namespace})")
     r.add_argument("--lease-name", default="mig-extender-reconciler", help="default: %(default)s")
     r.add_argument("--identity", default="", help="leader-election identity (default: hostname_pid)")
     r.add_argument("--rule-ttl", type=_seconds, default=Settings.rule_ttl, metavar="SECONDS", help=RULE_TTL_HELP)
@@ -355,7 +359,7 @@ def _serve_settings(args: argparse.Namespace, environ: dict[str, str] | None = N
         threads=args.threads, log_level=args.log_level,
         restartable_owners=base.restartable_owners if args.restartable_owners is None else args.restartable_owners,
         **_given(args, LOOP_GUARD_FLAGS),
-    ).validate()
+    ).validate(namespace_from=ENV_NAMESPACE)
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -374,7 +378,8 @@ def _webhook(args: argparse.Namespace) -> None:
     from .web.app import create_webhook_app
 
     settings = replace(Settings().with_env(), bind=args.bind, kubeconfig=args.kubeconfig,
-                       in_cluster=args.in_cluster, threads=args.threads, log_level=args.log_level).validate()
+                       in_cluster=args.in_cluster, threads=args.threads,
+                       log_level=args.log_level).validate(namespace_from=ENV_NAMESPACE)
     if args.no_cluster and settings.has_cluster:
         raise SettingsError("--no-cluster contradicts --kubeconfig and --in-cluster")
     if not args.no_cluster:
@@ -400,12 +405,13 @@ def _reconcile(args: argparse.Namespace) -> None:
 
 def _reconcile_settings(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Settings:
     settings = replace(Settings().with_env(environ), bind=args.metrics_bind, kubeconfig=args.kubeconfig,
-                       in_cluster=args.in_cluster, namespace=args.namespace, rule_ttl=args.rule_ttl,
+                       in_cluster=args.in_cluster, rule_ttl=args.rule_ttl,
                        restore_ttl=args.restore_ttl, restores_per_pass=args.restores_per_pass,
                        restores_in_flight=args.restores_in_flight, threads=2,
                        log_level=args.log_level, preemptions_per_pass=args.preemptions_per_pass,
                        preemption_margin=args.preemption_margin,
-                       **_given(args, (*LOOP_GUARD_FLAGS, *RESTORE_REQUEUE_FLAGS))).validate("--metrics-bind")
+                       **_given(args, ("namespace", *LOOP_GUARD_FLAGS, *RESTORE_REQUEUE_FLAGS)),
+                       ).validate("--metrics-bind")
     if args.no_preemption:
         settings = replace(settings, preemption=False)
     if args.restartable_owners is not None:
@@ -453,8 +459,12 @@ def _scheduler_config(args: argparse.Namespace) -> None:
 
     from .core.schedconfig import render
 
-    url = urlsplit(args.url)
-    if url.scheme not in ("http", "https") or not url.hostname:
+    try:  # an unclosed '[' and (on .port) a port out of range or not a number raise ValueError: no address either
+        url = urlsplit(args.url)
+        usable = url.scheme in ("http", "https") and bool(url.hostname) and url.port != 0
+    except ValueError:
+        usable = False
+    if not usable:
         raise SettingsError(f"--url must be http(s)://HOST[:PORT][/PATH], got {args.url!r}")
     if args.qps < 1:
         raise SettingsError(f"--qps must be at least 1, got {args.qps}")

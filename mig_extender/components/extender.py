@@ -87,6 +87,8 @@ FILTERED_PODS = 20_000  # pods between their /filter and their /bind, kept at mo
 FILTERED_TTL = 300.0    # ...this long (a scheduling cycle takes milliseconds; retries filter again)
 READ_PODS = 1_000       # pods read by /filter kept for their /prioritize (one cycle at a time, a few in flight)...
 READ_TTL = 30.0         # ...this long
+UNSTORED_RULES = 10_000  # rule transitions the API could not take, tried again by housekeeping...
+UNSTORED_TTL = 300.0     # ...this long (the reconciler's leader records them too, once it sees the pods)
 
 
 def _version(pod_obj: Mapping[str, Any]) -> tuple[str, str] | None:
@@ -123,6 +125,14 @@ class ExtenderService:
         # gets the very same object (an object's content at one resourceVersion never changes)
         self._read: TTLCache[tuple[str, str], PodInfo] = TTLCache(maxsize=READ_PODS, ttl=READ_TTL)
         self._filtered_lock = threading.Lock()
+        # (namespace, rule name) -> (the rule as read, the change, its event): transitions the API could not
+        # take on a verb's path, written again by housekeeping (retry_unstored). Until a 5xx stopped
+        # being the answer, kube-scheduler's retries of the pod wrote them again; the reconciler's leader
+        # may be recovering from the same outage, and a rule left Recorded under its bound pod can be
+        # handed by the webhook to a second new pod of the workload once its claim lapses.
+        self._unstored: TTLCache[tuple[str, str], tuple[Rule, Callable[[Rule], Rule], str]] = TTLCache(
+            maxsize=UNSTORED_RULES, ttl=UNSTORED_TTL)
+        self._unstored_lock = threading.Lock()
         self.expire_rules = True
         self.dra: DraInventory | None = None  # MIG devices served by DRA, for /debug/inventory (None: not watched)
         # names of the watches (nodes, pods, rules) cut off or just back, whose books may be behind the API:
@@ -173,7 +183,8 @@ class ExtenderService:
         return decision
 
     def housekeeping(self) -> None:
-        """Forget binds the API never confirmed; mark rules past their expiry Expired when this process
+        """Forget binds the API never confirmed; write again the rule transitions the API could not take on
+        a verb's path (``retry_unstored``); mark rules past their expiry Expired when this process
         owns the rules' life cycle (``expire_rules``: in-memory rules). With rules in the API the
         reconciler's leader does it: an expired rule's reservation is void by time already, and every
         extender replica writing the same transition would only collide."""
@@ -181,6 +192,24 @@ class ExtenderService:
         if self.expire_rules:
             for rule in expired_rules(self.snapshot()):
                 self._finish(rule, "expired")
+        self.retry_unstored()
+
+    def retry_unstored(self) -> None:
+        """Write again each transition the API could not take, while its rule is as it was then: one written
+        since (the reconciler's leader made it, or another change came first) is left to its writer."""
+        with self._unstored_lock:
+            due = list(self._unstored.items())
+            self._unstored.clear()
+        for i, ((namespace, name), (rule, change, event)) in enumerate(due):
+            current = self.store.get(namespace, name)
+            if current is None or current.resource_version != rule.resource_version:
+                continue
+            self._transition(current, change, event)
+            with self._unstored_lock:
+                if (namespace, name) in self._unstored:  # the API is still away: the rest wait for the next
+                    for key, entry in due[i + 1:]:       # round, not each for its own timeout on this thread
+                        self._unstored.setdefault(key, entry)
+                    return
 
     def prioritize(self, pod_obj: Mapping[str, Any], nodes: Sequence[str]) -> list[tuple[str, int]]:
         version = _version(pod_obj)
@@ -278,8 +307,9 @@ class ExtenderService:
 
         Bookkeeping: the verb's answer does not depend on it, and the reconciler's leader makes the same
         transitions from its own pass (Applied and bound when it sees the pods, cancelled, expired). So a
-        write the API server cannot take (it restarts: soak seed 37) is logged and counted as
-        ``<event>_failed``, never turned into an error of the verb: kube-scheduler reads a 5xx from /filter
+        write the API server cannot take (it restarts: soak seed 37) is logged, counted as
+        ``<event>_failed`` and written again by housekeeping (``retry_unstored``), never turned into an
+        error of the verb: kube-scheduler reads a 5xx from /filter
         as a failed attempt and backs the pod off, and from /bind as a failed bind of a pod that is bound
         (v1.36.3: pkg/scheduler/extender.go ``send``, any status but 200 is an error; schedule_one.go
         ``findNodesThatPassExtenders`` and ``extendersBinding`` return it unless the extender is ignorable).
@@ -289,9 +319,11 @@ class ExtenderService:
         except Exception as exc:  # conflicts are update_with_retry's; a defect of ours stays a 500 with its trace
             if not api_failure(exc):
                 raise
-            log.warning("rule %s/%s: %s not stored (%s); the reconciler records it once the API answers",
-                        rule.namespace, rule.name, event, exc)
+            log.warning("rule %s/%s: %s not stored (%s); tried again by housekeeping, and the reconciler "
+                        "records it once the API answers", rule.namespace, rule.name, event, exc)
             self.metrics.rules.labels(f"{event}_failed").inc()
+            with self._unstored_lock:
+                self._unstored[(rule.namespace, rule.name)] = (rule, change, event)
             return
         if stored is not None:
             self.metrics.rules.labels(event).inc()

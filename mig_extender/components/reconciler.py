@@ -237,7 +237,11 @@ class Reconciler:
             except Exception as exc:  # one bad rule (a stash the API refuses...) must not stall the others
                 counts["rule_errors"] += 1
                 self.last_error = f"rule {rule.namespace}/{rule.name}: {exc}"
-                log.exception("observing rule %s/%s failed; retrying next pass", rule.namespace, rule.name)
+                if api_failure(exc):  # as run_once's steps: the API away is one line, a defect keeps its trace
+                    log.warning("observing rule %s/%s failed (the API: %s); retrying next pass", rule.namespace,
+                                rule.name, exc)
+                else:
+                    log.exception("observing rule %s/%s failed; retrying next pass", rule.namespace, rule.name)
 
     def _observe_rule(self, rule: Rule, carriers: list[PodInfo], pods: Mapping[str, PodInfo],
                       counts: Counter[str], now: float, arrived: PodInfo | None = None) -> None:
@@ -334,7 +338,10 @@ class Reconciler:
                                                 f"restarting so it runs on {up.rule.substitute.resource}, reserved on "
                                                 f"{up.rule.node} (rule {up.rule.name})")
             outcome = self._restart(up.rule, up.pod, counts, restore=False)
-            if outcome.kind is Restart.INVALID:
+            if outcome.kind is Restart.PLACED:  # it runs on its own type: the rule is moot, release it now
+                self._upgrade_refused(rule, up.pod, f"it was bound to {outcome.detail} meanwhile, on its own "
+                                      f"{rule.original.resource}", counts, snap.now)
+            elif outcome.kind is Restart.INVALID:
                 self._upgrade_refused(up.rule, up.pod, f"its replacement would be refused: {outcome.detail}",
                                       counts, snap.now)
 
@@ -486,6 +493,11 @@ class Reconciler:
         obj = self.actions.get_pod(pod.namespace, pod.name)
         if obj is None or obj["metadata"].get("uid") != pod.uid:
             return RestartOutcome(Restart.GONE)
+        if not restore and (obj.get("spec") or {}).get("nodeName"):
+            # bound since our watch showed it pending: /filter found its own type free and its cancel of the
+            # rule did not reach the API (ExtenderService._transition passes over that), or a bind of another
+            # path. Evicting it would throw away a pod placed as it asked, for a substitute.
+            return RestartOutcome(Restart.PLACED, str(obj["spec"]["nodeName"]))
         if pod.owner is not None:
             return self.actions.evict(obj)
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

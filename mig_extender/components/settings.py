@@ -18,14 +18,14 @@ from ..core.requeue import RequeueSettings
 ENV_PREFIX = "MIG_EXTENDER_"
 # an owner kind as --restartable-owners takes it: Kind, or group/Kind (the group of the owner's apiVersion)
 _OWNER_KIND = re.compile(r"^([a-z0-9]([a-z0-9.-]*[a-z0-9])?/)?[A-Z][A-Za-z0-9]*$")
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")  # apimachinery validation.IsDNS1123Label
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")  # apimachinery validation.IsDNS1123Label
 
 
 def dns_label_problem(flag: str, value: str) -> str:
     """'' when ``value`` can name a namespace or a Service, else the one-line error naming ``flag``: a name
     the API server refuses fails every write into it at run time (a Lease, an Event, a certificate's SAN
     for a Service that cannot exist)."""
-    if len(value) <= 63 and _DNS_LABEL.match(value):
+    if len(value) <= 63 and _DNS_LABEL.fullmatch(value):  # match() let "ns\n" through: '$' matches before a newline
         return ""
     return f"{flag} must be a DNS label (lowercase letters, digits, '-', at most 63), got {value!r}"
 
@@ -135,10 +135,12 @@ class Settings:
     namespace: str = "mig-extender"
     log_level: str = "info"
 
-    def validate(self, bind_flag: str = "--bind") -> Settings:
+    def validate(self, bind_flag: str = "--bind", namespace_from: str = "--namespace") -> Settings:
         """Self, or SettingsError naming every bad setting at once by its flag (or environment variable);
-        ``bind_flag`` is the flag that set ``bind`` (reconcile serves its --metrics-bind there)."""
-        errors = [e for e in (self._source_error(), *self._address_errors(bind_flag), *self._value_errors()) if e]
+        ``bind_flag`` is the flag that set ``bind`` (reconcile serves its --metrics-bind there), and
+        ``namespace_from`` what set ``namespace`` (serve and webhook have no --namespace: the environment)."""
+        errors = [e for e in (self._source_error(), *self._address_errors(bind_flag), *self._value_errors(),
+                              dns_label_problem(namespace_from, self.namespace)) if e]
         if errors:
             raise SettingsError("; ".join(errors))
         return self
@@ -184,8 +186,6 @@ class Settings:
             errors.append(f"{flag_of('threads')} must be >= 1, got {self.threads}")
         if self.max_body_bytes < 1024:
             errors.append(f"{flag_of('max_body_bytes')} must be >= 1024, got {self.max_body_bytes}")
-        if problem := dns_label_problem(flag_of("namespace"), self.namespace):
-            errors.append(problem)
         errors += self._repartition_errors()
         errors += self._restart_errors()
         bad = [k for k in self.owner_kinds if not _OWNER_KIND.match(k)]

@@ -44,6 +44,7 @@ class Restart(str, Enum):
                              # bare pod's exact eviction could not be settled after a 409: tried again later
     INVALID = "invalid"      # a bare pod's replacement would be refused on create: the pod was left alone
     BLOCKED = "blocked"      # nothing recreates this pod (unknown owner): not restarted
+    PLACED = "placed"        # an upgrade's pending pod that the API shows bound meanwhile: not restarted
 
     def __str__(self) -> str:
         return self.value

@@ -179,6 +179,10 @@ CASES = [
     pytest.param(["reconcile", "--kubeconfig", "{tmp}/kubeconfig", "--namespace", ""],
                  "mig-extender reconcile: --namespace must be a DNS label (lowercase letters, digits, '-', at most "
                  "63), got ''", id="reconcile-namespace-empty"),
+    # a value read from a file or a ConfigMap keeps its newline: the API server refuses that name too
+    pytest.param(["certs", "--namespace", "mig-extender\n"],
+                 "mig-extender certs: --namespace must be a DNS label (lowercase letters, digits, '-', at most 63), "
+                 "got 'mig-extender\\n'", id="certs-namespace-newline"),
     pytest.param(["scheduler-config", "--namespace", "kube_system"],
                  "mig-extender scheduler-config: --namespace must be a DNS label (lowercase letters, digits, '-', at "
                  "most 63), got 'kube_system'", id="scheduler-config-namespace"),
@@ -192,6 +196,16 @@ CASES = [
     pytest.param(["scheduler-config", "--url", "http://"],
                  "mig-extender scheduler-config: --url must be http(s)://HOST[:PORT][/PATH], got 'http://'",
                  id="scheduler-config-url-no-host"),
+    # a port kube-scheduler cannot dial fails every extender call at run time, as a missing host does
+    pytest.param(["scheduler-config", "--url", "http://127.0.0.1:99999"],
+                 "mig-extender scheduler-config: --url must be http(s)://HOST[:PORT][/PATH], got "
+                 "'http://127.0.0.1:99999'", id="scheduler-config-url-port-range"),
+    pytest.param(["scheduler-config", "--url", "http://ext:http/"],
+                 "mig-extender scheduler-config: --url must be http(s)://HOST[:PORT][/PATH], got 'http://ext:http/'",
+                 id="scheduler-config-url-port-name"),
+    pytest.param(["scheduler-config", "--url", "http://[::1:8888"],
+                 "mig-extender scheduler-config: --url must be http(s)://HOST[:PORT][/PATH], got 'http://[::1:8888'",
+                 id="scheduler-config-url-ipv6-unclosed"),
     pytest.param(["scheduler-config", "--qps", "0"],
                  "mig-extender scheduler-config: --qps must be at least 1, got 0", id="scheduler-config-qps-0"),
     pytest.param(["scheduler-config", "--qps", "-5"],
@@ -283,3 +297,26 @@ def test_startup_log_says_what_is_served_in_plain_words(tmp: Path) -> None:
     assert f"inventory synced: {len(nodes)} nodes ({len(mig_nodes)} with MIG slices, 0 with an unrecognised GPU)" \
         in out, out
     assert "collector" not in out, out
+
+
+@pytest.mark.parametrize("url", [
+    pytest.param("http://[::1]:8888", id="ipv6"),
+    pytest.param("https://mig-extender.gpu-ops.svc:8888/extender", id="path"),
+    pytest.param("http://mig-extender", id="no-port"),
+])
+def test_scheduler_config_takes_every_url_kube_scheduler_can_call(tmp: Path, url: str) -> None:
+    code, stderr = run(["scheduler-config", "--url", url, "--out", str(tmp / "config.yaml")], clean_env(tmp))
+    assert (code, stderr) == (0, "")
+    assert f"urlPrefix: {url}\n" in (tmp / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("command", [
+    pytest.param(["serve", "--snapshot", SNAPSHOT], id="serve"),
+    pytest.param(["webhook", "--no-cluster", "--plain-http"], id="webhook"),
+])
+def test_a_bad_namespace_from_the_environment_is_named_as_the_environment_variable(tmp: Path,
+                                                                                   command: list[str]) -> None:
+    """serve and webhook have no --namespace: an error telling the user to fix one sends them nowhere."""
+    code, stderr = run(command, clean_env(tmp, MIG_EXTENDER_NAMESPACE="GPU_Ops"))
+    assert (code, stderr) == (2, f"mig-extender {command[0]}: MIG_EXTENDER_NAMESPACE must be a DNS label "
+                                 "(lowercase letters, digits, '-', at most 63), got 'GPU_Ops'\n")

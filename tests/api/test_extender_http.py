@@ -521,3 +521,55 @@ def test_debug_inventory_shows_dra_devices_and_upgraded_claims(service, client) 
                                  "held": "2g.10gb"}]
     book.claim_event("DELETED", {"metadata": {"namespace": "ml", "name": "web-mig"}})
     assert client.get("/debug/inventory").get_json()["dra"]["upgraded"] == []
+
+
+def test_a_rule_write_the_api_could_not_take_is_tried_again_by_housekeeping(client, service) -> None:
+    """The verb answers without the write, but the write is not left to the reconciler alone: until today a
+    5xx made kube-scheduler retry the pod, and each retry wrote again. Now the pod is bound at once; a rule
+    left Recorded under its bound pod is one the webhook may hand to a second new pod of the workload once
+    the claim lapses (30 s), while the reconciler's leader is still recovering from the same outage."""
+    _, replacement = _upgraded(client, service)
+    service.inventory.upsert_pod(replacement)
+    write = service.store.update
+    attempts = _refuse_rule_writes(service)
+    assert client.post("/filter", json={"Pod": replacement, "NodeNames": ["gpu-a", "gpu-b"]}).status_code == 200
+    assert attempts == ["Applied"]
+    service.housekeeping()  # the API still away: tried, kept for the next round
+    assert attempts == ["Applied", "Applied"]
+    service.store.update = write  # the API is back
+    service.housekeeping()
+    (stored,) = service.store.list()
+    assert stored.phase is Phase.APPLIED and stored.applied_pod == replacement["metadata"]["name"]
+    metrics = client.get("/metrics").get_data(True)
+    assert 'mig_extender_rule_events_total{event="applied"} 1.0' in metrics
+    service.housekeeping()  # done: never written twice
+    assert service.store.list()[0].resource_version == stored.resource_version
+
+
+def test_housekeeping_leaves_a_rule_written_meanwhile_to_its_writer(client, service) -> None:
+    """The reconciler's leader recorded the transition first (the rule changed since the write failed): the
+    retry is dropped, not written over the newer rule."""
+    rule, replacement = _upgraded(client, service)
+    service.inventory.upsert_pod(replacement)
+    write = service.store.update
+    attempts = _refuse_rule_writes(service)
+    client.post("/filter", json={"Pod": replacement, "NodeNames": ["gpu-a", "gpu-b"]})
+    service.store.update = write
+    newer = service.store.update(rule.applied(replacement["metadata"]["name"], service.clock(), 300))
+    service.housekeeping()
+    assert attempts == ["Applied"] and service.store.list() == [newer]
+
+
+def test_housekeeping_stops_its_retries_at_the_first_the_api_still_refuses(client, service) -> None:
+    """Each retry may wait for the client's timeout on the housekeeping thread: after an outage's burst,
+    one refused write says the API is still away, and the others wait for the next round."""
+    rule, _ = _upgraded(client, service)
+    other = service.store.record(replace(rule, name=rule.name + "-2", resource_version=""))
+    attempts = _refuse_rule_writes(service)
+    for r in (rule, other):
+        service._transition(r, lambda x: x.expired(service.clock()), "cancelled")
+    assert len(attempts) == 2
+    service.housekeeping()
+    assert len(attempts) == 3  # one tried, one left for the next round
+    service.housekeeping()
+    assert len(attempts) == 4

@@ -671,3 +671,63 @@ def test_issue19_a_young_rule_is_upgraded_the_moment_it_settles_not_at_the_next_
     finally:
         stop.set()
         reconciler.wake()
+
+
+class CancelLost(MemoryRuleStore):
+    """The extender's rule store while the API server restarts: every write fails as the client's does."""
+
+    def update(self, rule, timeout=None):
+        raise MaxRetryError(None, "/apis/mig-extender.io", "Connection refused")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("owner", [pytest.param(OWNER, id="replicaset"), pytest.param(None, id="bare-pod")])
+def test_an_upgrade_never_restarts_a_pod_the_api_shows_bound_when_the_cancel_was_lost(owner) -> None:
+    """/filter found the pending pod fits its own type now and decided to cancel its rule, but the write
+    failed (the API server restarting): /filter still passes the node (``_transition`` counts
+    ``cancelled_failed``) and kube-scheduler binds the pod there. The reconciler's watch has not shown the
+    Binding yet: its pass still sees the pod pending with a settled Recorded rule. Restarting it now
+    evicts a pod that just started on the very type it asked for, and brings it back on the substitute."""
+    w = World()
+    blocker = w.add(make_pod("blocker", mig={"1g.5gb": 2}, node="gpu-a"))
+    pending = w.add(make_pod("p", mig={"1g.5gb": 1}, owner=owner))
+    rule = w.record_for(pending)
+    w.remove(blocker)  # a 1g.5gb frees: the pod fits as it is
+    extender_store = CancelLost(clock=lambda: w.now)
+    extender_store.record(rule)
+    extender = ExtenderService(inventory_of(make_node("gpu-a", "A100-40GB", {"1g.5gb": 2, "2g.10gb": 1,
+                                                                               "3g.20gb": 1})),
+                               extender_store, PlanSettings(), clock=lambda: w.now)
+    decision = extender.filter(pending, ["gpu-a"])
+    assert decision.passed == ("gpu-a",) and decision.cancel is not None  # the cancel decided, and lost
+    bound = json.loads(json.dumps(pending))
+    bound["spec"]["nodeName"] = "gpu-a"
+    w.actions.pods["p"] = bound  # the API has the Binding; the reconciler's inventory does not yet
+    w.now += 1.5  # the rule has settled
+    counts = w.reconciler.run_once()
+    assert not [c for c in w.actions.calls if c[0] in ("restart", "stash")], w.actions.calls
+    assert counts["cancelled"] == 1 and w.store.list()[0].phase is Phase.EXPIRED  # released, never handed on
+    assert ("p", "MigUpgradeSkipped") in w.actions.events  # the MigUpgrading just before is corrected
+
+
+@pytest.mark.parametrize("error, trace", [
+    pytest.param(MaxRetryError(None, "/api/v1/pods", "Connection refused"), False, id="api-unreachable"),  # type: ignore[arg-type]
+    pytest.param(TypeError("a defect of ours"), True, id="defect")])
+def test_a_rule_whose_observation_failed_for_want_of_the_api_is_one_line_a_defect_keeps_its_trace(
+        error, trace, caplog) -> None:
+    """The step-level rule holds per rule too: _observe isolates each rule, and while the API server
+    restarts every rule with a bare pod's stashed manifest fails there, each pass, each with its trace."""
+    w = World()
+    pending = w.add(make_pod("p", mig={"1g.5gb": 1}))
+    w.add(make_pod("a1", mig={"1g.5gb": 2}, node="gpu-a"))
+    rule = w.record_for(pending)
+    w.store.update(replace(w.store.get(rule.namespace, rule.name), stash='{"metadata": {"name": "p"}}'))
+
+    def failing(rule):
+        raise error
+
+    w.actions.finish_recreate = failing  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING, logger="mig_extender.components.reconciler"):
+        counts = w.reconciler.run_once()
+    assert counts["rule_errors"] == 1
+    failed = [r for r in caplog.records if "observing rule" in r.getMessage()]
+    assert len(failed) == 1 and bool(failed[0].exc_info) is trace

@@ -166,3 +166,18 @@ def test_reconciler_built_by_the_process_carries_requeue_loop_guard_and_retentio
     assert reconciler.requeue == settings.requeue_settings
     assert reconciler.plan == settings.plan
     assert reconciler.retention == 7200.0
+
+
+@pytest.mark.parametrize("argv, environ, namespace", [
+    pytest.param([], {"MIG_EXTENDER_NAMESPACE": "gpu-ops"}, "gpu-ops", id="environment"),
+    pytest.param(["--namespace", "lease-ns"], {"MIG_EXTENDER_NAMESPACE": "gpu-ops"}, "lease-ns", id="flag-wins"),
+    pytest.param([], {}, "mig-extender", id="default"),
+])
+def test_reconcile_takes_its_lease_namespace_from_the_environment_unless_the_flag_is_given(
+        argv: list[str], environ: dict[str, str], namespace: str) -> None:
+    """The only process that uses the namespace read the flag's default over MIG_EXTENDER_NAMESPACE: a Lease
+    written where the deployment's namespace (the usual downward-API value) is not."""
+    from mig_extender import cli
+
+    args = cli._parser().parse_args(["reconcile", "--kubeconfig", "k", *argv])
+    assert cli._reconcile_settings(args, environ=environ).namespace == namespace
