@@ -130,6 +130,25 @@ class CreateBigPod(Action):
         return {"name": w.name, "completions": w.completions, "shape": shape.describe()}
 
 
+class EndBigPod(Action):
+    """A big pod's work is done: a Job's pod exits 0, a bare pod is deleted. Without it the pool fills
+    with long-lived pods, no node goes idle and changes stop (seed 40: none in the last 190 s)."""
+
+    name, weight = "big-done", 3.0
+
+    def apply(self, world: SoakWorld, rng: random.Random) -> dict[str, Any]:
+        pods = [p for p in world.ledger.pods() if p.live and p.node and p.selector.get(POOL_LABEL) == BIG_POOL]
+        if not pods:
+            raise Skip("no big pod runs")
+        pod = rng.choice(pods)
+        with world.api_errors_are_skips():
+            if pod.owner_kind == "Job":
+                world.cluster.fake_kubelet.finish_pod(world.namespace, pod.name, succeeded=True)
+            else:
+                world.delete_pod(pod.name, pod.uid)
+        return {"pod": pod.name, "owner": pod.owner_kind or "-"}
+
+
 class WedgeMigManager(Fault):
     """The MIG manager on some opted-in nodes wedges: a change it starts meanwhile writes ``pending``,
     pauses the device plugin and goes no further (gpu-operator #2833). Undone by restarting it, which

@@ -47,7 +47,16 @@ from .invariants import (
     observe,
 )
 from .ledger import PodLedger
-from .repartition import SETTLE, SLACK, TIMEOUT, CreateBigPod, WedgeMigManager, reconciler_env, start_big_pool
+from .repartition import (
+    SETTLE,
+    SLACK,
+    TIMEOUT,
+    CreateBigPod,
+    EndBigPod,
+    WedgeMigManager,
+    reconciler_env,
+    start_big_pool,
+)
 from .world import MERGE, POOLS, ActionFailed, Skip, SoakWorld, Workload
 
 log = logging.getLogger("soak")
@@ -124,7 +133,7 @@ class SoakRun:
     def __init__(self, cluster: E2ECluster, stack: Stack, plan: SoakPlan, history_path: Path | None,
                  churn: Sequence[Action] = CHURN, faults: Sequence[Fault] = FAULTS) -> None:
         self.cluster, self.stack, self.plan = cluster, stack, plan
-        self.churn = list(churn) + ([CreateBigPod()] if plan.repartition else [])
+        self.churn = list(churn) + ([CreateBigPod(), EndBigPod()] if plan.repartition else [])
         faults = list(faults) + ([WedgeMigManager()] if plan.repartition else [])
         named = {f.name: f for f in faults}
         self.faults = [named[n] for n in plan.faults if n in named] if plan.faults else list(faults)
