@@ -848,6 +848,8 @@ class ChangeBounded(Invariant):
                 continue
             outcome = _last_outcome(obs.nodes.get(name), started) or ("gone" if name not in obs.nodes else "aborted")
             self.outcomes[outcome] += 1
+            if not applying and outcome == "success":
+                self.applied += 1  # applied and finished between two checks
             world.history.record("observe", "change-", node=name, outcome=outcome, applied=applying)
         self.live = current
         return out
