@@ -98,19 +98,29 @@ def big_pods_live(world: SoakWorld) -> int:
 
 
 class CreateBigPod(Action):
-    """A pod asking one 4g or 7g slice of the big pool: a bare pod (ended by the churn's deletes) or a
-    one- or two-completion Job (ended by job-pod-done). At most GPUs + 2 at once: some wait for the
-    other size, long enough to start a change, without the pool ever clearing its backlog."""
+    """A pod asking one 4g or 7g slice of the big pool: a bare pod or a one- or two-completion Job
+    (ended by big-done, job-pod-done, pod-). At most one per big GPU + 1 at once.
+
+    Demand comes in waves: WAVE creations mostly of one size, then of the other. With both sizes
+    always waiting no node ever qualifies (the planner never destroys a slice some pod waits for; seed
+    40's second run saw 3 changes in 5 minutes); a wave leaves the other size's nodes idle as its pods
+    end, and the waiting size then outlives the window."""
 
     name, weight = "big+", 4.0
+    WAVE = 25
+
+    def __init__(self) -> None:
+        self.created = 0
 
     def apply(self, world: SoakWorld, rng: random.Random) -> dict[str, Any]:
         if world.mig_manager is None:
             raise Skip("the soak does not repartition")
         gpus = sum(n.gpus for n in world.nodes.values() if n.managed)
-        if big_pods_live(world) >= gpus + 2:
+        if big_pods_live(world) >= gpus + 1:
             raise Skip("big pool demand full")
-        shape = PodShape({rng.choice(BIG): 1}, opt_out=True, pool=BIG_POOL)
+        wave = BIG[(self.created // self.WAVE) % 2]
+        self.created += 1
+        shape = PodShape({wave if rng.random() < 0.85 else rng.choice(BIG): 1}, opt_out=True, pool=BIG_POOL)
         if rng.random() < 0.5:
             name = world.new_name("bigpod")
             world.ledger.expect_bare_create(name)
