@@ -4,7 +4,8 @@ continuously; prints pod lifecycles, faults, violations and each component's mem
 Starts its own e2e control plane (etcd, kube-apiserver, controllers, a fake kubelet; see tests/e2e/README.md)
 and the full stack on it (extender, webhook over HTTPS, two leader-elected reconcilers, a scheduler with
 the extender), then runs tests/e2e/soak with the given seed. Exits 1 on any violation, 2 when it could not
-run (no control plane).
+run (no control plane). Unless --no-repartition, the reconcilers repartition (tests/e2e/soak/repartition.py:
+opted-in nodes served by a fake MIG manager, demand only a change serves, a MIG manager that wedges).
 
     python bench/soak.py --minutes 30 --seed 1 [--json] [--history soak.jsonl] [--faults kill-extender,...]
 
@@ -32,12 +33,14 @@ sys.path.insert(0, str(REPO))  # this checkout and its tests/ package, not an in
 from procstat import children, rss_kb  # noqa: E402
 
 from tests.e2e.soak.faults import FAULTS  # noqa: E402
+from tests.e2e.soak.repartition import WedgeMigManager  # noqa: E402
 from tests.e2e.soak.runner import SoakPlan, SoakRun, component_pids, describe_plan  # noqa: E402
 from tests.e2e.testenv.binaries import BinariesUnavailable, find_binaries  # noqa: E402
 from tests.e2e.testenv.cluster import E2ECluster  # noqa: E402
 from tests.e2e.testenv.stack import Stack  # noqa: E402
 
 SAMPLE_S = 5.0
+ALL_FAULTS = (*FAULTS, WedgeMigManager())
 
 
 class RssSampler:
@@ -105,12 +108,14 @@ def main() -> int:
     ap.add_argument("--nodes", type=int, default=5, help="nodes at the start (churn keeps 3-8)")
     ap.add_argument("--rate", type=float, default=3.0, help="churn actions per second")
     ap.add_argument("--fault-every", type=float, default=20.0, help="mean seconds between faults")
-    ap.add_argument("--faults", default="", help=f"comma-separated subset of {[f.name for f in FAULTS]}")
+    ap.add_argument("--faults", default="", help=f"comma-separated subset of {[f.name for f in ALL_FAULTS]}")
+    ap.add_argument("--no-repartition", action="store_true",
+                    help="no opted-in nodes, no fake MIG manager, the repartitioner off (as before it was soaked)")
     ap.add_argument("--history", default="", help="history file (JSON lines); default: in a temp dir, kept")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     names = tuple(n for n in args.faults.split(",") if n)
-    unknown = set(names) - {f.name for f in FAULTS}
+    unknown = set(names) - {f.name for f in ALL_FAULTS}
     if unknown or args.minutes <= 0:
         sys.exit(f"--faults: unknown {sorted(unknown)}" if unknown else "--minutes must be > 0")
     try:
@@ -122,7 +127,8 @@ def main() -> int:
     history = (Path(args.history) if args.history
                else Path(tempfile.mkdtemp(prefix="mig-soak-")) / f"soak-{args.seed}.jsonl")
     plan = SoakPlan(seed=args.seed, seconds=60 * args.minutes, nodes=args.nodes, actions_per_second=args.rate,
-                    fault_every=args.fault_every, faults=names, quiet_every=60.0, settle=120.0)
+                    fault_every=args.fault_every, faults=names, quiet_every=60.0, settle=120.0,
+                    repartition=not args.no_repartition)
     cluster = E2ECluster.start(binaries=binaries, verbosity=1)
     stack = Stack(cluster, Path(tempfile.mkdtemp(prefix="soak-stack-", dir=cluster.state_dir)))
     sampler: RssSampler | None = None
@@ -140,7 +146,8 @@ def main() -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d"),
         "plan": describe_plan(plan), "lifecycles": result.lifecycles, "pods_created": result.pods_created,
         "actions": dict(result.actions), "skipped": result.skipped, "refused": result.failed,
-        "faults": dict(result.faults), "quiet_points": result.quiet_points, "settled": result.converged,
+        "faults": dict(result.faults), "repartitions": result.repartitions, "quiet_points": result.quiet_points,
+        "settled": result.converged,
         "violations": {k: {"count": result.verdict.counts[k], "first": v.render(args.seed)}
                        for k, v in result.verdict.first.items()},
         "harness_errors": result.harness_errors, "rss": memory, "history": str(history),

@@ -4,6 +4,7 @@ a green soak meaningless."""
 
 from __future__ import annotations
 
+import json
 import socket
 import socketserver
 import threading
@@ -16,8 +17,14 @@ import pytest
 import urllib3
 from kubernetes import client
 
+from mig_extender.core.repartition import LABEL_MIG_CONFIG, LABEL_MIG_CONFIG_STATE, LABEL_REPARTITION
+from mig_extender.core.repartition_change import ANN_CHANGE, ANN_LAST
+
 from .soak.history import History
 from .soak.invariants import (
+    ChangeBounded,
+    NoBindWhileApplying,
+    NodesReleased,
     NoPodLost,
     NoRestartLoop,
     NoRuleLeak,
@@ -273,3 +280,103 @@ def test_soak_d10_a_pod_already_gone_is_not_the_harness_and_an_unknown_outcome_i
         w.delete_pod("reset", "uid-3")
     assert w.deleted_by_harness("uid-3", "") and "reset" in w.uncertain
     w.close()
+
+
+# ---- 8, 9, 10: the repartitioner's invariants ------------------------------------------------------
+
+R4, R7 = "nvidia.com/mig-4g.20gb", "nvidia.com/mig-7g.40gb"
+
+
+def big_node(name: str = "b1", *, phase: str | None = "applying", started: float = NOW - 10, state: str = "pending",
+             config: str = "soak-all-7g", last: dict | None = None, allocatable: dict | None = None) -> dict:
+    annotations = {}
+    if phase is not None:
+        annotations[ANN_CHANGE] = json.dumps({"config": config, "previous": "soak-all-4g", "phase": phase,
+                                              "started": started, "appliedAt": started + 2})
+    if last is not None:
+        annotations[ANN_LAST] = json.dumps(last)
+    labels = {LABEL_REPARTITION: "true", LABEL_MIG_CONFIG: config, "nvidia.com/gpu.count": "1"}
+    if state:
+        labels[LABEL_MIG_CONFIG_STATE] = state
+    return {"metadata": {"name": name, "labels": labels, "annotations": annotations},
+            "status": {"allocatable": allocatable if allocatable is not None else {R7: "1"}}}
+
+
+def bound_pod(name: str, at: float, demand: dict[str, int] | None = None, phase: str = "Running") -> dict:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+    limits = {r: str(n) for r, n in (demand if demand is not None else {R7: 1}).items()}
+    return {"metadata": {"name": name, "uid": f"uid-{name}"},
+            "spec": {"nodeName": "b1", "containers": [{"name": "c", "resources": {"requests": limits}}]},
+            "status": {"phase": phase, "conditions": [{"type": "PodScheduled", "status": "True",
+                                                       "lastTransitionTime": stamp}]}}
+
+
+def api_world(node_now: dict, pods: list[dict] = (), inventory: dict | None = None, **kwargs: Any) -> Any:
+    """A world whose API answers with ``pods`` on the node and ``node_now`` for a fresh read."""
+    def answer(body: Any) -> Any:
+        return SimpleNamespace(data=json.dumps(body).encode())
+
+    core = SimpleNamespace(list_pod_for_all_namespaces=lambda **kw: answer({"items": list(pods)}),
+                           read_node=lambda name, **kw: answer(node_now))
+    extender = SimpleNamespace(inventory=lambda node=None: inventory or {"nodes": [{"node": node, "resources": {}}]})
+    return world(core=core, stack=SimpleNamespace(extender=extender), **kwargs)
+
+
+def on_nodes(*nodes: dict, mono: float = 0.0) -> Observation:
+    return replace(observation(mono=mono), nodes={n["metadata"]["name"]: n for n in nodes})
+
+
+@pytest.mark.parametrize(("seen", "fresh", "pods", "flagged"), [
+    pytest.param(big_node(), big_node(), [bound_pod("p", NOW - 5)], True, id="bound-after-the-reservation"),
+    pytest.param(big_node(), big_node(), [bound_pod("p", NOW - 30)], False, id="bound-before-the-reservation"),
+    pytest.param(big_node(), big_node(), [bound_pod("p", NOW - 5, demand={})], False, id="not-a-mig-pod"),
+    pytest.param(big_node(), big_node(), [bound_pod("p", NOW - 5, phase="Failed")], False, id="finished"),
+    pytest.param(big_node(), big_node(state="success"), [bound_pod("p", NOW - 5)], False,
+                 id="success-meanwhile-the-hold-is-lifted"),
+    pytest.param(big_node(), big_node(started=NOW - 3), [bound_pod("p", NOW - 5)], False,
+                 id="another-record-meanwhile"),
+    pytest.param(big_node(phase="reserving"), big_node(phase="reserving"), [bound_pod("p", NOW - 5)], False,
+                 id="reserving-a-binding-in-flight-is-aborted-by-design"),
+    pytest.param(big_node(state="success"), big_node(state="success"), [bound_pod("p", NOW - 5)], False,
+                 id="success-seen"),
+])
+def test_no_bind_while_applying(seen: dict, fresh: dict, pods: list[dict], flagged: bool) -> None:
+    checker = NoBindWhileApplying()
+    found = checker.check(on_nodes(seen), api_world(fresh, pods))
+    assert [v.invariant for v in found] == (["8-no-bind-while-applying"] if flagged else [])
+    assert checker.check(on_nodes(seen), api_world(fresh, pods)) == []  # reported once
+
+
+def test_a_change_record_outliving_settle_timeout_and_slack_is_flagged_once_and_its_end_counted() -> None:
+    checker = ChangeBounded(settle=2.0, timeout=25.0, slack=20.0)
+    w = world()
+    record = big_node(started=NOW - 40)
+    assert checker.check(on_nodes(record), w) == []
+    later = replace(on_nodes(record), wall=NOW + 8)  # 48 s old: past 2 + 25 + 20
+    assert [v.invariant for v in checker.check(later, w)] == ["9-change-bounded"]
+    assert checker.check(later, w) == []  # reported once
+    w.impaired = lambda what, since=None: True  # the reconciler was away: not ours to blame
+    assert ChangeBounded(2.0, 25.0, 20.0).check(on_nodes(big_node(started=NOW - 48)), w) == []
+    ended = big_node(phase=None, state="success", last={"at": NOW - 1, "outcome": "failed_Timeout"})
+    checker.check(on_nodes(ended), world())
+    assert (checker.started, checker.applied, dict(checker.outcomes)) == (1, 1, {"failed_Timeout": 1})
+
+
+@pytest.mark.parametrize(("node", "inventory", "problem"), [
+    pytest.param(big_node(phase=None, state="success"), None, "", id="released-in-a-named-config"),
+    pytest.param(big_node(state="success"), None, "still holds a change record", id="record-left"),
+    pytest.param(big_node(phase=None, state="success"),
+                 {"nodes": [{"node": "b1", "resources": {R7: {"reserved": 1}}}]}, "the extender still reserves",
+                 id="extender-holds"),
+    pytest.param(big_node(phase=None, state="success", config="other"), None, "is no config of the name map",
+                 id="unknown-config"),
+    pytest.param(big_node(phase=None, state="pending"), None, "state=pending", id="mig-manager-not-done"),
+    pytest.param(big_node(phase=None, state="success", allocatable={R4: "1"}), None, "advertises",
+                 id="layout-not-the-config"),
+])
+def test_opted_in_nodes_are_released_in_a_named_config_at_the_end(node: dict, inventory: dict | None,
+                                                                  problem: str) -> None:
+    checker = NodesReleased({"soak-all-4g": ("4g.20gb",), "soak-all-7g": ("7g.40gb",)})
+    found = checker.final(on_nodes(node), api_world(node, inventory=inventory))
+    assert [v.invariant for v in found] == (["10-nodes-released"] if problem else [])
+    assert all(problem in v.message for v in found)

@@ -586,3 +586,26 @@ def test_label_the_api_always_refuses_releases_the_node_after_the_timeout() -> N
     assert json.loads(w.api.annotations("gpu-1")[ANN_LAST])["outcome"] == "Timeout"
     w.run(rep, T0 + 60 + SETTINGS.settle + SETTINGS.timeout + 60)
     assert w.change() is None  # the cooldown holds it off
+
+
+def test_a_second_change_like_the_first_is_reported_too() -> None:
+    """Soak seed 44 (docs/reliability.md, phase 2): 12 changes finished, 8 ``MigRepartitioned`` Events. An
+    Event is written once per (node, reason, text) and its name comes from its content, so the end of
+    a change alike an earlier one on the same node (same config, GPUs, seconds) was never reported."""
+    w = World()
+    rep = w.actuator()
+    for at in (T0, T0 + 60, T0 + 65):
+        w.run(rep, at)
+    w.api.mig_manager("gpu-1", "success", {"7g.80gb": 2})
+    w.run(rep, T0 + 70)  # finished in 5 s
+    back = copy.deepcopy(w.api.objs["gpu-1"])
+    back["metadata"]["labels"][LABEL_MIG_CONFIG] = "all-3g.40gb"  # an admin puts it back
+    w.api.put(back)
+    w.api.mig_manager("gpu-1", "success", {"3g.40gb": 4})
+    for at in (T0 + 700, T0 + 705):  # after the cooldown: the same change again
+        w.run(rep, at)
+    assert w.change() is not None and w.change().phase is ChangePhase.APPLYING
+    w.api.mig_manager("gpu-1", "success", {"7g.80gb": 2})
+    w.run(rep, T0 + 710)  # finished in 5 s again
+    assert w.change() is None
+    assert w.api.reasons() == ["MigRepartitioning", "MigRepartitioned"] * 2

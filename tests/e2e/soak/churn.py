@@ -346,7 +346,8 @@ class RemoveNode(Action):
     def apply(self, world: SoakWorld, rng: random.Random) -> dict[str, Any]:
         if len(world.nodes) <= self.min_nodes:
             raise Skip("too few nodes")
-        node: NodeState = pick(rng, list(world.nodes.values()))
+        # the opted-in nodes stay: the big pool is small, and the fake MIG manager serves a fixed set
+        node: NodeState = pick(rng, [n for n in world.nodes.values() if not n.managed])
         world.removed_nodes.add(node.name)  # before any pod goes: their deletions are ours
         try:
             with world.api_errors_are_skips():
@@ -367,7 +368,7 @@ class CordonNode(Action):
 
     def apply(self, world: SoakWorld, rng: random.Random) -> dict[str, Any]:
         node: NodeState = pick(rng, [n for n in world.nodes.values() if not n.cordoned])
-        if len(world.schedulable_nodes()) <= 2:
+        if len([n for n in world.schedulable_nodes() if not n.managed]) <= 2:
             raise Skip("keep two nodes schedulable")
         with world.api_errors_are_skips():
             set_cordon(world, node, True)
@@ -394,7 +395,10 @@ class RepartitionNode(Action):
     def apply(self, world: SoakWorld, rng: random.Random) -> dict[str, Any]:
         if world.cluster.fake_kubelet.holding:
             raise Skip("the kubelet lags (slow-kubelet fault): mig-parted waits for the node to report")
-        node: NodeState = pick(rng, list(world.nodes.values()))
+        # never an opted-in node: its operator gave its layout to our repartitioner and the MIG manager
+        # (one label, one MIG manager serialising changes); mig-parted run by hand beside them would
+        # fight both, which no real cluster does
+        node: NodeState = pick(rng, [n for n in world.nodes.values() if not n.managed])
         layout = rng.choice([lay for lay in LAYOUTS if lay != node.per_gpu])
         was_cordoned = node.cordoned
         with world.api_errors_are_skips():

@@ -16,15 +16,18 @@ import json
 import re
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from mig_extender.core.catalog import model, resource_profile_name, substitutes
+from mig_extender.core.repartition import LABEL_MIG_CONFIG, LABEL_MIG_CONFIG_STATE, LABEL_REPARTITION
+from mig_extender.core.repartition_change import ANN_CHANGE, ANN_LAST
 from mig_extender.core.resources import ANN_RULE, parse_time
 
 from ..testenv.stack import GROUP, PLURAL, VERSION
 from .ledger import PodRecord
+from .repartition import CONFIGS, SETTLE, SLACK, TIMEOUT
 from .world import GPU, PROFILES, NodeState, SoakWorld, mig_demand
 
 PENDING_LIMIT_S = 30.0   # invariant 4: "no pod stays Pending for more than N seconds while..."
@@ -116,6 +119,11 @@ class Observation:
     rules: list[RuleView]
     jobs: list[dict[str, Any]]
     events: list[dict[str, Any]]  # our restart Events (MigUpgrading, MigRestoring)
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)  # the soak's Nodes as listed (JSON)
+
+    def changing(self) -> set[str]:
+        """Nodes that hold a repartition change record (every MIG slice there may be held)."""
+        return {name for name, node in self.nodes.items() if ANN_CHANGE in _meta(node, "annotations")}
 
 
 def observe(world: SoakWorld) -> Observation:
@@ -127,6 +135,8 @@ def observe(world: SoakWorld) -> Observation:
         listed = world.core.list_namespaced_event(world.namespace, field_selector=f"reason={reason}",
                                                   _preload_content=False)
         events += json.loads(listed.data).get("items") or []
+    listed = json.loads(world.core.list_node(_preload_content=False).data)
+    nodes = {n["metadata"]["name"]: n for n in listed.get("items") or () if n["metadata"]["name"] in world.nodes}
     parsed = []
     for obj in rules.get("items") or ():
         try:
@@ -134,7 +144,11 @@ def observe(world: SoakWorld) -> Observation:
         except (KeyError, TypeError, ValueError):
             continue  # a malformed rule is the product's to report; the leak check cannot read it
     return Observation(world.history.now(), time.time(), time.monotonic(), world.ledger.pods(), parsed,
-                       jobs.get("items") or [], events)
+                       jobs.get("items") or [], events, nodes)
+
+
+def _meta(obj: Mapping[str, Any], part: str) -> Mapping[str, str]:
+    return (obj.get("metadata") or {}).get(part) or {}
 
 
 def reservations(rules: Iterable[RuleView], now: float) -> dict[str, dict[str, int]]:
@@ -365,11 +379,14 @@ class FreeSlices:
 
 
 def free_slices(obs: Observation, world: SoakWorld) -> FreeSlices:
+    """A node with a repartition change record has nothing free: the change holds every MIG slice there
+    until the MIG manager reports success (invariant 8 checks that nothing lands meanwhile)."""
     used = world.ledger.used()
     held = reservations(obs.rules, obs.wall)
+    changing = obs.changing()
     free = {}
     for name, node in world.nodes.items():
-        if node.cordoned:
+        if node.cordoned or name in changing:
             continue
         free[name] = {r: n - used.get(name, {}).get(r, 0) - held.get(name, {}).get(r, 0)
                       for r, n in node.allocatable.items()}
@@ -531,7 +548,9 @@ class NoRuleLeak(Invariant):
             # expiry times are stored to the second: a rule about to expire may be counted either way
             near_expiry = {n for r in after if abs(r.expires - now) < 3 for n in (r.node, r.restore_node)}
             expected = reservations(after, now)
-            last = _reserved_diff(inventory, expected, world, skip=near_expiry)
+            # a repartition holds all of a node's slices (invariants 8-10 judge those nodes)
+            changing = changing_nodes(world)
+            last = _reserved_diff(inventory, expected, world, skip=near_expiry | changing)
             if not last:
                 return []
             time.sleep(1.0)
@@ -665,7 +684,7 @@ class BooksMatch(Invariant):
             if before != after:
                 time.sleep(1.0)
                 continue  # not quiet after all: pods still moving
-            last = _books_diff(inventory, after, world)
+            last = _books_diff(inventory, after, world, changing=changing_nodes(world))
             if not last:
                 return []
             time.sleep(1.0)
@@ -675,7 +694,8 @@ class BooksMatch(Invariant):
                                                     "(node resource: extender != recount)", last)]
 
 
-def _books_diff(inventory: Mapping[str, Any], used: Mapping[str, Mapping[str, int]], world: SoakWorld) -> list[str]:
+def _books_diff(inventory: Mapping[str, Any], used: Mapping[str, Mapping[str, int]], world: SoakWorld,
+                changing: Collection[str] = ()) -> list[str]:
     diff = []
     seen = set()
     for entry in inventory.get("nodes") or ():
@@ -692,19 +712,216 @@ def _books_diff(inventory: Mapping[str, Any], used: Mapping[str, Mapping[str, in
             numbers = resources.get(r, {})
             if numbers.get("used", 0) != used.get(name, {}).get(r, 0):
                 diff.append(f"{name} {r} used: {numbers.get('used', 0)} != {used.get(name, {}).get(r, 0)}")
-            if numbers.get("allocatable", 0) != node.allocatable.get(r, 0):
+            if numbers.get("allocatable", 0) != node.allocatable.get(r, 0) and name not in changing:
+                # (a node under a repartition: the MIG manager moves its allocatable while we read)
                 diff.append(f"{name} {r} allocatable: {numbers.get('allocatable', 0)} != {node.allocatable.get(r, 0)}")
     diff += [f"{name}: missing from the extender's books" for name in world.nodes if name not in seen]
     return diff
 
 
+# ---- 8, 9, 10: the repartitioner -------------------------------------------------------------------
+
+
+def changing_nodes(world: SoakWorld) -> set[str]:
+    """The soak's nodes holding a repartition change record now (read from the API)."""
+    listed = json.loads(world.core.list_node(_preload_content=False).data)
+    return {n["metadata"]["name"] for n in listed.get("items") or ()
+            if n["metadata"]["name"] in world.nodes and ANN_CHANGE in _meta(n, "annotations")}
+
+
+def _change(node: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The change record on a Node as stored (JSON), read without the product's Change class."""
+    text = _meta(node, "annotations").get(ANN_CHANGE)
+    if not text:
+        return None
+    try:
+        record = json.loads(text)
+        float(record["started"])
+        return record
+    except (ValueError, TypeError, KeyError):
+        return {"started": 0.0, "phase": "unreadable"}
+
+
+def _bound_at(pod: Mapping[str, Any]) -> float | None:
+    """When the scheduler bound the pod: its PodScheduled=True condition's time (whole seconds)."""
+    for c in (pod.get("status") or {}).get("conditions") or ():
+        if c.get("type") == "PodScheduled" and c.get("status") == "True":
+            return parse_time(c.get("lastTransitionTime")) or None
+    return None
+
+
+class NoBindWhileApplying(Invariant):
+    """No MIG pod is bound to a node while our change there is ``applying`` and the MIG manager has not
+    reported ``success`` (the node is held: the device plugin is paused or about to be, and the GPU
+    instances a pod would use are about to be destroyed), unless it was bound before the reservation.
+
+    Pods are listed from the API, then the Node is read again: only if it still shows the same record,
+    still without ``success``, was each pod listed bound while the node was held (the state only moves
+    forward within one record). "Bound after the reservation" compares the pod's PodScheduled time
+    (whole seconds) with the record's start, rounded down: a pod bound in the second before counts too,
+    and it should not be there either (the fresh pod list before the label write refuses such a node)."""
+
+    key, title = "8-no-bind-while-applying", "no MIG pod bound to a node our change holds"
+
+    def __init__(self) -> None:
+        self.reported: set[str] = set()
+
+    def check(self, obs: Observation, world: SoakWorld) -> list[Violation]:
+        out = []
+        for name, node in obs.nodes.items():
+            record = _change(node)
+            if record is None or record.get("phase") != "applying" or _state(node) == "success":
+                continue
+            listed = world.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={name}",
+                                                            _preload_content=False)
+            pods = json.loads(listed.data).get("items") or []
+            fresh = json.loads(world.core.read_node(name, _preload_content=False).data)
+            same = _meta(fresh, "annotations").get(ANN_CHANGE) == _meta(node, "annotations").get(ANN_CHANGE)
+            if not same or _state(fresh) == "success":
+                continue  # the change moved on meanwhile: the next check looks again
+            started = float(record["started"])
+            for pod in pods:
+                meta, status = pod["metadata"], pod.get("status") or {}
+                bound = _bound_at(pod)
+                if (not mig_demand(pod) or status.get("phase") in ("Succeeded", "Failed") or bound is None
+                        or bound < int(started) or meta["uid"] in self.reported):
+                    continue
+                self.reported.add(meta["uid"])
+                out.append(self.violation(
+                    obs.t, f"pod {meta['name']} ({dict(mig_demand(pod))}) bound to {name} at {bound:.0f} while our "
+                           f"change there is applying (reserved at {started:.1f}, state "
+                           f"{_state(fresh) or 'none'})",
+                    [f"change record: {_meta(fresh, 'annotations').get(ANN_CHANGE)}",
+                     f"node labels: mig.config={_meta(fresh, 'labels').get(LABEL_MIG_CONFIG)}",
+                     *_history(world, name, 12), *_history(world, meta["name"], 8)]))
+        return out
+
+
+def _state(node: Mapping[str, Any]) -> str:
+    return _meta(node, "labels").get(LABEL_MIG_CONFIG_STATE, "")
+
+
+class ChangeBounded(Invariant):
+    """No change record lives longer than settle + timeout + SLACK (the record's own start, the same
+    machine's clock), unless the reconciler was down or coming back meanwhile: a record the actuator
+    never ends keeps the node out of scheduling for good. Also counts the changes it saw and how each
+    ended (the node's ``repartition-last`` outcome; none: aborted without a cooldown)."""
+
+    key, title = "9-change-bounded", "every repartition change ends within settle + timeout"
+
+    def __init__(self, settle: float, timeout: float, slack: float) -> None:
+        self.limit = settle + timeout + slack
+        self.slack = slack
+        self.live: dict[tuple[str, float], bool] = {}  # (node, started) -> seen applying
+        self.started = 0
+        self.applied = 0
+        self.outcomes: Counter[str] = Counter()
+        self.reported: set[tuple[str, float]] = set()
+
+    def check(self, obs: Observation, world: SoakWorld) -> list[Violation]:
+        out = []
+        current: dict[tuple[str, float], bool] = {}
+        for name, node in obs.nodes.items():
+            record = _change(node)
+            if record is None:
+                continue
+            key = (name, float(record["started"]))
+            applying = record.get("phase") == "applying" or self.live.get(key, False)
+            current[key] = applying
+            if key not in self.live:
+                self.started += 1
+                world.history.record("observe", "change+", node=name, config=record.get("config"),
+                                     previous=record.get("previous"), phase=record.get("phase"))
+            if applying and not self.live.get(key, False):
+                self.applied += 1
+            age = obs.wall - key[1]
+            if (age > self.limit and key not in self.reported
+                    and not world.impaired("reconciler", since=obs.mono - self.slack)):
+                self.reported.add(key)
+                out.append(self.violation(obs.t, f"change on {name} still recorded {age:.0f} s after it started "
+                                                 f"(limit {self.limit:.0f} s): {record.get('phase')}, state "
+                                                 f"{_state(node) or 'none'}",
+                                          [f"change record: {_meta(node, 'annotations').get(ANN_CHANGE)}",
+                                           *_history(world, name, 20)]))
+        for (name, started), applying in self.live.items():
+            if (name, started) in current:
+                continue
+            outcome = _last_outcome(obs.nodes.get(name), started) or ("gone" if name not in obs.nodes else "aborted")
+            self.outcomes[outcome] += 1
+            if not applying and outcome == "success":
+                self.applied += 1  # applied and finished between two checks
+            world.history.record("observe", "change-", node=name, outcome=outcome, applied=applying)
+        self.live = current
+        return out
+
+
+def _last_outcome(node: Mapping[str, Any] | None, started: float) -> str:
+    """How the change started at ``started`` ended, from the node's ``repartition-last`` ('' if unknown)."""
+    if node is None:
+        return ""
+    try:
+        last = json.loads(_meta(node, "annotations").get(ANN_LAST) or "{}")
+        return str(last["outcome"]) if float(last["at"]) >= started else ""
+    except (ValueError, TypeError, KeyError):
+        return ""
+
+
+class NodesReleased(Invariant):
+    """After the soak settled: no opted-in node still holds a change record or a hold in the extender's
+    books, each one's ``nvidia.com/mig.config`` is a config the name map has, the MIG manager reports
+    ``success`` for it, and the node advertises that config's layout."""
+
+    key, title = "10-nodes-released", "opted-in nodes released, each in a named config, at the end"
+
+    def __init__(self, configs: Mapping[str, tuple[str, ...]]) -> None:
+        self.configs = configs
+
+    def final(self, obs: Observation, world: SoakWorld) -> list[Violation]:
+        out = []
+        for name, node in obs.nodes.items():
+            if _meta(node, "labels").get(LABEL_REPARTITION) != "true":
+                continue
+            problems = self._problems(name, node, world)
+            if problems:
+                out.append(self.violation(obs.t, f"opted-in node {name} at the end: " + "; ".join(problems),
+                                          _history(world, name, 20)))
+        return out
+
+    def _problems(self, name: str, node: Mapping[str, Any], world: SoakWorld) -> list[str]:
+        problems = []
+        if ANN_CHANGE in _meta(node, "annotations"):
+            problems.append(f"still holds a change record {_meta(node, 'annotations')[ANN_CHANGE]}")
+        (entry,) = world.stack.extender.inventory(name)["nodes"] or [{}]
+        reserved = {r: n["reserved"] for r, n in (entry.get("resources") or {}).items() if n.get("reserved")}
+        if reserved:
+            problems.append(f"the extender still reserves {reserved}")
+        config = _meta(node, "labels").get(LABEL_MIG_CONFIG)
+        if config not in self.configs:
+            problems.append(f"nvidia.com/mig.config={config!r} is no config of the name map")
+        elif _state(node) != "success":
+            problems.append(f"nvidia.com/mig.config.state={_state(node) or 'none'} for {config}")
+        else:
+            gpus = int(_meta(node, "labels").get("nvidia.com/gpu.count", "1"))
+            want = {f"nvidia.com/mig-{p}": n * gpus for p, n in Counter(self.configs[config]).items()}
+            allocatable = (node.get("status") or {}).get("allocatable") or {}
+            have = {r: int(q) for r, q in allocatable.items() if r.startswith("nvidia.com/mig-") and q != "0"}
+            if have != want:
+                problems.append(f"advertises {have}, not {config}'s {want}")
+        return problems
+
+
 INVARIANTS: tuple[type[Invariant], ...] = (NoOvercommit, NoPodLost, NoJobFailed, NoStuckPending, NoRuleLeak,
                                            NoRestartLoop, BooksMatch)
+REPARTITION_INVARIANTS: tuple[type[Invariant], ...] = (NoBindWhileApplying, ChangeBounded, NodesReleased)
 
 
-def all_invariants(kubelet_mark: int) -> list[Invariant]:
-    return [NoOvercommit(kubelet_mark), NoPodLost(), NoJobFailed(), NoStuckPending(), NoRuleLeak(),
-            NoRestartLoop(), BooksMatch()]
+def all_invariants(kubelet_mark: int, repartition: bool = False) -> list[Invariant]:
+    """Every invariant; with ``repartition`` also those of the repartitioner (soak/repartition.py's knobs)."""
+    out = [NoOvercommit(kubelet_mark), NoPodLost(), NoJobFailed(), NoStuckPending(), NoRuleLeak(),
+           NoRestartLoop(), BooksMatch()]
+    if repartition:
+        out += [NoBindWhileApplying(), ChangeBounded(SETTLE, TIMEOUT, SLACK), NodesReleased(CONFIGS)]
+    return out
 
 
 @dataclass

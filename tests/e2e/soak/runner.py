@@ -17,6 +17,7 @@ recorded and counted, and the run goes on.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import random
 import time
@@ -27,13 +28,35 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kubernetes import client
+
 from ..testenv.cluster import E2ECluster
 from ..testenv.stack import NS_LABEL, Stack
 from .churn import CHURN, Action, CreateBarePod, CreateDeployment, CreateStatefulSet, add_node, compute, set_cordon
 from .faults import FAULTS, ActiveFault, Fault
 from .history import History
-from .invariants import Invariant, NoRestartLoop, Observation, Verdict, Violation, all_invariants, observe
+from .invariants import (
+    ChangeBounded,
+    Invariant,
+    NoRestartLoop,
+    Observation,
+    Verdict,
+    Violation,
+    all_invariants,
+    changing_nodes,
+    observe,
+)
 from .ledger import PodLedger
+from .repartition import (
+    SETTLE,
+    SLACK,
+    TIMEOUT,
+    CreateBigPod,
+    EndBigPod,
+    WedgeMigManager,
+    reconciler_env,
+    start_big_pool,
+)
 from .world import MERGE, POOLS, ActionFailed, Skip, SoakWorld, Workload
 
 log = logging.getLogger("soak")
@@ -55,6 +78,7 @@ class SoakPlan:
     warmup: float = 15.0            # no fault before this
     oversubscribe: float = 1.3      # churn keeps demand (compute slices) under this share of the capacity
     prefill: float = 0.9            # demand created before the drive starts, as a share of the capacity
+    repartition: bool = False       # opted-in nodes, a fake MIG manager, the repartitioner on (repartition.py)
 
 
 @dataclass
@@ -74,6 +98,7 @@ class SoakResult:
     rules_seen: set[str] = field(default_factory=set)  # MigSubstitutions the checks saw
     restarts: int = 0                                  # pods our reconciler restarted (its Events)
     converged: bool = False
+    repartitions: dict[str, Any] = field(default_factory=dict)  # changes seen and how they ended; Events
     drive_seconds: float = 0.0
     total_seconds: float = 0.0
 
@@ -88,6 +113,8 @@ class SoakResult:
                  f"{self.fault_count} faults {dict(self.faults)}; {len(self.rules_seen)} rules, "
                  f"{self.restarts} restarts by the reconciler; {self.quiet_points} quiet points; "
                  f"settled: {'yes' if self.converged else 'NO'}"]
+        if self.repartitions:
+            lines.append(f"repartitions: {self.repartitions}")
         if self.crashes:
             lines.append(f"components that exited on their own and were restarted: {self.crashes}")
         if self.harness_errors:
@@ -106,7 +133,8 @@ class SoakRun:
     def __init__(self, cluster: E2ECluster, stack: Stack, plan: SoakPlan, history_path: Path | None,
                  churn: Sequence[Action] = CHURN, faults: Sequence[Fault] = FAULTS) -> None:
         self.cluster, self.stack, self.plan = cluster, stack, plan
-        self.churn = list(churn)
+        self.churn = list(churn) + ([CreateBigPod(), EndBigPod()] if plan.repartition else [])
+        faults = list(faults) + ([WedgeMigManager()] if plan.repartition else [])
         named = {f.name: f for f in faults}
         self.faults = [named[n] for n in plan.faults if n in named] if plan.faults else list(faults)
         for action in self.churn:
@@ -128,7 +156,7 @@ class SoakRun:
         world = self.world = SoakWorld(self.cluster, self.stack, namespace, self.history,
                                        run_id=f"s{self.plan.seed}-{namespace[-4:]}")
         world.ledger = PodLedger(world, self.history).start()
-        self.invariants = all_invariants(self.cluster.fake_kubelet.checkpoint())
+        self.invariants = all_invariants(self.cluster.fake_kubelet.checkpoint(), self.plan.repartition)
         try:
             self._setup(world)
             drive_start = time.monotonic()
@@ -151,6 +179,12 @@ class SoakRun:
         for _ in range(self.plan.nodes):
             node = add_node(world, self.rng)
             self.history.record("action", "node+", node=node.name, layout=dict(node.allocatable), pool=node.pool)
+        if self.plan.repartition:
+            start_big_pool(world, self.rng)
+            # every reconciler of this run repartitions, those faults restart included
+            self.stack.reconciler_env = reconciler_env(self.stack.workdir)
+            for identity in self.stack.reconcilers():
+                self.stack.stop_reconciler(identity)
         self._prefill(world)
         while len(self.stack.reconcilers()) < 2:  # a leader and a standby, as deployed
             self.stack.start_reconciler(world.new_reconciler_identity())
@@ -345,6 +379,7 @@ class SoakRun:
         """Undo every fault and disruption, and shrink demand so that everything fits with room to spare."""
         self._recover()
         self.history.record("phase", "wind-down")
+        self._changes_end(world)
         with contextlib.suppress(Exception):
             for node in world.nodes.values():
                 if node.cordoned:
@@ -361,6 +396,18 @@ class SoakRun:
             if over is None:
                 break
             self._shrink(world, *over)
+
+    def _changes_end(self, world: SoakWorld) -> None:
+        """Let the repartitions under way end before demand is shrunk to the capacity: a change moves
+        capacity from one big size to the other (invariant 9 judges one that does not end)."""
+        if not self.plan.repartition:
+            return
+        deadline = time.monotonic() + SETTLE + TIMEOUT + SLACK
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                if not changing_nodes(world):
+                    return
+            time.sleep(1.0)
 
     def _overloaded(self, world: SoakWorld) -> tuple[str | None, str] | None:
         for pool in (*POOLS, None):
@@ -418,6 +465,12 @@ class SoakRun:
         pods = world.ledger.pods()
         if any(p.waiting or (p.node and p.phase == "Pending") or p.terminating for p in pods):
             return False
+        if self.plan.repartition:
+            try:
+                if changing_nodes(world):
+                    return False
+            except Exception:
+                return False
         live: Counter[str] = Counter(p.app for p in pods if p.live)
         # a Job's wanted pods depend on its progress: invariant 2's final check counts those
         return all(live.get(w.name, 0) == w.replicas for w in world.live_workloads() if w.kind != "Job")
@@ -441,10 +494,33 @@ class SoakRun:
         self.result.lifecycles = world.ledger.lifecycles
         self.result.pods_created = world.ledger.created
         self.result.restarts = sum(len(i.restarted) for i in self.invariants if isinstance(i, NoRestartLoop))
+        for inv in self.invariants:
+            if isinstance(inv, ChangeBounded):
+                self.result.repartitions = {"started": inv.started, "applied": inv.applied,
+                                            "ended": dict(inv.outcomes), "events": self._repartition_events(world)}
         self.history.record("phase", "done", lifecycles=self.result.lifecycles, created=self.result.pods_created,
                             violations=self.result.verdict.total)
 
+    def _repartition_events(self, world: SoakWorld) -> dict[str, int]:
+        """The repartitioner's node Events on the soak's nodes, by reason (MigRepartitionFailed by the
+        reason its note starts with)."""
+        try:
+            listed = client.EventsV1Api(world.api).list_namespaced_event("default", _preload_content=False)
+        except Exception as exc:
+            self._harness_error("listing node Events", exc)
+            return {}
+        out: Counter[str] = Counter()
+        for e in json.loads(listed.data).get("items") or ():
+            reason = e.get("reason", "")
+            if (e.get("regarding") or {}).get("name") in world.nodes and reason.startswith("MigRepartition"):
+                why = (e.get("note") or "").split(":")[0] if reason == "MigRepartitionFailed" else ""
+                out[f"{reason}:{why}" if why else reason] += 1
+        return dict(out)
+
     def _cleanup(self, world: SoakWorld) -> None:
+        if world.mig_manager is not None:
+            with contextlib.suppress(Exception):
+                world.mig_manager.stop()
         for name in list(world.nodes):
             with contextlib.suppress(Exception):
                 self.cluster.fake_kubelet.remove_node(name)

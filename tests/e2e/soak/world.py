@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +29,7 @@ from ..testenv.workloads import IMAGE
 from .history import History
 
 if TYPE_CHECKING:
+    from ..testenv.migmanager import FakeMigManager
     from .ledger import PodLedger
 
 GPU = "A100-40GB"
@@ -45,6 +46,10 @@ LAYOUTS: tuple[Mapping[str, int], ...] = (
 )
 POOLS = ("blue", "green")
 POOL_LABEL = "mig-soak/pool"
+# the opted-in nodes our repartitioner may change (soak/repartition.py): tainted, so only pods of that pool
+# (tolerating it) land there, and their layouts (4g/7g only) are ones the other pods never ask for
+BIG_POOL = "big"
+BIG_TAINT = "mig-soak/big"
 RUN_LABEL = "mig-soak/run"
 GATE = "mig-soak.io/hold"
 STRATEGIC = "application/strategic-merge-patch+json"
@@ -58,9 +63,18 @@ class NodeState:
     gpus: int
     pool: str
     cordoned: bool = False
+    # a node whose layout its MIG manager sets (soak/repartition.py): what it advertises now, read from
+    # the fake kubelet, replaces the soak's own record (per_gpu is then only the starting layout)
+    advertised: Callable[[], Mapping[str, int]] | None = None
+
+    @property
+    def managed(self) -> bool:
+        return self.advertised is not None
 
     @property
     def allocatable(self) -> dict[str, int]:
+        if self.advertised is not None:
+            return dict(self.advertised())
         return {r: n * self.gpus for r, n in self.per_gpu.items()}
 
 
@@ -101,6 +115,8 @@ class PodShape:
             spec["initContainers"] = inits
         if self.pool:
             spec["nodeSelector"] = {POOL_LABEL: self.pool}
+        if self.pool == BIG_POOL:
+            spec["tolerations"] = [{"key": BIG_TAINT, "operator": "Exists", "effect": "NoSchedule"}]
         if gated:
             spec["schedulingGates"] = [{"name": GATE}]
         return spec
@@ -183,6 +199,7 @@ class SoakWorld:
         self._impaired: dict[str, float] = {}         # what -> monotonic time its fault (and recovery) ends
         self._reconcilers = 0
         self._seq = 0
+        self.mig_manager: FakeMigManager | None = None  # set by the runner when the soak repartitions
         self.ledger: PodLedger = None  # type: ignore[assignment]  # set by the runner once the watch runs
 
     # ---- names and time --------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ place ends in ``success`` at once; otherwise it writes ``pending``, stops the de
 MIG allocatable drops to 0 while running pods keep running), applies the config, starts the device
 plugin again and writes ``success``, or ``failed`` when the apply failed, for instance because a GPU
 instance it had to destroy was in use: it never evicts anything. This fake does the same with
-``delay`` seconds for the apply, and can wedge in ``pending`` (gpu-operator #2833) for timeout tests.
+``delay`` seconds for the apply, and can wedge in ``pending`` (gpu-operator #2833) for timeout tests;
+``unwedge`` then restarts it as the GPU operator restarts its pod: it applies the label as it is now.
 
 Which GPU a pod uses is not in the API; the fake device plugin is taken to hand out instances lowest
 GPU index first (``gpus_in_use``), so a test knows which GPU its pod holds.
@@ -110,6 +111,7 @@ class FakeMigManager:
         self._lock = threading.Lock()
         self._nodes: dict[str, _Managed] = {}
         self._wedged: set[str] = set()
+        self._stuck: set[str] = set()  # wedged nodes that stopped a change in pending
         self._history: dict[str, list[str]] = {}
         self._work: queue.Queue[tuple[str, str] | None] = queue.Queue()
         self._stop = threading.Event()
@@ -129,6 +131,35 @@ class FakeMigManager:
         """From now on a change on ``node`` stops after writing ``pending`` (the label stays so)."""
         with self._lock:
             (self._wedged.add if wedged else self._wedged.discard)(node)
+
+    def unwedge(self, node: str) -> None:
+        """The MIG manager's pod restarted on ``node``: it is no longer wedged and applies the node's
+        label as it is now (a change it stopped in ``pending`` is carried out, or the value set back
+        meanwhile is found in place), as the real one reads its label again when it starts."""
+        with self._lock:
+            self._wedged.discard(node)
+            stuck = node in self._stuck
+            self._stuck.discard(node)
+            if node not in self._nodes or not stuck:
+                return
+        value = (self.kubelet.core.read_node(node).metadata.labels or {}).get(LABEL_MIG_CONFIG)
+        if value is None:
+            return
+        with self._lock:
+            if node in self._nodes:
+                self._nodes[node].handled = value
+        self._work.put((node, value))
+
+    def managed(self) -> list[str]:
+        with self._lock:
+            return sorted(self._nodes)
+
+    def release(self, node: str) -> None:
+        """Stop serving ``node`` (it was removed)."""
+        with self._lock:
+            self._nodes.pop(node, None)
+            self._wedged.discard(node)
+            self._stuck.discard(node)
 
     def layouts(self, node: str) -> tuple[Layout, ...]:
         with self._lock:
@@ -171,16 +202,25 @@ class FakeMigManager:
 
     def _apply(self, node: str, config: str) -> None:
         with self._lock:
-            managed = self._nodes[node]
+            managed = self._nodes.get(node)
             wedged = node in self._wedged
+            stuck = node in self._stuck
+        if managed is None or stuck:
+            return  # released meanwhile (the node went away), or stuck in a change: unwedge() reads the label
         outcome = decide(managed.gpu, managed.layouts, self._used(node), config, self.configs)
         log.info("%s: mig.config=%s -> %s %s", node, config, outcome.state, outcome.reason)
-        if outcome.state == STATE_SUCCESS or outcome.target is None:
-            self._write(node, outcome.state)  # nothing to apply (or not even a valid name)
+        if outcome.state == STATE_SUCCESS:
+            # nothing to apply; the device plugin runs (again, after a wedged change paused it)
+            self._write(node, outcome.state, allocatable(managed.gpu, managed.layouts), replace=True)
+            return
+        if outcome.target is None:
+            self._write(node, outcome.state)  # not even a valid name
             return
         before = allocatable(managed.gpu, managed.layouts)
         self._write(node, STATE_PENDING, {r: 0 for r in before})  # the device plugin stops
         if wedged:
+            with self._lock:
+                self._stuck.add(node)
             return
         self._stop.wait(self.delay)
         if outcome.state == STATE_FAILED:

@@ -48,6 +48,9 @@ class Stack:
         self.extender: ExtenderProcess | None = None
         self.procs: dict[str, procs.ManagedProcess] = {}
         self.webhook_port = 0
+        # environment every reconciler gets unless start_reconciler is given its own (the soak's repartition
+        # settings, so reconcilers restarted by faults run as the first ones did)
+        self.reconciler_env: dict[str, str] = {}
 
     def start(self, extender_env: dict[str, str] | None = None) -> Stack:
         """Everything, in dependency order; stop_all() undoes it (also after a failed start)."""
@@ -168,6 +171,7 @@ class Stack:
         """``env``: extra environment (e.g. MIG_EXTENDER_RESTARTABLE_OWNERS) on top of this process's;
         ``module``: a wrapper running the same CLI (testenv.slowlist); ``log``: a log name of its own (the
         default, lifecycle-<identity>, is shared by every stack and restart of the session)."""
+        env = env if env is not None else (self.reconciler_env or None)
         port = procs.free_port()
         argv = cli_argv(
             "reconcile",
