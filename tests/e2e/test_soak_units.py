@@ -33,7 +33,7 @@ from .soak.invariants import (
     RuleView,
     _books_diff,
 )
-from .soak.ledger import BareSlot, PodRecord, pod_record
+from .soak.ledger import BareSlot, PodLedger, PodRecord, pod_record
 from .soak.world import P1, P2, P3, NodeState, SoakWorld
 
 NOW = 1_000_000.0
@@ -280,6 +280,45 @@ def test_soak_d10_a_pod_already_gone_is_not_the_harness_and_an_unknown_outcome_i
         w.delete_pod("reset", "uid-3")
     assert w.deleted_by_harness("uid-3", "") and "reset" in w.uncertain
     w.close()
+
+
+class _Marks:
+    """The world's side of who deleted a pod: the uids the harness marked before its DELETE."""
+
+    def __init__(self) -> None:
+        self.marked: set[str] = set()
+        self.core = SimpleNamespace(list_namespaced_pod=lambda *a, **k: None)
+        self.namespace = "ns"
+
+    def deleted_by_harness(self, uid: str, node: str) -> bool:
+        return uid in self.marked
+
+
+def _bare(uid: str) -> dict:
+    return {"metadata": {"name": "bare-1", "namespace": "ns", "uid": uid}, "spec": {}, "status": {"phase": "Pending"}}
+
+
+@pytest.mark.parametrize("watch_first", [pytest.param(True, id="watch-reports-the-delete-first"),
+                                         pytest.param(False, id="the-404-comes-back-first")])
+def test_a_delete_that_came_back_404_is_not_the_harness_whichever_comes_first(watch_first: bool) -> None:
+    """Seen in a soak (seed 44, bare-0335): the product's eviction of a bare pod (an upgrade) and the harness's
+    DELETE of it crossed; the harness marks the uid before its call (the watch may report first), the watch
+    reported the deletion while the call was in flight and booked it as the harness's, the call came back
+    404 and unmarked the uid too late: the product's recreate then read as a duplicate (2-no-pod-lost). The
+    end is the product's in both orders."""
+    marks = _Marks()
+    ledger = PodLedger(marks, History(None, seed=0))  # type: ignore[arg-type]
+    ledger._on_event("ADDED", _bare("u1"))
+    marks.marked.add("u1")  # the harness is about to DELETE
+    if watch_first:
+        ledger._on_event("DELETED", _bare("u1"))  # our eviction removed it; the watch reports it at once
+    marks.marked.discard("u1")  # the DELETE came back 404: not the harness's
+    ledger.not_the_harness("u1")
+    if not watch_first:
+        ledger._on_event("DELETED", _bare("u1"))
+    slot = ledger.bare["bare-1"]
+    assert (slot.deleted, slot.harness_deleted, slot.product_deleted) == (1, 0, 1)
+    assert slot.last_product_delete == ledger._pods["u1"].ended
 
 
 # ---- 8, 9, 10: the repartitioner's invariants ------------------------------------------------------

@@ -230,9 +230,10 @@ class PodLedger:
             rec("observe", "ungated", pod=new.name, uid=new.uid[:8])
 
     def _ended(self, pod: PodRecord, how: str) -> None:
-        # "other": a controller, the garbage collector or the product; for a bare pod only the product
-        by = "harness" if self.world.deleted_by_harness(pod.uid, pod.node) else "other"
+        # "other": a controller, the garbage collector or the product; for a bare pod only the product.
+        # Decided under the lock not_the_harness() takes, so the two are ordered whichever comes first.
         with self._lock:
+            by = "harness" if self.world.deleted_by_harness(pod.uid, pod.node) else "other"
             pod.ended = self.history.now()
             pod.deleted_by = by
             if not pod.counted:
@@ -246,6 +247,24 @@ class PodLedger:
                 else:
                     slot.last_product_delete = pod.ended
         self.history.record("observe", "pod-", pod=pod.name, uid=pod.uid[:8], how=how, by=by, phase=pod.phase)
+
+    def not_the_harness(self, uid: str) -> None:
+        """The harness's DELETE or Eviction of ``uid`` came back 404/409: it deleted nothing. The harness marks a
+        uid before its call (the watch may report the deletion first), so an end the watch reported while the
+        call was in flight, someone else's (the product's eviction of a bare pod it restarts), was booked as
+        the harness's; move it back (soak seed 44, bare-0335: the product's recreate read as a duplicate).
+        The caller has unmarked the uid already, so an end reported after this is booked right."""
+        with self._lock:
+            pod = self._pods.get(uid)
+            if pod is None or pod.ended is None or pod.deleted_by != "harness":
+                return
+            pod.deleted_by = "other"
+            slot = self.bare.get(pod.name) if not pod.owner_kind else None
+            if slot is not None:
+                slot.harness_deleted -= 1
+                slot.last_product_delete = pod.ended
+        self.history.record("observe", "pod- by", pod=pod.name, uid=uid[:8], by="other",
+                            why="the harness's delete came back 404/409")
 
     def forget_ended(self, older_than: float) -> None:
         """Drop pods gone for longer than ``older_than`` seconds (a long run keeps memory flat)."""

@@ -348,6 +348,8 @@ class SoakWorld:
           of that name is never judged for recreates (``uncertain``)."""
         if isinstance(exc, ApiException) and exc.status in (404, 409):
             self.unmark_harness_deleted(uid)
+            if self.ledger is not None:  # the watch may have booked the end as ours while the call was in flight
+                self.ledger.not_the_harness(uid)
             return True
         cause = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) else exc
         refused = isinstance(exc, ApiException) and 400 <= (exc.status or 0) < 500  # 4xx: nothing was done
