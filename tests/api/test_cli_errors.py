@@ -77,6 +77,17 @@ def run(args: list[str], env: dict[str, str]) -> tuple[int, str]:
     return done.returncode, done.stderr
 
 
+def dns_label_error(command: str, flag: str, got: str) -> str:
+    """What a name the API server refuses (no DNS-1123 label) is answered with."""
+    return (f"mig-extender {command}: {flag} must be a DNS label (lowercase letters, digits, '-', at most 63), "
+            f"got {got!r}")
+
+
+def url_error(got: str) -> str:
+    """What a --url kube-scheduler could not call is answered with."""
+    return f"mig-extender scheduler-config: --url must be http(s)://HOST[:PORT][/PATH], got {got!r}"
+
+
 CASES = [
     pytest.param(["serve", "--snapshot", "/nonexistent.json"],
                  "mig-extender serve: --snapshot /nonexistent.json: no such file", id="snapshot-missing"),
@@ -171,41 +182,31 @@ CASES = [
     # names the API server refuses (a DNS-1123 label): the certificate would name a Service that cannot exist,
     # the reconciler would write its Lease and Events into a namespace that cannot exist, on every pass
     pytest.param(["certs", "--service", ""],
-                 "mig-extender certs: --service must be a DNS label (lowercase letters, digits, '-', at most 63), "
-                 "got ''", id="certs-service-empty"),
+                 dns_label_error("certs", "--service", ""), id="certs-service-empty"),
     pytest.param(["certs", "--namespace", "Bad_NS"],
-                 "mig-extender certs: --namespace must be a DNS label (lowercase letters, digits, '-', at most 63), "
-                 "got 'Bad_NS'", id="certs-namespace-invalid"),
+                 dns_label_error("certs", "--namespace", "Bad_NS"), id="certs-namespace-invalid"),
     pytest.param(["reconcile", "--kubeconfig", "{tmp}/kubeconfig", "--namespace", ""],
-                 "mig-extender reconcile: --namespace must be a DNS label (lowercase letters, digits, '-', at most "
-                 "63), got ''", id="reconcile-namespace-empty"),
+                 dns_label_error("reconcile", "--namespace", ""), id="reconcile-namespace-empty"),
     # a value read from a file or a ConfigMap keeps its newline: the API server refuses that name too
     pytest.param(["certs", "--namespace", "mig-extender\n"],
-                 "mig-extender certs: --namespace must be a DNS label (lowercase letters, digits, '-', at most 63), "
-                 "got 'mig-extender\\n'", id="certs-namespace-newline"),
+                 dns_label_error("certs", "--namespace", "mig-extender\n"), id="certs-namespace-newline"),
     pytest.param(["scheduler-config", "--namespace", "kube_system"],
-                 "mig-extender scheduler-config: --namespace must be a DNS label (lowercase letters, digits, '-', at "
-                 "most 63), got 'kube_system'", id="scheduler-config-namespace"),
+                 dns_label_error("scheduler-config", "--namespace", "kube_system"), id="scheduler-config-namespace"),
     pytest.param(["scheduler-config", "--variant", "third"],
                  "mig-extender scheduler-config: --variant must be one of second, default, got 'third'", id="variant"),
     # a configuration kube-scheduler cannot use: every extender call fails at run time (a URL with no
     # scheme), or its client falls back to client-go's 5 qps (0) or fails validation (a negative burst)
     pytest.param(["scheduler-config", "--url", "notaurl"],
-                 "mig-extender scheduler-config: --url must be http(s)://HOST[:PORT][/PATH], got 'notaurl'",
-                 id="scheduler-config-url"),
+                 url_error("notaurl"), id="scheduler-config-url"),
     pytest.param(["scheduler-config", "--url", "http://"],
-                 "mig-extender scheduler-config: --url must be http(s)://HOST[:PORT][/PATH], got 'http://'",
-                 id="scheduler-config-url-no-host"),
+                 url_error("http://"), id="scheduler-config-url-no-host"),
     # a port kube-scheduler cannot dial fails every extender call at run time, as a missing host does
     pytest.param(["scheduler-config", "--url", "http://127.0.0.1:99999"],
-                 "mig-extender scheduler-config: --url must be http(s)://HOST[:PORT][/PATH], got "
-                 "'http://127.0.0.1:99999'", id="scheduler-config-url-port-range"),
+                 url_error("http://127.0.0.1:99999"), id="scheduler-config-url-port-range"),
     pytest.param(["scheduler-config", "--url", "http://ext:http/"],
-                 "mig-extender scheduler-config: --url must be http(s)://HOST[:PORT][/PATH], got 'http://ext:http/'",
-                 id="scheduler-config-url-port-name"),
+                 url_error("http://ext:http/"), id="scheduler-config-url-port-name"),
     pytest.param(["scheduler-config", "--url", "http://[::1:8888"],
-                 "mig-extender scheduler-config: --url must be http(s)://HOST[:PORT][/PATH], got 'http://[::1:8888'",
-                 id="scheduler-config-url-ipv6-unclosed"),
+                 url_error("http://[::1:8888"), id="scheduler-config-url-ipv6-unclosed"),
     pytest.param(["scheduler-config", "--qps", "0"],
                  "mig-extender scheduler-config: --qps must be at least 1, got 0", id="scheduler-config-qps-0"),
     pytest.param(["scheduler-config", "--qps", "-5"],
