@@ -48,7 +48,7 @@ from typing import Any, Protocol
 
 from cachetools import TTLCache
 
-from ..cluster.apierrors import api_failure
+from ..cluster.apierrors import log_retried
 from ..cluster.inventory import ClusterInventory
 from ..cluster.rulestore import RuleStore, update_with_retry
 from ..core.loopguard import Backoff, RestartIndex, RestartLoop, unrewritten_handovers, upgrade_hold
@@ -169,10 +169,7 @@ class Reconciler:
             except Exception as exc:
                 counts["errors"] += 1
                 self.last_error = f"{step.__name__}: {exc}"
-                if api_failure(exc):  # an API server restart: expected, and one line says all a trace would
-                    log.warning("reconcile step %s failed (the API: %s); retrying next pass", step.__name__, exc)
-                else:
-                    log.exception("reconcile step %s failed; retrying next pass", step.__name__)
+                log_retried(log, exc, f"reconcile step {step.__name__}")
         self.passes += 1
         self.last_pass = self.clock()
         if any(v for k, v in counts.items()):
@@ -237,11 +234,7 @@ class Reconciler:
             except Exception as exc:  # one bad rule (a stash the API refuses...) must not stall the others
                 counts["rule_errors"] += 1
                 self.last_error = f"rule {rule.namespace}/{rule.name}: {exc}"
-                if api_failure(exc):  # as run_once's steps: the API away is one line, a defect keeps its trace
-                    log.warning("observing rule %s/%s failed (the API: %s); retrying next pass", rule.namespace,
-                                rule.name, exc)
-                else:
-                    log.exception("observing rule %s/%s failed; retrying next pass", rule.namespace, rule.name)
+                log_retried(log, exc, f"observing rule {rule.namespace}/{rule.name}")
 
     def _observe_rule(self, rule: Rule, carriers: list[PodInfo], pods: Mapping[str, PodInfo],
                       counts: Counter[str], now: float, arrived: PodInfo | None = None) -> None:
