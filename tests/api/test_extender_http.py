@@ -213,6 +213,7 @@ def _upgraded(client, service):
 
 @pytest.mark.parametrize("error", [pytest.param(REFUSED, id="connection-refused"),
                                    pytest.param(ApiException(status=503, reason="Service Unavailable"), id="503"),
+                                   pytest.param(ApiException(status=429, reason="Too Many Requests"), id="429"),
                                    pytest.param(TimeoutError("read timed out"), id="timeout")])
 def test_a_rule_write_refused_while_the_replacement_is_filtered_still_answers_the_filter(client, service,
                                                                                          error) -> None:
@@ -227,6 +228,49 @@ def test_a_rule_write_refused_while_the_replacement_is_filtered_still_answers_th
     assert attempts == ["Applied"]  # the Applied mark was tried
     assert out.status_code == 200 and out.get_json()["NodeNames"] == [rule.node]
     assert 'mig_extender_rule_events_total{event="applied_failed"} 1.0' in client.get("/metrics").get_data(True)
+
+
+def test_a_conflict_on_the_applied_mark_is_decided_again_not_counted_as_failed(client, service) -> None:
+    """409: someone wrote the rule since /filter read it (the reconciler's leader, another replica). That is no
+    API failure: update_with_retry reads the rule again and applies the mark to it, as before."""
+    rule, replacement = _upgraded(client, service)
+    service.inventory.upsert_pod(replacement)
+    written = service.store.update(replace(rule, message="written by the reconciler meanwhile"))
+    stale = service.store.book  # /filter decides on the copy it read before that write
+    service.store.book = lambda now=None: replace(stale(now), by_name={rule.name: rule})  # type: ignore[method-assign]
+    fetched: list[str] = []
+    fetch = service.store.fetch
+    service.store.fetch = lambda ns, name, timeout=None: fetched.append(name) or fetch(ns, name)  # type: ignore[method-assign]
+    out = client.post("/filter", json={"Pod": replacement, "NodeNames": ["gpu-a", "gpu-b"]})
+    assert out.status_code == 200 and out.get_json()["NodeNames"] == [rule.node]
+    assert fetched == [rule.name]  # refused as stale, read again
+    (stored,) = service.store.list()
+    assert stored.phase is Phase.APPLIED and int(stored.resource_version) > int(written.resource_version)
+    metrics = client.get("/metrics").get_data(True)
+    assert 'event="applied"} 1.0' in metrics and "applied_failed" not in metrics
+
+
+def test_a_sibling_is_not_offered_the_slice_of_a_pod_whose_rule_writes_failed(client, service) -> None:
+    """While the API is away the rule stays Recorded under its bound pod (both its Applied mark and its bound
+    record failed). A sibling of the same workload arriving meanwhile must not be told the slice is free:
+    the bound pod's booking and the rule's reservation then count the one slice twice, which only ever
+    offers less, never the same slice to two pods."""
+    rule, replacement = _upgraded(client, service)
+    service.inventory.upsert_pod(replacement)
+    _refuse_rule_writes(service)
+    assert client.post("/filter", json={"Pod": replacement, "NodeNames": ["gpu-a", "gpu-b"]}).get_json()[
+        "NodeNames"] == [rule.node]
+    assert bind(client, replacement, rule.node).status_code == 200
+    sibling = pending({"2g.20gb": 1}, owner=("ReplicaSet", "web", "rs-1"))
+    out = client.post("/filter", json={"Pod": sibling, "NodeNames": [rule.node]}).get_json()
+    assert out["NodeNames"] == []
+    # counted twice (the bound pod's booking, the rule's reservation) until the bound record lands
+    assert service.snapshot().free(rule.node, "nvidia.com/mig-2g.20gb") == -1
+    del service.store.update  # the API is back: housekeeping writes what it could not (the instance's own patch)
+    service.housekeeping()
+    (stored,) = service.store.list()
+    assert stored.bound_pod == replacement["metadata"]["uid"]
+    assert service.snapshot().free(rule.node, "nvidia.com/mig-2g.20gb") == 0
 
 
 def test_a_defect_in_a_rule_write_is_still_a_500_with_its_trace(client, service, caplog) -> None:

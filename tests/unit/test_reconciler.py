@@ -709,6 +709,25 @@ def test_an_upgrade_never_restarts_a_pod_the_api_shows_bound_when_the_cancel_was
     assert ("p", "MigUpgradeSkipped") in w.actions.events  # the MigUpgrading just before is corrected
 
 
+@pytest.mark.parametrize("owner", [pytest.param(OWNER, id="replicaset"), pytest.param(None, id="bare-pod")])
+def test_a_new_leader_does_not_restart_a_pod_bound_after_the_old_one_marked_its_rule(owner) -> None:
+    """The leader marked the rule (the replacement may take it) and died before the restart; the pod was
+    bound on its own type meanwhile. The next leader, its watch still showing the pod pending, restarts a
+    marked rule as it is (``_mark_restart``): the fresh read must stop it there too, and release the rule."""
+    w = World()
+    pending = w.add(make_pod("p", mig={"1g.5gb": 1}, owner=owner))
+    w.add(make_pod("blocker", mig={"1g.5gb": 2}, node="gpu-a"))
+    rule = w.record_for(pending)
+    w.store.update(w.store.get(rule.namespace, rule.name).restarting(w.now))  # the old leader's mark
+    bound = json.loads(json.dumps(pending))
+    bound["spec"]["nodeName"] = "gpu-a"
+    w.actions.pods["p"] = bound  # bound in the API; not in this leader's watch yet
+    w.now += 1.5
+    counts = w.reconciler.run_once()
+    assert not [c for c in w.actions.calls if c[0] in ("restart", "stash")], w.actions.calls
+    assert counts["cancelled"] == 1 and w.store.list()[0].phase is Phase.EXPIRED
+
+
 @pytest.mark.parametrize("error, trace", [
     pytest.param(MaxRetryError(None, "/api/v1/pods", "Connection refused"), False, id="api-unreachable"),  # type: ignore[arg-type]
     pytest.param(TypeError("a defect of ours"), True, id="defect")])
