@@ -591,7 +591,7 @@ class Engine:
             victim.state = "done"
         else:
             victim.state = "restarting"
-            self.tally.waiting(+1)
+            self.tally.requeued(victim.job, self.now)
             self._at(self.now + self.mech.restart_delay, _CREATE, victim)
         for seq in sorted(victim.holding_up):
             w = self._nominees.get(seq)
@@ -778,7 +778,7 @@ class Engine:
             self.tally.restored_jobs.add(w.job.seq)
             if not self._queued_for(plan.rule.substitute.resource):
                 self.tally.restores_no_taker += 1
-            self.tally.waiting(+1)
+            self.tally.requeued(w.job, self.now)
             self._at(self.now + self.mech.restart_delay, _CREATE, w)
 
     def _queued_for(self, resource: str) -> bool:

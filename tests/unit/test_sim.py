@@ -391,3 +391,39 @@ def test_bound_mig_places_two_3g_on_a_gpu() -> None:
 def test_bound_mig_refuses_a_gpu_whose_geometry_it_does_not_model() -> None:
     with pytest.raises(ValueError, match="7-compute-slice"):
         run_bound(SimCluster(ClusterSpec(1, 1, (model("A30-24GB"),), "all-balanced")), [], 10.0, geometry=True)
+
+
+def test_issue17_every_wait_of_a_pod_counts_not_only_the_one_before_its_first_start() -> None:
+    # time to run sees only the wait before a pod's first start: a policy that starts pods early and
+    # restarts them (the peer restores whenever the original type frees) waits them again unseen. The
+    # per-pod wait adds every wait, so its sum is the pending pod-seconds exactly
+    spec = ClusterSpec(1, 1, (A40,), "all-balanced")
+    r1g = A40.profile("1g.5gb").resource
+    jobs = [Job(0, 0.0, 30.0, r1g, 1, 1, 1, A40.name), Job(1, 1.0, 10_000.0, r1g, 1, 1, 1, A40.name),
+            Job(2, 2.0, 1_000.0, r1g, 1, 1, 1, A40.name)]
+    engine = Engine(spec, jobs, POLICIES["mig-extender"], 2_000.0, Mechanics())
+    m = engine.run().metrics
+    assert m["restores"] == 1
+    # job 2 waited for its upgrade, then ~restart_delay for its restore's replacement
+    assert m["wait_per_pod_p99"] == pytest.approx(m["time_to_run_p99"] + Mechanics().restart_delay, abs=1.0)
+    assert sum(engine.tally.waits().values()) == pytest.approx(m["pending_pod_seconds"], abs=0.01)
+    stock = Engine(spec, jobs, POLICIES["stock"], 2_000.0, Mechanics()).run().metrics
+    assert stock["wait_per_pod_p99"] == stock["time_to_run_p99"]  # nothing restarted: the same waits
+
+
+def test_issue17_a_pod_still_waiting_again_at_the_end_counts_its_wait_so_far() -> None:
+    from mig_extender.sim.stats import Tally
+
+    tally = Tally(capacity=7, duration=100.0)
+    job = Job(0, 10.0, 50.0, "nvidia.com/mig-1g.5gb", 1, 1, 1, "A100-40GB")
+    tally.advance(10.0)
+    tally.arrived(job)
+    tally.advance(15.0)
+    tally.started(job, 1, 15.0, first=True)
+    tally.advance(40.0)
+    tally.stopped(job, 1)
+    tally.requeued(job, 40.0)
+    tally.advance(100.0)
+    assert tally.waits() == {0: 5.0 + 60.0}
+    assert tally.pending_ps == 65.0
+
