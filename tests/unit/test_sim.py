@@ -271,7 +271,8 @@ def test_table_is_the_default_output() -> None:
     (("--layout", "all-9g"), "not a known layout"),
     (("--gpu", "V100"), "unknown GPU model"),
     (("--mix", "1g=-1"), "WEIGHT"),
-], ids=["policy", "layout", "gpu", "mix"])
+    (("--aging", "-1"), "--aging must be >= 0 seconds"),
+], ids=["policy", "layout", "gpu", "mix", "aging"])
 def test_bad_flags_exit_2_with_a_reason(args: tuple[str, ...], message: str) -> None:
     code, _, err = simulate(*args)
     assert code == 2 and message in err
@@ -427,3 +428,15 @@ def test_issue17_a_pod_still_waiting_again_at_the_end_counts_its_wait_so_far() -
     assert tally.waits() == {0: 5.0 + 60.0}
     assert tally.pending_ps == 65.0
 
+
+def test_simulate_aging_is_mig_extenders_and_changes_only_its_policies() -> None:
+    # an overloaded all-balanced run: 1g/2g pods age past the 3g queue's claim at 0 s, never at inf
+    cfg = SimConfig(nodes=4, load=1.2, duration=3_600.0, policies=("stock", "upgrade", "mig-extender"))
+    timing = {"sim_seconds", "sim_cpu_seconds"}
+    runs = {aging: {p: {k: v for k, v in r.metrics.items() if k not in timing}
+                    for p, r in run_all(prepare(replace(cfg, aging=aging)), cfg.policies, cfg.mech, jobs=1).items()}
+            for aging in (0.0, float("inf"))}
+    assert runs[0.0]["stock"] == runs[float("inf")]["stock"]
+    assert runs[0.0]["upgrade"] == runs[float("inf")]["upgrade"]
+    assert runs[0.0]["mig-extender"]["upgrades"] > runs[float("inf")]["mig-extender"]["upgrades"]
+    assert "aging 0 s" in " ".join(prepare(replace(cfg, aging=0.0)).header)
