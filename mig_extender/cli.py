@@ -235,6 +235,8 @@ def _reconcile_parser(r: argparse.ArgumentParser) -> None:
                    help="restores under way at once (default: %(default)s)")
     _add_loop_guard_flags(r)
     _add_restore_requeue_flags(r)
+    r.add_argument("--aging", type=_seconds, default=None, metavar="SECONDS",
+                   help=AGING_HELP + "; its explain step reads it: give serve the same value")
     r.add_argument("--no-preemption", action="store_true",
                    help="never preempt lower-priority pods for a pending MIG pod (docs/preemption.md)")
     r.add_argument("--preemptions-per-pass", type=_integer, default=Settings.preemptions_per_pass, metavar="N",
@@ -416,7 +418,7 @@ def _reconcile_settings(args: argparse.Namespace, environ: dict[str, str] | None
                        restores_in_flight=args.restores_in_flight, threads=2,
                        log_level=args.log_level, preemptions_per_pass=args.preemptions_per_pass,
                        preemption_margin=args.preemption_margin,
-                       **_given(args, ("namespace", *LOOP_GUARD_FLAGS, *RESTORE_REQUEUE_FLAGS)),
+                       **_given(args, ("namespace", *LOOP_GUARD_FLAGS, *RESTORE_REQUEUE_FLAGS, "aging")),
                        ).validate("--metrics-bind")
     if args.no_preemption:
         settings = replace(settings, preemption=False)

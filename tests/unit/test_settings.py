@@ -95,6 +95,19 @@ def test_serve_aging_reaches_the_planner(argv: list[str], environ: dict[str, str
     assert cli._serve_settings(args, environ=environ).plan.aging == aging
 
 
+def test_reconcile_aging_reaches_its_planner_too() -> None:
+    """Defect: the reconciler also decides with aging (its explain step calls choose_substitute to tell a
+    pod that cannot be restarted which substitute it would get), but ``reconcile --aging`` did not exist:
+    with ``serve --aging inf`` (docs/repartition.md) the reconciler kept 300 s and told pods of a
+    substitute the extender would never give them."""
+    from mig_extender import cli
+
+    args = cli._parser().parse_args(["reconcile", "--kubeconfig", "k", "--aging", "inf"])
+    assert cli._reconcile_settings(args, environ={}).plan.aging == float("inf")
+    args = cli._parser().parse_args(["reconcile", "--kubeconfig", "k"])
+    assert cli._reconcile_settings(args, environ={"MIG_EXTENDER_AGING": "900"}).plan.aging == 900.0
+
+
 @pytest.mark.parametrize("argv, plan, requeue", [
     pytest.param(["reconcile", "--restart-limit", "3", "--restart-window", "1800"],
                  {"restart_limit": 3, "restart_window": 1800.0}, {}, id="loop-guard"),
