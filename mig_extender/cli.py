@@ -85,6 +85,11 @@ def _add_threads(p: argparse.ArgumentParser) -> None:
                         "workers: the books live in one process")
 
 
+AGING_HELP = ("a pod pending this long outranks younger pods queued for a larger type it could take as a "
+              "substitute: shorter evens out the wait across types, longer keeps large slices for their own "
+              f"queues (more useful utilisation, fewer restarts; inf: never) (default: {Settings.aging:g})")
+
+
 # flags that default to None: given, they override the environment (MIG_EXTENDER_<FIELD>); not given, it stands
 LOOP_GUARD_FLAGS = ("restart_limit", "restart_window")
 RESTORE_REQUEUE_FLAGS = ("restore_policy", "restore_young", "requeue_after", "requeue_max_delay",
@@ -187,6 +192,7 @@ def _serve_parser(s: argparse.ArgumentParser) -> None:
                                                  "(default: %(default)s)")
     s.add_argument("--no-substitution", action="store_true", help="exact MIG type only (stock behaviour)")
     s.add_argument("--restartable-owners", default=None, metavar="KIND,...", help=RESTARTABLE_HELP)
+    s.add_argument("--aging", type=_seconds, default=None, metavar="SECONDS", help=AGING_HELP)
     _add_loop_guard_flags(s)
     s.add_argument("--no-debug-endpoints", action="store_true", help="do not serve /debug/*")
     s.add_argument("--tls-cert", default="", metavar="FILE", help="serve HTTPS with this certificate (reloaded "
@@ -229,6 +235,8 @@ def _reconcile_parser(r: argparse.ArgumentParser) -> None:
                    help="restores under way at once (default: %(default)s)")
     _add_loop_guard_flags(r)
     _add_restore_requeue_flags(r)
+    r.add_argument("--aging", type=_seconds, default=None, metavar="SECONDS",
+                   help=AGING_HELP + "; its explain step reads it: give serve the same value")
     r.add_argument("--no-preemption", action="store_true",
                    help="never preempt lower-priority pods for a pending MIG pod (docs/preemption.md)")
     r.add_argument("--preemptions-per-pass", type=_integer, default=Settings.preemptions_per_pass, metavar="N",
@@ -358,7 +366,7 @@ def _serve_settings(args: argparse.Namespace, environ: dict[str, str] | None = N
         debug_endpoints=base.debug_endpoints and not args.no_debug_endpoints,
         threads=args.threads, log_level=args.log_level,
         restartable_owners=base.restartable_owners if args.restartable_owners is None else args.restartable_owners,
-        **_given(args, LOOP_GUARD_FLAGS),
+        **_given(args, (*LOOP_GUARD_FLAGS, "aging")),
     ).validate(namespace_from=ENV_NAMESPACE)
 
 
@@ -410,7 +418,7 @@ def _reconcile_settings(args: argparse.Namespace, environ: dict[str, str] | None
                        restores_in_flight=args.restores_in_flight, threads=2,
                        log_level=args.log_level, preemptions_per_pass=args.preemptions_per_pass,
                        preemption_margin=args.preemption_margin,
-                       **_given(args, ("namespace", *LOOP_GUARD_FLAGS, *RESTORE_REQUEUE_FLAGS)),
+                       **_given(args, ("namespace", *LOOP_GUARD_FLAGS, *RESTORE_REQUEUE_FLAGS, "aging")),
                        ).validate("--metrics-bind")
     if args.no_preemption:
         settings = replace(settings, preemption=False)

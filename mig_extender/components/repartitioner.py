@@ -230,7 +230,7 @@ class Repartitioner:
         extenders: the MIG manager would pause the device plugin under it, or destroy its instance)."""
         fresh = self.nodes.read(node)
         if fresh is None or _annotations(fresh).get(ANN_CHANGE) != change.to_json():
-            counts["repartition_conflict"] += 1
+            self._count(counts, "conflict")
             return  # released or rewritten meanwhile: the next pass reads it again
         seen = observe_labels(_labels(fresh), busy=any_mig_pod(self.nodes.pods_on(node)))
         step = next_step(change, seen, now, self.settings, seen_for)
@@ -240,7 +240,7 @@ class Repartitioner:
             self._close(node, change, step, change.to_json(), seen, now, counts)
             return
         if not isinstance(step, Apply):
-            counts["repartition_conflict"] += 1
+            self._count(counts, "conflict")
             return
         applying = Change(change.config, change.previous, change.before, change.after, change.serves,
                           change.started, ChangePhase.APPLYING, now)

@@ -46,7 +46,7 @@ _FLAGS = {"bind": "--bind", "ops_bind": "--metrics-bind", "rule_store": "--rule-
           "repartition_in_flight": "--repartition-in-flight", "repartition_timeout": "--repartition-timeout",
           "repartition_settle": "--repartition-settle", "mig_configs": "--mig-configs",
           "restart_limit": "--restart-limit", "restart_window": "--restart-window",
-          "restore_policy": "--restore-policy", "restore_young": "--restore-young",
+          "restore_policy": "--restore-policy", "restore_young": "--restore-young", "aging": "--aging",
           "requeue_after": "--requeue-after", "requeue_max_delay": "--requeue-max-delay",
           "requeues_per_pass": "--requeues-per-pass", "requeue_schedulers": "--requeue-schedulers"}
 REPARTITION_MODES = ("off", "advise", "on")
@@ -94,6 +94,10 @@ class Settings:
     # when a restore runs (RESTORE_POLICIES) and how young a wasteful pod is restored without a taker
     restore_policy: str = RESTORE_POLICIES[0] if PlanSettings.restore_needs_taker else RESTORE_POLICIES[1]
     restore_young: float = PlanSettings.restore_young
+    # seconds pending after which a pod outranks younger pods queued for a larger type it could take as
+    # a substitute (PlanSettings.aging): shorter evens out the first wait across types, longer keeps the
+    # large slices for their own queues (more useful utilisation, fewer restarts; bench/README.md)
+    aging: float = PlanSettings.aging
     # the reconciler's requeue of parked pods that fit in our view (core/requeue.py); defaults are its own
     requeue_after: float = RequeueSettings.after
     requeue_max_delay: float = RequeueSettings.max_delay
@@ -224,6 +228,8 @@ class Settings:
                           f"got {self.restore_policy!r}")
         if self.restore_young < 0:
             errors.append(f"{flag_of('restore_young')} must be >= 0 seconds, got {self.restore_young:g}")
+        if not self.aging >= 0:  # NaN too
+            errors.append(f"{flag_of('aging')} must be >= 0 seconds (inf: never), got {self.aging:g}")
         if self.requeue_after <= 0:  # delays double from it: 0 is a status write every pass
             errors.append(f"{flag_of('requeue_after')} must be > 0 seconds (0 would requeue every pass), "
                           f"got {self.requeue_after:g}")
@@ -263,7 +269,7 @@ class Settings:
                             restores_in_flight=self.restores_in_flight, restartable_owners=self.owner_kinds,
                             restart_limit=self.restart_limit, restart_window=self.restart_window,
                             restore_needs_taker=self.restore_policy.lower() == "taker",
-                            restore_young=self.restore_young)
+                            restore_young=self.restore_young, aging=self.aging)
 
     @property
     def requeue_settings(self) -> RequeueSettings:

@@ -591,7 +591,7 @@ class Engine:
             victim.state = "done"
         else:
             victim.state = "restarting"
-            self.tally.waiting(+1)
+            self.tally.requeued(victim.job, self.now)
             self._at(self.now + self.mech.restart_delay, _CREATE, victim)
         for seq in sorted(victim.holding_up):
             w = self._nominees.get(seq)
@@ -778,7 +778,7 @@ class Engine:
             self.tally.restored_jobs.add(w.job.seq)
             if not self._queued_for(plan.rule.substitute.resource):
                 self.tally.restores_no_taker += 1
-            self.tally.waiting(+1)
+            self.tally.requeued(w.job, self.now)
             self._at(self.now + self.mech.restart_delay, _CREATE, w)
 
     def _queued_for(self, resource: str) -> bool:
@@ -825,7 +825,15 @@ def _merged(a: Mapping[str, Mapping[str, int]], b: Mapping[str, Mapping[str, int
     return out
 
 
+def with_aging(policy: PolicySpec, aging: float | None) -> PolicySpec:
+    """``policy`` with the planner's aging set, for mig-extender's queue-aware policies only (the peer and
+    stock keep no queues, so aging means nothing to them); None leaves it as it is."""
+    if aging is None or not policy.queue_aware:
+        return policy
+    return replace(policy, plan=replace(policy.plan, aging=aging))
+
+
 def run_policy(spec: ClusterSpec, jobs: Sequence[Job], policy: str, duration: float, mech: Mechanics = Mechanics(),
                demand: dict[int, float] | None = None,
-               progress: Callable[[float], None] | None = None) -> RunResult:
-    return Engine(spec, jobs, POLICIES[policy], duration, mech, demand, progress).run()
+               progress: Callable[[float], None] | None = None, aging: float | None = None) -> RunResult:
+    return Engine(spec, jobs, with_aging(POLICIES[policy], aging), duration, mech, demand, progress).run()

@@ -32,7 +32,7 @@ from ..core.catalog import GpuModel
 from ..core.repartition import Demand, GpuState, NodeGpus, NodePlan, RepartitionSettings, plan_repartition, track_demand
 from .cluster import ClusterSpec, LiveNodeInfo, SimCluster
 from .engine import POLICIES as ENGINE_POLICIES
-from .engine import Engine, Mechanics, PolicySpec, _Work
+from .engine import Engine, Mechanics, PolicySpec, _Work, with_aging
 from .stats import RunResult
 from .workload import Job, parse_mix, synthetic
 
@@ -185,9 +185,11 @@ class RepartitionEngine(Engine):
 
     def __init__(self, spec: ClusterSpec, jobs: Sequence[Job], name: str, duration: float,
                  mech: Mechanics = _MECH, demand: dict[int, float] | None = None,
-                 progress: Callable[[float], None] | None = None, rmech: RepartitionMechanics | None = None) -> None:
+                 progress: Callable[[float], None] | None = None, rmech: RepartitionMechanics | None = None,
+                 aging: float | None = None) -> None:
         rmech = rmech or RepartitionMechanics()
         base, self.count_substituted = POLICIES[name]
+        base = with_aging(base, aging)
         # slices a re-partition made for pods on substitutes are theirs: that layout change is the taker a
         # restore needs (PlanSettings.restore_needs_taker), not a queued pod
         plan = replace(base.plan, restore_needs_taker=False) if self.count_substituted else base.plan
@@ -272,8 +274,8 @@ class RepartitionEngine(Engine):
 
 def run_policy(spec: ClusterSpec, jobs: Sequence[Job], policy: str, duration: float, mech: Mechanics = _MECH,
                demand: dict[int, float] | None = None, progress: Callable[[float], None] | None = None,
-               rmech: RepartitionMechanics | None = None) -> RunResult:
-    return RepartitionEngine(spec, jobs, policy, duration, mech, demand, progress, rmech).run()
+               rmech: RepartitionMechanics | None = None, aging: float | None = None) -> RunResult:
+    return RepartitionEngine(spec, jobs, policy, duration, mech, demand, progress, rmech, aging).run()
 
 
 def shifting(models: Sequence[tuple[GpuModel, float]], capacity: int, load: float,

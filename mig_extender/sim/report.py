@@ -19,6 +19,7 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("pending_before_first_start", "  of which before the first start", "int"),
     ("time_to_run_p50", "time to run p50 (s)", "f1"),
     ("time_to_run_p99", "time to run p99 (s)", "f1"),
+    ("wait_per_pod_p99", "wait per pod p99, every wait (s)", "f1"),
     ("requested_utilisation", "requested / capacity", "pct"),
     ("utilisation", "allocated / capacity", "pct"),
     ("waste_slice_fraction", "allocated beyond request", "pct"),

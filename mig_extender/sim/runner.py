@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.catalog import ProfileError, model
+from ..core.planner import PlanSettings
 from . import alibaba, repartition
 from .cluster import LAYOUT_NAMES, ClusterSpec, LayoutError, SimCluster
 from .engine import POLICIES, Mechanics, run_policy
@@ -65,6 +66,7 @@ class SimConfig:
     priorities: str = ""           # "high=0.2": 20% of jobs in class high (priority 1000), the rest default (0)
     policies: tuple[str, ...] = ALL_POLICIES
     mech: Mechanics = field(default_factory=Mechanics)
+    aging: float | None = None     # the planner's PlanSettings.aging for mig-extender's policies (None: its default)
 
 
 @dataclass
@@ -74,6 +76,7 @@ class Prepared:
     duration: float
     demand: dict[int, float]
     header: list[str]
+    aging: float | None = None     # SimConfig.aging
 
 
 def default_trace_dir() -> Path | None:
@@ -146,7 +149,11 @@ def prepare(cfg: SimConfig) -> Prepared:
     header.append(f"run: {duration:,.0f} s simulated, seed {cfg.seed}, restart {cfg.mech.restart_delay:g}s, "
                   f"retry {cfg.mech.retry_interval:g}s, reconcile {cfg.mech.reconcile_interval:g}s, "
                   f"{cfg.mech.feasible_nodes} nodes per filter call")
-    return Prepared(spec, jobs, duration, demand, header)
+    if cfg.aging is not None:
+        if not cfg.aging >= 0:
+            raise ValueError(f"--aging must be >= 0 seconds (inf: never), got {cfg.aging:g}")
+        header.append(f"policy: mig-extender's aging {cfg.aging:g} s (default {PlanSettings.aging:g})")
+    return Prepared(spec, jobs, duration, demand, header, cfg.aging)
 
 
 def run_one(prep: Prepared, policy: str, mech: Mechanics,
@@ -157,9 +164,11 @@ def run_one(prep: Prepared, policy: str, mech: Mechanics,
         result = run_bound(SimCluster(prep.spec, prep.demand), prep.jobs, prep.duration, mech.samples, progress,
                            geometry=policy == "bound-mig")
     elif policy in repartition.POLICIES:
-        result = repartition.run_policy(prep.spec, prep.jobs, policy, prep.duration, mech, prep.demand, progress)
+        result = repartition.run_policy(prep.spec, prep.jobs, policy, prep.duration, mech, prep.demand, progress,
+                                        aging=prep.aging)
     else:
-        result = run_policy(prep.spec, prep.jobs, policy, prep.duration, mech, prep.demand, progress)
+        result = run_policy(prep.spec, prep.jobs, policy, prep.duration, mech, prep.demand, progress,
+                            aging=prep.aging)
     result.metrics["sim_seconds"] = round(time.perf_counter() - started, 2)
     result.metrics["sim_cpu_seconds"] = round(time.process_time() - cpu, 2)
     return result
@@ -259,6 +268,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seed of the random choices: pod stream, priority classes (default: %(default)s)")
     p.add_argument("--policies", default=",".join(ALL_POLICIES),
                    help="comma-separated subset of " + ",".join(KNOWN_POLICIES) + " (default: %(default)s)")
+    p.add_argument("--aging", type=float, default=None, metavar="SECONDS",
+                   help="mig-extender's aging (serve --aging): a pod pending this long outranks younger pods "
+                        f"queued for a larger type it could take (default: {PlanSettings.aging:g}; inf: never)")
     p.add_argument("--mix", default=d.mix,
                    help="synthetic profile mix PROFILE=WEIGHT,... (1g or 1g.10gb; default: %(default)s)")
     p.add_argument("--mean-lifetime", type=float, default=d.mean_lifetime, metavar="SECONDS",
@@ -301,7 +313,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         gpus_per_node=args.gpus_per_node, gpus=tuple(g.strip() for g in args.gpu.split(",") if g.strip()),
         layout=args.layout, load=args.load, duration=args.duration, seed=args.seed, mix=args.mix,
         mean_lifetime=args.mean_lifetime, lifetime=args.lifetime, burst=args.burst, priorities=args.priorities,
-        policies=tuple(p.strip() for p in args.policies.split(",") if p.strip()), mech=mech,
+        policies=tuple(p.strip() for p in args.policies.split(",") if p.strip()), mech=mech, aging=args.aging,
     )
 
 

@@ -8,6 +8,10 @@ Integrals are exact (piecewise constant between events). Definitions:
 * ``pending_before_first_start``: the part of it before each pod's first start (sum of time to run).
 * ``time_to_run_p50/p99``: arrival -> first running; jobs never placed count with the time they
   waited until the end (a lower bound), so placing fewer pods cannot improve the percentiles.
+* ``wait_per_pod_p50/p99``: every wait of a pod added up: before its first start, and again after a
+  restore, preemption or restart took it off a running slice (restart downtime included); pods still
+  waiting at the end count with their wait so far. The sum over pods is ``pending_pod_seconds``. Time
+  to run does not see a pod that starts early on a substitute and waits again after its restore.
 * ``waste_slice_fraction``: (allocated - requested) / allocated compute slice-seconds; a pod on a
   larger substitute is allocated the substitute's slices.
 * ``utilisation``: allocated compute slice-seconds / (physical compute slices x duration);
@@ -98,6 +102,8 @@ class Tally:
         self.restored_jobs: set[int] = set()                # job seqs restored at least once
         self.restores_no_taker = self.reupgrades = 0
         self.events = 0
+        self.rewaited: dict[int, float] = {}                # job seq -> its waits after its first start, ended
+        self.rewaiting: dict[int, float] = {}               # job seq -> since when it waits again (placed before)
         self.timeline: list[tuple[float, int, float, int, float, int]] = []
         self._step = duration / max(samples, 1)
         self._next_sample = 0.0
@@ -115,8 +121,10 @@ class Tally:
             self.req_cs += self.requested * dt
             self.t = t
 
-    def waiting(self, delta: int) -> None:
-        self.waiting_now += delta
+    def requeued(self, job: Job, now: float) -> None:
+        """A pod that ran is waiting again (restored, preempted, restarted): its wait counts anew."""
+        self.waiting_now += 1
+        self.rewaiting[job.seq] = now
 
     def arrived(self, job: Job) -> None:
         self.arrivals += 1
@@ -135,6 +143,9 @@ class Tally:
         self.running += 1
         self.allocated += allocated
         self.requested += job.compute_demand
+        since = self.rewaiting.pop(job.seq, None)
+        if since is not None:
+            self.rewaited[job.seq] = self.rewaited.get(job.seq, 0.0) + now - since
         if first:
             self.ttr.append(now - self.unstarted.pop(job.seq))
             self.first_ttr[job.seq] = self.ttr[-1]
@@ -158,9 +169,21 @@ class Tally:
     def restored(self, delay: float) -> None:
         self.restore_delays.append(delay)
 
+    def waits(self) -> dict[int, float]:
+        """Every pod's waits added up (``wait_per_pod``), those still waiting with their wait so far."""
+        total = dict(self.first_ttr)
+        for seq, arrival in self.unstarted.items():
+            total[seq] = self.duration - arrival
+        for seq, wait in self.rewaited.items():
+            total[seq] += wait
+        for seq, since in self.rewaiting.items():
+            total[seq] += self.duration - since
+        return total
+
     def result(self, policy: str, stranded: int, extra: Mapping[str, Any] | None = None) -> RunResult:
         censored = [self.duration - a for a in self.unstarted.values()]
         ttr = self.ttr + censored
+        waits = list(self.waits().values())
         placed = len(self.ttr)
         metrics: dict[str, Any] = {
             "placed_fraction": round(placed / self.arrivals, 6) if self.arrivals else None,
@@ -170,6 +193,8 @@ class Tally:
             "pending_before_first_start": round(sum(ttr), 1),
             "time_to_run_p50": _round(percentile(ttr, 50)),
             "time_to_run_p99": _round(percentile(ttr, 99)),
+            "wait_per_pod_p50": _round(percentile(waits, 50)),
+            "wait_per_pod_p99": _round(percentile(waits, 99)),
             "waste_slice_fraction": round((self.alloc_cs - self.req_cs) / self.alloc_cs, 6) if self.alloc_cs else 0.0,
             "utilisation": round(self.alloc_cs / (self.capacity * self.duration), 6),
             "requested_utilisation": round(self.req_cs / (self.capacity * self.duration), 6),

@@ -609,3 +609,21 @@ def test_a_second_change_like_the_first_is_reported_too() -> None:
     w.run(rep, T0 + 710)  # finished in 5 s again
     assert w.change() is None
     assert w.api.reasons() == ["MigRepartitioning", "MigRepartitioned"] * 2
+
+
+def test_a_record_rewritten_before_the_label_is_counted_as_a_conflict_in_the_metric_too() -> None:
+    """Defect: the fresh read before the label found our record rewritten (another leader released
+    it), and the pass counted it in its own tally only: ``mig_extender_repartitions_total{outcome=
+    "conflict"}`` stayed 0, so the operator's dashboard never showed these races."""
+    w = World()
+    rep = w.actuator()
+    w.run(rep, T0)
+    w.run(rep, T0 + 60)
+    w.api.lag = True  # the pass still sees our reservation...
+    obj = copy.deepcopy(w.api.objs["gpu-1"])
+    del obj["metadata"]["annotations"][ANN_CHANGE]  # ...which the API no longer holds
+    w.api.put(obj)
+    counts = w.run(rep, T0 + 65)
+    assert counts["repartition_conflict"] == 1
+    assert rep.metrics.repartitions.labels("conflict")._value.get() == 1
+    assert w.api.labels("gpu-1")[LABEL_MIG_CONFIG] == "all-3g.40gb"  # no label written on a released node

@@ -79,6 +79,35 @@ def test_loop_guard_restore_and_requeue_defaults_are_the_cores() -> None:
     assert Settings().requeue_settings == RequeueSettings()
 
 
+@pytest.mark.parametrize("argv, environ, aging", [
+    pytest.param([], {}, 300.0, id="default"),
+    pytest.param(["--aging", "1800"], {}, 1800.0, id="flag"),
+    pytest.param(["--aging", "inf"], {}, float("inf"), id="never"),
+    pytest.param([], {"MIG_EXTENDER_AGING": "900"}, 900.0, id="environment"),
+    pytest.param(["--aging", "60"], {"MIG_EXTENDER_AGING": "900"}, 60.0, id="flag-over-environment"),
+])
+def test_serve_aging_reaches_the_planner(argv: list[str], environ: dict[str, str], aging: float) -> None:
+    """Aging is decided where substitutes are chosen, the extender's filter: a serve knob (issue 17's
+    trade between the first wait's tail and useful utilisation, bench/README.md)."""
+    from mig_extender import cli
+
+    args = cli._parser().parse_args(["serve", "--snapshot", "s.json", *argv])
+    assert cli._serve_settings(args, environ=environ).plan.aging == aging
+
+
+def test_reconcile_aging_reaches_its_planner_too() -> None:
+    """Defect: the reconciler also decides with aging (its explain step calls choose_substitute to tell a
+    pod that cannot be restarted which substitute it would get), but ``reconcile --aging`` did not exist:
+    with ``serve --aging inf`` (docs/repartition.md) the reconciler kept 300 s and told pods of a
+    substitute the extender would never give them."""
+    from mig_extender import cli
+
+    args = cli._parser().parse_args(["reconcile", "--kubeconfig", "k", "--aging", "inf"])
+    assert cli._reconcile_settings(args, environ={}).plan.aging == float("inf")
+    args = cli._parser().parse_args(["reconcile", "--kubeconfig", "k"])
+    assert cli._reconcile_settings(args, environ={"MIG_EXTENDER_AGING": "900"}).plan.aging == 900.0
+
+
 @pytest.mark.parametrize("argv, plan, requeue", [
     pytest.param(["reconcile", "--restart-limit", "3", "--restart-window", "1800"],
                  {"restart_limit": 3, "restart_window": 1800.0}, {}, id="loop-guard"),
@@ -137,6 +166,8 @@ def test_finished_rules_are_kept_as_long_as_the_loop_guard_counts_them() -> None
     pytest.param({"restore_policy": "never"}, "--restore-policy must be one of taker, always, got 'never'",
                  id="restore-policy"),
     pytest.param({"restore_young": -1.0}, "--restore-young must be >= 0 seconds, got -1", id="restore-young"),
+    pytest.param({"aging": -1.0}, "--aging must be >= 0 seconds (inf: never), got -1", id="aging-negative"),
+    pytest.param({"aging": float("nan")}, "--aging must be >= 0 seconds (inf: never), got nan", id="aging-nan"),
     pytest.param({"requeue_after": 0.0}, "--requeue-after must be > 0 seconds (0 would requeue every pass), "
                  "got 0", id="requeue-after-zero"),
     pytest.param({"requeue_max_delay": 5.0}, "--requeue-max-delay must be >= --requeue-after (10 s), got 5",

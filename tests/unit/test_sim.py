@@ -271,7 +271,8 @@ def test_table_is_the_default_output() -> None:
     (("--layout", "all-9g"), "not a known layout"),
     (("--gpu", "V100"), "unknown GPU model"),
     (("--mix", "1g=-1"), "WEIGHT"),
-], ids=["policy", "layout", "gpu", "mix"])
+    (("--aging", "-1"), "--aging must be >= 0 seconds"),
+], ids=["policy", "layout", "gpu", "mix", "aging"])
 def test_bad_flags_exit_2_with_a_reason(args: tuple[str, ...], message: str) -> None:
     code, _, err = simulate(*args)
     assert code == 2 and message in err
@@ -391,3 +392,51 @@ def test_bound_mig_places_two_3g_on_a_gpu() -> None:
 def test_bound_mig_refuses_a_gpu_whose_geometry_it_does_not_model() -> None:
     with pytest.raises(ValueError, match="7-compute-slice"):
         run_bound(SimCluster(ClusterSpec(1, 1, (model("A30-24GB"),), "all-balanced")), [], 10.0, geometry=True)
+
+
+def test_issue17_every_wait_of_a_pod_counts_not_only_the_one_before_its_first_start() -> None:
+    # time to run sees only the wait before a pod's first start: a policy that starts pods early and
+    # restarts them (the peer restores whenever the original type frees) waits them again unseen. The
+    # per-pod wait adds every wait, so its sum is the pending pod-seconds exactly
+    spec = ClusterSpec(1, 1, (A40,), "all-balanced")
+    r1g = A40.profile("1g.5gb").resource
+    jobs = [Job(0, 0.0, 30.0, r1g, 1, 1, 1, A40.name), Job(1, 1.0, 10_000.0, r1g, 1, 1, 1, A40.name),
+            Job(2, 2.0, 1_000.0, r1g, 1, 1, 1, A40.name)]
+    engine = Engine(spec, jobs, POLICIES["mig-extender"], 2_000.0, Mechanics())
+    m = engine.run().metrics
+    assert m["restores"] == 1
+    # job 2 waited for its upgrade, then ~restart_delay for its restore's replacement
+    assert m["wait_per_pod_p99"] == pytest.approx(m["time_to_run_p99"] + Mechanics().restart_delay, abs=1.0)
+    assert sum(engine.tally.waits().values()) == pytest.approx(m["pending_pod_seconds"], abs=0.01)
+    stock = Engine(spec, jobs, POLICIES["stock"], 2_000.0, Mechanics()).run().metrics
+    assert stock["wait_per_pod_p99"] == stock["time_to_run_p99"]  # nothing restarted: the same waits
+
+
+def test_issue17_a_pod_still_waiting_again_at_the_end_counts_its_wait_so_far() -> None:
+    from mig_extender.sim.stats import Tally
+
+    tally = Tally(capacity=7, duration=100.0)
+    job = Job(0, 10.0, 50.0, "nvidia.com/mig-1g.5gb", 1, 1, 1, "A100-40GB")
+    tally.advance(10.0)
+    tally.arrived(job)
+    tally.advance(15.0)
+    tally.started(job, 1, 15.0, first=True)
+    tally.advance(40.0)
+    tally.stopped(job, 1)
+    tally.requeued(job, 40.0)
+    tally.advance(100.0)
+    assert tally.waits() == {0: 5.0 + 60.0}
+    assert tally.pending_ps == 65.0
+
+
+def test_simulate_aging_is_mig_extenders_and_changes_only_its_policies() -> None:
+    # an overloaded all-balanced run: 1g/2g pods age past the 3g queue's claim at 0 s, never at inf
+    cfg = SimConfig(nodes=4, load=1.2, duration=3_600.0, policies=("stock", "upgrade", "mig-extender"))
+    timing = {"sim_seconds", "sim_cpu_seconds"}
+    runs = {aging: {p: {k: v for k, v in r.metrics.items() if k not in timing}
+                    for p, r in run_all(prepare(replace(cfg, aging=aging)), cfg.policies, cfg.mech, jobs=1).items()}
+            for aging in (0.0, float("inf"))}
+    assert runs[0.0]["stock"] == runs[float("inf")]["stock"]
+    assert runs[0.0]["upgrade"] == runs[float("inf")]["upgrade"]
+    assert runs[0.0]["mig-extender"]["upgrades"] > runs[float("inf")]["mig-extender"]["upgrades"]
+    assert "aging 0 s" in " ".join(prepare(replace(cfg, aging=0.0)).header)
