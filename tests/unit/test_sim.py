@@ -100,14 +100,20 @@ def test_upgrades_hold_reservations_the_peer_does_not(skewed: dict[str, dict]) -
 # -- one substitution through its whole life, by hand -------------------------------------------------
 
 
+def _third_1g_pod_while_1g_is_sold_out(first_lifetime: float) -> tuple[ClusterSpec, list[Job]]:
+    """One GPU (2 x 1g.5gb + 2g.10gb + 3g.20gb), two 1g pods (the first ends at ``first_lifetime``), then a
+    third 1g pod while 1g is sold out: it is upgraded to 2g and restored when the first 1g frees."""
+    r1g = A40.profile("1g.5gb").resource
+    jobs = [Job(0, 0.0, first_lifetime, r1g, 1, 1, 1, A40.name), Job(1, 1.0, 10_000.0, r1g, 1, 1, 1, A40.name),
+            Job(2, 2.0, 1_000.0, r1g, 1, 1, 1, A40.name)]
+    return ClusterSpec(1, 1, (A40,), "all-balanced"), jobs
+
+
 def test_one_pod_is_upgraded_then_restored_when_its_type_frees() -> None:
     # one GPU: 2 x 1g.5gb + 2g.10gb + 3g.20gb; two long 1g pods, then a third 1g pod while 1g is sold out.
     # Nobody waits for the 2g slice it takes, so it is restored only as a young pod on twice its compute
     # (PlanSettings.restore_young): 1g frees at t=30, not t=100 as before issue 17's taker condition
-    spec = ClusterSpec(1, 1, (A40,), "all-balanced")
-    r1g = A40.profile("1g.5gb").resource
-    jobs = [Job(0, 0.0, 30.0, r1g, 1, 1, 1, A40.name), Job(1, 1.0, 10_000.0, r1g, 1, 1, 1, A40.name),
-            Job(2, 2.0, 1_000.0, r1g, 1, 1, 1, A40.name)]
+    spec, jobs = _third_1g_pod_while_1g_is_sold_out(first_lifetime=30.0)
     engine = Engine(spec, jobs, POLICIES["mig-extender"], 2_000.0, Mechanics())
     m = engine.run().metrics
     assert (m["placed"], m["upgrades"], m["restores"], m["restarts"]) == (3, 1, 1, 2)
@@ -119,20 +125,14 @@ def test_one_pod_is_upgraded_then_restored_when_its_type_frees() -> None:
 def test_the_upgrade_peer_restores_whenever_the_original_type_frees() -> None:
     # the peer is the earlier tools' strategy: restore_needs_taker must not change it (it did, unnoticed,
     # until the peer's numbers moved: p99 703 -> 1,192 s on a 40-node syn-1.1 run)
-    spec = ClusterSpec(1, 1, (A40,), "all-balanced")
-    r1g = A40.profile("1g.5gb").resource
-    jobs = [Job(0, 0.0, 100.0, r1g, 1, 1, 1, A40.name), Job(1, 1.0, 10_000.0, r1g, 1, 1, 1, A40.name),
-            Job(2, 2.0, 1_000.0, r1g, 1, 1, 1, A40.name)]
+    spec, jobs = _third_1g_pod_while_1g_is_sold_out(first_lifetime=100.0)
     m = Engine(spec, jobs, POLICIES["upgrade"], 2_000.0, Mechanics()).run().metrics
     assert (m["upgrades"], m["restores"], m["restores_no_taker"]) == (1, 1, 1)
 
 
 def test_issue17_tail_is_broken_down_by_outcome_and_restores_without_taker_are_counted() -> None:
     # as above: job 2 starts on a substitute and is restored (young) while nobody queues for its 2g slice
-    spec = ClusterSpec(1, 1, (A40,), "all-balanced")
-    r1g = A40.profile("1g.5gb").resource
-    jobs = [Job(0, 0.0, 30.0, r1g, 1, 1, 1, A40.name), Job(1, 1.0, 10_000.0, r1g, 1, 1, 1, A40.name),
-            Job(2, 2.0, 1_000.0, r1g, 1, 1, 1, A40.name)]
+    spec, jobs = _third_1g_pod_while_1g_is_sold_out(first_lifetime=30.0)
     m = Engine(spec, jobs, POLICIES["mig-extender"], 2_000.0, Mechanics()).run().metrics
     assert {k: v["pods"] for k, v in m["by_outcome"].items()} == {"own": 2, "substituted": 1, "restored": 1,
                                                                   "never": 0}
@@ -398,10 +398,7 @@ def test_issue17_every_wait_of_a_pod_counts_not_only_the_one_before_its_first_st
     # time to run sees only the wait before a pod's first start: a policy that starts pods early and
     # restarts them (the peer restores whenever the original type frees) waits them again unseen. The
     # per-pod wait adds every wait, so its sum is the pending pod-seconds exactly
-    spec = ClusterSpec(1, 1, (A40,), "all-balanced")
-    r1g = A40.profile("1g.5gb").resource
-    jobs = [Job(0, 0.0, 30.0, r1g, 1, 1, 1, A40.name), Job(1, 1.0, 10_000.0, r1g, 1, 1, 1, A40.name),
-            Job(2, 2.0, 1_000.0, r1g, 1, 1, 1, A40.name)]
+    spec, jobs = _third_1g_pod_while_1g_is_sold_out(first_lifetime=30.0)
     engine = Engine(spec, jobs, POLICIES["mig-extender"], 2_000.0, Mechanics())
     m = engine.run().metrics
     assert m["restores"] == 1
