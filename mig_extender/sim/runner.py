@@ -269,8 +269,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policies", default=",".join(ALL_POLICIES),
                    help="comma-separated subset of " + ",".join(KNOWN_POLICIES) + " (default: %(default)s)")
     p.add_argument("--aging", type=float, default=None, metavar="SECONDS",
-                   help="mig-extender's aging (serve --aging): a pod pending this long outranks younger pods "
-                        f"queued for a larger type it could take (default: {PlanSettings.aging:g}; inf: never)")
+                   help="mig-extender's aging (serve and reconcile --aging): a pod pending this long outranks "
+                        "younger pods queued for a larger type it could take "
+                        f"(default: {PlanSettings.aging:g}; inf: never)")
     p.add_argument("--mix", default=d.mix,
                    help="synthetic profile mix PROFILE=WEIGHT,... (1g or 1g.10gb; default: %(default)s)")
     p.add_argument("--mean-lifetime", type=float, default=d.mean_lifetime, metavar="SECONDS",
