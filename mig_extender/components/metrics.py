@@ -44,7 +44,9 @@ class Metrics:
                                    ["reason"], registry=r)
         self.repartitions = Counter("mig_extender_repartitions_total",
                                     "Repartition steps by outcome (advised, reserved, applied, repartitioned, "
-                                    "failed_<reason>, aborted_<reason>, conflict, throttled)",
+                                    "failed_<reason> (rolled back), rolled_back (previous layout restored), "
+                                    "released_<reason> (rollback ended otherwise), aborted_<reason>, conflict, "
+                                    "throttled)",
                                     ["outcome"], registry=r)
         self.webhook = Counter("mig_extender_webhook_mutations_total", "Webhook answers by result",
                                ["result"], registry=r)

@@ -4,7 +4,7 @@ Each reconciler pass (``run_once``, called by the Lease holder only) does two th
 
 1. **Follow** every change recorded on a Node (annotation ``ANN_CHANGE``, core/repartition_change.py):
    the pure ``next_step`` decides from the annotation, the MIG manager's labels, the allocatable and
-   the clock; this module writes what it says (apply, finish, roll back, abort) and the node Events
+   the clock; this module writes what it says (apply, finish, roll back, release, abort) and the node Events
    ``MigRepartitioning``, ``MigRepartitioned``, ``MigRepartitionFailed``. Changes are followed in every
    mode, ``off`` included: a reservation left behind would keep the node out of scheduling for good.
 2. **Plan** (``advise`` and ``on``): track the demand substitution leaves waiting, run the planner over
@@ -69,6 +69,7 @@ from ..core.repartition_change import (
     ChangePhase,
     Finish,
     Observed,
+    Release,
     RollBack,
     Wait,
     any_mig_pod,
@@ -216,12 +217,18 @@ class Repartitioner:
                         counts)
         return shown
 
-    def _close(self, node: str, change: Change | None, step: Finish | RollBack | Abort, record: str,
+    def _close(self, node: str, change: Change | None, step: Finish | RollBack | Release | Abort, record: str,
                seen: Observed, now: float, counts: Counter[str]) -> None:
-        """End the change as ``step`` says (decided on ``seen``), and say so once it is written."""
-        labels, last, outcome, event, text = _ending(step, change, now)
-        if self._end(node, record, seen, labels, last, counts, outcome):
-            self._say(node, event, text, warning=event == EVENT_FAILED)
+        """End the change (or, for a RollBack that holds, move it to rolling_back) as ``step`` says,
+        decided on ``seen``, and say so once it is written: the Event, or a log line for a Release the
+        RollBack's Event announced already."""
+        labels, annotations, outcome, said = _ending(step, change, now)
+        if not self._end(node, record, seen, labels, annotations, counts, outcome):
+            return
+        if said is None:
+            log.info("repartition %s released: %s", node, getattr(step, "detail", outcome))
+        else:
+            self._say(node, said[0], said[1], warning=said[0] == EVENT_FAILED)
 
     def _apply(self, node: str, change: Change, now: float, seen_for: float, counts: Counter[str]) -> None:
         """Label and phase in one patch, on the Node as it is now: our record still there, unchanged, its
@@ -252,13 +259,14 @@ class Repartitioner:
             log.info("repartition %s: %s=%s", node, LABEL_MIG_CONFIG, change.config)
             self._say(node, EVENT_STARTED, _started_text(applying))
 
-    def _end(self, node: str, record: str, seen: Observed, labels: Mapping[str, str | None], last: str | None,
-             counts: Counter[str], outcome: str) -> bool:
-        """Release the node (and write ``labels``) if it still shows the record and the MIG manager's labels
-        the end was decided on (the pass's snapshot can lag: a rollback decided on ``pending`` must not
-        be written over a fresh ``success``); whether it was written. Otherwise, or on a refused write
-        (409, 429), the next pass decides again from what it shows then, and the Event waits for that:
-        one saying "released" for a node still reserved, then a second or a contrary one, misleads."""
+    def _end(self, node: str, record: str, seen: Observed, labels: Mapping[str, str | None],
+             annotations: Mapping[str, str | None], counts: Counter[str], outcome: str) -> bool:
+        """Write ``labels`` and ``annotations`` (the release, or the rollback's record) if the node still
+        shows the record and the MIG manager's labels the step was decided on (the pass's snapshot can
+        lag: a rollback decided on ``pending`` must not be written over a fresh ``success``); whether it
+        was written. Otherwise, or on a refused write (409, 429), the next pass decides again from what
+        it shows then, and the Event waits for that: one saying "released" for a node still reserved,
+        then a second or a contrary one, misleads."""
         fresh = self.nodes.read(node)
         if fresh is None:
             return False  # gone: nothing left to release
@@ -266,9 +274,6 @@ class Repartitioner:
         if _annotations(fresh).get(ANN_CHANGE) != record or (shows.config, shows.state) != (seen.config, seen.state):
             self._count(counts, "conflict")
             return False
-        annotations: dict[str, str | None] = {ANN_CHANGE: None}
-        if last is not None:
-            annotations[ANN_LAST] = last
         written = self.nodes.patch(node, labels=labels, annotations=annotations,
                                    resource_version=_resource_version(fresh))
         self._count(counts, outcome if written is NodeWrite.DONE else written.value)
@@ -329,24 +334,45 @@ class Repartitioner:
         return out
 
 
-def _ending(step: Finish | RollBack | Abort, change: Change | None, now: float,
-            ) -> tuple[dict[str, str | None], str | None, str, str, str]:
-    """How a change ends: the labels to write, the ANN_LAST record, the counter's outcome, the Event's
-    reason and text. The text names the change (its start, as MigRepartitioning's does): an Event is
-    written once per text and named from it, so the end of a later change alike an earlier one on the
-    node would otherwise never be reported (soak seed 44: 12 changes finished, 8 Events)."""
+def _ending(step: Finish | RollBack | Release | Abort, change: Change | None, now: float,
+            ) -> tuple[dict[str, str | None], dict[str, str | None], str, tuple[str, str] | None]:
+    """What a step writes: the labels, the annotations (the record removed and ANN_LAST written, or
+    the rollback's record), the counter's outcome and the Event (reason, text; None: a log line only).
+    The text names the change (its start, as MigRepartitioning's does): an Event is written once per
+    text and named from it, so the end of a later change alike an earlier one on the node would
+    otherwise never be reported (soak seed 44: 12 changes finished, 8 Events).
+
+    A RollBack that holds writes the label back, clears the MIG manager's state (it is ours: any state
+    seen in phase rolling_back is then for the value set back, or for ours finished late) and keeps the
+    record, in phase rolling_back: ANN_LAST waits for the Release, which records the rollback's reason."""
     which = f" (change of {int(change.started)})" if change is not None else ""
+    release: dict[str, str | None] = {ANN_CHANGE: None}
     if isinstance(step, Finish):
         assert change is not None
-        return ({}, last_json(now, "success"), "repartitioned", EVENT_DONE,
-                f"{change.config} applied to GPU(s) {_gpus(change)} in {step.seconds:.0f}s; now "
-                f"{_layouts(change.after)}{which}")
+        return ({}, {**release, ANN_LAST: last_json(now, "success")}, "repartitioned",
+                (EVENT_DONE, f"{change.config} applied to GPU(s) {_gpus(change)} in {step.seconds:.0f}s; now "
+                             f"{_layouts(change.after)}{which}"))
     if isinstance(step, RollBack):
+        assert change is not None
         back = f"label set back to {step.to}" if step.to else f"label {LABEL_MIG_CONFIG} removed"
-        return ({LABEL_MIG_CONFIG: step.to}, last_json(now, step.reason), "failed_" + step.reason, EVENT_FAILED,
-                f"{step.reason}: {step.detail}; {back}, reservation released{which}")
-    return ({}, last_json(now, step.reason) if step.cooldown else None, "aborted_" + step.reason, EVENT_FAILED,
-            f"{step.reason}: {step.detail}; reservation released{which}")
+        said = (EVENT_FAILED, f"{step.reason}: {step.detail}; {back}, reservation released{which}")
+        if not step.hold:
+            return {LABEL_MIG_CONFIG: step.to}, {**release, ANN_LAST: last_json(now, step.reason)}, \
+                "failed_" + step.reason, said
+        return ({LABEL_MIG_CONFIG: step.to, LABEL_MIG_CONFIG_STATE: None},
+                {ANN_CHANGE: change.rolling_back(now, step.reason).to_json()}, "failed_" + step.reason,
+                (EVENT_FAILED, f"{step.reason}: {step.detail}; {back}; the node stays held until the MIG manager "
+                               f"has restored the previous layout{which}"))
+    if isinstance(step, Release):
+        assert change is not None
+        last = {**release, ANN_LAST: last_json(now, change.rolled_back_for or step.reason)}
+        if step.restored:
+            return {}, last, "rolled_back", None
+        return {}, last, "released_" + step.reason, (EVENT_FAILED, f"{step.reason}: {step.detail}; reservation "
+                                                                   f"released{which}")
+    annotations = {**release, ANN_LAST: last_json(now, step.reason)} if step.cooldown else release
+    return {}, annotations, "aborted_" + step.reason, (EVENT_FAILED, f"{step.reason}: {step.detail}; reservation "
+                                                                     f"released{which}")
 
 
 def _reason(reason: Any) -> dict[str, Any]:

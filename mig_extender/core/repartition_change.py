@@ -13,17 +13,30 @@ slice of the node (core/snapshot.py ``held_nodes``)::
       reserving --settle seconds passed, node idle--> Apply: ONE patch writes the label
                   nvidia.com/mig.config=<target>, clears the stale mig.config.state and sets phase applying
       applying  --state success and allocatable split = the target layouts--> Finish
-      applying  --state failed--> RollBack(MigManagerFailed): label back to the previous value
+      applying  --state failed--> RollBack(MigManagerFailed)
       applying  --timeout seconds since Apply, any other state (pending, rebooting, none)--> RollBack(Timeout)
+                  RollBack: ONE patch writes the label back to the previous value (or removes it), clears
+                  mig.config.state and sets phase rolling_back --> rolling_back (node still held)
+                  (no previous label and MigManagerFailed: the MIG manager ignores a removed label, nothing
+                  is left for it to do: label removed and node released at once, as an outcome)
       applying  --the label now names another config (someone else changed it)--> Abort(LabelChanged)
+      rolling_back --state success and allocatable split = the previous layouts (no previous label: any
+                  success)--> Release(Restored)                                      (no Event)
+      rolling_back --state failed--> Release(RollbackFailed)
+      rolling_back --timeout seconds since the rollback, any other state--> Release(RollbackTimeout)
+      rolling_back --label changed by someone else, or opted out--> Release(LabelChanged | OptedOut)
       unreadable annotation --> Abort(Unreadable)
 
 Apply is one merge patch on purpose: any view of the node (a lagging watch included) that shows phase
 ``applying`` also shows our label, and a state label in it was written by the MIG manager after our
 write (we removed the old one in the same patch), so a ``failed`` or ``success`` left by an earlier
-change is never taken for this one's. Every outcome removes the annotation, which releases the
-reservation; Finish and RollBack also record ``ANN_LAST`` (when, how), which the planner's cooldown
-reads. Nothing here deletes or evicts a pod.
+change is never taken for this one's. RollBack is one patch for the same reason: a state seen in phase
+``rolling_back`` was written after the label went back. The node stays held while rolling back: the MIG
+manager finishes the value it is applying (ours, when a Timeout caught it slow rather than wedged)
+before it reads the previous one, and a pod placed on our layout in between would make that second
+apply fail (or be destroyed under it). Every end (Finish, Abort, Release) removes the annotation,
+which releases the reservation; Finish, Release and a cooldown Abort also record ``ANN_LAST`` (when,
+how), which the planner's cooldown reads. Nothing here deletes or evicts a pod.
 
 Pure: no flask, kubernetes or cachetools; time is the ``now`` parameter.
 """
@@ -33,7 +46,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from types import MappingProxyType
 from typing import Any
@@ -79,17 +92,24 @@ LABEL_CHANGED = "LabelChanged"
 OPTED_OUT = "OptedOut"
 MIG_MANAGER_BUSY = "MigManagerBusy"
 UNREADABLE = "Unreadable"
+# how a rollback ended (Release): the previous value back, the MIG manager gave up on it too, or never said
+RESTORED = "Restored"
+ROLLBACK_FAILED = "RollbackFailed"
+ROLLBACK_TIMEOUT = "RollbackTimeout"
 
 
 class ChangePhase(str, Enum):
     RESERVING = "reserving"  # the node is reserved; the label is not written yet
     APPLYING = "applying"    # the label is written; the MIG manager works
+    ROLLING_BACK = "rolling_back"  # the previous label is written back; held until the MIG manager is done
 
 
 @dataclass(frozen=True)
 class Change:
     """A repartition under way, as recorded in ``ANN_CHANGE``. ``previous`` is the label value before
-    (None: the node had no label), what a rollback writes back."""
+    (None: the node had no label), what a rollback writes back; ``rolled_back_at`` and ``rolled_back_for``
+    (the RollBack's reason, the outcome recorded when the node is released) are set in phase
+    rolling_back only. Records written before that phase existed lack both and still read."""
 
     config: str
     previous: str | None
@@ -99,6 +119,8 @@ class Change:
     started: float
     phase: ChangePhase = ChangePhase.RESERVING
     applied_at: float | None = None
+    rolled_back_at: float | None = None
+    rolled_back_for: str | None = None
 
     @property
     def gpus(self) -> tuple[int, ...]:
@@ -109,7 +131,13 @@ class Change:
             "config": self.config, "previous": self.previous, "before": [list(x) for x in self.before],
             "after": [list(x) for x in self.after], "gpus": list(self.gpus), "serves": dict(self.serves),
             "started": self.started, "phase": self.phase.value, "appliedAt": self.applied_at,
+            **({"rolledBackAt": self.rolled_back_at, "rollbackReason": self.rolled_back_for}
+               if self.phase is ChangePhase.ROLLING_BACK else {}),
         }, sort_keys=True, separators=(",", ":"))
+
+    def rolling_back(self, now: float, reason: str) -> Change:
+        """This change as recorded once its RollBack for ``reason`` is written at ``now``."""
+        return replace(self, phase=ChangePhase.ROLLING_BACK, rolled_back_at=now, rolled_back_for=reason)
 
     @classmethod
     def from_json(cls, text: str) -> Change | None:
@@ -120,11 +148,13 @@ class Change:
             after = tuple(normal(x) for x in d["after"])
             if len(before) != len(after) or not isinstance(d["config"], str):
                 return None
-            applied = d.get("appliedAt")
+            applied, rolled = d.get("appliedAt"), d.get("rolledBackAt")
+            why = d.get("rollbackReason")
             return cls(d["config"], d.get("previous"), before, after,
                        MappingProxyType({str(k): int(v) for k, v in (d.get("serves") or {}).items()}),
                        float(d["started"]), ChangePhase(d.get("phase", "reserving")),
-                       float(applied) if applied is not None else None)
+                       float(applied) if applied is not None else None,
+                       float(rolled) if rolled is not None else None, str(why) if why is not None else None)
         except (ValueError, TypeError, KeyError, AttributeError):
             return None
 
@@ -149,7 +179,9 @@ def holds(record: str, info: NodeInfo) -> bool:
     or the target layouts: a ``success`` with another layout advertised is the MIG manager's for a
     value it had started before ours (it applies values in turn), or a device plugin that disagrees
     with the target; lifting the hold then lets pods onto GPUs the MIG manager is about to change, or
-    that the Timeout's rollback will. An unreadable record holds."""
+    that the Timeout's rollback will. An unreadable record holds, and so does one rolling back whatever
+    the state: a ``success`` then may be for our value, which the MIG manager finishes before it applies
+    the previous one; the actuator releases the node once the previous layout is back."""
     change = Change.from_json(record)
     labels = info.facts.labels if info.facts is not None else {}
     if (change is None or change.phase is not ChangePhase.APPLYING
@@ -219,14 +251,28 @@ class Abort:
 
 @dataclass(frozen=True)
 class RollBack:
-    """Put the label back to ``to`` (None: remove it), release the reservation."""
+    """Put the label back to ``to`` (None: remove it). ``hold``: keep the node reserved, in phase
+    rolling_back, until the MIG manager is done with it; otherwise (nothing left for the MIG manager to
+    do) release it now, as an outcome."""
 
     reason: str
     detail: str
     to: str | None
+    hold: bool = True
 
 
-Step = Wait | Apply | Finish | Abort | RollBack
+@dataclass(frozen=True)
+class Release:
+    """End a rollback: release the reservation, write no label (``reason`` says why now). ``restored``:
+    the MIG manager is done with the value set back, as expected, which the RollBack's Event announced:
+    no second Event."""
+
+    reason: str
+    detail: str
+    restored: bool = False
+
+
+Step = Wait | Apply | Finish | Abort | RollBack | Release
 
 
 def same_layouts(a: Sequence[Layout], b: Sequence[Layout]) -> bool:
@@ -248,6 +294,8 @@ def next_step(change: Change | None, seen: Observed, now: float, settings: Repar
         return Abort(UNREADABLE, f"annotation {ANN_CHANGE} is not a change this version can read")
     if change.phase is ChangePhase.RESERVING:
         return _reserving(change, seen, now, settings, seen_for)
+    if change.phase is ChangePhase.ROLLING_BACK:
+        return _rolling_back(change, seen, now, settings, seen_for)
     return _applying(change, seen, now, settings, seen_for)
 
 
@@ -308,8 +356,9 @@ def _applying(change: Change, seen: Observed, now: float, settings: RepartitionS
         return Abort(LABEL_CHANGED, f"{LABEL_MIG_CONFIG} is now {seen.config!r}, not {change.config!r}: "
                                     "someone else changed it; left as it is")
     if seen.state == STATE_FAILED:
+        # no previous label: the MIG manager ignores the removal, so nothing is left to wait for
         return RollBack(MIG_MANAGER_FAILED, f"the MIG manager reported {LABEL_MIG_CONFIG_STATE}=failed for "
-                                            f"{change.config}", change.previous)
+                                            f"{change.config}", change.previous, hold=change.previous is not None)
     if seen.state == STATE_SUCCESS and seen.layouts is not None and same_layouts(seen.layouts, change.after):
         return Finish(elapsed)
     deadline = _ends(applied, settings.timeout, now, seen_for)
@@ -320,6 +369,42 @@ def _applying(change: Change, seen: Observed, now: float, settings: RepartitionS
     if seen.state == STATE_SUCCESS:
         return Wait("success reported; waiting for the device plugin to advertise the new layout", deadline)
     return Wait(f"MIG manager state {seen.state or 'not reported yet'}", deadline)
+
+
+def _rolling_back(change: Change, seen: Observed, now: float, settings: RepartitionSettings,
+                  seen_for: float) -> Step:
+    """The previous label is written back; the node stays held until the MIG manager is done with it.
+
+    A ``success`` counts only beside the previous layouts: a slow MIG manager first finishes our value
+    (``success`` with our layouts), then applies the previous one. With no previous label it ignores the
+    removal, so any ``success`` (ours, the last value it applies) or ``failed`` ends it. ``failed`` means
+    it gave up: released, and said. A wedged MIG manager must not hold the node for good: a second
+    timeout from the rollback releases it. Someone else's label or an opt-out releases it too, without
+    writing anything: the node is theirs again."""
+    since = change.rolled_back_at if change.rolled_back_at is not None else (change.applied_at or change.started)
+    elapsed = max(now - since, seen_for)
+    why = change.rolled_back_for or TIMEOUT
+    back = change.previous or "unset"
+    if seen.config != change.previous:
+        return Release(LABEL_CHANGED, f"{LABEL_MIG_CONFIG} is now {seen.config!r}, not {change.previous!r} as set "
+                                      "back: someone else changed it; left as it is")
+    if not seen.opted_in:
+        return Release(OPTED_OUT, f"{LABEL_REPARTITION} was removed while {back} was being restored; left as it is")
+    if seen.state == STATE_FAILED:
+        return Release(ROLLBACK_FAILED, f"the MIG manager reported {LABEL_MIG_CONFIG_STATE}=failed for {back}, "
+                                        f"set back after {why}; the node's layout is unknown")
+    if seen.state == STATE_SUCCESS:
+        if change.previous is None:
+            return Release(RESTORED, f"the MIG manager finished {change.config}; label removed after {why}",
+                           restored=True)
+        if seen.layouts is not None and same_layouts(seen.layouts, change.before):
+            return Release(RESTORED, f"the MIG manager restored {back} in {int(elapsed)}s after {why}",
+                           restored=True)
+    deadline = _ends(since, settings.timeout, now, seen_for)
+    if now >= deadline:
+        return Release(ROLLBACK_TIMEOUT, f"{LABEL_MIG_CONFIG_STATE} {seen.state or 'not reported'} {int(elapsed)}s "
+                                         f"after {back} was set back (timeout {settings.timeout:g}s)")
+    return Wait(f"MIG manager restoring {back}: state {seen.state or 'not reported yet'}", deadline)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -394,8 +479,11 @@ def planner_nodes(snap: ClusterSnapshot, changes: Mapping[str, Change | None]) -
             if change is None:  # unreadable: it still holds the node; the planner must leave it alone
                 out.append(NodeGpus(name, info.gpu, (GpuState(0, (), None, target=()),), opted_in))
                 continue
+            # rolling back: the MIG manager heads for ``before`` again, whose slices it creates
+            start, end = ((change.after, change.before) if change.phase is ChangePhase.ROLLING_BACK
+                          else (change.before, change.after))
             gpus = tuple(GpuState(i, b, None, target=a if a != b else None, changed_at=last)
-                         for i, (b, a) in enumerate(zip(change.before, change.after, strict=True)))
+                         for i, (b, a) in enumerate(zip(start, end, strict=True)))
             out.append(NodeGpus(name, info.gpu, gpus, opted_in))
             continue
         if labels.get(LABEL_MIG_CONFIG_STATE) in (STATE_PENDING, STATE_REBOOTING):
@@ -435,7 +523,8 @@ def describe(change: Change) -> dict[str, Any]:
     return {"config": change.config, "previous": change.previous, "phase": change.phase.value,
             "gpus": list(change.gpus), "before": ["+".join(x) for x in change.before],
             "after": ["+".join(x) for x in change.after], "serves": dict(change.serves),
-            "started": change.started, "appliedAt": change.applied_at}
+            "started": change.started, "appliedAt": change.applied_at, "rolledBackAt": change.rolled_back_at,
+            "rollbackReason": change.rolled_back_for}
 
 
 # --------------------------------------------------------------------------------------------------

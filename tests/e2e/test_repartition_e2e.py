@@ -5,7 +5,8 @@ The reconciler runs with ``--repartition=on`` and short knobs (window, settle, t
 minutes). What must hold: demand for a profile no node has repartitions an idle opted-in node and the
 waiting pod runs on the new slice; a node not opted in is never touched; while the change runs no pod
 is bound to the held node (the fake kubelet rejects none); ``failed`` and a wedged ``pending`` roll the
-label back with an Event saying why; a new leader finishes the change the old one started.
+label back with an Event saying why, the node held until the MIG manager has restored the previous layout
+(or a second timeout passed); a new leader finishes the change the old one started.
 """
 
 from __future__ import annotations
@@ -203,8 +204,16 @@ def test_wedged_pending_times_out_and_rolls_back(
              what="rolled back after the timeout")
     note = next(n for r, n in node_events(cluster, target) if r == "MigRepartitionFailed")
     assert note.startswith("Timeout: nvidia.com/mig.config.state pending"), note
+    assert "stays held until the MIG manager has restored the previous layout" in note, note
     assert labels(cluster, target).get(LABEL_MIG_CONFIG) == "all-3g.40gb"
-    assert ANN_CHANGE not in annotations(cluster, target)
+    # the MIG manager is still wedged: it never restores the previous layout, so the node stays held
+    # until a second timeout, then is released with an Event saying so
+    assert ANN_CHANGE in annotations(cluster, target)
+    wait_for(lambda: ANN_CHANGE not in annotations(cluster, target), timeout=TIMEOUT + 20,
+             what="released after a second timeout")
+    wait_for(lambda: any(n.startswith("RollbackTimeout") for _, n in node_events(cluster, target)), timeout=10,
+             what="the Event saying the rollback was not confirmed")
+    assert labels(cluster, target).get(LABEL_MIG_CONFIG) == "all-3g.40gb"
     assert phase_and_node(stack, ns, "big") == ("Pending", "")
 
 

@@ -378,6 +378,8 @@ def on_nodes(*nodes: dict, mono: float = 0.0) -> Observation:
                  id="reserving-a-binding-in-flight-is-aborted-by-design"),
     pytest.param(big_node(state="success"), big_node(state="success"), [bound_pod("p", NOW - 5)], False,
                  id="success-seen"),
+    pytest.param(big_node(phase="rolling_back", state="success"), big_node(phase="rolling_back", state="success"),
+                 [bound_pod("p", NOW - 5)], True, id="rolling-back-holds-whatever-the-state"),
 ])
 def test_no_bind_while_applying(seen: dict, fresh: dict, pods: list[dict], flagged: bool) -> None:
     checker = NoBindWhileApplying()
@@ -389,13 +391,13 @@ def test_no_bind_while_applying(seen: dict, fresh: dict, pods: list[dict], flagg
 def test_a_change_record_outliving_settle_timeout_and_slack_is_flagged_once_and_its_end_counted() -> None:
     checker = ChangeBounded(settle=2.0, timeout=25.0, slack=20.0)
     w = world()
-    record = big_node(started=NOW - 40)
+    record = big_node(started=NOW - 70)  # a rollback holds the node up to a second timeout
     assert checker.check(on_nodes(record), w) == []
-    later = replace(on_nodes(record), wall=NOW + 8)  # 48 s old: past 2 + 25 + 20
+    later = replace(on_nodes(record), wall=NOW + 3)  # 73 s old: past 2 + 2 x 25 + 20
     assert [v.invariant for v in checker.check(later, w)] == ["9-change-bounded"]
     assert checker.check(later, w) == []  # reported once
     w.impaired = lambda what, since=None: True  # the reconciler was away: not ours to blame
-    assert ChangeBounded(2.0, 25.0, 20.0).check(on_nodes(big_node(started=NOW - 48)), w) == []
+    assert ChangeBounded(2.0, 25.0, 20.0).check(on_nodes(big_node(started=NOW - 73)), w) == []
     ended = big_node(phase=None, state="success", last={"at": NOW - 1, "outcome": "failed_Timeout"})
     checker.check(on_nodes(ended), world())
     assert (checker.started, checker.applied, dict(checker.outcomes)) == (1, 1, {"failed_Timeout": 1})

@@ -26,6 +26,9 @@ from mig_extender.core.repartition_change import (
     MIG_MANAGER_BUSY,
     MIG_MANAGER_FAILED,
     OPTED_OUT,
+    RESTORED,
+    ROLLBACK_FAILED,
+    ROLLBACK_TIMEOUT,
     TIMEOUT,
     UNREADABLE,
     Abort,
@@ -34,6 +37,7 @@ from mig_extender.core.repartition_change import (
     ChangePhase,
     Finish,
     Observed,
+    Release,
     RollBack,
     Wait,
     changes_on,
@@ -53,8 +57,9 @@ T0 = 1000.0
 
 
 def change(phase: ChangePhase = ChangePhase.RESERVING, applied: float | None = None, previous: str | None = "old",
-           ) -> Change:
-    return Change("all-7g", previous, (L33, L33), (L7, L7), {"nvidia.com/mig-7g.80gb": 2}, T0, phase, applied)
+           rolled_back: float | None = None, why: str | None = None) -> Change:
+    return Change("all-7g", previous, (L33, L33), (L7, L7), {"nvidia.com/mig-7g.80gb": 2}, T0, phase, applied,
+                  rolled_back, why)
 
 
 def seen(config: str | None = "all-7g", state: str | None = None, layouts: tuple | None = None,
@@ -63,6 +68,7 @@ def seen(config: str | None = "all-7g", state: str | None = None, layouts: tuple
 
 
 APPLYING = change(ChangePhase.APPLYING, applied=T0 + 5)
+ROLLING_BACK = change(ChangePhase.ROLLING_BACK, applied=T0 + 5, rolled_back=T0 + 70, why=TIMEOUT)
 
 
 @pytest.mark.parametrize(("record", "node", "now", "want"), [
@@ -112,9 +118,15 @@ APPLYING = change(ChangePhase.APPLYING, applied=T0 + 5)
     pytest.param(APPLYING, seen(state="failed"), T0 + 7,
                  RollBack(MIG_MANAGER_FAILED, "the MIG manager reported nvidia.com/mig.config.state=failed for "
                                               "all-7g", "old"), id="applying-failed-rolls-back"),
+    # the MIG manager ignores a removed label: after its failure nothing is left for it to do, so the
+    # node is released at once; after a Timeout it may still finish ours, so the node stays held
     pytest.param(change(ChangePhase.APPLYING, T0 + 5, previous=None), seen(state="failed"), T0 + 7,
                  RollBack(MIG_MANAGER_FAILED, "the MIG manager reported nvidia.com/mig.config.state=failed for "
-                                              "all-7g", None), id="applying-failed-without-previous-removes-label"),
+                                              "all-7g", None, hold=False),
+                 id="applying-failed-without-previous-removes-label-and-releases"),
+    pytest.param(change(ChangePhase.APPLYING, T0 + 5, previous=None), seen(state="pending"), T0 + 65,
+                 RollBack(TIMEOUT, "nvidia.com/mig.config.state pending 60s after all-7g was set (timeout 60s)",
+                          None), id="applying-timeout-without-previous-removes-label-and-holds"),
     pytest.param(APPLYING, seen(state="pending"), T0 + 65,
                  RollBack(TIMEOUT, "nvidia.com/mig.config.state pending 60s after all-7g was set (timeout 60s)",
                           "old"), id="applying-wedged-pending-times-out"),
@@ -127,6 +139,39 @@ APPLYING = change(ChangePhase.APPLYING, applied=T0 + 5)
     pytest.param(APPLYING, seen("someone-else", state="success"), T0 + 7,
                  Abort(LABEL_CHANGED, "nvidia.com/mig.config is now 'someone-else', not 'all-7g': someone else "
                                       "changed it; left as it is"), id="applying-label-changed-by-others-lets-go"),
+    # rolling back (the previous label written at T0 + 70): held until the MIG manager is done with it
+    pytest.param(ROLLING_BACK, seen("old", state=None), T0 + 75,
+                 Wait("MIG manager restoring old: state not reported yet", T0 + 130), id="rolling-back-waits"),
+    pytest.param(ROLLING_BACK, seen("old", "pending", layouts=None), T0 + 75,
+                 Wait("MIG manager restoring old: state pending", T0 + 130), id="rolling-back-pending-waits"),
+    pytest.param(ROLLING_BACK, seen("old", "success", layouts=(L7, L7)), T0 + 75,
+                 Wait("MIG manager restoring old: state success", T0 + 130),
+                 id="rolling-back-success-for-ours-waits-for-the-previous"),
+    pytest.param(ROLLING_BACK, seen("old", "success", layouts=None), T0 + 75,
+                 Wait("MIG manager restoring old: state success", T0 + 130),
+                 id="rolling-back-success-with-the-device-plugin-paused-waits"),
+    pytest.param(ROLLING_BACK, seen("old", "success", layouts=(L33, L33)), T0 + 75,
+                 Release(RESTORED, "the MIG manager restored old in 5s after Timeout", restored=True),
+                 id="rolling-back-previous-layout-back-releases"),
+    pytest.param(ROLLING_BACK, seen("old", "failed"), T0 + 75,
+                 Release(ROLLBACK_FAILED, "the MIG manager reported nvidia.com/mig.config.state=failed for old, "
+                                          "set back after Timeout; the node's layout is unknown"),
+                 id="rolling-back-failed-releases-and-says-so"),
+    pytest.param(ROLLING_BACK, seen("old", "pending"), T0 + 130,
+                 Release(ROLLBACK_TIMEOUT, "nvidia.com/mig.config.state pending 60s after old was set back "
+                                           "(timeout 60s)"), id="rolling-back-wedged-releases-after-the-timeout"),
+    pytest.param(ROLLING_BACK, seen("theirs", "pending"), T0 + 75,
+                 Release(LABEL_CHANGED, "nvidia.com/mig.config is now 'theirs', not 'old' as set back: someone "
+                                        "else changed it; left as it is"), id="rolling-back-label-changed-releases"),
+    pytest.param(ROLLING_BACK, seen("old", "pending", opted_in=False), T0 + 75,
+                 Release(OPTED_OUT, "mig-extender.io/repartition was removed while old was being restored; "
+                                    "left as it is"), id="rolling-back-opted-out-releases"),
+    pytest.param(change(ChangePhase.ROLLING_BACK, T0 + 5, None, T0 + 70, TIMEOUT), seen(None, "success", (L7, L7)),
+                 T0 + 75, Release(RESTORED, "the MIG manager finished all-7g; label removed after Timeout",
+                                  restored=True), id="rolling-back-to-no-label-releases-once-the-mig-manager-is-done"),
+    pytest.param(change(ChangePhase.ROLLING_BACK, T0 + 5, None, T0 + 70, TIMEOUT), seen(None, None), T0 + 75,
+                 Wait("MIG manager restoring unset: state not reported yet", T0 + 130),
+                 id="rolling-back-to-no-label-waits-for-the-mig-manager"),
     pytest.param(None, seen(), T0, Abort(UNREADABLE, f"annotation {ANN_CHANGE} is not a change this version can "
                                                      "read"), id="unreadable-record-releases"),
 ])
@@ -151,6 +196,14 @@ DAY = 86_400.0
     pytest.param(change(ChangePhase.APPLYING, applied=T0 + 5), seen(state="pending"), T0 + 65, 1.0,
                  RollBack(TIMEOUT, "nvidia.com/mig.config.state pending 60s after all-7g was set (timeout 60s)",
                           "old"), id="the-recorded-deadline-still-counts-for-a-new-leader"),
+    pytest.param(change(ChangePhase.ROLLING_BACK, T0 + DAY, rolled_back=T0 + DAY + 60, why=TIMEOUT),
+                 seen("old", "pending"), T0 + 10, 60.0,
+                 Release(ROLLBACK_TIMEOUT, "nvidia.com/mig.config.state pending 60s after old was set back "
+                                           "(timeout 60s)"),
+                 id="rolled-back-by-a-clock-a-day-ahead-releases-after-timeout-seen"),
+    pytest.param(change(ChangePhase.ROLLING_BACK, T0 + DAY, rolled_back=T0 + DAY + 60, why=TIMEOUT),
+                 seen("old", "pending"), T0 + 10, 59.0, Wait("MIG manager restoring old: state pending", T0 + 11),
+                 id="rolled-back-by-a-clock-a-day-ahead-waits-until-then"),
     pytest.param(Change("all-7g", "old", (L33, L33), (L7, L7), {}, T0 + DAY), seen("old"), T0, 5.0, Apply(),
                  id="reserved-by-a-clock-a-day-ahead-settles-after-settle-seen"),
     pytest.param(Change("all-7g", "old", (L33, L33), (L7, L7), {}, T0 + DAY), seen("old"), T0, 2.0,
@@ -186,9 +239,18 @@ def test_reservation_whose_label_is_never_written_is_released(now: float, seen_f
     pytest.param(change(), id="reserving"),
     pytest.param(APPLYING, id="applying"),
     pytest.param(change(previous=None), id="no-previous-label"),
+    pytest.param(ROLLING_BACK, id="rolling-back"),
 ])
 def test_change_record_round_trips(record: Change) -> None:
     assert Change.from_json(record.to_json()) == record
+
+
+def test_a_record_written_before_rolling_back_existed_still_reads() -> None:
+    """A reconciler upgraded mid-change finds records without ``rolledBackAt``/``rollbackReason``."""
+    old = json.dumps({"config": "all-7g", "previous": "old", "before": [list(L33)] * 2, "after": [list(L7)] * 2,
+                      "gpus": [0, 1], "serves": {}, "started": T0, "phase": "applying", "appliedAt": T0 + 5})
+    assert Change.from_json(old) == Change("all-7g", "old", (L33, L33), (L7, L7), {}, T0, ChangePhase.APPLYING,
+                                           T0 + 5)
 
 
 @pytest.mark.parametrize("text", [
@@ -227,8 +289,16 @@ def node_json(name: str, annotations: dict[str, str] | None = None, mig: dict[st
 HELD = {ANN_CHANGE: change().to_json()}
 
 
-def test_filter_places_no_mig_pod_on_a_node_a_repartition_holds() -> None:
-    inv = inventory_of(node_json("held", HELD), node_json("free"))
+@pytest.mark.parametrize(("record", "labels"), [
+    pytest.param(HELD, {}, id="reserving"),
+    # rolling back, with the MIG manager's success for our value or the previous one: held all the same
+    # until the actuator releases it (the MIG manager may still apply the previous value under the pods)
+    pytest.param({ANN_CHANGE: ROLLING_BACK.to_json()}, {LABEL_MIG_CONFIG: "old", LABEL_MIG_CONFIG_STATE: "success"},
+                 id="rolling-back"),
+])
+def test_filter_places_no_mig_pod_on_a_node_a_repartition_holds(record: dict[str, str],
+                                                                 labels: dict[str, str]) -> None:
+    inv = inventory_of(node_json("held", record, labels=labels), node_json("free"))
     pod = pod_info(make_pod("p", mig={"3g.40gb": 1}))
     decision = filter_pod(pod, ["held", "free"], inv.snapshot(now=T0))
     assert decision.passed == ("free",)
@@ -284,6 +354,14 @@ def test_planner_sees_a_held_node_by_its_record_with_targets() -> None:
     assert node.changing and [g.target for g in node.gpus] == [L7, L7]
 
 
+def test_planner_sees_a_node_rolling_back_by_its_previous_layout() -> None:
+    """A rollback creates the slices of ``before``, not those of ``after``: the planner must not count
+    the target's slices against the demand while the MIG manager restores the previous layout."""
+    snap = inventory_of(node_json("held", {ANN_CHANGE: ROLLING_BACK.to_json()}, mig={})).snapshot(now=T0)
+    (node,) = planner_nodes(snap, changes_on(snap))
+    assert node.changing and [g.target for g in node.gpus] == [L33, L33]
+
+
 def test_live_demand_counts_pending_pods() -> None:
     snap = inventory_of(node_json("n"), make_pod("w", mig={"7g.80gb": 1}),
                         make_pod("v", mig={"7g.80gb": 1})).snapshot(now=T0)
@@ -307,6 +385,9 @@ def applying_json() -> str:
     pytest.param(applying_json(), "pending", True, id="applying-pending"),
     pytest.param(applying_json(), "failed", True, id="applying-failed-until-rolled-back"),
     pytest.param(applying_json(), "success", False, id="applying-success-lifts-the-hold"),
+    # the MIG manager's success for our value, or for the previous one: it may apply the other next
+    pytest.param(ROLLING_BACK.to_json(), "success", True, id="rolling-back-holds-even-on-success"),
+    pytest.param(ROLLING_BACK.to_json(), "pending", True, id="rolling-back-pending-holds"),
     pytest.param("not json", "success", True, id="unreadable-holds"),
 ])
 def test_hold_lifts_when_the_mig_manager_reports_success(record: str, state: str | None, held: bool) -> None:

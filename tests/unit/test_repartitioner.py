@@ -208,15 +208,24 @@ def start_applying(w: World, rep: Repartitioner) -> None:
 
 
 def test_failed_state_rolls_back_the_label_and_says_why() -> None:
+    """The label goes back at once; the node stays held until the MIG manager has applied it (it acts on
+    the value set back, and a pod placed on the node meanwhile would make that apply fail)."""
     w = World()
     rep = w.actuator()
     start_applying(w, rep)
     w.api.mig_manager("gpu-1", "failed")
     w.run(rep, T0 + 70)
-    assert w.change() is None and w.api.labels("gpu-1")[LABEL_MIG_CONFIG] == "all-3g.40gb"
+    assert w.change().phase is ChangePhase.ROLLING_BACK and w.api.labels("gpu-1")[LABEL_MIG_CONFIG] == "all-3g.40gb"
+    assert LABEL_MIG_CONFIG_STATE not in w.api.labels("gpu-1")  # the failed is ours, cleared in the same patch
     _, reason, message, warning = w.api.events[-1]
     assert (reason, warning) == ("MigRepartitionFailed", True) and message.startswith("MigManagerFailed")
-    assert json.loads(w.api.annotations("gpu-1")[ANN_LAST])["outcome"] == "MigManagerFailed"
+    assert "stays held until the MIG manager has restored the previous layout" in message
+    w.run(rep, T0 + 75)  # nothing reported for the value set back yet: still held
+    assert w.change().phase is ChangePhase.ROLLING_BACK and "gpu-1" in w.inventory.snapshot(now=T0 + 75).held_nodes
+    w.api.mig_manager("gpu-1", "success", {"3g.40gb": 4})  # the previous config found in place
+    w.run(rep, T0 + 80)
+    assert w.change() is None and w.api.reasons() == ["MigRepartitioning", "MigRepartitionFailed"]
+    assert json.loads(w.api.annotations("gpu-1")[ANN_LAST]) == {"at": T0 + 80, "outcome": "MigManagerFailed"}
 
 
 def test_failed_node_is_not_changed_again_within_the_cooldown() -> None:
@@ -225,10 +234,12 @@ def test_failed_node_is_not_changed_again_within_the_cooldown() -> None:
     start_applying(w, rep)
     w.api.mig_manager("gpu-1", "failed")
     w.run(rep, T0 + 70)
+    w.api.mig_manager("gpu-1", "success", {"3g.40gb": 4})
+    w.run(rep, T0 + 71)  # released: the cooldown counts from here
     patches = len(w.api.patches)
     w.run(rep, T0 + 200)
     assert len(w.api.patches) == patches
-    w.run(rep, T0 + 70 + SETTINGS.cooldown)
+    w.run(rep, T0 + 71 + SETTINGS.cooldown)
     assert w.change() is not None  # the cooldown is over: tried again
 
 
@@ -250,7 +261,7 @@ def test_wedged_pending_times_out_and_rolls_back() -> None:
     w.run(rep, T0 + 65 + SETTINGS.timeout - 1)
     assert w.change() is not None
     w.run(rep, T0 + 65 + SETTINGS.timeout)
-    assert w.change() is None and w.api.labels("gpu-1")[LABEL_MIG_CONFIG] == "all-3g.40gb"
+    assert w.change().phase is ChangePhase.ROLLING_BACK and w.api.labels("gpu-1")[LABEL_MIG_CONFIG] == "all-3g.40gb"
     assert w.api.events[-1][2].startswith("Timeout: nvidia.com/mig.config.state pending")
 
 
@@ -261,6 +272,10 @@ def test_rollback_without_a_previous_label_removes_ours() -> None:
     w.api.mig_manager("gpu-1", "failed")
     w.run(rep, T0 + 70)
     assert LABEL_MIG_CONFIG not in w.api.labels("gpu-1")
+    # the MIG manager ignores a removed label: nothing is left for it to do, so the node is released now
+    assert w.change() is None and w.api.events[-1][2].startswith("MigManagerFailed")
+    assert "label nvidia.com/mig.config removed, reservation released" in w.api.events[-1][2]
+    assert json.loads(w.api.annotations("gpu-1")[ANN_LAST])["outcome"] == "MigManagerFailed"
 
 
 def test_new_leader_resumes_the_change_and_times_out_a_wedged_one() -> None:
@@ -276,7 +291,7 @@ def test_new_leader_resumes_the_change_and_times_out_a_wedged_one() -> None:
     first, again = w.api.events
     assert first == again and first[1] == "MigRepartitioning"
     w.run(successor, T0 + 65 + SETTINGS.timeout)
-    assert w.change() is None and w.api.reasons()[-1] == "MigRepartitionFailed"
+    assert w.change().phase is ChangePhase.ROLLING_BACK and w.api.reasons()[-1] == "MigRepartitionFailed"
 
 
 def test_new_leader_finishes_a_reservation_the_old_one_made() -> None:
@@ -407,7 +422,8 @@ def test_rollback_refused_by_the_api_says_nothing_until_it_is_written() -> None:
     assert w.api.reasons() == ["MigRepartitioning"]
     w.api.refuse = None
     w.run(rep, T0 + 65 + SETTINGS.timeout + 7)
-    assert w.change() is None and w.api.reasons() == ["MigRepartitioning", "MigRepartitionFailed"]
+    assert w.change().phase is ChangePhase.ROLLING_BACK
+    assert w.api.reasons() == ["MigRepartitioning", "MigRepartitionFailed"]
 
 
 class Broken(Exception):
@@ -521,7 +537,7 @@ def test_new_leader_with_a_clock_a_day_behind_still_times_out_a_wedged_change() 
     assert w.change() is not None
     ticks[0] += 1
     w.run(successor, T0 + 70 + SETTINGS.timeout)
-    assert w.change() is None and w.api.labels("gpu-1")[LABEL_MIG_CONFIG] == "all-3g.40gb"
+    assert w.change().phase is ChangePhase.ROLLING_BACK and w.api.labels("gpu-1")[LABEL_MIG_CONFIG] == "all-3g.40gb"
     assert w.api.events[-1][2].startswith("Timeout")
 
 
@@ -627,3 +643,210 @@ def test_a_record_rewritten_before_the_label_is_counted_as_a_conflict_in_the_met
     assert counts["repartition_conflict"] == 1
     assert rep.metrics.repartitions.labels("conflict")._value.get() == 1
     assert w.api.labels("gpu-1")[LABEL_MIG_CONFIG] == "all-3g.40gb"  # no label written on a released node
+
+
+# --------------------------------------------------------------------------------------------------
+# Rolling back: the node stays held until the MIG manager is done with the value set back
+
+RB = T0 + 65 + SETTINGS.timeout  # when roll_back_on_timeout writes the rollback
+
+
+def roll_back_on_timeout(w: World, rep: Repartitioner) -> None:
+    """gpu-1's change applied, the MIG manager slow in ``pending`` past the timeout: rolled back at RB."""
+    start_applying(w, rep)
+    w.api.mig_manager("gpu-1", "pending", {"3g.40gb": 0})
+    w.run(rep, RB)
+    assert w.change().phase is ChangePhase.ROLLING_BACK
+
+
+def test_slow_mig_manager_keeps_the_node_held_after_a_timeout_until_the_previous_layout_is_back() -> None:
+    """Defect (docs/repartition.md, Limits): a rollback on Timeout released the node while a slow (not
+    wedged) MIG manager still worked: it finished our value, then applied the previous one, and a pod
+    placed on our layout in between made that second apply fail (label previous, layout ours, failed).
+    The node now stays held until the previous layout is back, and the release says nothing more."""
+    w = World()
+    rep = w.actuator()
+    roll_back_on_timeout(w, rep)
+    change = w.change()
+    assert (change.rolled_back_at, change.rolled_back_for) == (RB, "Timeout")
+    labels = w.api.labels("gpu-1")
+    assert labels[LABEL_MIG_CONFIG] == "all-3g.40gb" and LABEL_MIG_CONFIG_STATE not in labels
+    assert ANN_LAST not in w.api.annotations("gpu-1")
+    _, reason, message, warning = w.api.events[-1]
+    assert (reason, warning) == ("MigRepartitionFailed", True)
+    assert message.startswith("Timeout: ") and "label set back to all-3g.40gb" in message
+    assert "the node stays held until the MIG manager has restored the previous layout" in message
+    w.api.mig_manager("gpu-1", "success", {"7g.80gb": 2})  # ours finished first...
+    w.run(rep, RB + 10)
+    snap = w.inventory.snapshot(now=RB + 10)
+    assert w.change().phase is ChangePhase.ROLLING_BACK
+    assert snap.held_nodes == {"gpu-1"} and snap.free("gpu-1", R7) == 0  # ...a pod there would break the next
+    w.api.mig_manager("gpu-1", "pending", {"7g.80gb": 0})
+    w.run(rep, RB + 20)
+    assert w.change().phase is ChangePhase.ROLLING_BACK
+    w.api.mig_manager("gpu-1", "success", {"3g.40gb": 4})
+    w.run(rep, RB + 30)
+    assert w.change() is None and w.api.labels("gpu-1")[LABEL_MIG_CONFIG] == "all-3g.40gb"
+    assert json.loads(w.api.annotations("gpu-1")[ANN_LAST]) == {"at": RB + 30, "outcome": "Timeout"}
+    assert w.api.reasons() == ["MigRepartitioning", "MigRepartitionFailed"]  # no second Event
+    assert w.inventory.snapshot(now=RB + 30).held_nodes == frozenset()
+
+
+def test_mig_manager_failing_the_value_set_back_releases_the_node_and_says_so() -> None:
+    w = World()
+    rep = w.actuator()
+    roll_back_on_timeout(w, rep)
+    w.api.mig_manager("gpu-1", "failed")
+    counts = w.run(rep, RB + 10)
+    assert counts["repartition_released_RollbackFailed"] == 1
+    assert w.change() is None and w.api.labels("gpu-1")[LABEL_MIG_CONFIG] == "all-3g.40gb"
+    _, reason, message, warning = w.api.events[-1]
+    assert (reason, warning) == ("MigRepartitionFailed", True) and message.startswith("RollbackFailed: ")
+    assert "reservation released" in message
+    assert json.loads(w.api.annotations("gpu-1")[ANN_LAST])["outcome"] == "Timeout"
+    w.run(rep, RB + 11)
+    assert w.api.reasons() == ["MigRepartitioning", "MigRepartitionFailed", "MigRepartitionFailed"]
+
+
+def test_mig_manager_wedged_while_rolling_back_releases_the_node_after_a_second_timeout() -> None:
+    """A wedged MIG manager never acts on the value set back: the node must not stay held for good."""
+    w = World()
+    rep = w.actuator()
+    roll_back_on_timeout(w, rep)
+    w.api.mig_manager("gpu-1", "pending", {"3g.40gb": 0})
+    w.run(rep, RB + SETTINGS.timeout - 1)
+    assert w.change().phase is ChangePhase.ROLLING_BACK
+    w.run(rep, RB + SETTINGS.timeout)
+    assert w.change() is None and w.api.labels("gpu-1")[LABEL_MIG_CONFIG] == "all-3g.40gb"
+    assert w.api.events[-1][2].startswith("RollbackTimeout: nvidia.com/mig.config.state pending")
+    assert json.loads(w.api.annotations("gpu-1")[ANN_LAST])["outcome"] == "Timeout"
+
+
+def test_new_leader_with_a_clock_a_day_behind_resumes_a_rollback_and_bounds_it() -> None:
+    """The rollback was written by a leader whose clock ran a day ahead; its successor must neither roll
+    back again (no second label write, no second Event) nor hold the node a day: it releases a wedged
+    rollback a timeout after it first saw it (monotonic clock), and a restored one at once."""
+    w = World()
+    old = w.actuator()
+    day = 86_400.0
+    for t in (T0 + day, T0 + day + 60, T0 + day + 65):
+        w.run(old, t)
+    w.api.mig_manager("gpu-1", "pending", {"3g.40gb": 0})
+    w.run(old, T0 + day + 65 + SETTINGS.timeout)
+    assert w.change().phase is ChangePhase.ROLLING_BACK
+    label_writes = sum(1 for _, p in w.api.patches if p["labels"])
+    ticks = [500.0]
+    successor = w.actuator(monotonic=lambda: ticks[0])
+    w.run(successor, T0 + 70)
+    ticks[0] += SETTINGS.timeout - 1
+    w.run(successor, T0 + 70 + SETTINGS.timeout - 1)
+    assert w.change().phase is ChangePhase.ROLLING_BACK
+    assert sum(1 for _, p in w.api.patches if p["labels"]) == label_writes
+    ticks[0] += 1
+    w.run(successor, T0 + 70 + SETTINGS.timeout)
+    assert w.change() is None and w.api.events[-1][2].startswith("RollbackTimeout")
+    assert w.api.reasons() == ["MigRepartitioning", "MigRepartitionFailed", "MigRepartitionFailed"]
+
+
+def test_new_leader_releases_a_rollback_the_mig_manager_finished() -> None:
+    w = World()
+    roll_back_on_timeout(w, w.actuator())
+    w.api.mig_manager("gpu-1", "success", {"3g.40gb": 4})
+    w.run(w.actuator(), RB + 3)
+    assert w.change() is None and w.api.reasons() == ["MigRepartitioning", "MigRepartitionFailed"]
+
+
+def test_lagging_watch_still_showing_applying_writes_no_second_rollback() -> None:
+    """The rollback is written; the pass's snapshot still shows phase applying past its deadline and
+    decides to roll back again: the fresh read shows the new record, so nothing is written or said."""
+    w = World()
+    rep = w.actuator()
+    start_applying(w, rep)
+    w.api.mig_manager("gpu-1", "pending", {"3g.40gb": 0})
+    w.api.lag = True
+    w.run(rep, RB)
+    assert w.change().phase is ChangePhase.ROLLING_BACK
+    patches = len(w.api.patches)
+    counts = w.run(rep, RB + 1)
+    assert counts["repartition_conflict"] == 1 and len(w.api.patches) == patches
+    assert w.change().phase is ChangePhase.ROLLING_BACK
+    assert w.api.reasons() == ["MigRepartitioning", "MigRepartitionFailed"]
+    w.api.mig_manager("gpu-1", "success", {"3g.40gb": 4})
+    w.api.lag = False
+    w.api.sync()
+    w.run(rep, RB + 2)
+    assert w.change() is None and w.api.reasons() == ["MigRepartitioning", "MigRepartitionFailed"]
+
+
+def test_release_decided_on_a_lagging_view_is_not_written_over_a_fresh_state() -> None:
+    """The snapshot shows the rollback wedged past its second timeout; the API already shows the MIG
+    manager's success for the value set back: the release waits for the view the decision matches."""
+    w = World()
+    rep = w.actuator()
+    roll_back_on_timeout(w, rep)
+    w.api.mig_manager("gpu-1", "pending", {"3g.40gb": 0})
+    w.api.lag = True
+    w.api.mig_manager("gpu-1", "success", {"3g.40gb": 4})
+    counts = w.run(rep, RB + SETTINGS.timeout)
+    assert counts["repartition_conflict"] == 1 and w.change() is not None
+    w.api.lag = False
+    w.api.sync()
+    w.run(rep, RB + SETTINGS.timeout + 1)
+    assert w.change() is None and w.api.reasons() == ["MigRepartitioning", "MigRepartitionFailed"]
+
+
+@pytest.mark.parametrize("refusal", [pytest.param(NodeWrite.CONFLICT, id="409"),
+                                     pytest.param(NodeWrite.THROTTLED, id="429")])
+@pytest.mark.parametrize("state, mig, said", [
+    pytest.param("success", {"3g.40gb": 4}, [], id="restored"),
+    pytest.param("failed", None, ["MigRepartitionFailed"], id="rollback-failed"),
+])
+def test_release_refused_by_the_api_is_retried_next_pass_without_a_second_event(
+        refusal: NodeWrite, state: str, mig: dict[str, int] | None, said: list[str]) -> None:
+    w = World()
+    rep = w.actuator()
+    roll_back_on_timeout(w, rep)
+    w.api.mig_manager("gpu-1", state, mig)
+    w.api.refuse = refusal
+    counts = w.run(rep, RB + 10)
+    assert counts["repartition_" + refusal.value] == 1 and w.change().phase is ChangePhase.ROLLING_BACK
+    assert w.api.reasons() == ["MigRepartitioning", "MigRepartitionFailed"]
+    w.api.refuse = None
+    w.run(rep, RB + 11)
+    w.run(rep, RB + 12)
+    assert w.change() is None
+    assert w.api.reasons() == ["MigRepartitioning", "MigRepartitionFailed", *said]
+
+
+@pytest.mark.parametrize("edit, label, why", [
+    pytest.param(lambda labels: labels.pop(LABEL_REPARTITION), "all-3g.40gb", "OptedOut", id="opted-out"),
+    pytest.param(lambda labels: labels.update({LABEL_MIG_CONFIG: "all-1g.10gb"}), "all-1g.10gb", "LabelChanged",
+                 id="label-changed"),
+])
+def test_opt_out_or_someone_elses_label_while_rolling_back_releases_without_a_label(
+        edit: Callable[[dict[str, str]], object], label: str, why: str) -> None:
+    w = World()
+    rep = w.actuator()
+    roll_back_on_timeout(w, rep)
+    obj = copy.deepcopy(w.api.objs["gpu-1"])
+    edit(obj["metadata"]["labels"])
+    w.api.put(obj)
+    w.run(rep, RB + 10)
+    assert w.change() is None and w.api.labels("gpu-1")[LABEL_MIG_CONFIG] == label
+    assert w.api.patches[-1][1]["labels"] == {}  # released, nothing written over theirs
+    assert w.api.events[-1][2].startswith(why)
+
+
+def test_timeout_without_a_previous_label_holds_until_the_mig_manager_finishes_ours() -> None:
+    """Our label is removed, which the MIG manager ignores; it may still be applying ours, so the node
+    stays held until it reports the end of that (any success or failed), not a layout of the past."""
+    w = World(label=None)
+    rep = w.actuator()
+    roll_back_on_timeout(w, rep)
+    assert LABEL_MIG_CONFIG not in w.api.labels("gpu-1")
+    w.run(rep, RB + 5)
+    assert w.change().phase is ChangePhase.ROLLING_BACK
+    w.api.mig_manager("gpu-1", "success", {"7g.80gb": 2})
+    w.run(rep, RB + 10)
+    assert w.change() is None and w.api.reasons() == ["MigRepartitioning", "MigRepartitionFailed"]
+    assert json.loads(w.api.annotations("gpu-1")[ANN_LAST])["outcome"] == "Timeout"

@@ -753,7 +753,8 @@ def _bound_at(pod: Mapping[str, Any]) -> float | None:
 class NoBindWhileApplying(Invariant):
     """No MIG pod is bound to a node while our change there is ``applying`` and the MIG manager has not
     reported ``success`` (the node is held: the device plugin is paused or about to be, and the GPU
-    instances a pod would use are about to be destroyed), unless it was bound before the reservation.
+    instances a pod would use are about to be destroyed), or ``rolling_back`` whatever the state (the MIG
+    manager may still apply the value set back), unless it was bound before the reservation.
 
     Pods are listed from the API, then the Node is read again: only if it still shows the same record,
     still without ``success``, was each pod listed bound while the node was held (the state only moves
@@ -770,14 +771,17 @@ class NoBindWhileApplying(Invariant):
         out = []
         for name, node in obs.nodes.items():
             record = _change(node)
-            if record is None or record.get("phase") != "applying" or _state(node) == "success":
+            if record is None:
+                continue
+            rolling_back = record.get("phase") == "rolling_back"
+            if not rolling_back and (record.get("phase") != "applying" or _state(node) == "success"):
                 continue
             listed = world.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={name}",
                                                             _preload_content=False)
             pods = json.loads(listed.data).get("items") or []
             fresh = json.loads(world.core.read_node(name, _preload_content=False).data)
             same = _meta(fresh, "annotations").get(ANN_CHANGE) == _meta(node, "annotations").get(ANN_CHANGE)
-            if not same or _state(fresh) == "success":
+            if not same or (_state(fresh) == "success" and not rolling_back):
                 continue  # the change moved on meanwhile: the next check looks again
             started = float(record["started"])
             for pod in pods:
@@ -789,7 +793,7 @@ class NoBindWhileApplying(Invariant):
                 self.reported.add(meta["uid"])
                 out.append(self.violation(
                     obs.t, f"pod {meta['name']} ({dict(mig_demand(pod))}) bound to {name} at {bound:.0f} while our "
-                           f"change there is applying (reserved at {started:.1f}, state "
+                           f"change there is {record.get('phase')} (reserved at {started:.1f}, state "
                            f"{_state(fresh) or 'none'})",
                     [f"change record: {_meta(fresh, 'annotations').get(ANN_CHANGE)}",
                      f"node labels: mig.config={_meta(fresh, 'labels').get(LABEL_MIG_CONFIG)}",
@@ -802,15 +806,16 @@ def _state(node: Mapping[str, Any]) -> str:
 
 
 class ChangeBounded(Invariant):
-    """No change record lives longer than settle + timeout + SLACK (the record's own start, the same
-    machine's clock), unless the reconciler was down or coming back meanwhile: a record the actuator
-    never ends keeps the node out of scheduling for good. Also counts the changes it saw and how each
+    """No change record lives longer than settle + 2 x timeout + SLACK (the record's own start, the same
+    machine's clock; a rollback keeps the node held up to a second timeout), unless the reconciler was
+    down or coming back meanwhile: a record the actuator never ends keeps the node out of scheduling for
+    good. Also counts the changes it saw and how each
     ended (the node's ``repartition-last`` outcome; none: aborted without a cooldown)."""
 
-    key, title = "9-change-bounded", "every repartition change ends within settle + timeout"
+    key, title = "9-change-bounded", "every repartition change ends within settle + 2 x timeout"
 
     def __init__(self, settle: float, timeout: float, slack: float) -> None:
-        self.limit = settle + timeout + slack
+        self.limit = settle + 2 * timeout + slack
         self.slack = slack
         self.live: dict[tuple[str, float], bool] = {}  # (node, started) -> seen applying
         self.started = 0

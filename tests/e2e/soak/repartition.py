@@ -41,7 +41,7 @@ CONFIGS: Mapping[str, tuple[str, ...]] = {"soak-all-4g": ("4g.20gb",), "soak-all
 WINDOW, COOLDOWN, SETTLE, TIMEOUT = 8.0, 20.0, 2.0, 25.0
 MIG_MANAGER_DELAY = 2.0  # seconds the fake MIG manager takes to apply a config (device plugin paused)
 BIG_NODES = 3
-SLACK = 20.0  # a change record may outlive settle + timeout by this (passes every <= 5 s, 409s, a write)
+SLACK = 20.0  # a change record may outlive settle + 2 x timeout by this (passes every <= 5 s, 409s, a write)
 
 
 def configs() -> list[NamedConfig]:
