@@ -344,7 +344,10 @@ def _ending(step: Finish | RollBack | Release | Abort, change: Change | None, no
 
     A RollBack that holds writes the label back, clears the MIG manager's state (it is ours: any state
     seen in phase rolling_back is then for the value set back, or for ours finished late) and keeps the
-    record, in phase rolling_back: ANN_LAST waits for the Release, which records the rollback's reason."""
+    record, in phase rolling_back. It records the outcome in ANN_LAST already (the Release rewrites it, so
+    the cooldown counts from the release): the previous version cannot read phase rolling_back and aborts
+    such a record as Unreadable, writing no ANN_LAST; without this its planner reserved the node again at
+    once and set the label that had just failed over a MIG manager still restoring the previous value."""
     which = f" (change of {int(change.started)})" if change is not None else ""
     release: dict[str, str | None] = {ANN_CHANGE: None}
     if isinstance(step, Finish):
@@ -360,7 +363,8 @@ def _ending(step: Finish | RollBack | Release | Abort, change: Change | None, no
             return {LABEL_MIG_CONFIG: step.to}, {**release, ANN_LAST: last_json(now, step.reason)}, \
                 "failed_" + step.reason, said
         return ({LABEL_MIG_CONFIG: step.to, LABEL_MIG_CONFIG_STATE: None},
-                {ANN_CHANGE: change.rolling_back(now, step.reason).to_json()}, "failed_" + step.reason,
+                {ANN_CHANGE: change.rolling_back(now, step.reason).to_json(), ANN_LAST: last_json(now, step.reason)},
+                "failed_" + step.reason,
                 (EVENT_FAILED, f"{step.reason}: {step.detail}; {back}; the node stays held until the MIG manager "
                                f"has restored the previous layout{which}"))
     if isinstance(step, Release):

@@ -671,7 +671,7 @@ def test_slow_mig_manager_keeps_the_node_held_after_a_timeout_until_the_previous
     assert (change.rolled_back_at, change.rolled_back_for) == (RB, "Timeout")
     labels = w.api.labels("gpu-1")
     assert labels[LABEL_MIG_CONFIG] == "all-3g.40gb" and LABEL_MIG_CONFIG_STATE not in labels
-    assert ANN_LAST not in w.api.annotations("gpu-1")
+    assert json.loads(w.api.annotations("gpu-1")[ANN_LAST]) == {"at": RB, "outcome": "Timeout"}  # cooldown from now
     _, reason, message, warning = w.api.events[-1]
     assert (reason, warning) == ("MigRepartitionFailed", True)
     assert message.startswith("Timeout: ") and "label set back to all-3g.40gb" in message
@@ -850,3 +850,24 @@ def test_timeout_without_a_previous_label_holds_until_the_mig_manager_finishes_o
     w.run(rep, RB + 10)
     assert w.change() is None and w.api.reasons() == ["MigRepartitioning", "MigRepartitionFailed"]
     assert json.loads(w.api.annotations("gpu-1")[ANN_LAST])["outcome"] == "Timeout"
+
+
+def test_rollback_read_by_the_previous_version_still_keeps_the_cooldown() -> None:
+    """Version skew (a rolling update, a downgrade): the previous version cannot read phase rolling_back,
+    so its leader aborts the record as Unreadable, which removes the annotation and writes nothing else.
+    ANN_LAST was written only at the Release, so nothing recorded the failed change: the very next passes
+    reserved the node again and set the label that had just timed out, over a MIG manager still
+    restoring the previous value. The rollback patch records the outcome already (the Release rewrites it)."""
+    w = World()
+    rep = w.actuator()
+    roll_back_on_timeout(w, rep)
+    assert json.loads(w.api.annotations("gpu-1")[ANN_LAST]) == {"at": RB, "outcome": "Timeout"}
+    obj = copy.deepcopy(w.api.objs["gpu-1"])
+    del obj["metadata"]["annotations"][ANN_CHANGE]  # what the previous version's Abort(Unreadable) writes
+    obj["status"]["allocatable"] = obj["status"]["capacity"] = {**obj["status"]["allocatable"],
+                                                                "nvidia.com/mig-3g.40gb": "4"}  # plugin back
+    w.api.put(obj)
+    patches = len(w.api.patches)
+    for t in (RB + 10, RB + 80, RB + 90):
+        w.run(rep, t)
+    assert w.change() is None and len(w.api.patches) == patches
