@@ -208,6 +208,9 @@ class Repartitioner:
                 shown["until"] = step.until
             if change is not None and change.phase is ChangePhase.APPLYING:
                 self._say(node, EVENT_STARTED, _started_text(change), warning=False)  # a new leader's first pass
+            elif change is not None and change.phase is ChangePhase.ROLLING_BACK:
+                # the rollback's Event, lost if the leader died (or the Event write failed) after the patch
+                self._say(node, EVENT_FAILED, _rollback_text(change), warning=True)
             return shown
         assert change is not None or isinstance(step, Abort)
         if isinstance(step, Apply):
@@ -362,11 +365,10 @@ def _ending(step: Finish | RollBack | Release | Abort, change: Change | None, no
         if not step.hold:
             return {LABEL_MIG_CONFIG: step.to}, {**release, ANN_LAST: last_json(now, step.reason)}, \
                 "failed_" + step.reason, said
+        rolling = change.rolling_back(now, step.reason, step.detail)
         return ({LABEL_MIG_CONFIG: step.to, LABEL_MIG_CONFIG_STATE: None},
-                {ANN_CHANGE: change.rolling_back(now, step.reason).to_json(), ANN_LAST: last_json(now, step.reason)},
-                "failed_" + step.reason,
-                (EVENT_FAILED, f"{step.reason}: {step.detail}; {back}; the node stays held until the MIG manager "
-                               f"has restored the previous layout{which}"))
+                {ANN_CHANGE: rolling.to_json(), ANN_LAST: last_json(now, step.reason)},
+                "failed_" + step.reason, (EVENT_FAILED, _rollback_text(rolling)))
     if isinstance(step, Release):
         assert change is not None
         last = {**release, ANN_LAST: last_json(now, change.rolled_back_for or step.reason)}
@@ -377,6 +379,15 @@ def _ending(step: Finish | RollBack | Release | Abort, change: Change | None, no
     annotations = {**release, ANN_LAST: last_json(now, step.reason)} if step.cooldown else release
     return {}, annotations, "aborted_" + step.reason, (EVENT_FAILED, f"{step.reason}: {step.detail}; reservation "
                                                                      f"released{which}")
+
+
+def _rollback_text(change: Change) -> str:
+    """The Event of a rollback that holds the node, from its record alone: the leader that wrote the
+    rollback and any later one (after a lost Event) write the same text, so the same Event."""
+    back = f"label set back to {change.previous}" if change.previous else f"label {LABEL_MIG_CONFIG} removed"
+    detail = f": {change.rollback_detail}" if change.rollback_detail else ""
+    return (f"{change.rolled_back_for or 'RolledBack'}{detail}; {back}; the node stays held until the MIG manager "
+            f"has restored the previous layout (change of {int(change.started)})")
 
 
 def _reason(reason: Any) -> dict[str, Any]:

@@ -108,8 +108,10 @@ class ChangePhase(str, Enum):
 class Change:
     """A repartition under way, as recorded in ``ANN_CHANGE``. ``previous`` is the label value before
     (None: the node had no label), what a rollback writes back; ``rolled_back_at`` and ``rolled_back_for``
-    (the RollBack's reason, the outcome recorded when the node is released) are set in phase
-    rolling_back only. Records written before that phase existed lack both and still read."""
+    (the RollBack's reason, the outcome recorded when the node is released) and ``rollback_detail``
+    (what the reason was seen as: the rollback's Event is rebuilt from the record, word for word, by
+    whichever leader passes next) are set in phase rolling_back only. Records written before that phase
+    existed lack them and still read."""
 
     config: str
     previous: str | None
@@ -121,6 +123,7 @@ class Change:
     applied_at: float | None = None
     rolled_back_at: float | None = None
     rolled_back_for: str | None = None
+    rollback_detail: str = ""
 
     @property
     def gpus(self) -> tuple[int, ...]:
@@ -131,13 +134,14 @@ class Change:
             "config": self.config, "previous": self.previous, "before": [list(x) for x in self.before],
             "after": [list(x) for x in self.after], "gpus": list(self.gpus), "serves": dict(self.serves),
             "started": self.started, "phase": self.phase.value, "appliedAt": self.applied_at,
-            **({"rolledBackAt": self.rolled_back_at, "rollbackReason": self.rolled_back_for}
-               if self.phase is ChangePhase.ROLLING_BACK else {}),
+            **({"rolledBackAt": self.rolled_back_at, "rollbackReason": self.rolled_back_for,
+                "rollbackDetail": self.rollback_detail} if self.phase is ChangePhase.ROLLING_BACK else {}),
         }, sort_keys=True, separators=(",", ":"))
 
-    def rolling_back(self, now: float, reason: str) -> Change:
-        """This change as recorded once its RollBack for ``reason`` is written at ``now``."""
-        return replace(self, phase=ChangePhase.ROLLING_BACK, rolled_back_at=now, rolled_back_for=reason)
+    def rolling_back(self, now: float, reason: str, detail: str = "") -> Change:
+        """This change as recorded once its RollBack for ``reason`` (seen as ``detail``) is written at ``now``."""
+        return replace(self, phase=ChangePhase.ROLLING_BACK, rolled_back_at=now, rolled_back_for=reason,
+                       rollback_detail=detail)
 
     @classmethod
     def from_json(cls, text: str) -> Change | None:
@@ -149,12 +153,13 @@ class Change:
             if len(before) != len(after) or not isinstance(d["config"], str):
                 return None
             applied, rolled = d.get("appliedAt"), d.get("rolledBackAt")
-            why = d.get("rollbackReason")
+            why, detail = d.get("rollbackReason"), d.get("rollbackDetail")
             return cls(d["config"], d.get("previous"), before, after,
                        MappingProxyType({str(k): int(v) for k, v in (d.get("serves") or {}).items()}),
                        float(d["started"]), ChangePhase(d.get("phase", "reserving")),
                        float(applied) if applied is not None else None,
-                       float(rolled) if rolled is not None else None, str(why) if why is not None else None)
+                       float(rolled) if rolled is not None else None, str(why) if why is not None else None,
+                       str(detail) if detail is not None else "")
         except (ValueError, TypeError, KeyError, AttributeError):
             return None
 

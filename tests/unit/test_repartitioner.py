@@ -745,7 +745,9 @@ def test_new_leader_with_a_clock_a_day_behind_resumes_a_rollback_and_bounds_it()
     ticks[0] += 1
     w.run(successor, T0 + 70 + SETTINGS.timeout)
     assert w.change() is None and w.api.events[-1][2].startswith("RollbackTimeout")
-    assert w.api.reasons() == ["MigRepartitioning", "MigRepartitionFailed", "MigRepartitionFailed"]
+    # the successor said the rollback again in the same words (the API refuses the repeat: one Event)
+    distinct = list(dict.fromkeys((reason, text) for _, reason, text, _ in w.api.events))
+    assert [reason for reason, _ in distinct] == ["MigRepartitioning", "MigRepartitionFailed", "MigRepartitionFailed"]
 
 
 def test_new_leader_releases_a_rollback_the_mig_manager_finished() -> None:
@@ -871,3 +873,46 @@ def test_rollback_read_by_the_previous_version_still_keeps_the_cooldown() -> Non
     for t in (RB + 10, RB + 80, RB + 90):
         w.run(rep, t)
     assert w.change() is None and len(w.api.patches) == patches
+
+
+class _EventsDown(Exception):
+    pass
+
+
+def test_rollback_whose_event_was_lost_is_reported_by_the_next_pass_once() -> None:
+    """Review of rolling_back: the rollback patch was written, then its MigRepartitionFailed Event was not
+    (the leader died, or the Event write failed). The node stayed held with nothing said: a new leader
+    waited silently and a Restored release only logs. The pass that waits on a rollback says it, from
+    the record alone, so every leader writes the same text (the API then refuses a repeat)."""
+    w = World()
+    rep = w.actuator()
+    start_applying(w, rep)
+    w.api.mig_manager("gpu-1", "pending", {"3g.40gb": 0})
+    real_write = w.api.write
+
+    def down(*args: Any, **kwargs: Any) -> str:
+        raise _EventsDown("events API down")
+
+    w.api.write = down  # type: ignore[method-assign]
+    w.run(rep, RB)
+    assert w.change().phase is ChangePhase.ROLLING_BACK and w.api.reasons() == ["MigRepartitioning"]
+    w.api.write = real_write  # type: ignore[method-assign]
+    for at in (RB + 1, RB + 2, RB + 3):
+        w.run(rep, at)
+    assert w.api.reasons() == ["MigRepartitioning", "MigRepartitionFailed"]
+    assert "stays held until the MIG manager has restored the previous layout" in w.api.events[-1][2]
+
+
+def test_a_new_leader_says_the_rollback_in_the_same_words_as_the_old_one() -> None:
+    """The Event is named from its text: the same text from a new leader is the same Event (refused as
+    a repeat by the API), not a second, different report of one rollback."""
+    w = World()
+    rep = w.actuator()
+    roll_back_on_timeout(w, rep)
+    first = w.api.events[-1]
+    assert first[1] == "MigRepartitionFailed"
+    successor = w.actuator()
+    w.run(successor, RB + 1)
+    assert w.api.events[-1] == first  # written again word for word (the API would answer 409)
+    w.run(successor, RB + 2)
+    assert sum(1 for e in w.api.events if e[1] == "MigRepartitionFailed") == 2  # once per leader
