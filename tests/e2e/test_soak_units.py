@@ -421,3 +421,47 @@ def test_opted_in_nodes_are_released_in_a_named_config_at_the_end(node: dict, in
     found = checker.final(on_nodes(node), api_world(node, inventory=inventory))
     assert [v.invariant for v in found] == (["10-nodes-released"] if problem else [])
     assert all(problem in v.message for v in found)
+
+
+def test_soak_waits_out_the_job_controllers_pod_failure_backoff_before_it_settles() -> None:
+    """CI soak seed 5: two pending pods of a Job, upgraded (evicted), failed at 66.6 s and were deleted;
+    the run settled at 70.7 s and its final check at 74.9 s found the Job 2 pods short, "restarted by
+    us". kube-controller-manager had held the replacements back: the Job controller creates none for
+    10 s x 2^(failures since the last success - 1) (at most 6 min), counting failures its
+    podFailurePolicy ignores too; they came at ~+8 s. Settling before that called them lost."""
+    from .soak.runner import job_backoff_ends
+
+    def job_pod(name: str, phase: str, finished: float, owner: str = "job-1") -> PodRecord:
+        p = pod(name, name, {P1: 1}, owner="Job", phase=phase)
+        p.owner_name, p.finished = owner, finished
+        return p
+
+    done = job_pod("a", "Succeeded", 59.6)
+    failed = [job_pod("b", "Failed", 66.6), job_pod("c", "Failed", 66.7)]
+    assert job_backoff_ends([done, *failed]) == pytest.approx(66.7 + 20.0)  # 2 failures: 10 s x 2
+    assert job_backoff_ends([done]) is None                                  # no failure after the success
+    assert job_backoff_ends([*failed, job_pod("d", "Succeeded", 70.0)]) is None  # a success since resets it
+    many = [job_pod(f"f{i}", "Failed", 10.0 + i) for i in range(8)]
+    assert job_backoff_ends(many) == pytest.approx(17.0 + 360.0)            # capped at 6 min
+    other = job_pod("x", "Failed", 30.0, owner="job-2")
+    assert job_backoff_ends([done, *failed, other]) == pytest.approx(86.7)   # the latest of the Jobs
+    bare = pod("bare", "bare", {P1: 1}, phase="Failed")
+    bare.finished = 50.0
+    assert job_backoff_ends([bare]) is None                                  # only Jobs back off
+
+
+def test_the_ledger_notes_when_it_first_saw_a_pod_finished() -> None:
+    ledger = PodLedger.__new__(PodLedger)
+    ledger.history, ledger._pods, ledger.bare = History(None, seed=0), {}, {}
+    ledger.lifecycles = ledger.created = 0
+    ledger._lock = threading.Lock()
+    obj = {"metadata": {"name": "j-0-x", "uid": "u1", "ownerReferences": [{"kind": "Job", "name": "j",
+                                                                          "controller": True}]},
+           "spec": {"containers": [{"name": "c"}]}, "status": {"phase": "Pending"}}
+    ledger._on_event("ADDED", obj)
+    assert ledger.get("u1").finished is None
+    ledger._on_event("MODIFIED", {**obj, "status": {"phase": "Failed"}})
+    first = ledger.get("u1").finished
+    assert first is not None
+    ledger._on_event("MODIFIED", {**obj, "status": {"phase": "Failed", "reason": "again"}})
+    assert ledger.get("u1").finished == first

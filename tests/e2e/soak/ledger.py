@@ -48,6 +48,7 @@ class PodRecord:
     ended: float | None = None
     deleted_by: str = ""  # harness or other, once gone
     counted: bool = False  # counted as a finished lifecycle (terminal phase or gone)
+    finished: float | None = None  # history time it was first seen in a terminal phase
 
     @property
     def live(self) -> bool:
@@ -203,6 +204,8 @@ class PodLedger:
         with self._lock:
             self._pods[uid] = new
             new.counted = bool(old and old.counted)
+            new.finished = old.finished if old is not None and old.finished is not None else (
+                self.history.now() if new.phase in TERMINAL else None)
             if new.phase in TERMINAL and not new.counted:
                 new.counted = True
                 self.lifecycles += 1

@@ -46,7 +46,7 @@ from .invariants import (
     changing_nodes,
     observe,
 )
-from .ledger import PodLedger
+from .ledger import PodLedger, PodRecord
 from .repartition import (
     SETTLE,
     SLACK,
@@ -61,6 +61,35 @@ from .world import MERGE, POOLS, ActionFailed, Skip, SoakWorld, Workload
 
 log = logging.getLogger("soak")
 FIT_SLACK = 0.7  # wind-down: demand per profile at most this share of the schedulable capacity
+
+
+# kube-controller-manager's Job controller: DefaultJobPodFailureBackOff, MaxJobPodFailureBackOff
+JOB_BACKOFF_S, JOB_BACKOFF_MAX_S = 10.0, 360.0
+JOB_SYNC_SLACK_S = 5.0  # from the backoff's end to the replacement pods in the soak's watch
+
+
+def job_backoff_ends(records: Sequence[PodRecord]) -> float | None:
+    """The history time until which some Job's controller holds its replacement pods back, or None.
+
+    The Job controller creates no pod for 10 s x 2^(n - 1), at most 6 min, after the last of the n pods
+    that failed since the Job's last success, and it counts pods whose failure its podFailurePolicy
+    ignores too (an upgrade's eviction, DisruptionTarget): kubernetes v1.36.3 pkg/controller/job
+    job_controller.go manageJob (getRemainingTime before creating pods) and backoff_utils.go
+    newBackoffRecord (every new failed pod). The failure time is when the soak first saw the pod
+    terminal, at or after the controller's own reading of it."""
+    by_job: dict[str, list[PodRecord]] = {}
+    for p in records:
+        if p.owner_kind == "Job" and p.finished is not None:
+            by_job.setdefault(p.owner_name, []).append(p)
+    ends = []
+    for pods in by_job.values():
+        success = max((p.finished for p in pods if p.phase == "Succeeded" and p.finished is not None),
+                      default=float("-inf"))
+        failures = sorted(p.finished for p in pods
+                          if p.phase == "Failed" and p.finished is not None and p.finished > success)
+        if failures:
+            ends.append(failures[-1] + min(JOB_BACKOFF_S * 2 ** (len(failures) - 1), JOB_BACKOFF_MAX_S))
+    return max(ends, default=None)
 
 
 @dataclass(frozen=True)
@@ -465,6 +494,9 @@ class SoakRun:
         pods = world.ledger.pods()
         if any(p.waiting or (p.node and p.phase == "Pending") or p.terminating for p in pods):
             return False
+        backoff = job_backoff_ends(world.ledger.records())
+        if backoff is not None and world.history.now() < backoff + JOB_SYNC_SLACK_S:
+            return False  # a Job's replacements are not due yet: its final count would call them lost
         if self.plan.repartition:
             try:
                 if changing_nodes(world):
