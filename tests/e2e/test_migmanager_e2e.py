@@ -97,7 +97,9 @@ def test_wedged_change_stays_pending(cluster: E2ECluster, fleet: Fleet, mig_mana
     node = _managed_node(cluster, fleet, mig_manager)
     mig_manager.wedge(node)
     _label(cluster, node, "all-1g.10gb")
-    wait_for(lambda: _state(cluster, node)[0] == STATE_PENDING, timeout=10, what="pending")
+    # the fake writes the state label and the allocatable in two calls (testenv/nodes.py apply: patch_node,
+    # then patch_node_status): wait for both before asserting they stay so (CI saw pending with 4 x 3g)
+    wait_for(lambda: _state(cluster, node) == (STATE_PENDING, {R3: "0"}), timeout=10, what="pending, plugin paused")
     stays(lambda: _state(cluster, node) == (STATE_PENDING, {R3: "0"}), duration=3 * DELAY,
           what="wedged in pending with no MIG allocatable")
     assert mig_manager.history(node) == [STATE_PENDING]
