@@ -252,8 +252,7 @@ class Repartitioner:
         if not isinstance(step, Apply):
             self._count(counts, "conflict")
             return
-        applying = Change(change.config, change.previous, change.before, change.after, change.serves,
-                          change.started, ChangePhase.APPLYING, now)
+        applying = change.applying(now)
         outcome = self.nodes.patch(node, labels={LABEL_MIG_CONFIG: change.config, LABEL_MIG_CONFIG_STATE: None},
                                    annotations={ANN_CHANGE: applying.to_json()},
                                    resource_version=_resource_version(fresh))
@@ -360,8 +359,7 @@ def _ending(step: Finish | RollBack | Release | Abort, change: Change | None, no
                              f"{_layouts(change.after)}{which}"))
     if isinstance(step, RollBack):
         assert change is not None
-        back = f"label set back to {step.to}" if step.to else f"label {LABEL_MIG_CONFIG} removed"
-        said = (EVENT_FAILED, f"{step.reason}: {step.detail}; {back}, reservation released{which}")
+        said = (EVENT_FAILED, f"{step.reason}: {step.detail}; {_set_back(step.to)}, reservation released{which}")
         if not step.hold:
             return {LABEL_MIG_CONFIG: step.to}, {**release, ANN_LAST: last_json(now, step.reason)}, \
                 "failed_" + step.reason, said
@@ -384,10 +382,14 @@ def _ending(step: Finish | RollBack | Release | Abort, change: Change | None, no
 def _rollback_text(change: Change) -> str:
     """The Event of a rollback that holds the node, from its record alone: the leader that wrote the
     rollback and any later one (after a lost Event) write the same text, so the same Event."""
-    back = f"label set back to {change.previous}" if change.previous else f"label {LABEL_MIG_CONFIG} removed"
     detail = f": {change.rollback_detail}" if change.rollback_detail else ""
-    return (f"{change.rolled_back_for or 'RolledBack'}{detail}; {back}; the node stays held until the MIG manager "
-            f"has restored the previous layout (change of {int(change.started)})")
+    return (f"{change.rolled_back_for or 'RolledBack'}{detail}; {_set_back(change.previous)}; the node stays held "
+            f"until the MIG manager has restored the previous layout (change of {int(change.started)})")
+
+
+def _set_back(to: str | None) -> str:
+    """What a rollback did to the label: set back to ``to``, or removed (there was none before)."""
+    return f"label set back to {to}" if to else f"label {LABEL_MIG_CONFIG} removed"
 
 
 def _reason(reason: Any) -> dict[str, Any]:

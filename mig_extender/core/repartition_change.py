@@ -138,6 +138,10 @@ class Change:
                 "rollbackDetail": self.rollback_detail} if self.phase is ChangePhase.ROLLING_BACK else {}),
         }, sort_keys=True, separators=(",", ":"))
 
+    def applying(self, now: float) -> Change:
+        """This change as recorded once its label is written at ``now``."""
+        return replace(self, phase=ChangePhase.APPLYING, applied_at=now)
+
     def rolling_back(self, now: float, reason: str, detail: str = "") -> Change:
         """This change as recorded once its RollBack for ``reason`` (seen as ``detail``) is written at ``now``."""
         return replace(self, phase=ChangePhase.ROLLING_BACK, rolled_back_at=now, rolled_back_for=reason,
