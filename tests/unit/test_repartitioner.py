@@ -139,6 +139,14 @@ class World:
         rep.run_once(self.inventory.snapshot(now=at), counts)
         return counts
 
+    def mig_manager_ahead_of_the_watch(self, shown: tuple[str, dict[str, int]],
+                                       fresh: tuple[str, dict[str, int]]) -> None:
+        """The MIG manager reports ``shown`` and then ``fresh``; the actuator's watch stops at ``shown``
+        (the pass decides on it) while a fresh read of the Node gives ``fresh``."""
+        self.api.mig_manager("gpu-1", *shown)
+        self.api.lag = True
+        self.api.mig_manager("gpu-1", *fresh)
+
     def change(self) -> Change | None:
         text = self.api.annotations("gpu-1").get(ANN_CHANGE)
         return Change.from_json(text) if text else None
@@ -550,9 +558,7 @@ def test_rollback_decided_on_a_lagging_view_is_not_written_over_a_fresh_success(
     w = World()
     rep = w.actuator()
     start_applying(w, rep)
-    w.api.mig_manager("gpu-1", "pending", {"3g.40gb": 0})
-    w.api.lag = True
-    w.api.mig_manager("gpu-1", "success", {"7g.80gb": 2})
+    w.mig_manager_ahead_of_the_watch(("pending", {"3g.40gb": 0}), ("success", {"7g.80gb": 2}))
     counts = w.run(rep, T0 + 65 + SETTINGS.timeout)
     assert counts["repartition_conflict"] == 1
     assert w.api.labels("gpu-1")[LABEL_MIG_CONFIG] == "all-7g.80gb" and w.change() is not None
@@ -786,9 +792,7 @@ def test_release_decided_on_a_lagging_view_is_not_written_over_a_fresh_state() -
     w = World()
     rep = w.actuator()
     roll_back_on_timeout(w, rep)
-    w.api.mig_manager("gpu-1", "pending", {"3g.40gb": 0})
-    w.api.lag = True
-    w.api.mig_manager("gpu-1", "success", {"3g.40gb": 4})
+    w.mig_manager_ahead_of_the_watch(("pending", {"3g.40gb": 0}), ("success", {"3g.40gb": 4}))
     counts = w.run(rep, RB + SETTINGS.timeout)
     assert counts["repartition_conflict"] == 1 and w.change() is not None
     w.api.lag = False
