@@ -666,6 +666,25 @@ def test_issue17_aging_a_long_waiting_pod_outranks_younger_queued_pods(asker_age
     assert rule is not None and rule.substitute.resource == res(expected)
 
 
+@pytest.mark.parametrize("aging", [pytest.param(0.0, id="aging-0"), pytest.param(300.0, id="aging-default"),
+                                   pytest.param(float("inf"), id="aging-never")])
+def test_issue17_no_aging_substitutes_a_pod_whose_owner_nothing_recreates(aging: float) -> None:
+    """--aging reorders who may take a slice; it never makes a substitution possible that needs a restart
+    nothing would answer: a pod of an owner kind we do not know (not in --restartable-owners), however
+    long it waited and with the larger type free and unqueued, gets no rule."""
+    now = 1_800_000_000.0
+    node = make_node("n", A40, {"1g.5gb": 1, "2g.10gb": 1, "3g.20gb": 1})
+    held = make_pod(mig={"1g.5gb": 1}, node="n")
+    unknown = pod_info(make_pod("op-pod", mig={"1g.5gb": 1}, created=_iso(now - 3_600.0),
+                                owner=("Notebook", "nb", "nb-1", "kubeflow.org/v1")))
+    known = pod_info(make_pod("rs-pod", mig={"1g.5gb": 1}, created=_iso(now - 3_600.0),
+                              owner=("ReplicaSet", "web", "rs-1")))
+    snap = snapshot_of(node, held, now=now)
+    assert choose_substitute(unknown, {"n"}, snap, PlanSettings(aging=aging)) is None
+    rule = choose_substitute(known, {"n"}, snap, PlanSettings(aging=aging))  # the same pod, a known owner
+    assert rule is not None and rule.substitute.resource == res("2g.10gb")
+
+
 # ---- issue 17: a restore needs a taker for the slice it frees ----------------------------------------
 
 _STARTED = "2026-11-29T00:00:00Z"
